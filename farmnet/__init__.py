@@ -1,0 +1,3 @@
+"""farmnet: a Twisted render-farm manager."""
+
+__version__ = "0.1.0"

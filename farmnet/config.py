@@ -1,0 +1,640 @@
+"""The farm's configuration: attrs classes loaded from YAML.
+
+Server, renders and clients share one file format (see ``etc/farmnet.yaml``). Values
+may use ``${VAR}`` / ``${VAR:-default}`` from the environment so one file serves many
+machines. Every mistake in the file is reported at once, each with its key's path, so
+a farm is not started, stopped and restarted once per typo. With no file at all the
+defaults give a working localhost-only farm.
+
+Conversion is driven by the attrs field types, written once in :func:`_convert`: a new
+field of a supported type (``str``, ``int``, ``float``, ``bool``, ``tuple[T, ...]``,
+``dict[str, T]``, ``T | None``) needs no new loading code.
+"""
+
+import difflib
+import getpass
+import math
+import os
+import re
+import socket
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import yaml
+
+__all__ = [
+    "ClientConfig",
+    "Config",
+    "ConfigError",
+    "RenderConfig",
+    "ServerConfig",
+    "default_config_path",
+    "default_state_dir",
+    "load_config",
+]
+
+Environ = Mapping[str, str]
+#: A value check: returns a message when the (already converted) value is wrong.
+Check = Callable[[Any], str | None]
+
+CONFIG_ENV = "FARMNET_CONFIG"
+ROOT_STATE_DIR = "/var/lib/farmnet"
+
+
+class ConfigError(Exception):
+    """Every problem found in a configuration, so all can be fixed in one pass.
+
+    ``errors`` holds one line per problem, ``"server.listen: expected a string,
+    got 12"``: the key's dotted path (list items as ``[i]``) and what is wrong.
+    """
+
+    def __init__(self, errors: list[str], source: str | None = None) -> None:
+        self.errors = list(errors)
+        self.source = source
+        super().__init__(self.errors)
+
+    def __str__(self) -> str:
+        where = f" in {self.source}" if self.source else ""
+        lines = "\n".join(f"  {error}" for error in self.errors)
+        return f"invalid configuration{where}:\n{lines}"
+
+
+# --- machine-dependent defaults ----------------------------------------------------
+
+
+def default_state_dir(environ: Environ | None = None, uid: int | None = None) -> str:
+    """Where farmnet keeps state: system-wide for root, per user (XDG) otherwise.
+
+    ``environ`` and ``uid`` default to this process's; they are parameters so the
+    choice can be tested without being root.
+    """
+    env = os.environ if environ is None else environ
+    if uid is None:
+        # os.geteuid does not exist on Windows, where renders may run too.
+        uid = os.geteuid() if hasattr(os, "geteuid") else -1
+    if uid == 0:
+        return ROOT_STATE_DIR
+    xdg = env.get("XDG_STATE_HOME", "")
+    if os.path.isabs(xdg):  # the XDG spec says to ignore a relative value
+        base = xdg
+    else:
+        home = env.get("HOME") or os.path.expanduser("~")
+        base = os.path.join(home, ".local", "state")
+    return os.path.join(base, "farmnet")
+
+
+def default_config_path(environ: Environ | None = None) -> str | None:
+    """The file named by ``$FARMNET_CONFIG``, or None: no file means defaults."""
+    env = os.environ if environ is None else environ
+    return env.get(CONFIG_ENV) or None
+
+
+def _default_user(environ: Environ) -> str:
+    """The login name, read from ``environ`` first like :func:`getpass.getuser`."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if environ.get(name):
+            return environ[name]
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry (containers)
+        return "unknown"
+
+
+def _default_hostname(environ: Environ) -> str:
+    return socket.gethostname()
+
+
+def _server_store(environ: Environ) -> str:
+    return os.path.join(default_state_dir(environ), "server")
+
+
+def _render_state_dir(environ: Environ) -> str:
+    return os.path.join(default_state_dir(environ), "render")
+
+
+# --- checks ------------------------------------------------------------------------
+
+
+def _at_least(low: float) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value >= low else f"must be >= {low}, got {value!r}"
+
+    return check
+
+
+def _above(low: float) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value > low else f"must be > {low}, got {value!r}"
+
+    return check
+
+
+def _not_empty(value: Any) -> str | None:
+    return None if value else "must not be empty"
+
+
+def _run_check(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    """attrs validator: the field's metadata check, so direct construction is checked too."""
+    message = attribute.metadata["check"](value)
+    if message:
+        raise ValueError(f"{attribute.name}: {message}")
+
+
+def _setting(
+    default: Any = attrs.NOTHING,
+    *,
+    doc: str,
+    check: Check | None = None,
+    env_default: Callable[[Environ], Any] | None = None,
+) -> Any:
+    """One configuration field: its default, a doc line and an optional check.
+
+    ``env_default`` computes a machine-dependent default from an environment:
+    :func:`load_config` calls it with the environment it was given, and plain
+    construction calls it with ``os.environ`` (at construction, never at import).
+    """
+    metadata: dict[str, Any] = {"doc": doc}
+    if check is not None:
+        metadata["check"] = check
+    if env_default is not None:
+        metadata["env_default"] = env_default
+        compute = env_default
+        default = attrs.Factory(lambda: compute(os.environ))
+    return attrs.field(
+        default=default,
+        validator=_run_check if check is not None else None,
+        metadata=metadata,
+    )
+
+
+# --- the classes -------------------------------------------------------------------
+
+
+@attrs.frozen
+class ServerConfig:
+    """The central server: where it listens, where it keeps state, farm-wide rules."""
+
+    listen: str = _setting(
+        "tcp:51100:interface=127.0.0.1",
+        doc="AMP listener for renders and clients (Twisted server endpoint string).",
+        check=_not_empty,
+    )
+    web: str = _setting(
+        "tcp:51180:interface=127.0.0.1",
+        doc='Web site endpoint (Twisted server endpoint string); "" disables it.',
+    )
+    store: str = _setting(
+        doc="State directory (task outputs, the store).",
+        check=_not_empty,
+        env_default=_server_store,
+    )
+    heartbeat_hold: float = _setting(
+        20.0,
+        doc="Seconds a render's Heartbeat is held open when there are no orders.",
+        check=_above(0),
+    )
+    admins: tuple[str, ...] = _setting((), doc="User names with admin rights.")
+    output_max_bytes: int = _setting(
+        10 * 1024 * 1024,
+        doc="Task output kept by the server per task run, in bytes.",
+        check=_at_least(0),
+    )
+    errors_retries: int = _setting(
+        3,
+        doc="A failed task is ready again while its error count is <= this.",
+        check=_at_least(0),
+    )
+    errors_avoid_host: int = _setting(
+        3,
+        doc="A block stops using a host after this many errors on it.",
+        check=_at_least(0),
+    )
+    errors_task_same_host: int = _setting(
+        3,
+        doc="A task stops using a host after this many errors on it.",
+        check=_at_least(0),
+    )
+    errors_forgive_time: float = _setting(
+        18000.0,
+        doc="Seconds after its last error an avoided host is forgiven.",
+        check=_at_least(0),
+    )
+    zombie_time: float = _setting(
+        16.0,
+        doc="Seconds of silence after which a render is offline (zombie).",
+        check=_above(0),
+    )
+    task_reconnect_timeout: float = _setting(
+        30.0,
+        doc="Seconds a task of a vanished render waits for it before being ready again.",
+        check=_at_least(0),
+    )
+
+
+@attrs.frozen
+class RenderConfig:
+    """A render (worker) host: which server, what it may run, how it runs tasks."""
+
+    server: str = _setting(
+        "tcp:127.0.0.1:51100",
+        doc="The server's AMP endpoint (Twisted client endpoint string).",
+        check=_not_empty,
+    )
+    name: str = _setting(
+        doc="Render name shown on the farm (default: the host name).",
+        check=_not_empty,
+        env_default=_default_hostname,
+    )
+    capacity: int = _setting(
+        1100,
+        doc="Capacity units this render offers; a task takes its block's capacity.",
+        check=_above(0),
+    )
+    max_tasks: int = _setting(
+        0,
+        doc="Most tasks run at once; 0 means limited by capacity only.",
+        check=_at_least(0),
+    )
+    services: tuple[str, ...] = _setting((), doc="Services this render runs; empty means every service.")
+    services_disabled: tuple[str, ...] = _setting((), doc="Services this render never runs.")
+    kill_grace: float = _setting(
+        10.0,
+        doc="Seconds between SIGTERM and SIGKILL when stopping a task.",
+        check=_at_least(0),
+    )
+    output_flush: float = _setting(
+        0.1,
+        doc="Seconds between output chunks sent to the server.",
+        check=_at_least(0),
+    )
+    task_log_max: int = _setting(
+        1024 * 1024,
+        doc="Bytes of log kept per task on the render.",
+        check=_at_least(0),
+    )
+    reconnect_max_delay: float = _setting(
+        5.0,
+        doc="Longest wait in seconds between reconnection attempts to the server.",
+        check=_above(0),
+    )
+    state_dir: str = _setting(
+        doc="The render's state directory.",
+        check=_not_empty,
+        env_default=_render_state_dir,
+    )
+
+
+@attrs.frozen
+class ClientConfig:
+    """Command-line tools and other clients of the server."""
+
+    server: str = _setting(
+        "tcp:127.0.0.1:51100",
+        doc="The server's AMP endpoint (Twisted client endpoint string).",
+        check=_not_empty,
+    )
+    user: str = _setting(
+        doc="User name jobs are submitted as (default: the login name).",
+        check=_not_empty,
+        env_default=_default_user,
+    )
+    timeout: float = _setting(
+        30.0,
+        doc="Seconds to wait for the server's answer.",
+        check=_above(0),
+    )
+
+
+@attrs.frozen
+class Config:
+    """The whole configuration: one section per program."""
+
+    server: ServerConfig = attrs.field(factory=ServerConfig, metadata={"doc": "The central server."})
+    render: RenderConfig = attrs.field(factory=RenderConfig, metadata={"doc": "A render host."})
+    client: ClientConfig = attrs.field(factory=ClientConfig, metadata={"doc": "Command-line tools."})
+
+
+# --- reading YAML ------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (PyYAML lets the last one win silently)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # "<<" merge keys may be overridden on purpose
+        key = loader.construct_object(key_node)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line)
+        except TypeError:
+            continue  # unhashable: construct_mapping reports it
+        if first != key_node.start_mark.line:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first on line {first + 1})",
+                key_node.start_mark,
+            )
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: str) -> Any:
+    """Parse ``path``; a missing or broken file is one error naming it (and the line)."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason}"]) from exc
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        context = exc.context
+        if context and exc.context_mark is not None and exc.context_mark is not mark:
+            context += f" (line {exc.context_mark.line + 1})"  # e.g. where an unclosed "[" is
+        what = ", ".join(p for p in (context, exc.problem) if p) or str(exc)
+        raise ConfigError([f"{where}: YAML syntax error: {what}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: YAML error: {exc}"]) from exc
+
+
+# --- substitution and conversion ---------------------------------------------------
+
+#: Sentinel for "this value was wrong; its error is already recorded".
+_INVALID: Any = object()
+
+_REFERENCE = re.compile(r"\$(?:(?P<dollar>\$)|\{(?P<body>[^}]*)\}|(?P<open>\{))")
+_BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
+
+
+def _substitute(text: str, path: str, errors: list[str], environ: Environ | None) -> Any:
+    """Expand ``${VAR}``, ``${VAR:-default}`` and ``$$`` (a literal ``$``).
+
+    As in the shell, ``:-`` also applies when the variable is set but empty. A lone
+    ``$`` not followed by ``{`` or ``$`` stays as it is. ``environ`` None means no
+    substitution (command-line values, which the shell already expanded).
+    """
+    if environ is None or "$" not in text:
+        return text
+    problems: list[str] = []
+
+    def expand(match: re.Match[str]) -> str:
+        if match["dollar"]:
+            return "$"
+        if match["open"]:
+            problems.append(f"unterminated '${{' in {text!r}")
+            return ""
+        body = _BODY.fullmatch(match["body"])
+        if body is None:
+            problems.append(f"bad substitution {match[0]!r}")
+            return ""
+        name, default = body["name"], body["default"]
+        value = environ.get(name)
+        if default is not None and not value:
+            return default
+        if value is None:
+            problems.append(
+                f"environment variable {name} is not set (give a default with ${{{name}:-value}})"
+            )
+            return ""
+        return value
+
+    result = _REFERENCE.sub(expand, text)
+    errors.extend(f"{path}: {problem}" for problem in problems)
+    return _INVALID if problems else result
+
+
+def _describe(value: Any) -> str:
+    """A value as the user wrote it, short enough for an error line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_EXPECTED = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean (true/false)",
+}
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def _scalar_from_text(text: str, tp: type) -> Any:
+    """Parse a string (typically from ``${VAR}``) for a non-string scalar field."""
+    word = text.strip()
+    if tp is bool:
+        if word.lower() in _TRUE:
+            return True
+        if word.lower() in _FALSE:
+            return False
+        return _INVALID
+    try:
+        return tp(word)
+    except ValueError:
+        return _INVALID
+
+
+def _convert(value: Any, tp: Any, path: str, errors: list[str], environ: Environ | None) -> Any:
+    """Check and convert one raw value to the field type ``tp``.
+
+    Problems are appended to ``errors`` (prefixed with ``path``) and ``_INVALID`` is
+    returned, so the caller goes on and every problem gets reported.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+    if origin in (types.UnionType, typing.Union):
+        arms = [arm for arm in args if arm is not type(None)]
+        if len(arms) != 1:
+            raise TypeError(f"unsupported configuration type {tp!r}")
+        if value is None:
+            return None
+        return _convert(value, arms[0], path, errors, environ)
+
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if isinstance(value, str):
+            text = _substitute(value, path, errors, environ)
+            if text is _INVALID:
+                return _INVALID
+            # Already substituted: the items must not be expanded a second time.
+            items = [item.strip() for item in text.split(",") if item.strip()]
+            environ = None
+        elif isinstance(value, list | tuple):
+            items = list(value)
+        else:
+            errors.append(f"{path}: expected a list or a comma-separated string, got {_describe(value)}")
+            return _INVALID
+        converted = [
+            _convert(item, args[0], f"{path}[{index}]", errors, environ) for index, item in enumerate(items)
+        ]
+        return _INVALID if _INVALID in converted else tuple(converted)
+
+    if origin is dict and len(args) == 2:
+        if not isinstance(value, Mapping):
+            errors.append(f"{path}: expected a mapping, got {_describe(value)}")
+            return _INVALID
+        result: dict[Any, Any] = {}
+        for raw_key, raw_item in value.items():
+            item_path = f"{path}.{raw_key}"
+            key = _convert(raw_key, args[0], item_path, errors, None)
+            item = _convert(raw_item, args[1], item_path, errors, environ)
+            if key is _INVALID or item is _INVALID:
+                result = _INVALID
+            elif result is not _INVALID:
+                result[key] = item
+        return result
+
+    if tp not in _EXPECTED:
+        raise TypeError(f"unsupported configuration type {tp!r}")
+
+    raw = value
+    if isinstance(value, str):
+        value = _substitute(value, path, errors, environ)
+        if value is _INVALID:
+            return _INVALID
+        if tp is str:
+            return value
+        parsed = _scalar_from_text(value, tp)
+    elif tp is str:
+        parsed = _INVALID
+    elif isinstance(value, bool):  # bool is an int: check it first
+        parsed = value if tp is bool else _INVALID
+    elif tp is int:
+        parsed = value if isinstance(value, int) else _INVALID
+    elif tp is float:
+        parsed = float(value) if isinstance(value, int | float) else _INVALID
+    else:
+        parsed = _INVALID
+
+    if parsed is _INVALID:
+        source = f" (from {raw!r})" if raw is not value else ""
+        errors.append(f"{path}: expected {_EXPECTED[tp]}, got {_describe(value)}{source}")
+        return _INVALID
+    if tp is float and not math.isfinite(parsed):
+        errors.append(f"{path}: expected a finite number, got {_describe(value)}")
+        return _INVALID
+    return parsed
+
+
+# --- loading -----------------------------------------------------------------------
+
+
+def _unknown_key(path: str, key: Any, known: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+    return f"{path}: unknown key{hint}"
+
+
+def _load_section(
+    cls: type,
+    prefix: str,
+    data: Any,
+    overrides: Any,
+    environ: Environ,
+    errors: list[str],
+) -> Any:
+    """Build one section from file ``data`` and command-line ``overrides``.
+
+    Returns None when something was wrong (the reasons are in ``errors``).
+    """
+    before = len(errors)
+    fields = {field.name: field for field in attrs.fields(cls)}
+    names = list(fields)
+
+    if data is None:  # "server:" with every key commented out
+        data = {}
+    elif not isinstance(data, Mapping):
+        errors.append(f"{prefix}: expected a mapping, got {_describe(data)}")
+        data = {}
+    if overrides is None:
+        overrides = {}
+    elif not isinstance(overrides, Mapping):
+        errors.append(f"{prefix}: overrides must be a mapping, got {_describe(overrides)}")
+        overrides = {}
+    given = {key: value for key, value in overrides.items() if value is not None}
+
+    for key in dict.fromkeys([*data, *given]):
+        if key not in fields:
+            errors.append(_unknown_key(f"{prefix}.{key}", key, names))
+
+    values: dict[str, Any] = {}
+    for name, field in fields.items():
+        path = f"{prefix}.{name}"
+        if name in given:  # a flag wins; the file's value is not even checked
+            value = _convert(given[name], field.type, path, errors, None)
+        elif name in data:
+            value = _convert(data[name], field.type, path, errors, environ)
+        elif "env_default" in field.metadata:
+            values[name] = field.metadata["env_default"](environ)
+            continue
+        else:
+            continue
+        if value is _INVALID:
+            continue
+        check = field.metadata.get("check")
+        message = check(value) if check is not None else None
+        if message:
+            errors.append(f"{path}: {message}")
+            continue
+        values[name] = value
+
+    return None if len(errors) > before else cls(**values)
+
+
+def load_config(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Load the configuration from ``path`` (None: defaults only) and ``overrides``.
+
+    ``environ`` (default ``os.environ``) feeds ``${VAR}`` substitution and the
+    machine-dependent defaults. ``overrides`` are command-line values applied on top
+    of the file, ``{"server": {"listen": "tcp:0"}}``, a None value meaning "not
+    given"; they are checked like the file but not substituted. Raises ConfigError
+    listing every problem.
+    """
+    env: Environ = os.environ if environ is None else environ
+    raw: Any = {} if path is None else _read_yaml(path)
+    if raw is None:  # an empty file, or only comments
+        raw = {}
+    sections = {field.name: field for field in attrs.fields(Config)}
+    names = list(sections)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            [f"{path}: expected a mapping of sections ({', '.join(names)}), got {_describe(raw)}"]
+        )
+    if overrides is None:
+        overrides = {}
+
+    errors: list[str] = []
+    for key in dict.fromkeys([*raw, *overrides]):
+        if key not in sections:
+            errors.append(_unknown_key(str(key), key, names))
+    loaded = {
+        name: _load_section(field.type, name, raw.get(name), overrides.get(name), env, errors)
+        for name, field in sections.items()
+    }
+    if errors:
+        raise ConfigError(errors, source=path)
+    return Config(**loaded)

@@ -1,0 +1,1 @@
+"""The wire: AMP commands spoken between the server, renders, monitors and tools."""

@@ -1,0 +1,231 @@
+"""Every AMP command farmnet speaks, with pinned wire names.
+
+Direction is always peer → server: the server never initiates a message (deliveryless).
+A render learns its orders from the answer to its `Heartbeat`, which the server holds
+until there is something to say; a monitor learns farm events from `PollEvents`, held
+the same way.
+
+Wire names are pinned with ``commandName`` so renaming a class never breaks a peer.
+Values that can grow past AMP's 64 KiB limit use the Big* arguments.
+"""
+
+from __future__ import annotations
+
+from twisted.protocols import amp
+
+from farmnet import errors as err
+from farmnet.protocol.arguments import BigBytes, BigJSON, BigUnicode
+
+#: Bumped on any incompatible change of these commands.
+PROTOCOL_VERSION = 1
+
+#: Peer kinds a connection can say it is in `Hello`.
+KINDS = ("render", "monitor", "tool")
+
+_COMMON = {
+    err.NotAuthenticated: b"NOT_AUTHENTICATED",
+    err.PermissionDenied: b"PERMISSION_DENIED",
+}
+_JOB = {
+    **_COMMON,
+    err.UnknownJob: b"UNKNOWN_JOB",
+    err.UnknownTask: b"UNKNOWN_TASK",
+    err.InvalidAction: b"INVALID_ACTION",
+}
+
+
+class Hello(amp.Command):
+    """First command on every connection: who is speaking, in which protocol version."""
+
+    commandName = b"hello"
+    arguments = [
+        (b"protocol", amp.Integer()),
+        (b"kind", amp.Unicode()),
+        (b"user", amp.Unicode()),
+        (b"client", amp.Unicode(optional=True)),
+    ]
+    response = [
+        (b"protocol", amp.Integer()),
+        (b"server_version", amp.Unicode()),
+        (b"connection_id", amp.Integer()),
+    ]
+    errors = {err.PermissionDenied: b"PERMISSION_DENIED", err.InvalidAction: b"INVALID_ACTION"}
+    fatalErrors = {err.IncompatibleProtocol: b"INCOMPATIBLE_PROTOCOL"}
+
+
+# --- renders ---------------------------------------------------------------------------
+
+
+class RegisterRender(amp.Command):
+    """A render announces itself and the tasks it is still running (after a reconnect)."""
+
+    commandName = b"register_render"
+    arguments = [
+        (b"name", amp.Unicode()),
+        (b"capacity", amp.Integer()),
+        (b"max_tasks", amp.Integer()),
+        (b"services", amp.ListOf(amp.Unicode())),
+        (b"services_disabled", amp.ListOf(amp.Unicode())),
+        (b"platform", amp.Unicode()),
+        (b"cpus", amp.Integer()),
+        (b"memory_mb", amp.Integer()),
+        (b"running", BigJSON()),
+    ]
+    response = [(b"render_id", amp.Integer()), (b"heartbeat_hold", amp.Float())]
+    errors = {**_COMMON, err.InvalidAction: b"INVALID_ACTION"}
+
+
+class Heartbeat(amp.Command):
+    """A render's long poll: answered with orders as soon as there are any, or empty
+    after the server's hold time. ``running`` lists the tasks the render runs now."""
+
+    commandName = b"heartbeat"
+    arguments = [
+        (b"render_id", amp.Integer()),
+        (b"running", BigJSON()),
+        (b"resources", BigJSON(optional=True)),
+    ]
+    response = [(b"orders", BigJSON())]
+    errors = {**_COMMON, err.NotRegistered: b"NOT_REGISTERED"}
+
+
+_TASK_ARGS = [
+    (b"render_id", amp.Integer()),
+    (b"job_id", amp.Integer()),
+    (b"block", amp.Integer()),
+    (b"task", amp.Integer()),
+    (b"run", amp.Integer()),
+]
+
+
+class TaskOutput(amp.Command):
+    """A chunk of a running task's output, and its progress when the parser saw one."""
+
+    commandName = b"task_output"
+    arguments = [*_TASK_ARGS, (b"data", BigBytes()), (b"progress", amp.Integer(optional=True))]
+    response: list = []
+    errors = {**_COMMON, err.NotRegistered: b"NOT_REGISTERED"}
+
+
+class TaskFinished(amp.Command):
+    """A task's process ended. The server decides DON or ERR from it."""
+
+    commandName = b"task_finished"
+    arguments = [
+        *_TASK_ARGS,
+        (b"exit_code", amp.Integer(optional=True)),
+        (b"signal", amp.Integer(optional=True)),
+        (b"time_started", amp.Float()),
+        (b"time_done", amp.Float()),
+        (b"message", BigUnicode()),
+    ]
+    response: list = []
+    errors = {**_COMMON, err.NotRegistered: b"NOT_REGISTERED"}
+
+
+# --- tools -----------------------------------------------------------------------------
+
+
+class SubmitJob(amp.Command):
+    """Submit a job description (CGRU's ``{"job": {...}}`` or the bare job mapping)."""
+
+    commandName = b"submit_job"
+    arguments = [(b"spec", BigJSON())]
+    response = [(b"job_id", amp.Integer()), (b"warnings", BigJSON())]
+    errors = {**_COMMON, err.JobSpecError: b"JOB_SPEC_ERROR"}
+
+
+class ListJobs(amp.Command):
+    commandName = b"list_jobs"
+    arguments = [(b"user", amp.Unicode(optional=True))]
+    response = [(b"jobs", BigJSON())]
+    errors = _COMMON
+
+
+class ShowJob(amp.Command):
+    """One job with its blocks."""
+
+    commandName = b"show_job"
+    arguments = [(b"job_id", amp.Integer())]
+    response = [(b"job", BigJSON())]
+    errors = _JOB
+
+
+class ListTasks(amp.Command):
+    """A page of a job's tasks (a job may have 100,000: ask in pages)."""
+
+    commandName = b"list_tasks"
+    arguments = [
+        (b"job_id", amp.Integer()),
+        (b"block", amp.Integer(optional=True)),
+        (b"offset", amp.Integer()),
+        (b"limit", amp.Integer()),
+    ]
+    response = [(b"tasks", BigJSON()), (b"total", amp.Integer())]
+    errors = _JOB
+
+
+class GetTaskOutput(amp.Command):
+    """Read a task run's output from ``offset``, at most ``limit`` bytes a call.
+    ``run`` 0 means the latest run."""
+
+    commandName = b"get_task_output"
+    arguments = [
+        (b"job_id", amp.Integer()),
+        (b"block", amp.Integer()),
+        (b"task", amp.Integer()),
+        (b"run", amp.Integer()),
+        (b"offset", amp.Integer()),
+        (b"limit", amp.Integer()),
+    ]
+    response = [
+        (b"data", BigBytes()),
+        (b"run", amp.Integer()),
+        (b"next_offset", amp.Integer()),
+        (b"complete", amp.Boolean()),
+    ]
+    errors = _JOB
+
+
+class ListRenders(amp.Command):
+    commandName = b"list_renders"
+    arguments: list = []
+    response = [(b"renders", BigJSON())]
+    errors = _COMMON
+
+
+class ListUsers(amp.Command):
+    commandName = b"list_users"
+    arguments: list = []
+    response = [(b"users", BigJSON())]
+    errors = _COMMON
+
+
+class JobAction(amp.Command):
+    """pause, resume, delete, restart, restart_errors, set_priority (``value``)."""
+
+    commandName = b"job_action"
+    arguments = [
+        (b"job_ids", amp.ListOf(amp.Integer())),
+        (b"action", amp.Unicode()),
+        (b"value", BigJSON(optional=True)),
+    ]
+    response = [(b"done", amp.ListOf(amp.Integer()))]
+    errors = _JOB
+
+
+# --- monitors --------------------------------------------------------------------------
+
+
+class PollEvents(amp.Command):
+    """A monitor's long poll for farm events after sequence number ``after``.
+
+    Held until there is an event after ``after`` or the hold time passes. ``reset`` is
+    true when the events after ``after`` are no longer kept: reload the farm, then poll
+    from ``last``. ``after`` of -1 answers at once with the current ``last``
+    (subscribing)."""
+
+    commandName = b"poll_events"
+    arguments = [(b"after", amp.Integer()), (b"limit", amp.Integer(optional=True))]
+    response = [(b"events", BigJSON()), (b"last", amp.Integer()), (b"reset", amp.Boolean())]
+    errors = _COMMON

@@ -1,0 +1,1 @@
+"""The render host: runs tasks for the server and reports their output and results."""

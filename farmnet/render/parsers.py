@@ -1,0 +1,132 @@
+"""Output parsers: read a task's progress (and, later, its errors) from what it prints.
+
+A block names its parser the way Afanasy does (``"parser": "generic"``); the render creates one parser per
+running task and feeds it every chunk of output as it arrives.  Parsers keep only a few bytes of state, so
+a task that prints gigabytes costs nothing here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Protocol
+
+from twisted.logger import Logger
+
+__all__ = [
+    "GenericParser",
+    "NoneParser",
+    "Parser",
+    "builtin_parsers",
+    "parser_by_name",
+]
+
+_logger = Logger(namespace="farmnet.render.parsers")
+
+
+class Parser(Protocol):
+    """What the render needs from a parser: a name and a per-chunk feed."""
+
+    name: str
+
+    def feed(self, data: bytes) -> int | None:
+        """Read one chunk of output; return the new progress 0..100 if this chunk changed it, else None."""
+        ...
+
+
+# A percentage: an integer or decimal number, optionally followed by blanks, then "%".  The look-behind
+# stops us from reading "1.50%" as "50%" or "1050%" as "50%".
+_PERCENT = re.compile(rb"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)[ \t]*%")
+# How much of an unfinished line is kept to catch a percentage split across two chunks.  Progress
+# lines are short; anything longer is cut (at a non-digit, so no number is truncated into a new one).
+_CARRY_MAX = 128
+
+
+class GenericParser:
+    """Afanasy's "generic" parser: the progress is the last ``NN%`` (0..100) the task printed.
+
+    Renderers print progress on lines of their own or rewrite one line with ``\\r``; either way the last
+    percentage seen wins.  A value above 100 is not progress (``CPU 250%``) and is ignored.  The parser
+    reports what the output says, so progress may go down (a second pass starts at 0 %).
+    """
+
+    name = "generic"
+
+    def __init__(self) -> None:
+        self.progress: int | None = None
+        # The unfinished last line of the previous chunk, so "5" + "0%" reads as 50 %.
+        self._carry = b""
+
+    def feed(self, data: bytes) -> int | None:
+        """Read one chunk; return the new progress if it changed."""
+        if not data:
+            return None
+        buf = self._carry + data
+        skip = len(self._carry)
+        found: int | None = None
+        for match in _PERCENT.finditer(buf):
+            # Matches that ended inside the carry were already reported with the previous chunk.
+            if match.end() <= skip:
+                continue
+            value = float(match.group(1))
+            if value <= 100.0:
+                found = int(value)  # truncate: 99.9 % is not done yet
+        self._carry = _unfinished_line(buf)
+        if found is None or found == self.progress:
+            return None
+        self.progress = found
+        return found
+
+
+def _unfinished_line(buf: bytes) -> bytes:
+    """The text after the last line end, bounded, never starting in the middle of a number."""
+    tail = buf[max(buf.rfind(b"\n"), buf.rfind(b"\r")) + 1 :]
+    if len(tail) > _CARRY_MAX:
+        tail = tail[-_CARRY_MAX:].lstrip(b"0123456789.")
+    return tail
+
+
+class NoneParser:
+    """The "none" parser: for tasks whose output says nothing useful about progress."""
+
+    name = "none"
+
+    def __init__(self) -> None:
+        self.progress: int | None = None
+
+    def feed(self, data: bytes) -> int | None:
+        """Ignore the chunk."""
+        return None
+
+
+_BUILTIN: Mapping[str, Callable[[], Parser]] = MappingProxyType(
+    {
+        GenericParser.name: GenericParser,
+        NoneParser.name: NoneParser,
+    }
+)
+
+
+def builtin_parsers() -> Mapping[str, Callable[[], Parser]]:
+    """The parsers farmnet ships, by name (a read-only mapping; build your own to add parsers)."""
+    return _BUILTIN
+
+
+def parser_by_name(name: str, registry: Mapping[str, Callable[[], Parser]] | None = None) -> Parser:
+    """A new parser for one task.
+
+    An unknown name must not stop a job from rendering (a job may come from a farm with more parsers), so
+    it falls back to the generic parser with a warning.  An empty name means the default, silently.
+    """
+    parsers = builtin_parsers() if registry is None else registry
+    factory = parsers.get(name) if name else None
+    if factory is None:
+        if name:
+            _logger.warn(
+                "unknown parser {parser!r}, using {fallback!r}",
+                parser=name,
+                fallback=GenericParser.name,
+            )
+        return GenericParser()
+    return factory()

@@ -1,0 +1,279 @@
+"""The render host: one per machine.
+
+It connects to the server (reconnecting with backoff through `ClientService`),
+registers with the tasks it still runs, then long-polls: each `Heartbeat` is answered
+when the server has orders for it. Tasks run as child processes (`TaskProcess`); their
+output is batched and streamed, and a finish is kept until the server acknowledges it,
+so a task that ends while the server is away is reported, once, after reconnecting.
+Tasks keep running while the server is away.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal as signals
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import psutil
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer, error
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+import farmnet
+from farmnet import errors
+from farmnet.config import RenderConfig
+from farmnet.protocol import commands as c
+from farmnet.render.parsers import Parser, parser_by_name
+from farmnet.render.process import TaskExit, TaskProcess
+
+log = Logger()
+
+TaskKey = tuple[int, int, int]
+
+#: Output sent in one TaskOutput at most; the rest follows in the next.
+CHUNK = 256 << 10
+#: Output kept for the server while it is away, per task; the render's log keeps more.
+BACKLOG = 4 << 20
+#: Added to the server's hold time before a silent heartbeat means a dead connection.
+HEARTBEAT_MARGIN = 15.0
+
+
+@attrs.define(eq=False)
+class RunningTask:
+    order: Mapping[str, Any]
+    process: TaskProcess
+    parser: Parser
+    pending: bytearray = attrs.field(factory=bytearray)
+    dropped: int = 0
+    progress: int | None = None
+    flush_call: IDelayedCall | None = None
+    timeout_call: IDelayedCall | None = None
+    exit: TaskExit | None = None
+
+    @property
+    def key(self) -> TaskKey:
+        return (self.order["job_id"], self.order["block"], self.order["task"])
+
+    @property
+    def run(self) -> int:
+        return int(self.order["run"])
+
+    def reference(self) -> dict[str, int]:
+        return {"job_id": self.key[0], "block": self.key[1], "task": self.key[2], "run": self.run}
+
+
+class RenderService(service.MultiService):
+    def __init__(self, reactor: Any, config: RenderConfig,
+                 environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.config = config
+        self.environ = dict(os.environ if environ is None else environ)
+        self.tasks: dict[TaskKey, RunningTask] = {}
+        self.render_id: int | None = None
+        self.proto: amp.AMP | None = None
+        self.heartbeat_hold = 20.0
+        endpoint = clientFromString(reactor, config.server)
+        self.client = ClientService(endpoint, Factory.forProtocol(amp.AMP),
+                                    retryPolicy=backoffPolicy(maxDelay=config.reconnect_max_delay),
+                                    clock=reactor)
+        self.client.setServiceParent(self)
+        self._loop: defer.Deferred[None] | None = None
+        self._stopping = False
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        self._loop = defer.ensureDeferred(self._run())
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Kill the running tasks (and report them while the connection lasts), then
+        disconnect."""
+        self._stopping = True
+        if self._loop is not None:
+            self._loop.cancel()
+        ending = [t.process.done for t in self.tasks.values() if t.exit is None]
+        for task in list(self.tasks.values()):
+            if task.exit is None:
+                task.process.kill("render stopping")
+        d = defer.DeferredList(ending, consumeErrors=True)
+        d.addCallback(lambda _: service.MultiService.stopService(self))
+        return d
+
+    # --- the connection loop -----------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                proto = await self.client.whenConnected(failAfterFailures=None)
+                await self._session(proto)
+            except defer.CancelledError:
+                return
+            except errors.IncompatibleProtocol as e:
+                log.critical("server refused this render: {why}", why=e.message)
+                self.reactor.stop()
+                return
+            except (error.ConnectionDone, error.ConnectionLost, amp.ProtocolSwitched,
+                    errors.NotRegistered, defer.TimeoutError) as e:
+                log.info("connection to the server ended ({why}); reconnecting", why=type(e).__name__)
+            except Exception:
+                log.failure("render session failed; reconnecting")
+            finally:
+                self.proto = None
+            if self.client.running and not self._stopping:
+                await _sleep(self.reactor, 0.2)
+
+    async def _session(self, proto: amp.AMP) -> None:
+        await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render",
+                               user=self.config.name, client=f"farmnet-render/{farmnet.__version__}")
+        answer = await proto.callRemote(
+            c.RegisterRender, name=self.config.name, capacity=self.config.capacity,
+            max_tasks=self.config.max_tasks, services=list(self.config.services),
+            services_disabled=list(self.config.services_disabled), platform=platform.platform(),
+            cpus=os.cpu_count() or 1, memory_mb=psutil.virtual_memory().total >> 20,
+            running=self._running())
+        self.render_id, self.proto = answer["render_id"], proto
+        self.heartbeat_hold = answer["heartbeat_hold"]
+        log.info("registered as render {render_id} with {count} task(s) running",
+                 render_id=self.render_id, count=len(self.tasks))
+        for task in list(self.tasks.values()):  # finishes the server has not heard of yet
+            self._flush(task)
+            if task.exit is not None:
+                self._report_finished(task)
+        while True:
+            d = proto.callRemote(c.Heartbeat, render_id=self.render_id, running=self._running())
+            d.addTimeout(self.heartbeat_hold + HEARTBEAT_MARGIN, self.reactor)
+            try:
+                answer = await d
+            except defer.TimeoutError:
+                log.warn("server silent past the heartbeat hold: dropping the connection")
+                proto.transport.abortConnection()
+                raise
+            for order in answer["orders"]:
+                self._obey(order)
+
+    def _running(self) -> list[dict[str, int]]:
+        return [t.reference() for t in self.tasks.values()]
+
+    # --- orders ------------------------------------------------------------------------
+
+    def _obey(self, order: Mapping[str, Any]) -> None:
+        kind = order.get("order")
+        if kind == "start":
+            self._start(order)
+        elif kind == "kill":
+            task = self.tasks.get((order["job_id"], order["block"], order["task"]))
+            if task is not None and task.run == order["run"] and task.exit is None:
+                task.process.kill(order.get("reason", "killed by the server"))
+            elif task is None:
+                log.info("kill of unknown task {order}", order=order)
+        elif kind == "exit":
+            log.info("server asked this render to exit")
+            self.reactor.stop()
+        else:
+            log.warn("unknown order {order}", order=order)
+
+    def _start(self, order: Mapping[str, Any]) -> None:
+        key = (order["job_id"], order["block"], order["task"])
+        if key in self.tasks:
+            log.warn("task {key} is already here; start ignored", key=key)
+            return
+        env = {**self.environ, **{str(k): str(v) for k, v in order.get("environment", {}).items()}}
+        env["FARMNET_RENDER"] = self.config.name
+        holder: list[RunningTask] = []
+        process = TaskProcess(
+            self.reactor, order["command"], env=env, cwd=order.get("working_directory") or None,
+            on_output=lambda data: self._output(holder[0], data), log_max=self.config.task_log_max,
+            kill_grace=self.config.kill_grace)
+        task = RunningTask(order, process, parser_by_name(order.get("parser") or "generic"))
+        holder.append(task)
+        self.tasks[key] = task
+        log.info("starting {key} run {run}: {command}", key=key, run=task.run, command=order["command"])
+        process.start()
+        if order.get("max_run_time"):
+            task.timeout_call = self.reactor.callLater(
+                order["max_run_time"], process.kill,
+                f"task_max_run_time of {order['max_run_time']} s exceeded")
+        process.done.addCallback(lambda result: self._exited(task, result))
+
+    # --- output and finish -------------------------------------------------------------
+
+    def _output(self, task: RunningTask, data: bytes) -> None:
+        progress = task.parser.feed(data)
+        if progress is not None:
+            task.progress = progress
+        room = BACKLOG - len(task.pending)
+        if len(data) > room:
+            task.dropped += len(data) - room
+            data = data[:room]
+        task.pending += data
+        if task.flush_call is None:
+            task.flush_call = self.reactor.callLater(self.config.output_flush, self._flush, task)
+
+    def _flush(self, task: RunningTask) -> None:
+        if task.flush_call is not None and task.flush_call.active():
+            task.flush_call.cancel()
+        task.flush_call = None
+        proto = self.proto
+        if proto is None or (not task.pending and task.progress is None and not task.dropped):
+            return
+        if task.dropped:
+            task.pending += b"\n[farmnet: %d bytes of output dropped while the server was away]\n" % (
+                task.dropped)
+            task.dropped = 0
+        while task.pending or task.progress is not None:
+            data = bytes(task.pending[:CHUNK])
+            del task.pending[:CHUNK]
+            proto.callRemote(c.TaskOutput, render_id=self.render_id, **task.reference(), data=data,
+                             progress=task.progress).addErrback(self._report_failed, "output")
+            task.progress = None
+
+    def _exited(self, task: RunningTask, result: TaskExit) -> None:
+        if task.timeout_call is not None and task.timeout_call.active():
+            task.timeout_call.cancel()
+        task.exit = result
+        log.info("task {key} run {run} ended: exit {code} signal {signal}", key=task.key,
+                 run=task.run, code=result.exit_code, signal=result.signal)
+        self._flush(task)
+        if self.proto is not None:
+            self._report_finished(task)
+
+    def _report_finished(self, task: RunningTask) -> None:
+        result = task.exit
+        assert result is not None
+        message = ""
+        if result.killed:
+            message = f"killed: {result.killed}"
+        elif result.signal is not None:
+            message = f"ended by signal {signals.Signals(result.signal).name}"
+        elif result.exit_code:
+            message = f"exit status {result.exit_code}"
+        d = self.proto.callRemote(
+            c.TaskFinished, render_id=self.render_id, **task.reference(),
+            exit_code=result.exit_code, signal=result.signal, time_started=result.time_started,
+            time_done=result.time_done, message=message)
+
+        def acknowledged(_: Any) -> None:
+            if self.tasks.get(task.key) is task:
+                del self.tasks[task.key]
+
+        d.addCallbacks(acknowledged, self._report_failed, errbackArgs=("finish",))
+
+    def _report_failed(self, failure: Any, what: str) -> None:
+        # A lost connection is retried after reconnecting; anything else is logged.
+        if not failure.check(error.ConnectionDone, error.ConnectionLost, errors.NotRegistered):
+            log.failure("sending task {what} failed", failure, what=what)
+
+
+async def _sleep(reactor: Any, seconds: float) -> None:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    await d

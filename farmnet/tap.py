@@ -1,0 +1,75 @@
+"""``twistd farmnet server`` and ``twistd farmnet render``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from farmnet.config import ConfigError, default_config_path, load_config
+
+
+def _load(options: usage.Options, section: str, flags: dict[str, Any]) -> Any:
+    try:
+        config = load_config(options["config"] or default_config_path(os.environ),
+                             overrides={section: flags})
+    except ConfigError as e:
+        raise usage.UsageError("configuration errors:\n  " + "\n  ".join(e.errors)) from None
+    return getattr(config, section)
+
+
+class ServerOptions(usage.Options):
+    synopsis = "[options]"
+    optParameters = [
+        ["config", "c", None, "YAML config file (default: $FARMNET_CONFIG, else built-in defaults)"],
+        ["listen", None, None, "AMP listener endpoint, e.g. tcp:51100:interface=127.0.0.1"],
+        ["web", None, None, "web site endpoint ('' disables it)"],
+        ["store", None, None, "state directory"],
+    ]
+
+    def postOptions(self) -> None:
+        self.config = _load(self, "server", {"listen": self["listen"], "web": self["web"],
+                                             "store": self["store"]})
+
+
+class RenderOptions(usage.Options):
+    synopsis = "[options]"
+    optParameters = [
+        ["config", "c", None, "YAML config file (default: $FARMNET_CONFIG, else built-in defaults)"],
+        ["server", None, None, "server endpoint, e.g. tcp:127.0.0.1:51100"],
+        ["name", None, None, "render name (default: this host's name)"],
+        ["capacity", None, None, "capacity (default 1100: one 1000-capacity task at a time)", int],
+        ["max-tasks", None, None, "most tasks at once (0: capacity decides)", int],
+        ["services", None, None, "comma-separated services this render runs (default: all)"],
+    ]
+
+    def postOptions(self) -> None:
+        self.config = _load(self, "render", {
+            "server": self["server"], "name": self["name"], "capacity": self["capacity"],
+            "max_tasks": self["max-tasks"], "services": self["services"]})
+
+
+class Options(usage.Options):
+    synopsis = "server|render [options]"
+    subCommands = [
+        ["server", None, ServerOptions, "Run the farm server"],
+        ["render", None, RenderOptions, "Run a render host (one per machine)"],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("say which: twistd farmnet server, or twistd farmnet render")
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    if options.subCommand == "server":
+        from farmnet.server.service import ServerService
+
+        return ServerService(reactor, options.subOptions.config)
+    from farmnet.render.service import RenderService
+
+    return RenderService(reactor, options.subOptions.config)

@@ -1,0 +1,1 @@
+"""The farm's web site (twisted.web)."""

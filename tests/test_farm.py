@@ -1,0 +1,277 @@
+"""The farm model and its first scheduler, without sockets, on a `task.Clock`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from farmnet import errors
+from farmnet.jobspec import parse_job
+from farmnet.server.farm import Farm, FarmSettings
+from farmnet.server.model import Render, TaskState
+
+
+def job_doc(name: str = "job", frames: int = 3, **extra: Any) -> dict[str, Any]:
+    block = {"name": "render", "command": "echo @####@", "frame_first": 1, "frame_last": frames}
+    block.update(extra.pop("block", {}))
+    return {"job": {"name": name, "blocks": [block], **extra}}
+
+
+class FarmTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.farm = Farm(self.clock, FarmSettings(admins=frozenset({"root"}), task_reconnect_timeout=30))
+        self.woken: list[str] = []
+        self.farm.on_orders = lambda render: self.woken.append(render.name)
+
+    def submit(self, user: str = "anna", **kw: Any):
+        spec, _ = parse_job(job_doc(**kw))
+        job = self.farm.submit(spec, user)
+        self.clock.advance(0)
+        return job
+
+    def render(self, name: str = "r1", capacity: int = 1100, **kw: Any) -> Render:
+        render = self.farm.register_render(name, capacity=capacity, **kw)
+        self.clock.advance(0)
+        return render
+
+    def orders(self, render: Render) -> list[dict[str, Any]]:
+        return self.farm.take_orders(render)
+
+    def finish(self, render: Render, order: dict[str, Any], exit_code: int = 0) -> None:
+        key = (order["job_id"], order["block"], order["task"])
+        self.farm.task_finished(render, key, order["run"], exit_code=exit_code, signal=None,
+                                time_started=1.0, time_done=2.0)
+        self.clock.advance(0)
+
+
+class DispatchTests(FarmTestCase):
+    def test_idle_render_gets_order_at_once(self) -> None:
+        render = self.render()
+        self.submit()
+        self.assertEqual(self.woken, ["r1"])
+        [order] = self.orders(render)
+        self.assertEqual(order["command"], "echo 0001")
+        self.assertEqual(order["environment"]["FARMNET_FRAME_START"], "1")
+
+    def test_finish_hands_the_next_task(self) -> None:
+        render = self.render()
+        job = self.submit(frames=3)
+        for frame in ("0001", "0002", "0003"):
+            [order] = self.orders(render)
+            self.assertEqual(order["command"], f"echo {frame}")
+            self.finish(render, order)
+        self.assertEqual(job.state, TaskState.DON)
+        self.assertEqual(self.orders(render), [])
+        self.assertNotIn(job, self.farm.queue)
+
+    def test_capacity_bounds_parallel_tasks(self) -> None:
+        render = self.render(capacity=2500)
+        self.submit(frames=5, block={"capacity": 1000})
+        self.assertEqual(len(self.orders(render)), 2)
+
+    def test_max_tasks(self) -> None:
+        render = self.render(capacity=10_000, max_tasks=3)
+        self.submit(frames=5)
+        self.assertEqual(len(self.orders(render)), 3)
+
+    def test_priority_then_submission_order(self) -> None:
+        low = self.submit(name="low", priority=10)
+        first = self.submit(name="first", priority=50)
+        second = self.submit(name="second", priority=50)
+        render = self.render(capacity=1000)
+        picked = []
+        for _ in range(9):
+            [order] = self.orders(render)
+            picked.append(order["job_id"])
+            self.finish(render, order)
+        self.assertEqual(picked, [first.id] * 3 + [second.id] * 3 + [low.id] * 3)
+
+    def test_services(self) -> None:
+        nuke = self.render("nuke-only", services=["nuke"])
+        anything = self.render("any", services_disabled=["nuke"])
+        self.submit(block={"service": "nuke"})
+        self.assertEqual(len(self.orders(nuke)), 1)
+        self.assertEqual(self.orders(anything), [])
+
+    def test_hosts_mask(self) -> None:
+        a = self.render("farm-a1")
+        b = self.render("farm-b1")
+        self.submit(hosts_mask="farm-b.*")
+        self.assertEqual(self.orders(a), [])
+        self.assertEqual(len(self.orders(b)), 1)
+
+    def test_idle_render_is_not_resolved_until_new_work(self) -> None:
+        render = self.render()
+        picks = []
+        original = self.farm.scheduler.pick
+        self.farm.scheduler.pick = lambda r: picks.append(r) or original(r)  # type: ignore[method-assign]
+        for _ in range(3):  # registration already found nothing for it
+            self.farm.request_solve()
+            self.clock.advance(0)
+        self.assertEqual(picks, [])
+        self.submit()
+        self.assertEqual(picks, [render, render])  # one task, then nothing more fits
+        self.assertEqual(len(self.orders(render)), 1)
+
+
+class ErrorTests(FarmTestCase):
+    def test_retries_then_error(self) -> None:
+        render = self.render()
+        job = self.submit(frames=1, block={"errors_retries": 2})
+        for _ in range(3):
+            [order] = self.orders(render)
+            self.finish(render, order, exit_code=1)
+        task = job.blocks[0].tasks[0]
+        self.assertEqual((task.state, task.errors_count, task.starts_count), (TaskState.ERR, 3, 3))
+        self.assertEqual(job.state, TaskState.ERR)
+
+    def test_farm_default_retries(self) -> None:
+        render = self.render()
+        job = self.submit(frames=1)
+        for _ in range(4):
+            [order] = self.orders(render)
+            self.finish(render, order, exit_code=1)
+        self.assertEqual(job.blocks[0].tasks[0].state, TaskState.ERR)
+
+    def test_finish_counted_once(self) -> None:
+        render = self.render()
+        job = self.submit(frames=2)
+        [order] = self.orders(render)
+        self.finish(render, order)
+        self.finish(render, order)  # repeated report
+        self.assertEqual(job.counts[TaskState.DON], 1)
+        self.assertEqual(render.capacity_used, 1000)
+
+    def test_report_of_an_old_run_is_ignored(self) -> None:
+        render = self.render()
+        job = self.submit(frames=1)
+        [order] = self.orders(render)
+        self.farm.job_action("anna", [job.id], "restart")
+        self.clock.advance(0)
+        stale = dict(order, run=order["run"] - 1)
+        self.finish(render, stale)
+        self.assertNotEqual(job.state, TaskState.DON)
+
+
+class RenderLifeTests(FarmTestCase):
+    def test_lost_render_tasks_wait_then_run_elsewhere(self) -> None:
+        r1 = self.render("r1")
+        job = self.submit(frames=1)
+        self.orders(r1)
+        self.farm.render_lost(r1)
+        task = job.blocks[0].tasks[0]
+        self.assertEqual(task.state, TaskState.WRC)
+        r2 = self.render("r2")
+        self.assertEqual(self.orders(r2), [])
+        self.clock.advance(30)
+        self.clock.advance(0)
+        [order] = self.orders(r2)
+        self.assertEqual(order["run"], 2)
+
+    def test_reconnecting_render_reattaches_its_task(self) -> None:
+        r1 = self.render("r1")
+        job = self.submit(frames=1)
+        [order] = self.orders(r1)
+        self.farm.render_lost(r1)
+        ref = {k: order[k] for k in ("job_id", "block", "task", "run")}
+        again = self.render("r1", running=[ref])
+        self.assertIs(again, r1)
+        task = job.blocks[0].tasks[0]
+        self.assertEqual((task.state, task.starts_count), (TaskState.RUN, 1))
+        self.clock.advance(60)  # the reconnect timer was cancelled
+        self.assertEqual(task.state, TaskState.RUN)
+        self.finish(r1, order)
+        self.assertEqual(job.state, TaskState.DON)
+
+    def test_render_reporting_an_unwanted_task_is_told_to_kill_it(self) -> None:
+        render = self.render("r1", running=[{"job_id": 99, "block": 0, "task": 0, "run": 1}])
+        [order] = self.orders(render)
+        self.assertEqual((order["order"], order["job_id"]), ("kill", 99))
+
+    def test_undelivered_start_is_ready_again_on_loss(self) -> None:
+        r1 = self.render("r1")
+        job = self.submit(frames=1)
+        self.farm.render_lost(r1)  # the start order was never taken
+        task = job.blocks[0].tasks[0]
+        self.assertEqual((task.state, task.starts_count), (TaskState.RDY, 0))
+
+
+class ActionTests(FarmTestCase):
+    def test_only_owner_or_admin(self) -> None:
+        job = self.submit(user="anna")
+        self.assertRaises(errors.PermissionDenied, self.farm.job_action, "bob", [job.id], "pause")
+        self.farm.job_action("root", [job.id], "pause")
+        self.assertTrue(job.paused)
+
+    def test_submit_as_someone_else_needs_admin(self) -> None:
+        spec, _ = parse_job(job_doc(user_name="anna"))
+        self.assertRaises(errors.PermissionDenied, self.farm.submit, spec, "bob")
+        self.assertEqual(self.farm.submit(spec, "root").user_name, "anna")
+
+    def test_pause_and_resume(self) -> None:
+        job = self.submit(frames=2)
+        self.farm.job_action("anna", [job.id], "pause")
+        render = self.render()
+        self.assertEqual(self.orders(render), [])
+        self.assertEqual(job.state, TaskState.OFF)
+        self.farm.job_action("anna", [job.id], "resume")
+        self.clock.advance(0)
+        self.assertEqual(len(self.orders(render)), 1)
+
+    def test_delete_kills_running(self) -> None:
+        render = self.render()
+        job = self.submit()
+        [start] = self.orders(render)
+        self.farm.job_action("anna", [job.id], "delete")
+        self.clock.advance(0)
+        [kill] = self.orders(render)
+        self.assertEqual((kill["order"], kill["job_id"], kill["run"]), ("kill", job.id, start["run"]))
+        self.assertNotIn(job.id, self.farm.jobs)
+        self.assertEqual(render.capacity_used, 0)
+        self.assertRaises(errors.UnknownJob, self.farm.show_job, job.id)
+
+    def test_restart_errors(self) -> None:
+        render = self.render()
+        job = self.submit(frames=1, block={"errors_retries": 0})
+        [order] = self.orders(render)
+        self.finish(render, order, exit_code=1)
+        self.assertEqual(job.state, TaskState.ERR)
+        self.farm.job_action("anna", [job.id], "restart_errors")
+        self.clock.advance(0)
+        [order] = self.orders(render)
+        self.finish(render, order)
+        self.assertEqual(job.state, TaskState.DON)
+
+    def test_set_priority_reorders(self) -> None:
+        a = self.submit(name="a")
+        b = self.submit(name="b")
+        self.farm.job_action("anna", [b.id], "set_priority", 200)
+        self.assertEqual(self.farm.queue, [b, a])
+        self.assertRaises(errors.InvalidAction, self.farm.job_action, "anna", [b.id], "set_priority", 999)
+        self.assertRaises(errors.InvalidAction, self.farm.job_action, "anna", [b.id], "explode")
+
+    def test_events_follow_changes(self) -> None:
+        render = self.render()
+        self.submit(frames=1)
+        [order] = self.orders(render)
+        self.finish(render, order)
+        kinds = [e["kind"] for e in self.farm.events.since(0)[0]]
+        self.assertIn("job", kinds)
+        self.assertEqual([e["state"] for e in self.farm.events.since(0)[0] if e["kind"] == "task"],
+                         ["RUN", "DON"])
+
+
+class ListingTests(FarmTestCase):
+    def test_tasks_paged_across_blocks(self) -> None:
+        spec, _ = parse_job({"name": "j", "blocks": [
+            {"name": "a", "command": "x @#@", "frame_first": 1, "frame_last": 5},
+            {"name": "b", "tasks": [{"name": f"t{i}", "command": "y"} for i in range(5)]}]})
+        job = self.farm.submit(spec, "anna")
+        page, total = self.farm.list_tasks(job.id, None, 3, 4)
+        self.assertEqual(total, 10)
+        self.assertEqual([(t["block"], t["name"]) for t in page],
+                         [(0, "frame 4"), (0, "frame 5"), (1, "t0"), (1, "t1")])
+        self.assertRaises(errors.UnknownTask, self.farm.list_tasks, job.id, 7, 0, 10)
