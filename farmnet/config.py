@@ -232,6 +232,53 @@ class ServerConfig:
         doc="Seconds a task of a vanished render waits for it before being ready again.",
         check=_at_least(0),
     )
+    sick_errors_count: int = _setting(
+        0,
+        doc="Errors in a row from this many different jobs make a render SICK (0: never).",
+        check=_at_least(0),
+    )
+    users_solving: str = _setting(
+        "need",
+        doc='How users share the farm: "need" (1.1^priority / (running + 1)) or "order" (priority).',
+        check=lambda v: None if v in ("need", "order") else f'must be "need" or "order", got {v!r}',
+    )
+    solve_by_capacity: bool = _setting(
+        True,
+        doc="Need counts running capacity (true) or running tasks (false).",
+    )
+    tickets: dict[str, int] = _setting(
+        attrs.Factory(dict),
+        doc="Licence tickets farm-wide, e.g. {NUKE: 20}: no task starts past them.",
+    )
+    tickets_per_host: dict[str, int] = _setting(
+        attrs.Factory(dict),
+        doc="Licence tickets per render, e.g. {NUKE: 1}.",
+    )
+    max_tasks_per_job: int = _setting(
+        1_000_000,
+        doc="The most tasks one job may have.",
+        check=_above(0),
+    )
+    manhole_telnet: str = _setting(
+        "",
+        doc='Admin Python manhole over telnet: a loopback TCP or unix (mode 600) endpoint; "" is off.',
+    )
+    manhole_ssh: str = _setting(
+        "",
+        doc='Admin Python manhole over SSH (public keys): a server endpoint string; "" is off.',
+    )
+    manhole_passwords: str = _setting(
+        "",
+        doc="File of user:hash lines for the telnet manhole (python -m farmnet.server.passwords USER).",
+    )
+    manhole_ssh_host_key: str = _setting(
+        "",
+        doc='The SSH manhole\'s host key file; "" is <store>/manhole_host_key, made on first start.',
+    )
+    manhole_authorized_keys: str = _setting(
+        "",
+        doc="OpenSSH authorized_keys file for the SSH manhole; log in with a name from admins.",
+    )
 
 
 @attrs.frozen
@@ -284,6 +331,10 @@ class RenderConfig:
         doc="The render's state directory.",
         check=_not_empty,
         env_default=_render_state_dir,
+    )
+    owner: str = _setting(
+        "",
+        doc="The user this render belongs to: when nimby, only this user's jobs run on it.",
     )
 
 

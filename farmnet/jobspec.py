@@ -135,6 +135,10 @@ class JobSpec:
     project: str = ""
     department: str = ""
     offline: bool = False
+    errors_retries: int = -1
+    errors_avoid_host: int = -1
+    errors_task_same_host: int = -1
+    errors_forgive_time: int = -1
     custom_data: Mapping[str, Any] = attrs.field(factory=dict)
     #: The accepted, not yet effective keys, kept so the job round-trips.
     extra: Mapping[str, Any] = attrs.field(factory=dict)
@@ -267,9 +271,36 @@ _JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "depend_mask_global": _regex, "max_running_tasks": _int, "max_running_tasks_per_host": _int,
     "hosts_mask": _regex, "hosts_mask_exclude": _regex, "time_wait": _int, "command_post": _str,
     "annotation": _str, "description": _str, "project": _str, "department": _str,
-    "offline": _bool, "custom_data": _custom_data,
+    "offline": _bool, "custom_data": _custom_data, "errors_retries": _int,
+    "errors_avoid_host": _int, "errors_task_same_host": _int, "errors_forgive_time": _int,
 }
 MAX_PRIORITY = 250  # Afanasy's range is 0..250
+
+#: What `set` may change on a running job / block, with the same validation as a submit.
+JOB_SETTABLE = frozenset(_JOB_FIELDS) - {"user_name", "host_name", "offline", "custom_data"}
+BLOCK_SETTABLE = frozenset(
+    {"capacity", "max_running_tasks", "max_running_tasks_per_host", "hosts_mask", "hosts_mask_exclude",
+     "depend_mask", "tasks_depend_mask", "errors_retries", "errors_avoid_host", "errors_task_same_host",
+     "errors_forgive_time", "task_max_run_time", "task_min_run_time", "task_progress_change_timeout",
+     "service", "parser", "tickets", "sequential"})
+
+
+def validate_changes(changes: Any, settable: frozenset[str], path: str) -> dict[str, Any]:
+    """Check a `set` action's values with the submit validators; names every bad key."""
+    if not isinstance(changes, Mapping) or not changes:
+        raise JobSpecError(f"{path}: expected a mapping of parameters to values")
+    fields = {**_JOB_FIELDS, **_BLOCK_FIELDS} if path == "block" else _JOB_FIELDS
+    c = _Collector()
+    out = {}
+    for key in changes:
+        if key not in settable:
+            c.errors.append(f"{path}.{key}: cannot be set; one of {', '.join(sorted(settable))}")
+            continue
+        kind = _BLOCK_FIELDS[key] if path == "block" else fields[key]
+        out[key] = c.get(changes, key, path, kind, None)
+    if c.errors:
+        raise JobSpecError("invalid values: " + "; ".join(c.errors))
+    return out
 
 
 def parse_job(document: Any, max_tasks: int = 1_000_000) -> tuple[JobSpec, list[str]]:

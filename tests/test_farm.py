@@ -65,7 +65,7 @@ class DispatchTests(FarmTestCase):
             self.finish(render, order)
         self.assertEqual(job.state, TaskState.DON)
         self.assertEqual(self.orders(render), [])
-        self.assertNotIn(job, self.farm.queue)
+        self.assertEqual(self.farm.users["anna"].ready_jobs, [])
 
     def test_capacity_bounds_parallel_tasks(self) -> None:
         render = self.render(capacity=2500)
@@ -129,11 +129,11 @@ class ErrorTests(FarmTestCase):
         self.assertEqual(job.state, TaskState.ERR)
 
     def test_farm_default_retries(self) -> None:
-        render = self.render()
+        renders = [self.render(f"r{i}") for i in range(4)]
         job = self.submit(frames=1)
         for _ in range(4):
-            [order] = self.orders(render)
-            self.finish(render, order, exit_code=1)
+            [order] = [o for r in renders for o in self.orders(r)]
+            self.finish(self.farm.renders_by_name[self.farm.task((job.id, 0, 0)).host], order, exit_code=1)
         self.assertEqual(job.blocks[0].tasks[0].state, TaskState.ERR)
 
     def test_finish_counted_once(self) -> None:
@@ -249,7 +249,7 @@ class ActionTests(FarmTestCase):
         a = self.submit(name="a")
         b = self.submit(name="b")
         self.farm.job_action("anna", [b.id], "set_priority", 200)
-        self.assertEqual(self.farm.queue, [b, a])
+        self.assertEqual(self.farm.users["anna"].ready_jobs, [b, a])
         self.assertRaises(errors.InvalidAction, self.farm.job_action, "anna", [b.id], "set_priority", 999)
         self.assertRaises(errors.InvalidAction, self.farm.job_action, "anna", [b.id], "explode")
 

@@ -70,6 +70,7 @@ class RegisterRender(amp.Command):
         (b"cpus", amp.Integer()),
         (b"memory_mb", amp.Integer()),
         (b"running", BigJSON()),
+        (b"owner", amp.Unicode(optional=True)),
     ]
     response = [(b"render_id", amp.Integer()), (b"heartbeat_hold", amp.Float())]
     errors = {**_COMMON, err.InvalidAction: b"INVALID_ACTION"}
@@ -118,6 +119,8 @@ class TaskFinished(amp.Command):
         (b"time_started", amp.Float()),
         (b"time_done", amp.Float()),
         (b"message", BigUnicode()),
+        # {"peak_memory_mb": N, ...} where the render measured it
+        (b"resources", BigJSON(optional=True)),
     ]
     response: list = []
     errors = {**_COMMON, err.NotRegistered: b"NOT_REGISTERED"}
@@ -212,6 +215,22 @@ class JobAction(amp.Command):
     ]
     response = [(b"done", amp.ListOf(amp.Integer()))]
     errors = _JOB
+
+
+class Act(amp.Command):
+    """The one action API: ``item`` (jobs, blocks, tasks, renders, users), ``action``
+    (list, show, update, delete, and each item's own), ``filters`` naming what to act
+    on, ``values`` for updates. See `farmnet.server.actions`."""
+
+    commandName = b"act"
+    arguments = [
+        (b"item", amp.Unicode()),
+        (b"action", amp.Unicode()),
+        (b"filters", BigJSON(optional=True)),
+        (b"values", BigJSON(optional=True)),
+    ]
+    response = [(b"result", BigJSON())]
+    errors = {**_JOB, err.UnknownRender: b"UNKNOWN_RENDER"}
 
 
 # --- monitors --------------------------------------------------------------------------

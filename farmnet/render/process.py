@@ -23,7 +23,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["SPAWN_FAILED_EXIT_CODE", "TaskExit", "TaskProcess"]
+__all__ = ["SPAWN_FAILED_EXIT_CODE", "TaskExit", "TaskProcess", "shell_argv"]
 
 _logger = Logger(namespace="farmnet.render.process")
 
@@ -178,6 +178,8 @@ class TaskProcess:
         self._clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
         self.command = command
         self._env = {**env, **(extra_env or {})}
+        # setsid(1) is looked up on the render's PATH, not on one a job may have set.
+        self._tool_path = env.get("PATH") or os.defpath
         self._cwd = cwd or None
         self._on_output = on_output
         self._log = _BoundedLog(log_max)
@@ -214,7 +216,7 @@ class TaskProcess:
             _logger.warn("task {pid} already started (or killed before start)", pid=self.pid)
             return
         self._time_started = self._clock.seconds()
-        setsid = shutil.which("setsid", path=self._env.get("PATH") or os.defpath)
+        setsid = shutil.which("setsid", path=self._tool_path)
         argv = shell_argv(self.command, self._cwd, setsid)
         try:
             devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)

@@ -139,7 +139,7 @@ class RenderService(service.MultiService):
             max_tasks=self.config.max_tasks, services=list(self.config.services),
             services_disabled=list(self.config.services_disabled), platform=platform.platform(),
             cpus=os.cpu_count() or 1, memory_mb=psutil.virtual_memory().total >> 20,
-            running=self._running())
+            running=self._running(), owner=self.config.owner or None)
         self.render_id, self.proto = answer["render_id"], proto
         self.heartbeat_hold = answer["heartbeat_hold"]
         log.info("registered as render {render_id} with {count} task(s) running",

@@ -23,6 +23,7 @@ import farmnet
 from farmnet import errors
 from farmnet.jobspec import parse_job
 from farmnet.protocol import commands as c
+from farmnet.server.actions import act
 from farmnet.server.farm import Farm
 from farmnet.server.model import Render, TaskKey
 from farmnet.server.outputs import OutputStore
@@ -186,12 +187,12 @@ class ServerProtocol(amp.AMP):
     @c.RegisterRender.responder
     def register_render(self, name: str, capacity: int, max_tasks: int, services: list[str],
                         services_disabled: list[str], platform: str, cpus: int, memory_mb: int,
-                        running: list[dict[str, int]]) -> dict[str, Any]:
+                        running: list[dict[str, int]], owner: str | None = None) -> dict[str, Any]:
         self._need("render")
         render = self.farm.register_render(
             name, capacity=capacity, max_tasks=max_tasks, services=services,
             services_disabled=services_disabled, platform=platform, cpus=cpus,
-            memory_mb=memory_mb, running=running)
+            memory_mb=memory_mb, owner=owner or "", running=running)
         old = self.server.render_connections.get(render.id)
         self.server.render_connections[render.id] = self
         self.render = render
@@ -220,13 +221,15 @@ class ServerProtocol(amp.AMP):
     @c.TaskFinished.responder
     def task_finished(self, render_id: int, job_id: int, block: int, task: int, run: int,
                       time_started: float, time_done: float, message: str,
-                      exit_code: int | None = None, signal: int | None = None) -> dict[str, Any]:
+                      exit_code: int | None = None, signal: int | None = None,
+                      resources: dict[str, Any] | None = None) -> dict[str, Any]:
         render = self._need_render(render_id)
         key = self._key(job_id, block, task)
         if message and self.farm.current_task(render, key, run) is not None:
             self.server.outputs.append(key, run, f"\n[farmnet: {message}]\n".encode())
         self.farm.task_finished(render, key, run, exit_code=exit_code, signal=signal,
-                                time_started=time_started, time_done=time_done, message=message)
+                                time_started=time_started, time_done=time_done, message=message,
+                                peak_memory_mb=(resources or {}).get("peak_memory_mb"))
         self.server.outputs.close(key, run)
         return {}
 
@@ -281,7 +284,12 @@ class ServerProtocol(amp.AMP):
     @c.JobAction.responder
     def job_action(self, job_ids: list[int], action: str, value: Any = None) -> dict[str, Any]:
         self._need()
-        return {"done": self.farm.job_action(self.user, job_ids, action, value)}
+        return {"done": act(self.farm, self.user, "jobs", action, {"id": job_ids}, value)}
+
+    @c.Act.responder
+    def act(self, item: str, action: str, filters: Any = None, values: Any = None) -> dict[str, Any]:
+        self._need()
+        return {"result": act(self.farm, self.user, item, action, filters, values)}
 
     # --- monitors ----------------------------------------------------------------------
 

@@ -2,17 +2,20 @@
 
 This is where a task's life is handled: submitted (`submit`), handed to a render
 (`start_task`, called by the scheduler), reported (`task_output`, `task_finished`),
-retried or failed, lost with its render (`render_lost`) and re-attached
-(`register_render`). Each state change goes through `_set_state`, the one place that
-keeps counters right and tells observers (monitors' event log, later the store and the
-statistics). No I/O: time comes from the clock passed in, and the AMP layer is told that
-a render has orders through `on_orders`.
+retried or failed (`_task_failed`), timed out (`_check_time_limits`), lost with its
+render (`render_lost`) and re-attached (`register_render`). Each state change goes
+through `_set_state`, the one place that keeps counters right and tells observers
+(monitors' event log, the store, the statistics). No I/O: time comes from the clock
+passed in, and the AMP layer is told that a render has orders through `on_orders`.
+
+Actions (pause, restart, skip, nimby, ...) are here too, behind one permission check.
 """
 
 from __future__ import annotations
 
 import bisect
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -21,38 +24,61 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from farmnet import errors
-from farmnet.jobspec import JobSpec
+from farmnet.jobspec import BLOCK_SETTABLE, JOB_SETTABLE, MAX_PRIORITY, JobSpec, validate_changes
 from farmnet.server.events import EventLog
 from farmnet.server.model import (
     ACTIVE,
-    FINISHED,
     Block,
     Job,
     Render,
     Task,
     TaskKey,
+    TaskRun,
     TaskState,
     User,
 )
-from farmnet.server.scheduler import Scheduler
+from farmnet.server.scheduler import Scheduler, Why
 
 log = Logger()
 
-#: Observers get (what, object): ("task", Task), ("job", Job), ("job_deleted", Job),
-#: ("render", Render), ("user", User).
+#: Observers get (what, object): ("task", Task) on every state change, ("run", TaskRun)
+#: when a run ends, ("job", Job), ("job_deleted", Job), ("render", Render), ("user", User),
+#: ("render_sick", Render).
 Observer = Callable[[str, Any], None]
 
-JOB_ACTIONS = ("pause", "resume", "delete", "restart", "restart_errors", "set_priority")
+JOB_ACTIONS = ("pause", "resume", "stop", "delete", "restart", "restart_errors", "restart_running",
+               "skip", "set_priority", "set", "set_block")
+TASK_ACTIONS = ("restart", "skip")
+RENDER_ACTIONS = ("nimby", "NIMBY", "free", "pause", "resume", "eject", "exit", "heal", "set")
+USER_ACTIONS = ("set",)
+USER_SETTABLE = {
+    "priority": int, "max_running_tasks": int, "max_running_tasks_per_host": int,
+    "hosts_mask": str, "hosts_mask_exclude": str, "errors_retries": int, "errors_avoid_host": int,
+    "errors_task_same_host": int, "errors_forgive_time": int, "jobs_solving": str,
+}
+ERROR_SETTINGS = ("errors_retries", "errors_avoid_host", "errors_task_same_host", "errors_forgive_time")
 
 
 @attrs.frozen
 class FarmSettings:
-    """The parts of the server config the model obeys."""
+    """The parts of the server config the model obeys (Afanasy's defaults)."""
 
     admins: frozenset[str] = frozenset()
     errors_retries: int = 3
+    errors_avoid_host: int = 3
+    errors_task_same_host: int = 3
+    errors_forgive_time: float = 18000.0
+    #: Errors in a row, from this many different jobs, make a render SICK; 0: never.
+    sick_errors_count: int = 0
     task_reconnect_timeout: float = 30.0
     max_tasks_per_job: int = 1_000_000
+    #: Users are solved by "need" (Afanasy's default) or by "order".
+    users_solving: str = "need"
+    #: Need counts running capacity (True) or running tasks (False).
+    solve_by_capacity: bool = True
+    #: Licence tickets: farm-wide totals, and the default per host.
+    tickets: Mapping[str, int] = attrs.field(factory=dict)
+    tickets_per_host: Mapping[str, int] = attrs.field(factory=dict)
 
 
 def _compile(pattern: str) -> re.Pattern[str] | None:
@@ -69,10 +95,11 @@ class Farm:
         self.users: dict[str, User] = {}
         self.renders: dict[int, Render] = {}
         self.renders_by_name: dict[str, Render] = {}
-        #: Unfinished jobs in solving order.
-        self.queue: list[Job] = []
         #: Bumped whenever work may have become runnable, so idle renders re-solve.
         self.work_generation = 0
+        #: Bumped when jobs come, go, finish or change dependencies (job depend_mask cache).
+        self.jobs_generation = 0
+        self.tickets_used: Counter[str] = Counter()
         self.observers: list[Observer] = []
         self.on_orders: Callable[[Render], None] = lambda render: None
         self.scheduler = Scheduler(self)
@@ -80,7 +107,8 @@ class Farm:
         self._next_render_id = 1
         self._serial = 0
         self._solve_call: IDelayedCall | None = None
-        self._reconnect_calls: dict[int, IDelayedCall] = {}
+        #: Pending timers: ("reconnect"|"limits"|"wait", id) → call.
+        self._timers: dict[tuple[str, int], IDelayedCall] = {}
 
     # --- the one place -----------------------------------------------------------------
 
@@ -97,18 +125,26 @@ class Farm:
         if state is TaskState.RDY:
             block.push_ready(task)
             self.work_generation += 1
+            if job.counts[TaskState.RDY] == 1:
+                self._ready_jobs_add(job)
+        elif old is TaskState.RDY and job.counts[TaskState.RDY] == 0:
+            self._ready_jobs_remove(job)
+        if state is TaskState.DON or state is TaskState.SKP:
+            if block.finished and (block.depends_on_me or block.job.spec.depend_mask):
+                self.work_generation += 1
         self.events.emit("task", job_id=job.id, block=block.number, task=task.number,
                          state=state.value, host=task.host, errors_count=task.errors_count)
         self._notify("task", task)
         was_done = job.time_done
         if job.done and not was_done:
             job.time_done = self.clock.seconds()
-            self._dequeue(job)
+            self.jobs_generation += 1
+            self.work_generation += 1
             log.info("job {job_id} {job_name} done", job_id=job.id, job_name=job.name)
             self._job_changed(job)
         elif was_done and not job.done:
             job.time_done = 0.0
-            self._enqueue(job)
+            self.jobs_generation += 1
             self._job_changed(job)
 
     def _notify(self, what: str, obj: Any) -> None:
@@ -116,17 +152,48 @@ class Farm:
             observer(what, obj)
 
     def _job_changed(self, job: Job) -> None:
-        self.events.emit("job", job=job.to_dict())
+        self.events.emit("job", job=self.job_dict(job))
         self._notify("job", job)
 
-    def _enqueue(self, job: Job) -> None:
-        if job not in self.queue:
-            keys = [j.order_key() for j in self.queue]
-            self.queue.insert(bisect.bisect(keys, job.order_key()), job)
+    def _ready_jobs_add(self, job: Job) -> None:
+        jobs = self.users[job.user_name].ready_jobs
+        if job not in jobs:
+            bisect.insort(jobs, job, key=Job.order_key)
 
-    def _dequeue(self, job: Job) -> None:
-        if job in self.queue:
-            self.queue.remove(job)
+    def _ready_jobs_remove(self, job: Job) -> None:
+        jobs = self.users[job.user_name].ready_jobs
+        if job in jobs:
+            jobs.remove(job)
+
+    def setting(self, block: Block, name: str) -> Any:
+        """An error setting as it applies to a block: block, else job, else user, else farm."""
+        for value in (getattr(block.spec, name), getattr(block.job.spec, name),
+                      getattr(self.users[block.job.user_name], name)):
+            if value >= 0:
+                return value
+        return getattr(self.settings, name)
+
+    def _timer(self, kind: str, ident: int, delay: float, f: Callable[..., None], *args: Any) -> None:
+        self._cancel_timer(kind, ident)
+
+        def fire() -> None:
+            self._timers.pop((kind, ident), None)
+            f(*args)
+
+        self._timers[(kind, ident)] = self.clock.callLater(max(0.0, delay), fire)
+
+    def _cancel_timer(self, kind: str, ident: int) -> None:
+        call = self._timers.pop((kind, ident), None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def stop(self) -> None:
+        """Cancel the farm's timers (the server is stopping)."""
+        for call in [self._solve_call, *self._timers.values()]:
+            if call is not None and call.active():
+                call.cancel()
+        self._solve_call = None
+        self._timers.clear()
 
     # --- permissions -------------------------------------------------------------------
 
@@ -134,10 +201,14 @@ class Farm:
         return user in self.settings.admins
 
     def check_may_change(self, user: str, job: Job) -> None:
-        """The one permission check for every mutation: the job's owner or an admin."""
+        """The one permission check for every job mutation: its owner or an admin."""
         if user != job.user_name and not self.is_admin(user):
             raise errors.PermissionDenied(
                 f"user {user!r} may not change job {job.id} of user {job.user_name!r}")
+
+    def _check_admin(self, user: str, what: str) -> None:
+        if not self.is_admin(user):
+            raise errors.PermissionDenied(f"user {user!r} may not {what}: admins only")
 
     # --- jobs --------------------------------------------------------------------------
 
@@ -161,24 +232,51 @@ class Farm:
                           hosts_mask_exclude=_compile(bspec.hosts_mask_exclude))
             count = bspec.tasks_count
             block.tasks = [Task(block, n) for n in range(count)]
-            block.ready = list(range(count))  # ascending: already a heap
             block.counts[TaskState.RDY] = count
+            block.set_order(bspec.sequential)
             job.counts[TaskState.RDY] += count
             job.blocks.append(block)
+        self._link_blocks(job)
         self.jobs[job.id] = job
         u = self.users.get(owner)
         if u is None:
             u = self.users[owner] = User(owner, now)
+            log.info("user {user} created by their first job", user=owner)
             self.events.emit("user", user=u.to_dict())
             self._notify("user", u)
         u.jobs.add(job.id)
-        self._enqueue(job)
+        self._ready_jobs_add(job)
+        self.jobs_generation += 1
         self.work_generation += 1
+        self._schedule_time_wait(job)
         log.info("job {job_id} {job_name} submitted by {user}: {tasks} tasks", job_id=job.id,
                  job_name=job.name, user=owner, tasks=job.tasks_total)
         self._job_changed(job)
         self.request_solve()
         return job
+
+    def _link_blocks(self, job: Job) -> None:
+        """Resolve blocks' depend_mask and tasks_depend_mask to the blocks they match."""
+        for block in job.blocks:
+            block.depends_on_me = False
+        for block in job.blocks:
+            for attr, mask in (("depends_on", block.spec.depend_mask),
+                               ("tasks_depend_on", block.spec.tasks_depend_mask)):
+                pattern = _compile(mask)
+                matched = [b for b in job.blocks
+                           if pattern is not None and b is not block and pattern.fullmatch(b.name)]
+                setattr(block, attr, matched)
+                for b in matched:
+                    b.depends_on_me = True
+
+    def _schedule_time_wait(self, job: Job) -> None:
+        delay = job.spec.time_wait - self.clock.seconds()
+        if delay > 0:
+            self._timer("wait", job.id, delay, self._time_wait_over)
+
+    def _time_wait_over(self) -> None:
+        self.work_generation += 1
+        self.request_solve()
 
     def job(self, job_id: int) -> Job:
         try:
@@ -196,70 +294,211 @@ class Farm:
             raise errors.UnknownTask(f"job {key[0]} has no block {key[1]} task {key[2]}") from None
 
     def job_action(self, user: str, job_ids: Iterable[int], action: str, value: Any = None) -> list[int]:
+        """pause, resume, stop (pause and return running tasks to ready), delete (kills
+        what runs), restart, restart_errors, restart_running, skip, set_priority N,
+        set {param: value}, set_block {"block": N, param: value}."""
         if action not in JOB_ACTIONS:
             raise errors.InvalidAction(f"unknown job action {action!r}; one of {', '.join(JOB_ACTIONS)}")
         jobs = [self.job(i) for i in job_ids]
         for job in jobs:  # all or nothing: check every job before changing any
             self.check_may_change(user, job)
         if action == "set_priority":
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 250:
-                raise errors.InvalidAction(f"set_priority needs an integer 0..250, got {value!r}")
+            action, value = "set", {"priority": value}
+        if action == "set":
+            value = self._valid_job_changes(value)
+        if action == "set_block":
+            value = self._valid_block_changes(jobs, value)
         for job in jobs:
-            getattr(self, f"_{action}")(job, value)
+            getattr(self, f"_job_{action}")(job, value)
             log.info("{user} {action} job {job_id}", user=user, action=action, job_id=job.id)
         self.request_solve()
         return [job.id for job in jobs]
 
-    def _pause(self, job: Job, value: Any) -> None:
+    def _valid_job_changes(self, value: Any) -> dict[str, Any]:
+        try:
+            changes = validate_changes(value, JOB_SETTABLE, "job")
+        except errors.JobSpecError as e:
+            raise errors.InvalidAction(e.message) from None
+        if not 0 <= changes.get("priority", 0) <= MAX_PRIORITY:
+            raise errors.InvalidAction(f"job.priority: must be 0..{MAX_PRIORITY}")
+        return changes
+
+    def _valid_block_changes(self, jobs: list[Job], value: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping) or not isinstance(value.get("block"), int):
+            raise errors.InvalidAction('set_block needs {"block": N, parameter: value, ...}')
+        number = value["block"]
+        for job in jobs:
+            if not 0 <= number < len(job.blocks):
+                raise errors.UnknownTask(f"job {job.id} has no block {number}")
+        try:
+            changes = validate_changes({k: v for k, v in value.items() if k != "block"}, BLOCK_SETTABLE,
+                                       "block")
+        except errors.JobSpecError as e:
+            raise errors.InvalidAction(e.message) from None
+        return {"block": number, **changes}
+
+    def _job_pause(self, job: Job, value: Any) -> None:
         job.paused = True
         self._job_changed(job)
 
-    def _resume(self, job: Job, value: Any) -> None:
+    def _job_resume(self, job: Job, value: Any) -> None:
         job.paused = False
         self.work_generation += 1
         self._job_changed(job)
 
-    def _set_priority(self, job: Job, value: int) -> None:
-        self._dequeue(job)
-        job.priority = value
-        if not job.done:
-            self._enqueue(job)
+    def _job_stop(self, job: Job, value: Any) -> None:
+        job.paused = True
+        self._restart_tasks(job, lambda t: t.state in ACTIVE, "job stopped")
+
+    def _job_set(self, job: Job, changes: dict[str, Any]) -> None:
+        if "priority" in changes:
+            self._ready_jobs_remove(job)
+            job.priority = changes["priority"]
+            if job.counts[TaskState.RDY]:
+                self._ready_jobs_add(job)
+        job.spec = attrs.evolve(job.spec, **changes)
+        job.hosts_mask = _compile(job.spec.hosts_mask)
+        job.hosts_mask_exclude = _compile(job.spec.hosts_mask_exclude)
+        self._schedule_time_wait(job)
+        self.jobs_generation += 1
         self.work_generation += 1
         self._job_changed(job)
 
-    def _restart(self, job: Job, value: Any) -> None:
-        self._restart_tasks(job, lambda t: True)
+    def _job_set_block(self, job: Job, value: dict[str, Any]) -> None:
+        changes = {k: v for k, v in value.items() if k != "block"}
+        block = job.blocks[value["block"]]
+        block.spec = attrs.evolve(block.spec, **changes)
+        block.hosts_mask = _compile(block.spec.hosts_mask)
+        block.hosts_mask_exclude = _compile(block.spec.hosts_mask_exclude)
+        if "sequential" in changes:
+            block.set_order(block.spec.sequential)
+        self._link_blocks(job)
+        self.work_generation += 1
+        self._job_changed(job)
 
-    def _restart_errors(self, job: Job, value: Any) -> None:
-        self._restart_tasks(job, lambda t: t.state is TaskState.ERR)
+    def _job_restart(self, job: Job, value: Any) -> None:
+        self._restart_tasks(job, lambda t: True, "job restarted")
 
-    def _restart_tasks(self, job: Job, which: Callable[[Task], bool]) -> None:
+    def _job_restart_errors(self, job: Job, value: Any) -> None:
+        self._restart_tasks(job, lambda t: t.state is TaskState.ERR, "errors restarted")
+
+    def _job_restart_running(self, job: Job, value: Any) -> None:
+        self._restart_tasks(job, lambda t: t.state in ACTIVE, "running tasks restarted")
+
+    def _job_skip(self, job: Job, value: Any) -> None:
+        for block in job.blocks:
+            for task in block.tasks:
+                if task.state is not TaskState.DON:
+                    self._skip_task(task)
+        self._job_changed(job)
+
+    def _restart_tasks(self, job: Job, which: Callable[[Task], bool], reason: str) -> None:
         for block in job.blocks:
             for task in block.tasks:
                 if which(task):
-                    if task.state in ACTIVE:
-                        self._stop_task(task, "restarted")
-                    task.errors_count = 0
-                    task.progress = 0
-                    self._set_state(task, TaskState.RDY)
+                    self._restart_task(task, reason)
         self._job_changed(job)
 
-    def _delete(self, job: Job, value: Any) -> None:
+    def _restart_task(self, task: Task, reason: str) -> None:
+        if task.state in ACTIVE:
+            self._stop_task(task, reason)
+        task.errors_count = 0
+        task.progress = 0
+        task.host_errors = None
+        self._set_state(task, TaskState.RDY)
+
+    def _skip_task(self, task: Task) -> None:
+        if task.state in ACTIVE:
+            self._stop_task(task, "skipped")
+        self._set_state(task, TaskState.SKP)
+
+    def _job_delete(self, job: Job, value: Any) -> None:
         for block in job.blocks:
             for task in block.tasks:
                 if task.state in ACTIVE:
                     self._stop_task(task, "job deleted")
-        self._dequeue(job)
+        self._ready_jobs_remove(job)
+        self._cancel_timer("wait", job.id)
         del self.jobs[job.id]
         self.users[job.user_name].jobs.discard(job.id)
+        self.jobs_generation += 1
+        self.work_generation += 1
         self.events.emit("job_deleted", job_id=job.id)
         self._notify("job_deleted", job)
+
+    def task_action(self, user: str, job_id: int, block: int, tasks: Iterable[int], action: str) -> list[int]:
+        """restart or skip some tasks of one block."""
+        if action not in TASK_ACTIONS:
+            raise errors.InvalidAction(f"unknown task action {action!r}; one of {', '.join(TASK_ACTIONS)}")
+        job = self.job(job_id)
+        self.check_may_change(user, job)
+        chosen = [self.task((job_id, block, n)) for n in tasks]
+        for task in chosen:
+            if action == "restart":
+                self._restart_task(task, "task restarted")
+            else:
+                self._skip_task(task)
+        self._job_changed(job)
+        self.request_solve()
+        return [t.number for t in chosen]
+
+    # --- users -------------------------------------------------------------------------
+
+    def user(self, name: str) -> User:
+        try:
+            return self.users[name]
+        except KeyError:
+            raise errors.InvalidAction(f"no user {name!r}: users are created by their first job") from None
+
+    def user_action(self, user: str, names: Iterable[str], action: str, value: Any = None) -> list[str]:
+        """Admins set a user's priority, limits, hosts masks, error settings and solving."""
+        if action not in USER_ACTIONS:
+            raise errors.InvalidAction(f"unknown user action {action!r}; one of {', '.join(USER_ACTIONS)}")
+        self._check_admin(user, "change users")
+        users = [self.user(n) for n in names]
+        changes = self._valid_user_changes(value)
+        for u in users:
+            for key, val in changes.items():
+                setattr(u, key, _compile(val) if key.startswith("hosts_mask") else val)
+            self.events.emit("user", user=u.to_dict())
+            self._notify("user", u)
+        self.work_generation += 1
+        self.request_solve()
+        return [u.name for u in users]
+
+    def _valid_user_changes(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping) or not value:
+            raise errors.InvalidAction("set needs a mapping of user parameters to values")
+        problems, changes = [], {}
+        for key, val in value.items():
+            kind = USER_SETTABLE.get(key)
+            if kind is None:
+                problems.append(f"user.{key}: cannot be set; one of {', '.join(sorted(USER_SETTABLE))}")
+            elif kind is int and (isinstance(val, bool) or not isinstance(val, int)):
+                problems.append(f"user.{key}: expected an integer, got {val!r}")
+            elif kind is str and not isinstance(val, str):
+                problems.append(f"user.{key}: expected a string, got {val!r}")
+            elif key.startswith("hosts_mask"):
+                try:
+                    re.compile(val)
+                    changes[key] = val
+                except re.error as e:
+                    problems.append(f"user.{key}: invalid regular expression: {e}")
+            elif key == "jobs_solving" and val not in ("order", "need"):
+                problems.append("user.jobs_solving: 'order' or 'need'")
+            elif key == "priority" and not 0 <= val <= MAX_PRIORITY:
+                problems.append(f"user.priority: must be 0..{MAX_PRIORITY}")
+            else:
+                changes[key] = val
+        if problems:
+            raise errors.InvalidAction("; ".join(problems))
+        return changes
 
     # --- renders -----------------------------------------------------------------------
 
     def register_render(self, name: str, *, capacity: int, max_tasks: int = 0,
                         services: Iterable[str] = (), services_disabled: Iterable[str] = (),
-                        platform: str = "", cpus: int = 0, memory_mb: int = 0,
+                        platform: str = "", cpus: int = 0, memory_mb: int = 0, owner: str = "",
                         running: Iterable[Mapping[str, int]] = ()) -> Render:
         """A render (re)connects. Tasks it still runs are re-attached, not re-run; tasks
         it runs that the farm no longer wants there are killed."""
@@ -279,6 +518,7 @@ class Farm:
         render.capacity, render.max_tasks = capacity, max_tasks
         render.services, render.services_disabled = frozenset(services), frozenset(services_disabled)
         render.platform, render.cpus, render.memory_mb = platform, cpus, memory_mb
+        render.owner = owner
         render.online, render.time_registered, render.time_seen = True, now, now
         render.solved_empty_at = -1
         self._reattach(render, running)
@@ -301,9 +541,10 @@ class Farm:
             if (task is not None and task.state in ACTIVE and task.starts_count == run
                     and task.render_id == render.id):
                 if task.state is TaskState.WRC:
-                    self._cancel_reconnect_timer(task)
+                    self._cancel_timer("reconnect", id(task))
                     self._occupy(render, task)
                     self._set_state(task, TaskState.RUN)
+                    self._arm_time_limits(task)
             else:  # deleted, restarted or run elsewhere meanwhile
                 self._order(render, {"order": "kill", "job_id": key[0], "block": key[1],
                                      "task": key[2], "run": run, "reason": "not wanted by the server"})
@@ -318,6 +559,12 @@ class Farm:
         except KeyError:
             raise errors.NotRegistered(f"no render {render_id}: register again") from None
 
+    def render_named(self, name: str) -> Render:
+        try:
+            return self.renders_by_name[name]
+        except KeyError:
+            raise errors.UnknownRender(f"no render named {name!r}") from None
+
     def render_seen(self, render: Render) -> None:
         render.time_seen = self.clock.seconds()
 
@@ -331,25 +578,19 @@ class Farm:
         for task in list(render.tasks.values()):
             self._release(task, keep_render=True)
             self._set_state(task, TaskState.WRC)
-            self._reconnect_calls[id(task)] = self.clock.callLater(
-                self.settings.task_reconnect_timeout, self._reconnect_timeout, task)
+            self._timer("reconnect", id(task), self.settings.task_reconnect_timeout,
+                        self._reconnect_timeout, task)
         render.tasks.clear()
         render.capacity_used = 0
         log.info("render {render} offline", render=render.name)
         self._render_changed(render)
 
     def _reconnect_timeout(self, task: Task) -> None:
-        self._reconnect_calls.pop(id(task), None)
         if task.state is TaskState.WRC:
             log.info("task {key} did not come back with its render: ready again", key=task.key)
             task.render_id = 0
             self._set_state(task, TaskState.RDY)
             self.request_solve()
-
-    def _cancel_reconnect_timer(self, task: Task) -> None:
-        call = self._reconnect_calls.pop(id(task), None)
-        if call is not None and call.active():
-            call.cancel()
 
     def _drop_pending_orders(self, render: Render) -> None:
         """Undelivered start orders never reached the render: those tasks are ready again."""
@@ -374,6 +615,64 @@ class Farm:
         orders, render.orders = render.orders, []
         return orders
 
+    def render_action(self, user: str, names: Iterable[str], action: str, value: Any = None) -> list[str]:
+        """nimby (only the owner's jobs), NIMBY (none), free (clear both), pause, resume,
+        eject (its tasks back to ready), exit, heal (clear SICK), set {capacity,
+        max_tasks}. The render's owner may do nimby, NIMBY, free, pause, resume and eject;
+        admins everything."""
+        if action not in RENDER_ACTIONS:
+            raise errors.InvalidAction(
+                f"unknown render action {action!r}; one of {', '.join(RENDER_ACTIONS)}")
+        renders = [self.render_named(n) for n in names]
+        owner_may = action in ("nimby", "NIMBY", "free", "pause", "resume", "eject")
+        for render in renders:
+            if not (self.is_admin(user) or (owner_may and render.owner and render.owner == user)):
+                raise errors.PermissionDenied(f"user {user!r} may not {action} render {render.name!r}")
+        if action == "set":
+            valid = isinstance(value, Mapping) and value and set(value) <= {"capacity", "max_tasks"} and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values())
+            if not valid:
+                raise errors.InvalidAction('set needs {"capacity": N, "max_tasks": N}')
+        for render in renders:
+            if action == "nimby":
+                render.nimby, render.NIMBY = True, False
+            elif action == "NIMBY":
+                render.NIMBY = True
+            elif action == "free":
+                render.nimby = render.NIMBY = False
+            elif action in ("pause", "resume"):
+                render.paused = action == "pause"
+            elif action == "heal":
+                render.sick, render.errors_in_row = False, 0
+                render.error_jobs_in_row.clear()
+            elif action == "eject":
+                for task in list(render.tasks.values()):
+                    self._stop_task(task, f"ejected by {user}")
+                    self._set_state(task, TaskState.RDY)
+            elif action == "exit":
+                self._order(render, {"order": "exit"})
+            elif action == "set":
+                for key, val in value.items():
+                    setattr(render, key, val)
+            render.solved_empty_at = -1
+            log.info("{user} {action} render {render}", user=user, action=action, render=render.name)
+            self._render_changed(render)
+        self.request_solve()
+        return [r.name for r in renders]
+
+    def delete_renders(self, user: str, names: Iterable[str]) -> list[str]:
+        """Forget offline renders (admins only)."""
+        self._check_admin(user, "delete renders")
+        renders = [self.render_named(n) for n in names]
+        for render in renders:
+            if render.online:
+                raise errors.InvalidAction(f"render {render.name!r} is online: exit it first")
+        for render in renders:
+            del self.renders[render.id]
+            del self.renders_by_name[render.name]
+            self.events.emit("render_deleted", name=render.name)
+        return [r.name for r in renders]
+
     # --- a task's life on a render -----------------------------------------------------
 
     def start_task(self, task: Task, render: Render) -> None:
@@ -383,11 +682,12 @@ class Farm:
         task.starts_count += 1
         task.progress = 0
         task.host = render.name
-        task.time_started, task.time_done = now, 0.0
+        task.time_started, task.time_done, task.time_progress = now, 0.0, now
         if not job.time_started:
             job.time_started = now
         self._occupy(render, task)
         self._set_state(task, TaskState.RUN)
+        self._arm_time_limits(task)
         spec = block.spec
         frame_start, frame_end = spec.frames(task.number) if spec.numeric else (0, 0)
         env = dict(spec.environment)
@@ -404,32 +704,84 @@ class Farm:
             "working_directory": spec.working_directory, "environment": env,
             "service": spec.service, "parser": spec.parser, "capacity": spec.capacity,
             "frame_start": frame_start, "frame_end": frame_end,
-            "max_run_time": spec.task_max_run_time,
         })
+
+    def _arm_time_limits(self, task: Task) -> None:
+        """task_max_run_time and task_progress_change_timeout: the server kills, the run
+        is an error."""
+        spec = task.block.spec
+        now = self.clock.seconds()
+        deadlines = []
+        if spec.task_max_run_time > 0:
+            deadlines.append(task.time_started + spec.task_max_run_time)
+        if spec.task_progress_change_timeout > 0:
+            deadlines.append(task.time_progress + spec.task_progress_change_timeout)
+        if deadlines:
+            self._timer("limits", id(task), min(deadlines) - now, self._check_time_limits, task,
+                        task.starts_count)
+
+    def _check_time_limits(self, task: Task, run: int) -> None:
+        if task.state is not TaskState.RUN or task.starts_count != run:
+            return
+        spec, now = task.block.spec, self.clock.seconds()
+        reason = None
+        if spec.task_max_run_time > 0 and now - task.time_started >= spec.task_max_run_time:
+            reason = f"task_max_run_time of {spec.task_max_run_time} s exceeded"
+        elif (spec.task_progress_change_timeout > 0
+              and now - task.time_progress >= spec.task_progress_change_timeout):
+            timeout = spec.task_progress_change_timeout
+            reason = f"no progress change for task_progress_change_timeout {timeout} s"
+        if reason is None:
+            self._arm_time_limits(task)
+            return
+        log.info("task {key} killed: {reason}", key=task.key, reason=reason)
+        render = self.renders[task.render_id]
+        self._order(render, {"order": "kill", "job_id": task.key[0], "block": task.key[1],
+                             "task": task.key[2], "run": run, "reason": reason})
+        self._release(task)
+        task.time_done = now
+        self._task_failed(task, render, reason)
+        self._notify("run", self._run_record(task, None, None, reason, None))
+        self.request_solve()
 
     def _occupy(self, render: Render, task: Task) -> None:
         block, job = task.block, task.block.job
+        user = self.users[job.user_name]
         task.render_id = render.id
         render.tasks[task.key] = task
         render.capacity_used += block.spec.capacity
         block.running_capacity += block.spec.capacity
         block.running_per_host[render.id] += 1
         job.running_per_host[render.id] += 1
-        self.users[job.user_name].running += 1
+        user.running += 1
+        user.running_capacity += block.spec.capacity
+        user.running_per_host[render.id] += 1
+        for name, count in block.spec.tickets.items():
+            self.tickets_used[name] += count
+            render.tickets_used[name] += count
 
     def _release(self, task: Task, keep_render: bool = False) -> None:
         """Free what a running task held on its render."""
         block, job = task.block, task.block.job
+        user = self.users[job.user_name]
+        self._cancel_timer("limits", id(task))
         render = self.renders.get(task.render_id)
         if render is not None and render.tasks.pop(task.key, None) is not None:
             render.capacity_used -= block.spec.capacity
             render.solved_empty_at = -1
+        if render is not None:
+            for name, count in block.spec.tickets.items():
+                render.tickets_used[name] -= count
+        for name, count in block.spec.tickets.items():
+            self.tickets_used[name] -= count
         block.running_capacity -= block.spec.capacity
-        for counter in (block.running_per_host, job.running_per_host):
+        user.running -= 1
+        user.running_capacity -= block.spec.capacity
+        for counter in (block.running_per_host, job.running_per_host, user.running_per_host):
             counter[task.render_id] -= 1
             if counter[task.render_id] <= 0:
                 del counter[task.render_id]
-        self.users[job.user_name].running -= 1
+        self.work_generation += 1  # limits and tickets freed: blocked work may fit now
         if not keep_render:
             task.render_id = 0
 
@@ -448,13 +800,14 @@ class Farm:
         task = self.current_task(render, key, run)
         if task is not None and progress is not None and progress != task.progress:
             task.progress = max(0, min(100, progress))
+            task.time_progress = self.clock.seconds()
             self.events.emit("progress", job_id=key[0], block=key[1], task=key[2],
                              progress=task.progress)
         return task
 
     def task_finished(self, render: Render, key: TaskKey, run: int, *, exit_code: int | None,
                       signal: int | None, time_started: float, time_done: float,
-                      message: str = "") -> Task | None:
+                      message: str = "", peak_memory_mb: int | None = None) -> Task | None:
         """A task's process ended. A stale or repeated report changes nothing, so a finish
         is counted once."""
         task = self.current_task(render, key, run)
@@ -462,29 +815,69 @@ class Farm:
             log.debug("stale finish of {key} run {run} from {render}", key=key, run=run,
                       render=render.name)
             return None
-        self._cancel_reconnect_timer(task)
+        self._cancel_timer("reconnect", id(task))
         self._release(task)
         task.time_started, task.time_done = time_started, time_done
+        min_run = task.block.spec.task_min_run_time
+        if exit_code == 0 and signal is None and min_run > 0 and time_done - time_started < min_run:
+            message = f"finished in {time_done - time_started:.1f} s, under task_min_run_time {min_run} s"
+            exit_code = None
         if exit_code == 0 and signal is None:
             task.progress = 100
+            render.errors_in_row = 0
+            render.error_jobs_in_row.clear()
             self._set_state(task, TaskState.DON)
         else:
-            task.errors_count += 1
-            retries = task.block.spec.errors_retries
-            if retries < 0:
-                retries = self.settings.errors_retries
-            state = TaskState.RDY if task.errors_count <= retries else TaskState.ERR
-            log.info("task {key} failed on {render} ({why}): {state}", key=key, render=render.name,
-                     why=message or f"exit {exit_code} signal {signal}", state=state.value)
-            self._set_state(task, state)
-            if task.block.job.state is TaskState.ERR:
-                self._job_changed(task.block.job)
+            self._task_failed(task, render, message or f"exit {exit_code} signal {signal}")
+        self._notify("run", self._run_record(task, exit_code, signal, message, peak_memory_mb))
         self.request_solve()
         return task
 
+    def _task_failed(self, task: Task, render: Render, why: str) -> None:
+        """An error: count it against the task, the block and the host; retry or ERR."""
+        block, job = task.block, task.block.job
+        now = self.clock.seconds()
+        task.errors_count += 1
+        if task.host_errors is None:
+            task.host_errors = {}
+        for table in (block.host_errors, task.host_errors):
+            entry = table.setdefault(render.name, [0, now])
+            entry[0] += 1
+            entry[1] = now
+        render.error_history.append((now, job.id, block.number, task.number, job.user_name))
+        render.errors_in_row += 1
+        render.error_jobs_in_row.add(job.id)
+        sick_after = self.settings.sick_errors_count
+        if sick_after > 0 and not render.sick and len(render.error_jobs_in_row) >= sick_after:
+            render.sick = True
+            log.warn("render {render} is SICK: {count} errors in a row from different jobs",
+                     render=render.name, count=render.errors_in_row)
+            self._render_changed(render)
+            self._notify("render_sick", render)
+        retries = self.setting(block, "errors_retries")
+        state = TaskState.RDY if task.errors_count <= retries else TaskState.ERR
+        log.info("task {key} failed on {render} ({why}): {state}", key=task.key, render=render.name,
+                 why=why, state=state.value)
+        self._set_state(task, state)
+        if job.state is TaskState.ERR:
+            self._job_changed(job)
+
+    def _run_record(self, task: Task, exit_code: int | None, signal: int | None, message: str,
+                    peak_memory_mb: int | None) -> TaskRun:
+        block, job = task.block, task.block.job
+        frames = block.spec.frames(task.number) if block.spec.numeric else (0, 0)
+        return TaskRun(
+            job_id=job.id, block=block.number, task=task.number, run=task.starts_count,
+            job_name=job.name, block_name=block.name, task_name=task.name, user_name=job.user_name,
+            host=task.host, service=block.spec.service, capacity=block.spec.capacity,
+            command=task.command, frame_start=frames[0], frame_end=frames[1],
+            time_started=task.time_started, time_done=task.time_done, exit_code=exit_code,
+            signal=signal, state=task.state.value, errors_count=task.errors_count,
+            message=message, peak_memory_mb=peak_memory_mb)
+
     def _stop_task(self, task: Task, reason: str) -> None:
         """Order the render to kill a running task and forget it here."""
-        self._cancel_reconnect_timer(task)
+        self._cancel_timer("reconnect", id(task))
         render = self.renders.get(task.render_id)
         if render is not None and render.online and task.key in render.tasks:
             self._order(render, {"order": "kill", "job_id": task.key[0], "block": task.key[1],
@@ -492,14 +885,6 @@ class Farm:
         if task.state is TaskState.RUN:
             self._release(task)
         task.render_id = 0
-
-    def stop(self) -> None:
-        """Cancel the farm's timers (the server is stopping)."""
-        for call in [self._solve_call, *self._reconnect_calls.values()]:
-            if call is not None and call.active():
-                call.cancel()
-        self._solve_call = None
-        self._reconnect_calls.clear()
 
     # --- solving -----------------------------------------------------------------------
 
@@ -512,17 +897,30 @@ class Farm:
         self._solve_call = None
         self.scheduler.solve()
 
+    def explain(self, job_id: int) -> dict[str, Any]:
+        """Why is my job waiting? (see `Scheduler.explain`)"""
+        return self.scheduler.explain(self.job(job_id))
+
     # --- listings ----------------------------------------------------------------------
 
+    def job_dict(self, job: Job) -> dict[str, Any]:
+        data = job.to_dict()
+        data["state"] = self.scheduler.display_state(job).value
+        return data
+
     def list_jobs(self, user: str | None = None) -> list[dict[str, Any]]:
-        return [j.to_dict() for j in self.jobs.values() if user is None or j.user_name == user]
+        return [self.job_dict(j) for j in self.jobs.values() if user is None or j.user_name == user]
 
     def show_job(self, job_id: int) -> dict[str, Any]:
         job = self.job(job_id)
-        data = job.to_dict()
+        data = self.job_dict(job)
         data["blocks"] = [b.to_dict() for b in job.blocks]
-        data["depend_mask"] = job.spec.depend_mask
-        data["command_post"] = job.spec.command_post
+        for block, entry in zip(job.blocks, data["blocks"], strict=True):
+            waits = self.scheduler.block_waits(block) is Why.BLOCK_DEPENDS
+            entry["state"] = TaskState.WD.value if waits else block_state(block).value
+        for key in ("depend_mask", "depend_mask_global", "command_post", "max_running_tasks",
+                    "max_running_tasks_per_host", "hosts_mask", "hosts_mask_exclude", "time_wait"):
+            data[key] = getattr(job.spec, key)
         data["custom_data"] = dict(job.spec.custom_data)
         return data
 
@@ -562,4 +960,16 @@ class Farm:
                 "renders_busy": busy, "renders_offline": len(self.renders) - online}
 
 
-__all__ = ["FINISHED", "Farm", "FarmSettings", "JOB_ACTIONS"]
+def block_state(block: Block) -> TaskState:
+    c = block.counts
+    if block.finished:
+        return TaskState.DON
+    if c[TaskState.RUN] or c[TaskState.WRC]:
+        return TaskState.RUN
+    if c[TaskState.RDY]:
+        return TaskState.RDY
+    return TaskState.ERR if c[TaskState.ERR] else TaskState.WD
+
+
+__all__ = ["Farm", "FarmSettings", "JOB_ACTIONS", "RENDER_ACTIONS", "TASK_ACTIONS", "USER_ACTIONS",
+           "ERROR_SETTINGS"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import heapq
 import re
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 import attrs
@@ -41,6 +41,34 @@ ACTIVE = frozenset({TaskState.RUN, TaskState.WRC})
 TaskKey = tuple[int, int, int]  # job id, block number, task number
 
 
+@attrs.frozen
+class TaskRun:
+    """One run of a task that ended, as reported by its render: what statistics keep."""
+
+    job_id: int
+    block: int
+    task: int
+    run: int
+    job_name: str
+    block_name: str
+    task_name: str
+    user_name: str
+    host: str
+    service: str
+    capacity: int
+    command: str
+    frame_start: int
+    frame_end: int
+    time_started: float
+    time_done: float
+    exit_code: int | None
+    signal: int | None
+    state: str  # the task's state after this run: DON, RDY (will retry) or ERR
+    errors_count: int
+    message: str
+    peak_memory_mb: int | None = None
+
+
 @attrs.define(slots=True, eq=False, repr=False)
 class Task:
     block: Block
@@ -54,6 +82,10 @@ class Task:
     time_started: float = 0.0
     time_done: float = 0.0
     host: str = ""  # the render of the last run
+    #: Render name → [errors, time of the last]; None until the task first fails.
+    host_errors: dict[str, list[float]] | None = None
+    #: When the running task's progress last changed (progress change timeout).
+    time_progress: float = 0.0
 
     @property
     def key(self) -> TaskKey:
@@ -92,6 +124,16 @@ class Block:
     running_per_host: Counter[int] = attrs.field(factory=Counter)
     hosts_mask: re.Pattern[str] | None = None
     hosts_mask_exclude: re.Pattern[str] | None = None
+    #: Solving order when not plain forward: rank → task number, and its inverse.
+    order: list[int] | None = None
+    rank: list[int] | None = None
+    #: Render name → [errors, time of the last] (errors_avoid_host).
+    host_errors: dict[str, list[float]] = attrs.field(factory=dict)
+    #: Blocks of this job matched by ``depend_mask`` / ``tasks_depend_mask``.
+    depends_on: list[Block] = attrs.field(factory=list)
+    tasks_depend_on: list[Block] = attrs.field(factory=list)
+    #: Another block depends on this one: its finishing may free work.
+    depends_on_me: bool = False
 
     @property
     def name(self) -> str:
@@ -101,12 +143,33 @@ class Block:
     def running(self) -> int:
         return self.counts[TaskState.RUN]
 
+    @property
+    def finished(self) -> bool:
+        return self.counts[TaskState.DON] + self.counts[TaskState.SKP] == len(self.tasks)
+
+    def set_order(self, sequential: int) -> None:
+        """Afanasy's ``sequential``: 1 forward, -1 backward, N every Nth frame first
+        (then the rest), -N the same from the end, 0 from the middle out."""
+        count = len(self.tasks)
+        if sequential == 1:
+            self.order = self.rank = None
+        else:
+            self.order = solving_order(self.spec, count, sequential)
+            self.rank = [0] * count
+            for r, n in enumerate(self.order):
+                self.rank[n] = r
+        self.ready = sorted(self._rank_of(t.number) for t in self.tasks if t.state is TaskState.RDY)
+
+    def _rank_of(self, number: int) -> int:
+        return number if self.rank is None else self.rank[number]
+
     def push_ready(self, task: Task) -> None:
-        heapq.heappush(self.ready, task.number)
+        heapq.heappush(self.ready, self._rank_of(task.number))
 
     def pop_ready(self) -> Task | None:
         while self.ready:
-            task = self.tasks[heapq.heappop(self.ready)]
+            rank = heapq.heappop(self.ready)
+            task = self.tasks[rank if self.order is None else self.order[rank]]
             if task.state is TaskState.RDY:
                 return task
         return None
@@ -120,6 +183,8 @@ class Block:
             "counts": {s.value: n for s, n in self.counts.items() if n},
             "progress": done * 100 // total if total else 100,
             "command": self.spec.command, "depend_mask": self.spec.depend_mask,
+            "tasks_depend_mask": self.spec.tasks_depend_mask,
+            "avoided_hosts": sorted(self.host_errors),
         }
 
 
@@ -190,13 +255,38 @@ class Job:
 
 @attrs.define(eq=False, repr=False)
 class User:
+    """Created by a user's first job; an admin may set its limits and solving."""
+
     name: str
     time_registered: float
     jobs: set[int] = attrs.field(factory=set)
+    #: The user's unfinished jobs with ready tasks, in solving order.
+    ready_jobs: list[Job] = attrs.field(factory=list)
     running: int = 0
+    running_capacity: int = 0
+    running_per_host: Counter[int] = attrs.field(factory=Counter)
+    priority: int = 99
+    max_running_tasks: int = -1
+    max_running_tasks_per_host: int = -1
+    hosts_mask: re.Pattern[str] | None = None
+    hosts_mask_exclude: re.Pattern[str] | None = None
+    errors_retries: int = -1
+    errors_avoid_host: int = -1
+    errors_task_same_host: int = -1
+    errors_forgive_time: int = -1
+    #: How this user's jobs are solved: "order" (Afanasy's default) or "need".
+    jobs_solving: str = "order"
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "jobs": len(self.jobs), "running": self.running,
+                "running_capacity": self.running_capacity, "priority": self.priority,
+                "max_running_tasks": self.max_running_tasks,
+                "max_running_tasks_per_host": self.max_running_tasks_per_host,
+                "hosts_mask": self.hosts_mask.pattern if self.hosts_mask else "",
+                "hosts_mask_exclude": self.hosts_mask_exclude.pattern if self.hosts_mask_exclude else "",
+                "errors_retries": self.errors_retries, "errors_avoid_host": self.errors_avoid_host,
+                "errors_task_same_host": self.errors_task_same_host,
+                "errors_forgive_time": self.errors_forgive_time, "jobs_solving": self.jobs_solving,
                 "time_registered": self.time_registered}
 
 
@@ -220,9 +310,25 @@ class Render:
     orders: list[dict[str, Any]] = attrs.field(factory=list)
     #: The farm's work generation when a solve last found nothing for this render.
     solved_empty_at: int = -1
+    owner: str = ""
+    nimby: bool = False  # only its owner's jobs
+    NIMBY: bool = False  # no jobs at all
+    paused: bool = False
+    sick: bool = False
+    tickets_used: Counter[str] = attrs.field(factory=Counter)
+    #: Recent errors on this host across jobs: (time, job id, block, task, user).
+    error_history: deque[tuple[float, int, int, int, str]] = attrs.field(
+        factory=lambda: deque(maxlen=100))
+    #: Consecutive errors (no success between) and the distinct jobs they came from.
+    errors_in_row: int = 0
+    error_jobs_in_row: set[int] = attrs.field(factory=set)
+
+    def accepting(self) -> bool:
+        """Online and willing to take work at all."""
+        return self.online and not (self.paused or self.NIMBY or self.sick)
 
     def has_room(self) -> bool:
-        if not self.online or self.capacity_used >= self.capacity:
+        if not self.accepting() or self.capacity_used >= self.capacity:
             return False
         return self.max_tasks <= 0 or len(self.tasks) < self.max_tasks
 
@@ -233,9 +339,13 @@ class Render:
 
     @property
     def state(self) -> str:
+        """Afanasy's render states, most telling first."""
         if not self.online:
             return "offline"
-        return "busy" if self.tasks else "online"
+        flags = [name for name, on in (("sick", self.sick), ("paused", self.paused),
+                                       ("NIMBY", self.NIMBY), ("nimby", self.nimby)) if on]
+        flags.append("busy" if self.tasks else "online")
+        return " ".join(flags)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -245,4 +355,42 @@ class Render:
             "services_disabled": sorted(self.services_disabled), "platform": self.platform,
             "cpus": self.cpus, "memory_mb": self.memory_mb,
             "tasks": [list(k) for k in self.tasks], "time_seen": self.time_seen,
+            "owner": self.owner, "nimby": self.nimby, "NIMBY": self.NIMBY, "paused": self.paused,
+            "sick": self.sick, "tickets_used": dict(self.tickets_used),
+            "errors_in_row": self.errors_in_row,
+            "error_history": [{"time": t, "job_id": j, "block": b, "task": n, "user": u}
+                              for t, j, b, n, u in self.error_history],
         }
+
+
+def solving_order(spec: BlockSpec, count: int, sequential: int) -> list[int]:
+    """Task numbers in the order Afanasy's ``sequential`` solves them."""
+    if sequential == 1:
+        return list(range(count))
+    if sequential == -1:
+        return list(range(count - 1, -1, -1))
+    if sequential == 0:  # middle out: halves, then quarters, ...
+        order, seen = [], set()
+        for n in (0, count - 1):
+            if n not in seen:
+                seen.add(n)
+                order.append(n)
+        parts = 2
+        while len(order) < count and parts <= 2 * count:
+            for i in range(1, parts, 2):
+                n = i * (count - 1) // parts
+                if n not in seen:
+                    seen.add(n)
+                    order.append(n)
+            parts *= 2
+        order.extend(n for n in range(count) if n not in seen)
+        return order
+    step = abs(sequential)
+    frames = [spec.frames(n)[0] if spec.numeric else n for n in range(count)]
+    every = [n for n in range(count) if frames[n] % step == 0]
+    if sequential > 1:
+        taken = dict.fromkeys([0, count - 1, *every])
+        return [*taken, *(n for n in range(count) if n not in taken)]
+    every.reverse()
+    chosen = set(every)
+    return every + [n for n in range(count - 1, -1, -1) if n not in chosen]

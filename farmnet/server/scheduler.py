@@ -1,22 +1,66 @@
-"""Solving: which ready task goes to which render with room.
+"""Solving: which ready task goes to which render with room — Afanasy's rules.
 
-Runs when something changed (the farm coalesces requests into one solve per reactor
-turn), never as a periodic scan. Finished jobs are not in the farm's queue, and a render
-for which nothing fitted is skipped until new work appears (the farm's work generation),
-so finished work and idle renders cost nothing.
+Order: users, then their jobs, then blocks, then tasks. Users are taken by need by
+default (need = 1.1^priority / (running + 1), running being the user's running
+capacity, or its running tasks when the farm counts tasks), so each priority point is
+worth about 10 % more of the farm; a user's jobs by order (higher priority first, then
+older) unless the user asks for need. Blocks in order; tasks in their block's
+``sequential`` order.
 
-Jobs are taken by order: higher priority first, then older. Within a job, blocks in
-order, tasks in their block's order.
+Every rule is a check that returns why it refuses (a `Why`), or None. `pick` uses the
+checks to solve; `explain` runs the same checks and reports their answers, so "why is
+my job waiting?" is answered from the scheduler's own state, exactly.
+
+Solving runs when something changed (the farm coalesces requests into one solve per
+reactor turn), never as a periodic scan. A user's finished jobs are not in its ready
+list, and a render for which nothing fitted is skipped until new work appears (the
+farm's work generation), so finished work and idle renders cost nothing.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import enum
+import re
+from collections import Counter
+from typing import TYPE_CHECKING, Any
 
-from farmnet.server.model import Block, Job, Render, Task, TaskState
+from farmnet.server.model import Block, Job, Render, Task, TaskState, User
 
 if TYPE_CHECKING:
     from farmnet.server.farm import Farm
+
+#: Tasks of one block looked at per pick before giving up on it (task-level refusals).
+SCAN = 256
+
+
+class Why(enum.StrEnum):
+    """Why a job, block or task does not run (on a render)."""
+
+    PAUSED = "job is paused (OFF)"
+    TIME_WAIT = "job waits until its start time (WT)"
+    JOB_DEPENDS = "job waits for jobs matching its depend_mask (WD)"
+    BLOCK_DEPENDS = "block waits for blocks matching its depend_mask (WD)"
+    TASKS_DEPEND = "ready tasks wait for tasks of blocks matching tasks_depend_mask (WD)"
+    NO_READY = "no ready tasks"
+    USER_LIMIT = "user's max_running_tasks reached"
+    JOB_LIMIT = "job's max_running_tasks reached"
+    BLOCK_LIMIT = "block's max_running_tasks reached"
+    TICKETS = "farm tickets exhausted"
+    OFFLINE = "render offline"
+    RENDER_OFF = "render paused, NIMBY or sick"
+    NIMBY = "render is nimby: only its owner's jobs"
+    USER_HOST_LIMIT = "user's max_running_tasks_per_host reached on the render"
+    JOB_HOST_LIMIT = "job's max_running_tasks_per_host reached on the render"
+    BLOCK_HOST_LIMIT = "block's max_running_tasks_per_host reached on the render"
+    USER_MASK = "user's hosts mask excludes the render"
+    JOB_MASK = "job's hosts mask excludes the render"
+    BLOCK_MASK = "block's hosts mask excludes the render"
+    SERVICE = "render does not allow the block's service"
+    TOO_SMALL = "block capacity is more than the render's capacity"
+    BUSY = "render busy: not enough free capacity or task slots"
+    HOST_TICKETS = "render's tickets exhausted"
+    AVOIDED = "block avoids the render after errors there (errors_avoid_host)"
+    TASK_AVOIDED = "ready tasks avoid the render after errors there (errors_task_same_host)"
 
 
 def _limit_reached(running: int, limit: int) -> bool:
@@ -24,16 +68,23 @@ def _limit_reached(running: int, limit: int) -> bool:
     return limit >= 0 and running >= limit
 
 
-def _mask_refuses(name: str, mask, exclude) -> bool:
+def _mask_refuses(name: str, mask: re.Pattern[str] | None, exclude: re.Pattern[str] | None) -> bool:
     if mask is not None and not mask.fullmatch(name):
         return True
     return exclude is not None and bool(exclude.fullmatch(name))
+
+
+def _need(priority: int, resources: int) -> float:
+    return 1.1**priority / (resources + 1)
 
 
 class Scheduler:
     def __init__(self, farm: Farm) -> None:
         self.farm = farm
         self.assignments = 0
+        self._depends_cache: dict[int, tuple[int, list[str]]] = {}
+
+    # --- solving -----------------------------------------------------------------------
 
     def solve(self) -> int:
         """Give every render with room as many tasks as fit; returns how many started."""
@@ -53,32 +104,264 @@ class Scheduler:
         return started
 
     def pick(self, render: Render) -> Task | None:
-        for job in self.farm.queue:
-            if job.paused or not job.counts[TaskState.RDY] or not self.job_allows(job, render):
+        now = self.farm.clock.seconds()
+        for user in self.users_in_order():
+            if self.user_refuses(user, render):
                 continue
-            for block in job.blocks:
-                if block.counts[TaskState.RDY] and self.block_allows(block, render):
-                    task = block.pop_ready()
+            for job in self.jobs_in_order(user):
+                if self.job_waits(job, now) or self.job_refuses(job, render):
+                    continue
+                for block in job.blocks:
+                    if self.block_waits(block) or self.block_refuses(block, render, now):
+                        continue
+                    task = self.take_task(block, render, now)
                     if task is not None:
                         return task
         return None
 
-    def job_allows(self, job: Job, render: Render) -> bool:
-        spec = job.spec
-        if _limit_reached(job.counts[TaskState.RUN], spec.max_running_tasks):
-            return False
-        if _limit_reached(job.running_per_host[render.id], spec.max_running_tasks_per_host):
-            return False
-        return not _mask_refuses(render.name, job.hosts_mask, job.hosts_mask_exclude)
+    def users_in_order(self) -> list[User]:
+        users = [u for u in self.farm.users.values() if u.ready_jobs]
+        if self.farm.settings.users_solving == "need":
+            use_capacity = self.farm.settings.solve_by_capacity
+            users.sort(key=lambda u: (-_need(u.priority, u.running_capacity if use_capacity else u.running),
+                                      u.time_registered))
+        else:
+            users.sort(key=lambda u: (-u.priority, u.time_registered))
+        return users
 
-    def block_allows(self, block: Block, render: Render) -> bool:
+    def jobs_in_order(self, user: User) -> list[Job]:
+        if user.jobs_solving != "need":
+            return user.ready_jobs  # kept in order by the farm
+        use_capacity = self.farm.settings.solve_by_capacity
+
+        def need(job: Job) -> float:
+            running = sum(b.running_capacity for b in job.blocks) if use_capacity else job.counts[
+                TaskState.RUN]
+            return _need(job.priority, running)
+
+        return sorted(user.ready_jobs, key=lambda j: (-need(j), j.order_key()))
+
+    def take_task(self, block: Block, render: Render, now: float) -> Task | None:
+        """The block's next ready task this render may run; tasks passed over stay ready."""
+        if not block.tasks_depend_on and not block.host_errors:  # the fast path
+            return block.pop_ready()
+        passed: list[Task] = []
+        found = None
+        for _ in range(SCAN):
+            task = block.pop_ready()
+            if task is None:
+                break
+            if self.task_refuses(task, render, now) is None:
+                found = task
+                break
+            passed.append(task)
+        for task in passed:
+            block.push_ready(task)
+        return found
+
+    # --- the checks (None: allowed) ------------------------------------------------------
+
+    def user_refuses(self, user: User, render: Render) -> Why | None:
+        if render.nimby and render.owner != user.name:
+            return Why.NIMBY
+        if _limit_reached(user.running, user.max_running_tasks):
+            return Why.USER_LIMIT
+        if _limit_reached(user.running_per_host[render.id], user.max_running_tasks_per_host):
+            return Why.USER_HOST_LIMIT
+        if _mask_refuses(render.name, user.hosts_mask, user.hosts_mask_exclude):
+            return Why.USER_MASK
+        return None
+
+    def job_waits(self, job: Job, now: float) -> Why | None:
+        """Render-independent reasons a job does not run."""
+        if job.paused:
+            return Why.PAUSED
+        if job.spec.time_wait > now:
+            return Why.TIME_WAIT
+        if (job.spec.depend_mask or job.spec.depend_mask_global) and self.job_depends_on(job):
+            return Why.JOB_DEPENDS
+        if _limit_reached(job.counts[TaskState.RUN], job.spec.max_running_tasks):
+            return Why.JOB_LIMIT
+        return None
+
+    def job_refuses(self, job: Job, render: Render) -> Why | None:
+        if _limit_reached(job.running_per_host[render.id], job.spec.max_running_tasks_per_host):
+            return Why.JOB_HOST_LIMIT
+        if _mask_refuses(render.name, job.hosts_mask, job.hosts_mask_exclude):
+            return Why.JOB_MASK
+        return None
+
+    def job_depends_on(self, job: Job) -> list[str]:
+        """Names of unfinished jobs this job waits for (cached until jobs change)."""
+        generation = self.farm.jobs_generation
+        cached = self._depends_cache.get(job.id)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        names = []
+        for mask, global_ in ((job.spec.depend_mask, False), (job.spec.depend_mask_global, True)):
+            if not mask:
+                continue
+            pattern = re.compile(mask)
+            names += [other.name for other in self.farm.jobs.values()
+                      if other is not job and not other.done
+                      and (global_ or other.user_name == job.user_name)
+                      and pattern.fullmatch(other.name)]
+        self._depends_cache[job.id] = (generation, names)
+        return names
+
+    def block_waits(self, block: Block) -> Why | None:
+        if not block.counts[TaskState.RDY]:
+            return Why.NO_READY
+        if any(not b.finished for b in block.depends_on):
+            return Why.BLOCK_DEPENDS
+        if _limit_reached(block.running, block.spec.max_running_tasks):
+            return Why.BLOCK_LIMIT
+        for name, count in block.spec.tickets.items():
+            limit = self.farm.settings.tickets.get(name)
+            if limit is not None and self.farm.tickets_used[name] + count > limit:
+                return Why.TICKETS
+        return None
+
+    def block_refuses(self, block: Block, render: Render, now: float) -> Why | None:
         spec = block.spec
         if not render.allows(spec.service):
-            return False
-        if render.capacity_used + spec.capacity > render.capacity:
-            return False
-        if _limit_reached(block.running, spec.max_running_tasks):
-            return False
+            return Why.SERVICE
+        if spec.capacity > render.capacity:
+            return Why.TOO_SMALL
+        if render.capacity_used + spec.capacity > render.capacity or (
+                render.max_tasks > 0 and len(render.tasks) >= render.max_tasks):
+            return Why.BUSY
         if _limit_reached(block.running_per_host[render.id], spec.max_running_tasks_per_host):
+            return Why.BLOCK_HOST_LIMIT
+        if _mask_refuses(render.name, block.hosts_mask, block.hosts_mask_exclude):
+            return Why.BLOCK_MASK
+        per_host = self.farm.settings.tickets_per_host
+        for name, count in spec.tickets.items():
+            limit = per_host.get(name)
+            if limit is not None and render.tickets_used[name] + count > limit:
+                return Why.HOST_TICKETS
+        errors = block.host_errors.get(render.name)
+        if errors is not None and self._avoids(block, errors, "errors_avoid_host", now):
+            return Why.AVOIDED
+        return None
+
+    def task_refuses(self, task: Task, render: Render, now: float) -> Why | None:
+        if task.block.tasks_depend_on and not self.task_dependencies_done(task):
+            return Why.TASKS_DEPEND
+        if task.host_errors:
+            errors = task.host_errors.get(render.name)
+            if errors is not None and self._avoids(task.block, errors, "errors_task_same_host", now):
+                return Why.TASK_AVOIDED
+        return None
+
+    def _avoids(self, block: Block, errors: list[float], setting: str, now: float) -> bool:
+        limit = self.farm.setting(block, setting)
+        if limit <= 0 or errors[0] < limit:
             return False
-        return not _mask_refuses(render.name, block.hosts_mask, block.hosts_mask_exclude)
+        forgive = self.farm.setting(block, "errors_forgive_time")
+        return forgive <= 0 or now - errors[1] < forgive
+
+    def task_dependencies_done(self, task: Task) -> bool:
+        """``tasks_depend_mask``: the tasks of the matched blocks that cover this task's
+        frames (or, between explicit blocks, the task of the same number) are done."""
+        for other in task.block.tasks_depend_on:
+            for dep in covering_tasks(task, other):
+                if dep.state is not TaskState.DON and dep.state is not TaskState.SKP:
+                    return False
+        return True
+
+    # --- why is my job waiting? ------------------------------------------------------
+
+    def explain(self, job: Job) -> dict[str, Any]:
+        """Per block: what keeps it from running, from the same checks `pick` uses.
+
+        Render-independent reasons come first; otherwise every online render is tried
+        and the first refusal of each is counted, so the answer reads "3 renders: render
+        does not allow the block's service; 1 render: render busy"."""
+        farm = self.farm
+        now = farm.clock.seconds()
+        user = farm.users[job.user_name]
+        job_reasons = []
+        waits = self.job_waits(job, now)
+        if waits is Why.JOB_DEPENDS:
+            job_reasons.append(f"{waits}: {', '.join(sorted(set(self.job_depends_on(job))))}")
+        elif waits is Why.TIME_WAIT:
+            job_reasons.append(f"{waits} ({job.spec.time_wait - now:.0f} s from now)")
+        elif waits is not None:
+            job_reasons.append(str(waits))
+        renders = [r for r in farm.renders.values()]
+        blocks = []
+        for block in job.blocks:
+            entry: dict[str, Any] = {"block": block.number, "name": block.name,
+                                     "ready": block.counts[TaskState.RDY],
+                                     "running": block.running, "reasons": [], "renders": {},
+                                     "can_run_on": []}
+            blocked = self.block_waits(block)
+            if blocked is Why.BLOCK_DEPENDS:
+                names = sorted(b.name for b in block.depends_on if not b.finished)
+                entry["reasons"].append(f"{blocked}: {', '.join(names)}")
+            elif blocked is Why.TICKETS:
+                entry["reasons"].append(f"{blocked}: {self._tickets_text(block)}")
+            elif blocked is not None:
+                entry["reasons"].append(str(blocked))
+            if blocked is None and waits is None:
+                refusals: Counter[str] = Counter()
+                for render in renders:
+                    why = self._refusal(user, job, block, render, now)
+                    if why is None:
+                        entry["can_run_on"].append(render.name)
+                    else:
+                        refusals[str(why)] += 1
+                entry["renders"] = dict(refusals)
+                if not renders:
+                    entry["reasons"].append("no renders are registered")
+            blocks.append(entry)
+        return {"job_id": job.id, "name": job.name, "state": self.display_state(job).value,
+                "reasons": job_reasons, "blocks": blocks}
+
+    def _refusal(self, user: User, job: Job, block: Block, render: Render, now: float) -> Why | None:
+        if not render.online:
+            return Why.OFFLINE
+        if not render.accepting():
+            return Why.RENDER_OFF
+        why = (self.user_refuses(user, render) or self.job_refuses(job, render)
+               or self.block_refuses(block, render, now))
+        if why is not None:
+            return why
+        refusals = {self.task_refuses(t, render, now) for t in block.tasks if t.state is TaskState.RDY}
+        if None in refusals or not refusals:
+            return None
+        return Why.TASKS_DEPEND if Why.TASKS_DEPEND in refusals else Why.TASK_AVOIDED
+
+    def _tickets_text(self, block: Block) -> str:
+        used, limits = self.farm.tickets_used, self.farm.settings.tickets
+        return ", ".join(f"{name} {used[name]}/{limits[name]} in use, needs {count}"
+                         for name, count in block.spec.tickets.items() if name in limits)
+
+    def display_state(self, job: Job) -> TaskState:
+        """The job's state as listings show it: WD and WT where the scheduler waits."""
+        state = job.state
+        if state is TaskState.RDY:
+            why = self.job_waits(job, self.farm.clock.seconds())
+            if why is Why.TIME_WAIT:
+                return TaskState.WT
+            if why is Why.JOB_DEPENDS:
+                return TaskState.WD
+            if all(self.block_waits(b) in (Why.BLOCK_DEPENDS, Why.NO_READY) for b in job.blocks) and any(
+                    self.block_waits(b) is Why.BLOCK_DEPENDS for b in job.blocks):
+                return TaskState.WD
+        return state
+
+
+def covering_tasks(task: Task, other: Block) -> list[Task]:
+    """Tasks of ``other`` whose frames overlap ``task``'s (same number when explicit)."""
+    mine, theirs = task.block.spec, other.spec
+    if not (mine.numeric and theirs.numeric):
+        return [other.tasks[task.number]] if task.number < len(other.tasks) else []
+    start, end = mine.frames(task.number)
+    span = theirs.frames_per_task * theirs.frames_inc
+    first = max(0, (start - theirs.frame_first) // span)
+    last = min(len(other.tasks) - 1, (end - theirs.frame_first) // span)
+    if end < theirs.frame_first or start > theirs.frame_last:
+        return []
+    return other.tasks[first:last + 1]

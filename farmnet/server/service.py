@@ -9,7 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from farmnet.config import ServerConfig
@@ -20,6 +24,43 @@ from farmnet.server.outputs import OutputStore
 log = Logger()
 
 
+class Listener(service.Service):
+    """Listens on an endpoint string; writes the bound address to ``address_file`` so
+    tools and tests find a ``tcp:0`` port."""
+
+    def __init__(self, reactor: Any, description: str, factory: Factory,
+                 address_file: Path | None = None) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.address_file = address_file
+        self.port: IListeningPort | None = None
+
+    async def _listen(self) -> None:
+        self.port = await serverFromString(self.reactor, self.description).listen(self.factory)
+        if self.address_file is not None:
+            host = self.port.getHost()
+            tmp = self.address_file.with_suffix(".tmp")
+            tmp.write_text(f"tcp:{host.host}:{host.port}\n")
+            tmp.replace(self.address_file)
+
+    def startService(self) -> None:
+        super().startService()
+        self._started = defer.ensureDeferred(self._listen())
+        self._started.addErrback(self._failed)
+
+    def _failed(self, failure: Any) -> None:
+        log.failure("cannot listen on {endpoint}", failure, endpoint=self.description)
+        self.reactor.callWhenRunning(self.reactor.stop)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
 class ServerService(service.MultiService):
     """The farm server; its children are its listeners."""
 
@@ -28,17 +69,27 @@ class ServerService(service.MultiService):
         self.config = config
         settings = FarmSettings(
             admins=frozenset(config.admins), errors_retries=config.errors_retries,
-            task_reconnect_timeout=config.task_reconnect_timeout)
+            errors_avoid_host=config.errors_avoid_host,
+            errors_task_same_host=config.errors_task_same_host,
+            errors_forgive_time=config.errors_forgive_time,
+            sick_errors_count=config.sick_errors_count,
+            task_reconnect_timeout=config.task_reconnect_timeout,
+            max_tasks_per_job=config.max_tasks_per_job, users_solving=config.users_solving,
+            solve_by_capacity=config.solve_by_capacity, tickets=dict(config.tickets),
+            tickets_per_host=dict(config.tickets_per_host))
         self.farm = Farm(reactor, settings)
         self.outputs = OutputStore(Path(config.store) / "output", config.output_max_bytes)
         self.server = FarmServer(reactor, self.farm, self.outputs,
                                  heartbeat_hold=config.heartbeat_hold)
-        self.listener = strports.service(config.listen, ServerFactory(self.server))
+        store = Path(config.store)
+        self.listener = Listener(reactor, config.listen, ServerFactory(self.server),
+                                 store / "amp.address")
         self.listener.setServiceParent(self)
         if config.web:
             from farmnet.web.site import make_site
 
-            strports.service(config.web, make_site(self.farm)).setServiceParent(self)
+            self.web = Listener(reactor, config.web, make_site(self.farm), store / "web.address")
+            self.web.setServiceParent(self)
 
     def startService(self) -> None:
         Path(self.config.store).mkdir(parents=True, exist_ok=True)

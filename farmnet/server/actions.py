@@ -1,0 +1,131 @@
+"""One action API: ``{item, action, filters, values}`` (from the brender seed).
+
+Every read and every mutation a tool, the web site or an admin script can ask for goes
+through `act`, over AMP (`Act`) and over HTTP JSON alike, so there is one path and one
+set of permission checks (the farm's). Items: jobs, blocks, tasks, renders, users.
+Actions: list, show, update, delete, and each item's own actions.
+
+Filters name what to act on: jobs ``{"id": 3}`` or ``{"id": [3, 4]}`` (list: also
+``{"user": "anna"}``); blocks ``{"job_id": 3, "block": 0}``; tasks ``{"job_id": 3,
+"block": 0, "task": [1, 2]}`` (list: ``offset``/``limit``); renders and users
+``{"name": "r1"}`` or a list of names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from farmnet import errors
+from farmnet.server.farm import JOB_ACTIONS, RENDER_ACTIONS, TASK_ACTIONS, Farm
+
+ITEMS = ("jobs", "blocks", "tasks", "renders", "users")
+MAX_PAGE = 10_000
+
+
+def _list_of(filters: Mapping[str, Any], key: str, kind: type) -> list[Any]:
+    value = filters.get(key)
+    values = value if isinstance(value, list) else [value]
+    valid = all(isinstance(v, kind) and not isinstance(v, bool) for v in values)
+    if value is None or not values or not valid:
+        raise errors.InvalidAction(f"filters.{key}: expected a {kind.__name__} or a list of them")
+    return values
+
+
+def _one(filters: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = filters.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise errors.InvalidAction(f"filters.{key}: expected a {kind.__name__}")
+    return value
+
+
+def _jobs(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
+    if action == "list":
+        return farm.list_jobs(f.get("user"))
+    if action == "show":
+        return farm.show_job(_one(f, "id", int))
+    if action == "explain":
+        return farm.explain(_one(f, "id", int))
+    ids = _list_of(f, "id", int)
+    if action == "update":
+        return farm.job_action(user, ids, "set", values)
+    if action in JOB_ACTIONS:
+        return farm.job_action(user, ids, action, values)
+    raise errors.InvalidAction(f"jobs: unknown action {action!r}")
+
+
+def _blocks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
+    job_id = _one(f, "job_id", int)
+    if action == "list":
+        return farm.show_job(job_id)["blocks"]
+    block = _one(f, "block", int)
+    if action == "show":
+        blocks = farm.show_job(job_id)["blocks"]
+        if not 0 <= block < len(blocks):
+            raise errors.UnknownTask(f"job {job_id} has no block {block}")
+        return blocks[block]
+    if action == "update":
+        if not isinstance(values, Mapping):
+            raise errors.InvalidAction("values: expected a mapping of block parameters")
+        return farm.job_action(user, [job_id], "set_block", {**values, "block": block})
+    raise errors.InvalidAction(f"blocks: unknown action {action!r}")
+
+
+def _tasks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
+    job_id = _one(f, "job_id", int)
+    if action == "list":
+        block = f.get("block")
+        if block is not None and not isinstance(block, int):
+            raise errors.InvalidAction("filters.block: expected an int")
+        offset, limit = f.get("offset", 0), f.get("limit", MAX_PAGE)
+        if not isinstance(offset, int) or not isinstance(limit, int):
+            raise errors.InvalidAction("filters.offset and filters.limit: expected ints")
+        tasks, total = farm.list_tasks(job_id, block, max(0, offset), max(0, min(limit, MAX_PAGE)))
+        return {"tasks": tasks, "total": total}
+    block = _one(f, "block", int)
+    if action == "show":
+        return farm.task((job_id, block, _one(f, "task", int))).to_dict()
+    if action in TASK_ACTIONS:
+        return farm.task_action(user, job_id, block, _list_of(f, "task", int), action)
+    raise errors.InvalidAction(f"tasks: unknown action {action!r}")
+
+
+def _renders(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
+    if action == "list":
+        return farm.list_renders()
+    if action == "show":
+        return farm.render_named(_one(f, "name", str)).to_dict()
+    names = _list_of(f, "name", str)
+    if action == "update":
+        return farm.render_action(user, names, "set", values)
+    if action == "delete":
+        return farm.delete_renders(user, names)
+    if action in RENDER_ACTIONS:
+        return farm.render_action(user, names, action, values)
+    raise errors.InvalidAction(f"renders: unknown action {action!r}")
+
+
+def _users(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
+    if action == "list":
+        return farm.list_users()
+    if action == "show":
+        return farm.user(_one(f, "name", str)).to_dict()
+    if action == "update":
+        return farm.user_action(user, _list_of(f, "name", str), "set", values)
+    raise errors.InvalidAction(f"users: unknown action {action!r}")
+
+
+_HANDLERS: Mapping[str, Callable[[Farm, str, str, Mapping[str, Any], Any], Any]] = {
+    "jobs": _jobs, "blocks": _blocks, "tasks": _tasks, "renders": _renders, "users": _users}
+
+
+def act(farm: Farm, user: str, item: str, action: str, filters: Any = None, values: Any = None) -> Any:
+    """Do one action as ``user``; returns JSON-able data. Raises declared farm errors."""
+    handler = _HANDLERS.get(item)
+    if handler is None:
+        raise errors.InvalidAction(f"unknown item {item!r}; one of {', '.join(ITEMS)}")
+    if filters is None:
+        filters = {}
+    if not isinstance(filters, Mapping):
+        raise errors.InvalidAction("filters: expected a mapping")
+    return handler(farm, user, action, filters, values)
