@@ -113,7 +113,7 @@ class DispatchTests(FarmTestCase):
             self.clock.advance(0)
         self.assertEqual(picks, [])
         self.submit()
-        self.assertEqual(picks, [render, render])  # one task, then nothing more fits
+        self.assertEqual(picks, [render])  # one task; the 100 capacity left fits no block: no scan
         self.assertEqual(len(self.orders(render)), 1)
 
 

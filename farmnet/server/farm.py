@@ -100,6 +100,8 @@ class Farm:
         #: Bumped when jobs come, go, finish or change dependencies (job depend_mask cache).
         self.jobs_generation = 0
         self.tickets_used: Counter[str] = Counter()
+        #: Capacities of unfinished blocks: a render with less free is not worth a solve.
+        self.block_capacities: Counter[int] = Counter()
         self.observers: list[Observer] = []
         self.on_orders: Callable[[Render], None] = lambda render: None
         self.scheduler = Scheduler(self)
@@ -117,6 +119,7 @@ class Farm:
         if old is state:
             return
         block, job = task.block, task.block.job
+        block_was_finished = block.finished
         block.counts[old] -= 1
         block.counts[state] += 1
         job.counts[old] -= 1
@@ -129,9 +132,10 @@ class Farm:
                 self._ready_jobs_add(job)
         elif old is TaskState.RDY and job.counts[TaskState.RDY] == 0:
             self._ready_jobs_remove(job)
-        if state is TaskState.DON or state is TaskState.SKP:
-            if block.finished and (block.depends_on_me or block.job.spec.depend_mask):
-                self.work_generation += 1
+        if block.finished != block_was_finished:
+            self._count_capacity(block.spec.capacity, -1 if block_was_finished is False else +1)
+            if block.depends_on_me or job.spec.depend_mask:
+                self.work_generation += 1  # blocks or jobs waiting on it may run now
         self.events.emit("task", job_id=job.id, block=block.number, task=task.number,
                          state=state.value, host=task.host, errors_count=task.errors_count)
         self._notify("task", task)
@@ -154,6 +158,15 @@ class Farm:
     def _job_changed(self, job: Job) -> None:
         self.events.emit("job", job=self.job_dict(job))
         self._notify("job", job)
+
+    def _count_capacity(self, capacity: int, delta: int) -> None:
+        self.block_capacities[capacity] += delta
+        if self.block_capacities[capacity] <= 0:
+            del self.block_capacities[capacity]
+
+    def smallest_block_capacity(self) -> int:
+        """A lower bound of what any unfinished block needs on a render."""
+        return min(self.block_capacities, default=0)
 
     def _ready_jobs_add(self, job: Job) -> None:
         jobs = self.users[job.user_name].ready_jobs
@@ -234,6 +247,7 @@ class Farm:
             block.tasks = [Task(block, n) for n in range(count)]
             block.counts[TaskState.RDY] = count
             block.set_order(bspec.sequential)
+            self._count_capacity(bspec.capacity, +1)
             job.counts[TaskState.RDY] += count
             job.blocks.append(block)
         self._link_blocks(job)
@@ -367,7 +381,11 @@ class Farm:
     def _job_set_block(self, job: Job, value: dict[str, Any]) -> None:
         changes = {k: v for k, v in value.items() if k != "block"}
         block = job.blocks[value["block"]]
+        if not block.finished:
+            self._count_capacity(block.spec.capacity, -1)
         block.spec = attrs.evolve(block.spec, **changes)
+        if not block.finished:
+            self._count_capacity(block.spec.capacity, +1)
         block.hosts_mask = _compile(block.spec.hosts_mask)
         block.hosts_mask_exclude = _compile(block.spec.hosts_mask_exclude)
         if "sequential" in changes:
@@ -419,6 +437,9 @@ class Farm:
                     self._stop_task(task, "job deleted")
         self._ready_jobs_remove(job)
         self._cancel_timer("wait", job.id)
+        for block in job.blocks:
+            if not block.finished:
+                self._count_capacity(block.spec.capacity, -1)
         del self.jobs[job.id]
         self.users[job.user_name].jobs.discard(job.id)
         self.jobs_generation += 1

@@ -105,7 +105,8 @@ def _parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes]:
         raise ValueError("not a $scrypt$ln=..,r=..,p=..$salt$key hash")
     log2_n, r, p = int(match["ln"]), int(match["r"]), int(match["p"])
     if not (1 <= log2_n <= _MAX_LOG2_N and 1 <= r <= _MAX_R and 1 <= p <= _MAX_P):
-        raise ValueError(f"scrypt parameters out of range (ln <= {_MAX_LOG2_N}, r <= {_MAX_R}, p <= {_MAX_P})")
+        raise ValueError(
+            f"scrypt parameters out of range (ln <= {_MAX_LOG2_N}, r <= {_MAX_R}, p <= {_MAX_P})")
     try:
         salt, key = _b64decode(match["salt"]), _b64decode(match["key"])
     except (binascii.Error, ValueError):

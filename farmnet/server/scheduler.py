@@ -94,6 +94,8 @@ class Scheduler:
             if render.solved_empty_at == farm.work_generation:
                 continue
             while render.has_room():
+                if render.capacity - render.capacity_used < farm.smallest_block_capacity():
+                    break  # nothing unfinished fits in what is left
                 task = self.pick(render)
                 if task is None:
                     render.solved_empty_at = farm.work_generation

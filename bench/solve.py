@@ -1,0 +1,73 @@
+"""Solving speed of the farm model: 1,000 jobs × 100 tasks on 1,000 in-process renders.
+
+    python bench/solve.py [--jobs 1000] [--tasks 100] [--renders 1000] [--users 10]
+
+Renders are in-process (the model's own API, no sockets); every task finishes the
+moment it is handed out, so the figure is the scheduler's and the model's cost per
+assignment: pick, start, finish, counters, events. Prints task assignments per second
+and the process's RSS with the whole queue loaded.
+Anchors: Tractor claims "over 500 tasks per second"; OpenCue's stress sample 975 frames/s.
+Targets: >= 5,000 assignments/s and <= 300 MB RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+
+import psutil
+from twisted.internet.task import Clock
+
+from farmnet.jobspec import parse_job
+from farmnet.server.farm import Farm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--tasks", type=int, default=100)
+    parser.add_argument("--renders", type=int, default=1000)
+    parser.add_argument("--users", type=int, default=10)
+    args = parser.parse_args()
+
+    process = psutil.Process()
+    base_rss = process.memory_info().rss
+    clock = Clock()
+    farm = Farm(clock)
+    started = time.perf_counter()
+    for i in range(args.jobs):
+        spec, _ = parse_job({"name": f"shot{i:04d}", "priority": 50 + i % 50, "blocks": [
+            {"name": "render", "command": "render -f @####@", "frame_first": 1, "frame_last": args.tasks}]})
+        farm.submit(spec, f"user{i % args.users}")
+    renders = [farm.register_render(f"render{i:04d}", capacity=1100) for i in range(args.renders)]
+    loaded = time.perf_counter() - started
+    gc.collect()
+    rss = process.memory_info().rss
+    print(f"loaded {args.jobs} jobs x {args.tasks} tasks and {args.renders} renders in {loaded:.2f} s; "
+          f"RSS {rss / 2**20:.0f} MB (interpreter {base_rss / 2**20:.0f} MB)")
+
+    total = args.jobs * args.tasks
+    done = 0
+    started = time.perf_counter()
+    clock.advance(0)  # the first solve: every render gets a task
+    while done < total:
+        for render in renders:
+            for order in farm.take_orders(render):
+                key = (order["job_id"], order["block"], order["task"])
+                farm.task_finished(render, key, order["run"], exit_code=0, signal=None,
+                                   time_started=0.0, time_done=0.0)
+                done += 1
+        clock.advance(0)  # one solve for everything finished in this round
+    elapsed = time.perf_counter() - started
+    peak = process.memory_info().rss
+    print(f"{farm.scheduler.assignments} assignments in {elapsed:.2f} s: "
+          f"{farm.scheduler.assignments / elapsed:,.0f} assignments/s   (target >= 5,000/s; "
+          f"Tractor ~500/s, OpenCue 975/s)")
+    print(f"RSS at the end {peak / 2**20:.0f} MB   (target <= 300 MB)")
+    assert all(job.done for job in farm.jobs.values())
+
+
+if __name__ == "__main__":
+    main()
