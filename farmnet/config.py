@@ -279,6 +279,42 @@ class ServerConfig:
         "",
         doc="OpenSSH authorized_keys file for the SSH manhole; log in with a name from admins.",
     )
+    stats: bool = _setting(
+        True,
+        doc="Keep statistics (task runs, jobs, farm events) in PostgreSQL; false turns them off.",
+    )
+    stats_dsn: str = _setting(
+        "",
+        doc='libpq connection string of the statistics database; "" runs PostgreSQL embedded in the store.',
+    )
+    stats_embedded_dir: str = _setting(
+        "",
+        doc='Data directory of the embedded PostgreSQL; "" is <store>/postgresql.',
+    )
+    stats_pg_bin: str = _setting(
+        "",
+        doc='Directory of initdb/pg_ctl/postgres; "" searches PATH, then /usr/lib/postgresql/*/bin.',
+    )
+    stats_spool_max_bytes: int = _setting(
+        256 * 1024 * 1024,
+        doc="Disk kept for statistics while the database is down, in bytes; past it the oldest go.",
+        check=_above(0),
+    )
+    stats_batch_rows: int = _setting(
+        2000,
+        doc="Most rows written to the statistics database in one statement.",
+        check=_above(0),
+    )
+    stats_flush_interval: float = _setting(
+        0.5,
+        doc="Seconds between writes of the rows gathered (a full batch goes at once).",
+        check=_above(0),
+    )
+    stats_reconnect_max_delay: float = _setting(
+        10.0,
+        doc="Longest wait in seconds between reconnection attempts to the statistics database.",
+        check=_above(0),
+    )
 
 
 @attrs.frozen

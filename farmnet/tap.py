@@ -69,7 +69,10 @@ def makeService(options: Options) -> IService:
     if options.subCommand == "server":
         from farmnet.server.service import ServerService
 
-        return ServerService(reactor, options.subOptions.config)
+        try:
+            return ServerService(reactor, options.subOptions.config)
+        except ConfigError as e:  # settings only checked when their service is built
+            raise SystemExit(f"farmnet server: {e}") from None
     from farmnet.render.service import RenderService
 
     return RenderService(reactor, options.subOptions.config)

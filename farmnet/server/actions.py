@@ -20,6 +20,8 @@ from farmnet import errors
 from farmnet.server.farm import JOB_ACTIONS, RENDER_ACTIONS, TASK_ACTIONS, Farm
 
 ITEMS = ("jobs", "blocks", "tasks", "renders", "users")
+#: Actions that change nothing.
+READ_ACTIONS = frozenset({"list", "show", "explain"})
 MAX_PAGE = 10_000
 
 

@@ -23,7 +23,7 @@ import farmnet
 from farmnet import errors
 from farmnet.jobspec import parse_job
 from farmnet.protocol import commands as c
-from farmnet.server.actions import act
+from farmnet.server.actions import READ_ACTIONS, act
 from farmnet.server.farm import Farm
 from farmnet.server.model import Render, TaskKey
 from farmnet.server.outputs import OutputStore
@@ -67,8 +67,11 @@ class FarmServer:
     """What every connection shares: the farm, the output store and the held answers."""
 
     def __init__(self, reactor: IReactorTime, farm: Farm, outputs: OutputStore, *,
-                 heartbeat_hold: float = 20.0, event_hold: float = 20.0) -> None:
+                 heartbeat_hold: float = 20.0, event_hold: float = 20.0,
+                 durable: Callable[[], defer.Deferred[None]] | None = None) -> None:
         self.reactor = reactor
+        #: Waits until the farm's changes so far are on disk (the store's sync).
+        self.durable = durable or (lambda: defer.succeed(None))
         self.farm = farm
         self.outputs = outputs
         self.heartbeat_hold = heartbeat_hold
@@ -236,10 +239,12 @@ class ServerProtocol(amp.AMP):
     # --- tools -------------------------------------------------------------------------
 
     @c.SubmitJob.responder
-    def submit_job(self, spec: Any) -> dict[str, Any]:
+    async def submit_job(self, spec: Any) -> dict[str, Any]:
+        """Acknowledged once the job is on disk."""
         self._need()
         job_spec, warnings = parse_job(spec, self.farm.settings.max_tasks_per_job)
         job = self.farm.submit(job_spec, self.user)
+        await self.server.durable()
         return {"job_id": job.id, "warnings": warnings}
 
     @c.ListJobs.responder
@@ -282,14 +287,20 @@ class ServerProtocol(amp.AMP):
         return {"users": self.farm.list_users()}
 
     @c.JobAction.responder
-    def job_action(self, job_ids: list[int], action: str, value: Any = None) -> dict[str, Any]:
+    async def job_action(self, job_ids: list[int], action: str, value: Any = None) -> dict[str, Any]:
         self._need()
-        return {"done": act(self.farm, self.user, "jobs", action, {"id": job_ids}, value)}
+        done = act(self.farm, self.user, "jobs", action, {"id": job_ids}, value)
+        await self.server.durable()
+        return {"done": done}
 
     @c.Act.responder
-    def act(self, item: str, action: str, filters: Any = None, values: Any = None) -> dict[str, Any]:
+    async def act(self, item: str, action: str, filters: Any = None, values: Any = None) -> dict[str, Any]:
+        """The one action API; a change is acknowledged once it is on disk."""
         self._need()
-        return {"result": act(self.farm, self.user, item, action, filters, values)}
+        result = act(self.farm, self.user, item, action, filters, values)
+        if action not in READ_ACTIONS:
+            await self.server.durable()
+        return {"result": result}
 
     # --- monitors ----------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ log = Logger()
 
 #: Observers get (what, object): ("task", Task) on every state change, ("run", TaskRun)
 #: when a run ends, ("job", Job), ("job_deleted", Job), ("render", Render), ("user", User),
-#: ("render_sick", Render).
+#: ("render_sick", Render), ("render_zombie", Render).
 Observer = Callable[[str, Any], None]
 
 JOB_ACTIONS = ("pause", "resume", "stop", "delete", "restart", "restart_errors", "restart_running",
@@ -235,23 +235,11 @@ class Farm:
                 f"{self.settings.max_tasks_per_job}")
         now = self.clock.seconds()
         self._serial += 1
-        job = Job(id=self._next_job_id, spec=spec, user_name=owner, priority=spec.priority,
-                  time_creation=now, serial=self._serial, paused=spec.offline,
-                  hosts_mask=_compile(spec.hosts_mask),
-                  hosts_mask_exclude=_compile(spec.hosts_mask_exclude))
+        job = self._build_job(self._next_job_id, spec, owner, spec.priority, now, self._serial,
+                              spec.offline)
         self._next_job_id += 1
-        for number, bspec in enumerate(spec.blocks):
-            block = Block(job=job, number=number, spec=bspec, hosts_mask=_compile(bspec.hosts_mask),
-                          hosts_mask_exclude=_compile(bspec.hosts_mask_exclude))
-            count = bspec.tasks_count
-            block.tasks = [Task(block, n) for n in range(count)]
-            block.counts[TaskState.RDY] = count
-            block.set_order(bspec.sequential)
-            self._count_capacity(bspec.capacity, +1)
-            job.counts[TaskState.RDY] += count
-            job.blocks.append(block)
-        self._link_blocks(job)
-        self.jobs[job.id] = job
+        for block in job.blocks:
+            self._count_capacity(block.spec.capacity, +1)
         u = self.users.get(owner)
         if u is None:
             u = self.users[owner] = User(owner, now)
@@ -267,6 +255,25 @@ class Farm:
                  job_name=job.name, user=owner, tasks=job.tasks_total)
         self._job_changed(job)
         self.request_solve()
+        return job
+
+    def _build_job(self, job_id: int, spec: JobSpec, owner: str, priority: int, created: float,
+                   serial: int, paused: bool) -> Job:
+        """A job with all its tasks ready, registered in the farm (no events)."""
+        job = Job(id=job_id, spec=spec, user_name=owner, priority=priority, time_creation=created,
+                  serial=serial, paused=paused, hosts_mask=_compile(spec.hosts_mask),
+                  hosts_mask_exclude=_compile(spec.hosts_mask_exclude))
+        for number, bspec in enumerate(spec.blocks):
+            block = Block(job=job, number=number, spec=bspec, hosts_mask=_compile(bspec.hosts_mask),
+                          hosts_mask_exclude=_compile(bspec.hosts_mask_exclude))
+            count = bspec.tasks_count
+            block.tasks = [Task(block, n) for n in range(count)]
+            block.counts[TaskState.RDY] = count
+            block.set_order(bspec.sequential)
+            job.counts[TaskState.RDY] += count
+            job.blocks.append(block)
+        self._link_blocks(job)
+        self.jobs[job.id] = job
         return job
 
     def _link_blocks(self, job: Job) -> None:
@@ -589,12 +596,17 @@ class Farm:
     def render_seen(self, render: Render) -> None:
         render.time_seen = self.clock.seconds()
 
-    def render_lost(self, render: Render) -> None:
-        """The render's connection is gone. Its running tasks wait for it to reconnect
-        (WRC) for ``task_reconnect_timeout``, then run elsewhere."""
+    def render_lost(self, render: Render, zombie: bool = False) -> None:
+        """The render's connection is gone, or it went silent past zombie_time (Afanasy's
+        RENDER_ZOMBIE). Its running tasks wait for it to reconnect (WRC) for
+        ``task_reconnect_timeout``, then run elsewhere."""
         if not render.online:
             return
         render.online = False
+        if zombie:
+            log.warn("render {render} is a zombie: silent past zombie_time", render=render.name)
+            self.events.emit("render_zombie", name=render.name)
+            self._notify("render_zombie", render)
         self._drop_pending_orders(render)
         for task in list(render.tasks.values()):
             self._release(task, keep_render=True)
@@ -906,6 +918,78 @@ class Farm:
         if task.state is TaskState.RUN:
             self._release(task)
         task.render_id = 0
+
+    # --- restoring from the store (at start, before anything connects) ---------------
+
+    def restore_user(self, name: str, time_registered: float, settings: Mapping[str, Any]) -> User:
+        user = self.users.get(name) or User(name, time_registered)
+        user.time_registered = time_registered
+        for key, value in settings.items():
+            if key in USER_SETTABLE:
+                setattr(user, key, _compile(value) if key.startswith("hosts_mask") else value)
+        self.users[name] = user
+        return user
+
+    def restore_job(self, job_id: int, spec: JobSpec, *, user_name: str, priority: int, paused: bool,
+                    time_creation: float, time_started: float, time_done: float, serial: int) -> Job:
+        job = self._build_job(job_id, spec, user_name, priority, time_creation, serial, paused)
+        job.time_started, job.time_done = time_started, time_done
+        self.users.setdefault(user_name, User(user_name, time_creation)).jobs.add(job_id)
+        self._next_job_id = max(self._next_job_id, job_id + 1)
+        self._serial = max(self._serial, serial)
+        return job
+
+    def restore_task(self, task: Task, *, state: str, errors_count: int, starts_count: int,
+                     progress: int, time_started: float, time_done: float, host: str,
+                     render_id: int, host_errors: Mapping[str, list[float]] | None) -> None:
+        """A task as stored. One that was running waits for its render (WRC)."""
+        new = TaskState(state)
+        if new is TaskState.RUN:
+            new = TaskState.WRC
+        block, job = task.block, task.block.job
+        for counts in (block.counts, job.counts):
+            counts[task.state] -= 1
+            counts[new] += 1
+        task.state = new
+        task.errors_count, task.starts_count, task.progress = errors_count, starts_count, progress
+        task.time_started, task.time_done, task.host = time_started, time_done, host
+        task.host_errors = dict(host_errors) if host_errors else None
+        if task.host_errors:
+            for name, (count, when) in task.host_errors.items():
+                entry = block.host_errors.setdefault(name, [0, when])
+                entry[0] += count
+                entry[1] = max(entry[1], when)
+        task.render_id = render_id if new is TaskState.WRC else 0
+
+    def restore_render(self, render_id: int, name: str, fields: Mapping[str, Any]) -> Render:
+        render = Render(id=render_id, name=name, capacity=int(fields.get("capacity", 1100)),
+                        max_tasks=int(fields.get("max_tasks", 0)),
+                        services=frozenset(fields.get("services", ())),
+                        services_disabled=frozenset(fields.get("services_disabled", ())))
+        for key in ("owner", "nimby", "NIMBY", "paused", "sick", "platform", "cpus", "memory_mb"):
+            if key in fields:
+                setattr(render, key, fields[key])
+        self.renders[render_id] = render
+        self.renders_by_name[name] = render
+        self._next_render_id = max(self._next_render_id, render_id + 1)
+        return render
+
+    def restore_finished(self) -> None:
+        """Derived state after a load: solving order, ready lists, capacities, timers."""
+        for job in self.jobs.values():
+            for block in job.blocks:
+                block.set_order(block.spec.sequential)
+                if not block.finished:
+                    self._count_capacity(block.spec.capacity, +1)
+                for task in block.tasks:
+                    if task.state is TaskState.WRC:
+                        self._timer("reconnect", id(task), self.settings.task_reconnect_timeout,
+                                    self._reconnect_timeout, task)
+            if job.counts[TaskState.RDY]:
+                self._ready_jobs_add(job)
+            self._schedule_time_wait(job)
+        self.jobs_generation += 1
+        self.work_generation += 1
 
     # --- solving -----------------------------------------------------------------------
 

@@ -152,26 +152,13 @@ class Helpers:
 
     def drain(self, render_name: str) -> Any:
         """Stop giving ``render_name`` new tasks (running ones finish): pause the render."""
-        action = getattr(self.farm, "render_action", None)
-        if action is None:
-            raise ManholeError(
-                "drain() needs Farm.render_action(user, render_name, 'pause'), which this "
-                "server's Farm does not have yet")
-        result = action(self.user, render_name, "pause")
+        result = self.farm.render_action(self.user, [render_name], "pause")
         log.info("manhole: {user} drained render {render}", user=self.user, render=render_name)
         return result
 
     def explain(self, job_id: int) -> None:
         """Print why job ``job_id`` runs or waits (``Farm.explain``)."""
-        explain = getattr(self.farm, "explain", None)
-        if explain is None:
-            raise ManholeError("explain() needs Farm.explain(job_id), which this server's Farm "
-                               "does not have yet")
-        result = explain(job_id)
-        if isinstance(result, str):
-            print(result)
-        else:
-            self.show(result)
+        self.show(self.farm.explain(job_id))
 
     def show(self, obj: Any) -> None:
         """Pretty-print ``obj`` (its ``to_dict()`` when it has one)."""

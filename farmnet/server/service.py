@@ -20,6 +20,7 @@ from farmnet.config import ServerConfig
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.farm import Farm, FarmSettings
 from farmnet.server.outputs import OutputStore
+from farmnet.server.store import Store
 
 log = Logger()
 
@@ -78,10 +79,12 @@ class ServerService(service.MultiService):
             solve_by_capacity=config.solve_by_capacity, tickets=dict(config.tickets),
             tickets_per_host=dict(config.tickets_per_host))
         self.farm = Farm(reactor, settings)
-        self.outputs = OutputStore(Path(config.store) / "output", config.output_max_bytes)
-        self.server = FarmServer(reactor, self.farm, self.outputs,
-                                 heartbeat_hold=config.heartbeat_hold)
         store = Path(config.store)
+        self.store = Store(reactor, store / "farm.sqlite", self.farm)
+        self.store.setServiceParent(self)  # first: the farm is loaded before anyone connects
+        self.outputs = OutputStore(store / "output", config.output_max_bytes)
+        self.server = FarmServer(reactor, self.farm, self.outputs,
+                                 heartbeat_hold=config.heartbeat_hold, durable=self.store.sync)
         self.listener = Listener(reactor, config.listen, ServerFactory(self.server),
                                  store / "amp.address")
         self.listener.setServiceParent(self)
@@ -90,9 +93,13 @@ class ServerService(service.MultiService):
 
             self.web = Listener(reactor, config.web, make_site(self.farm), store / "web.address")
             self.web.setServiceParent(self)
+        from farmnet.server.manhole import make_manhole_services, manhole_namespace
+
+        for manhole in make_manhole_services(reactor, config, manhole_namespace(self)):
+            manhole.setServiceParent(self)
 
     def startService(self) -> None:
-        Path(self.config.store).mkdir(parents=True, exist_ok=True)
+        Path(self.config.store).mkdir(parents=True, exist_ok=True, mode=0o700)
         log.info("farmnet server: AMP on {listen}, web on {web}, state in {store}",
                  listen=self.config.listen, web=self.config.web or "(off)", store=self.config.store)
         super().startService()

@@ -1,0 +1,438 @@
+"""``farmnet``: the command line of the farm (submit, list, show, act, watch, wait).
+
+Every command connects with the async client (`farmnet.client`) on a reactor run by
+`twisted.internet.task.react`, and closes the connection itself. Server, user and
+timeout come from the client section of the configuration (``--config`` or
+``$FARMNET_CONFIG``), overridden by ``--server``/``--user``/``--timeout``.
+
+Exit codes: 0 success; 1 ``wait`` saw the job end in ERR; 2 the farm refused (unknown
+job, permission denied, bad job file...) or a usage error; 3 the server cannot be
+reached (refused, lost, or silent past the timeout); 130 interrupted. An expected
+failure prints ``farmnet: <message>`` on stderr, never a traceback (a bug does print
+one, and exits 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TextIO
+
+from twisted.internet import task
+from twisted.protocols import amp
+
+import farmnet
+from farmnet import errors
+from farmnet.client import (
+    ClientError,
+    FarmClient,
+    ServerUnreachable,
+    connect,
+    load_spec,
+)
+from farmnet.config import ClientConfig, ConfigError, default_config_path, load_config
+
+Handler = Callable[[FarmClient, argparse.Namespace], Awaitable[int]]
+
+EXIT_OK, EXIT_JOB_ERROR, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+# --- output helpers --------------------------------------------------------------------
+
+
+def _fail(message: str) -> None:
+    print(f"farmnet: {message}", file=sys.stderr)
+
+
+def _when(seconds: float) -> str:
+    """A timestamp as people read it: the time alone when it is today."""
+    if not seconds:
+        return "-"
+    moment = time.localtime(seconds)
+    if time.strftime("%Y-%m-%d", moment) == time.strftime("%Y-%m-%d"):
+        return time.strftime("%H:%M:%S", moment)
+    return time.strftime("%Y-%m-%d %H:%M", moment)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 0:
+        return "-"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{seconds:.1f}s" if seconds < 10 else f"{secs}s"
+
+
+def _ran(item: dict[str, Any], now: float | None = None) -> str:
+    """How long a task or job has run (so far)."""
+    started, done = item.get("time_started") or 0, item.get("time_done") or 0
+    if not started:
+        return "-"
+    return _duration((done or (now or time.time())) - started)
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO | None = None) -> None:
+    """Aligned columns; a column holding only numbers is right-aligned."""
+    out = out or sys.stdout
+    raw = [list(row) for row in rows]
+    cells = [[str(value) for value in row] for row in raw]
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
+    numeric = [bool(raw) and all(isinstance(row[i], int | float) for row in raw)
+               for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
+
+    print(line(list(headers)), file=out)
+    for row in cells:
+        print(line(row), file=out)
+
+
+def _json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
+    print()
+
+
+def _cut(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _counts(item: dict[str, Any]) -> str:
+    return " ".join(f"{state} {n}" for state, n in sorted(item.get("counts", {}).items()))
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+async def cmd_submit(client: FarmClient, args: argparse.Namespace) -> int:
+    job_id, warnings = await client.submit(args.spec)
+    for warning in warnings:
+        _fail(f"warning: {warning}")
+    print(job_id, flush=True)
+    return await _wait_job(client, job_id) if args.wait else EXIT_OK
+
+
+async def cmd_jobs(client: FarmClient, args: argparse.Namespace) -> int:
+    jobs = sorted(await client.jobs(args.user), key=lambda j: j["id"])
+    if args.json:
+        _json(jobs)
+        return EXIT_OK
+    _table(["ID", "NAME", "USER", "STATE", "PRI", "DONE", "TASKS", "RUN", "DON", "ERR", "CREATED", "TIME"],
+           [[j["id"], j["name"], j["user_name"], j["state"], j["priority"], f"{j['progress']}%",
+             j["tasks"], j["counts"].get("RUN", 0), j["counts"].get("DON", 0), j["counts"].get("ERR", 0),
+             _when(j["time_creation"]), _ran(j)] for j in jobs])
+    return EXIT_OK
+
+
+async def cmd_job(client: FarmClient, args: argparse.Namespace) -> int:
+    job = await client.job(args.id)
+    if args.json:
+        _json(job)
+        return EXIT_OK
+    print(f"job {job['id']}  {job['name']}  (user {job['user_name']})")
+    details = [
+        ("state", f"{job['state']}  {job['progress']}%" + ("  paused" if job["paused"] else "")),
+        ("priority", job["priority"]),
+        ("tasks", f"{job['tasks']}  ({_counts(job)})"),
+        ("created", _when(job["time_creation"])),
+        ("started", _when(job["time_started"])),
+        ("done", _when(job["time_done"])),
+        ("run time", _ran(job)),
+        ("depend_mask", job.get("depend_mask", "")),
+        ("command_post", job.get("command_post", "")),
+        ("annotation", job.get("annotation", "")),
+    ]
+    for label, value in details:
+        if value not in ("", "-"):
+            print(f"  {label:<13} {value}")
+    print()
+    _table(["#", "BLOCK", "SERVICE", "CAP", "TASKS", "DONE", "COUNTS", "COMMAND"],
+           [[b["block"], b["name"], b["service"], b["capacity"], b["tasks"], f"{b['progress']}%",
+             _counts(b), _cut(b["command"])] for b in job["blocks"]])
+    return EXIT_OK
+
+
+async def cmd_tasks(client: FarmClient, args: argparse.Namespace) -> int:
+    tasks = await client.tasks(args.id, args.block)
+    if args.json:
+        _json(tasks)
+        return EXIT_OK
+    now = time.time()
+    _table(["BLOCK", "TASK", "NAME", "STATE", "DONE", "ERRORS", "STARTS", "HOST", "STARTED", "TIME"],
+           [[t["block"], t["task"], t["name"], t["state"], f"{t['progress']}%", t["errors_count"],
+             t["starts_count"], t["host"] or "-", _when(t["time_started"]), _ran(t, now)]
+            for t in tasks])
+    return EXIT_OK
+
+
+async def cmd_output(client: FarmClient, args: argparse.Namespace) -> int:
+    data = await client.output(args.id, args.block, args.task, args.run)
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+async def cmd_renders(client: FarmClient, args: argparse.Namespace) -> int:
+    renders = sorted(await client.renders(), key=lambda r: r["name"])
+    if args.json:
+        _json(renders)
+        return EXIT_OK
+    _table(["ID", "NAME", "STATE", "CAPACITY", "TASKS", "CPUS", "MEMORY", "PLATFORM", "SEEN"],
+           [[r["id"], r["name"], r["state"], f"{r['capacity_used']}/{r['capacity']}", len(r["tasks"]),
+             r["cpus"], f"{r['memory_mb'] // 1024} GB" if r["memory_mb"] else "-",
+             _cut(r["platform"], 30) or "-", _when(r["time_seen"])] for r in renders])
+    return EXIT_OK
+
+
+async def cmd_users(client: FarmClient, args: argparse.Namespace) -> int:
+    users = sorted(await client.users(), key=lambda u: u["name"])
+    if args.json:
+        _json(users)
+        return EXIT_OK
+    _table(["NAME", "JOBS", "RUNNING", "SINCE"],
+           [[u["name"], u["jobs"], u["running"], _when(u["time_registered"])] for u in users])
+    return EXIT_OK
+
+
+_DONE_WORDS = {"pause": "paused", "resume": "resumed", "delete": "deleted", "restart": "restarted",
+               "restart_errors": "restarted the failed tasks of", "set_priority": "set the priority of"}
+
+
+async def cmd_action(client: FarmClient, args: argparse.Namespace) -> int:
+    done = await client.action(args.ids, args.action, args.value)
+    for job_id in done:
+        print(f"{_DONE_WORDS[args.action]} job {job_id}")
+    return EXIT_OK
+
+
+async def cmd_watch(client: FarmClient, args: argparse.Namespace) -> int:
+    async for event in client.events():
+        print(json.dumps(event, ensure_ascii=False) if args.json else _describe_event(event), flush=True)
+    return EXIT_OK
+
+
+async def cmd_wait(client: FarmClient, args: argparse.Namespace) -> int:
+    return await _wait_job(client, args.id)
+
+
+def _describe_event(event: dict[str, Any]) -> str:
+    """One line a person can read: local time, what happened to what."""
+    kind = event.get("kind")
+    stamp = time.strftime("%H:%M:%S")
+    key = f"{event.get('job_id')}/{event.get('block')}/{event.get('task')}"
+    if kind == "job":
+        j = event["job"]
+        text = f"job {j['id']} {j['name']!r} ({j['user_name']}): {j['state']} {j['progress']}%"
+    elif kind == "task":
+        text = f"task {key}: {event['state']}"
+        if event.get("host"):
+            text += f" on {event['host']}"
+        if event.get("errors_count"):
+            text += f" ({event['errors_count']} errors)"
+    elif kind == "progress":
+        text = f"task {key}: {event['progress']}%"
+    elif kind == "job_deleted":
+        text = f"job {event['job_id']} deleted"
+    elif kind == "render":
+        r = event["render"]
+        text = f"render {r['name']}: {r['state']}"
+    elif kind == "user":
+        text = f"user {event['user']['name']} appeared"
+    elif kind == "reset":
+        text = "events were missed: reload the farm's state"
+    else:
+        text = f"{kind} {json.dumps({k: v for k, v in event.items() if k not in ('kind', 'seq')})}"
+    return f"{stamp} {text}"
+
+
+class _ProgressBar:
+    """A job's progress on stderr: one redrawn line on a terminal, else a line per change."""
+
+    WIDTH = 30
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.last = ""
+
+    def update(self, job: dict[str, Any]) -> None:
+        counts = job["counts"]
+        done = job["progress"] * self.WIDTH // 100
+        text = (f"job {job['id']} [{'#' * done}{'.' * (self.WIDTH - done)}] {job['progress']:3d}%  "
+                f"RUN {counts.get('RUN', 0)}  DON {counts.get('DON', 0)}  ERR {counts.get('ERR', 0)}"
+                f"  of {job['tasks']}  {job['state']}")
+        if text == self.last:
+            return
+        if self.tty:
+            self.out.write("\r" + text.ljust(len(self.last)))
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+        self.last = text
+
+    def finish(self) -> None:
+        if self.tty and self.last:
+            self.out.write("\n")
+            self.out.flush()
+
+
+async def _wait_job(client: FarmClient, job_id: int) -> int:
+    bar = _ProgressBar(sys.stderr)
+    try:
+        job = await client.wait(job_id, on_progress=bar.update)
+    finally:
+        bar.finish()
+    if job["state"] == "DON":
+        return EXIT_OK
+    _fail(f"job {job_id} ended in error: {_counts(job)}")
+    return EXIT_JOB_ERROR
+
+
+# --- arguments -------------------------------------------------------------------------
+
+
+def _connection_options(user_help: str) -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("connection")
+    group.add_argument("--server", metavar="ENDPOINT",
+                       help="server endpoint, e.g. tcp:farm.example.com:51100 (default from the config)")
+    group.add_argument("--user", metavar="NAME", help=user_help)
+    group.add_argument("--config", metavar="FILE", help="config file (default: $FARMNET_CONFIG)")
+    group.add_argument("--timeout", metavar="SECONDS", type=float, help="seconds to wait for the server")
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    acting = _connection_options("act as this user (default from the config)")
+    # `jobs --user U` lists U's jobs (and, harmlessly for a listing, connects as U).
+    filtering = _connection_options("only this user's jobs (default: every user's)")
+    listing = argparse.ArgumentParser(add_help=False)
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    parser = argparse.ArgumentParser(prog="farmnet", description="Talk to a farmnet render farm.")
+    parser.add_argument("--version", action="version", version=f"farmnet {farmnet.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help: str, lists: bool = False,
+                connection: argparse.ArgumentParser = acting, **defaults: Any) -> argparse.ArgumentParser:
+        parents = [connection, listing] if lists else [connection]
+        p = sub.add_parser(name, parents=parents, help=help, description=help)
+        p.set_defaults(handler=handler, **defaults)
+        return p
+
+    p = command("submit", cmd_submit, "submit a job file (YAML or JSON, af.py's format too); "
+                "prints the job id")
+    p.add_argument("file", help="the job file")
+    p.add_argument("--wait", action="store_true", help="then wait for the job, as `farmnet wait`")
+    command("jobs", cmd_jobs, "list jobs", lists=True, connection=filtering)
+    p = command("job", cmd_job, "show a job and its blocks", lists=True)
+    p.add_argument("id", type=int)
+    p = command("tasks", cmd_tasks, "list a job's tasks", lists=True)
+    p.add_argument("id", type=int)
+    p.add_argument("--block", type=int, metavar="N", help="only block N")
+    p = command("output", cmd_output, "print a task's output (raw bytes)")
+    p.add_argument("id", type=int)
+    p.add_argument("block", type=int)
+    p.add_argument("task", type=int)
+    p.add_argument("--run", type=int, default=0, metavar="N", help="which run (default: the latest)")
+    command("renders", cmd_renders, "list renders", lists=True)
+    command("users", cmd_users, "list users", lists=True)
+    for name, action in (("pause", "pause"), ("resume", "resume"), ("delete", "delete"),
+                         ("restart", "restart"), ("restart-errors", "restart_errors")):
+        p = command(name, cmd_action, f"{name.replace('-', ' ')} jobs", action=action, value=None)
+        p.add_argument("ids", type=int, nargs="+", metavar="ID")
+    p = command("priority", cmd_action, "set a job's priority (0..250)", action="set_priority")
+    p.add_argument("ids", type=int, nargs=1, metavar="ID")
+    p.add_argument("value", type=int, metavar="VALUE")
+    command("watch", cmd_watch, "print farm events as they happen, until Ctrl-C", lists=True)
+    p = command("wait", cmd_wait, "wait for a job to end: exit 0 when done, 1 when in error")
+    p.add_argument("id", type=int)
+    return parser
+
+
+def _client_config(args: argparse.Namespace) -> ClientConfig:
+    flags = {"server": args.server, "user": args.user, "timeout": args.timeout}
+    path = args.config or default_config_path(os.environ)
+    return load_config(path, os.environ, overrides={"client": flags}).client
+
+
+# --- running ---------------------------------------------------------------------------
+
+
+async def _run(reactor: Any, args: argparse.Namespace, config: ClientConfig) -> None:
+    """Connect, run the command, close; the exit code leaves through SystemExit (react)."""
+    interrupted = False
+
+    def on_shutdown() -> None:  # Ctrl-C: the reactor stops under the command
+        nonlocal interrupted
+        interrupted = True
+
+    reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
+    client: FarmClient | None = None
+    try:
+        client = await connect(reactor, config.server, config.user, timeout=config.timeout)
+        code = await args.handler(client, args)
+    except Exception as e:
+        code = EXIT_INTERRUPTED if interrupted else _exit_code(e)
+    finally:
+        if client is not None and not interrupted:
+            await client.aclose()
+    raise SystemExit(code)
+
+
+def _exit_code(e: Exception) -> int:
+    """Report an expected failure in one line and choose the exit code."""
+    if isinstance(e, errors.FarmError):
+        _fail(e.message or type(e).__name__)
+        return EXIT_REFUSED
+    if isinstance(e, ServerUnreachable):
+        _fail(str(e))
+        return EXIT_UNREACHABLE
+    if isinstance(e, ClientError):
+        _fail(str(e))
+        return EXIT_REFUSED
+    if isinstance(e, amp.RemoteAmpError):  # an undeclared error on the server: its bug
+        _fail(f"the server failed: {e}")
+        return EXIT_REFUSED
+    if isinstance(e, BrokenPipeError):  # `farmnet watch | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    # A bug: show it (react would only log it, and nobody reads that log).
+    traceback.print_exception(e)
+    return EXIT_REFUSED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: parse, load the configuration, run one command."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = _client_config(args)
+    except ConfigError as e:
+        _fail(str(e))
+        return EXIT_REFUSED
+    if args.command == "submit":
+        try:  # before connecting: a broken file needs no server
+            args.spec = load_spec(args.file)
+        except ClientError as e:
+            _fail(str(e))
+            return EXIT_REFUSED
+    try:
+        task.react(_run, (args, config))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_REFUSED
+    return EXIT_OK  # not reached: react always exits
+
+
+if __name__ == "__main__":
+    sys.exit(main())

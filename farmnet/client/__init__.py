@@ -1,0 +1,385 @@
+"""The farm's client library: what tools, monitors and scripts use to talk to the server.
+
+One long-lived AMP connection per `FarmClient`; `connect` opens it and says `Hello`.
+Every call is bounded by a timeout, so a dead or wedged server never hangs a tool, and
+the farm's declared errors (`farmnet.errors`) arrive as their own classes. Failures on
+this side of the wire (cannot connect, no answer in time, bad spec file) are
+`ClientError`s, so a caller can tell "the server said no" from "the server is not there".
+
+Everything here is ``async def`` on Twisted's reactor; `farmnet.client.sync` is the
+blocking face for scripts that run without a reactor (Maya, Houdini, Nuke).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from twisted.internet import defer, error
+from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+import farmnet
+from farmnet.protocol import commands as c
+
+__all__ = [
+    "FINAL_STATES",
+    "ClientError",
+    "FarmClient",
+    "ServerTimeout",
+    "ServerUnreachable",
+    "SpecFileError",
+    "connect",
+    "load_spec",
+]
+
+#: Job states `FarmClient.wait` returns on.
+FINAL_STATES = frozenset({"DON", "ERR"})
+#: Tasks per ListTasks call (the server's page limit).
+TASKS_PAGE = 10_000
+#: Bytes asked per GetTaskOutput call (the server's read limit).
+OUTPUT_READ = 4 << 20
+#: Added to the timeout of a PollEvents: the server holds it until an event (20 s by default).
+POLL_HOLD_ALLOWANCE = 30.0
+#: Seconds between the safety-net ShowJob calls of `FarmClient.wait`.
+RECHECK_INTERVAL = 5.0
+#: Shortest gap between two ShowJob calls of `FarmClient.wait`: a busy job's events come
+#: many times a second, and each waiting tool must not turn them into as many calls.
+MIN_RECHECK_GAP = 0.1
+#: Events that can change a job's state or counts (task progress percentages cannot).
+_JOB_EVENTS = frozenset({"task", "job", "job_deleted"})
+
+Job = dict[str, Any]
+
+
+class ClientError(Exception):
+    """A failure on the client's side of the wire, not an answer of the server."""
+
+
+class ServerUnreachable(ClientError):
+    """The server cannot be reached: connection refused, lost, or no connection in time."""
+
+
+class ServerTimeout(ServerUnreachable):
+    """The server did not answer within the timeout (it may be overloaded or wedged)."""
+
+
+class SpecFileError(ClientError):
+    """A job file could not be read or parsed; the message names the file (and line)."""
+
+
+class _ClientProtocol(amp.AMP):
+    """AMP that can tell when its connection is gone, so closing can be awaited."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = False
+        self._lost_waiters: list[defer.Deferred[None]] = []
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self.lost = True
+        waiters, self._lost_waiters = self._lost_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def when_lost(self) -> defer.Deferred[None]:
+        if self.lost:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._lost_waiters.append(waiter)
+        return waiter
+
+
+async def connect(reactor: Any, endpoint: str, user: str, *, kind: str = "tool",
+                  timeout: float = 30.0) -> FarmClient:
+    """Connect to the server at ``endpoint`` (a Twisted client endpoint string) as
+    ``user`` and say Hello. Raises `ServerUnreachable` when nobody answers there."""
+    try:
+        client_endpoint = clientFromString(reactor, endpoint)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ClientError(f"invalid server endpoint {endpoint!r}: {e}") from None
+    connecting = connectProtocol(client_endpoint, _ClientProtocol())
+    connecting.addTimeout(timeout, reactor)
+    try:
+        proto = await connecting
+    except defer.TimeoutError:
+        raise ServerTimeout(f"cannot reach the server at {endpoint}: "
+                            f"no connection within {timeout:g} s") from None
+    except (error.ConnectError, error.DNSLookupError, OSError) as e:
+        raise ServerUnreachable(f"cannot reach the server at {endpoint}: {_reason(e)}") from None
+    client = FarmClient(reactor, proto, endpoint=endpoint, user=user, timeout=timeout)
+    try:
+        await client._hello(kind)
+    except Exception:
+        client.close()
+        raise
+    return client
+
+
+def _reason(e: Exception) -> str:
+    """Twisted's connect errors say "...: 111: Connection refused."; keep the OS words."""
+    os_error = getattr(e, "osError", None)
+    if isinstance(os_error, int):
+        return os.strerror(os_error)
+    return str(e).strip().rstrip(".") or type(e).__name__
+
+
+class FarmClient:
+    """One connection to the server. Obtain it from `connect`; `close` it when done
+    (the farm's rule: the client closes the connection, so the server's sockets do not
+    linger in TIME-WAIT)."""
+
+    #: Seconds between the safety-net ShowJob calls of `wait`.
+    recheck_interval = RECHECK_INTERVAL
+
+    def __init__(self, reactor: IReactorTime, proto: _ClientProtocol, *, endpoint: str, user: str,
+                 timeout: float) -> None:
+        self._reactor = reactor
+        self._proto = proto
+        self._closed = False
+        self.endpoint = endpoint
+        self.user = user
+        self.timeout = timeout
+        self.server_version = ""
+        self.connection_id = 0
+
+    # --- the wire ------------------------------------------------------------------
+
+    def _call(self, command: type[amp.Command], timeout: float | None = None,
+              **arguments: Any) -> defer.Deferred[dict[str, Any]]:
+        """callRemote, bounded by a timeout, with transport failures as `ClientError`s."""
+        seconds = self.timeout if timeout is None else timeout
+        d: defer.Deferred[dict[str, Any]] = defer.maybeDeferred(
+            self._proto.callRemote, command, **arguments)
+        d.addTimeout(seconds, self._reactor)
+        d.addErrback(self._translate, command.commandName.decode(), seconds)
+        return d
+
+    def _translate(self, failure: Failure, name: str, seconds: float) -> Failure:
+        if failure.check(defer.TimeoutError):
+            raise ServerTimeout(f"the server at {self.endpoint} did not answer {name} "
+                                f"within {seconds:g} s")
+        if failure.check(error.ConnectionClosed):
+            why = "the connection was closed" if self._closed else "lost the connection"
+            raise ServerUnreachable(f"{why} to the server at {self.endpoint}")
+        return failure
+
+    async def _hello(self, kind: str) -> None:
+        answer = await self._call(c.Hello, protocol=c.PROTOCOL_VERSION, kind=kind, user=self.user,
+                                  client=f"farmnet-client/{farmnet.__version__}")
+        self.server_version = answer["server_version"]
+        self.connection_id = answer["connection_id"]
+
+    def close(self) -> None:
+        """Close the connection (the client closes first). Pending calls fail."""
+        if not self._closed:
+            self._closed = True
+            if self._proto.transport is not None:
+                self._proto.transport.loseConnection()
+
+    async def aclose(self) -> None:
+        """`close`, and return once the connection is really gone (tests, clean exits)."""
+        self.close()
+        gone = self._proto.when_lost()
+        gone.addTimeout(self.timeout, self._reactor)
+        try:
+            await gone
+        except defer.TimeoutError:
+            if self._proto.transport is not None:
+                self._proto.transport.abortConnection()
+
+    # --- jobs ----------------------------------------------------------------------
+
+    async def submit(self, spec: dict[str, Any]) -> tuple[int, list[str]]:
+        """Submit a job (CGRU's ``{"job": {...}}`` or the bare mapping); returns its id
+        and the server's warnings (unknown keys and the like)."""
+        answer = await self._call(c.SubmitJob, spec=spec)
+        return answer["job_id"], list(answer["warnings"])
+
+    async def jobs(self, user: str | None = None) -> list[Job]:
+        """Every job, or only ``user``'s."""
+        return (await self._call(c.ListJobs, user=user))["jobs"]
+
+    async def job(self, job_id: int) -> Job:
+        """One job with its blocks (``job["blocks"]``)."""
+        return (await self._call(c.ShowJob, job_id=job_id))["job"]
+
+    async def tasks(self, job_id: int, block: int | None = None) -> list[dict[str, Any]]:
+        """Every task of a job (or of one block), asked in pages so a 100,000-task job
+        lists fully without one huge answer."""
+        tasks: list[dict[str, Any]] = []
+        while True:
+            answer = await self._call(c.ListTasks, job_id=job_id, block=block, offset=len(tasks),
+                                      limit=TASKS_PAGE)
+            tasks.extend(answer["tasks"])
+            if not answer["tasks"] or len(tasks) >= answer["total"]:
+                return tasks
+
+    async def output(self, job_id: int, block: int, task: int, run: int = 0) -> bytes:
+        """A task run's output (``run`` 0: the latest). For a finished task, all of it;
+        for a running one, what the server has now."""
+        chunks: list[bytes] = []
+        offset = 0
+        while True:
+            answer = await self._call(c.GetTaskOutput, job_id=job_id, block=block, task=task,
+                                      run=run, offset=offset, limit=OUTPUT_READ)
+            run = answer["run"]  # keep reading the run the first answer chose
+            if not answer["data"]:  # complete, or a running task's end for now
+                return b"".join(chunks)
+            chunks.append(answer["data"])
+            offset = answer["next_offset"]
+
+    async def action(self, job_ids: list[int], action: str, value: Any = None) -> list[int]:
+        """pause, resume, delete, restart, restart_errors or set_priority (``value``) on
+        every job of ``job_ids``, all or nothing; returns the ids done."""
+        answer = await self._call(c.JobAction, job_ids=list(job_ids), action=action, value=value)
+        return list(answer["done"])
+
+    async def act(self, item: str, action: str, filters: dict[str, Any] | None = None,
+                  values: Any = None) -> Any:
+        """The server's one action API (`farmnet.server.actions`), for what the methods
+        above do not cover: ``act("renders", "pause", {"name": "r1"})``."""
+        answer = await self._call(c.Act, item=item, action=action, filters=filters, values=values)
+        return answer["result"]
+
+    # --- the farm ------------------------------------------------------------------
+
+    async def renders(self) -> list[dict[str, Any]]:
+        return (await self._call(c.ListRenders))["renders"]
+
+    async def users(self) -> list[dict[str, Any]]:
+        return (await self._call(c.ListUsers))["users"]
+
+    # --- events --------------------------------------------------------------------
+
+    async def _subscribe(self) -> int:
+        """The event log's current sequence number: poll from there for what is new."""
+        return (await self._call(c.PollEvents, after=-1))["last"]
+
+    def _poll(self, after: int) -> defer.Deferred[dict[str, Any]]:
+        # Held by the server until there is an event: allow for that on top of the timeout.
+        return self._call(c.PollEvents, timeout=self.timeout + POLL_HOLD_ALLOWANCE, after=after)
+
+    async def events(self, after: int = -1) -> AsyncIterator[dict[str, Any]]:
+        """Farm events after sequence number ``after`` (-1: from now on), forever.
+
+        When the server no longer has the events asked for, yields ``{"kind": "reset",
+        "last": N}``: reload what you show, events go on from there. Ends quietly when
+        this client is closed."""
+        if after < 0:
+            after = await self._subscribe()
+        while True:
+            try:
+                answer = await self._poll(after)
+            except ServerUnreachable:
+                if self._closed:
+                    return
+                raise
+            after = answer["last"]
+            if answer["reset"]:
+                yield {"kind": "reset", "last": after}
+                continue
+            for event in answer["events"]:
+                yield event
+
+    async def wait(self, job_id: int, on_progress: Callable[[Job], None] | None = None) -> Job:
+        """Return the job once it is DON or ERR (no ready or running task left, some in
+        error). Driven by the job's events, re-checked with ShowJob at start, on every
+        batch of its events and every `recheck_interval` seconds as a safety net.
+        ``on_progress`` gets the job each time its state, progress or counts change."""
+        after = await self._subscribe()
+        seen: tuple[Any, ...] | None = None
+        checked = 0.0
+        while True:
+            gap = checked + MIN_RECHECK_GAP - self._reactor.seconds()
+            if gap > 0:  # the events of that gap come in the next poll's batch
+                await deferLater(self._reactor, gap, lambda: None)
+            checked = self._reactor.seconds()
+            job = await self.job(job_id)
+            shown = (job["state"], job["progress"], job["counts"])
+            if on_progress is not None and shown != seen:
+                on_progress(job)
+            seen = shown
+            if job["state"] in FINAL_STATES:
+                return job
+            recheck_at = self._reactor.seconds() + self.recheck_interval
+            while True:  # until something may have changed for this job
+                # Other jobs' events must not postpone the safety net: one deadline.
+                left = max(0.0, recheck_at - self._reactor.seconds())
+                tick = deferLater(self._reactor, left, lambda: None)
+                # race cancels the loser: a cancelled poll is answered by the server when
+                # the next one arrives, and its events are asked for again (same ``after``).
+                # A failed poll lets the tick win; the ShowJob that follows raises.
+                index, answer = await defer.race([self._poll(after), tick])
+                if index == 1:
+                    break
+                after = answer["last"]
+                if answer["reset"] or any(_concerns(e, job_id) for e in answer["events"]):
+                    break
+
+
+def _concerns(event: dict[str, Any], job_id: int) -> bool:
+    if event.get("kind") not in _JOB_EVENTS:
+        return False
+    if event.get("job_id") == job_id:
+        return True
+    job = event.get("job")
+    return isinstance(job, dict) and job.get("id") == job_id
+
+
+# --- job files ---------------------------------------------------------------------
+
+
+class _SpecLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Safe YAML, with dates kept as text: a job travels as JSON, which has no dates."""
+
+
+_SpecLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+
+
+def load_spec(path: str) -> dict[str, Any]:
+    """Read a job file: JSON (what af.py writes) or YAML, told apart by content.
+
+    JSON goes through `json` (fast on a 100,000-task file), anything else through YAML.
+    Raises `SpecFileError` naming the file and line of a syntax error."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise SpecFileError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise SpecFileError(f"{path}: not UTF-8 text: {e.reason}") from None
+    is_json = path.lower().endswith(".json")
+    document: Any = None
+    if is_json or text.lstrip().startswith(("{", "[")):
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as e:
+            if is_json:
+                raise SpecFileError(f"{path}:{e.lineno}:{e.colno}: JSON syntax error: {e.msg}") from None
+            document = _load_yaml(path, text)  # flow-style YAML also starts with "{"
+    else:
+        document = _load_yaml(path, text)
+    if not isinstance(document, dict):
+        what = "nothing" if document is None else f"a {type(document).__name__}"
+        raise SpecFileError(f"{path}: expected a job (a mapping), got {what}")
+    return document
+
+
+def _load_yaml(path: str, text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_SpecLoader)  # _SpecLoader is a SafeLoader
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        what = ", ".join(p for p in (e.context, e.problem) if p) or str(e)
+        raise SpecFileError(f"{where}: YAML syntax error: {what}") from None
+    except yaml.YAMLError as e:
+        raise SpecFileError(f"{path}: YAML error: {e}") from None

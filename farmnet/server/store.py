@@ -1,0 +1,337 @@
+"""The farm's state on disk: SQLite in WAL mode, written by one thread.
+
+What must survive a crash: jobs (their spec as submitted or last set, counters, flags),
+every task that ever left RDY (state, counters, host, error hosts), users' settings,
+renders' flags, and the next ids. A job is stored as its spec plus the tasks that differ
+from "ready": a 100,000-task submit is one row.
+
+Durability: a submit and a delete are acknowledged only after their transaction is
+committed (`sync`); task changes are collected on the reactor (the latest state of each
+task wins) and written behind in batches every `flush_interval`, off the reactor thread.
+WAL with ``synchronous=FULL``: a kill -9 at any instant leaves a store that opens, with
+every acknowledged submit and delete in it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from farmnet.jobspec import job_to_document, parse_job
+from farmnet.server.farm import Farm
+from farmnet.server.model import Job, Render, Task, TaskState, User
+
+log = Logger()
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY, user_name TEXT NOT NULL, priority INTEGER NOT NULL,
+    paused INTEGER NOT NULL, time_creation REAL NOT NULL, time_started REAL NOT NULL,
+    time_done REAL NOT NULL, serial INTEGER NOT NULL, spec TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    job_id INTEGER NOT NULL, block INTEGER NOT NULL, task INTEGER NOT NULL,
+    state TEXT NOT NULL, errors_count INTEGER NOT NULL, starts_count INTEGER NOT NULL,
+    progress INTEGER NOT NULL, time_started REAL NOT NULL, time_done REAL NOT NULL,
+    host TEXT NOT NULL, render_id INTEGER NOT NULL, host_errors TEXT,
+    PRIMARY KEY (job_id, block, task)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, time_registered REAL NOT NULL,
+    settings TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS renders (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+    fields TEXT NOT NULL);
+"""
+
+_USER_FIELDS = ("priority", "max_running_tasks", "max_running_tasks_per_host", "errors_retries",
+                "errors_avoid_host", "errors_task_same_host", "errors_forgive_time", "jobs_solving")
+_RENDER_FIELDS = ("capacity", "max_tasks", "owner", "nimby", "NIMBY", "paused", "sick", "platform",
+                  "cpus", "memory_mb")
+
+
+def _task_row(t: Task) -> tuple[Any, ...]:
+    b = t.block
+    return (b.job.id, b.number, t.number, t.state.value, t.errors_count, t.starts_count, t.progress,
+            t.time_started, t.time_done, t.host, t.render_id,
+            json.dumps(t.host_errors) if t.host_errors else None)
+
+
+def _job_row(j: Job, spec: str | None) -> tuple[Any, ...]:
+    return (j.id, j.user_name, j.priority, int(j.paused), j.time_creation, j.time_started,
+            j.time_done, j.serial, spec)
+
+
+def _user_row(u: User) -> tuple[Any, ...]:
+    settings: dict[str, Any] = {k: getattr(u, k) for k in _USER_FIELDS}
+    for key in ("hosts_mask", "hosts_mask_exclude"):
+        pattern = getattr(u, key)
+        settings[key] = pattern.pattern if pattern is not None else ""
+    return (u.name, u.time_registered, json.dumps(settings))
+
+
+def _render_row(r: Render) -> tuple[Any, ...]:
+    fields: dict[str, Any] = {k: getattr(r, k) for k in _RENDER_FIELDS}
+    fields["services"] = sorted(r.services)
+    fields["services_disabled"] = sorted(r.services_disabled)
+    return (r.id, r.name, json.dumps(fields))
+
+
+class Store(service.Service):
+    """Loads the farm at start, then follows it as one of its observers."""
+
+    def __init__(self, reactor: Any, path: str | Path, farm: Farm, flush_interval: float = 0.2) -> None:
+        self.reactor = reactor
+        self.path = Path(path)
+        self.farm = farm
+        self.flush_interval = flush_interval
+        self._db: sqlite3.Connection | None = None
+        self._pool = ThreadPool(1, 1, name="farmnet-store")
+        self._dirty_tasks: dict[int, Task] = {}
+        self._dirty_jobs: dict[int, Job] = {}
+        self._dirty_users: dict[str, User] = {}
+        self._dirty_renders: dict[int, Render] = {}
+        self._deleted_jobs: list[int] = []
+        self._deleted_renders: list[int] = []
+        self._spec_written: dict[int, Any] = {}
+        self._writing: defer.Deferred[None] | None = None
+        self._waiters: list[defer.Deferred[None]] = []
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = reactor
+        #: Seconds the oldest unwritten change has waited (for the statistics line).
+        self.lag = 0.0
+        self._oldest_change = 0.0
+        self.writes = 0
+
+    # --- opening and loading -----------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path}: store schema {row[0]} is newer than this farmnet "
+                               f"({SCHEMA_VERSION}); upgrade farmnet")
+        return db
+
+    def load(self) -> dict[str, int]:
+        """Read the whole state into the farm (before anything connects)."""
+        started = time.monotonic()
+        db = self._db = self._connect()
+        farm = self.farm
+        for name, registered, settings in db.execute("SELECT name, time_registered, settings FROM users"):
+            farm.restore_user(name, registered, json.loads(settings))
+        for render_id, name, fields in db.execute("SELECT id, name, fields FROM renders"):
+            farm.restore_render(render_id, name, json.loads(fields))
+        jobs = 0
+        for row in db.execute("SELECT id, user_name, priority, paused, time_creation, time_started, "
+                              "time_done, serial, spec FROM jobs ORDER BY id"):
+            job_id, user, priority, paused, created, started_at, done, serial, spec_text = row
+            spec, _ = parse_job(json.loads(spec_text))
+            job = farm.restore_job(job_id, spec, user_name=user, priority=priority, paused=bool(paused),
+                                   time_creation=created, time_started=started_at, time_done=done,
+                                   serial=serial)
+            self._spec_written[job_id] = job.spec
+            jobs += 1
+        tasks = 0
+        for row in db.execute("SELECT * FROM tasks"):
+            job_id, block, number, state, errs, starts, progress, t0, t1, host, render_id, herr = row
+            job = farm.jobs.get(job_id)
+            if job is None or block >= len(job.blocks) or number >= len(job.blocks[block].tasks):
+                continue  # left over from a job deleted in the same batch
+            farm.restore_task(job.blocks[block].tasks[number], state=state, errors_count=errs,
+                              starts_count=starts, progress=progress, time_started=t0, time_done=t1,
+                              host=host, render_id=render_id,
+                              host_errors=json.loads(herr) if herr else None)
+            tasks += 1
+        last = db.execute("SELECT value FROM meta WHERE key='event_seq'").fetchone()
+        if last is not None:
+            farm.events.last = int(last[0])
+        farm.restore_finished()
+        log.info("store {path} loaded: {jobs} jobs, {tasks} stored tasks in {seconds:.2f} s",
+                 path=str(self.path), jobs=jobs, tasks=tasks, seconds=time.monotonic() - started)
+        return {"jobs": jobs, "tasks": tasks}
+
+    # --- following the farm --------------------------------------------------------------
+
+    def observe(self, what: str, obj: Any) -> None:
+        """Farm observer: remember what changed; written at the next flush."""
+        if not self._oldest_change:
+            self._oldest_change = time.monotonic()
+        if what == "task":
+            self._dirty_tasks[id(obj)] = obj
+        elif what in ("job", "run"):
+            job = obj if what == "job" else self.farm.jobs.get(obj.job_id)
+            if job is not None:
+                self._dirty_jobs[job.id] = job
+        elif what == "job_deleted":
+            self._deleted_jobs.append(obj.id)
+            self._dirty_jobs.pop(obj.id, None)
+            self._dirty_tasks = {k: t for k, t in self._dirty_tasks.items() if t.block.job is not obj}
+            self.sync()
+        elif what == "user":
+            self._dirty_users[obj.name] = obj
+        elif what in ("render", "render_sick", "render_zombie"):
+            self._dirty_renders[obj.id] = obj
+        elif what == "render_deleted":
+            self._deleted_renders.append(obj.id)
+
+    def sync(self) -> defer.Deferred[None]:
+        """Fires once everything changed so far is committed."""
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append(d)
+        if self._writing is None:
+            self.reactor.callLater(0, self._tick)
+        return d
+
+    def _tick(self) -> None:
+        if self._writing is not None or self._db is None:
+            return
+        changes = self._take_changes()
+        if changes is None:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+            return
+        waiters, self._waiters = self._waiters, []
+        self._writing = threads.deferToThreadPool(self.reactor, self._pool, self._write, *changes)
+        self._writing.addCallbacks(self._written, self._write_failed, callbackArgs=(waiters,),
+                                   errbackArgs=(waiters, changes))
+
+    def _take_changes(self) -> tuple[Any, ...] | None:
+        if not (self._dirty_tasks or self._dirty_jobs or self._dirty_users or self._dirty_renders
+                or self._deleted_jobs or self._deleted_renders):
+            return None
+        tasks = [_task_row(t) for t in self._dirty_tasks.values() if t.block.job.id in self.farm.jobs]
+        jobs = []
+        for job in self._dirty_jobs.values():
+            spec = None
+            if self._spec_written.get(job.id) is not job.spec:
+                spec = json.dumps(job_to_document(job.spec))
+                self._spec_written[job.id] = job.spec
+            jobs.append(_job_row(job, spec))
+        users = [_user_row(u) for u in self._dirty_users.values()]
+        renders = [_render_row(r) for r in self._dirty_renders.values()]
+        deleted, deleted_renders = self._deleted_jobs, self._deleted_renders
+        for job_id in deleted:
+            self._spec_written.pop(job_id, None)
+        self._dirty_tasks, self._dirty_jobs, self._dirty_users, self._dirty_renders = {}, {}, {}, {}
+        self._deleted_jobs, self._deleted_renders = [], []
+        self.lag = time.monotonic() - self._oldest_change if self._oldest_change else 0.0
+        self._oldest_change = 0.0
+        return (tasks, jobs, users, renders, deleted, deleted_renders, self.farm.events.last)
+
+    def _write(self, tasks: list, jobs: list, users: list, renders: list, deleted: list,
+               deleted_renders: list, event_seq: int) -> None:
+        """In the store's thread: one transaction for the whole batch."""
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for row in jobs:
+                if row[-1] is None:  # spec unchanged
+                    db.execute("UPDATE jobs SET user_name=?, priority=?, paused=?, time_creation=?, "
+                               "time_started=?, time_done=?, serial=? WHERE id=?", (*row[1:-1], row[0]))
+                else:
+                    db.execute("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?)", row)
+            db.executemany("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", tasks)
+            db.executemany("INSERT OR REPLACE INTO users VALUES (?,?,?)", users)
+            db.executemany("INSERT OR REPLACE INTO renders VALUES (?,?,?)", renders)
+            for job_id in deleted:
+                db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+                db.execute("DELETE FROM tasks WHERE job_id=?", (job_id,))
+            db.executemany("DELETE FROM renders WHERE id=?", [(r,) for r in deleted_renders])
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('event_seq', ?)", (str(event_seq),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _written(self, _: None, waiters: list[defer.Deferred[None]]) -> None:
+        self._writing = None
+        self.writes += 1
+        for d in waiters:
+            d.callback(None)
+        if self._waiters:
+            self._tick()
+
+    def _write_failed(self, failure: Any, waiters: list[defer.Deferred[None]], changes: tuple) -> None:
+        self._writing = None
+        log.failure("store write failed; will retry", failure)
+        self._requeue(changes)
+        self._waiters.extend(waiters)
+        self.reactor.callLater(1.0, self._tick)
+
+    def _requeue(self, changes: tuple) -> None:
+        """A failed batch is written again with the next (rows are idempotent upserts)."""
+        tasks, jobs, users, renders, deleted, deleted_renders, _ = changes
+        for row in tasks:
+            job = self.farm.jobs.get(row[0])
+            if job is not None:
+                t = job.blocks[row[1]].tasks[row[2]]
+                self._dirty_tasks.setdefault(id(t), t)
+        for row in jobs:
+            job = self.farm.jobs.get(row[0])
+            if job is not None:
+                self._dirty_jobs.setdefault(job.id, job)
+                if row[-1] is not None:
+                    self._spec_written.pop(job.id, None)
+        for row in users:
+            self._dirty_users.setdefault(row[0], self.farm.users[row[0]])
+        for row in renders:
+            if row[0] in self.farm.renders:
+                self._dirty_renders.setdefault(row[0], self.farm.renders[row[0]])
+        self._deleted_jobs[:0] = deleted
+        self._deleted_renders[:0] = deleted_renders
+
+    # --- service -----------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._pool.start()
+        if self._db is None:
+            self.load()
+        self.farm.observers.append(self.observe)
+        self._loop.start(self.flush_interval, now=False)
+
+    async def _stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+        if self.observe in self.farm.observers:
+            self.farm.observers.remove(self.observe)
+        if self._writing is not None:
+            await self._writing
+        changes = self._take_changes()
+        if changes is not None:
+            self._write(*changes)  # the last batch, at shutdown: on this thread is fine
+        self._pool.stop()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+
+def durable(store: Store | None) -> Callable[[], defer.Deferred[None]]:
+    """A function that waits until the farm's changes so far are committed (or at
+    once, without a store)."""
+    if store is None:
+        return lambda: defer.succeed(None)
+    return store.sync
+
+
+__all__ = ["SCHEMA_VERSION", "Store", "TaskState", "durable"]

@@ -1,0 +1,1 @@
+"""Statistics: every task run, finished job and farm event, kept in PostgreSQL."""

@@ -1,0 +1,513 @@
+"""From the farm's notifications to rows in PostgreSQL: the recorder and the writer.
+
+:class:`Recorder` is a farm observer. It runs on the reactor's hot path, so all it does
+is append a row (a list, in the column order of :mod:`farmnet.stats.schema`) to an
+in-memory buffer: a ``tasks`` row when a task run ends, a ``jobs`` row when a job is done
+(or deleted before being done), a ``logs`` row for job created/done/deleted, render
+online/offline and user added.
+
+:class:`Writer` empties the buffer: every ``flush_interval`` seconds, or at once when
+``batch_rows`` rows wait, it encodes up to ``batch_rows`` rows as one JSON batch and
+writes it with one INSERT statement (:data:`farmnet.stats.schema.BATCH_INSERT`), one
+write in flight at a time; while it waits for PostgreSQL the reactor runs on and the next
+batch gathers. When the database is down (or the write times out) the batch goes to the
+:class:`~farmnet.stats.spool.Spool` on disk, and so does every batch after it until the
+spool is written back, oldest first, when the database returns: the order is kept. A batch
+whose answer was lost may be both in the database and in the spool; its id in the
+``stats_batches`` ledger makes the second write a no-op, so every row arrives once.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+
+from farmnet.server.model import Job, Render, TaskRun, TaskState, User
+from farmnet.stats import schema
+from farmnet.stats.db import Database, describe_error, error_code, is_connection_error
+from farmnet.stats.spool import Spool, batch_rows
+
+__all__ = ["Batch", "Recorder", "Writer", "encode_batch", "job_folder"]
+
+log = Logger()
+
+#: Version of the batch format (see schema: columns may only be appended).
+BATCH_FORMAT = 1
+
+
+def job_folder(job: Job | None, block: int = 0) -> str | None:
+    """The folder statistics group a job's rows by: the first of Afanasy's ``folders``
+    (e.g. ``output``), else the working directory of the block."""
+    if job is None:
+        return None
+    folders = job.spec.extra.get("folders")
+    if isinstance(folders, dict) and folders:
+        first = next(iter(folders.values()))
+        if isinstance(first, str) and first:
+            return first
+    if 0 <= block < len(job.blocks):
+        return job.blocks[block].spec.working_directory or None
+    return None
+
+
+def _main_block(job: Job) -> Any:
+    """The block with the most tasks (the first on a tie): it names the job's service."""
+    return max(job.blocks, key=lambda b: len(b.tasks), default=None)
+
+
+@attrs.define
+class _JobTally:
+    """What a job's runs added up to (kept by the recorder: O(1) per run)."""
+
+    runs: int = 0
+    errors: int = 0
+    run_time: float = 0.0
+    capacity_time: float = 0.0
+
+
+class Recorder:
+    """Farm observer: notifications become rows in memory, nothing more.
+
+    ``on_full()`` is called (once, until the next :meth:`take`) when ``full_rows`` rows
+    wait; it must not do the writing itself (it runs inside the farm's mutation).
+    """
+
+    def __init__(self, clock: Any, full_rows: int = 2000,
+                 on_full: Callable[[], None] | None = None) -> None:
+        self.clock = clock
+        self.full_rows = full_rows
+        self.on_full = on_full
+        self.tasks: list[list[Any]] = []
+        self.jobs: list[list[Any]] = []
+        self.logs: list[list[Any]] = []
+        #: Rows waiting in memory.
+        self.count = 0
+        self._full_told = False
+        self._farm: Any = None
+        self._tallies: dict[int, _JobTally] = {}
+        self._known_jobs: set[int] = set()
+        self._done_jobs: set[int] = set()
+        self._renders_online: dict[str, bool] = {}
+
+    # --- attaching ---------------------------------------------------------------------
+
+    def attach(self, farm: Any) -> None:
+        """Observe ``farm``; what it holds already is known, not logged again."""
+        self._farm = farm
+        self._known_jobs = set(farm.jobs)
+        self._done_jobs = {job_id for job_id, job in farm.jobs.items() if job.done}
+        self._renders_online = {render.name: render.online for render in farm.renders.values()}
+        farm.observers.append(self.observe)
+
+    def detach(self) -> None:
+        if self._farm is not None:
+            try:
+                self._farm.observers.remove(self.observe)
+            except ValueError:
+                pass
+            self._farm = None
+
+    # --- the hot path --------------------------------------------------------------------
+
+    def observe(self, what: str, obj: Any) -> None:
+        if what == "task":  # by far the most frequent: nothing to record
+            return
+        if what == "run":
+            self._run(obj)
+        elif what == "job":
+            self._job(obj)
+        elif what == "job_deleted":
+            self._job_deleted(obj)
+        elif what == "render":
+            self._render(obj)
+        elif what == "user":
+            self._user(obj)
+
+    def _added(self) -> None:
+        self.count += 1
+        if self.count >= self.full_rows and not self._full_told and self.on_full is not None:
+            self._full_told = True
+            self.on_full()
+
+    def _log(self, time: float, subject: str, type_: str, obj: str, object_id: int | None, info: str) -> None:
+        self.logs.append([time, subject, type_, obj, object_id, info])
+        self._added()
+
+    def _run(self, run: TaskRun) -> None:
+        farm = self._farm
+        job = farm.jobs.get(run.job_id) if farm is not None else None
+        run_time = run.time_done - run.time_started
+        if run_time < 0:
+            run_time = 0.0
+        tally = self._tallies.get(run.job_id)
+        if tally is None:
+            tally = self._tallies[run.job_id] = _JobTally()
+        tally.runs += 1
+        if run.state != "DON":
+            tally.errors += 1
+        tally.run_time += run_time
+        tally.capacity_time += run.capacity * run_time
+        self.tasks.append([
+            run.job_id, run.job_name, run.block, run.block_name, run.task, run.task_name, run.run,
+            run.user_name, run.host, run.service, run.capacity, run.command, run.frame_start,
+            run.frame_end, run.time_started or None, run.time_done or None, run.exit_code, run.signal,
+            run.state, run.errors_count, run.message, run.peak_memory_mb, job_folder(job, run.block),
+        ])
+        self._added()
+
+    def _job(self, job: Job) -> None:
+        if job.id not in self._known_jobs:
+            self._known_jobs.add(job.id)
+            self._log(job.time_creation or self.clock.seconds(), job.user_name, "job_created", job.name,
+                      job.id, f"{job.tasks_total} tasks in {len(job.blocks)} blocks, priority {job.priority}")
+        if job.done:
+            if job.id not in self._done_jobs:
+                self._done_jobs.add(job.id)
+                self._job_row(job, "done")
+                self._log(job.time_done or self.clock.seconds(), job.user_name, "job_done", job.name, job.id,
+                          f"{job.tasks_total} tasks")
+        elif job.id in self._done_jobs:
+            self._done_jobs.discard(job.id)  # restarted: a new row when it is done again
+
+    def _job_deleted(self, job: Job) -> None:
+        if job.id not in self._done_jobs:
+            self._job_row(job, "deleted")
+        self._done_jobs.discard(job.id)
+        self._known_jobs.discard(job.id)
+        self._tallies.pop(job.id, None)
+        done = job.counts[TaskState.DON] + job.counts[TaskState.SKP]
+        self._log(self.clock.seconds(), job.user_name, "job_deleted", job.name, job.id,
+                  f"{done} of {job.tasks_total} tasks done")
+
+    def _job_row(self, job: Job, reason: str) -> None:
+        """The job's row; recorded when it is done, or deleted before being done."""
+        tally = self._tallies.get(job.id) or _JobTally()
+        main = _main_block(job)
+        counts = job.counts
+        self.jobs.append([
+            job.id, job.name, job.user_name, job.spec.host_name, main.spec.service if main else None,
+            job_folder(job, main.number if main else 0), job.spec.project, job.spec.department,
+            job.priority, len(job.blocks), job.tasks_total, counts[TaskState.DON] + counts[TaskState.SKP],
+            counts[TaskState.ERR], tally.runs, tally.errors, tally.run_time, tally.capacity_time,
+            job.time_creation or None, job.time_started or None, job.time_done or None, job.state.value,
+            reason, self.clock.seconds(),
+        ])
+        self._added()
+
+    def _render(self, render: Render) -> None:
+        was = self._renders_online.get(render.name)
+        if was == render.online:
+            return
+        self._renders_online[render.name] = render.online
+        if render.online:
+            info = f"capacity {render.capacity}, {render.cpus} CPUs, {render.memory_mb} MB, {render.platform}"
+            self._log(self.clock.seconds(), render.name, "render_online", render.name, render.id, info)
+        elif was:
+            self._log(self.clock.seconds(), render.name, "render_offline", render.name, render.id, "")
+
+    def _user(self, user: User) -> None:
+        self._log(user.time_registered or self.clock.seconds(), user.name, "user_added", user.name, None, "")
+
+    # --- the writer's side ---------------------------------------------------------------
+
+    def take(self, max_rows: int) -> tuple[list[list[Any]], list[list[Any]], list[list[Any]]]:
+        """Up to ``max_rows`` rows, oldest first within each table, out of the buffer."""
+        taken = []
+        room = max_rows
+        for rows in (self.tasks, self.jobs, self.logs):
+            part = rows[:room]
+            del rows[:len(part)]
+            room -= len(part)
+            taken.append(part)
+        self.count -= max_rows - room
+        self._full_told = False
+        if self.count >= self.full_rows and self.on_full is not None:
+            self._full_told = True
+            self.on_full()
+        return taken[0], taken[1], taken[2]
+
+
+@attrs.frozen
+class Batch:
+    """Rows encoded as one JSON object (a spool line; an element of BATCH_INSERT's array)."""
+
+    id: str
+    rows: int
+    line: str
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _clean(value: Any) -> Any:
+    """A decoded batch without what PostgreSQL refuses in text (NUL characters)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def encode_batch(batch_id: str, tasks: list[list[Any]], jobs: list[list[Any]],
+                 logs: list[list[Any]]) -> Batch:
+    rows = len(tasks) + len(jobs) + len(logs)
+    parts = [f'{{"v":{BATCH_FORMAT},"id":"{batch_id}","n":{rows}']
+    for name, table in (("tasks", tasks), ("jobs", jobs), ("logs", logs)):
+        if table:
+            try:
+                text = json.dumps(table, separators=(",", ":"), allow_nan=False)
+            except ValueError:  # NaN or infinity somewhere: not JSON
+                text = json.dumps(_finite(table), separators=(",", ":"), allow_nan=False)
+            parts.append(f',"{name}":{text}')
+    parts.append("}")
+    return Batch(batch_id, rows, "".join(parts))
+
+
+class Outcome(enum.Enum):
+    WRITTEN = "written"
+    #: The database refused the rows for good (logged, counted, dropped).
+    REFUSED = "refused"
+    #: The connection failed: try again later.
+    FAILED = "failed"
+
+
+class Writer:
+    """Moves the recorder's rows to the database, or to the spool while it is down."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        db: Database,
+        recorder: Recorder,
+        spool: Spool,
+        *,
+        batch_rows: int = 2000,
+        flush_interval: float = 0.5,
+        write_timeout: float = 30.0,
+        on_schema_missing: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.db = db
+        self.recorder = recorder
+        self.spool = spool
+        self.batch_rows = batch_rows
+        self.flush_interval = flush_interval
+        self.write_timeout = write_timeout
+        self.on_schema_missing = on_schema_missing
+        self.boot = uuid.uuid4().hex[:16]
+        self._seq = 0
+        #: Counters for the status line and tests.
+        self.rows_written = 0
+        self.rows_spooled = 0  # waiting in the spool now
+        self.rows_refused = 0
+        self.rows_lost = 0  # spool full or unwritable
+        self.batches_written = 0
+        self._stopping = False
+        #: The flush interval elapsed: a partial batch may go.
+        self._due = False
+        self._woken = False
+        self._wakeup: defer.Deferred[None] | None = None
+        self._wake_call: Any = None
+        self._tick: Any = None
+        self._done: defer.Deferred[None] | None = None
+        recorder.on_full = self.wake
+        db.on_ready(self.wake)
+
+    # --- control -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tick = self.reactor.callLater(self.flush_interval, self._on_tick)
+        self._done = defer.ensureDeferred(self._loop())
+
+    def _on_tick(self) -> None:
+        self._due = True
+        self._tick = self.reactor.callLater(self.flush_interval, self._on_tick)
+        self._fire()
+
+    def wake(self) -> None:
+        """Have the writer look at once (soon: never inside the caller's call)."""
+        if self._wake_call is None:
+            self._wake_call = self.reactor.callLater(0, self._fire)
+
+    def _fire(self) -> None:
+        if self._wake_call is not None and self._wake_call.active():
+            self._wake_call.cancel()
+        self._wake_call = None
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None and not wakeup.called:
+            wakeup.callback(None)
+        else:
+            self._woken = True
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Write what waits in memory to the database within ``timeout`` seconds, else to
+        the spool; then stop. The spool is not emptied (the next start does it)."""
+        if self._done is None:
+            return
+        self._stopping = True
+        self._fire()
+        give_up = self.reactor.callLater(timeout, self.db.abort, "the server is stopping")
+        try:
+            await self._done
+        finally:
+            if give_up.active():
+                give_up.cancel()
+            if self._tick is not None and self._tick.active():
+                self._tick.cancel()
+            if self._wake_call is not None and self._wake_call.active():
+                self._wake_call.cancel()
+            self._wake_call = None
+            await self._io(self.spool.close)
+
+    @property
+    def pending(self) -> int:
+        """Rows not yet in the database: in memory and in the spool."""
+        return self.recorder.count + self.rows_spooled
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _io(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """Spool work, in the reactor's thread pool: an fsync never stalls the reactor."""
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+
+    async def _loop(self) -> None:
+        try:
+            self.rows_spooled = await self._io(self.spool.open)
+        except OSError as e:
+            log.error("statistics spool {directory} unusable: {error}", directory=str(self.spool.directory),
+                      error=e)
+        if self.rows_spooled:
+            log.info("statistics: {rows} rows wait in the spool from an earlier run", rows=self.rows_spooled)
+        while True:
+            try:
+                progressed = await self._step()
+            except Exception:
+                log.failure("statistics writer: unexpected error (going on)")
+                progressed = False
+            if self._stopping and not self.recorder.count:
+                return
+            if not progressed:
+                await self._sleep()
+
+    async def _sleep(self) -> None:
+        if self._stopping:
+            return
+        if self._woken:
+            self._woken = False
+            return
+        self._wakeup = defer.Deferred()
+        await self._wakeup
+        self._woken = False
+
+    async def _step(self) -> bool:
+        """One thing to do, if any; True if the loop should go on at once."""
+        count = self.recorder.count
+        flush = count >= self.batch_rows or (count and (self._due or self._stopping))
+        if self.db.ready and not self.rows_spooled:
+            if not flush:
+                self._due = False
+                return False
+            batch = self._take()
+            outcome = await self._send([batch.line], batch.rows)
+            if outcome is Outcome.FAILED:
+                await self._to_spool(batch)
+            return True
+        progressed = False
+        if flush:
+            while self.recorder.count:
+                await self._to_spool(self._take())
+            progressed = True
+        else:
+            self._due = False
+        if self.db.ready and self.rows_spooled and not self._stopping:
+            progressed = await self._drain() or progressed
+        return progressed
+
+    def _take(self) -> Batch:
+        self._seq += 1
+        if self.recorder.count <= self.batch_rows:
+            self._due = False
+        tasks, jobs, logs = self.recorder.take(self.batch_rows)
+        return encode_batch(f"{self.boot}-{self._seq}", tasks, jobs, logs)
+
+    async def _to_spool(self, batch: Batch) -> None:
+        try:
+            dropped = await self._io(self.spool.append, batch.line.encode(), batch.rows)
+        except OSError as e:
+            self.rows_lost += batch.rows
+            log.error("statistics: cannot write to the spool ({error}): {rows} rows lost", error=e,
+                      rows=batch.rows)
+            return
+        self.rows_lost += dropped
+        self.rows_spooled += batch.rows - dropped
+
+    async def _drain(self) -> bool:
+        """Write the oldest spooled batches; True if some went."""
+        try:
+            lines = await self._io(self.spool.peek, self.batch_rows)
+        except OSError as e:
+            log.error("statistics: cannot read the spool: {error}", error=e)
+            return False
+        if not lines:
+            self.rows_spooled = 0
+            return False
+        texts = [line.decode() for line in lines]
+        rows = [batch_rows(line) or 0 for line in lines]
+        outcome = await self._send(texts, sum(rows))
+        if outcome is Outcome.WRITTEN:
+            await self._io(self.spool.pop)
+            self.rows_spooled = max(0, self.rows_spooled - sum(rows))
+            return True
+        if outcome is Outcome.FAILED:
+            return False
+        # Refused together: one at a time, so only the bad ones are dropped.
+        for text, count in zip(texts, rows, strict=True):
+            outcome = await self._send([text], count) if len(texts) > 1 else Outcome.REFUSED
+            if outcome is Outcome.FAILED:
+                return False
+            await self._io(self.spool.pop, 1)
+            self.rows_spooled = max(0, self.rows_spooled - count)
+        return True
+
+    async def _send(self, lines: list[str], rows: int, retried: bool = False) -> Outcome:
+        payload = "[" + ",".join(lines) + "]"
+        try:
+            await self.db.execute(schema.BATCH_INSERT, (payload,), timeout=self.write_timeout)
+        except Exception as e:
+            if is_connection_error(e):
+                return Outcome.FAILED
+            if retried:
+                self.rows_refused += rows
+                log.error("statistics: the database refused {rows} rows: {error}", rows=rows,
+                          error=describe_error(e))
+                return Outcome.REFUSED
+            if error_code(e) == "42P01" and self.on_schema_missing is not None:  # tables dropped
+                log.warn("statistics: tables missing ({error}): creating them", error=describe_error(e))
+                try:
+                    await self.on_schema_missing()
+                except Exception as e2:
+                    if is_connection_error(e2):
+                        return Outcome.FAILED
+                    log.error("statistics: cannot create the tables: {error}", error=describe_error(e2))
+                return await self._send(lines, rows, retried=True)
+            # Maybe a NUL in a string (PostgreSQL text cannot hold one): clean and retry once.
+            cleaned = [json.dumps(_clean(json.loads(line)), separators=(",", ":")) for line in lines]
+            return await self._send(cleaned, rows, retried=True)
+        self.rows_written += rows
+        self.batches_written += len(lines)
+        return Outcome.WRITTEN

@@ -1,0 +1,282 @@
+"""The statistics schema: tables, indexes, the version table and the upgrades.
+
+Tables (Afanasy's three, with its column names where it has them, plus a ledger):
+
+``tasks``
+    One row per task run that ended (done, failed and retried, failed for good).
+``jobs``
+    One row per job when it is done, or when it is deleted before being done.
+``logs``
+    Farm events: job created, done, deleted; render online, offline; user added.
+``stats_batches``
+    The ids of the batches written, so that a batch written twice (its answer was lost
+    with the connection, so it was spooled too) is stored once.
+``schema_version``
+    One row per applied migration.
+
+The schema upgrades itself: :func:`upgrade` applies the :data:`MIGRATIONS` a database
+lacks, in one transaction under an advisory lock (two servers starting at once do not
+both upgrade). A database newer than this farmnet is refused (:class:`SchemaTooNew`),
+never written into.
+
+Rows travel as JSON arrays in column order (:data:`TASK_COLUMNS` …): small to spool, fast
+to encode, and a column appended to the end of a list keeps old spooled rows valid (the
+missing value reads as NULL). Never reorder or remove columns of these lists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from farmnet.stats.db import Database, Transaction
+
+__all__ = [
+    "BATCH_INSERT",
+    "JOB_COLUMNS",
+    "LATEST",
+    "LOG_COLUMNS",
+    "MIGRATIONS",
+    "Migration",
+    "SchemaTooNew",
+    "TABLES",
+    "TASK_COLUMNS",
+    "current_version",
+    "drop_all",
+    "upgrade",
+]
+
+#: Any constant: the key of the advisory lock taken while upgrading.
+_LOCK_KEY = 0x6661726D6E6574  # "farmnet"
+
+
+@attrs.frozen
+class Column:
+    name: str
+    #: Type in the table; "timestamptz" columns travel as epoch seconds (float).
+    sql_type: str
+
+    @property
+    def wire_type(self) -> str:
+        return "float8" if self.sql_type == "timestamptz" else self.sql_type
+
+    def select(self, index: int) -> str:
+        """The expression reading this column from JSON array ``r``."""
+        value = f"(r->>{index})::{self.wire_type}"
+        if self.sql_type == "timestamptz":
+            return f"to_timestamp({value})"
+        return value
+
+
+def _columns(spec: str) -> tuple[Column, ...]:
+    return tuple(Column(*line.split(None, 1)) for line in spec.strip().splitlines())
+
+
+TASK_COLUMNS = _columns("""
+job_id bigint
+job_name text
+block integer
+block_name text
+task integer
+task_name text
+run integer
+user_name text
+host text
+service text
+capacity integer
+command text
+frame_start integer
+frame_end integer
+time_started timestamptz
+time_done timestamptz
+exit_code integer
+signal integer
+state text
+errors_count integer
+message text
+peak_memory_mb bigint
+folder text
+""")
+
+JOB_COLUMNS = _columns("""
+job_id bigint
+job_name text
+user_name text
+host_name text
+service text
+folder text
+project text
+department text
+priority integer
+blocks integer
+tasks_quantity integer
+tasks_done integer
+tasks_error integer
+runs integer
+errors_count integer
+run_time_sum double precision
+capacity_time_sum double precision
+time_created timestamptz
+time_started timestamptz
+time_done timestamptz
+state text
+reason text
+time_recorded timestamptz
+""")
+
+LOG_COLUMNS = _columns("""
+time timestamptz
+subject text
+type text
+object text
+object_id bigint
+info text
+""")
+
+
+def _create(table: str, columns: tuple[Column, ...], extra: str = "") -> str:
+    body = ",\n  ".join(f"{c.name} {c.sql_type}" for c in columns)
+    return f"CREATE TABLE {table} (\n  id bigserial PRIMARY KEY,\n  {body}{extra}\n)"
+
+
+def _insert(table: str, columns: tuple[Column, ...], extra: tuple[tuple[str, str], ...] = ()) -> str:
+    names = [c.name for c in columns] + [name for name, _ in extra]
+    values = [c.select(i) for i, c in enumerate(columns)] + [expr for _, expr in extra]
+    return (f"{table}_rows AS (INSERT INTO {table} ({', '.join(names)})\n"
+            f"  SELECT {', '.join(values)}\n"
+            f"  FROM new_batches b, jsonb_array_elements(b.d->'{table}') r)")
+
+
+def name_index(columns: tuple[Column, ...], name: str) -> int:
+    return [c.name for c in columns].index(name)
+
+
+_T_STARTED = name_index(TASK_COLUMNS, "time_started")
+_T_DONE = name_index(TASK_COLUMNS, "time_done")
+
+#: Writes one or more batches in one statement. Its only parameter is a JSON array of
+#: batch objects ``{"v": 1, "id": "...", "n": rows, "tasks": [[...], ...], "jobs": [...],
+#: "logs": [...]}``. A batch whose id is already in ``stats_batches`` is skipped, so a
+#: batch sent twice is stored once. One statement is one transaction.
+BATCH_INSERT = "\n".join([
+    "WITH batches AS (",
+    "  SELECT DISTINCT ON (value->>'id') value->>'id' AS id, value AS d",
+    "  FROM jsonb_array_elements(%s::jsonb)),",
+    "ledger AS (INSERT INTO stats_batches (id, rows) SELECT id, (d->>'n')::integer FROM batches",
+    "  ON CONFLICT (id) DO NOTHING RETURNING id),",
+    "new_batches AS (SELECT batches.d FROM batches JOIN ledger USING (id)),",
+    _insert("tasks", TASK_COLUMNS, (
+        ("run_time", f"greatest(0, (r->>{_T_DONE})::float8 - (r->>{_T_STARTED})::float8)"),)) + ",",
+    _insert("jobs", JOB_COLUMNS) + ",",
+    _insert("logs", LOG_COLUMNS),
+    "SELECT count(*) AS batches FROM ledger",
+])
+
+
+@attrs.frozen
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "tasks, jobs and logs tables", (
+        _create("tasks", TASK_COLUMNS, ",\n  run_time double precision"),
+        _create("jobs", JOB_COLUMNS),
+        _create("logs", LOG_COLUMNS),
+    )),
+    Migration(2, "indexes for the statistics queries; the batch ledger", (
+        # Rows arrive in time order: a BRIN index serves time ranges at almost no cost.
+        "CREATE INDEX tasks_time_done ON tasks USING brin (time_done)",
+        "CREATE INDEX tasks_user_time ON tasks (user_name, time_done)",
+        "CREATE INDEX tasks_host_time ON tasks (host, time_done)",
+        "CREATE INDEX tasks_job ON tasks (job_id)",
+        "CREATE INDEX jobs_time_recorded ON jobs (time_recorded)",
+        "CREATE INDEX jobs_user_time ON jobs (user_name, time_recorded)",
+        "CREATE INDEX jobs_folder ON jobs (folder text_pattern_ops)",
+        "CREATE INDEX logs_time ON logs (time)",
+        "CREATE INDEX logs_object ON logs (object_id, time)",
+        "CREATE TABLE stats_batches (id text PRIMARY KEY, rows integer NOT NULL,"
+        " time timestamptz NOT NULL DEFAULT now())",
+        "CREATE INDEX stats_batches_time ON stats_batches (time)",
+    )),
+)
+
+LATEST = MIGRATIONS[-1].version
+#: Every table of the schema, dropped by :func:`drop_all`.
+TABLES = ("tasks", "jobs", "logs", "stats_batches", "schema_version")
+#: How long a written batch's id is remembered (a spooled copy older than this is gone).
+LEDGER_DAYS = 30
+
+
+class SchemaTooNew(Exception):
+    """The database was upgraded by a newer farmnet: this one must not write into it."""
+
+
+async def _version(tx: Transaction) -> int:
+    rows = await tx.query("SELECT coalesce(max(version), 0) AS version FROM schema_version")
+    return int(rows[0]["version"])
+
+
+async def current_version(db: Database) -> int:
+    """The schema version of the database (0: no farmnet tables)."""
+    rows = await db.query("SELECT to_regclass('schema_version') IS NOT NULL AS present")
+    if not rows[0]["present"]:
+        return 0
+    rows = await db.query("SELECT coalesce(max(version), 0) AS version FROM schema_version")
+    return int(rows[0]["version"])
+
+
+async def upgrade(db: Database, migrations: tuple[Migration, ...] = MIGRATIONS) -> tuple[int, int]:
+    """Apply the missing migrations; returns (version before, version after)."""
+    latest = migrations[-1].version
+
+    async def body(tx: Transaction) -> tuple[int, int]:
+        await tx.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        await tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, description text,"
+            " time_applied timestamptz NOT NULL DEFAULT now())")
+        before = await _version(tx)
+        if before > latest:
+            raise SchemaTooNew(
+                f"the statistics database has schema version {before}, newer than this farmnet's "
+                f"{latest}: upgrade farmnet (nothing is written until then)")
+        for migration in migrations:
+            if migration.version <= before:
+                continue
+            for statement in migration.statements:
+                await tx.execute(statement)
+            await tx.execute("INSERT INTO schema_version (version, description) VALUES (%s, %s)",
+                             (migration.version, migration.description))
+        return before, max(before, latest)
+
+    result: tuple[int, int] = await db.transaction(body)
+    return result
+
+
+async def forget_old_batches(db: Database, days: int = LEDGER_DAYS) -> None:
+    """Drop ledger entries older than ``days``."""
+    await db.execute("DELETE FROM stats_batches WHERE time < now() - make_interval(days => %s)", (days,))
+
+
+async def drop_all(db: Database) -> None:
+    """Drop every statistics table (``farmnet db reset``)."""
+
+    async def body(tx: Transaction) -> None:
+        await tx.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        for table in TABLES:
+            await tx.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
+
+    await db.transaction(body)
+
+
+def describe() -> dict[str, Any]:
+    """The schema in words, for documentation and the web site."""
+    return {
+        "version": LATEST,
+        "tasks": [c.name for c in TASK_COLUMNS] + ["run_time"],
+        "jobs": [c.name for c in JOB_COLUMNS],
+        "logs": [c.name for c in LOG_COLUMNS],
+    }
