@@ -348,9 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=int, default=0, metavar="N", help="which run (default: the latest)")
     command("renders", cmd_renders, "list renders", lists=True)
     command("users", cmd_users, "list users", lists=True)
-    for name, action in (("pause", "pause"), ("resume", "resume"), ("delete", "delete"),
-                         ("restart", "restart"), ("restart-errors", "restart_errors")):
-        p = command(name, cmd_action, f"{name.replace('-', ' ')} jobs", action=action, value=None)
+    for name, action, what in (
+            ("pause", "pause", "pause jobs: no new task starts"),
+            ("resume", "resume", "resume paused jobs"),
+            ("delete", "delete", "delete jobs (their running tasks are killed)"),
+            ("restart", "restart", "restart every task of jobs"),
+            ("restart-errors", "restart_errors", "restart the failed tasks of jobs")):
+        p = command(name, cmd_action, what, action=action, value=None)
         p.add_argument("ids", type=int, nargs="+", metavar="ID")
     p = command("priority", cmd_action, "set a job's priority (0..250)", action="set_priority")
     p.add_argument("ids", type=int, nargs=1, metavar="ID")

@@ -192,3 +192,11 @@ class DeliverylessTests(ServerTestCase):
         answer = await poll
         self.assertIn("job", [e["kind"] for e in answer["events"]])
         self.assertEqual(answer["last"], answer["events"][-1]["seq"])
+
+    async def test_held_polls_leave_no_waiters_behind(self) -> None:
+        monitor = await self.connect(kind="monitor")
+        last = (await monitor.callRemote(c.PollEvents, after=-1))["last"]
+        for _ in range(3):  # each is held, then answered empty after the hold
+            answer = await monitor.callRemote(c.PollEvents, after=last)
+            self.assertEqual(answer["events"], [])
+        self.assertLessEqual(len(self.farm.events._waiters), 1)

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 import farmnet
 from farmnet.protocol import commands as c
+from farmnet.protocol.base import FarmAMP
 
 __all__ = [
     "FINAL_STATES",
@@ -75,7 +76,7 @@ class SpecFileError(ClientError):
     """A job file could not be read or parsed; the message names the file (and line)."""
 
 
-class _ClientProtocol(amp.AMP):
+class _ClientProtocol(FarmAMP):
     """AMP that can tell when its connection is gone, so closing can be awaited."""
 
     def __init__(self) -> None:
@@ -260,7 +261,7 @@ class FarmClient:
 
     # --- events --------------------------------------------------------------------
 
-    async def _subscribe(self) -> int:
+    async def subscribe(self) -> int:
         """The event log's current sequence number: poll from there for what is new."""
         return (await self._call(c.PollEvents, after=-1))["last"]
 
@@ -275,7 +276,7 @@ class FarmClient:
         "last": N}``: reload what you show, events go on from there. Ends quietly when
         this client is closed."""
         if after < 0:
-            after = await self._subscribe()
+            after = await self.subscribe()
         while True:
             try:
                 answer = await self._poll(after)
@@ -295,7 +296,7 @@ class FarmClient:
         error). Driven by the job's events, re-checked with ShowJob at start, on every
         batch of its events and every `recheck_interval` seconds as a safety net.
         ``on_progress`` gets the job each time its state, progress or counts change."""
-        after = await self._subscribe()
+        after = await self.subscribe()
         seen: tuple[Any, ...] | None = None
         checked = 0.0
         while True:

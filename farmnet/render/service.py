@@ -31,6 +31,7 @@ import farmnet
 from farmnet import errors
 from farmnet.config import RenderConfig
 from farmnet.protocol import commands as c
+from farmnet.protocol.base import FarmAMP
 from farmnet.render.parsers import Parser, parser_by_name
 from farmnet.render.process import TaskExit, TaskProcess
 
@@ -82,7 +83,7 @@ class RenderService(service.MultiService):
         self.proto: amp.AMP | None = None
         self.heartbeat_hold = 20.0
         endpoint = clientFromString(reactor, config.server)
-        self.client = ClientService(endpoint, Factory.forProtocol(amp.AMP),
+        self.client = ClientService(endpoint, Factory.forProtocol(FarmAMP),
                                     retryPolicy=backoffPolicy(maxDelay=config.reconnect_max_delay),
                                     clock=reactor)
         self.client.setServiceParent(self)

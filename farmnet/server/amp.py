@@ -16,13 +16,13 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 import farmnet
 from farmnet import errors
 from farmnet.jobspec import parse_job
 from farmnet.protocol import commands as c
+from farmnet.protocol.base import FarmAMP
 from farmnet.server.actions import READ_ACTIONS, act
 from farmnet.server.farm import Farm
 from farmnet.server.model import Render, TaskKey
@@ -129,7 +129,7 @@ class FarmServer:
         self.farm.render_lost(render)
 
 
-class ServerProtocol(amp.AMP):
+class ServerProtocol(FarmAMP):
     """One peer's connection: a render, a monitor or a tool."""
 
     def __init__(self, server: FarmServer) -> None:
@@ -321,13 +321,21 @@ class ServerProtocol(amp.AMP):
             return {"events": [], "last": events.last, "reset": True}
         if after < events.last:
             return answer()
-        if self._held_poll is not None:
+        if self._held_poll is not None:  # a newer poll replaces a held one
             self._held_poll.fire(answer())
         held = HeldAnswer(self.server.reactor, self.server.event_hold, answer)
         self._held_poll = held
         # Answer at the end of the reactor turn, with every event of that turn.
-        self._cancel_wait = events.wait(
-            lambda: self.server.reactor.callLater(0, lambda: held.fire(answer())))
+        cancel = events.wait(lambda: self.server.reactor.callLater(0, lambda: held.fire(answer())))
+        self._cancel_wait = cancel
+
+        def resolved(result: Any) -> Any:
+            cancel()  # however it was answered, its waiter goes
+            if self._held_poll is held:
+                self._held_poll = self._cancel_wait = None
+            return result
+
+        held.deferred.addBoth(resolved)
         return held.deferred
 
 
