@@ -197,7 +197,7 @@ class RenderService(service.MultiService):
         task = RunningTask(order, process, parser_by_name(order.get("parser") or "generic"))
         holder.append(task)
         self.tasks[key] = task
-        log.info("starting {key} run {run}: {command}", key=key, run=task.run, command=order["command"])
+        log.debug("starting {key} run {run}: {command}", key=key, run=task.run, command=order["command"])
         process.start()
         if order.get("max_run_time"):
             task.timeout_call = self.reactor.callLater(
@@ -241,7 +241,7 @@ class RenderService(service.MultiService):
         if task.timeout_call is not None and task.timeout_call.active():
             task.timeout_call.cancel()
         task.exit = result
-        log.info("task {key} run {run} ended: exit {code} signal {signal}", key=task.key,
+        log.debug("task {key} run {run} ended: exit {code} signal {signal}", key=task.key,
                  run=task.run, code=result.exit_code, signal=result.signal)
         self._flush(task)
         if self.proto is not None:
