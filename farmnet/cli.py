@@ -206,13 +206,87 @@ async def cmd_users(client: FarmClient, args: argparse.Namespace) -> int:
 
 
 _DONE_WORDS = {"pause": "paused", "resume": "resumed", "delete": "deleted", "restart": "restarted",
-               "restart_errors": "restarted the failed tasks of", "set_priority": "set the priority of"}
+               "restart_errors": "restarted the failed tasks of", "set_priority": "set the priority of",
+               "stop": "stopped", "skip": "skipped", "restart_running": "restarted the running tasks of",
+               "set": "changed"}
 
 
 async def cmd_action(client: FarmClient, args: argparse.Namespace) -> int:
     done = await client.action(args.ids, args.action, args.value)
     for job_id in done:
         print(f"{_DONE_WORDS[args.action]} job {job_id}")
+    return EXIT_OK
+
+
+def _assignments(pairs: Sequence[str]) -> dict[str, Any]:
+    """key=value words; a value that parses as JSON (5, true, {"NUKE": 1}) is taken as such."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value, got {pair!r}")
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key] = text
+    return values
+
+
+async def cmd_set(client: FarmClient, args: argparse.Namespace) -> int:
+    values = _assignments(args.values)
+    if args.block is None:
+        done = await client.action(args.ids, "set", values)
+    else:
+        done = await client.act("blocks", "update", {"job_id": args.ids[0], "block": args.block}, values)
+    for job_id in done:
+        print(f"changed job {job_id}")
+    return EXIT_OK
+
+
+async def cmd_why(client: FarmClient, args: argparse.Namespace) -> int:
+    """Why is my job waiting? The scheduler's own answer, per block."""
+    why = await client.act("jobs", "explain", {"id": args.id})
+    if args.json:
+        _json(why)
+        return EXIT_OK
+    print(f"job {why['job_id']} {why['name']}: {why['state']}")
+    for reason in why["reasons"]:
+        print(f"  waits: {reason}")
+    for block in why["blocks"]:
+        print(f"  block {block['block']} {block['name']}: {block['ready']} ready, {block['running']} running")
+        for reason in block["reasons"]:
+            print(f"    waits: {reason}")
+        for reason, count in sorted(block["renders"].items(), key=lambda kv: -kv[1]):
+            print(f"    {count} render{'s' if count != 1 else ''}: {reason}")
+        if block["can_run_on"]:
+            print(f"    can run now on: {', '.join(block['can_run_on'])}")
+    return EXIT_OK
+
+
+async def cmd_task(client: FarmClient, args: argparse.Namespace) -> int:
+    done = await client.act("tasks", args.action, {"job_id": args.id, "block": args.block,
+                                                   "task": args.tasks})
+    print(f"{args.action}: job {args.id} block {args.block} tasks {' '.join(map(str, done))}")
+    return EXIT_OK
+
+
+async def cmd_render(client: FarmClient, args: argparse.Namespace) -> int:
+    values = _assignments(args.values) if args.values else None
+    done = await client.act("renders", args.action, {"name": args.names}, values)
+    print(f"{args.action}: {' '.join(done)}")
+    return EXIT_OK
+
+
+async def cmd_user(client: FarmClient, args: argparse.Namespace) -> int:
+    done = await client.act("users", "update", {"name": args.names}, _assignments(args.values))
+    print(f"changed: {' '.join(done)}")
+    return EXIT_OK
+
+
+async def cmd_act(client: FarmClient, args: argparse.Namespace) -> int:
+    """The one action API, raw: for scripts."""
+    _json(await client.act(args.item, args.action, json.loads(args.filters or "{}"),
+                           json.loads(args.values) if args.values else None))
     return EXIT_OK
 
 
@@ -353,12 +427,42 @@ def build_parser() -> argparse.ArgumentParser:
             ("resume", "resume", "resume paused jobs"),
             ("delete", "delete", "delete jobs (their running tasks are killed)"),
             ("restart", "restart", "restart every task of jobs"),
-            ("restart-errors", "restart_errors", "restart the failed tasks of jobs")):
+            ("restart-errors", "restart_errors", "restart the failed tasks of jobs"),
+            ("restart-running", "restart_running", "restart the running tasks of jobs"),
+            ("stop", "stop", "pause jobs and return their running tasks to ready"),
+            ("skip", "skip", "skip every unfinished task of jobs")):
         p = command(name, cmd_action, what, action=action, value=None)
         p.add_argument("ids", type=int, nargs="+", metavar="ID")
     p = command("priority", cmd_action, "set a job's priority (0..250)", action="set_priority")
     p.add_argument("ids", type=int, nargs=1, metavar="ID")
     p.add_argument("value", type=int, metavar="VALUE")
+    p = command("set", cmd_set, "change job (or, with --block, block) parameters: key=value ...")
+    p.add_argument("ids", type=int, nargs=1, metavar="ID")
+    p.add_argument("values", nargs="+", metavar="KEY=VALUE")
+    p.add_argument("--block", type=int, metavar="N", help="change block N instead of the job")
+    p = command("why", cmd_why, "why is a job waiting? (the scheduler's own answer)", lists=True)
+    p.add_argument("id", type=int)
+    p = command("task", cmd_task, "restart or skip tasks of a block")
+    p.add_argument("action", choices=["restart", "skip"])
+    p.add_argument("id", type=int)
+    p.add_argument("block", type=int)
+    p.add_argument("tasks", type=int, nargs="+", metavar="TASK")
+    p = command("render", cmd_render, "act on renders: nimby (only the owner's jobs), NIMBY (none), "
+                "free, pause, resume, eject (tasks back to ready), exit, heal (clear SICK), set, delete")
+    p.add_argument("action", choices=["nimby", "NIMBY", "free", "pause", "resume", "eject", "exit",
+                                      "heal", "update", "delete"])
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--set", dest="values", nargs="+", metavar="KEY=VALUE",
+                   help="with update: capacity=N max_tasks=N")
+    p = command("user", cmd_user, "change users (admins): priority, limits, hosts masks, errors_*")
+    p.add_argument("set", choices=["set"])
+    p.add_argument("names", nargs=1, metavar="NAME")
+    p.add_argument("values", nargs="+", metavar="KEY=VALUE")
+    p = command("act", cmd_act, "the one action API: ITEM ACTION [--filters JSON] [--values JSON]")
+    p.add_argument("item", choices=["jobs", "blocks", "tasks", "renders", "users"])
+    p.add_argument("action")
+    p.add_argument("--filters", help='e.g. \'{"id": 3}\'')
+    p.add_argument("--values", help="JSON")
     command("watch", cmd_watch, "print farm events as they happen, until Ctrl-C", lists=True)
     p = command("wait", cmd_wait, "wait for a job to end: exit 0 when done, 1 when in error")
     p.add_argument("id", type=int)
@@ -403,7 +507,7 @@ def _exit_code(e: Exception) -> int:
     if isinstance(e, ServerUnreachable):
         _fail(str(e))
         return EXIT_UNREACHABLE
-    if isinstance(e, ClientError):
+    if isinstance(e, ClientError | json.JSONDecodeError | ValueError):  # the user's words are off
         _fail(str(e))
         return EXIT_REFUSED
     if isinstance(e, amp.RemoteAmpError):  # an undeclared error on the server: its bug
