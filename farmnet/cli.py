@@ -36,6 +36,7 @@ from farmnet.client import (
     load_spec,
 )
 from farmnet.config import ClientConfig, ConfigError, default_config_path, load_config
+from farmnet.stats.admin import add_db_commands, run_db_command
 
 Handler = Callable[[FarmClient, argparse.Namespace], Awaitable[int]]
 
@@ -397,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farmnet", description="Talk to a farmnet render farm.")
     parser.add_argument("--version", action="version", version=f"farmnet {farmnet.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_db_commands(sub)
 
     def command(name: str, handler: Handler, help: str, lists: bool = False,
                 connection: argparse.ArgumentParser = acting, **defaults: Any) -> argparse.ArgumentParser:
@@ -524,6 +526,8 @@ def _exit_code(e: Exception) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script: parse, load the configuration, run one command."""
     args = build_parser().parse_args(argv)
+    if args.command == "db":
+        return run_db_command(args)
     try:
         config = _client_config(args)
     except ConfigError as e:

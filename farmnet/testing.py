@@ -119,6 +119,10 @@ class ProcessFarm:
         address = store / "amp.address"
         if address.exists():
             address.unlink()
+        if "--config" not in args:  # no embedded PostgreSQL per test farm unless asked for
+            config = self.base / "farmnet.yaml"
+            config.write_text("server:\n  stats: false\n")
+            args = ("--config", str(config), *args)
         self.server = self.spawn("server", ["farmnet", "server", "--listen", listen, "--web", "",
                                             "--store", str(store), *args])
         self.endpoint = await self._wait_for(address, self.server, timeout)

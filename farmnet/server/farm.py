@@ -24,7 +24,14 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from farmnet import errors
-from farmnet.jobspec import BLOCK_SETTABLE, JOB_SETTABLE, MAX_PRIORITY, JobSpec, validate_changes
+from farmnet.jobspec import (
+    BLOCK_SETTABLE,
+    JOB_SETTABLE,
+    MAX_PRIORITY,
+    JobSpec,
+    TaskSpec,
+    validate_changes,
+)
 from farmnet.server.events import EventLog
 from farmnet.server.model import (
     ACTIVE,
@@ -43,7 +50,8 @@ log = Logger()
 
 #: Observers get (what, object): ("task", Task) on every state change, ("run", TaskRun)
 #: when a run ends, ("job", Job), ("job_deleted", Job), ("render", Render), ("user", User),
-#: ("render_sick", Render), ("render_zombie", Render).
+#: ("render_sick", Render), ("render_zombie", Render), ("job_created", Job),
+#: ("tasks_restarted", Block), ("tasks_renumbered", Block).
 Observer = Callable[[str, Any], None]
 
 JOB_ACTIONS = ("pause", "resume", "stop", "delete", "restart", "restart_errors", "restart_running",
@@ -254,6 +262,7 @@ class Farm:
         log.info("job {job_id} {job_name} submitted by {user}: {tasks} tasks", job_id=job.id,
                  job_name=job.name, user=owner, tasks=job.tasks_total)
         self._job_changed(job)
+        self._notify("job_created", job)
         self.request_solve()
         return job
 
@@ -419,9 +428,11 @@ class Farm:
 
     def _restart_tasks(self, job: Job, which: Callable[[Task], bool], reason: str) -> None:
         for block in job.blocks:
-            for task in block.tasks:
-                if which(task):
-                    self._restart_task(task, reason)
+            chosen = [task for task in block.tasks if which(task)]
+            for task in chosen:
+                self._restart_task(task, reason)
+            if chosen:
+                self._notify("tasks_restarted", block)
         self._job_changed(job)
 
     def _restart_task(self, task: Task, reason: str) -> None:
@@ -454,6 +465,57 @@ class Farm:
         self.events.emit("job_deleted", job_id=job.id)
         self._notify("job_deleted", job)
 
+    def append_task(self, block: Block, name: str, command: str) -> Task:
+        """A new ready task at the end of an explicit block (the system job's way)."""
+        if block.spec.numeric:
+            raise errors.InvalidAction(f"block {block.name!r} is numeric: tasks cannot be appended")
+        was_finished = block.finished
+        job = block.job
+        block.spec = attrs.evolve(block.spec, tasks=(*block.spec.tasks, TaskSpec(name, command)))
+        task = Task(block, len(block.tasks))
+        block.tasks.append(task)
+        block.counts[TaskState.RDY] += 1
+        job.counts[TaskState.RDY] += 1
+        block.push_ready(task)
+        if was_finished:
+            self._count_capacity(block.spec.capacity, +1)
+        if job.time_done:
+            job.time_done = 0.0
+            self.jobs_generation += 1
+        if job.counts[TaskState.RDY] == 1:
+            self._ready_jobs_add(job)
+        self.work_generation += 1
+        self.events.emit("task", job_id=job.id, block=block.number, task=task.number,
+                         state=task.state.value, host="", errors_count=0)
+        self._notify("task", task)
+        self.request_solve()
+        return task
+
+    def remove_tasks(self, block: Block, which: Callable[[Task], bool]) -> int:
+        """Drop finished tasks from an explicit block that runs nothing (the system job
+        deletes its done and failed tasks). Tasks are renumbered, so it waits for idle."""
+        if block.counts[TaskState.RUN] or block.counts[TaskState.WRC]:
+            return 0
+        keep = [t for t in block.tasks if not which(t)]
+        removed = len(block.tasks) - len(keep)
+        if not removed:
+            return 0
+        was_finished, job = block.finished, block.job
+        for task in block.tasks:
+            if which(task):
+                block.counts[task.state] -= 1
+                job.counts[task.state] -= 1
+        block.spec = attrs.evolve(block.spec, tasks=tuple(block.spec.tasks[t.number] for t in keep))
+        for number, task in enumerate(keep):
+            task.number = number
+        block.tasks = keep
+        block.set_order(block.spec.sequential)
+        if was_finished != block.finished:
+            self._count_capacity(block.spec.capacity, -1 if block.finished else +1)
+        self._notify("tasks_renumbered", block)
+        self._job_changed(job)
+        return removed
+
     def task_action(self, user: str, job_id: int, block: int, tasks: Iterable[int], action: str) -> list[int]:
         """restart or skip some tasks of one block."""
         if action not in TASK_ACTIONS:
@@ -464,6 +526,7 @@ class Farm:
         for task in chosen:
             if action == "restart":
                 self._restart_task(task, "task restarted")
+                self._notify("tasks_restarted", task.block)
             else:
                 self._skip_task(task)
         self._job_changed(job)

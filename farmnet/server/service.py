@@ -21,6 +21,7 @@ from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.farm import Farm, FarmSettings
 from farmnet.server.outputs import OutputStore
 from farmnet.server.store import Store
+from farmnet.stats.service import StatsService
 
 log = Logger()
 
@@ -82,6 +83,8 @@ class ServerService(service.MultiService):
         store = Path(config.store)
         self.store = Store(reactor, store / "farm.sqlite", self.farm)
         self.store.setServiceParent(self)  # first: the farm is loaded before anyone connects
+        self.stats = StatsService(reactor, config, self.farm)
+        self.stats.setServiceParent(self)  # after the store, before the listeners
         self.outputs = OutputStore(store / "output", config.output_max_bytes)
         self.server = FarmServer(reactor, self.farm, self.outputs,
                                  heartbeat_hold=config.heartbeat_hold, durable=self.store.sync)

@@ -100,6 +100,7 @@ class Store(service.Service):
         self._dirty_renders: dict[int, Render] = {}
         self._deleted_jobs: list[int] = []
         self._deleted_renders: list[int] = []
+        self._renumbered: list[tuple[int, int]] = []
         self._spec_written: dict[int, Any] = {}
         self._writing: defer.Deferred[None] | None = None
         self._waiters: list[defer.Deferred[None]] = []
@@ -172,6 +173,12 @@ class Store(service.Service):
             self._oldest_change = time.monotonic()
         if what == "task":
             self._dirty_tasks[id(obj)] = obj
+            self._dirty_jobs[obj.block.job.id] = obj.block.job  # its spec may have grown
+        elif what == "tasks_renumbered":
+            self._renumbered.append((obj.job.id, obj.number))
+            self._dirty_jobs[obj.job.id] = obj.job
+            for t in obj.tasks:
+                self._dirty_tasks[id(t)] = t
         elif what in ("job", "run"):
             job = obj if what == "job" else self.farm.jobs.get(obj.job_id)
             if job is not None:
@@ -212,7 +219,7 @@ class Store(service.Service):
 
     def _take_changes(self) -> tuple[Any, ...] | None:
         if not (self._dirty_tasks or self._dirty_jobs or self._dirty_users or self._dirty_renders
-                or self._deleted_jobs or self._deleted_renders):
+                or self._deleted_jobs or self._deleted_renders or self._renumbered):
             return None
         tasks = [_task_row(t) for t in self._dirty_tasks.values() if t.block.job.id in self.farm.jobs]
         jobs = []
@@ -225,16 +232,17 @@ class Store(service.Service):
         users = [_user_row(u) for u in self._dirty_users.values()]
         renders = [_render_row(r) for r in self._dirty_renders.values()]
         deleted, deleted_renders = self._deleted_jobs, self._deleted_renders
+        renumbered, self._renumbered = self._renumbered, []
         for job_id in deleted:
             self._spec_written.pop(job_id, None)
         self._dirty_tasks, self._dirty_jobs, self._dirty_users, self._dirty_renders = {}, {}, {}, {}
         self._deleted_jobs, self._deleted_renders = [], []
         self.lag = time.monotonic() - self._oldest_change if self._oldest_change else 0.0
         self._oldest_change = 0.0
-        return (tasks, jobs, users, renders, deleted, deleted_renders, self.farm.events.last)
+        return (tasks, jobs, users, renders, deleted, deleted_renders, renumbered, self.farm.events.last)
 
     def _write(self, tasks: list, jobs: list, users: list, renders: list, deleted: list,
-               deleted_renders: list, event_seq: int) -> None:
+               deleted_renders: list, renumbered: list, event_seq: int) -> None:
         """In the store's thread: one transaction for the whole batch."""
         db = self._db
         assert db is not None
@@ -246,6 +254,7 @@ class Store(service.Service):
                                "time_started=?, time_done=?, serial=? WHERE id=?", (*row[1:-1], row[0]))
                 else:
                     db.execute("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?)", row)
+            db.executemany("DELETE FROM tasks WHERE job_id=? AND block=?", renumbered)
             db.executemany("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", tasks)
             db.executemany("INSERT OR REPLACE INTO users VALUES (?,?,?)", users)
             db.executemany("INSERT OR REPLACE INTO renders VALUES (?,?,?)", renders)
@@ -276,7 +285,8 @@ class Store(service.Service):
 
     def _requeue(self, changes: tuple) -> None:
         """A failed batch is written again with the next (rows are idempotent upserts)."""
-        tasks, jobs, users, renders, deleted, deleted_renders, _ = changes
+        tasks, jobs, users, renders, deleted, deleted_renders, renumbered, _ = changes
+        self._renumbered[:0] = renumbered
         for row in tasks:
             job = self.farm.jobs.get(row[0])
             if job is not None:

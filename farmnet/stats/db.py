@@ -148,6 +148,8 @@ class _Connection(txpostgres.Connection):
     def abort(self, reason: BaseException) -> None:
         """Give the connection up: close it; whatever waits on it fails, the detector is told
         ``reason``."""
+        if self._connection is None:
+            return
         self._abort_reason = reason
         self.close()
 
@@ -256,11 +258,14 @@ class Database:
         connect_timeout: float = 10.0,
         on_connect: Callable[[Database], Awaitable[None]] | None = None,
         reconnect: bool = True,
+        quiet: bool = False,
     ) -> None:
         self.reactor = reactor
         self.dsn = dsn
         self.name = name
         self.on_connect = on_connect
+        #: No "connected" log line (one-shot connections of tools).
+        self.quiet = quiet
         self.closed = False
         self.ready = False
         #: The last connection problem, for status lines; "" while connected.
@@ -270,6 +275,8 @@ class Database:
         self._detector = _Detector(self, reconnect_max_delay) if reconnect else None
         self._conn = _Connection(reactor, detector=self._detector)
         self._conn.connect_timeout = connect_timeout
+        #: Connected (the on_connect hook may still be running).
+        self._open = False
         self._waiting: list[defer.Deferred[None]] = []
         self._ready_callbacks: list[Callable[[], None]] = []
         self._logged_down = False
@@ -296,6 +303,7 @@ class Database:
     async def _connected(self) -> None:
         if self.closed:
             return
+        self._open = True
         try:
             if self.on_connect is not None:
                 await self.on_connect(self)
@@ -309,7 +317,7 @@ class Database:
         if self._logged_down or self.down_since:
             log.info("{name}: connected again to {dsn} (down {seconds:.1f} s)", name=self.name,
                      dsn=safe_dsn(self.dsn), seconds=time.time() - self.down_since if self.down_since else 0)
-        else:
+        elif not self.quiet:
             log.info("{name}: connected to {dsn}", name=self.name, dsn=safe_dsn(self.dsn))
         self.ready = True
         self.last_error = ""
@@ -323,6 +331,7 @@ class Database:
 
     def _connection_died(self, failure: Failure) -> None:
         self.ready = False
+        self._open = False
         self.last_error = describe_error(failure)
         if not self.down_since:
             self.down_since = time.time()
@@ -358,6 +367,7 @@ class Database:
             return
         self.closed = True
         self.ready = False
+        self._open = False
         if self._detector is not None:
             self._detector.stop()
         self._conn.abort(ConnectionDead("closed"))
@@ -373,8 +383,8 @@ class Database:
             return defer.fail(ConnectionDead("closed"))
         if self._detector is not None and self._detector.connectionIsDead:
             return defer.fail(ConnectionDead(self.last_error))
-        if self._conn._connection is None or self._conn._connection.closed:
-            return defer.fail(ConnectionDead(self.last_error or "not connected"))
+        if not self._open or self._conn._connection is None or self._conn._connection.closed:
+            return defer.fail(ConnectionDead(self.last_error or "not connected yet"))
         d = method(*args)
         if timeout is None:
             return d
@@ -418,16 +428,38 @@ class Database:
                           timeout: float | None = None) -> Any:
         """Run ``await body(tx)`` inside BEGIN … COMMIT (ROLLBACK if it raises)."""
 
-        def interaction(cursor: txpostgres.Cursor) -> defer.Deferred[Any]:
-            return defer.ensureDeferred(body(Transaction(cursor)))
+        def interaction() -> defer.Deferred[Any]:
+            # Not txpostgres' runInteraction: it logs a failed ROLLBACK (a connection lost
+            # mid-transaction) as an unhandled error; the transaction is gone with it anyway.
+            cursor = self._conn.cursor()
 
-        return await self._call(self._conn.runInteraction, interaction, timeout=timeout)
+            async def run() -> Any:
+                await cursor.execute("BEGIN")
+                try:
+                    result = await body(Transaction(cursor))
+                except BaseException:
+                    try:
+                        await cursor.execute("ROLLBACK")
+                    except Exception:
+                        pass
+                    raise
+                await cursor.execute("COMMIT")
+                return result
+
+            return defer.ensureDeferred(run())
+
+        def locked() -> defer.Deferred[Any]:
+            if self._detector is not None:
+                return self._conn.lock.run(self._detector.callChecking, interaction)
+            return self._conn.lock.run(interaction)
+
+        return await self._call(locked, timeout=timeout)
 
 
 async def connect_once(reactor: Any, dsn: str, *, timeout: float = 10.0,
                        name: str = "statistics database") -> Database:
     """A connection without reconnection (tools, tests); raises if it cannot connect."""
-    database = Database(reactor, dsn, name=name, connect_timeout=timeout, reconnect=False)
+    database = Database(reactor, dsn, name=name, connect_timeout=timeout, reconnect=False, quiet=True)
     try:
         await database.connect()
     except BaseException:

@@ -22,6 +22,7 @@ import pwd
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -195,9 +196,45 @@ class Cluster:
 
     # --- files -------------------------------------------------------------------------
 
+    def make_reachable(self) -> None:
+        """Let the account that runs the cluster reach the data directory.
+
+        The server's store is mode 0700 (root's), so as root the postgres user could not
+        get to ``<store>/postgresql``. A directory on the way that is ``root:root`` and
+        not searchable by that account gets its group set to the account's and search
+        (only: ``g+x``, no listing) for the group; anything else is an error saying what to
+        do, never a silent change.
+        """
+        if self.run_as is None:
+            return
+        entry = pwd.getpwnam(self.run_as)
+        groups = set(os.getgrouplist(self.run_as, entry.pw_gid))
+        for directory in reversed(self.datadir.absolute().parents):
+            st = directory.stat()
+            if st.st_uid == entry.pw_uid:
+                allowed = bool(st.st_mode & stat.S_IXUSR)
+            elif st.st_gid in groups:
+                allowed = bool(st.st_mode & stat.S_IXGRP)
+            else:
+                allowed = bool(st.st_mode & stat.S_IXOTH)
+            if allowed:
+                continue
+            if st.st_uid == 0 and st.st_gid == 0 and os.geteuid() == 0:
+                os.chown(directory, -1, entry.pw_gid)
+                os.chmod(directory, stat.S_IMODE(st.st_mode) | stat.S_IXGRP)
+                log.info("gave the {user} group search access (g+x, no listing) to {directory} so the "
+                         "embedded PostgreSQL reaches its data directory", user=self.run_as,
+                         directory=str(directory))
+                continue
+            raise ClusterError(
+                f"the {self.run_as} user cannot reach {directory} (on the way to {self.datadir}): give it "
+                f"search permission (e.g. chmod o+x {directory}), or set server.stats_embedded_dir to a "
+                "directory it can reach")
+
     def prepare_directory(self) -> None:
         """Create the (empty) data directory, owned by the account that runs the cluster."""
         self.datadir.mkdir(parents=True, exist_ok=True)
+        self.make_reachable()
         if self.run_as is not None:
             entry = pwd.getpwnam(self.run_as)
             os.chown(self.datadir, entry.pw_uid, entry.pw_gid)
@@ -250,6 +287,8 @@ class Cluster:
         self.check()
         if not self.initialized:
             await self.initdb(reactor)
+        else:
+            self.make_reachable()
         if await self.is_running(reactor):
             log.info("PostgreSQL in {datadir} is already running: using it", datadir=str(self.datadir))
             return

@@ -53,14 +53,16 @@ def available() -> str | None:
 class ThrowawayCluster:
     """A PostgreSQL cluster in a temporary directory, for one test run."""
 
-    def __init__(self, prefix: str = "farmnet-pg-") -> None:
+    def __init__(self, prefix: str = "farmnet-pg-", durable: bool = False) -> None:
+        """``durable``: the embedded server's settings (fsync on) instead of the fast ones."""
         bin_dir = find_bin_dir()
         if bin_dir is None:
             raise ClusterError("PostgreSQL server binaries (initdb, pg_ctl, postgres) not found")
         self.base = Path(tempfile.mkdtemp(prefix=prefix))
         # The server (as postgres when we are root) must reach its directory inside.
         os.chmod(self.base, 0o755)
-        self.cluster = Cluster(self.base / "data", bin_dir, settings=dict(THROWAWAY_SETTINGS), nosync=True)
+        settings = {"synchronous_commit": "off"} if durable else dict(THROWAWAY_SETTINGS)
+        self.cluster = Cluster(self.base / "data", bin_dir, settings=settings, nosync=not durable)
         self._names = itertools.count(1)
 
     def dsn(self, dbname: str = "postgres") -> str:

@@ -23,7 +23,8 @@ from farmnet.stats.db import Database
 
 __all__ = ["Filter", "QueryError", "StatsQueries", "GROUPS", "INTERVALS"]
 
-#: Group-by choices: name → column of the tasks table, of the jobs table.
+#: Group-by choices: name → column of the tasks table, of the jobs table ("" if it has
+#: none). A job's host is the host it was submitted from; a task's, the render it ran on.
 GROUPS: dict[str, tuple[str, str]] = {
     "user": ("user_name", "user_name"),
     "service": ("service", "service"),
@@ -35,7 +36,8 @@ GROUPS: dict[str, tuple[str, str]] = {
 }
 #: Graph buckets (PostgreSQL's date_trunc units).
 INTERVALS = ("minute", "hour", "day", "week", "month")
-LOG_TYPES = ("job_created", "job_done", "job_deleted", "render_online", "render_offline", "user_added")
+LOG_TYPES = ("job_created", "job_done", "job_deleted", "render_online", "render_offline", "render_zombie",
+             "render_sick", "user_added")
 MAX_LIMIT = 10_000
 
 
@@ -145,6 +147,11 @@ def _group_column(table: int, group_by: Any, depth: int | None) -> str:
     return column
 
 
+def _order(column: str) -> str:
+    """ORDER BY text for a checked column name: the key ascending, figures largest first."""
+    return "1" if column == "key" else f"{column} DESC NULLS LAST, 1"
+
+
 def _epoch(expr: str) -> str:
     return f"extract(epoch from {expr})::float8"
 
@@ -182,7 +189,7 @@ class StatsQueries:
                    count(DISTINCT host) AS hosts,
                    {_epoch("min(time_done)")} AS time_first, {_epoch("max(time_done)")} AS time_last
             FROM tasks {w.sql()}
-            GROUP BY 1 ORDER BY {order} DESC NULLS LAST, 1 LIMIT %s"""
+            GROUP BY 1 ORDER BY {_order(order)} LIMIT %s"""
         return await self._rows(sql, [*w.params, limit])
 
     JOB_ORDERS = ("key", "jobs", "tasks_quantity", "tasks_done", "run_time_sum", "duration_avg", "time_last")
@@ -208,11 +215,11 @@ class StatsQueries:
                    coalesce(avg({_epoch("time_done - time_started")}), 0)::float8 AS duration_avg,
                    {_epoch("max(time_recorded)")} AS time_last
             FROM jobs {w.sql()}
-            GROUP BY 1 ORDER BY {order} DESC NULLS LAST, 1 LIMIT %s"""
+            GROUP BY 1 ORDER BY {_order(order)} LIMIT %s"""
         return await self._rows(sql, [*w.params, limit])
 
     async def jobs(self, f: Filter = Filter(), *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        """Job rows, newest first."""
+        """Job rows, the latest recorded first."""
         limit = _int("limit", limit, 1, MAX_LIMIT)
         offset = _int("offset", offset, 0, 2**31)
         w = _where(f, time_column="time_recorded", host_column="host_name")
@@ -222,12 +229,12 @@ class StatsQueries:
                    capacity_time_sum, {_epoch("time_created")} AS time_created,
                    {_epoch("time_started")} AS time_started, {_epoch("time_done")} AS time_done,
                    state, reason, {_epoch("time_recorded")} AS time_recorded
-            FROM jobs {w.sql()} ORDER BY time_recorded DESC, id DESC LIMIT %s OFFSET %s"""
+            FROM jobs {w.sql()} ORDER BY id DESC LIMIT %s OFFSET %s"""
         return await self._rows(sql, [*w.params, limit, offset])
 
     async def tasks(self, f: Filter = Filter(), *, errors_only: bool = False, limit: int = 100,
                     offset: int = 0) -> list[dict[str, Any]]:
-        """Task run rows, newest first (only failed runs with ``errors_only``)."""
+        """Task run rows, the latest recorded first (only failed runs with ``errors_only``)."""
         limit = _int("limit", limit, 1, MAX_LIMIT)
         offset = _int("offset", offset, 0, 2**31)
         w = _where(f, time_column="time_done", host_column="host")
@@ -238,7 +245,7 @@ class StatsQueries:
                    capacity, command, frame_start, frame_end, {_epoch("time_started")} AS time_started,
                    {_epoch("time_done")} AS time_done, run_time, exit_code, signal, state, errors_count,
                    message, peak_memory_mb, folder
-            FROM tasks {w.sql()} ORDER BY time_done DESC, id DESC LIMIT %s OFFSET %s"""
+            FROM tasks {w.sql()} ORDER BY id DESC LIMIT %s OFFSET %s"""
         return await self._rows(sql, [*w.params, limit, offset])
 
     # --- graphs and summaries ----------------------------------------------------------
@@ -322,8 +329,9 @@ class StatsQueries:
 
     async def logs(self, f: Filter = Filter(), *, types: tuple[str, ...] | list[str] = (),
                    subject: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        """Farm events, newest first; ``f.user`` and ``subject`` both match the subject
-        (the user of a job event, the render of a render event)."""
+        """Farm events, newest first. ``f.user``, ``f.host`` and ``subject`` match the
+        event's subject (the user of a job event, the render of a render event); service
+        and folder do not apply to events and are ignored."""
         limit = _int("limit", limit, 1, MAX_LIMIT)
         offset = _int("offset", offset, 0, 2**31)
         if isinstance(types, str) or not isinstance(types, tuple | list):
@@ -334,7 +342,7 @@ class StatsQueries:
         f = f.checked()
         w = _where(attrs.evolve(f, user=None, job_id=None), time_column="time", host_column=None,
                    service=False, folder=False)
-        for who in (f.user, subject):
+        for who in (f.user, f.host, subject):
             if who is not None:
                 w.add("subject = %s", who)
         if f.job_id is not None:

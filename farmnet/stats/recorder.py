@@ -4,7 +4,7 @@
 is append a row (a list, in the column order of :mod:`farmnet.stats.schema`) to an
 in-memory buffer: a ``tasks`` row when a task run ends, a ``jobs`` row when a job is done
 (or deleted before being done), a ``logs`` row for job created/done/deleted, render
-online/offline and user added.
+online/offline/zombie/sick and user added.
 
 :class:`Writer` empties the buffer: every ``flush_interval`` seconds, or at once when
 ``batch_rows`` rows wait, it encodes up to ``batch_rows`` rows as one JSON batch and
@@ -23,7 +23,7 @@ import enum
 import json
 import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -63,6 +63,13 @@ def _main_block(job: Job) -> Any:
     return max(job.blocks, key=lambda b: len(b.tasks), default=None)
 
 
+_JOB_NAMES = [c.name for c in schema.JOB_COLUMNS]
+_JOB_RUNS = _JOB_NAMES.index("runs")
+_JOB_CAPACITY_TIME = _JOB_NAMES.index("capacity_time_sum")
+assert _JOB_NAMES[_JOB_RUNS:_JOB_CAPACITY_TIME + 1] == ["runs", "errors_count", "run_time_sum",
+                                                         "capacity_time_sum"]
+
+
 @attrs.define
 class _JobTally:
     """What a job's runs added up to (kept by the recorder: O(1) per run)."""
@@ -85,9 +92,12 @@ class Recorder:
         self.clock = clock
         self.full_rows = full_rows
         self.on_full = on_full
-        self.tasks: list[list[Any]] = []
+        # Rows are tuples (the garbage collector stops tracking a tuple of plain values, so a
+        # large buffer adds nothing to its full passes); a job row stays a list until taken
+        # (see _just_done).
+        self.tasks: list[tuple[Any, ...]] = []
         self.jobs: list[list[Any]] = []
-        self.logs: list[list[Any]] = []
+        self.logs: list[tuple[Any, ...]] = []
         #: Rows waiting in memory.
         self.count = 0
         self._full_told = False
@@ -96,6 +106,9 @@ class Recorder:
         self._known_jobs: set[int] = set()
         self._done_jobs: set[int] = set()
         self._renders_online: dict[str, bool] = {}
+        #: Job rows made in this reactor turn: a job is done before the run that did it is
+        #: notified, and that run's figures still belong in the row.
+        self._just_done: dict[int, list[Any]] = {}
 
     # --- attaching ---------------------------------------------------------------------
 
@@ -130,6 +143,12 @@ class Recorder:
             self._render(obj)
         elif what == "user":
             self._user(obj)
+        elif what == "render_zombie":
+            self._log(self.clock.seconds(), obj.name, "render_zombie", obj.name, obj.id,
+                      "silent past zombie_time")
+        elif what == "render_sick":
+            self._log(self.clock.seconds(), obj.name, "render_sick", obj.name, obj.id,
+                      f"{getattr(obj, 'errors_in_row', 0)} errors in a row from different jobs")
 
     def _added(self) -> None:
         self.count += 1
@@ -138,7 +157,7 @@ class Recorder:
             self.on_full()
 
     def _log(self, time: float, subject: str, type_: str, obj: str, object_id: int | None, info: str) -> None:
-        self.logs.append([time, subject, type_, obj, object_id, info])
+        self.logs.append((time, subject, type_, obj, object_id, info))
         self._added()
 
     def _run(self, run: TaskRun) -> None:
@@ -155,12 +174,17 @@ class Recorder:
             tally.errors += 1
         tally.run_time += run_time
         tally.capacity_time += run.capacity * run_time
-        self.tasks.append([
+        if self._just_done:
+            done_row = self._just_done.pop(run.job_id, None)
+            if done_row is not None:  # the job was done by this very run (notified first)
+                done_row[_JOB_RUNS:_JOB_CAPACITY_TIME + 1] = [
+                    tally.runs, tally.errors, tally.run_time, tally.capacity_time]
+        self.tasks.append((
             run.job_id, run.job_name, run.block, run.block_name, run.task, run.task_name, run.run,
             run.user_name, run.host, run.service, run.capacity, run.command, run.frame_start,
             run.frame_end, run.time_started or None, run.time_done or None, run.exit_code, run.signal,
             run.state, run.errors_count, run.message, run.peak_memory_mb, job_folder(job, run.block),
-        ])
+        ))
         self._added()
 
     def _job(self, job: Job) -> None:
@@ -192,14 +216,16 @@ class Recorder:
         tally = self._tallies.get(job.id) or _JobTally()
         main = _main_block(job)
         counts = job.counts
-        self.jobs.append([
+        row = [
             job.id, job.name, job.user_name, job.spec.host_name, main.spec.service if main else None,
             job_folder(job, main.number if main else 0), job.spec.project, job.spec.department,
             job.priority, len(job.blocks), job.tasks_total, counts[TaskState.DON] + counts[TaskState.SKP],
             counts[TaskState.ERR], tally.runs, tally.errors, tally.run_time, tally.capacity_time,
             job.time_creation or None, job.time_started or None, job.time_done or None, job.state.value,
             reason, self.clock.seconds(),
-        ])
+        ]
+        self.jobs.append(row)
+        self._just_done[job.id] = row
         self._added()
 
     def _render(self, render: Render) -> None:
@@ -218,7 +244,7 @@ class Recorder:
 
     # --- the writer's side ---------------------------------------------------------------
 
-    def take(self, max_rows: int) -> tuple[list[list[Any]], list[list[Any]], list[list[Any]]]:
+    def take(self, max_rows: int) -> tuple[list[Any], list[Any], list[Any]]:
         """Up to ``max_rows`` rows, oldest first within each table, out of the buffer."""
         taken = []
         room = max_rows
@@ -229,6 +255,7 @@ class Recorder:
             taken.append(part)
         self.count -= max_rows - room
         self._full_told = False
+        self._just_done.clear()
         if self.count >= self.full_rows and self.on_full is not None:
             self._full_told = True
             self.on_full()
@@ -247,7 +274,7 @@ class Batch:
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
 
@@ -263,8 +290,8 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def encode_batch(batch_id: str, tasks: list[list[Any]], jobs: list[list[Any]],
-                 logs: list[list[Any]]) -> Batch:
+def encode_batch(batch_id: str, tasks: Sequence[Sequence[Any]], jobs: Sequence[Sequence[Any]],
+                 logs: Sequence[Sequence[Any]]) -> Batch:
     rows = len(tasks) + len(jobs) + len(logs)
     parts = [f'{{"v":{BATCH_FORMAT},"id":"{batch_id}","n":{rows}']
     for name, table in (("tasks", tasks), ("jobs", jobs), ("logs", logs)):
@@ -324,6 +351,8 @@ class Writer:
         self._wakeup: defer.Deferred[None] | None = None
         self._wake_call: Any = None
         self._tick: Any = None
+        #: The next batch, encoded while the previous one was being written.
+        self._prepared: Batch | None = None
         self._done: defer.Deferred[None] | None = None
         recorder.on_full = self.wake
         db.on_ready(self.wake)
@@ -377,7 +406,8 @@ class Writer:
     @property
     def pending(self) -> int:
         """Rows not yet in the database: in memory and in the spool."""
-        return self.recorder.count + self.rows_spooled
+        prepared = self._prepared.rows if self._prepared is not None else 0
+        return self.recorder.count + prepared + self.rows_spooled
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -397,9 +427,13 @@ class Writer:
             try:
                 progressed = await self._step()
             except Exception:
+                if self._stopping:
+                    log.failure("statistics writer: unexpected error while stopping: "
+                                "{rows} rows not saved", rows=self.recorder.count)
+                    return
                 log.failure("statistics writer: unexpected error (going on)")
                 progressed = False
-            if self._stopping and not self.recorder.count:
+            if self._stopping and not self.recorder.count and self._prepared is None:
                 return
             if not progressed:
                 await self._sleep()
@@ -419,15 +453,24 @@ class Writer:
         count = self.recorder.count
         flush = count >= self.batch_rows or (count and (self._due or self._stopping))
         if self.db.ready and not self.rows_spooled:
-            if not flush:
-                self._due = False
-                return False
-            batch = self._take()
-            outcome = await self._send([batch.line], batch.rows)
-            if outcome is Outcome.FAILED:
+            batch, self._prepared = self._prepared, None
+            if batch is None:
+                if not flush:
+                    self._due = False
+                    return False
+                batch = self._take()
+            sending = defer.ensureDeferred(self._send([batch.line], batch.rows))
+            if self.recorder.count >= self.batch_rows:
+                # Encode the next batch while PostgreSQL works on this one.
+                self._prepared = self._take()
+            if await sending is Outcome.FAILED:
                 await self._to_spool(batch)
             return True
         progressed = False
+        if self._prepared is not None:  # older than anything in the buffer
+            batch, self._prepared = self._prepared, None
+            await self._to_spool(batch)
+            progressed = True
         if flush:
             while self.recorder.count:
                 await self._to_spool(self._take())
@@ -468,7 +511,7 @@ class Writer:
             return False
         texts = [line.decode() for line in lines]
         rows = [batch_rows(line) or 0 for line in lines]
-        outcome = await self._send(texts, sum(rows))
+        outcome = await self._send(texts, sum(rows), final=len(texts) == 1)
         if outcome is Outcome.WRITTEN:
             await self._io(self.spool.pop)
             self.rows_spooled = max(0, self.rows_spooled - sum(rows))
@@ -477,14 +520,17 @@ class Writer:
             return False
         # Refused together: one at a time, so only the bad ones are dropped.
         for text, count in zip(texts, rows, strict=True):
-            outcome = await self._send([text], count) if len(texts) > 1 else Outcome.REFUSED
+            if len(texts) > 1:
+                outcome = await self._send([text], count)
             if outcome is Outcome.FAILED:
                 return False
             await self._io(self.spool.pop, 1)
             self.rows_spooled = max(0, self.rows_spooled - count)
         return True
 
-    async def _send(self, lines: list[str], rows: int, retried: bool = False) -> Outcome:
+    async def _send(self, lines: list[str], rows: int, retried: bool = False, final: bool = True) -> Outcome:
+        """Write ``lines`` (batches) in one statement. A refusal is logged and counted only if
+        ``final`` (else the caller tries them one by one)."""
         payload = "[" + ",".join(lines) + "]"
         try:
             await self.db.execute(schema.BATCH_INSERT, (payload,), timeout=self.write_timeout)
@@ -492,9 +538,10 @@ class Writer:
             if is_connection_error(e):
                 return Outcome.FAILED
             if retried:
-                self.rows_refused += rows
-                log.error("statistics: the database refused {rows} rows: {error}", rows=rows,
-                          error=describe_error(e))
+                if final:
+                    self.rows_refused += rows
+                    log.error("statistics: the database refused {rows} rows: {error}", rows=rows,
+                              error=describe_error(e))
                 return Outcome.REFUSED
             if error_code(e) == "42P01" and self.on_schema_missing is not None:  # tables dropped
                 log.warn("statistics: tables missing ({error}): creating them", error=describe_error(e))
@@ -504,10 +551,13 @@ class Writer:
                     if is_connection_error(e2):
                         return Outcome.FAILED
                     log.error("statistics: cannot create the tables: {error}", error=describe_error(e2))
-                return await self._send(lines, rows, retried=True)
+                return await self._send(lines, rows, retried=True, final=final)
             # Maybe a NUL in a string (PostgreSQL text cannot hold one): clean and retry once.
-            cleaned = [json.dumps(_clean(json.loads(line)), separators=(",", ":")) for line in lines]
-            return await self._send(cleaned, rows, retried=True)
+            try:
+                cleaned = [json.dumps(_clean(json.loads(line)), separators=(",", ":")) for line in lines]
+            except ValueError:  # not even JSON (a damaged spool line)
+                cleaned = lines
+            return await self._send(cleaned, rows, retried=True, final=final)
         self.rows_written += rows
         self.batches_written += len(lines)
         return Outcome.WRITTEN

@@ -7,7 +7,7 @@ Tables (Afanasy's three, with its column names where it has them, plus a ledger)
 ``jobs``
     One row per job when it is done, or when it is deleted before being done.
 ``logs``
-    Farm events: job created, done, deleted; render online, offline; user added.
+    Farm events: job created, done, deleted; render online, offline, zombie, sick; user added.
 ``stats_batches``
     The ids of the batches written, so that a batch written twice (its answer was lost
     with the connection, so it was spooled too) is stored once.

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from farmnet.config import ServerConfig
@@ -39,6 +39,8 @@ log = Logger()
 QUERY_TIMEOUT = 60
 #: Seconds stopping may spend writing the last rows to the database.
 STOP_TIMEOUT = 5.0
+#: Seconds between trims of the batch ledger (also trimmed at each connection).
+LEDGER_TRIM_INTERVAL = 6 * 3600.0
 
 
 class StatsService(service.Service):
@@ -60,6 +62,7 @@ class StatsService(service.Service):
         self._off_reason = ""
         self._phase = "not started"
         self._starting: defer.Deferred[None] | None = None
+        self._trim: task.LoopingCall | None = None
 
     # --- status --------------------------------------------------------------------------
 
@@ -72,6 +75,9 @@ class StatsService(service.Service):
         """What the statistics are doing, in one line for people."""
         if self._off_reason:
             return f"off: {self._off_reason}"
+        if self._phase == "stopped":
+            kept = self.writer.pending if self.writer is not None else 0
+            return f"stopped; {kept} rows kept on disk for the next start" if kept else "stopped"
         if self.writer is None or self.db is None:
             return self._phase
         writer, db = self.writer, self.db
@@ -138,12 +144,28 @@ class StatsService(service.Service):
         if not self.running:
             return
         self._phase = "running"
+        self.db.on_ready(self._writer_ready)
+        self._trim = task.LoopingCall(lambda: defer.ensureDeferred(self._trim_ledger()))
+        self._trim.clock = self.reactor
+        self._trim.start(LEDGER_TRIM_INTERVAL, now=False)
+        await self.db.start()
+
+    async def _trim_ledger(self) -> None:
+        if self.db is not None and self.db.ready:
+            try:
+                await schema.forget_old_batches(self.db)
+            except Exception as e:
+                log.warn("statistics: trimming the batch ledger failed: {error}", error=e)
+
+    def _writer_ready(self) -> None:
+        """The schema is there: the web site's connection may start (once)."""
+        if self.reader is not None or not self.running:
+            return
         self.reader = Database(self.reactor, self.dsn, name="statistics reader",
                                reconnect_max_delay=self.config.stats_reconnect_max_delay,
                                on_connect=self._prepare_reader)
         self.queries = StatsQueries(self.reader)
-        await self.db.start()
-        await self.reader.start()
+        defer.ensureDeferred(self.reader.start())
 
     async def _prepare(self, db: Database | None) -> None:
         """After each connection of the writer: the schema up to date, the ledger trimmed."""
@@ -174,6 +196,8 @@ class StatsService(service.Service):
             # An embedded start under way ends first (pg_ctl -w), then the cluster stops.
             await self._starting
             self._starting = None
+        if self._trim is not None and self._trim.running:
+            self._trim.stop()
         try:
             await self._stop_writing()
         except Exception:

@@ -1,0 +1,175 @@
+"""Statistics write speed: task rows per second into PostgreSQL, and the reactor's longest stall.
+
+    python bench/stats.py [--rows 300000] [--batch-rows 2000] [--fast] [--outage]
+
+A throwaway PostgreSQL cluster (farmnet.stats.pgtest; with the embedded server's settings:
+fsync on, synchronous_commit off; --fast turns fsync off) gets the schema with its indexes.
+Task runs are fed to the recorder as a busy farm would (in chunks, on the reactor), and the
+writer moves them to PostgreSQL in batched INSERTs. Printed:
+  - rows/s: rows fed ÷ seconds from the first row fed to the last row committed;
+  - the longest gap between ticks of a 5 ms LoopingCall while writing (the reactor's
+    longest stall, producer included);
+  - with --outage: rows/s into the spool while the database is stopped, and rows/s from
+    the spool back into the database once it is started again.
+Targets: >= 50,000 rows/s, longest gap <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from twisted.internet import defer, task
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from farmnet.server.model import TaskRun  # noqa: E402
+from farmnet.stats import schema  # noqa: E402
+from farmnet.stats.db import Database  # noqa: E402
+from farmnet.stats.pgtest import ThrowawayCluster  # noqa: E402
+from farmnet.stats.recorder import Recorder, Writer  # noqa: E402
+from farmnet.stats.spool import Spool  # noqa: E402
+
+T0 = 1_700_000_000.0
+
+
+def make_runs(count: int, first: int = 0) -> list[TaskRun]:
+    return [TaskRun(job_id=1 + n // 1000, block=0, task=n % 1000, run=1, job_name=f"shot{n // 1000:04d}_comp",
+                    block_name="render", task_name=f"frame {n % 1000}", user_name=f"user{n % 17}",
+                    host=f"render{n % 200:03d}", service=("blender", "nuke", "houdini")[n % 3], capacity=1000,
+                    command=f"blender -b /proj/shot/scene.blend -f {n % 1000}", frame_start=n % 1000,
+                    frame_end=n % 1000, time_started=T0 + n * 0.01, time_done=T0 + n * 0.01 + 42.5,
+                    exit_code=0, signal=None, state="DON", errors_count=0, message="", peak_memory_mb=2048)
+            for n in range(first, first + count)]
+
+
+class StallMeter:
+    """The longest gap between ticks of a 5 ms LoopingCall."""
+
+    def __init__(self, reactor: Any, interval: float = 0.005) -> None:
+        self.reactor = reactor
+        self.interval = interval
+        self.longest = 0.0
+        self._last = 0.0
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = reactor
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._last:
+            self.longest = max(self.longest, now - self._last)
+        self._last = now
+
+    def start(self) -> None:
+        self.longest, self._last = 0.0, 0.0
+        self._loop.start(self.interval)
+
+    def stop(self) -> float:
+        self._loop.stop()
+        return self.longest
+
+
+async def feed(reactor: Any, recorder: Recorder, first: int, count: int, chunk: int) -> None:
+    """Hand ``count`` runs to the recorder, ``chunk`` per reactor turn, each made just before
+    (as a farm makes a TaskRun when a task ends, and drops it after its observers)."""
+    for start in range(first, first + count, chunk):
+        for run in make_runs(min(chunk, first + count - start), start):
+            recorder.observe("run", run)
+        await task.deferLater(reactor, 0, lambda: None)
+
+
+async def wait(reactor: Any, check: Any, what: str, timeout: float = 600.0) -> None:
+    deadline = time.perf_counter() + timeout
+    while not check():
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await task.deferLater(reactor, 0.002, lambda: None)
+
+
+async def count_rows(db: Database) -> int:
+    return int((await db.query("SELECT count(*) AS n FROM tasks"))[0]["n"])
+
+
+async def main(reactor: Any, args: argparse.Namespace, cluster: ThrowawayCluster) -> None:
+    dsn = await cluster.create_database(reactor, "bench")
+    spool_dir = cluster.base / "spool"
+    prepare = schema.upgrade
+    db = Database(reactor, dsn, reconnect_max_delay=0.5, on_connect=lambda d: prepare(d))
+    await db.connect()
+    recorder = Recorder(reactor, full_rows=args.batch_rows)
+    writer = Writer(reactor, db, recorder, Spool(spool_dir, 1 << 30), batch_rows=args.batch_rows,
+                    flush_interval=0.5)
+    writer.start()
+    meter = StallMeter(reactor)
+    print(f"PostgreSQL {'fast (fsync off)' if args.fast else 'durable (fsync on, synchronous_commit off)'}; "
+          f"batches of {args.batch_rows} rows; feeding {args.chunk} rows per reactor turn")
+
+    # Warm up (plans, caches), not measured.
+    await feed(reactor, recorder, 10_000_000, 5000, args.chunk)
+    await wait(reactor, lambda: writer.pending == 0, "warm-up")
+
+    base_written, base_batches = writer.rows_written, writer.batches_written
+    meter.start()
+    started = time.perf_counter()
+    await feed(reactor, recorder, 0, args.rows, args.chunk)
+    fed = time.perf_counter() - started
+    await wait(reactor, lambda: writer.pending == 0 and writer.rows_written - base_written >= args.rows,
+               "the rows written")
+    elapsed = time.perf_counter() - started
+    stall = meter.stop()
+    batches = writer.batches_written - base_batches
+    print(f"{args.rows} task rows in {elapsed:.2f} s: {args.rows / elapsed:,.0f} rows/s into PostgreSQL "
+          f"({batches} statements, {args.rows / max(1, batches):.0f} rows each; all fed in {fed:.2f} s)")
+    print(f"longest reactor stall while writing (gap between 5 ms ticks): {stall * 1000:.1f} ms")
+    assert await count_rows(db) == args.rows + 5000, "rows missing"
+
+    if args.outage:
+        total = args.rows // 2
+        half = total // 2
+        await cluster.stop_async(reactor)
+        await wait(reactor, lambda: not db.ready, "the database to be seen down", 30)
+        meter.start()
+        started = time.perf_counter()
+        await feed(reactor, recorder, 20_000_000, half, args.chunk)
+        await wait(reactor, lambda: writer.rows_spooled >= half and recorder.count == 0, "spooling")
+        spooled = time.perf_counter() - started
+        stall_down = meter.stop()
+        print(f"database down: {half} rows to the spool in {spooled:.2f} s: {half / spooled:,.0f} rows/s; "
+              f"longest stall {stall_down * 1000:.1f} ms")
+        await cluster.start_async(reactor)
+        meter.start()
+        started = time.perf_counter()
+        await feed(reactor, recorder, 20_000_000 + half, total - half, args.chunk)  # behind the spool
+        await wait(reactor, lambda: writer.pending == 0 and db.ready, "the spool written back")
+        drained = time.perf_counter() - started
+        stall_up = meter.stop()
+        print(f"database back: {half} spooled + {total - half} new rows written in {drained:.2f} s: "
+              f"{total / drained:,.0f} rows/s; longest stall {stall_up * 1000:.1f} ms")
+        count = await count_rows(db)
+        print(f"rows in the database: {count} (expected {args.rows + 5000 + total}): "
+              f"{'none lost, none doubled' if count == args.rows + 5000 + total else 'MISMATCH'}")
+
+    await writer.stop(5.0)
+    db.close()
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=300_000)
+    parser.add_argument("--batch-rows", type=int, default=2000)
+    parser.add_argument("--chunk", type=int, default=500, help="rows fed per reactor turn")
+    parser.add_argument("--fast", action="store_true", help="PostgreSQL without fsync")
+    parser.add_argument("--outage", action="store_true", help="also stop PostgreSQL and measure the spool")
+    args = parser.parse_args()
+    cluster = ThrowawayCluster(prefix="farmnet-bench-", durable=not args.fast).start()
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(main(reactor, args, cluster)))
+    finally:
+        cluster.destroy()
+
+
+if __name__ == "__main__":
+    run()
