@@ -44,6 +44,19 @@ CONFIG_ENV = "FARMNET_CONFIG"
 ROOT_STATE_DIR = "/var/lib/farmnet"
 
 
+def _json_object_error(text: str) -> str | None:
+    """A check: empty, or a JSON object."""
+    import json
+
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"not JSON: {e}"
+    return None if isinstance(value, dict) else "must be a JSON object"
+
+
 class ConfigError(Exception):
     """Every problem found in a configuration, so all can be fixed in one pass.
 
@@ -315,6 +328,73 @@ class ServerConfig:
         doc="Longest wait in seconds between reconnection attempts to the statistics database.",
         check=_above(0),
     )
+    close_wait: float = _setting(
+        2.0,
+        doc="Seconds a peer asked to close has to close first before the server resets it.",
+        check=_at_least(0),
+    )
+    idle_timeout: float = _setting(
+        300.0,
+        doc="Seconds after which a tool or monitor connection with nothing to do is closed (0: never).",
+        check=_at_least(0),
+    )
+    render_secret: str = _setting(
+        "",
+        doc='Enrolment secret renders must give (their "secret"); "" lets any render register.',
+    )
+    users_file: str = _setting(
+        "",
+        doc='Tool and monitor users: a file of user:hash lines; "" accepts any user name, from localhost only.',
+    )
+    max_connections_per_address: int = _setting(
+        256,
+        doc="Connections open at once from one peer address (0: no limit).",
+        check=_at_least(0),
+    )
+    max_box_bytes: int = _setting(
+        64 * 1024 * 1024,
+        doc="Bytes of one AMP box buffered per connection; a bigger box closes it (0: no limit).",
+        check=_at_least(0),
+    )
+    max_boxes_per_second: float = _setting(
+        1000.0,
+        doc="AMP boxes per second per connection (bursts of 2 s allowed); past it, closed (0: no limit).",
+        check=_at_least(0),
+    )
+    stats_interval: float = _setting(
+        60.0,
+        doc="Seconds between statistics lines in the log (connections, renders, tasks, traffic); 0: off.",
+        check=_at_least(0),
+    )
+    sysjob_tasklife: float = _setting(
+        1800.0,
+        doc="System job: a system task older than this (seconds) is an error (af_sysjob_tasklife).",
+        check=_above(0),
+    )
+    sysjob_tasksmax: int = _setting(
+        1000,
+        doc="System job: most ready or running system tasks; past it commands wait in a stored list.",
+        check=_above(0),
+    )
+    sysjob_postcmd_service: str = _setting(
+        "postcmd", doc="Service of the system job's block for jobs' post commands.", check=_not_empty)
+    sysjob_events_service: str = _setting(
+        "events", doc="Service of the system job's block for events.", check=_not_empty)
+    sysjob_wol_service: str = _setting(
+        "wakeonlan", doc="Service of the system job's block for wake-on-LAN.", check=_not_empty)
+    render_cmd_wolwake: str = _setting(
+        "wolwake", doc="Wake command the server puts before the MAC addresses of renders to wake.",
+        check=_not_empty)
+    sysjob_custom_data: str = _setting(
+        "",
+        doc='Farm-wide custom data (JSON) under every event\'s, e.g. {"events": {"RENDER_SICK": {}}}.',
+        check=lambda v: _json_object_error(v),
+    )
+    log_format: str = _setting(
+        "text",
+        doc='The server\'s log: "text" (human-readable) or "json" (JSON lines).',
+        check=lambda v: None if v in ("text", "json") else f'must be "text" or "json", got {v!r}',
+    )
 
 
 @attrs.frozen
@@ -372,6 +452,31 @@ class RenderConfig:
         "",
         doc="The user this render belongs to: when nimby, only this user's jobs run on it.",
     )
+    secret: str = _setting(
+        "",
+        doc="The server's render_secret, when it has one.",
+    )
+    ca: str = _setting(
+        "",
+        doc='CA certificate (PEM file) that signed the server\'s TLS certificate; "" for plain TCP.',
+    )
+    task_memory_limit_mb: int = _setting(
+        0,
+        doc="Memory limit of each task in MB (0: none); a start order's memory_limit_mb may lower it.",
+        check=_at_least(0),
+    )
+    task_limit_method: str = _setting(
+        "auto",
+        doc='How task limits are applied: "cgroup" (systemd-run scope), "rlimit" (RLIMIT_AS) or "auto".',
+        check=lambda v: (
+            None if v in ("auto", "rlimit", "cgroup") else f'must be "auto", "rlimit" or "cgroup", got {v!r}'
+        ),
+    )
+    log_format: str = _setting(
+        "text",
+        doc='The render\'s log: "text" (human-readable) or "json" (JSON lines).',
+        check=lambda v: None if v in ("text", "json") else f'must be "text" or "json", got {v!r}',
+    )
 
 
 @attrs.frozen
@@ -392,6 +497,14 @@ class ClientConfig:
         30.0,
         doc="Seconds to wait for the server's answer.",
         check=_above(0),
+    )
+    password_file: str = _setting(
+        "",
+        doc="File whose first line is the user's password (for a server with a users_file).",
+    )
+    ca: str = _setting(
+        "",
+        doc='CA certificate (PEM file) that signed the server\'s TLS certificate; "" for plain TCP.',
     )
 
 

@@ -79,14 +79,16 @@ class BlockSpec:
     task_min_run_time: int = 0
     task_progress_change_timeout: int = 0
     tickets: Mapping[str, int] = attrs.field(factory=dict)
+    #: Tasks are appended while the farm runs (the system job's blocks); may be empty.
+    dynamic: bool = False
 
     @property
     def numeric(self) -> bool:
-        return not self.tasks
+        return not self.tasks and not self.dynamic
 
     @property
     def tasks_count(self) -> int:
-        if self.tasks:
+        if self.tasks or self.dynamic:
             return len(self.tasks)
         span = self.frames_per_task * self.frames_inc
         return (self.frame_last - self.frame_first) // span + 1
@@ -264,7 +266,7 @@ _BLOCK_FIELDS: dict[str, Callable[[Any], Any]] = {
     "errors_retries": _int, "errors_avoid_host": _int, "errors_task_same_host": _int,
     "errors_forgive_time": _int, "task_max_run_time": _at_least(0),
     "task_min_run_time": _at_least(0), "task_progress_change_timeout": _at_least(0),
-    "tickets": _tickets,
+    "tickets": _tickets, "dynamic": _bool,
 }
 _JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "user_name": _str, "host_name": _str, "priority": _at_least(0), "depend_mask": _regex,
@@ -359,7 +361,7 @@ def _parse_block(c: _Collector, raw: Any, path: str) -> BlockSpec | None:
     values = {k: c.get(raw, k, path, kind, None) for k, kind in _BLOCK_FIELDS.items()}
     tasks = _parse_tasks(c, raw.get("tasks"), path)
     flags = c.get(raw, "flags", path, _int, 0)
-    numeric = not tasks
+    numeric = not tasks and not values["dynamic"]
     if numeric:
         if raw.get("tasks") is not None:
             c.errors.append(f"{path}.tasks: an explicit block needs at least one task")
@@ -414,7 +416,7 @@ def _block_to_document(block: BlockSpec) -> dict[str, Any]:
     doc = attrs.asdict(block, recurse=False)
     doc["environment"] = dict(block.environment)
     doc["tickets"] = dict(block.tickets)
-    if block.tasks:
+    if not block.numeric:
         doc["tasks"] = [{"name": t.name, "command": t.command} for t in block.tasks]
         for key in ("frame_first", "frame_last", "frames_per_task", "frames_inc"):
             del doc[key]

@@ -35,6 +35,7 @@ from farmnet.jobspec import (
 from farmnet.server.events import EventLog
 from farmnet.server.model import (
     ACTIVE,
+    FINISHED,
     Block,
     Job,
     Render,
@@ -57,12 +58,14 @@ Observer = Callable[[str, Any], None]
 JOB_ACTIONS = ("pause", "resume", "stop", "delete", "restart", "restart_errors", "restart_running",
                "skip", "set_priority", "set", "set_block")
 TASK_ACTIONS = ("restart", "skip")
-RENDER_ACTIONS = ("nimby", "NIMBY", "free", "pause", "resume", "eject", "exit", "heal", "set")
+RENDER_ACTIONS = ("nimby", "NIMBY", "free", "pause", "resume", "eject", "exit", "heal", "set", "sleep",
+                  "wake")
 USER_ACTIONS = ("set",)
 USER_SETTABLE = {
     "priority": int, "max_running_tasks": int, "max_running_tasks_per_host": int,
     "hosts_mask": str, "hosts_mask_exclude": str, "errors_retries": int, "errors_avoid_host": int,
     "errors_task_same_host": int, "errors_forgive_time": int, "jobs_solving": str,
+    "custom_data": dict,
 }
 ERROR_SETTINGS = ("errors_retries", "errors_avoid_host", "errors_task_same_host", "errors_forgive_time")
 
@@ -108,6 +111,9 @@ class Farm:
         #: Bumped when jobs come, go, finish or change dependencies (job depend_mask cache).
         self.jobs_generation = 0
         self.tickets_used: Counter[str] = Counter()
+        #: The system job (farmnet.sysjob), which users cannot delete, and how it wakes renders.
+        self.system_job_id: int | None = None
+        self.on_wake: Callable[[Render], None] | None = None
         #: Capacities of unfinished blocks: a render with less free is not worth a solve.
         self.block_capacities: Counter[int] = Counter()
         self.observers: list[Observer] = []
@@ -332,6 +338,8 @@ class Farm:
         jobs = [self.job(i) for i in job_ids]
         for job in jobs:  # all or nothing: check every job before changing any
             self.check_may_change(user, job)
+            if action == "delete" and job.id == self.system_job_id:
+                raise errors.InvalidAction("the system job cannot be deleted")
         if action == "set_priority":
             action, value = "set", {"priority": value}
         if action == "set":
@@ -465,10 +473,22 @@ class Farm:
         self.events.emit("job_deleted", job_id=job.id)
         self._notify("job_deleted", job)
 
+    def fail_task(self, task: Task, reason: str) -> None:
+        """Make a task an error now, whatever it was doing (the system job's tasklife)."""
+        if task.state in FINISHED or task.state is TaskState.ERR:
+            return
+        log.info("task {key} is an error: {reason}", key=task.key, reason=reason)
+        if task.state in ACTIVE:
+            self._stop_task(task, reason)
+        task.errors_count += 1
+        task.time_done = self.clock.seconds()
+        self._set_state(task, TaskState.ERR)
+        self.request_solve()
+
     def append_task(self, block: Block, name: str, command: str) -> Task:
         """A new ready task at the end of an explicit block (the system job's way)."""
-        if block.spec.numeric:
-            raise errors.InvalidAction(f"block {block.name!r} is numeric: tasks cannot be appended")
+        if not block.spec.dynamic:
+            raise errors.InvalidAction(f"block {block.name!r} does not take appended tasks")
         was_finished = block.finished
         job = block.job
         block.spec = attrs.evolve(block.spec, tasks=(*block.spec.tasks, TaskSpec(name, command)))
@@ -569,6 +589,8 @@ class Farm:
                 problems.append(f"user.{key}: expected an integer, got {val!r}")
             elif kind is str and not isinstance(val, str):
                 problems.append(f"user.{key}: expected a string, got {val!r}")
+            elif kind is dict and not isinstance(val, Mapping):
+                problems.append(f"user.{key}: expected a mapping, got {val!r}")
             elif key.startswith("hosts_mask"):
                 try:
                     re.compile(val)
@@ -590,7 +612,7 @@ class Farm:
     def register_render(self, name: str, *, capacity: int, max_tasks: int = 0,
                         services: Iterable[str] = (), services_disabled: Iterable[str] = (),
                         platform: str = "", cpus: int = 0, memory_mb: int = 0, owner: str = "",
-                        running: Iterable[Mapping[str, int]] = ()) -> Render:
+                        macs: Iterable[str] = (), running: Iterable[Mapping[str, int]] = ()) -> Render:
         """A render (re)connects. Tasks it still runs are re-attached, not re-run; tasks
         it runs that the farm no longer wants there are killed."""
         if capacity <= 0:
@@ -610,6 +632,8 @@ class Farm:
         render.services, render.services_disabled = frozenset(services), frozenset(services_disabled)
         render.platform, render.cpus, render.memory_mb = platform, cpus, memory_mb
         render.owner = owner
+        render.macs = tuple(macs) or render.macs
+        render.wol = ""  # whatever it was, it is awake now
         render.online, render.time_registered, render.time_seen = True, now, now
         render.solved_empty_at = -1
         self._reattach(render, running)
@@ -656,8 +680,10 @@ class Farm:
         except KeyError:
             raise errors.UnknownRender(f"no render named {name!r}") from None
 
-    def render_seen(self, render: Render) -> None:
+    def render_seen(self, render: Render, resources: Mapping[str, Any] | None = None) -> None:
         render.time_seen = self.clock.seconds()
+        if resources:
+            render.resources = dict(resources)
 
     def render_lost(self, render: Render, zombie: bool = False) -> None:
         """The render's connection is gone, or it went silent past zombie_time (Afanasy's
@@ -666,6 +692,8 @@ class Farm:
         if not render.online:
             return
         render.online = False
+        if render.wol == "falling":  # it went to sleep as asked: not a zombie
+            render.wol, zombie = "sleeping", False
         if zombie:
             log.warn("render {render} is a zombie: silent past zombie_time", render=render.name)
             self.events.emit("render_zombie", name=render.name)
@@ -720,7 +748,7 @@ class Farm:
             raise errors.InvalidAction(
                 f"unknown render action {action!r}; one of {', '.join(RENDER_ACTIONS)}")
         renders = [self.render_named(n) for n in names]
-        owner_may = action in ("nimby", "NIMBY", "free", "pause", "resume", "eject")
+        owner_may = action in ("nimby", "NIMBY", "free", "pause", "resume", "eject", "sleep")
         for render in renders:
             if not (self.is_admin(user) or (owner_may and render.owner and render.owner == user)):
                 raise errors.PermissionDenied(f"user {user!r} may not {action} render {render.name!r}")
@@ -747,6 +775,21 @@ class Farm:
                     self._set_state(task, TaskState.RDY)
             elif action == "exit":
                 self._order(render, {"order": "exit"})
+            elif action == "sleep":
+                if not render.online or render.tasks:
+                    raise errors.InvalidAction(f"render {render.name!r} must be online and idle to sleep")
+                render.wol = "falling"
+                self._order(render, {"order": "sleep"})
+            elif action == "wake":
+                if render.online:
+                    raise errors.InvalidAction(f"render {render.name!r} is awake")
+                if self.on_wake is None:
+                    raise errors.InvalidAction("this server has no system job to wake renders")
+                try:
+                    self.on_wake(render)
+                except ValueError as e:
+                    raise errors.InvalidAction(str(e)) from None
+                render.wol = "waking"
             elif action == "set":
                 for key, val in value.items():
                     setattr(render, key, val)
@@ -1029,9 +1072,10 @@ class Farm:
                         max_tasks=int(fields.get("max_tasks", 0)),
                         services=frozenset(fields.get("services", ())),
                         services_disabled=frozenset(fields.get("services_disabled", ())))
-        for key in ("owner", "nimby", "NIMBY", "paused", "sick", "platform", "cpus", "memory_mb"):
+        for key in ("owner", "nimby", "NIMBY", "paused", "sick", "platform", "cpus", "memory_mb", "wol"):
             if key in fields:
                 setattr(render, key, fields[key])
+        render.macs = tuple(fields.get("macs", ()))
         self.renders[render_id] = render
         self.renders_by_name[name] = render
         self._next_render_id = max(self._next_render_id, render_id + 1)

@@ -276,6 +276,8 @@ class User:
     errors_forgive_time: int = -1
     #: How this user's jobs are solved: "order" (Afanasy's default) or "need".
     jobs_solving: str = "order"
+    #: Merged under each job's custom data for events (e.g. {"emails": [...]}).
+    custom_data: dict[str, Any] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "jobs": len(self.jobs), "running": self.running,
@@ -287,6 +289,7 @@ class User:
                 "errors_retries": self.errors_retries, "errors_avoid_host": self.errors_avoid_host,
                 "errors_task_same_host": self.errors_task_same_host,
                 "errors_forgive_time": self.errors_forgive_time, "jobs_solving": self.jobs_solving,
+                "custom_data": self.custom_data,
                 "time_registered": self.time_registered}
 
 
@@ -322,10 +325,15 @@ class Render:
     #: Consecutive errors (no success between) and the distinct jobs they came from.
     errors_in_row: int = 0
     error_jobs_in_row: set[int] = attrs.field(factory=set)
+    macs: tuple[str, ...] = ()
+    #: Wake-on-LAN: "" (awake), "falling" (asked to sleep), "sleeping", "waking".
+    wol: str = ""
+    #: The latest resources the render reported (CPU, memory, swap, disk, load).
+    resources: dict[str, Any] = attrs.field(factory=dict)
 
     def accepting(self) -> bool:
         """Online and willing to take work at all."""
-        return self.online and not (self.paused or self.NIMBY or self.sick)
+        return self.online and not (self.paused or self.NIMBY or self.sick or self.wol)
 
     def has_room(self) -> bool:
         if not self.accepting() or self.capacity_used >= self.capacity:
@@ -340,6 +348,8 @@ class Render:
     @property
     def state(self) -> str:
         """Afanasy's render states, most telling first."""
+        if self.wol:
+            return f"WOL {self.wol}"
         if not self.online:
             return "offline"
         flags = [name for name, on in (("sick", self.sick), ("paused", self.paused),
@@ -357,7 +367,8 @@ class Render:
             "tasks": [list(k) for k in self.tasks], "time_seen": self.time_seen,
             "owner": self.owner, "nimby": self.nimby, "NIMBY": self.NIMBY, "paused": self.paused,
             "sick": self.sick, "tickets_used": dict(self.tickets_used),
-            "errors_in_row": self.errors_in_row,
+            "errors_in_row": self.errors_in_row, "macs": list(self.macs), "wol": self.wol,
+            "resources": self.resources,
             "error_history": [{"time": t, "job_id": j, "block": b, "task": n, "user": u}
                               for t, j, b, n, u in self.error_history],
         }

@@ -6,6 +6,7 @@ before the farm's state is flushed.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from farmnet.server.farm import Farm, FarmSettings
 from farmnet.server.outputs import OutputStore
 from farmnet.server.store import Store
 from farmnet.stats.service import StatsService
+from farmnet.sysjob.job import SysJobSettings, SystemJob
 
 log = Logger()
 
@@ -86,6 +88,17 @@ class ServerService(service.MultiService):
         self.stats = StatsService(reactor, config, self.farm)
         self.stats.setServiceParent(self)  # after the store, before the listeners
         self.outputs = OutputStore(store / "output", config.output_max_bytes)
+        self.sysjob = SystemJob(
+            self.farm, SysJobSettings(
+                tasklife=config.sysjob_tasklife, tasksmax=config.sysjob_tasksmax,
+                postcmd_service=config.sysjob_postcmd_service,
+                events_service=config.sysjob_events_service, wol_service=config.sysjob_wol_service,
+                cmd_wolwake=config.render_cmd_wolwake,
+                custom_data=json.loads(config.sysjob_custom_data or "{}")),
+            read_output=lambda key, run: self.outputs.read(key, run, 0, 1 << 20),
+            load_state=self.store.get_meta, save_state=self.store.set_meta)
+        self.sysjob.setServiceParent(self)  # after the store has loaded the farm
+        self.farm.on_wake = self.sysjob.wake
         self.server = FarmServer(reactor, self.farm, self.outputs,
                                  heartbeat_hold=config.heartbeat_hold, durable=self.store.sync)
         self.listener = Listener(reactor, config.listen, ServerFactory(self.server),

@@ -52,9 +52,10 @@ CREATE TABLE IF NOT EXISTS renders (id INTEGER PRIMARY KEY, name TEXT NOT NULL U
 """
 
 _USER_FIELDS = ("priority", "max_running_tasks", "max_running_tasks_per_host", "errors_retries",
-                "errors_avoid_host", "errors_task_same_host", "errors_forgive_time", "jobs_solving")
+                "errors_avoid_host", "errors_task_same_host", "errors_forgive_time", "jobs_solving",
+                "custom_data")
 _RENDER_FIELDS = ("capacity", "max_tasks", "owner", "nimby", "NIMBY", "paused", "sick", "platform",
-                  "cpus", "memory_mb")
+                  "cpus", "memory_mb", "wol")
 
 
 def _task_row(t: Task) -> tuple[Any, ...]:
@@ -79,6 +80,7 @@ def _user_row(u: User) -> tuple[Any, ...]:
 
 def _render_row(r: Render) -> tuple[Any, ...]:
     fields: dict[str, Any] = {k: getattr(r, k) for k in _RENDER_FIELDS}
+    fields["macs"] = list(r.macs)
     fields["services"] = sorted(r.services)
     fields["services_disabled"] = sorted(r.services_disabled)
     return (r.id, r.name, json.dumps(fields))
@@ -101,6 +103,7 @@ class Store(service.Service):
         self._deleted_jobs: list[int] = []
         self._deleted_renders: list[int] = []
         self._renumbered: list[tuple[int, int]] = []
+        self._meta: dict[str, str] = {}
         self._spec_written: dict[int, Any] = {}
         self._writing: defer.Deferred[None] | None = None
         self._waiters: list[defer.Deferred[None]] = []
@@ -195,6 +198,19 @@ class Store(service.Service):
         elif what == "render_deleted":
             self._deleted_renders.append(obj.id)
 
+    def get_meta(self, key: str) -> Any:
+        """A JSON value other parts of the server keep in the store (read at start)."""
+        if self._db is None:
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (f"x:{key}",)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Written with the next batch."""
+        self._meta[f"x:{key}"] = json.dumps(value)
+        if not self._oldest_change:
+            self._oldest_change = time.monotonic()
+
     def sync(self) -> defer.Deferred[None]:
         """Fires once everything changed so far is committed."""
         d: defer.Deferred[None] = defer.Deferred()
@@ -219,7 +235,7 @@ class Store(service.Service):
 
     def _take_changes(self) -> tuple[Any, ...] | None:
         if not (self._dirty_tasks or self._dirty_jobs or self._dirty_users or self._dirty_renders
-                or self._deleted_jobs or self._deleted_renders or self._renumbered):
+                or self._deleted_jobs or self._deleted_renders or self._renumbered or self._meta):
             return None
         tasks = [_task_row(t) for t in self._dirty_tasks.values() if t.block.job.id in self.farm.jobs]
         jobs = []
@@ -233,16 +249,18 @@ class Store(service.Service):
         renders = [_render_row(r) for r in self._dirty_renders.values()]
         deleted, deleted_renders = self._deleted_jobs, self._deleted_renders
         renumbered, self._renumbered = self._renumbered, []
+        meta, self._meta = list(self._meta.items()), {}
         for job_id in deleted:
             self._spec_written.pop(job_id, None)
         self._dirty_tasks, self._dirty_jobs, self._dirty_users, self._dirty_renders = {}, {}, {}, {}
         self._deleted_jobs, self._deleted_renders = [], []
         self.lag = time.monotonic() - self._oldest_change if self._oldest_change else 0.0
         self._oldest_change = 0.0
-        return (tasks, jobs, users, renders, deleted, deleted_renders, renumbered, self.farm.events.last)
+        meta.append(("event_seq", str(self.farm.events.last)))
+        return (tasks, jobs, users, renders, deleted, deleted_renders, renumbered, meta)
 
     def _write(self, tasks: list, jobs: list, users: list, renders: list, deleted: list,
-               deleted_renders: list, renumbered: list, event_seq: int) -> None:
+               deleted_renders: list, renumbered: list, meta: list) -> None:
         """In the store's thread: one transaction for the whole batch."""
         db = self._db
         assert db is not None
@@ -262,7 +280,7 @@ class Store(service.Service):
                 db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
                 db.execute("DELETE FROM tasks WHERE job_id=?", (job_id,))
             db.executemany("DELETE FROM renders WHERE id=?", [(r,) for r in deleted_renders])
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('event_seq', ?)", (str(event_seq),))
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -285,8 +303,10 @@ class Store(service.Service):
 
     def _requeue(self, changes: tuple) -> None:
         """A failed batch is written again with the next (rows are idempotent upserts)."""
-        tasks, jobs, users, renders, deleted, deleted_renders, renumbered, _ = changes
+        tasks, jobs, users, renders, deleted, deleted_renders, renumbered, meta = changes
         self._renumbered[:0] = renumbered
+        for key, value in meta:
+            self._meta.setdefault(key, value)
         for row in tasks:
             job = self.farm.jobs.get(row[0])
             if job is not None:

@@ -1,0 +1,268 @@
+"""Afanasy's system job: the farm's own chores run as tasks on renders.
+
+One job of the system user with three blocks: ``postcmd`` (jobs' and blocks' post
+commands, run when a job is deleted), ``events`` (JOB_CREATED, JOB_DONE, JOB_ERROR,
+JOB_DELETED, RENDER_ZOMBIE, RENDER_SICK, when the custom data asks) and ``wakeonlan``
+(``wolwake MAC…``, run by another render). When the server needs a command run it appends a
+task; renders run it like any task (the block's service decides how); admins see and steer
+the job like any other.
+
+- ``tasksmax``: at most this many ready or running system tasks; past it, commands wait in
+  a list stored with the farm's state, and none is lost.
+- ``tasklife``: a system task older than this is an error.
+- A task that errs past its retries is deleted, its output appended to the system job's
+  log; done tasks are deleted too (when their block runs nothing, since that renumbers it).
+- Restarting a system block or task resets the queue: waiting commands flow in again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from farmnet.jobspec import BlockSpec, JobSpec
+from farmnet.server.farm import Farm
+from farmnet.server.model import Block, Job, Render, Task, TaskKey, TaskState
+
+log = Logger()
+
+SYSTEM_USER = "farmnet"
+SYSTEM_JOB = "system"
+EVENTS = ("JOB_CREATED", "JOB_DONE", "JOB_ERROR", "JOB_DELETED", "RENDER_ZOMBIE", "RENDER_SICK")
+LOG_LINES = 1000
+#: Afanasy's settings for system blocks.
+BLOCK_SETTINGS = {"errors_retries": 9, "errors_avoid_host": 3, "errors_task_same_host": 1,
+                  "errors_forgive_time": 600, "task_max_run_time": 60}
+
+
+@attrs.frozen
+class SysJobSettings:
+    tasklife: float = 1800.0
+    tasksmax: int = 1000
+    postcmd_service: str = "postcmd"
+    events_service: str = "events"
+    wol_service: str = "wakeonlan"
+    cmd_wolwake: str = "wolwake"
+    #: Farm-wide custom data under every event's (render events have only this).
+    custom_data: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+class SystemJob(service.Service):
+    """Keeps the system job, its queue and its log; follows the farm as an observer."""
+
+    def __init__(self, farm: Farm, settings: SysJobSettings,
+                 read_output: Callable[[TaskKey, int], bytes] = lambda key, run: b"",
+                 load_state: Callable[[str], Any] = lambda key: None,
+                 save_state: Callable[[str, Any], None] = lambda key, value: None) -> None:
+        self.farm = farm
+        self.settings = settings
+        self.read_output = read_output
+        self.load_state = load_state
+        self.save_state = save_state
+        #: Commands waiting past tasksmax: (block name, task name, command).
+        self.queue: deque[tuple[str, str, str]] = deque()
+        self.log: deque[str] = deque(maxlen=LOG_LINES)
+        self.job: Job | None = None
+        self._born: dict[int, float] = {}
+        self._told: set[tuple[int, str]] = set()
+        self._check: IDelayedCall | None = None
+        self._cleanup = False
+        self._reasons: dict[int, str] = {}
+
+    # --- the job -----------------------------------------------------------------------
+
+    def ensure(self) -> Job:
+        """Find the system job (after a restart) or create it."""
+        for job in self.farm.jobs.values():
+            if job.user_name == SYSTEM_USER and job.name == SYSTEM_JOB:
+                self.job = job
+                break
+        else:
+            services = {"postcmd": self.settings.postcmd_service, "events": self.settings.events_service,
+                        "wakeonlan": self.settings.wol_service}
+            spec = JobSpec(name=SYSTEM_JOB, user_name=SYSTEM_USER, priority=99, blocks=tuple(
+                BlockSpec(name=name, service=svc, parser="none", dynamic=True, **BLOCK_SETTINGS)
+                for name, svc in services.items()))
+            self.job = self.farm.submit(spec, SYSTEM_USER)  # admins steer it, as any job
+        self.farm.system_job_id = self.job.id
+        now = self.farm.clock.seconds()
+        for block in self.job.blocks:
+            for task in block.tasks:
+                self._born[id(task)] = now
+        state = self.load_state("sysjob") or {}
+        self.queue = deque(tuple(item) for item in state.get("queue", ()))
+        self.log = deque(state.get("log", ()), maxlen=LOG_LINES)
+        return self.job
+
+    def block(self, name: str) -> Block:
+        assert self.job is not None
+        return next(b for b in self.job.blocks if b.name == name)
+
+    def waiting_or_running(self) -> int:
+        assert self.job is not None
+        c = self.job.counts
+        return c[TaskState.RDY] + c[TaskState.RUN] + c[TaskState.WRC]
+
+    def add(self, block: str, name: str, command: str) -> None:
+        """Run ``command`` on a render through a system block, now or when there is room."""
+        if self.queue or self.waiting_or_running() >= self.settings.tasksmax:
+            self.queue.append((block, name, command))
+            self._save()
+            log.info("system job full: {command} waits ({count} waiting)", command=name,
+                     count=len(self.queue))
+            self._flow()
+            return
+        task = self.farm.append_task(self.block(block), name, command)
+        self._born[id(task)] = self.farm.clock.seconds()
+
+    def _flow(self) -> None:
+        """Move waiting commands into tasks while there is room."""
+        moved = False
+        while self.queue and self.waiting_or_running() < self.settings.tasksmax:
+            block, name, command = self.queue.popleft()
+            task = self.farm.append_task(self.block(block), name, command)
+            self._born[id(task)] = self.farm.clock.seconds()
+            moved = True
+        if moved:
+            self._save()
+
+    def _save(self) -> None:
+        self.save_state("sysjob", {"queue": list(self.queue), "log": list(self.log)})
+
+    # --- following the farm --------------------------------------------------------------
+
+    def observe(self, what: str, obj: Any) -> None:
+        if self.job is None:
+            return
+        if what == "task" and obj.block.job is self.job:
+            self._system_task_changed(obj)
+        elif what == "tasks_restarted":
+            if obj.job is self.job:
+                self._flow()
+            self._told -= {(obj.job.id, "JOB_DONE"), (obj.job.id, "JOB_ERROR")}
+        elif what == "job_deleted" and obj is not self.job:
+            self._post_commands(obj)
+            self._job_event("JOB_DELETED", obj)
+            self._told = {told for told in self._told if told[0] != obj.id}
+        elif what == "job_created" and obj is not self.job:
+            self._job_event("JOB_CREATED", obj)
+        elif what == "job" and obj is not self.job:
+            if obj.done:
+                self._job_event("JOB_DONE", obj)
+            elif obj.state is TaskState.ERR:
+                self._job_event("JOB_ERROR", obj)
+        elif what in ("render_zombie", "render_sick"):
+            self._render_event(what.upper(), obj)
+
+    def _system_task_changed(self, task: Task) -> None:
+        if task.state is TaskState.ERR:
+            output = self.read_output(task.key, task.starts_count)[-4000:].decode("utf-8", "replace")
+            why = self._reasons.pop(id(task), f"failed after {task.errors_count} error(s)")
+            self.log.append(f"{task.block.name} task {task.name!r} {why}, deleted; "
+                            f"command: {task.command}\n{output}".rstrip())
+            self._save()
+        if task.state in (TaskState.DON, TaskState.SKP, TaskState.ERR):
+            self._born.pop(id(task), None)
+            # Not now: the farm is in the middle of this change, and removing renumbers.
+            if not self._cleanup:
+                self._cleanup = True
+                self.farm.clock.callLater(0, self._clean)
+
+    def _clean(self) -> None:
+        self._cleanup = False
+        if self.job is None:
+            return
+        for block in self.job.blocks:
+            self.farm.remove_tasks(block, lambda t: t.state in (TaskState.DON, TaskState.SKP, TaskState.ERR))
+        self._flow()
+
+    def _post_commands(self, job: Job) -> None:
+        commands = [(f"{job.name}: post", job.spec.command_post)] + [
+            (f"{job.name} / {b.name}: post", b.spec.command_post) for b in job.blocks]
+        for name, command in commands:
+            if command:
+                self.add("postcmd", name, command)
+
+    def _event_data(self, user: str, job_data: Mapping[str, Any]) -> dict[str, Any]:
+        data: dict[str, Any] = dict(self.settings.custom_data)
+        u = self.farm.users.get(user)
+        if u is not None:
+            data.update(u.custom_data)
+        data.update(job_data)
+        return data
+
+    def _wanted(self, data: Mapping[str, Any], event: str) -> bool:
+        asked = data.get("events")
+        return isinstance(asked, Mapping) and event in asked
+
+    def _job_event(self, event: str, job: Job) -> None:
+        """An event is sent when the user's or the job's custom data asks for it."""
+        if (job.id, event) in self._told:
+            return
+        data = self._event_data(job.user_name, dict(job.spec.custom_data))
+        if not self._wanted(data, event):
+            return
+        self._told.add((job.id, event))
+        data.update({"event": event, "user": job.user_name,
+                     "job": {"id": job.id, "name": job.name, "user_name": job.user_name,
+                             "state": job.state.value, "time_done": job.time_done}})
+        self.add("events", f"{event} {job.name}", json.dumps(data, sort_keys=True))
+
+    def _render_event(self, event: str, render: Render) -> None:
+        data = self._event_data("", {})
+        if not self._wanted(data, event):
+            return
+        data.update({"event": event, "render": {"name": render.name, "state": render.state,
+                                                "error_history": render.to_dict()["error_history"]},
+                     "pools": []})
+        self.add("events", f"{event} {render.name}", json.dumps(data, sort_keys=True))
+
+    # --- wake-on-LAN -------------------------------------------------------------------
+
+    def wake(self, render: Render) -> None:
+        """Append ``wolwake MAC…``: another render sends the magic packets."""
+        if not render.macs:
+            raise ValueError(f"render {render.name!r} reported no MAC address: it cannot be woken")
+        self.add("wakeonlan", f"wake {render.name}", " ".join([self.settings.cmd_wolwake, *render.macs]))
+
+    # --- tasklife ----------------------------------------------------------------------
+
+    def _check_tasklife(self) -> None:
+        self._check = None
+        if self.job is not None:
+            now = self.farm.clock.seconds()
+            for block in self.job.blocks:
+                for task in list(block.tasks):
+                    born = self._born.get(id(task))
+                    if born is not None and now - born >= self.settings.tasklife:
+                        reason = f"older than tasklife {self.settings.tasklife:.0f} s"
+                        self._reasons[id(task)] = reason
+                        self.farm.fail_task(task, f"system task {reason}")
+        self._schedule_check()
+
+    def _schedule_check(self) -> None:
+        interval = max(1.0, min(60.0, self.settings.tasklife / 4))
+        self._check = self.farm.clock.callLater(interval, self._check_tasklife)
+
+    # --- service -----------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.ensure()
+        self.farm.observers.append(self.observe)
+        self._flow()
+        self._schedule_check()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.observe in self.farm.observers:
+            self.farm.observers.remove(self.observe)
+        if self._check is not None and self._check.active():
+            self._check.cancel()
