@@ -344,7 +344,7 @@ class ServerConfig:
     )
     users_file: str = _setting(
         "",
-        doc='Tool and monitor users: a file of user:hash lines; "" accepts any user name, from localhost only.',
+        doc='Tool and monitor users: a file of user:hash lines; "" accepts any user, from localhost only.',
     )
     max_connections_per_address: int = _setting(
         256,
@@ -394,6 +394,10 @@ class ServerConfig:
         "text",
         doc='The server\'s log: "text" (human-readable) or "json" (JSON lines).',
         check=lambda v: None if v in ("text", "json") else f'must be "text" or "json", got {v!r}',
+    )
+    web_public: bool = _setting(
+        True,
+        doc="Read-only web pages and API for everyone (true) or for logged-in users only (false).",
     )
 
 
@@ -476,6 +480,39 @@ class RenderConfig:
         "text",
         doc='The render\'s log: "text" (human-readable) or "json" (JSON lines).',
         check=lambda v: None if v in ("text", "json") else f'must be "text" or "json", got {v!r}',
+    )
+    events_service_class: str = _setting(
+        "farmnet.sysjob.events:EventService",
+        doc="Class (package.module:Class) that delivers the system job's events (email, webhook).",
+        check=_not_empty,
+    )
+    wol_broadcast: str = _setting(
+        "255.255.255.255",
+        doc="Broadcast address (IPv4) Wake-on-LAN magic packets are sent to.",
+        check=_not_empty,
+    )
+    wol_port: int = _setting(
+        9,
+        doc="UDP port of Wake-on-LAN magic packets.",
+        check=lambda v: None if 0 < v < 65536 else f"must be a port number 1..65535, got {v!r}",
+    )
+    service_classes: dict[str, str] = _setting(
+        attrs.Factory(dict),
+        doc='Custom service classes by service name, e.g. {maya: "studio.farm:Maya"}.',
+    )
+    parser_classes: dict[str, str] = _setting(
+        attrs.Factory(dict),
+        doc='Custom parser classes by parser name, e.g. {maya: "studio.farm:MayaParser"}.',
+    )
+    resources_disk_path: str = _setting(
+        "/",
+        doc="The disk whose free space the render reports with its resources.",
+        check=_not_empty,
+    )
+    resources_every: int = _setting(
+        5,
+        doc="Send the render's resources with every Nth heartbeat; 0: never.",
+        check=_at_least(0),
     )
 
 

@@ -66,13 +66,20 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    from farmnet.logging import with_log_format
+
+    config = options.subOptions.config
+    service: IService
     if options.subCommand == "server":
         from farmnet.server.service import ServerService
 
         try:
-            return ServerService(reactor, options.subOptions.config)
+            service = ServerService(reactor, config)
         except ConfigError as e:  # settings only checked when their service is built
             raise SystemExit(f"farmnet server: {e}") from None
-    from farmnet.render.service import RenderService
+    else:
+        from farmnet.render.service import RenderService
 
-    return RenderService(reactor, options.subOptions.config)
+        service = RenderService(reactor, config)
+    # twistd's own options (--logfile, --nodaemon, --logger, --syslog) are the parent of ours.
+    return with_log_format(service, config.log_format, getattr(options, "parent", None))

@@ -4,6 +4,11 @@ Each task runs as ``/bin/sh -c COMMAND`` in a session (and so a process group) o
 the task also kills whatever the command started: renderers like to fork helpers, and a shell pipeline is
 several processes already.  Its output is streamed to a callback as it arrives and kept in a bounded log,
 so a runaway task cannot eat the render's memory.
+
+A task may have a memory limit (``memory_limit_mb``), applied in its exec chain
+(``setsid LIMITER... /bin/sh -c COMMAND``, see :mod:`farmnet.render.limits`); a task that ran out of it
+ends with :attr:`TaskExit.reason` set and that reason as the last line of its output.  Its memory is
+sampled while it runs, limit or not, for :attr:`TaskExit.peak_memory_mb`.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 import shutil
 import signal as _signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -22,6 +27,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorT
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from farmnet.render.limits import OUTPUT_TAIL, MemoryWatch, TaskLimiter, oom_reason, rlimit_prefix
 
 __all__ = ["SPAWN_FAILED_EXIT_CODE", "TaskExit", "TaskProcess", "shell_argv"]
 
@@ -42,6 +49,9 @@ _CD_THEN_RUN = (
 )
 # The smallest log that can hold a head, the skip marker and a tail.
 _LOG_MIN = 256
+# Memory sampling: the first sample soon after the start (to see short tasks), then at this interval.
+_FIRST_SAMPLE = 0.1
+_SAMPLE_INTERVAL = 0.5
 
 
 @attrs.frozen
@@ -53,6 +63,11 @@ class TaskExit:
     time_started: float  # wall-clock seconds, as reactor.seconds() gives
     time_done: float
     killed: str | None  # the kill reason, if kill() was called
+    #: Why the task failed, when the render knows better than its exit status: "out of memory: task
+    #: exceeded its 200 MB memory limit".  Never set for a task that succeeded or was killed.
+    reason: str | None = None
+    #: The most memory the task's processes used at once, in MB, as sampled; None if not measured.
+    peak_memory_mb: int | None = None
 
     @property
     def success(self) -> bool:
@@ -60,16 +75,20 @@ class TaskExit:
         return self.exit_code == 0 and self.killed is None
 
 
-def shell_argv(command: str, cwd: str | None, setsid: str | None) -> list[str]:
+def shell_argv(
+    command: str, cwd: str | None, setsid: str | None, limit_prefix: Sequence[str] = ()
+) -> list[str]:
     """The argv that runs ``command`` with ``/bin/sh`` in a new session, changing into ``cwd`` first.
 
     ``setsid`` is the path of setsid(1), or None to use the Python fallback.  The child of spawnProcess is
     never a process group leader, so setsid(1) execs without forking and the task's pid is its pgid.
+    ``limit_prefix`` (from :mod:`farmnet.render.limits`) goes between the new session and the shell; it
+    must exec in place too.
     """
     sh_argv = [_SH, "-c", command] if cwd is None else [_SH, "-c", _CD_THEN_RUN, "farmnet-task", cwd, command]
     if setsid is not None:
-        return [setsid, *sh_argv]
-    return [sys.executable, "-c", _PY_SETSID, *sh_argv]
+        return [setsid, *limit_prefix, *sh_argv]
+    return [sys.executable, "-c", _PY_SETSID, *limit_prefix, *sh_argv]
 
 
 class _BoundedLog:
@@ -98,6 +117,10 @@ class _BoundedLog:
             self._tail += data
             if len(self._tail) > 2 * self._tail_keep:
                 del self._tail[: len(self._tail) - self._tail_keep]
+
+    def tail(self, size: int) -> bytes:
+        """The last ``size`` bytes of output kept (at most)."""
+        return (bytes(self._head[-size:]) + bytes(self._tail[-size:]))[-size:]
 
     def value(self) -> bytes:
         if self.total <= self._max:
@@ -156,6 +179,9 @@ class TaskProcess:
     After the main process exits, anything it left running in its session that still holds the output
     open gets ``drain_timeout`` seconds to finish, then is killed, so one stray background job cannot keep
     a task running forever.
+
+    ``memory_limit_mb`` (0: none) caps the task's memory, by the method of ``limiter`` (the render's
+    :class:`~farmnet.render.limits.TaskLimiter`; None: RLIMIT_AS).
     """
 
     def __init__(
@@ -171,9 +197,13 @@ class TaskProcess:
         clock: IReactorTime | None = None,
         extra_env: Mapping[str, str] | None = None,
         drain_timeout: float = 5.0,
+        memory_limit_mb: int = 0,
+        limiter: TaskLimiter | None = None,
     ) -> None:
         if log_max < _LOG_MIN:
             raise ValueError(f"log_max must be at least {_LOG_MIN} bytes, not {log_max}")
+        if memory_limit_mb < 0:
+            raise ValueError(f"memory_limit_mb must be >= 0, not {memory_limit_mb}")
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
         self.command = command
@@ -185,6 +215,12 @@ class TaskProcess:
         self._log = _BoundedLog(log_max)
         self._kill_grace = kill_grace
         self._drain_timeout = drain_timeout
+        self.memory_limit_mb = memory_limit_mb
+        self._limiter = limiter
+        self._limit_method: str | None = None  # "rlimit" or "cgroup" once started with a limit
+        self._watch: MemoryWatch | None = None
+        self._sample_timer: IDelayedCall | None = None
+        self._ends_with_newline = True
         self.done: Deferred[TaskExit] = Deferred()
         self.pid: int | None = None
         self._state = _State.NEW
@@ -217,7 +253,12 @@ class TaskProcess:
             return
         self._time_started = self._clock.seconds()
         setsid = shutil.which("setsid", path=self._tool_path)
-        argv = shell_argv(self.command, self._cwd, setsid)
+        if self._limiter is not None:
+            self._limit_method, prefix = self._limiter.prefix(self.memory_limit_mb)
+        else:
+            prefix = rlimit_prefix(self.memory_limit_mb, self._tool_path)
+            self._limit_method = "rlimit" if prefix else None
+        argv = shell_argv(self.command, self._cwd, setsid, prefix)
         try:
             devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             try:
@@ -267,6 +308,20 @@ class TaskProcess:
         self._transport = transport
         self.pid = transport.pid
         self._state = _State.RUNNING
+        self._watch = MemoryWatch(self.pid, cgroup=self._limit_method == "cgroup")
+        self._sample_timer = self._clock.callLater(_FIRST_SAMPLE, self._sample)
+
+    def _sample(self) -> None:
+        """Measure the task's memory; again later while its main process lives."""
+        self._sample_timer = None
+        if self._state is not _State.RUNNING or self._reaped or self._watch is None:
+            return
+        try:
+            self._watch.sample()
+        except Exception:
+            _logger.failure("measuring the memory of task pid {pid} failed", pid=self.pid)
+            return
+        self._sample_timer = self._clock.callLater(_SAMPLE_INTERVAL, self._sample)
 
     def _kill_hard(self) -> None:
         """The task ignored SIGTERM for ``kill_grace`` seconds."""
@@ -300,6 +355,9 @@ class TaskProcess:
                 pass
 
     def _output(self, data: bytes) -> None:
+        if not data:
+            return
+        self._ends_with_newline = data.endswith(b"\n")
         self._log.append(data)
         try:
             self._on_output(data)
@@ -309,6 +367,9 @@ class TaskProcess:
     def _exited(self) -> None:
         """The main process is gone; its output may still be open (held by processes it started)."""
         self._reaped = True
+        self._stop_sampling()
+        if self._watch is not None:
+            self._watch.finish()
         if self._state is _State.RUNNING:
             self._drain_timer = self._clock.callLater(self._drain_timeout, self._drain_expired)
 
@@ -325,15 +386,34 @@ class TaskProcess:
         # Processes that left the session are out of reach: stop listening to them.
         self._transport.loseConnection()
 
+    def _stop_sampling(self) -> None:
+        if self._sample_timer is not None and self._sample_timer.active():
+            self._sample_timer.cancel()
+        self._sample_timer = None
+
     def _ended(self, reason: Failure) -> None:
         for timer in (self._kill_timer, self._drain_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         self._kill_timer = self._drain_timer = None
+        self._stop_sampling()
         exit_code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
+        why: str | None = None
+        peak_mb: int | None = None
+        if self._watch is not None:
+            peak_mb = self._watch.peak_mb
+            if self._killed is None and self._watch.out_of_memory(
+                self.memory_limit_mb, exit_code, sig, self._log.tail(OUTPUT_TAIL)
+            ):
+                why = oom_reason(self.memory_limit_mb)
+                _logger.info("task pid {pid}: {reason}", pid=self.pid, reason=why)
+                # In the task's own output too, so that the server's copy of it says why.
+                self._output(b"%sfarmnet: %s\n" % (b"" if self._ends_with_newline else b"\n", why.encode()))
         assert self._time_started is not None
-        result = TaskExit(exit_code, sig, self._time_started, self._clock.seconds(), self._killed)
+        result = TaskExit(
+            exit_code, sig, self._time_started, self._clock.seconds(), self._killed, why, peak_mb
+        )
         _logger.debug(
             "task pid {pid} ended: exit code {exit_code}, signal {signal}, killed {killed!r}",
             pid=self.pid,
