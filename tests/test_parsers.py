@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from farmnet.render.parsers import GenericParser, NoneParser, Parser, builtin_parsers, parser_by_name
+from farmnet.render.parsers import (
+    BlenderParser,
+    GenericParser,
+    NoneParser,
+    Parser,
+    builtin_parsers,
+    parser_by_name,
+    parser_errors,
+)
 
 
 def feed_all(parser: Parser, *chunks: bytes) -> list[int | None]:
@@ -100,7 +108,8 @@ class ParserByNameTests(unittest.TestCase):
     def test_builtins(self) -> None:
         self.assertIsInstance(parser_by_name("generic"), GenericParser)
         self.assertIsInstance(parser_by_name("none"), NoneParser)
-        self.assertEqual(sorted(builtin_parsers()), ["generic", "none"])
+        self.assertIsInstance(parser_by_name("blender"), BlenderParser)
+        self.assertEqual(sorted(builtin_parsers()), ["blender", "generic", "none"])
 
     def test_new_parser_each_time(self) -> None:
         self.assertIsNot(parser_by_name("generic"), parser_by_name("generic"))
@@ -130,3 +139,109 @@ class ParserByNameTests(unittest.TestCase):
     def test_builtins_read_only(self) -> None:
         with self.assertRaises(TypeError):
             builtin_parsers()["x"] = GenericParser  # type: ignore[index]
+
+
+# Lines as Blender prints them (Cycles 2.8x, Cycles 3+/4, Eevee).
+CYCLES_2 = b"Fra:12 Mem:812.33M (0.00M, Peak 850.12M) | Time:00:03.12 | Remaining:00:40.00 | Mem:120M, Peak:130M | Scene, View Layer | Rendered 4/16 Tiles, Sample 32/128\n"  # noqa: E501
+CYCLES_4 = b"Fra:12 Mem:412.1M (Peak 455.3M) | Time:00:02.61 | Remaining:00:21.12 | Mem:100M, Peak:100M | Scene, ViewLayer | Sample 32/128\n"  # noqa: E501
+EEVEE = b"Fra:12 Mem:140.20M (Peak 152.77M) | Time:00:00.90 | Rendering 3 / 16 samples\n"
+
+
+def order(start: int, end: int) -> dict[str, object]:
+    return {"order": "start", "job_id": 1, "block": 0, "task": 0, "run": 1, "command": "blender -b x -a",
+            "parser": "blender", "frame_start": start, "frame_end": end}
+
+
+class BlenderParserTests(unittest.TestCase):
+    def test_samples_of_one_frame(self) -> None:
+        p = parser_by_name("blender", order=order(12, 12))
+        self.assertIsInstance(p, BlenderParser)
+        self.assertEqual(p.frames, 1)
+        self.assertEqual(p.feed(CYCLES_4), 25)
+        self.assertEqual(p.feed(EEVEE), 18)  # 3/16
+        self.assertIsNone(p.feed(EEVEE))
+        self.assertEqual(p.feed(b"Fra:12 Mem:1M | Sample 128/128\n"), 100)
+        self.assertIsNone(p.feed(b"Saved: '/render/0012.png'\n Time: 00:04.11 (Saving: 00:00.02)\n"))
+        self.assertEqual(p.errors, [])
+
+    def test_tiles_win_over_samples(self) -> None:
+        p = BlenderParser.from_order(order(12, 12))
+        self.assertEqual(p.feed(CYCLES_2), 25)  # 4/16 tiles
+        self.assertEqual(p.feed(b"Fra:12 Mem:1M | Path Tracing Tile 8/16\n"), 50)
+        self.assertEqual(p.feed(b"Fra:12 Mem:1M | Tiles 12/16\n"), 75)
+
+    def test_frames_over_the_task_range(self) -> None:
+        p = parser_by_name("blender", order=order(1, 4))
+        self.assertEqual(p.frames, 4)
+        self.assertEqual(p.feed(b"Fra:1 Mem:1M | Sample 64/128\n"), 12)  # half of a quarter
+        self.assertEqual(p.feed(b"Fra:1 Mem:1M | Sample 128/128\nSaved: '/r/0001.png'\n"), 25)
+        # A second view of the same frame is not another frame.
+        self.assertIsNone(p.feed(b"Saved: '/r/0001_R.png'\n"))
+        self.assertEqual(p.feed(b"Fra:2 Mem:1M | Sample 32/128\n"), 31)
+        chunk = b"Saved: '/r/0002.png'\nFra:3 Mem:1M | Sample 1/128\nSaved: '/r/0003.png'\n"
+        self.assertEqual(p.feed(chunk), 75)
+        self.assertEqual(p.feed(b"Fra:4 Mem:1M | Sample 128/128\nSaved: '/r/0004.png'\n"), 100)
+        self.assertIsNone(p.feed(b"Fra:5 Mem:1M | Sample 1/128\nSaved: '/r/0005.png'\n"))  # past the range
+        self.assertEqual(p.progress, 100)
+
+    def test_without_a_frame_range(self) -> None:
+        for p in (BlenderParser(), parser_by_name("blender"), parser_by_name("blender", order=order(0, 0))):
+            self.assertIsNone(p.frames)
+            self.assertEqual(p.feed(CYCLES_4), 25)
+            self.assertEqual(p.feed(b"Saved: 'a.png'\nFra:13 Mem:1M | Sample 64/128\n"), 50)
+            self.assertEqual(p.feed(b"Saved: 'b.png'\n Time: 00:01.00\n"), 100)
+
+    def test_lines_split_across_chunks_and_carriage_returns(self) -> None:
+        p = BlenderParser(1, 1)
+        self.assertIsNone(p.feed(b"Fra:1 Mem:1M | Sam"))
+        self.assertIsNone(p.feed(b"ple 64/1"))
+        self.assertEqual(p.feed(b"28\r"), 50)
+        self.assertEqual(p.feed(b"Fra:1 Mem:1M | Sample 96/128\r"), 75)
+
+    def test_errors_flagged(self) -> None:
+        p = parser_by_name("blender", order=order(1, 10))
+        self.assertIsNone(p.feed(b"Blender 4.1.0\nRead blend: /x.blend\n"))
+        p.feed(b"Error: Cannot read file '/x.blend': No such file or directory\n")
+        p.feed(b"Traceback (most recent call last):\n  File \"<string>\", line 1\nNameError: name 'x'\n")
+        p.feed(b"Warning: Unable to open '/tex/wood.png'\nError: CUDA error: out of memory\n")
+        p.feed(b"No errors here: Error: only at a line start\n")
+        self.assertEqual(p.errors, [
+            "Error: Cannot read file '/x.blend': No such file or directory",
+            "Traceback (most recent call last):",
+            "Warning: Unable to open '/tex/wood.png'",
+            "Error: CUDA error: out of memory",
+        ])
+        self.assertEqual(parser_errors(p), p.errors)
+        self.assertEqual(parser_errors(GenericParser()), [])
+
+    def test_errors_bounded(self) -> None:
+        p = BlenderParser()
+        p.feed(b"".join(b"Error: number %d " % i + b"x" * 1000 + b"\n" for i in range(100)))
+        self.assertEqual(len(p.errors), 20)
+        self.assertTrue(all(len(e) <= 300 for e in p.errors))
+
+    def test_long_lines_bounded_and_not_misread(self) -> None:
+        p = BlenderParser(1, 1)
+        self.assertIsNone(p.feed(b"x" * 100_000))
+        self.assertLessEqual(len(p._carry), 4096)
+        # The end of the over-long line is not a line start, so this is not an error or a frame line.
+        self.assertIsNone(p.feed(b"Error: in the middle\n"))
+        self.assertEqual(p.errors, [])
+        self.assertIsNone(p.progress)
+        self.assertEqual(p.feed(b"Fra:1 Mem:1M | Sample 32/128\n"), 25)
+
+    def test_nonsense_counts_ignored(self) -> None:
+        p = BlenderParser(1, 1)
+        # The frame started (0 %), the impossible counts are ignored.
+        self.assertEqual(p.feed(b"Fra:1 Mem:1M | Sample 200/128\nFra:1 | Sample 3/0\n"), 0)
+        self.assertEqual(p.feed(b"Fra:1 | Sample 64/128\n"), 50)
+
+    def test_from_order_bad_values(self) -> None:
+        self.assertIsNone(BlenderParser.from_order({"frame_start": "1", "frame_end": 3}).frames)
+        self.assertIsNone(BlenderParser.from_order({}).frames)
+        self.assertIsNone(BlenderParser(5, 1).frames)
+        self.assertEqual(BlenderParser.from_order(order(-2, 2)).frames, 5)
+
+    def test_order_ignored_by_plain_parsers(self) -> None:
+        self.assertIsInstance(parser_by_name("generic", order=order(1, 2)), GenericParser)
+        self.assertIsInstance(parser_by_name("nope", order=order(1, 2)), GenericParser)

@@ -1,8 +1,13 @@
-"""Output parsers: read a task's progress (and, later, its errors) from what it prints.
+"""Output parsers: read a task's progress and errors from what it prints.
 
 A block names its parser the way Afanasy does (``"parser": "generic"``); the render creates one parser per
 running task and feeds it every chunk of output as it arrives.  Parsers keep only a few bytes of state, so
 a task that prints gigabytes costs nothing here.
+
+A parser may also have an ``errors`` list: lines of output it recognised as errors (Blender's ``Error:``,
+a Python traceback).  The render reports a task whose parser found errors as failed even when its process
+exits with status 0, as Afanasy does, since renderers often exit 0 after failing to load a scene.  Parsers
+built for one task's frame range have a ``from_order(order)`` class method (see :func:`parser_by_name`).
 """
 
 from __future__ import annotations
@@ -10,16 +15,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 
 __all__ = [
+    "BlenderParser",
     "GenericParser",
     "NoneParser",
     "Parser",
     "builtin_parsers",
     "parser_by_name",
+    "parser_errors",
 ]
 
 _logger = Logger(namespace="farmnet.render.parsers")
@@ -100,8 +107,140 @@ class NoneParser:
         return None
 
 
+# --- Blender -------------------------------------------------------------------------
+
+# "Fra:12 Mem:..." starts every status line of a render; the number is the frame being rendered.
+_BLENDER_FRAME = re.compile(rb"^Fra:\s*(-?[0-9]+)")
+# Where in the frame the render is, most specific first: tiles ("Tiles 4/16", "Path Tracing Tile 4/16",
+# "Rendered 3/16 Tiles"), then samples (Cycles "Sample 32/128", Eevee "Rendering 3 / 16 samples").
+_BLENDER_PARTS = (
+    re.compile(rb"\bTiles?\s+([0-9]+)\s*/\s*([0-9]+)"),
+    re.compile(rb"\bRendered\s+([0-9]+)\s*/\s*([0-9]+)\s+Tiles\b"),
+    re.compile(rb"\bSample\s+([0-9]+)\s*/\s*([0-9]+)"),
+    re.compile(rb"\bRendering\s+([0-9]+)\s*/\s*([0-9]+)\s+samples\b"),
+)
+# A frame written: "Saved: '/path/0012.png'" (Blender quotes the path; old versions did not).
+_BLENDER_SAVED = re.compile(rb"^Saved:\s")
+# Lines that mean the task failed whatever its exit status.  Blender prints "Error: Cannot read file ..."
+# and exits 0 in background mode; CGRU's blender parser knows the last three.
+_BLENDER_ERRORS = re.compile(
+    rb"^(?:Error:|Traceback \(most recent call last\)|Warning: Unable to open|Render error: cannot save"
+    rb"|Error: CUDA error)"
+)
+# Longest line kept whole; the rest of a longer line is skipped (Blender's lines are short).
+_LINE_MAX = 4096
+# Error lines kept per task, and characters kept per line: enough to say what went wrong.
+_ERRORS_MAX = 20
+_ERROR_CHARS = 300
+
+
+class BlenderParser:
+    """Progress and errors of Blender's command-line renders (``blender -b scene.blend -s 1 -e 10 -a``).
+
+    Progress counts the frames written (``Saved: '...'`` lines, one frame however many views or passes it
+    saves) over the task's frame range, plus how far the current frame is (its tiles or samples).  Without
+    a frame range (a task of a non-numeric block) it is the current frame's progress (100 once saved).
+    Lines starting with ``Error:`` or ``Traceback (most recent call last)`` (and CGRU's few others) are
+    kept in ``errors``.  Only whole lines are read; ``\\r`` ends a line too.
+    """
+
+    name = "blender"
+
+    def __init__(self, frame_start: int | None = None, frame_end: int | None = None) -> None:
+        self.progress: int | None = None
+        self.errors: list[str] = []
+        self.frames: int | None = None
+        if frame_start is not None and frame_end is not None and frame_end >= frame_start:
+            self.frames = frame_end - frame_start + 1
+        self._frame: int | None = None  # the frame being rendered (last "Fra:")
+        self._done: set[int] = set()  # frames saved
+        self._done_unnumbered = 0  # "Saved:" before any "Fra:" line
+        self._part = 0.0  # how far the current frame is, 0..1
+        self._carry = b""
+        self._skipping = False  # inside an over-long line
+        self._seen = False  # a progress line was read: until then there is no progress to report
+
+    @classmethod
+    def from_order(cls, order: Mapping[str, Any]) -> BlenderParser:
+        """A parser for one start order: its ``frame_start``/``frame_end`` ((0, 0): not numeric)."""
+        start, end = order.get("frame_start"), order.get("frame_end")
+        if not isinstance(start, int) or not isinstance(end, int) or (start, end) == (0, 0):
+            return cls()
+        return cls(start, end)
+
+    def feed(self, data: bytes) -> int | None:
+        """Read one chunk; return the new progress if it changed."""
+        if not data:
+            return None
+        lines = re.split(rb"[\r\n]", self._carry + data)
+        self._carry = lines.pop()
+        for line in lines:
+            if self._skipping:  # the end of an over-long line: not a line start, read nothing
+                self._skipping = False
+                continue
+            self._line(line)
+        if len(self._carry) > _LINE_MAX:
+            self._carry, self._skipping = b"", True
+        return self._update()
+
+    def _line(self, line: bytes) -> None:
+        if _BLENDER_ERRORS.match(line):
+            if len(self.errors) < _ERRORS_MAX:
+                self.errors.append(line.decode("utf-8", "replace")[:_ERROR_CHARS])
+            return
+        if _BLENDER_SAVED.match(line):
+            self._seen = True
+            if self.frames is None:
+                self._part = 1.0  # no range: this frame is done, the next "Fra:" starts another
+                return
+            if len(self._done) + self._done_unnumbered >= self.frames:
+                pass  # all counted: the state stays bounded
+            elif self._frame is None:
+                self._done_unnumbered += 1
+            else:
+                self._done.add(self._frame)
+            self._part = 0.0
+            return
+        frame = _BLENDER_FRAME.match(line)
+        if frame is None:
+            return
+        self._seen = True
+        number = int(frame.group(1))
+        if number != self._frame:
+            self._frame, self._part = number, 0.0
+        for pattern in _BLENDER_PARTS:
+            part = pattern.search(line)
+            if part is not None:
+                done, total = int(part.group(1)), int(part.group(2))
+                if 0 < total and done <= total:
+                    self._part = done / total
+                break
+
+    def _update(self) -> int | None:
+        if not self._seen:
+            return None
+        if self.frames is None:
+            value = 100.0 * self._part
+        else:
+            done = min(self.frames, len(self._done) + self._done_unnumbered)
+            part = self._part if done < self.frames else 0.0
+            value = 100.0 * (done + part) / self.frames
+        found = min(100, int(value))  # truncate: 99.9 % is not done yet
+        if found == self.progress:
+            return None
+        self.progress = found
+        return found
+
+
+def parser_errors(parser: Parser) -> list[str]:
+    """The error lines ``parser`` found ([] for parsers that look for none)."""
+    errors = getattr(parser, "errors", None)
+    return list(errors) if isinstance(errors, list) else []
+
+
 _BUILTIN: Mapping[str, Callable[[], Parser]] = MappingProxyType(
     {
+        BlenderParser.name: BlenderParser,
         GenericParser.name: GenericParser,
         NoneParser.name: NoneParser,
     }
@@ -113,11 +252,17 @@ def builtin_parsers() -> Mapping[str, Callable[[], Parser]]:
     return _BUILTIN
 
 
-def parser_by_name(name: str, registry: Mapping[str, Callable[[], Parser]] | None = None) -> Parser:
+def parser_by_name(
+    name: str,
+    registry: Mapping[str, Callable[[], Parser]] | None = None,
+    order: Mapping[str, Any] | None = None,
+) -> Parser:
     """A new parser for one task.
 
     An unknown name must not stop a job from rendering (a job may come from a farm with more parsers), so
-    it falls back to the generic parser with a warning.  An empty name means the default, silently.
+    it falls back to the generic parser with a warning.  An empty name means the default, silently.  With
+    the task's start ``order``, a parser class that has a ``from_order`` class method is built from it
+    (the blender parser reads the task's frame range); other parsers are built with no arguments.
     """
     parsers = builtin_parsers() if registry is None else registry
     factory = parsers.get(name) if name else None
@@ -129,4 +274,7 @@ def parser_by_name(name: str, registry: Mapping[str, Callable[[], Parser]] | Non
                 fallback=GenericParser.name,
             )
         return GenericParser()
+    from_order = getattr(factory, "from_order", None)
+    if order is not None and callable(from_order):
+        return from_order(order)  # type: ignore[no-any-return]
     return factory()

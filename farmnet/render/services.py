@@ -1,0 +1,459 @@
+"""Service classes: how a render turns a start order into the command it runs.
+
+A block names its service the way Afanasy does (``"service": "blender"``).  On the render, the service
+class of that name builds the task's final shell command from the order (and may adjust its environment)
+just before the task starts.  The built-ins, with Afanasy's names:
+
+``generic``
+    The command as is.  Unknown service names use it too (a job may come from a farm with more services).
+``postcmd``
+    The system job's post commands (run at a job's deletion).  The command as is, run in the order's
+    working directory; or, when the system job sends ``{"command": CMD, "working_directory": DIR}`` as
+    the task's command, CMD run in DIR (each deleted job's post command runs in that job's directory).
+``events``
+    The system job's events: the task's command is the event data (JSON).  The final command runs
+    ``python -m farmnet.sysjob.events --service CLASS`` (CLASS: ``render.events_service_class``).  The
+    data never goes through shell quoting: up to :data:`EVENT_DATA_ENV_MAX` bytes it is passed in the
+    environment variable ``FARMNET_EVENT_DATA``; beyond that (the environment of a process is limited) it
+    is written, mode 600, to ``<state_dir>/events/JOB-BLOCK-TASK-RUN.json`` and passed as
+    ``--data-file``; the render removes that file when the task ends (:func:`cleanup`).
+``wakeonlan``
+    The system job's Wake-on-LAN: the command is Afanasy's ``wolwake MAC1 MAC2 ...``; the final command
+    is ``python -m farmnet.sysjob.wol --broadcast ADDR --port PORT MAC1 MAC2 ...`` (``render.wol_broadcast``,
+    ``render.wol_port``).  The MACs are checked by that program, so a bad one is a task error that says so.
+``blender``
+    Blender's command line: ``-b`` (background) is made the first argument, and ``-t N`` (render threads,
+    N = this machine's CPU count) is added before the first ``-a``/``-f`` when the command sets no thread
+    count.  The command is edited as text (the rest of it, quoting and ``$VARS`` included, is untouched);
+    a command without a ``blender`` executable is run as is.
+
+Custom classes are named in the render's configuration, ``service_classes: {maya: "studio.farm:Maya"}``,
+and parsers likewise (``parser_classes``): a class is imported once, when the render starts
+(:func:`service_registry`, :func:`parser_registry`).  A class that cannot be imported is logged as an error
+and its name falls back to the built-in of that name, else to ``generic``: a broken plug-in never stops the
+render.  A service class is called with no arguments and must have what :class:`Service` describes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shlex
+import sys
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import attrs
+from twisted.logger import Logger
+
+from farmnet.config import RenderConfig
+from farmnet.render.parsers import Parser, builtin_parsers
+from farmnet.sysjob.wol import normalize_mac
+
+__all__ = [
+    "EVENT_DATA_ENV",
+    "EVENT_DATA_ENV_MAX",
+    "BlenderService",
+    "EventsService",
+    "GenericService",
+    "PostCmdService",
+    "Prepared",
+    "Service",
+    "WakeOnLanService",
+    "builtin_services",
+    "cleanup",
+    "event_data_path",
+    "import_object",
+    "parser_registry",
+    "prepare",
+    "service_for",
+    "service_registry",
+]
+
+_logger = Logger(namespace="farmnet.render.services")
+
+#: The environment variable that carries the event data to ``farmnet.sysjob.events``.
+EVENT_DATA_ENV = "FARMNET_EVENT_DATA"
+#: Largest event data passed in the environment (Linux allows 128 KiB per variable); more goes in a file.
+EVENT_DATA_ENV_MAX = 64 * 1024
+
+
+class Service(Protocol):
+    """What the render needs from a service class."""
+
+    name: str
+
+    def command(self, order: Mapping[str, Any], config: RenderConfig) -> str:
+        """The shell command (``/bin/sh -c``) the task runs."""
+        ...
+
+    def environment(self, order: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+        """The task's whole environment, given the one the render built (return a new dict)."""
+        ...
+
+
+ServiceFactory = Callable[[], Service]
+ParserFactory = Callable[[], Parser]
+
+
+class GenericService:
+    """Afanasy's "generic" service: the order's command and environment as they are."""
+
+    name = "generic"
+
+    def command(self, order: Mapping[str, Any], config: RenderConfig) -> str:
+        return str(order.get("command") or "")
+
+    def environment(self, order: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+        return dict(env)
+
+
+# Used when a post command's directory is missing: the same words as the render's own cd failure.
+_POSTCMD_CD = (
+    'cd -- {dir} || {{ printf "farmnet: cannot change to working directory %s\\n" {dir} >&2; exit 127; }}'
+)
+
+
+class PostCmdService(GenericService):
+    """System job post commands: as is, or ``{"command", "working_directory"}`` run in that directory."""
+
+    name = "postcmd"
+
+    def command(self, order: Mapping[str, Any], config: RenderConfig) -> str:
+        command = str(order.get("command") or "")
+        if not command.lstrip().startswith("{"):
+            return command
+        try:
+            data = json.loads(command)
+        except ValueError:
+            return command  # a post command that happens to start with "{" (a shell group)
+        if not isinstance(data, dict) or not isinstance(data.get("command"), str):
+            return command
+        directory = data.get("working_directory")
+        if not isinstance(directory, str) or not directory:
+            return data["command"]
+        # A newline, not "&&": the post command is any shell text, and stays one unit after the cd.
+        return _POSTCMD_CD.format(dir=shlex.quote(directory)) + "\n" + data["command"]
+
+
+def event_data_path(order: Mapping[str, Any], config: RenderConfig) -> str:
+    """Where the events service writes a task's event data too big for the environment."""
+    name = "{}-{}-{}-{}.json".format(*(int(order.get(k) or 0) for k in ("job_id", "block", "task", "run")))
+    return os.path.join(config.state_dir, "events", name)
+
+
+def _event_data(order: Mapping[str, Any]) -> bytes:
+    return str(order.get("command") or "").encode("utf-8")
+
+
+class EventsService:
+    """The system job's events: run ``farmnet.sysjob.events`` with the task's command as its data."""
+
+    name = "events"
+
+    def command(self, order: Mapping[str, Any], config: RenderConfig) -> str:
+        argv = [sys.executable, "-m", "farmnet.sysjob.events", "--service", config.events_service_class]
+        data = _event_data(order)
+        if len(data) > EVENT_DATA_ENV_MAX:
+            path = event_data_path(order, config)
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as stream:
+                stream.write(data)
+            argv += ["--data-file", path]
+        return shlex.join(argv)
+
+    def environment(self, order: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+        result = dict(env)
+        data = _event_data(order)
+        if len(data) > EVENT_DATA_ENV_MAX:
+            result.pop(EVENT_DATA_ENV, None)  # the data is in the file
+        else:
+            result[EVENT_DATA_ENV] = data.decode("utf-8")
+        return result
+
+
+class WakeOnLanService(GenericService):
+    """Wake-on-LAN: ``wolwake MAC...`` becomes ``python -m farmnet.sysjob.wol ... MAC...``."""
+
+    name = "wakeonlan"
+
+    def command(self, order: Mapping[str, Any], config: RenderConfig) -> str:
+        words = str(order.get("command") or "").split()
+        if words:  # the command's name ("wolwake", Afanasy's af_render_cmd_wolwake): anything not a MAC
+            try:
+                normalize_mac(words[0])
+            except ValueError:
+                words = words[1:]
+        argv = [sys.executable, "-m", "farmnet.sysjob.wol", "--broadcast", config.wol_broadcast,
+                "--port", str(config.wol_port), "--", *words]
+        return shlex.join(argv)
+
+
+# --- blender ---------------------------------------------------------------------------
+
+_BLENDER_EXE = re.compile(r"blender(?:[-_][0-9][0-9.]*)?(?:\.exe)?", re.IGNORECASE)
+_BLENDER_RENDER_ACTIONS = frozenset({"-a", "--render-anim", "-f", "--render-frame"})
+_SHELL_OPERATORS = frozenset(";&|<>()")
+
+
+@attrs.frozen
+class _Word:
+    start: int
+    end: int
+    value: str  # unquoted
+    operator: bool = False
+
+
+def _shell_words(text: str) -> list[_Word] | None:
+    """``text`` split like /bin/sh splits words, each with its span in ``text``; None if quotes are open.
+
+    Operator characters (``; & | < > ( )``) outside quotes are words of their own, marked ``operator``.
+    Expansions (``$VAR``) are left in the value as written: only the spans are used to edit the text.
+    """
+    words: list[_Word] = []
+    i, n = 0, len(text)
+    while i < n:
+        char = text[i]
+        if char.isspace():
+            i += 1
+            continue
+        if char in _SHELL_OPERATORS:
+            j = i
+            while j < n and text[j] in _SHELL_OPERATORS:
+                j += 1
+            words.append(_Word(i, j, text[i:j], operator=True))
+            i = j
+            continue
+        start, value = i, []
+        while i < n and not text[i].isspace() and text[i] not in _SHELL_OPERATORS:
+            char = text[i]
+            if char == "\\":
+                if i + 1 < n:
+                    value.append(text[i + 1])
+                i += 2
+            elif char == "'":
+                end = text.find("'", i + 1)
+                if end < 0:
+                    return None
+                value.append(text[i + 1 : end])
+                i = end + 1
+            elif char == '"':
+                i += 1
+                while i < n and text[i] != '"':
+                    if text[i] == "\\" and i + 1 < n and text[i + 1] in '"\\$`':
+                        i += 1
+                    value.append(text[i])
+                    i += 1
+                if i >= n:
+                    return None
+                i += 1
+            else:
+                value.append(char)
+                i += 1
+        words.append(_Word(start, min(i, n), "".join(value)))
+    return words
+
+
+# Words that may come before a program's name in a simple command (besides NAME=value assignments).
+_COMMAND_PREFIXES = frozenset({"exec", "env", "nohup", "time"})
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def _blender_word(words: list[_Word]) -> int | None:
+    """The index of the first word that runs Blender (a ``blender`` program at a command's start)."""
+    at_start = True
+    for k, word in enumerate(words):
+        if word.operator:
+            at_start = True
+            continue
+        if not at_start:
+            continue
+        if _ASSIGNMENT.match(word.value) or word.value in _COMMAND_PREFIXES:
+            continue
+        if _BLENDER_EXE.fullmatch(os.path.basename(word.value)):
+            return k
+        at_start = False
+    return None
+
+
+class BlenderService(GenericService):
+    """Blender: ``-b`` first, and ``-t <CPU count>`` unless the command sets the threads."""
+
+    name = "blender"
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads or os.cpu_count() or 1
+
+    def command(self, order: Mapping[str, Any], config: RenderConfig) -> str:
+        text = str(order.get("command") or "")
+        words = _shell_words(text)
+        if words is None:
+            return text
+        exe = _blender_word(words)
+        if exe is None:
+            return text
+        args: list[_Word] = []
+        for word in words[exe + 1 :]:
+            if word.operator:
+                break
+            args.append(word)
+        values = [w.value for w in args]
+        # Edits as (position, text to insert) and spans to remove, applied from the end of the text.
+        inserts: list[tuple[int, str]] = []
+        removes: list[_Word] = []
+        if not any(v == "-t" or v == "--threads" or v.startswith("--threads=") for v in values):
+            action = next((w for w in args if w.value in _BLENDER_RENDER_ACTIONS), None)
+            if action is not None:
+                inserts.append((action.start, f"-t {self.threads} "))
+            else:
+                inserts.append((args[-1].end if args else words[exe].end, f" -t {self.threads}"))
+        background = [w for w in args if w.value in ("-b", "--background")]
+        if not background or args[0] is not background[0]:
+            inserts.append((words[exe].end, " -b"))
+            removes.extend(background[:1])
+        edits: list[tuple[int, int, str]] = [(p, p, s) for p, s in inserts]
+        edits += [(w.start, w.end, "") for w in removes]
+        # Later positions first, so earlier spans stay valid; at one position, removals before inserts.
+        for start, end, insert in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
+            text = text[:start] + insert + text[end:]
+        return text
+
+
+_BUILTIN: Mapping[str, ServiceFactory] = MappingProxyType(
+    {
+        GenericService.name: GenericService,
+        PostCmdService.name: PostCmdService,
+        EventsService.name: EventsService,
+        WakeOnLanService.name: WakeOnLanService,
+        BlenderService.name: BlenderService,
+    }
+)
+
+
+def builtin_services() -> Mapping[str, ServiceFactory]:
+    """The service classes farmnet ships, by name (read-only)."""
+    return _BUILTIN
+
+
+# --- custom classes ----------------------------------------------------------------------
+
+
+def import_object(spec: str) -> Any:
+    """The object named ``"package.module:Name"`` (or ``"package.module.Name"``), imported.
+
+    Raises ImportError (with the reason) when it cannot.
+    """
+    module_name, colon, attribute = spec.partition(":")
+    if not colon:
+        module_name, _, attribute = spec.rpartition(".")
+    if not module_name or not attribute:
+        raise ImportError(f"{spec!r} is not a class name (expected package.module:Class)")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as e:  # a plug-in may fail any way at import: report it, never crash
+        raise ImportError(f"cannot import {module_name!r}: {type(e).__name__}: {e}") from e
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f"module {module_name!r} has no {attribute!r}") from None
+    return obj
+
+
+def _load_classes(
+    kind: str,
+    classes: Mapping[str, str],
+    builtins: Mapping[str, Callable[[], Any]],
+    fallback: Callable[[], Any],
+    method: str,
+) -> Mapping[str, Callable[[], Any]]:
+    registry = dict(builtins)
+    for name, spec in classes.items():
+        try:
+            factory = import_object(spec)
+            if not callable(factory) or not callable(getattr(factory, method, None)):
+                raise ImportError(f"{spec!r} is not a {kind} class (it has no {method}())")
+        except ImportError as e:
+            use = builtins.get(name, fallback)
+            registry[name] = use
+            _logger.error(
+                "{kind} class {spec!r} for {kind} {name!r} not loaded: {why}; using the {fallback!r} {kind}",
+                kind=kind, spec=spec, name=name, why=str(e), fallback=getattr(use, "name", name),
+            )
+            continue
+        registry[name] = factory
+        _logger.info("{kind} {name!r}: class {spec!r}", kind=kind, name=name, spec=spec)
+    return MappingProxyType(registry)
+
+
+def service_registry(config: RenderConfig) -> Mapping[str, ServiceFactory]:
+    """The built-in services plus ``config.service_classes``, imported now (call once, at render start)."""
+    return _load_classes("service", config.service_classes, builtin_services(), GenericService, "command")
+
+
+def parser_registry(config: RenderConfig) -> Mapping[str, ParserFactory]:
+    """The built-in parsers plus ``config.parser_classes``, imported now (call once, at render start)."""
+    generic = builtin_parsers()["generic"]
+    return _load_classes("parser", config.parser_classes, builtin_parsers(), generic, "feed")
+
+
+def service_for(name: str, registry: Mapping[str, ServiceFactory] | None = None) -> Service:
+    """A service object for one task; an unknown name is ``generic`` (with a warning), "" silently."""
+    services = builtin_services() if registry is None else registry
+    factory = services.get(name) if name else None
+    if factory is None:
+        if name:
+            _logger.warn("unknown service {service!r}, using 'generic'", service=name)
+        return GenericService()
+    return factory()
+
+
+# --- what the render calls --------------------------------------------------------------
+
+
+@attrs.frozen
+class Prepared:
+    """A task's final command and environment, and the service that made them."""
+
+    command: str
+    environment: dict[str, str]
+    service: str
+
+
+def prepare(
+    order: Mapping[str, Any],
+    config: RenderConfig,
+    env: Mapping[str, str],
+    registry: Mapping[str, ServiceFactory] | None = None,
+) -> Prepared:
+    """The command and environment the render starts for ``order``, by its service.
+
+    Never raises: a service that fails (a custom class's bug, a full disk) makes a command that prints
+    why and exits 1, so the task fails the ordinary way and its log says what happened.
+    """
+    name = str(order.get("service") or "generic")
+    try:
+        service = service_for(name, registry)
+        return Prepared(service.command(order, config), service.environment(order, env), service.name)
+    except Exception as e:
+        _logger.failure("service {service!r} failed to prepare task {order}", service=name,
+                        order={k: order.get(k) for k in ("job_id", "block", "task", "run")})
+        message = f"farmnet: service {name!r} failed on this render: {type(e).__name__}: {e}"
+        return Prepared(f"printf '%s\\n' {shlex.quote(message)} >&2; exit 1", dict(env), name)
+
+
+def cleanup(order: Mapping[str, Any], config: RenderConfig) -> None:
+    """Remove what :func:`prepare` may have left for ``order`` (the events service's data file).
+
+    Call it when every task ends, whatever its service: a custom class may extend the events service.
+    """
+    try:
+        os.unlink(event_data_path(order, config))
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        _logger.warn("cannot remove event data file: {why}", why=str(e))
