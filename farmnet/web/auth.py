@@ -1,0 +1,193 @@
+"""Who is asking: twisted.cred logins, twisted.web sessions and HTTP Basic.
+
+A :class:`~twisted.cred.portal.Portal` with the server's hashed password file as its
+checker (:class:`farmnet.server.passwords.PasswordFileChecker`: scrypt, re-read at every
+login, run in the thread pool) turns a user name and password into a :class:`WebUser`.
+Browsers log in once through the login form and then carry twisted.web's session cookie,
+sent ``HttpOnly; SameSite=Strict`` (and ``Secure`` over TLS); a new session is made at each
+login so a session id known before it is worthless after. Scripts send HTTP Basic with
+every request instead. Without a password file nobody can log in and the site is
+read-only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import attrs
+from twisted.cred import error as cred_error
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.portal import IRealm, Portal
+from twisted.web import server
+from zope.interface import Attribute, Interface, implementer
+
+from farmnet.server.passwords import PasswordFileChecker
+
+__all__ = [
+    "FarmRealm",
+    "FarmRequest",
+    "FarmSession",
+    "IFarmUser",
+    "LoginFailed",
+    "WebUser",
+    "basic_credentials",
+    "end_session",
+    "login",
+    "make_portal",
+    "session_user",
+    "start_session",
+]
+
+#: Seconds a browser session lives without a request.
+SESSION_TIMEOUT = 8 * 3600.0
+#: The longest user name or password accepted from a form or a header.
+MAX_CREDENTIAL = 1024
+#: The biggest request body read: past it the connection is dropped (nothing here needs more).
+MAX_REQUEST_BODY = 1 << 20
+
+
+class IFarmUser(Interface):
+    """The avatar of a logged-in web user."""
+
+    name = Attribute("The user name the farm knows (job owner, admin).")
+
+
+@implementer(IFarmUser)
+@attrs.frozen
+class WebUser:
+    name: str
+
+
+@implementer(IRealm)
+class FarmRealm:
+    """Every authenticated name is a farm user; the farm decides what it may do."""
+
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple[Any, Any, Any]:
+        if IFarmUser not in interfaces:
+            raise NotImplementedError("farmnet's web realm only makes IFarmUser avatars")
+        name = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else str(avatarId)
+        return IFarmUser, WebUser(name), lambda: None
+
+
+def make_portal(reactor: Any, users_file: str,
+                checkers: tuple[ICredentialsChecker, ...] | None = None) -> Portal:
+    """The web site's portal: the password file's checker (none when ``users_file`` is "")."""
+    if checkers is None:
+        checkers = (PasswordFileChecker(users_file, reactor),) if users_file else ()
+    return Portal(FarmRealm(), list(checkers))
+
+
+class LoginFailed(Exception):
+    """Wrong user or password, or logins are off; the message is fit to show."""
+
+
+async def login(portal: Portal, user: str, password: str) -> WebUser:
+    if not user or not password or len(user) > MAX_CREDENTIAL or len(password) > MAX_CREDENTIAL:
+        raise LoginFailed("unknown user or wrong password")
+    if not portal.listCredentialsInterfaces():
+        raise LoginFailed("logins are off on this server (no server.web_users_file)")
+    try:
+        _, avatar, _ = await portal.login(UsernamePassword(user.encode(), password.encode()), None, IFarmUser)
+    except cred_error.UnauthorizedLogin:
+        raise LoginFailed("unknown user or wrong password") from None
+    except cred_error.UnhandledCredentials:
+        raise LoginFailed("logins are off on this server (no server.web_users_file)") from None
+    return avatar
+
+
+def basic_credentials(request: server.Request) -> tuple[str, str] | None:
+    """The user and password of an ``Authorization: Basic`` header; None without one.
+    Raises LoginFailed for a malformed header."""
+    header = request.getHeader(b"authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(b" ")
+    if scheme.lower() != b"basic":
+        raise LoginFailed("only HTTP Basic authorization is accepted")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise LoginFailed("malformed Basic authorization") from None
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        raise LoginFailed("malformed Basic authorization")
+    return user, password
+
+
+class FarmSession(server.Session):
+    sessionTimeout = SESSION_TIMEOUT
+
+
+class FarmRequest(server.Request):
+    """Session cookies are HttpOnly and SameSite=Strict, however they are made; a body
+    bigger than MAX_REQUEST_BODY is not read (the connection is dropped)."""
+
+    _body_bytes = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > MAX_REQUEST_BODY:
+            self.channel.transport.abortConnection()
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_bytes += len(data)
+        if self._body_bytes > MAX_REQUEST_BODY:
+            if self.channel is not None and self.channel.transport is not None:
+                self.channel.transport.abortConnection()
+            return
+        super().handleContentChunk(data)
+
+    def addCookie(self, k: Any, v: Any, *args: Any, **kwargs: Any) -> None:
+        name = k.encode() if isinstance(k, str) else k
+        if name.startswith(b"TWISTED_"):
+            kwargs["httpOnly"] = True
+            kwargs["sameSite"] = "strict"
+        super().addCookie(k, v, *args, **kwargs)
+
+
+def _cookie_name(request: server.Request) -> bytes:
+    # The name twisted.web's Request.getSession uses.
+    base = b"TWISTED_SECURE_SESSION" if request.isSecure() else b"TWISTED_SESSION"
+    return b"_".join([base, *request.sitepath])
+
+
+def _current_session(request: server.Request) -> server.Session | None:
+    uid = request.getCookie(_cookie_name(request))
+    if not uid:
+        return None
+    try:
+        session = request.site.getSession(uid)
+    except KeyError:
+        return None
+    session.touch()
+    return session
+
+
+def session_user(request: server.Request) -> str | None:
+    """The user of the request's session, if it has one with a login (no session is made)."""
+    session = _current_session(request)
+    if session is None:
+        return None
+    user = session.getComponent(IFarmUser)
+    return user.name if user is not None else None
+
+
+def start_session(request: server.Request, user: WebUser) -> None:
+    """A fresh session for ``user`` (any earlier one of the request ends)."""
+    old = _current_session(request)
+    if old is not None:
+        old.expire()
+    session = request.site.makeSession()
+    session.setComponent(IFarmUser, user)
+    request.addCookie(_cookie_name(request), session.uid, path=b"/", secure=request.isSecure())
+
+
+def end_session(request: server.Request) -> None:
+    session = _current_session(request)
+    if session is not None:
+        session.expire()
+    request.addCookie(_cookie_name(request), b"", path=b"/", secure=request.isSecure(), max_age=b"0")

@@ -1,0 +1,35 @@
+"""What every part of the web site shares: the farm, outputs, statistics, settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+
+from farmnet.server.farm import Farm
+from farmnet.server.outputs import OutputStore
+from farmnet.web.live import Streams
+
+__all__ = ["WebContext"]
+
+
+@attrs.define(eq=False)
+class WebContext:
+    reactor: Any
+    farm: Farm
+    outputs: OutputStore | None
+    portal: Portal
+    #: The statistics service (``status``, ``queries``), or None: statistics not run here.
+    stats: Any = None
+    #: Read-only pages and API for everyone (else only for logged-in users).
+    public: bool = True
+    #: Logins possible at all (a password file is configured).
+    logins: bool = False
+    #: Waits until the farm's changes so far are on disk (the store's sync).
+    durable: Callable[[], defer.Deferred[Any]] | None = None
+    #: The AMP side (connection counts for /metrics), if known.
+    amp: Any = None
+    streams: Streams = attrs.field(factory=Streams)
