@@ -33,6 +33,7 @@ from farmnet.client import (
     FarmClient,
     ServerUnreachable,
     connect,
+    find_password,
     load_spec,
 )
 from farmnet.config import ClientConfig, ConfigError, default_config_path, load_config
@@ -385,6 +386,9 @@ def _connection_options(user_help: str) -> argparse.ArgumentParser:
     group.add_argument("--user", metavar="NAME", help=user_help)
     group.add_argument("--config", metavar="FILE", help="config file (default: $FARMNET_CONFIG)")
     group.add_argument("--timeout", metavar="SECONDS", type=float, help="seconds to wait for the server")
+    group.add_argument("--password-file", metavar="FILE",
+                       help="file whose first line is your password, for a server with a users file "
+                            "(default: $FARMNET_PASSWORD, else the config's password_file)")
     return options
 
 
@@ -491,7 +495,9 @@ async def _run(reactor: Any, args: argparse.Namespace, config: ClientConfig) -> 
     reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
     client: FarmClient | None = None
     try:
-        client = await connect(reactor, config.server, config.user, timeout=config.timeout)
+        password = find_password(args.password_file, config.password_file)
+        client = await connect(reactor, config.server, config.user, timeout=config.timeout,
+                               password=password, ca=config.ca)
         code = await args.handler(client, args)
     except Exception as e:
         code = EXIT_INTERRUPTED if interrupted else _exit_code(e)

@@ -205,7 +205,7 @@ class ServerConfig:
         env_default=_server_store,
     )
     heartbeat_hold: float = _setting(
-        20.0,
+        60.0,
         doc="Seconds a render's Heartbeat is held open when there are no orders.",
         check=_above(0),
     )

@@ -97,7 +97,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(config.server.listen, "tcp:51100:interface=127.0.0.1")
         self.assertEqual(config.server.web, "tcp:51180:interface=127.0.0.1")
         self.assertEqual(config.server.store, os.path.join(state, "server"))
-        self.assertEqual(config.server.heartbeat_hold, 20.0)
+        self.assertEqual(config.server.heartbeat_hold, 60.0)
         self.assertEqual(config.server.admins, ())
         self.assertEqual(config.server.output_max_bytes, 10 * 1024 * 1024)
         self.assertEqual(config.server.errors_forgive_time, 18000.0)

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from twisted.internet import defer, error
-from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.protocols import amp
@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 import farmnet
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
+from farmnet.protocol.endpoints import client_endpoint as farm_endpoint
 
 __all__ = [
     "FINAL_STATES",
@@ -38,7 +39,9 @@ __all__ = [
     "ServerUnreachable",
     "SpecFileError",
     "connect",
+    "find_password",
     "load_spec",
+    "read_password_file",
 ]
 
 #: Job states `FarmClient.wait` returns on.
@@ -77,14 +80,35 @@ class SpecFileError(ClientError):
 
 
 class _ClientProtocol(FarmAMP):
-    """AMP that can tell when its connection is gone, so closing can be awaited."""
+    """AMP that can tell when its connection is gone, so closing can be awaited, and
+    that closes its side when the server asks (`Close`): the client closes first."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: IReactorTime | None = None) -> None:
         super().__init__()
         self.lost = False
+        #: Why the server asked this client to close, when it did.
+        self.close_reason: str | None = None
+        #: What ended the connection, once it ended.
+        self.lost_reason: Failure | None = None
+        self._clock = clock
         self._lost_waiters: list[defer.Deferred[None]] = []
 
+    @c.Close.responder
+    def _close_requested(self, reason: str | None = None) -> dict[str, Any]:
+        self.close_reason = reason or "asked by the server"
+        if self._clock is None:
+            from twisted.internet import reactor as clock
+        else:
+            clock = self._clock
+        clock.callLater(0, self._close_now)  # after this answer is written
+        return {}
+
+    def _close_now(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.loseConnection()
+
     def connectionLost(self, reason: Failure) -> None:
+        self.lost_reason = reason
         super().connectionLost(reason)
         self.lost = True
         waiters, self._lost_waiters = self._lost_waiters, []
@@ -100,14 +124,20 @@ class _ClientProtocol(FarmAMP):
 
 
 async def connect(reactor: Any, endpoint: str, user: str, *, kind: str = "tool",
-                  timeout: float = 30.0) -> FarmClient:
+                  timeout: float = 30.0, password: str | None = None, ca: str = "") -> FarmClient:
     """Connect to the server at ``endpoint`` (a Twisted client endpoint string) as
-    ``user`` and say Hello. Raises `ServerUnreachable` when nobody answers there."""
+    ``user`` and say Hello. Raises `ServerUnreachable` when nobody answers there.
+
+    ``password`` is for a server with a users file (without one, the server accepts any
+    user name from its own host only). ``ca``, the path of a PEM CA certificate, makes
+    the connection TLS, verifying that the server's certificate is signed by it for the
+    endpoint's host (``tcp:HOST:PORT`` or ``tls:HOST:PORT``); a ``tls:`` endpoint
+    without it verifies against ``trustRoots=DIR`` or the system's trust store."""
     try:
-        client_endpoint = clientFromString(reactor, endpoint)
+        client_endpoint = farm_endpoint(reactor, endpoint, ca)
     except (ValueError, TypeError, KeyError) as e:
         raise ClientError(f"invalid server endpoint {endpoint!r}: {e}") from None
-    connecting = connectProtocol(client_endpoint, _ClientProtocol())
+    connecting = connectProtocol(client_endpoint, _ClientProtocol(reactor))
     connecting.addTimeout(timeout, reactor)
     try:
         proto = await connecting
@@ -118,11 +148,56 @@ async def connect(reactor: Any, endpoint: str, user: str, *, kind: str = "tool",
         raise ServerUnreachable(f"cannot reach the server at {endpoint}: {_reason(e)}") from None
     client = FarmClient(reactor, proto, endpoint=endpoint, user=user, timeout=timeout)
     try:
-        await client._hello(kind)
+        await client._hello(kind, password)
     except Exception:
         client.close()
         raise
     return client
+
+
+#: Environment variable holding a password, for a server with a users file.
+PASSWORD_ENV = "FARMNET_PASSWORD"
+
+
+def read_password_file(path: str) -> str:
+    """The first line of ``path`` (a password file, best mode 600)."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            password = stream.readline().rstrip("\r\n")
+    except OSError as e:
+        raise ClientError(f"password file {path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ClientError(f"password file {path}: not UTF-8 text") from None
+    if not password:
+        raise ClientError(f"password file {path}: the first line is empty")
+    return password
+
+
+def find_password(password_file: str | None = None, config_password_file: str = "",
+                  environ: Mapping[str, str] | None = None) -> str | None:
+    """The password to log in with: from ``password_file`` (a --password-file flag),
+    else ``$FARMNET_PASSWORD``, else the configuration's password_file; None if none."""
+    env = os.environ if environ is None else environ
+    if password_file:
+        return read_password_file(password_file)
+    if env.get(PASSWORD_ENV):
+        return env[PASSWORD_ENV]
+    if config_password_file:
+        return read_password_file(config_password_file)
+    return None
+
+
+def _tls_error(failure: Failure) -> str:
+    """The words of a TLS failure (a certificate that does not verify...), else ""."""
+    try:
+        from OpenSSL import SSL
+    except ImportError:
+        return ""
+    if not failure.check(SSL.Error):
+        return ""
+    reasons = [part for args in failure.value.args for item in (args if isinstance(args, list) else [])
+               for part in (item if isinstance(item, tuple) else (item,)) if isinstance(part, str)]
+    return reasons[-1] if reasons else str(failure.value) or "handshake failed"
 
 
 def _reason(e: Exception) -> str:
@@ -146,6 +221,7 @@ class FarmClient:
         self._reactor = reactor
         self._proto = proto
         self._closed = False
+        self._server_closed = False
         self.endpoint = endpoint
         self.user = user
         self.timeout = timeout
@@ -168,14 +244,20 @@ class FarmClient:
         if failure.check(defer.TimeoutError):
             raise ServerTimeout(f"the server at {self.endpoint} did not answer {name} "
                                 f"within {seconds:g} s")
-        if failure.check(error.ConnectionClosed):
+        if failure.check(error.ConnectionClosed) or _tls_error(failure):
+            if self._proto.close_reason is not None and not self._closed:
+                raise ServerUnreachable(f"the server at {self.endpoint} closed the connection: "
+                                        f"{self._proto.close_reason}")
             why = "the connection was closed" if self._closed else "lost the connection"
-            raise ServerUnreachable(f"{why} to the server at {self.endpoint}")
+            lost = self._proto.lost_reason
+            tls = _tls_error(failure) or (lost is not None and _tls_error(lost))
+            detail = f" (TLS: {tls})" if tls else ""
+            raise ServerUnreachable(f"{why} to the server at {self.endpoint}{detail}")
         return failure
 
-    async def _hello(self, kind: str) -> None:
+    async def _hello(self, kind: str, password: str | None = None) -> None:
         answer = await self._call(c.Hello, protocol=c.PROTOCOL_VERSION, kind=kind, user=self.user,
-                                  client=f"farmnet-client/{farmnet.__version__}")
+                                  client=f"farmnet-client/{farmnet.__version__}", password=password)
         self.server_version = answer["server_version"]
         self.connection_id = answer["connection_id"]
 
@@ -267,7 +349,21 @@ class FarmClient:
 
     def _poll(self, after: int) -> defer.Deferred[dict[str, Any]]:
         # Held by the server until there is an event: allow for that on top of the timeout.
-        return self._call(c.PollEvents, timeout=self.timeout + POLL_HOLD_ALLOWANCE, after=after)
+        d = self._call(c.PollEvents, timeout=self.timeout + POLL_HOLD_ALLOWANCE, after=after)
+        d.addCallback(self._closing)
+        return d
+
+    def _closing(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """A poll answered with ``close``: the server wants this connection gone (it is
+        stopping, or this client was idle). Close first, and say so."""
+        if answer.get("close"):
+            if self._proto.close_reason is None:
+                self._proto.close_reason = "asked by the server"
+            self._server_closed = True
+            self.close()
+            raise ServerUnreachable(f"the server at {self.endpoint} closed the connection: "
+                                    f"{self._proto.close_reason}")
+        return answer
 
     async def events(self, after: int = -1) -> AsyncIterator[dict[str, Any]]:
         """Farm events after sequence number ``after`` (-1: from now on), forever.
@@ -281,7 +377,7 @@ class FarmClient:
             try:
                 answer = await self._poll(after)
             except ServerUnreachable:
-                if self._closed:
+                if self._closed and not self._server_closed:
                     return
                 raise
             after = answer["last"]

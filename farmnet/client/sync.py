@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import crochet
 from twisted.internet import defer
 
-from farmnet.client import FarmClient, ServerTimeout, connect, load_spec
+from farmnet.client import FarmClient, ServerTimeout, connect, find_password, load_spec
 from farmnet.config import default_config_path, load_config
 
 __all__ = ["SyncFarmClient", "load_spec"]
@@ -45,10 +45,13 @@ class SyncFarmClient:
     ``$FARMNET_CONFIG``). Use it as a context manager, or call `close`."""
 
     def __init__(self, server: str | None = None, user: str | None = None, *,
-                 timeout: float | None = None, config: str | None = None, kind: str = "tool") -> None:
+                 timeout: float | None = None, config: str | None = None, kind: str = "tool",
+                 password: str | None = None) -> None:
         settings = load_config(config or default_config_path(os.environ), os.environ,
                                overrides={"client": {"server": server, "user": user,
                                                      "timeout": timeout}}).client
+        if password is None:  # $FARMNET_PASSWORD, else the configuration's password_file
+            password = find_password(None, settings.password_file)
         crochet.setup()  # idempotent: the first client starts the reactor thread
         from twisted.internet import reactor
 
@@ -57,7 +60,7 @@ class SyncFarmClient:
         self.user = settings.user
         self._client: FarmClient = self._run(
             lambda: connect(reactor, settings.server, settings.user, kind=kind,
-                            timeout=settings.timeout))
+                            timeout=settings.timeout, password=password, ca=settings.ca))
 
     def _run(self, call: Callable[[], Awaitable[T]], bounded: bool = True) -> T:
         """Run ``call`` in the reactor and wait the client's timeout (plus a margin); not

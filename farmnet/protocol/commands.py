@@ -1,9 +1,12 @@
 """Every AMP command farmnet speaks, with pinned wire names.
 
-Direction is always peer → server: the server never initiates a message (deliveryless).
-A render learns its orders from the answer to its `Heartbeat`, which the server holds
-until there is something to say; a monitor learns farm events from `PollEvents`, held
-the same way.
+Direction is peer → server: the server never initiates a message to a render or a
+monitor (deliveryless). A render learns its orders from the answer to its `Heartbeat`,
+which the server holds until there is something to say; a monitor learns farm events
+from `PollEvents`, held the same way. The one server → peer command is `Close`, sent to
+tools only, when the server wants their connection gone: the peer closes first, so the
+server's port keeps no TIME-WAIT sockets (renders get a ``close`` or ``reconnect`` order
+in a heartbeat answer instead, monitors a ``close`` flag in a PollEvents answer).
 
 Wire names are pinned with ``commandName`` so renaming a class never breaks a peer.
 Values that can grow past AMP's 64 KiB limit use the Big* arguments.
@@ -43,6 +46,10 @@ class Hello(amp.Command):
         (b"kind", amp.Unicode()),
         (b"user", amp.Unicode()),
         (b"client", amp.Unicode(optional=True)),
+        # A render's enrolment secret (the server's render_secret), when the server has one.
+        (b"secret", amp.Unicode(optional=True)),
+        # A tool's or monitor's password, when the server has a users_file.
+        (b"password", amp.Unicode(optional=True)),
     ]
     response = [
         (b"protocol", amp.Integer()),
@@ -78,7 +85,11 @@ class RegisterRender(amp.Command):
 
 class Heartbeat(amp.Command):
     """A render's long poll: answered with orders as soon as there are any, or empty
-    after the server's hold time. ``running`` lists the tasks the render runs now."""
+    after the server's hold time. ``running`` lists the tasks the render runs now.
+
+    Besides ``start``, ``kill`` and ``exit``, an order may be ``{"order": "close"}`` (this
+    connection is replaced or dropped) or ``{"order": "reconnect"}`` (the server is
+    stopping): the render closes its connection first and reconnects with backoff."""
 
     commandName = b"heartbeat"
     arguments = [
@@ -246,5 +257,25 @@ class PollEvents(amp.Command):
 
     commandName = b"poll_events"
     arguments = [(b"after", amp.Integer()), (b"limit", amp.Integer(optional=True))]
-    response = [(b"events", BigJSON()), (b"last", amp.Integer()), (b"reset", amp.Boolean())]
+    response = [
+        (b"events", BigJSON()),
+        (b"last", amp.Integer()),
+        (b"reset", amp.Boolean()),
+        # True when the server wants this connection closed (shutdown, idle): close it,
+        # and poll again from ``last`` on a new connection if still interested.
+        (b"close", amp.Boolean(optional=True)),
+    ]
     errors = _COMMON
+
+
+# --- server → tool ---------------------------------------------------------------------
+
+
+class Close(amp.Command):
+    """The server asks a tool to close its connection (idle, shutdown, eject): the tool
+    answers, then closes its transport, so the close is the client's (no TIME-WAIT on
+    the server's port). A tool that does not is reset after the server's close_wait."""
+
+    commandName = b"close"
+    arguments = [(b"reason", amp.Unicode(optional=True))]
+    response: list = []

@@ -21,7 +21,6 @@ import psutil
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, error
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -32,6 +31,7 @@ from farmnet import errors
 from farmnet.config import RenderConfig
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
+from farmnet.protocol.endpoints import client_endpoint, set_keepalive
 from farmnet.render.parsers import Parser, parser_by_name
 from farmnet.render.process import TaskExit, TaskProcess
 
@@ -45,6 +45,39 @@ CHUNK = 256 << 10
 BACKLOG = 4 << 20
 #: Added to the server's hold time before a silent heartbeat means a dead connection.
 HEARTBEAT_MARGIN = 15.0
+#: Seconds to wait for our own close to complete before aborting the connection.
+CLOSE_TIMEOUT = 5.0
+#: TCP keepalive to the server (idle s, interval s, probes): a server gone without a
+#: word is found out in about a minute even while a long heartbeat is held.
+KEEPALIVE = (30, 10, 3)
+
+
+class ServerConnection(FarmAMP):
+    """The render's AMP connection to the server; knows when it is gone, so the render
+    can close its side first and wait for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = False
+        self._lost_waiters: list[defer.Deferred[None]] = []
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        set_keepalive(self.transport, *KEEPALIVE)
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self.lost = True
+        waiters, self._lost_waiters = self._lost_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def when_lost(self) -> defer.Deferred[None]:
+        if self.lost:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._lost_waiters.append(waiter)
+        return waiter
 
 
 @attrs.define(eq=False)
@@ -82,8 +115,8 @@ class RenderService(service.MultiService):
         self.render_id: int | None = None
         self.proto: amp.AMP | None = None
         self.heartbeat_hold = 20.0
-        endpoint = clientFromString(reactor, config.server)
-        self.client = ClientService(endpoint, Factory.forProtocol(FarmAMP),
+        endpoint = client_endpoint(reactor, config.server, config.ca)
+        self.client = ClientService(endpoint, Factory.forProtocol(ServerConnection),
                                     retryPolicy=backoffPolicy(maxDelay=config.reconnect_max_delay),
                                     clock=reactor)
         self.client.setServiceParent(self)
@@ -97,22 +130,42 @@ class RenderService(service.MultiService):
 
     def stopService(self) -> defer.Deferred[None]:
         """Kill the running tasks (and report them while the connection lasts), then
-        disconnect."""
+        disconnect: the render closes its side first (the ClientService's stop), so the
+        TIME-WAIT socket is the render's, not the server's."""
         self._stopping = True
-        if self._loop is not None:
-            self._loop.cancel()
         ending = [t.process.done for t in self.tasks.values() if t.exit is None]
         for task in list(self.tasks.values()):
             if task.exit is None:
                 task.process.kill("render stopping")
         d = defer.DeferredList(ending, consumeErrors=True)
+
+        def stop_loop(_: Any) -> None:
+            if self._loop is not None:
+                self._loop.cancel()
+
+        d.addCallback(stop_loop)
         d.addCallback(lambda _: service.MultiService.stopService(self))
         return d
+
+    async def _close(self, proto: ServerConnection) -> None:
+        """Close our side of the connection first and wait until it is gone; the
+        ClientService then reconnects, with backoff."""
+        if proto.lost or proto.transport is None:
+            return
+        proto.transport.loseConnection()
+        gone = proto.when_lost()
+        gone.addTimeout(CLOSE_TIMEOUT, self.reactor)
+        try:
+            await gone
+        except defer.TimeoutError:
+            proto.transport.abortConnection()
 
     # --- the connection loop -----------------------------------------------------------
 
     async def _run(self) -> None:
         while not self._stopping:
+            proto: ServerConnection | None = None
+            pause = 0.2
             try:
                 proto = await self.client.whenConnected(failAfterFailures=None)
                 await self._session(proto)
@@ -122,6 +175,10 @@ class RenderService(service.MultiService):
                 log.critical("server refused this render: {why}", why=e.message)
                 self.reactor.stop()
                 return
+            except errors.PermissionDenied as e:
+                log.error("server refused this render: {why} (check the render's secret); "
+                          "retrying", why=e.message)
+                pause = self.config.reconnect_max_delay
             except (error.ConnectionDone, error.ConnectionLost, amp.ProtocolSwitched,
                     errors.NotRegistered, defer.TimeoutError) as e:
                 log.info("connection to the server ended ({why}); reconnecting", why=type(e).__name__)
@@ -129,12 +186,15 @@ class RenderService(service.MultiService):
                 log.failure("render session failed; reconnecting")
             finally:
                 self.proto = None
+            if proto is not None and not proto.lost and not self._stopping:
+                await self._close(proto)  # a session ends with our close: the next one reconnects
             if self.client.running and not self._stopping:
-                await _sleep(self.reactor, 0.2)
+                await _sleep(self.reactor, pause)
 
-    async def _session(self, proto: amp.AMP) -> None:
+    async def _session(self, proto: ServerConnection) -> None:
         await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render",
-                               user=self.config.name, client=f"farmnet-render/{farmnet.__version__}")
+                               user=self.config.name, client=f"farmnet-render/{farmnet.__version__}",
+                               secret=self.config.secret or None)
         answer = await proto.callRemote(
             c.RegisterRender, name=self.config.name, capacity=self.config.capacity,
             max_tasks=self.config.max_tasks, services=list(self.config.services),
@@ -159,6 +219,12 @@ class RenderService(service.MultiService):
                 proto.transport.abortConnection()
                 raise
             for order in answer["orders"]:
+                if order.get("order") in ("close", "reconnect"):
+                    # Replaced, idle or the server stopping: we close first, then reconnect.
+                    log.info("server asked this render to {order} ({reason})", order=order["order"],
+                             reason=order.get("reason", ""))
+                    await self._close(proto)
+                    return
                 self._obey(order)
 
     def _running(self) -> list[dict[str, int]]:

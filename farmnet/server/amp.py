@@ -5,17 +5,34 @@ Deliveryless: a render's `Heartbeat` and a monitor's `PollEvents` are answered w
 Deferred the server holds until there is something to say (or the hold time passes), so
 an order reaches an idle render one network hop after the scheduler decides, and no
 server call ever waits on a slow client.
+
+Every connection is in the server's `Registry` (its identity, kind, limits and close
+lifecycle, see `farmnet.server.registry`). The server never closes a connection first:
+it asks the peer and resets the connection only if the peer has not closed within
+close_wait. A connection past a limit (boxes per second, bytes of one box) or sending a
+malformed box is reset at once with one log line; the server goes on serving everyone
+else.
+
+Security: a render says the server's ``render_secret`` in its Hello when the server has
+one. Tools and monitors give a password checked against ``users_file`` (``user:hash``
+lines, `farmnet.server.passwords`) when the server has one; without a users file any
+user name is accepted, from the server's own host only (loopback or a unix socket).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hmac
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
-from twisted.internet import defer
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 import farmnet
@@ -27,11 +44,17 @@ from farmnet.server.actions import READ_ACTIONS, act
 from farmnet.server.farm import Farm
 from farmnet.server.model import Render, TaskKey
 from farmnet.server.outputs import OutputStore
+from farmnet.server.passwords import PasswordFileChecker
+from farmnet.server.registry import BOX_KEY_OVERHEAD, CloseState, Connection, Limits, Registry
 
 log = Logger()
 
 MAX_PAGE = 10_000  # tasks per ListTasks answer
 MAX_OUTPUT_READ = 4 << 20  # bytes per GetTaskOutput answer
+#: Failed Hellos (wrong secret or password) after which the connection is closed.
+MAX_FAILED_LOGINS = 3
+#: Kinds that may use the tool and monitor commands.
+USER_KINDS = frozenset({"tool", "monitor"})
 
 
 class HeldAnswer:
@@ -63,12 +86,35 @@ class HeldAnswer:
             self._call = None
 
 
+class MalformedBox(Exception):
+    """A box the server cannot make sense of: its connection is reset."""
+
+
+def _no_orders() -> dict[str, Any]:
+    return {"orders": []}
+
+
+def _check_running(running: Any, what: str) -> list[dict[str, int]]:
+    """A render's list of running tasks, each with integer job_id, block, task and run."""
+    if not isinstance(running, list):
+        raise MalformedBox(f"{what} must be a list")
+    for item in running:
+        if not isinstance(item, dict) or not all(
+                type(item.get(key)) is int for key in ("job_id", "block", "task", "run")):
+            raise MalformedBox(f"{what}: each item needs integer job_id, block, task and run")
+    return running
+
+
 class FarmServer:
-    """What every connection shares: the farm, the output store and the held answers."""
+    """What every connection shares: the farm, the output store, the registry of
+    connections and the security settings."""
 
     def __init__(self, reactor: IReactorTime, farm: Farm, outputs: OutputStore, *,
                  heartbeat_hold: float = 20.0, event_hold: float = 20.0,
-                 durable: Callable[[], defer.Deferred[None]] | None = None) -> None:
+                 durable: Callable[[], defer.Deferred[None]] | None = None,
+                 zombie_time: float = 16.0, close_wait: float = 2.0, idle_timeout: float = 300.0,
+                 render_secret: str = "", users_file: str = "",
+                 limits: Limits | None = None) -> None:
         self.reactor = reactor
         #: Waits until the farm's changes so far are on disk (the store's sync).
         self.durable = durable or (lambda: defer.succeed(None))
@@ -76,17 +122,19 @@ class FarmServer:
         self.outputs = outputs
         self.heartbeat_hold = heartbeat_hold
         self.event_hold = event_hold
-        self.render_connections: dict[int, ServerProtocol] = {}
-        self.held: dict[int, HeldAnswer] = {}  # render id → its held heartbeat
-        self.connections: set[ServerProtocol] = set()
-        self._next_connection = 1
+        self.render_secret = render_secret
+        self.passwords = PasswordFileChecker(users_file, reactor) if users_file else None
+        self.registry = Registry(reactor, limits=limits, close_wait=close_wait,
+                                 idle_timeout=idle_timeout, zombie_time=zombie_time,
+                                 on_zombie=self._zombie)
         self._delivering: set[int] = set()
         farm.on_orders = self._orders_for
         farm.observers.append(self._observe)
 
-    def connection_id(self) -> int:
-        self._next_connection += 1
-        return self._next_connection - 1
+    @property
+    def connections(self) -> Mapping[int, Connection]:
+        """Open connections by id (the registry's)."""
+        return self.registry.connections
 
     def _orders_for(self, render: Render) -> None:
         # Deliver at the end of this reactor turn, so a solve that gives a render several
@@ -97,10 +145,12 @@ class FarmServer:
 
     def _deliver(self, render: Render) -> None:
         self._delivering.discard(render.id)
-        held = self.held.get(render.id)
-        if held is not None and held.waiting and render.orders:
-            del self.held[render.id]
-            held.fire({"orders": self.farm.take_orders(render)})
+        conn = self.registry.render_connection(render.id)
+        if conn is None or conn.state is not CloseState.OPEN or not render.orders:
+            return
+        held = conn.held_heartbeat
+        if held is not None and held.waiting:
+            held.fire({"orders": self.farm.take_orders(render)})  # `answered` clears it
 
     def _observe(self, what: str, obj: Any) -> None:
         if what == "job_deleted":
@@ -108,25 +158,67 @@ class FarmServer:
         elif what == "task" and obj.state.value not in ("RUN", "WRC"):
             self.outputs.close(obj.key, obj.starts_count)
 
-    def heartbeat(self, render: Render) -> defer.Deferred[dict[str, Any]] | dict[str, Any]:
+    def _zombie(self, conn: Connection, render: Render) -> None:
+        self.farm.render_lost(render, zombie=True)
+
+    def heartbeat(self, conn: Connection, render: Render) -> defer.Deferred[dict[str, Any]] | dict[str, Any]:
         self.farm.render_seen(render)
-        old = self.held.pop(render.id, None)
+        registry = self.registry
+        if conn.state is not CloseState.OPEN:  # asked to close: say it again
+            registry.heartbeat_answered(conn)
+            return {"orders": [{"order": conn.close_order, "reason": conn.close_reason}]}
+        old = conn.held_heartbeat
         if old is not None:  # a render sends one heartbeat at a time; answer a leftover
             old.fire({"orders": []})
         if render.orders:
+            registry.heartbeat_answered(conn)
             return {"orders": self.farm.take_orders(render)}
-        held = HeldAnswer(self.reactor, self.heartbeat_hold, lambda: {"orders": []})
-        self.held[render.id] = held
+        held = HeldAnswer(self.reactor, self.heartbeat_hold, _no_orders)
+        registry.heartbeat_held(conn, held)
+
+        def answered(result: dict[str, Any]) -> dict[str, Any]:
+            if conn.held_heartbeat is held:
+                registry.heartbeat_answered(conn)
+            return result
+
+        held.deferred.addCallback(answered)
         return held.deferred
 
-    def render_disconnected(self, render: Render, proto: ServerProtocol) -> None:
-        if self.render_connections.get(render.id) is not proto:
-            return  # replaced by a newer connection of the same render
-        del self.render_connections[render.id]
-        held = self.held.pop(render.id, None)
-        if held is not None:
-            held.abandon()
-        self.farm.render_lost(render)
+    async def authenticate(self, conn: Connection, kind: str, user: str, secret: str | None,
+                           password: str | None) -> None:
+        """Raise PermissionDenied unless this peer may say Hello as ``kind`` ``user``."""
+        if kind == "render":
+            if self.render_secret and not hmac.compare_digest(
+                    (secret or "").encode("utf-8"), self.render_secret.encode("utf-8")):
+                raise errors.PermissionDenied("wrong or missing render secret")
+            return
+        if self.passwords is None:
+            if not conn.local:
+                raise errors.PermissionDenied(
+                    "this server accepts tools and monitors from its own host only "
+                    "(give it a users_file to accept passwords from other hosts)")
+            return
+        if not password:
+            raise errors.PermissionDenied(f"user {user!r}: a password is required")
+        try:
+            await self.passwords.requestAvatarId(
+                UsernamePassword(user.encode("utf-8"), password.encode("utf-8")))
+        except UnauthorizedLogin:
+            raise errors.PermissionDenied(f"user {user!r}: unknown user or wrong password") from None
+
+    def eject(self, connection_id: int, reason: str = "ejected by an admin") -> defer.Deferred[None]:
+        """Close one connection the polite way (the peer is asked, reset after close_wait);
+        fires once it is gone. A render's connection: the render reconnects."""
+        conn = self.registry.connections.get(connection_id)
+        if conn is None:
+            raise errors.InvalidAction(f"no connection {connection_id}")
+        return self.registry.close(conn, reason)
+
+    async def shutdown(self, reason: str = "the server is stopping") -> None:
+        """Refuse new connections, ask every peer to close (renders: to reconnect) and
+        return once all are gone, close_wait at most."""
+        self.registry.accepting = False
+        await self.registry.close_all(reason, order="reconnect")
 
 
 class ServerProtocol(FarmAMP):
@@ -136,27 +228,186 @@ class ServerProtocol(FarmAMP):
         super().__init__()
         self.server = server
         self.farm = server.farm
+        self.conn: Connection | None = None
         self.kind: str | None = None
         self.user = ""
-        self.render: Render | None = None
+        self._box_bytes = 0
         self._held_poll: HeldAnswer | None = None
+        self._held_after = 0
         self._cancel_wait: Callable[[], None] | None = None
+
+    @property
+    def render(self) -> Render | None:
+        return self.conn.render if self.conn is not None else None
 
     # --- lifecycle ---------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.server.connections.add(self)
+        self.conn = self.server.registry.add(self, self.transport.getPeer())
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
-        self.server.connections.discard(self)
         if self._held_poll is not None:
             self._held_poll.abandon()
+            self._held_poll = None
         if self._cancel_wait is not None:
             self._cancel_wait()
-        if self.render is not None:
-            self.server.render_disconnected(self.render, self)
+            self._cancel_wait = None
+        conn = self.conn
+        if conn is None:
+            return
+        if conn.held_heartbeat is not None:
+            conn.held_heartbeat.abandon()
+            conn.held_heartbeat = None
+        render = self.server.registry.removed(conn)
+        # At shutdown the renders are not lost: their tasks stay RUN in the store and are
+        # re-attached when they reconnect to the next server.
+        if render is not None and self.server.registry.accepting:
+            self.farm.render_lost(render)
+
+    def ask_to_close(self, order: str, reason: str) -> None:
+        """The registry wants this connection gone: ask the peer the way its kind
+        listens (deliveryless for renders and monitors)."""
+        conn = self.conn
+        assert conn is not None
+        held = conn.held_heartbeat
+        if held is not None and held.waiting:
+            held.fire({"orders": [{"order": order, "reason": reason}]})
+        if self._held_poll is not None and self._held_poll.waiting:
+            self._held_poll.fire(self._close_answer(self._held_after))
+        if conn.kind == "tool":
+            self.callRemote(c.Close, reason=reason).addErrback(lambda _: None)
+
+    def _close_answer(self, after: int) -> dict[str, Any]:
+        last = after if after >= 0 else self.farm.events.last
+        return {"events": [], "last": last, "reset": False, "close": True}
+
+    # --- limits and malformed input ----------------------------------------------------
+
+    def _reject(self, reason: str) -> None:
+        """Reset this connection now (a limit or a malformed box), one log line."""
+        self.paused = True  # stop parsing what is left of this read
+        if self.conn is not None:
+            self.server.registry.abort(self.conn, reason)
+        elif self.transport is not None:
+            self.transport.abortConnection()
+
+    def _open(self) -> bool:
+        return self.conn is not None and self.conn.state is not CloseState.CLOSED
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._open():
+            return
+        assert self.conn is not None
+        self.conn.bytes_in += len(data)
+        self.server.registry.bytes_in += len(data)
+        try:
+            super().dataReceived(data)
+        except Exception as e:
+            self._reject(f"malformed data: {type(e).__name__}: {_short(e)}")
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self._reject(f"malformed box: a key of {length} bytes (AMP keys are 1 to 255 bytes)")
+
+    def proto_value(self, string: bytes) -> str:
+        self._box_bytes += len(string) + len(self._currentKey or b"") + BOX_KEY_OVERHEAD
+        limit = self.server.registry.limits.max_box_bytes
+        if limit and self._box_bytes > limit:
+            self._reject(f"box larger than max_box_bytes ({limit} bytes)")
+            return "key"
+        return super().proto_value(string)
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        if not self._open():
+            return
+        assert self.conn is not None
+        self._box_bytes = 0  # the box is complete
+        if not self.server.registry.box_received(self.conn):
+            limits = self.server.registry.limits
+            self._reject(f"more than {limits.max_boxes_per_second:g} boxes per second")
+            return
+        try:
+            super().ampBoxReceived(box)
+        except Exception as e:
+            self._reject(f"malformed box: {type(e).__name__}: {_short(e)}")
+
+    def sendBox(self, box: amp.AmpBox) -> None:
+        if self.transport is None:
+            raise error.ConnectionLost()
+        if not self._open():
+            return  # being reset: nothing more goes out
+        assert self.conn is not None
+        data = box.serialize()
+        self.conn.bytes_out += len(data)
+        self.server.registry.bytes_out += len(data)
+        self.transport.write(data)
+
+    def unhandledError(self, failure: Failure) -> None:
+        log.failure("unhandled error on {peer}", failure,
+                    peer=self.conn.label if self.conn is not None else "?")
+        if self._open():
+            assert self.conn is not None
+            self.server.registry.close(self.conn, "unhandled error")
+
+    # --- dispatch ----------------------------------------------------------------------
+
+    def locateResponder(self, name: bytes) -> Callable[[amp.AmpBox], defer.Deferred[Any]] | None:
+        """Commands this class answers (never StartTLS: TLS is the listener's), with
+        arguments that do not parse making the box malformed."""
+        entry = self._commandDispatch.get(name)
+        if entry is None or name == amp.StartTLS.commandName:
+            return None
+        return partial(self._respond, name, *entry)
+
+    def _respond(self, name: bytes, command: type[amp.Command], function: Callable[..., Any],
+                 box: amp.AmpBox) -> defer.Deferred[Any]:
+        try:
+            arguments = command.parseArguments(box, self)
+        except Exception as e:
+            d: defer.Deferred[Any] = defer.fail(MalformedBox(
+                f"{name.decode('ascii', 'replace')}: {type(e).__name__}: {_short(e)}"))
+        else:
+            d = defer.maybeDeferred(function, self, **arguments)
+            d.addCallback(command.makeResponse, self)
+        d.addErrback(self._failed, command)
+        return d
+
+    def _failed(self, failure: Failure, command: type[amp.Command]) -> Failure:
+        if failure.check(MalformedBox):
+            raise amp.RemoteAmpError(b"MALFORMED_BOX", str(failure.value), local=failure)
+        known = failure.check(*command.allErrors)
+        if known is None:  # a bug, or input the farm did not expect
+            log.failure("{command} from {peer} failed", failure,
+                        command=command.commandName.decode("ascii", "replace"),
+                        peer=self.conn.label if self.conn is not None else "?")
+            raise amp.RemoteAmpError(amp.UNKNOWN_ERROR_CODE, "internal error", local=failure)
+        if known in command.fatalErrors and self.conn is not None:
+            # The peer is told, then asked to close (AMP would close first: TIME-WAIT).
+            conn = self.conn
+            self.server.reactor.callLater(0, self.server.registry.close, conn,
+                                          f"{known.__name__}: {_short(failure.value)}")
+        raise amp.RemoteAmpError(command.allErrors[known], str(failure.value), local=failure)
+
+    def dispatchCommand(self, box: amp.AmpBox) -> defer.Deferred[Any]:
+        conn = self.conn
+        d = super().dispatchCommand(box)
+        if conn is None:
+            return d
+        conn.pending += 1
+
+        def answered(result: Any) -> Any:
+            conn.pending -= 1
+            conn.last_active = self.server.reactor.seconds()
+            if isinstance(result, Failure) and result.check(amp.RemoteAmpError) and \
+                    result.value.errorCode == b"MALFORMED_BOX":
+                self._reject(f"malformed box: {result.value.description}")
+            return result
+
+        d.addBoth(answered)
+        return d
+
+    # --- access ------------------------------------------------------------------------
 
     def _need(self, kind: str | None = None) -> None:
         if self.kind is None:
@@ -164,16 +415,24 @@ class ServerProtocol(FarmAMP):
         if kind is not None and self.kind != kind:
             raise errors.NotAuthenticated(f"this command is for a {kind} connection, not {self.kind}")
 
+    def _need_user(self) -> None:
+        """Tool and monitor commands: not for renders (their name is no user)."""
+        self._need()
+        if self.kind not in USER_KINDS:
+            raise errors.NotAuthenticated(f"this command is for tools and monitors, not a {self.kind}")
+
     def _need_render(self, render_id: int) -> Render:
         self._need("render")
-        if self.render is None or self.render.id != render_id:
+        render = self.render
+        if render is None or render.id != render_id:
             raise errors.NotRegistered(f"render {render_id} is not registered on this connection")
-        return self.render
+        return render
 
     # --- everyone ----------------------------------------------------------------------
 
     @c.Hello.responder
-    def hello(self, protocol: int, kind: str, user: str, client: str | None = None) -> dict[str, Any]:
+    async def hello(self, protocol: int, kind: str, user: str, client: str | None = None,
+                    secret: str | None = None, password: str | None = None) -> dict[str, Any]:
         if protocol != c.PROTOCOL_VERSION:
             raise errors.IncompatibleProtocol(
                 f"server speaks protocol {c.PROTOCOL_VERSION}, peer {protocol}")
@@ -181,9 +440,24 @@ class ServerProtocol(FarmAMP):
             raise errors.InvalidAction(f"kind must be one of {', '.join(c.KINDS)}, not {kind!r}")
         if not user:
             raise errors.PermissionDenied("a user name is required")
+        conn = self.conn
+        assert conn is not None
+        if self.kind is not None and self.kind != kind:
+            raise errors.InvalidAction(f"this is a {self.kind} connection already")
+        try:
+            await self.server.authenticate(conn, kind, user, secret, password)
+        except errors.PermissionDenied as e:
+            conn.failed_logins += 1
+            log.warn("refused {kind} {user} from {peer}: {reason}", kind=kind, user=user,
+                     peer=conn.label, reason=e.message)
+            if conn.failed_logins >= MAX_FAILED_LOGINS:
+                self.server.reactor.callLater(0, self.server.registry.close, conn,
+                                              f"{conn.failed_logins} failed logins")
+            raise
         self.kind, self.user = kind, user
+        self.server.registry.identified(conn, kind, user)
         return {"protocol": c.PROTOCOL_VERSION, "server_version": farmnet.__version__,
-                "connection_id": self.server.connection_id()}
+                "connection_id": conn.id}
 
     # --- renders -----------------------------------------------------------------------
 
@@ -192,21 +466,30 @@ class ServerProtocol(FarmAMP):
                         services_disabled: list[str], platform: str, cpus: int, memory_mb: int,
                         running: list[dict[str, int]], owner: str | None = None) -> dict[str, Any]:
         self._need("render")
+        conn = self.conn
+        assert conn is not None
+        if conn.state is not CloseState.OPEN:
+            raise errors.InvalidAction(f"this connection is closing ({conn.close_reason}): reconnect")
+        if conn.render is not None and conn.render.name != name:
+            raise errors.InvalidAction(f"this connection is render {conn.render.name!r} already")
+        _check_running(running, "running")
         render = self.farm.register_render(
             name, capacity=capacity, max_tasks=max_tasks, services=services,
             services_disabled=services_disabled, platform=platform, cpus=cpus,
             memory_mb=memory_mb, owner=owner or "", running=running)
-        old = self.server.render_connections.get(render.id)
-        self.server.render_connections[render.id] = self
-        self.render = render
-        if old is not None and old is not self:
-            old.render = None  # its loss must not take the render offline
-            old.transport.loseConnection()
+        self.server.registry.bind_render(conn, render)
         return {"render_id": render.id, "heartbeat_hold": self.server.heartbeat_hold}
 
     @c.Heartbeat.responder
     def heartbeat(self, render_id: int, running: list, resources: dict | None = None) -> Any:
-        return self.server.heartbeat(self._need_render(render_id))
+        self._need("render")
+        conn = self.conn
+        assert conn is not None
+        if conn.state is not CloseState.OPEN:  # asked to close (a zombie, replaced): say it again
+            return {"orders": [{"order": conn.close_order, "reason": conn.close_reason}]}
+        render = self._need_render(render_id)
+        _check_running(running, "running")
+        return self.server.heartbeat(conn, render)
 
     @staticmethod
     def _key(job_id: int, block: int, task: int) -> TaskKey:
@@ -227,6 +510,8 @@ class ServerProtocol(FarmAMP):
                       exit_code: int | None = None, signal: int | None = None,
                       resources: dict[str, Any] | None = None) -> dict[str, Any]:
         render = self._need_render(render_id)
+        if resources is not None and not isinstance(resources, dict):
+            raise MalformedBox("resources must be a mapping")
         key = self._key(job_id, block, task)
         if message and self.farm.current_task(render, key, run) is not None:
             self.server.outputs.append(key, run, f"\n[farmnet: {message}]\n".encode())
@@ -241,7 +526,7 @@ class ServerProtocol(FarmAMP):
     @c.SubmitJob.responder
     async def submit_job(self, spec: Any) -> dict[str, Any]:
         """Acknowledged once the job is on disk."""
-        self._need()
+        self._need_user()
         job_spec, warnings = parse_job(spec, self.farm.settings.max_tasks_per_job)
         job = self.farm.submit(job_spec, self.user)
         await self.server.durable()
@@ -249,24 +534,24 @@ class ServerProtocol(FarmAMP):
 
     @c.ListJobs.responder
     def list_jobs(self, user: str | None = None) -> dict[str, Any]:
-        self._need()
+        self._need_user()
         return {"jobs": self.farm.list_jobs(user)}
 
     @c.ShowJob.responder
     def show_job(self, job_id: int) -> dict[str, Any]:
-        self._need()
+        self._need_user()
         return {"job": self.farm.show_job(job_id)}
 
     @c.ListTasks.responder
     def list_tasks(self, job_id: int, offset: int, limit: int, block: int | None = None) -> dict[str, Any]:
-        self._need()
+        self._need_user()
         tasks, total = self.farm.list_tasks(job_id, block, offset, max(0, min(limit, MAX_PAGE)))
         return {"tasks": tasks, "total": total}
 
     @c.GetTaskOutput.responder
     def get_task_output(self, job_id: int, block: int, task: int, run: int, offset: int,
                         limit: int) -> dict[str, Any]:
-        self._need()
+        self._need_user()
         t = self.farm.task((job_id, block, task))
         run = run or t.starts_count
         if run < 1 or run > t.starts_count:
@@ -278,17 +563,17 @@ class ServerProtocol(FarmAMP):
 
     @c.ListRenders.responder
     def list_renders(self) -> dict[str, Any]:
-        self._need()
+        self._need_user()
         return {"renders": self.farm.list_renders()}
 
     @c.ListUsers.responder
     def list_users(self) -> dict[str, Any]:
-        self._need()
+        self._need_user()
         return {"users": self.farm.list_users()}
 
     @c.JobAction.responder
     async def job_action(self, job_ids: list[int], action: str, value: Any = None) -> dict[str, Any]:
-        self._need()
+        self._need_user()
         done = act(self.farm, self.user, "jobs", action, {"id": job_ids}, value)
         await self.server.durable()
         return {"done": done}
@@ -296,7 +581,7 @@ class ServerProtocol(FarmAMP):
     @c.Act.responder
     async def act(self, item: str, action: str, filters: Any = None, values: Any = None) -> dict[str, Any]:
         """The one action API; a change is acknowledged once it is on disk."""
-        self._need()
+        self._need_user()
         result = act(self.farm, self.user, item, action, filters, values)
         if action not in READ_ACTIONS:
             await self.server.durable()
@@ -306,7 +591,9 @@ class ServerProtocol(FarmAMP):
 
     @c.PollEvents.responder
     def poll_events(self, after: int, limit: int | None = None) -> Any:
-        self._need()
+        self._need_user()
+        if self.conn is not None and self.conn.state is not CloseState.OPEN:
+            return self._close_answer(after)  # asked to close: say it again
         events = self.farm.events
         limit = max(1, min(limit or 10_000, 10_000))
 
@@ -324,7 +611,7 @@ class ServerProtocol(FarmAMP):
         if self._held_poll is not None:  # a newer poll replaces a held one
             self._held_poll.fire(answer())
         held = HeldAnswer(self.server.reactor, self.server.event_hold, answer)
-        self._held_poll = held
+        self._held_poll, self._held_after = held, after
         # Answer at the end of the reactor turn, with every event of that turn.
         cancel = events.wait(lambda: self.server.reactor.callLater(0, lambda: held.fire(answer())))
         self._cancel_wait = cancel
@@ -347,3 +634,9 @@ class ServerFactory(Factory):
         proto = ServerProtocol(self.server)
         proto.factory = self
         return proto
+
+
+def _short(e: BaseException, limit: int = 200) -> str:
+    """An exception's text cut for a log line (a malformed box may carry megabytes)."""
+    text = str(e)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -76,6 +76,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from farmnet.config import ConfigError, ServerConfig
+from farmnet.server.netstats import server_statistics, statistics_line
 from farmnet.server.passwords import PasswordFileChecker, PasswordFileError, load_password_file
 
 __all__ = [
@@ -184,6 +185,9 @@ def manhole_namespace(server_service: Any) -> dict[str, Any]:
         "helpers": helpers,
     }
     namespace.update({name: getattr(helpers, name) for name in HELPER_NAMES})
+    namespace["statistics"] = lambda: statistics_line(server_statistics(server_service))
+    namespace["connections"] = lambda: [c.label for c in server_service.server.registry]
+    namespace["eject"] = server_service.server.eject  # eject(connection_id, reason)
     return namespace
 
 

@@ -20,7 +20,9 @@ from twisted.logger import Logger
 from farmnet.config import ServerConfig
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.farm import Farm, FarmSettings
+from farmnet.server.netstats import StatisticsLogger
 from farmnet.server.outputs import OutputStore
+from farmnet.server.registry import Limits, raise_fd_limit
 from farmnet.server.store import Store
 from farmnet.stats.service import StatsService
 from farmnet.sysjob.job import SysJobSettings, SystemJob
@@ -45,7 +47,9 @@ class Listener(service.Service):
         if self.address_file is not None:
             host = self.port.getHost()
             tmp = self.address_file.with_suffix(".tmp")
-            tmp.write_text(f"tcp:{host.host}:{host.port}\n")
+            # An ssl: listener is reached with a tls: client endpoint (and the CA).
+            kind = "tls" if self.description.lower().startswith("ssl:") else "tcp"
+            tmp.write_text(f"{kind}:{host.host}:{host.port}\n")
             tmp.replace(self.address_file)
 
     def startService(self) -> None:
@@ -99,15 +103,25 @@ class ServerService(service.MultiService):
             load_state=self.store.get_meta, save_state=self.store.set_meta)
         self.sysjob.setServiceParent(self)  # after the store has loaded the farm
         self.farm.on_wake = self.sysjob.wake
-        self.server = FarmServer(reactor, self.farm, self.outputs,
-                                 heartbeat_hold=config.heartbeat_hold, durable=self.store.sync)
+        self.server = FarmServer(
+            reactor, self.farm, self.outputs, heartbeat_hold=config.heartbeat_hold,
+            durable=self.store.sync, zombie_time=config.zombie_time, close_wait=config.close_wait,
+            idle_timeout=config.idle_timeout, render_secret=config.render_secret,
+            users_file=config.users_file,
+            limits=Limits(max_connections_per_address=config.max_connections_per_address,
+                          max_box_bytes=config.max_box_bytes,
+                          max_boxes_per_second=config.max_boxes_per_second))
         self.listener = Listener(reactor, config.listen, ServerFactory(self.server),
                                  store / "amp.address")
         self.listener.setServiceParent(self)
+        self.statistics = StatisticsLogger(reactor, self, config.stats_interval)
+        self.statistics.setServiceParent(self)
         if config.web:
             from farmnet.web.site import make_site
 
-            self.web = Listener(reactor, config.web, make_site(self.farm), store / "web.address")
+            self.web_site = make_site(reactor, self.farm, config, self.outputs, self.stats,
+                                      durable=self.store.sync, amp=self.server)
+            self.web = Listener(reactor, config.web, self.web_site, store / "web.address")
             self.web.setServiceParent(self)
         from farmnet.server.manhole import make_manhole_services, manhole_namespace
 
@@ -116,12 +130,26 @@ class ServerService(service.MultiService):
 
     def startService(self) -> None:
         Path(self.config.store).mkdir(parents=True, exist_ok=True, mode=0o700)
-        log.info("farmnet server: AMP on {listen}, web on {web}, state in {store}",
-                 listen=self.config.listen, web=self.config.web or "(off)", store=self.config.store)
+        soft, _ = raise_fd_limit()  # a connection per render: allow as many as the system does
+        log.info("farmnet server: AMP on {listen}, web on {web}, state in {store}, up to {files} open files",
+                 listen=self.config.listen, web=self.config.web or "(off)", store=self.config.store,
+                 files=soft)
         super().startService()
 
     def stopService(self) -> Any:
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        """Stop accepting; ask every peer to close (renders: to reconnect later) and wait
+        close_wait at most; then stop the children, the store last (it flushes)."""
+        await defer.maybeDeferred(self.listener.stopService)
+        try:
+            await self.server.shutdown()
+        except Exception:
+            log.failure("closing the connections failed")
+        if self.config.web:
+            await self.web_site.close()  # end event streams and open connections
         d = super().stopService()
         self.farm.stop()
         self.outputs.close_all()
-        return d
+        await d

@@ -1,0 +1,116 @@
+"""Client endpoints for the server's AMP port, plain or TLS-verified.
+
+Without a CA, an endpoint string goes to Twisted's `clientFromString` as is, so every
+Twisted client endpoint works, TLS included: ``tls:farm.example.com:51100`` verifies the
+server's certificate against the system's trust store, and
+``tls:farm.example.com:51100:trustRoots=/etc/farmnet/ca`` against the PEM files of that
+directory (with service-identity checking the host name or IP address).
+
+With ``ca`` (the path of one PEM CA certificate, the ``ca`` setting of renders and
+clients), ``tcp:HOST:PORT`` or ``tls:HOST:PORT`` connects with TLS and accepts only a
+server certificate signed by that CA for HOST. The server side is a Twisted ``ssl:``
+server endpoint: ``listen: "ssl:51100:privateKey=server.key:certKey=server.pem"``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
+
+__all__ = ["client_endpoint", "set_keepalive", "socket_of", "split_description"]
+
+
+def split_description(description: str) -> tuple[list[str], dict[str, str]]:
+    """``kind:a:b:k=v`` → (["kind", "a", "b"], {"k": "v"}), with Twisted's ``\\:`` escapes."""
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if sep and args:
+            kwargs[key] = value
+        else:
+            args.append(part)
+    return args, kwargs
+
+
+def client_endpoint(reactor: Any, description: str, ca: str = "") -> IStreamClientEndpoint:
+    """The endpoint for ``description``; with ``ca``, TLS verified against that CA.
+
+    Raises ValueError (bad description, unreadable or invalid CA file)."""
+    if not ca:
+        return clientFromString(reactor, description)
+    args, kwargs = split_description(description)
+    kind = args[0].lower() if args else ""
+    if kind not in ("tcp", "tls") or len(args) != 3:
+        raise ValueError(f"with a CA the server must be tcp:HOST:PORT or tls:HOST:PORT, not {description!r}")
+    unknown = set(kwargs) - {"timeout", "bindAddress"}
+    if unknown:
+        raise ValueError(f"{description!r}: options {', '.join(sorted(unknown))} cannot go with a CA")
+    host, port = args[1], int(args[2])
+    try:
+        authority = Certificate.loadPEM(Path(ca).read_bytes())
+    except OSError as e:
+        raise ValueError(f"CA certificate {ca}: cannot read: {e.strerror or e}") from None
+    except Exception as e:  # OpenSSL's errors
+        raise ValueError(f"CA certificate {ca}: not a PEM certificate ({e})") from None
+    options = optionsForClientTLS(host, trustRoot=trustRootFromCertificates([authority]))
+    bind = kwargs.get("bindAddress")
+    inner = HostnameEndpoint(reactor, host.encode("idna") if not _is_ip(host) else host.encode("ascii"),
+                             port, timeout=float(kwargs.get("timeout", 30)),
+                             bindAddress=(bind, 0) if bind else None)
+    return wrapClientTLS(options, inner)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def socket_of(transport: Any) -> socket.socket | None:
+    """The socket under a transport, through TLS wrappers (whose handle is not one)."""
+    for _ in range(4):
+        if transport is None:
+            return None
+        get = getattr(transport, "getHandle", None)
+        handle = get() if get is not None else None
+        if isinstance(handle, socket.socket):
+            return handle
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def set_keepalive(transport: Any, idle: float, interval: float, count: int) -> None:
+    """TCP keepalive on a connection's socket: a peer that vanished without a FIN (power
+    off, cable, NAT) is found out after about ``idle + interval * count`` seconds of
+    silence, by the kernel (no Python runs for it)."""
+    sock = socket_of(transport)
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), max(1, int(value)))
+    except OSError:
+        pass

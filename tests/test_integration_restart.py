@@ -1,0 +1,228 @@
+"""Real processes on 127.0.0.1: a server killed and restarted under running renders, a
+render killed (or frozen) under its task, and a storm of 1,000 renders reconnecting."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from farmnet.client import FarmClient, connect
+from farmnet.testing import ProcessFarm, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_RENDERS = ROOT / "bench" / "fake_renders.py"
+
+
+def sleep_job(tasks: int, seconds: float, name: str = "sleepers") -> dict[str, Any]:
+    return {"job": {"name": name, "blocks": [
+        {"name": "sleep", "command": f"sleep {seconds}", "frame_first": 1, "frame_last": tasks,
+         "parser": "none"}]}}
+
+
+class RestartCase(TestCase):
+    timeout = 180
+    server_config = "server:\n  stats: false\n"
+
+    async def setUp(self) -> None:
+        self.base = tempfile.mkdtemp(prefix="farmnet-restart-")
+        self.addCleanup(shutil.rmtree, self.base, True)
+        self.farm = ProcessFarm(reactor, self.base)
+        self.addCleanup(self.farm.stop)
+        self.config = Path(self.base) / "server.yaml"
+        self.config.write_text(self.server_config)
+        self.client: FarmClient | None = None
+        self.addCleanup(self._close_client)
+
+    async def _close_client(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    async def start_server(self, listen: str = "tcp:0:interface=127.0.0.1") -> None:
+        await self.farm.start_server("--config", str(self.config), listen=listen)
+        self.client = await connect(reactor, self.farm.endpoint, "anna", timeout=20)
+
+    def same_port(self) -> str:
+        port = self.farm.endpoint.rsplit(":", 1)[1]
+        return f"tcp:{port}:interface=127.0.0.1:backlog=1024"
+
+    async def restart_server_killed(self) -> None:
+        """kill -9 the server, start it again on the same port and store."""
+        assert self.farm.server is not None and self.client is not None
+        listen = self.same_port()
+        self.client.close()
+        ended = self.farm.server.watch.ended
+        self.farm.kill(self.farm.server)
+        await ended
+        await self.start_server(listen)
+
+    async def online(self, count: int) -> bool:
+        assert self.client is not None
+        return sum(1 for r in await self.client.renders() if r["online"]) == count
+
+
+class ServerKilledTests(RestartCase):
+    async def test_running_tasks_reattached_after_server_kill(self) -> None:
+        """kill -9 the server while 3 renders run tasks; restarted on the same port and
+        store, the renders reconnect, the tasks are re-attached (not run again) and the
+        job ends DON with every task started once."""
+        await self.start_server()
+        for name in ("alpha", "beta", "gamma"):
+            await self.farm.start_render(name)
+        await wait_until(reactor, lambda: self.online(3), 60, "three renders online")
+        assert self.client is not None
+        job_id, _ = await self.client.submit(sleep_job(3, 3))
+
+        async def all_running() -> bool:
+            assert self.client is not None
+            return [t["state"] for t in await self.client.tasks(job_id)] == ["RUN"] * 3
+
+        await wait_until(reactor, all_running, 30, "three tasks running")
+        await deferLater(reactor, 0.6)  # the store writes every 0.2 s
+        await self.restart_server_killed()
+        job = await wait_until(reactor, lambda: self._done(job_id), 60, "the job to finish")
+        tasks = await self.client.tasks(job_id)
+        self.assertEqual(job["state"], "DON")
+        self.assertEqual([(t["state"], t["starts_count"]) for t in tasks], [("DON", 1)] * 3)
+        self.assertEqual({t["host"] for t in tasks}, {"alpha", "beta", "gamma"})
+
+    async def _done(self, job_id: int) -> Any:
+        assert self.client is not None
+        job = await self.client.job(job_id)
+        return job if job["state"] in ("DON", "ERR") else None
+
+
+class RenderKilledTests(RestartCase):
+    server_config = ("server:\n  stats: false\n  task_reconnect_timeout: 1\n  zombie_time: 2\n"
+                     "  heartbeat_hold: 1\n")
+
+    async def _run_with(self, stop: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
+        await self.start_server()
+        renders = {name: await self.farm.start_render(name) for name in ("alpha", "beta")}
+        await wait_until(reactor, lambda: self.online(2), 60, "two renders online")
+        assert self.client is not None
+        job_id, _ = await self.client.submit(sleep_job(1, 2))
+
+        async def running_on() -> str:
+            assert self.client is not None
+            [task] = await self.client.tasks(job_id)
+            return task["host"] if task["state"] == "RUN" else ""
+
+        first = await wait_until(reactor, running_on, 30, "the task to run")
+        stop(renders[first])
+
+        async def finished() -> Any:
+            assert self.client is not None
+            job = await self.client.job(job_id)
+            return job if job["state"] in ("DON", "ERR") else None
+
+        job = await wait_until(reactor, finished, 60, "the task to run elsewhere")
+        assert self.client is not None
+        [task] = await self.client.tasks(job_id)
+        return job, task, first
+
+    async def test_killed_render_task_runs_elsewhere(self) -> None:
+        job, task, first = await self._run_with(self.farm.kill)
+        self.assertEqual(job["state"], "DON")
+        self.assertNotEqual(task["host"], first)
+        self.assertEqual(task["starts_count"], 2)
+
+    async def test_frozen_render_is_a_zombie_and_its_task_runs_elsewhere(self) -> None:
+        """SIGSTOP: the connection stays up, the render just goes silent. Past zombie_time
+        after its last answered heartbeat it is offline (RENDER_ZOMBIE); its task waits
+        task_reconnect_timeout (WRC), then runs on the other render."""
+        frozen: list[Any] = []
+
+        def freeze(proc: Any) -> None:
+            proc.signal(signal.SIGSTOP)
+            frozen.append(proc)
+
+        try:
+            job, task, first = await self._run_with(freeze)
+        finally:
+            for proc in frozen:  # let it die normally at cleanup
+                proc.signal(signal.SIGCONT)
+        self.assertEqual(job["state"], "DON")
+        self.assertNotEqual(task["host"], first)
+        assert self.client is not None
+        renders = {r["name"]: r for r in await self.client.renders()}
+        self.assertIn(first, renders)
+        server_log = self.farm.server.logfile.read_text() if self.farm.server else ""
+        self.assertIn(f"render {first} is a zombie", server_log)
+
+
+class _Watch(ProcessProtocol):
+    def __init__(self, log: Path) -> None:
+        self.log = open(log, "ab")  # noqa: SIM115 - closed in processEnded
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.log.write(data)
+
+    def processEnded(self, reason: Any) -> None:
+        self.log.close()
+        self.ended.callback(None)
+
+
+class ReconnectStormTests(RestartCase):
+    server_config = "server:\n  stats: false\n  max_connections_per_address: 0\n  stats_interval: 2\n"
+    count = 1000
+
+    async def test_storm_of_1000_renders(self) -> None:
+        """1,000 fake renders (another process) connect at once, then all reconnect at
+        once to a server killed and restarted: the server answers a tool throughout and
+        every render registers, each time."""
+        await self.start_server("tcp:0:interface=127.0.0.1:backlog=1024")
+        status = Path(self.base) / "fakes.json"
+        watch = _Watch(Path(self.base) / "fakes.log")
+        env = {k: v for k, v in os.environ.items() if k != "FARMNET_CONFIG"}
+        proc = reactor.spawnProcess(watch, sys.executable, [
+            sys.executable, str(FAKE_RENDERS), self.farm.endpoint, "--count", str(self.count),
+            "--status", str(status), "--max-delay", "3"], env=env, path=self.base)
+
+        async def stop_fakes() -> None:
+            if not watch.ended.called:
+                proc.signalProcess("TERM")
+                await watch.ended
+
+        self.addCleanup(stop_fakes)
+
+        def fakes() -> dict[str, Any]:
+            try:
+                return json.loads(status.read_text())
+            except (OSError, ValueError):
+                return {}
+
+        for round_ in ("first connection", "after the server restart"):
+            latencies: list[float] = []
+            storming = [True]
+            asking = defer.ensureDeferred(self._keep_asking(storming, latencies))
+            await wait_until(reactor, lambda: fakes().get("registered") == self.count, 120,
+                             f"{self.count} fake renders registered ({round_})")
+            await wait_until(reactor, lambda: self.online(self.count), 60, "the server to list them")
+            storming[0] = False
+            await asking
+            self.assertTrue(latencies)
+            self.assertLess(max(latencies), 10.0, round_)
+            if round_ == "first connection":
+                await self.restart_server_killed()
+        self.assertEqual(fakes()["ever_registered"], self.count)
+
+    async def _keep_asking(self, going: list[bool], latencies: list[float]) -> None:
+        """A tool's calls while the renders storm in: each is answered, and how fast."""
+        assert self.client is not None
+        while going[0]:
+            started = reactor.seconds()
+            await self.client.jobs()
+            latencies.append(reactor.seconds() - started)
+            await deferLater(reactor, 0.05)
