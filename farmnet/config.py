@@ -514,6 +514,11 @@ class RenderConfig:
         doc="Send the render's resources with every Nth heartbeat; 0: never.",
         check=_at_least(0),
     )
+    cmd_wolsleep: str = _setting(
+        "systemctl suspend",
+        doc="Sleep command a render runs when the server asks it to sleep (af_render_cmd_wolsleep).",
+        check=_not_empty,
+    )
 
 
 @attrs.frozen

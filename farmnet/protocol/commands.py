@@ -78,6 +78,8 @@ class RegisterRender(amp.Command):
         (b"memory_mb", amp.Integer()),
         (b"running", BigJSON()),
         (b"owner", amp.Unicode(optional=True)),
+        # MAC addresses, for wake-on-LAN
+        (b"macs", amp.ListOf(amp.Unicode(), optional=True)),
     ]
     response = [(b"render_id", amp.Integer()), (b"heartbeat_hold", amp.Float())]
     errors = {**_COMMON, err.InvalidAction: b"INVALID_ACTION"}

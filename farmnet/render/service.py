@@ -32,7 +32,9 @@ from farmnet.config import RenderConfig
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
 from farmnet.protocol.endpoints import client_endpoint, set_keepalive
-from farmnet.render.parsers import Parser, parser_by_name
+from farmnet.render import resources, services
+from farmnet.render.limits import TaskLimiter, effective_limit_mb
+from farmnet.render.parsers import Parser, parser_by_name, parser_errors
 from farmnet.render.process import TaskExit, TaskProcess
 
 log = Logger()
@@ -45,6 +47,8 @@ CHUNK = 256 << 10
 BACKLOG = 4 << 20
 #: Added to the server's hold time before a silent heartbeat means a dead connection.
 HEARTBEAT_MARGIN = 15.0
+#: After a sleep order, seconds before reconnecting (a suspended host sleeps through them).
+SLEEP_QUIET = 30.0
 #: Seconds to wait for our own close to complete before aborting the connection.
 CLOSE_TIMEOUT = 5.0
 #: TCP keepalive to the server (idle s, interval s, probes): a server gone without a
@@ -111,6 +115,12 @@ class RenderService(service.MultiService):
         self.reactor = reactor
         self.config = config
         self.environ = dict(os.environ if environ is None else environ)
+        self.limiter = TaskLimiter(config.task_limit_method, tool_path=self.environ.get("PATH"))
+        self.service_classes = services.service_registry(config)  # custom classes imported once
+        self.parser_classes = services.parser_registry(config)
+        self._heartbeats = 0
+        #: After obeying a sleep order: stay away this long (the host suspends meanwhile).
+        self._quiet_until = 0.0
         self.tasks: dict[TaskKey, RunningTask] = {}
         self.render_id: int | None = None
         self.proto: amp.AMP | None = None
@@ -126,6 +136,7 @@ class RenderService(service.MultiService):
     def startService(self) -> None:
         super().startService()
         self._stopping = False
+        self.limiter.resolve()  # settles the memory-limit method and logs it, once
         self._loop = defer.ensureDeferred(self._run())
 
     def stopService(self) -> defer.Deferred[None]:
@@ -189,7 +200,7 @@ class RenderService(service.MultiService):
             if proto is not None and not proto.lost and not self._stopping:
                 await self._close(proto)  # a session ends with our close: the next one reconnects
             if self.client.running and not self._stopping:
-                await _sleep(self.reactor, pause)
+                await _sleep(self.reactor, max(pause, self._quiet_until - self.reactor.seconds()))
 
     async def _session(self, proto: ServerConnection) -> None:
         await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render",
@@ -200,7 +211,7 @@ class RenderService(service.MultiService):
             max_tasks=self.config.max_tasks, services=list(self.config.services),
             services_disabled=list(self.config.services_disabled), platform=platform.platform(),
             cpus=os.cpu_count() or 1, memory_mb=psutil.virtual_memory().total >> 20,
-            running=self._running(), owner=self.config.owner or None)
+            running=self._running(), owner=self.config.owner or None, macs=mac_addresses())
         self.render_id, self.proto = answer["render_id"], proto
         self.heartbeat_hold = answer["heartbeat_hold"]
         log.info("registered as render {render_id} with {count} task(s) running",
@@ -210,7 +221,12 @@ class RenderService(service.MultiService):
             if task.exit is not None:
                 self._report_finished(task)
         while True:
-            d = proto.callRemote(c.Heartbeat, render_id=self.render_id, running=self._running())
+            self._heartbeats += 1
+            every = self.config.resources_every
+            sample = (resources.sample(self.config.resources_disk_path)
+                      if every and (self._heartbeats - 1) % every == 0 else None)
+            d = proto.callRemote(c.Heartbeat, render_id=self.render_id, running=self._running(),
+                                 resources=sample)
             d.addTimeout(self.heartbeat_hold + HEARTBEAT_MARGIN, self.reactor)
             try:
                 answer = await d
@@ -225,7 +241,24 @@ class RenderService(service.MultiService):
                              reason=order.get("reason", ""))
                     await self._close(proto)
                     return
+                if order.get("order") == "sleep":
+                    await self._go_to_sleep(proto)
+                    return
                 self._obey(order)
+
+    async def _go_to_sleep(self, proto: ServerConnection) -> None:
+        """Wake-on-LAN: run the sleep command, then leave (the server shows WOL sleeping);
+        reconnect after a quiet time, which the suspended host sleeps through."""
+        log.info("server asked this render to sleep: {command}", command=self.config.cmd_wolsleep)
+        sleeper = TaskProcess(self.reactor, self.config.cmd_wolsleep, env=self.environ, cwd=None,
+                              on_output=lambda data: None)
+        sleeper.start()
+        result = await sleeper.done
+        if not result.success:
+            log.error("sleep command failed: {log}", log=sleeper.log.decode("utf-8", "replace"))
+            return
+        self._quiet_until = self.reactor.seconds() + SLEEP_QUIET
+        await self._close(proto)
 
     def _running(self) -> list[dict[str, int]]:
         return [t.reference() for t in self.tasks.values()]
@@ -255,15 +288,21 @@ class RenderService(service.MultiService):
             return
         env = {**self.environ, **{str(k): str(v) for k, v in order.get("environment", {}).items()}}
         env["FARMNET_RENDER"] = self.config.name
+        prepared = services.prepare(order, self.config, env, self.service_classes)  # the service's command
         holder: list[RunningTask] = []
         process = TaskProcess(
-            self.reactor, order["command"], env=env, cwd=order.get("working_directory") or None,
+            self.reactor, prepared.command, env=prepared.environment,
+            cwd=order.get("working_directory") or None,
             on_output=lambda data: self._output(holder[0], data), log_max=self.config.task_log_max,
-            kill_grace=self.config.kill_grace)
-        task = RunningTask(order, process, parser_by_name(order.get("parser") or "generic"))
+            kill_grace=self.config.kill_grace,
+            memory_limit_mb=effective_limit_mb(order.get("memory_limit_mb"),
+                                               self.config.task_memory_limit_mb),
+            limiter=self.limiter)
+        task = RunningTask(order, process,
+                           parser_by_name(order.get("parser") or "generic", self.parser_classes, order))
         holder.append(task)
         self.tasks[key] = task
-        log.debug("starting {key} run {run}: {command}", key=key, run=task.run, command=order["command"])
+        log.debug("starting {key} run {run}: {command}", key=key, run=task.run, command=prepared.command)
         process.start()
         if order.get("max_run_time"):
             task.timeout_call = self.reactor.callLater(
@@ -304,6 +343,7 @@ class RenderService(service.MultiService):
             task.progress = None
 
     def _exited(self, task: RunningTask, result: TaskExit) -> None:
+        services.cleanup(task.order, self.config)
         if task.timeout_call is not None and task.timeout_call.active():
             task.timeout_call.cancel()
         task.exit = result
@@ -319,14 +359,21 @@ class RenderService(service.MultiService):
         message = ""
         if result.killed:
             message = f"killed: {result.killed}"
+        elif result.reason:
+            message = result.reason
         elif result.signal is not None:
             message = f"ended by signal {signals.Signals(result.signal).name}"
         elif result.exit_code:
             message = f"exit status {result.exit_code}"
+        found = parser_errors(task.parser)
+        if found and not message:
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            message = f"{task.parser.name} parser found errors: {found[0]}{more}"
         d = self.proto.callRemote(
             c.TaskFinished, render_id=self.render_id, **task.reference(),
             exit_code=result.exit_code, signal=result.signal, time_started=result.time_started,
-            time_done=result.time_done, message=message)
+            time_done=result.time_done, message=message,
+            resources=None if result.peak_memory_mb is None else {"peak_memory_mb": result.peak_memory_mb})
 
         def acknowledged(_: Any) -> None:
             if self.tasks.get(task.key) is task:
@@ -338,6 +385,18 @@ class RenderService(service.MultiService):
         # A lost connection is retried after reconnecting; anything else is logged.
         if not failure.check(error.ConnectionDone, error.ConnectionLost, errors.NotRegistered):
             log.failure("sending task {what} failed", failure, what=what)
+
+
+def mac_addresses() -> list[str]:
+    """This host's MAC addresses (for wake-on-LAN), loopback and empty ones left out."""
+    macs = []
+    for name, addresses in psutil.net_if_addrs().items():
+        for address in addresses:
+            if address.family == psutil.AF_LINK and address.address and name != "lo":
+                mac = address.address.lower().replace("-", ":")
+                if mac != "00:00:00:00:00:00" and mac not in macs:
+                    macs.append(mac)
+    return macs
 
 
 async def _sleep(reactor: Any, seconds: float) -> None:

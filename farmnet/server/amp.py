@@ -464,7 +464,8 @@ class ServerProtocol(FarmAMP):
     @c.RegisterRender.responder
     def register_render(self, name: str, capacity: int, max_tasks: int, services: list[str],
                         services_disabled: list[str], platform: str, cpus: int, memory_mb: int,
-                        running: list[dict[str, int]], owner: str | None = None) -> dict[str, Any]:
+                        running: list[dict[str, int]], owner: str | None = None,
+                        macs: list[str] | None = None) -> dict[str, Any]:
         self._need("render")
         conn = self.conn
         assert conn is not None
@@ -476,7 +477,7 @@ class ServerProtocol(FarmAMP):
         render = self.farm.register_render(
             name, capacity=capacity, max_tasks=max_tasks, services=services,
             services_disabled=services_disabled, platform=platform, cpus=cpus,
-            memory_mb=memory_mb, owner=owner or "", running=running)
+            memory_mb=memory_mb, owner=owner or "", macs=macs or (), running=running)
         self.server.registry.bind_render(conn, render)
         return {"render_id": render.id, "heartbeat_hold": self.server.heartbeat_hold}
 
@@ -489,6 +490,8 @@ class ServerProtocol(FarmAMP):
             return {"orders": [{"order": conn.close_order, "reason": conn.close_reason}]}
         render = self._need_render(render_id)
         _check_running(running, "running")
+        if isinstance(resources, dict):
+            render.resources = resources  # CPU, memory, swap, disk, load: shown, never trusted
         return self.server.heartbeat(conn, render)
 
     @staticmethod
