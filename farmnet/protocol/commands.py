@@ -152,6 +152,8 @@ class SubmitJob(amp.Command):
 
 
 class ListJobs(amp.Command):
+    """Every job, or one user's, with counts and progress."""
+
     commandName = b"list_jobs"
     arguments = [(b"user", amp.Unicode(optional=True))]
     response = [(b"jobs", BigJSON())]
@@ -204,6 +206,8 @@ class GetTaskOutput(amp.Command):
 
 
 class ListRenders(amp.Command):
+    """Every render with its state, capacity, tasks and resources."""
+
     commandName = b"list_renders"
     arguments: list = []
     response = [(b"renders", BigJSON())]
@@ -211,6 +215,8 @@ class ListRenders(amp.Command):
 
 
 class ListUsers(amp.Command):
+    """Every user with their settings and running counts."""
+
     commandName = b"list_users"
     arguments: list = []
     response = [(b"users", BigJSON())]
