@@ -85,13 +85,11 @@ class _ClientProtocol(FarmAMP):
 
     def __init__(self, clock: IReactorTime | None = None) -> None:
         super().__init__()
-        self.lost = False
         #: Why the server asked this client to close, when it did.
         self.close_reason: str | None = None
         #: What ended the connection, once it ended.
         self.lost_reason: Failure | None = None
         self._clock = clock
-        self._lost_waiters: list[defer.Deferred[None]] = []
 
     @c.Close.responder
     def _close_requested(self, reason: str | None = None) -> dict[str, Any]:
@@ -110,17 +108,6 @@ class _ClientProtocol(FarmAMP):
     def connectionLost(self, reason: Failure) -> None:
         self.lost_reason = reason
         super().connectionLost(reason)
-        self.lost = True
-        waiters, self._lost_waiters = self._lost_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-
-    def when_lost(self) -> defer.Deferred[None]:
-        if self.lost:
-            return defer.succeed(None)
-        waiter: defer.Deferred[None] = defer.Deferred()
-        self._lost_waiters.append(waiter)
-        return waiter
 
 
 async def connect(reactor: Any, endpoint: str, user: str, *, kind: str = "tool",

@@ -60,28 +60,9 @@ class ServerConnection(FarmAMP):
     """The render's AMP connection to the server; knows when it is gone, so the render
     can close its side first and wait for it."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.lost = False
-        self._lost_waiters: list[defer.Deferred[None]] = []
-
     def connectionMade(self) -> None:
         super().connectionMade()
         set_keepalive(self.transport, *KEEPALIVE)
-
-    def connectionLost(self, reason: Any) -> None:
-        super().connectionLost(reason)
-        self.lost = True
-        waiters, self._lost_waiters = self._lost_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-
-    def when_lost(self) -> defer.Deferred[None]:
-        if self.lost:
-            return defer.succeed(None)
-        waiter: defer.Deferred[None] = defer.Deferred()
-        self._lost_waiters.append(waiter)
-        return waiter
 
 
 @attrs.define(eq=False)
