@@ -491,7 +491,7 @@ class ServerProtocol(FarmAMP):
         render = self._need_render(render_id)
         _check_running(running, "running")
         if isinstance(resources, dict):
-            render.resources = resources  # CPU, memory, swap, disk, load: shown, never trusted
+            self.farm.render_seen(render, resources)
         return self.server.heartbeat(conn, render)
 
     @staticmethod

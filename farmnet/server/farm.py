@@ -680,8 +680,11 @@ class Farm:
         except KeyError:
             raise errors.UnknownRender(f"no render named {name!r}") from None
 
-    def render_seen(self, render: Render) -> None:
+    def render_seen(self, render: Render, resources: Mapping[str, Any] | None = None) -> None:
+        """A render spoke; ``resources`` (CPU, memory, swap, disk, load) are shown, not trusted."""
         render.time_seen = self.clock.seconds()
+        if resources:
+            render.resources = dict(resources)
 
     def render_lost(self, render: Render, zombie: bool = False) -> None:
         """The render's connection is gone, or it went silent past zombie_time (Afanasy's
