@@ -37,14 +37,7 @@ HEARTBEAT_MARGIN = 15.0
 
 
 class FakeConnection(FarmAMP):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lost: defer.Deferred[None] = defer.Deferred()
-
-    def connectionLost(self, reason: Any) -> None:
-        super().connectionLost(reason)
-        if not self.lost.called:
-            self.lost.callback(None)
+    """A fake render's connection (FarmAMP knows when it is gone)."""
 
 
 @attrs.define
@@ -144,9 +137,9 @@ class Swarm:
 
     async def close(self, proto: FakeConnection) -> None:
         """Close first (our side keeps the TIME-WAIT), and wait until it is gone."""
-        if not proto.lost.called and proto.transport is not None:
+        if not proto.lost and proto.transport is not None:
             proto.transport.loseConnection()
-            gone = proto.lost
+            gone = proto.when_lost()
             timeout = self.reactor.callLater(5, lambda: proto.transport.abortConnection())
             await gone
             if timeout.active():

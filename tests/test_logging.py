@@ -213,7 +213,7 @@ class TwistdTests(SynchronousTestCase):
         try:
             deadline = time.monotonic() + _T
             while time.monotonic() < deadline and proc.poll() is None:
-                if os.path.exists(log_path) and b"submitted" in Path(log_path).read_bytes():
+                if os.path.exists(log_path) and b"farmnet server running" in Path(log_path).read_bytes():
                     break
                 time.sleep(0.05)
             self.assertIsNone(proc.poll(), Path(stdout_path).read_text(errors="replace"))

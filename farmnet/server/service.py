@@ -74,6 +74,7 @@ class ServerService(service.MultiService):
 
     def __init__(self, reactor: Any, config: ServerConfig) -> None:
         super().__init__()
+        self.reactor = reactor
         self.config = config
         settings = FarmSettings(
             admins=frozenset(config.admins), errors_retries=config.errors_retries,
@@ -135,6 +136,8 @@ class ServerService(service.MultiService):
                  listen=self.config.listen, web=self.config.web or "(off)", store=self.config.store,
                  files=soft)
         super().startService()
+        # Once the reactor runs (signal handlers installed): what operators and tests wait for.
+        self.reactor.callWhenRunning(lambda: log.info("farmnet server running"))
 
     def stopService(self) -> Any:
         return defer.ensureDeferred(self._stop())
