@@ -76,6 +76,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from farmnet.config import ConfigError, ServerConfig
+from farmnet.protocol.endpoints import split_description
 from farmnet.server.netstats import server_statistics, statistics_line
 from farmnet.server.passwords import PasswordFileChecker, PasswordFileError, load_password_file
 
@@ -247,30 +248,8 @@ def _text(name: bytes | str) -> str:
 
 def _endpoint_fields(description: str) -> tuple[str, list[str], dict[str, str]]:
     """(type, positional arguments, keyword arguments) of an endpoint string, ``\\:`` unescaped."""
-    parts: list[str] = []
-    current: list[str] = []
-    escaped = False
-    for char in description:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    args: list[str] = []
-    kwargs: dict[str, str] = {}
-    for part in parts[1:]:
-        key, sep, value = part.partition("=")
-        if sep:
-            kwargs[key] = value
-        else:
-            args.append(part)
-    return parts[0].strip().lower(), args, kwargs
+    args, kwargs = split_description(description)
+    return args[0].strip().lower(), args[1:], kwargs
 
 
 def _is_loopback(interface: str) -> bool:
