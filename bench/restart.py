@@ -19,8 +19,8 @@ from typing import Any
 from twisted.internet import defer, task
 
 from farmnet.client import connect
-from farmnet.jobspec import parse_job
-from farmnet.server.farm import Farm
+from farmnet.model.farm import Farm
+from farmnet.model.spec import parse_job
 from farmnet.server.store import Store
 from farmnet.testing import ProcessFarm
 
@@ -35,12 +35,12 @@ async def build(reactor: Any, path: Path, jobs: int, tasks: int) -> int:
         farm.submit(spec, f"user{i % 10}")
     renders = [farm.register_render(f"render{i:03d}", capacity=1100) for i in range(100)]
     for _ in range(jobs * tasks // 3 // len(renders)):
-        farm.scheduler.solve()
+        farm.solve()
         for render in renders:
             for order in farm.take_orders(render):
                 farm.task_finished(render, (order["job_id"], order["block"], order["task"]), order["run"],
                                    exit_code=0, signal=None, time_started=1.0, time_done=2.0)
-    farm.scheduler.solve()  # and some left running
+    farm.solve()  # and some left running
     await store.sync()
     await store.stopService()
     farm.stop()

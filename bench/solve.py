@@ -19,8 +19,8 @@ import time
 import psutil
 from twisted.internet.task import Clock
 
-from farmnet.jobspec import parse_job
-from farmnet.server.farm import Farm
+from farmnet.model.farm import Farm
+from farmnet.model.spec import parse_job
 
 
 def main() -> None:
@@ -62,8 +62,8 @@ def main() -> None:
         clock.advance(0)  # one solve for everything finished in this round
     elapsed = time.perf_counter() - started
     peak = process.memory_info().rss
-    print(f"{farm.scheduler.assignments} assignments in {elapsed:.2f} s: "
-          f"{farm.scheduler.assignments / elapsed:,.0f} assignments/s   (target >= 5,000/s; "
+    print(f"{farm.assignments} assignments in {elapsed:.2f} s: "
+          f"{farm.assignments / elapsed:,.0f} assignments/s   (target >= 5,000/s; "
           f"Tractor ~500/s, OpenCue 975/s)")
     print(f"RSS at the end {peak / 2**20:.0f} MB   (target <= 300 MB)")
     assert all(job.done for job in farm.jobs.values())

@@ -26,7 +26,7 @@ from twisted.internet import defer, task
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from farmnet.server.model import TaskRun  # noqa: E402
+from farmnet.model.data import TaskRun  # noqa: E402
 from farmnet.stats import schema  # noqa: E402
 from farmnet.stats.db import Database  # noqa: E402
 from farmnet.stats.pgtest import ThrowawayCluster  # noqa: E402

@@ -280,7 +280,15 @@ async def cmd_render(client: FarmClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_user(client: FarmClient, args: argparse.Namespace) -> int:
-    done = await client.act("users", "update", {"name": args.names}, _assignments(args.values))
+    if args.action == "delete":
+        if args.values:
+            raise SystemExit("farmnet user delete NAME...: takes no KEY=VALUE")
+        done = await client.act("users", "delete", {"name": args.names})
+        print(f"deleted: {' '.join(done)}")
+        return EXIT_OK
+    if not args.values:
+        raise SystemExit("farmnet user set NAME KEY=VALUE...: give at least one KEY=VALUE")
+    done = await client.act("users", "update", {"name": args.names[:1]}, _assignments(args.values))
     print(f"changed: {' '.join(done)}")
     return EXIT_OK
 
@@ -460,10 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--set", dest="values", nargs="+", metavar="KEY=VALUE",
                    help="with update: capacity=N max_tasks=N")
-    p = command("user", cmd_user, "change users (admins): priority, limits, hosts masks, errors_*")
-    p.add_argument("set", choices=["set"])
+    p = command("user", cmd_user, "change users (admins): set NAME priority, limits, hosts masks, "
+                "errors_*; delete NAME... (users without jobs)")
+    p.add_argument("action", choices=["set", "delete"])
     p.add_argument("names", nargs=1, metavar="NAME")
-    p.add_argument("values", nargs="+", metavar="KEY=VALUE")
+    p.add_argument("values", nargs="*", metavar="KEY=VALUE")
     p = command("act", cmd_act, "the one action API: ITEM ACTION [--filters JSON] [--values JSON]")
     p.add_argument("item", choices=["jobs", "blocks", "tasks", "renders", "users"])
     p.add_argument("action")

@@ -71,7 +71,7 @@ def makeService(options: Options) -> IService:
     config = options.subOptions.config
     service: IService
     if options.subCommand == "server":
-        from farmnet.server.service import ServerService
+        from farmnet.app import ServerService
 
         try:
             service = ServerService(reactor, config)

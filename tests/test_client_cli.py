@@ -37,10 +37,10 @@ from farmnet.client import (
     connect,
     load_spec,
 )
-from farmnet.jobspec import parse_job
+from farmnet.model.data import Render
+from farmnet.model.farm import Farm, FarmSettings
+from farmnet.model.spec import parse_job
 from farmnet.server.amp import FarmServer, ServerFactory
-from farmnet.server.farm import Farm, FarmSettings
-from farmnet.server.model import Render
 from farmnet.server.outputs import OutputStore
 
 ROOT = str(Path(farmnet.__file__).resolve().parent.parent)
@@ -340,12 +340,12 @@ class ClientTests(ServerTestCase):
         job_id, _ = await client.submit(hello_job(frames=1))
         waiting = defer.ensureDeferred(client.wait(job_id))
         await sleep(0.1)
-        emit, self.farm.events.emit = self.farm.events.emit, lambda kind, **data: None
+        emit, self.server.events.emit = self.server.events.emit, lambda kind, **data: None
         try:
             await self.run_tasks(self.render())
             job = await waiting
         finally:
-            self.farm.events.emit = emit  # type: ignore[method-assign]
+            self.server.events.emit = emit  # type: ignore[method-assign]
         self.assertEqual(job["state"], "DON")
 
     async def test_unreachable_server(self) -> None:

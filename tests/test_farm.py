@@ -8,9 +8,11 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from farmnet import errors
-from farmnet.jobspec import parse_job
-from farmnet.server.farm import Farm, FarmSettings
-from farmnet.server.model import Render, TaskState
+from farmnet.model.data import Render, TaskState
+from farmnet.model.events import OrdersQueued
+from farmnet.model.farm import Farm, FarmSettings
+from farmnet.model.spec import parse_job
+from farmnet.server.monitors import EventLog
 
 
 def job_doc(name: str = "job", frames: int = 3, **extra: Any) -> dict[str, Any]:
@@ -24,7 +26,8 @@ class FarmTestCase(SynchronousTestCase):
         self.clock = Clock()
         self.farm = Farm(self.clock, FarmSettings(admins=frozenset({"root"}), task_reconnect_timeout=30))
         self.woken: list[str] = []
-        self.farm.on_orders = lambda render: self.woken.append(render.name)
+        self.farm.bus.subscribe(OrdersQueued, lambda e: self.woken.append(e.render.name))
+        self.events = EventLog(self.farm)
 
     def submit(self, user: str = "anna", **kw: Any):
         spec, _ = parse_job(job_doc(**kw))
@@ -258,9 +261,9 @@ class ActionTests(FarmTestCase):
         self.submit(frames=1)
         [order] = self.orders(render)
         self.finish(render, order)
-        kinds = [e["kind"] for e in self.farm.events.since(0)[0]]
+        kinds = [e["kind"] for e in self.events.since(0)[0]]
         self.assertIn("job", kinds)
-        self.assertEqual([e["state"] for e in self.farm.events.since(0)[0] if e["kind"] == "task"],
+        self.assertEqual([e["state"] for e in self.events.since(0)[0] if e["kind"] == "task"],
                          ["RUN", "DON"])
 
 

@@ -250,5 +250,5 @@ class TwistdTests(SynchronousTestCase):
     def test_default_is_text(self) -> None:
         stdout = os.path.join(self.dir, "stdout.txt")
         output = self.run_server([], None, stdout)
-        self.assertRegex(output, r"\[farmnet\.server\.farm#info\] job 1 system submitted")
+        self.assertRegex(output, r"\[farmnet\.model\.lifecycle#info\] job 1 system submitted")
         self.assertNotIn('{"', output.splitlines()[0])

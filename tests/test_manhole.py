@@ -24,8 +24,9 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from farmnet import errors
+from farmnet.app import ServerService
 from farmnet.config import ConfigError, ServerConfig
-from farmnet.jobspec import parse_job
+from farmnet.model.spec import parse_job
 from farmnet.server import passwords
 from farmnet.server.manhole import (
     ManholeError,
@@ -35,7 +36,6 @@ from farmnet.server.manhole import (
     session_namespace,
     telnet_endpoint,
 )
-from farmnet.server.service import ServerService
 
 PASSWORD = "correct horse"
 ANSI = re.compile(rb"\x1b(\[[0-9;?]*[A-Za-z]|[()][A-Za-z0-9]|[A-Za-z=>78])")

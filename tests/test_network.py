@@ -37,14 +37,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from farmnet import errors
 from farmnet.client import ServerUnreachable, connect
 from farmnet.config import RenderConfig
-from farmnet.jobspec import parse_job
+from farmnet.model.data import TaskState
+from farmnet.model.farm import Farm, FarmSettings
+from farmnet.model.spec import parse_job
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
 from farmnet.protocol.endpoints import socket_of
 from farmnet.render.service import RenderService
 from farmnet.server.amp import FarmServer, ServerFactory
-from farmnet.server.farm import Farm, FarmSettings
-from farmnet.server.model import TaskState
 from farmnet.server.outputs import OutputStore
 from farmnet.server.passwords import hash_password
 from farmnet.server.registry import CloseState, Connection, Limits, Registry, is_local
@@ -330,7 +330,7 @@ class ZombieTests(NetworkCase):
         silent_for = reactor.seconds() - answered
         self.assertGreaterEqual(silent_for, 0.6)
         self.assertLess(silent_for, 0.6 + 1.0)  # one sweep (zombie_time / 4) of slack, and some
-        kinds = [e["kind"] for e in self.farm.events.since(0)[0]]
+        kinds = [e["kind"] for e in self.server.events.since(0)[0]]
         self.assertIn("render_zombie", kinds)
         self.assertEqual(self.server.registry.zombies, 1)
         await silent.gone  # nothing held to answer: reset after close_wait

@@ -14,10 +14,10 @@ from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from farmnet import errors
+from farmnet.model.farm import Farm
 from farmnet.protocol import commands as c
 from farmnet.protocol.arguments import BigBytes, BigJSON
 from farmnet.server.amp import FarmServer, ServerFactory
-from farmnet.server.farm import Farm
 from farmnet.server.outputs import OutputStore
 
 RENDER = {"capacity": 1100, "max_tasks": 0, "services": [], "services_disabled": [],
@@ -199,4 +199,4 @@ class DeliverylessTests(ServerTestCase):
         for _ in range(3):  # each is held, then answered empty after the hold
             answer = await monitor.callRemote(c.PollEvents, after=last)
             self.assertEqual(answer["events"], [])
-        self.assertLessEqual(len(self.farm.events._waiters), 1)
+        self.assertLessEqual(len(self.server.events._waiters), 1)

@@ -16,6 +16,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from farmnet.config import RenderConfig
+from farmnet.plugins import import_object
 from farmnet.render import services
 from farmnet.render.parsers import BlenderParser, GenericParser, parser_by_name
 from farmnet.render.resources import sample
@@ -29,7 +30,6 @@ from farmnet.render.services import (
     builtin_services,
     cleanup,
     event_data_path,
-    import_object,
     parser_registry,
     prepare,
     service_for,

@@ -8,10 +8,11 @@ from typing import Any
 from test_farm import FarmTestCase
 
 from farmnet import errors
-from farmnet.jobspec import parse_job
-from farmnet.server.farm import Farm, FarmSettings
-from farmnet.server.model import Render, TaskState
-from farmnet.server.scheduler import Why
+from farmnet.model.data import Render, TaskState
+from farmnet.model.events import RenderSick
+from farmnet.model.farm import Farm, FarmSettings
+from farmnet.model.scheduler import Why
+from farmnet.model.spec import parse_job
 
 
 def block(name: str = "b", frames: int = 10, **kw: Any) -> dict[str, Any]:
@@ -24,7 +25,6 @@ class SchedulerTestCase(FarmTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.farm = Farm(self.clock, self.settings)
-        self.farm.on_orders = lambda render: None
 
     def job(self, user: str = "anna", blocks: list[dict[str, Any]] | None = None, **kw: Any):
         spec, _ = parse_job({"name": kw.pop("name", "job"), "blocks": blocks or [block()], **kw})
@@ -70,7 +70,6 @@ class UserSolvingTests(SchedulerTestCase):
 
     def test_users_by_order(self) -> None:
         self.farm = Farm(self.clock, FarmSettings(admins=frozenset({"root"}), users_solving="order"))
-        self.farm.on_orders = lambda render: None
         self.job("anna", [block(frames=100)])
         self.job("bob", [block(frames=100)])
         self.farm.user_action("root", ["bob"], "set", {"priority": 100})
@@ -272,8 +271,7 @@ class ErrorRuleTests(SchedulerTestCase):
     def test_render_gets_sick_and_is_healed(self) -> None:
         self.farm = Farm(self.clock, FarmSettings(admins=frozenset({"root"}), sick_errors_count=2))
         sick = []
-        self.farm.observers.append(lambda what, obj: what == "render_sick" and sick.append(obj.name))
-        self.farm.on_orders = lambda render: None
+        self.farm.bus.subscribe(RenderSick, lambda e: sick.append(e.render.name))
         self.job("anna", [block(frames=1, errors_retries=0)], name="a")
         self.job("bob", [block(frames=5)], name="b")
         render = self.render("r", capacity=1000)

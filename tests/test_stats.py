@@ -27,9 +27,10 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 import farmnet
 from farmnet.config import ServerConfig
-from farmnet.jobspec import parse_job
-from farmnet.server.farm import Farm, FarmSettings
-from farmnet.server.model import Render, TaskRun
+from farmnet.model.data import Render, TaskRun
+from farmnet.model.events import RunEnded
+from farmnet.model.farm import Farm, FarmSettings
+from farmnet.model.spec import parse_job
 from farmnet.stats import admin, db, pgtest, schema
 from farmnet.stats.db import Database, connect_once
 from farmnet.stats.embedded import Cluster, ClusterError, EmbeddedPostgres, find_bin_dir
@@ -611,7 +612,7 @@ class ServiceTests(PgTestCase):
         self.assertEqual(await self.count(), 4)
         self.assertEqual(await self.count("SELECT count(*) AS n FROM jobs"), 1)
         self.assertEqual(service.status, "stopped")
-        self.assertNotIn(service.recorder.observe, driver.farm.observers)
+        self.assertEqual(driver.farm.bus.subscribers(RunEnded), [])
 
     async def test_queries_through_the_service(self) -> None:
         driver = FarmDriver(self)
@@ -630,7 +631,7 @@ class ServiceTests(PgTestCase):
         farm = Farm(reactor)
         service = StatsService(reactor, self.config(stats=False), farm)
         service.startService()
-        self.assertEqual(farm.observers, [])
+        self.assertEqual(farm.bus.subscribers(RunEnded), [])
         self.assertIn("server.stats: false", service.status)
         self.assertFalse(service.enabled)
         return service.stopService()
@@ -639,7 +640,7 @@ class ServiceTests(PgTestCase):
         farm = Farm(reactor)
         service = StatsService(reactor, self.config(stats_dsn="", stats_pg_bin=str(tmpdir(self))), farm)
         service.startService()
-        self.assertEqual(farm.observers, [])
+        self.assertEqual(farm.bus.subscribers(RunEnded), [])
         self.assertTrue(service.status.startswith("off: no PostgreSQL server programs"), service.status)
         return service.stopService()
 

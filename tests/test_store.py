@@ -11,9 +11,9 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from farmnet.jobspec import parse_job
-from farmnet.server.farm import Farm, FarmSettings
-from farmnet.server.model import TaskState
+from farmnet.model.data import TaskState
+from farmnet.model.farm import Farm, FarmSettings
+from farmnet.model.spec import parse_job
 from farmnet.server.store import Store
 
 
@@ -32,7 +32,6 @@ class StoreTests(TestCase):
 
     async def open(self) -> tuple[Farm, Store]:
         farm = Farm(reactor, FarmSettings(admins=frozenset({"root"}), task_reconnect_timeout=300))
-        farm.on_orders = lambda render: None
         store = Store(reactor, self.path, farm, flush_interval=0.05)
         store.startService()
         self.addCleanup(farm.stop)
@@ -55,11 +54,11 @@ class StoreTests(TestCase):
         farm.user_action("root", ["anna"], "set", {"priority": 80, "hosts_mask": "r.*"})
         render = farm.register_render("r1", capacity=2100, owner="anna")
         farm.render_action("root", ["r1"], "nimby")
-        farm.scheduler.solve()
+        farm.solve()
         self.finish(farm, render)  # two tasks done
-        farm.scheduler.solve()
+        farm.solve()
         self.finish(farm, render, exit_code=1)  # two tasks in error
-        farm.scheduler.solve()  # two running
+        farm.solve()  # two running
         before = [(t.state, t.errors_count, t.starts_count, t.host) for t in job.blocks[0].tasks]
         await store.sync()
         await self.close(store)
@@ -83,7 +82,7 @@ class StoreTests(TestCase):
         farm, store = await self.open()
         job = farm.submit(spec(frames=1), "anna")
         render = farm.register_render("r1", capacity=1100)
-        farm.scheduler.solve()
+        farm.solve()
         [order] = farm.take_orders(render)
         await store.sync()
         await self.close(store)

@@ -9,9 +9,9 @@ from typing import Any
 from test_farm import FarmTestCase
 
 from farmnet import errors
-from farmnet.jobspec import parse_job
-from farmnet.server.farm import Farm, FarmSettings
-from farmnet.server.model import Render, TaskState
+from farmnet.model.data import Render, TaskState
+from farmnet.model.farm import Farm, FarmSettings
+from farmnet.model.spec import parse_job
 from farmnet.sysjob.job import SYSTEM_USER, SysJobSettings, SystemJob
 
 
@@ -21,7 +21,6 @@ class SystemJobTestCase(FarmTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.farm = Farm(self.clock, FarmSettings(admins=frozenset({"root"})))
-        self.farm.on_orders = lambda render: None
         self.saved: dict[str, Any] = {}
         self.outputs: dict[tuple[Any, int], bytes] = {}
         self.sysjob = SystemJob(self.farm, self.sysjob_settings,

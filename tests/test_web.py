@@ -30,8 +30,8 @@ from twisted.web.client import (
 )
 
 from farmnet.config import ServerConfig
-from farmnet.server.events import EventLog
-from farmnet.server.farm import Farm, FarmSettings
+from farmnet.model.farm import Farm, FarmSettings
+from farmnet.server.monitors import EventLog
 from farmnet.server.outputs import OutputStore
 from farmnet.stats import pgtest
 from farmnet.stats.service import StatsService
@@ -92,6 +92,7 @@ class WebTestCase(TestCase):
         self.base = Path(tempfile.mkdtemp(prefix="farmnet-web-"))
         self.addCleanup(shutil.rmtree, self.base, True)
         self.farm = self.make_farm()
+        self.events = EventLog(self.farm, keep=self.event_log_size)
         self.addCleanup(self.farm.stop)
         self.player = FarmPlayer(reactor, self.farm)
         self.users_file = write_users_file(self.base / "users", {"anna": PASSWORD, "bob": PASSWORD,
@@ -102,11 +103,14 @@ class WebTestCase(TestCase):
         self.addCleanup(self.pool.closeCachedConnections)
         self.site = await self.serve()
 
+    event_log_size = 100_000
+
     def make_farm(self) -> Farm:
         return Farm(reactor, FarmSettings(admins=frozenset({"boss"}), errors_retries=0))
 
     async def serve(self, **kw: Any) -> SiteUnderTest:
         config = kw.pop("config", None) or self.config()
+        kw.setdefault("events", self.events)
         site = await serve(reactor, self.farm, config, self.outputs, kw.pop("stats", None), **kw)
         self.addCleanup(site.stop)
         return site
@@ -257,7 +261,7 @@ class EventTests(WebTestCase):
         return reader
 
     async def test_sse_delivers_a_job_event(self) -> None:
-        reader = await self.stream(f"/events?after={self.farm.events.last}")
+        reader = await self.stream(f"/events?after={self.events.last}")
         await self.player.submit(job_doc("new_job"), "anna")
         await wait_until(reactor, lambda: any(e[2].get("kind") == "job" for e in reader.events), 10,
                          "job event")
@@ -270,7 +274,7 @@ class EventTests(WebTestCase):
     async def test_last_event_id_resumes_and_kinds_filter(self) -> None:
         await self.player.submit(job_doc("a"), "anna")
         await self.player.submit(job_doc("b"), "anna")
-        last = self.farm.events.last
+        last = self.events.last
         reader = await self.stream("/events?kinds=job", headers={b"last-event-id": [str(last - 1).encode()]})
         await self.player.submit(job_doc("c"), "anna")
         await wait_until(reactor, lambda: any(e[2].get("job", {}).get("name") == "c" for e in reader.events),
@@ -282,10 +286,10 @@ class EventTests(WebTestCase):
         reader = await self.stream("/events", headers={b"last-event-id": [b"999999"]})
         await wait_until(reactor, lambda: reader.events, 10, "reset")
         self.assertEqual(reader.events[0][1], "reset")
-        self.assertEqual(int(reader.events[0][0]), self.farm.events.last)
+        self.assertEqual(int(reader.events[0][0]), self.events.last)
 
     async def test_long_poll(self) -> None:
-        last = self.farm.events.last
+        last = self.events.last
         later = task.deferLater(reactor, 0.2,
                                 lambda: defer.ensureDeferred(self.player.submit(job_doc("x"), "bob")))
         response, body = await self.get(f"/api/events?after={last}&timeout=10")
@@ -298,8 +302,10 @@ class EventTests(WebTestCase):
 
 
 class SmallLogTests(WebTestCase):
+    event_log_size = 3
+
     def make_farm(self) -> Farm:
-        return Farm(reactor, FarmSettings(), events=EventLog(keep=3))
+        return Farm(reactor, FarmSettings())
 
     async def test_reset_when_older_events_are_gone(self) -> None:
         for n in range(6):
@@ -515,7 +521,7 @@ class MetricsTests(WebTestCase):
         self.assertEqual(samples[("farmnet_tasks", (("state", "ERR"),))], 1)
         self.assertEqual(samples[("farmnet_renders", (("state", "busy"),))], 2)
         self.assertEqual(samples[("farmnet_jobs", (("state", "RUN"),))], 2)
-        self.assertEqual(samples[("farmnet_task_assignments_total", ())], self.farm.scheduler.assignments)
+        self.assertEqual(samples[("farmnet_task_assignments_total", ())], self.farm.assignments)
         self.assertGreaterEqual(samples[("farmnet_task_assignments_total", ())], 5)
         self.assertEqual(samples[("farmnet_web_connections", ())], 1)
         self.assertNotIn(("farmnet_render_cpu_percent", (("render", "r1"),)), samples)

@@ -30,7 +30,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, TestCase
 
 from farmnet.config import ServerConfig
-from farmnet.server.farm import Farm, FarmSettings
+from farmnet.model.farm import Farm, FarmSettings
 from farmnet.server.outputs import OutputStore
 from farmnet.stats import pgtest
 from farmnet.stats.service import StatsService

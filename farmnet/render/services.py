@@ -36,7 +36,6 @@ render.  A service class is called with no arguments and must have what :class:`
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -50,6 +49,7 @@ import attrs
 from twisted.logger import Logger
 
 from farmnet.config import RenderConfig
+from farmnet.plugins import import_object
 from farmnet.render.parsers import Parser, builtin_parsers
 from farmnet.sysjob.wol import normalize_mac
 
@@ -66,7 +66,6 @@ __all__ = [
     "builtin_services",
     "cleanup",
     "event_data_path",
-    "import_object",
     "parser_registry",
     "prepare",
     "service_for",
@@ -340,28 +339,6 @@ def builtin_services() -> Mapping[str, ServiceFactory]:
 
 
 # --- custom classes ----------------------------------------------------------------------
-
-
-def import_object(spec: str) -> Any:
-    """The object named ``"package.module:Name"`` (or ``"package.module.Name"``), imported.
-
-    Raises ImportError (with the reason) when it cannot.
-    """
-    module_name, colon, attribute = spec.partition(":")
-    if not colon:
-        module_name, _, attribute = spec.rpartition(".")
-    if not module_name or not attribute:
-        raise ImportError(f"{spec!r} is not a class name (expected package.module:Class)")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as e:  # a plug-in may fail any way at import: report it, never crash
-        raise ImportError(f"cannot import {module_name!r}: {type(e).__name__}: {e}") from e
-    for part in attribute.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ImportError(f"module {module_name!r} has no {attribute!r}") from None
-    return obj
 
 
 def _load_classes(

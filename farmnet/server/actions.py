@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from farmnet import errors
-from farmnet.server.farm import JOB_ACTIONS, RENDER_ACTIONS, TASK_ACTIONS, Farm
+from farmnet.model.farm import Farm
+from farmnet.model.policy import JOB_ACTIONS, RENDER_ACTIONS, TASK_ACTIONS
 
 ITEMS = ("jobs", "blocks", "tasks", "renders", "users")
 #: Actions that change nothing.
@@ -114,6 +115,8 @@ def _users(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any
         return farm.user(_one(f, "name", str)).to_dict()
     if action == "update":
         return farm.user_action(user, _list_of(f, "name", str), "set", values)
+    if action == "delete":
+        return farm.user_action(user, _list_of(f, "name", str), "delete")
     raise errors.InvalidAction(f"users: unknown action {action!r}")
 
 

@@ -37,12 +37,14 @@ from twisted.python.failure import Failure
 
 import farmnet
 from farmnet import errors
-from farmnet.jobspec import parse_job
+from farmnet.model.data import ACTIVE, Render, TaskKey
+from farmnet.model.events import JobDeleted, OrdersQueued, TaskStateChanged
+from farmnet.model.farm import Farm
+from farmnet.model.spec import parse_job
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
 from farmnet.server.actions import READ_ACTIONS, act
-from farmnet.server.farm import Farm
-from farmnet.server.model import Render, TaskKey
+from farmnet.server.monitors import EventLog
 from farmnet.server.outputs import OutputStore
 from farmnet.server.passwords import PasswordFileChecker
 from farmnet.server.registry import BOX_KEY_OVERHEAD, CloseState, Connection, Limits, Registry
@@ -114,8 +116,10 @@ class FarmServer:
                  durable: Callable[[], defer.Deferred[None]] | None = None,
                  zombie_time: float = 16.0, close_wait: float = 2.0, idle_timeout: float = 300.0,
                  render_secret: str = "", users_file: str = "",
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, events: EventLog | None = None) -> None:
         self.reactor = reactor
+        #: What monitors poll: the farm's events as records.
+        self.events = events if events is not None else EventLog(farm)
         #: Waits until the farm's changes so far are on disk (the store's sync).
         self.durable = durable or (lambda: defer.succeed(None))
         self.farm = farm
@@ -128,8 +132,9 @@ class FarmServer:
                                  idle_timeout=idle_timeout, zombie_time=zombie_time,
                                  on_zombie=self._zombie)
         self._delivering: set[int] = set()
-        farm.on_orders = self._orders_for
-        farm.observers.append(self._observe)
+        farm.bus.subscribe(OrdersQueued, lambda e: self._orders_for(e.render))
+        farm.bus.subscribe(JobDeleted, lambda e: self.outputs.delete_job(e.job.id))
+        farm.bus.subscribe(TaskStateChanged, self._task_changed)
 
     @property
     def connections(self) -> Mapping[int, Connection]:
@@ -152,11 +157,10 @@ class FarmServer:
         if held is not None and held.waiting:
             held.fire({"orders": self.farm.take_orders(render)})  # `answered` clears it
 
-    def _observe(self, what: str, obj: Any) -> None:
-        if what == "job_deleted":
-            self.outputs.delete_job(obj.id)
-        elif what == "task" and obj.state.value not in ("RUN", "WRC"):
-            self.outputs.close(obj.key, obj.starts_count)
+    def _task_changed(self, event: TaskStateChanged) -> None:
+        task = event.task
+        if task.state not in ACTIVE:  # its run's output file is complete
+            self.outputs.close(task.key, task.starts_count)
 
     def _zombie(self, conn: Connection, render: Render) -> None:
         self.farm.render_lost(render, zombie=True)
@@ -280,7 +284,7 @@ class ServerProtocol(FarmAMP):
             self.callRemote(c.Close, reason=reason).addErrback(lambda _: None)
 
     def _close_answer(self, after: int) -> dict[str, Any]:
-        last = after if after >= 0 else self.farm.events.last
+        last = after if after >= 0 else self.server.events.last
         return {"events": [], "last": last, "reset": False, "close": True}
 
     # --- limits and malformed input ----------------------------------------------------
@@ -597,7 +601,7 @@ class ServerProtocol(FarmAMP):
         self._need_user()
         if self.conn is not None and self.conn.state is not CloseState.OPEN:
             return self._close_answer(after)  # asked to close: say it again
-        events = self.farm.events
+        events = self.server.events
         limit = max(1, min(limit or 10_000, 10_000))
 
         def answer() -> dict[str, Any]:

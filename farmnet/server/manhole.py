@@ -31,7 +31,7 @@ Every login attempt is logged with the structured fields ``kind`` ("telnet"/"ssh
 ``user``, ``peer`` (``host:port``, or ``unix pid=.. uid=..`` from SO_PEERCRED) and
 ``success``; refusals carry ``reason``, SSH logins ``key`` (fingerprint and comment).
 
-Wiring (farmnet.server.service)::
+Wiring (farmnet.app)::
 
     for manhole in make_manhole_services(reactor, config, manhole_namespace(self)):
         manhole.setServiceParent(self)

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
-from farmnet.server.model import TaskKey
+from farmnet.model.data import TaskKey
 
 CUT_MARKER = b"\n[farmnet: output cut here: more than %d bytes]\n"
 

@@ -41,9 +41,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from farmnet.model.data import Render
 from farmnet.protocol.commands import KINDS
 from farmnet.protocol.endpoints import set_keepalive, socket_of
-from farmnet.server.model import Render
 
 __all__ = [
     "CloseState",

@@ -26,9 +26,11 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from farmnet.jobspec import job_to_document, parse_job
-from farmnet.server.farm import Farm
-from farmnet.server.model import Job, Render, Task, TaskState, User
+from farmnet.model import events as ev
+from farmnet.model.data import Job, Render, Task, TaskState, User
+from farmnet.model.farm import Farm
+from farmnet.model.spec import job_to_document, parse_job
+from farmnet.server.monitors import EventLog
 
 log = Logger()
 
@@ -55,7 +57,7 @@ _USER_FIELDS = ("priority", "max_running_tasks", "max_running_tasks_per_host", "
                 "errors_avoid_host", "errors_task_same_host", "errors_forgive_time", "jobs_solving",
                 "custom_data")
 _RENDER_FIELDS = ("capacity", "max_tasks", "owner", "nimby", "NIMBY", "paused", "sick", "platform",
-                  "cpus", "memory_mb", "wol")
+                  "cpus", "memory_mb", "wol", "time_registered", "time_seen", "errors_in_row", "resources")
 
 
 def _task_row(t: Task) -> tuple[Any, ...]:
@@ -83,16 +85,21 @@ def _render_row(r: Render) -> tuple[Any, ...]:
     fields["macs"] = list(r.macs)
     fields["services"] = sorted(r.services)
     fields["services_disabled"] = sorted(r.services_disabled)
+    fields["error_jobs_in_row"] = sorted(r.error_jobs_in_row)
+    fields["error_history"] = [list(entry) for entry in r.error_history]
     return (r.id, r.name, json.dumps(fields))
 
 
 class Store(service.Service):
     """Loads the farm at start, then follows it as one of its observers."""
 
-    def __init__(self, reactor: Any, path: str | Path, farm: Farm, flush_interval: float = 0.2) -> None:
+    def __init__(self, reactor: Any, path: str | Path, farm: Farm, flush_interval: float = 0.2,
+                 events: EventLog | None = None) -> None:
         self.reactor = reactor
         self.path = Path(path)
         self.farm = farm
+        #: The monitors' event log, whose sequence number survives a restart.
+        self.events = events
         self.flush_interval = flush_interval
         self._db: sqlite3.Connection | None = None
         self._pool = ThreadPool(1, 1, name="farmnet-store")
@@ -102,6 +109,8 @@ class Store(service.Service):
         self._dirty_renders: dict[int, Render] = {}
         self._deleted_jobs: list[int] = []
         self._deleted_renders: list[int] = []
+        self._deleted_users: list[str] = []
+        self._unsubscribe: list[Callable[[], None]] = []
         self._renumbered: list[tuple[int, int]] = []
         self._meta: dict[str, str] = {}
         self._spec_written: dict[int, Any] = {}
@@ -161,8 +170,8 @@ class Store(service.Service):
                               host_errors=json.loads(herr) if herr else None)
             tasks += 1
         last = db.execute("SELECT value FROM meta WHERE key='event_seq'").fetchone()
-        if last is not None:
-            farm.events.last = int(last[0])
+        if last is not None and self.events is not None:
+            self.events.last = int(last[0])
         farm.restore_finished()
         log.info("store {path} loaded: {jobs} jobs, {tasks} stored tasks in {seconds:.2f} s",
                  path=str(self.path), jobs=jobs, tasks=tasks, seconds=time.monotonic() - started)
@@ -170,33 +179,75 @@ class Store(service.Service):
 
     # --- following the farm --------------------------------------------------------------
 
-    def observe(self, what: str, obj: Any) -> None:
-        """Farm observer: remember what changed; written at the next flush."""
+    def follow(self) -> None:
+        """Subscribe to every change that must survive a restart; written at the next flush."""
+        bus = self.farm.bus
+        self._unsubscribe = [
+            bus.subscribe(ev.TaskStateChanged, self._task_changed),
+            bus.subscribe(ev.TasksRenumbered, self._tasks_renumbered),
+            bus.subscribe((ev.JobSubmitted, ev.JobChanged), lambda e: self._job_changed(e.job)),
+            bus.subscribe(ev.RunEnded, self._run_ended),
+            bus.subscribe(ev.JobDeleted, self._job_deleted),
+            bus.subscribe(ev.UserChanged, self._user_changed),
+            bus.subscribe(ev.UserDeleted, self._user_deleted),
+            bus.subscribe(ev.RENDER_EVENTS, self._render_changed),
+            bus.subscribe(ev.RenderDeleted, self._render_deleted),
+        ]
+
+    def _changed(self) -> None:
         if not self._oldest_change:
             self._oldest_change = time.monotonic()
-        if what == "task":
-            self._dirty_tasks[id(obj)] = obj
-            self._dirty_jobs[obj.block.job.id] = obj.block.job  # its spec may have grown
-        elif what == "tasks_renumbered":
-            self._renumbered.append((obj.job.id, obj.number))
-            self._dirty_jobs[obj.job.id] = obj.job
-            for t in obj.tasks:
-                self._dirty_tasks[id(t)] = t
-        elif what in ("job", "run"):
-            job = obj if what == "job" else self.farm.jobs.get(obj.job_id)
-            if job is not None:
-                self._dirty_jobs[job.id] = job
-        elif what == "job_deleted":
-            self._deleted_jobs.append(obj.id)
-            self._dirty_jobs.pop(obj.id, None)
-            self._dirty_tasks = {k: t for k, t in self._dirty_tasks.items() if t.block.job is not obj}
-            self.sync()
-        elif what == "user":
-            self._dirty_users[obj.name] = obj
-        elif what in ("render", "render_sick", "render_zombie"):
-            self._dirty_renders[obj.id] = obj
-        elif what == "render_deleted":
-            self._deleted_renders.append(obj.id)
+
+    def _task_changed(self, event: ev.TaskStateChanged) -> None:
+        self._changed()
+        task = event.task
+        self._dirty_tasks[id(task)] = task
+        self._dirty_jobs[task.block.job.id] = task.block.job  # its spec may have grown
+
+    def _tasks_renumbered(self, event: ev.TasksRenumbered) -> None:
+        self._changed()
+        block = event.block
+        self._renumbered.append((block.job.id, block.number))
+        self._dirty_jobs[block.job.id] = block.job
+        for t in block.tasks:
+            self._dirty_tasks[id(t)] = t
+
+    def _job_changed(self, job: Job) -> None:
+        self._changed()
+        self._dirty_jobs[job.id] = job
+
+    def _run_ended(self, event: ev.RunEnded) -> None:
+        job = self.farm.jobs.get(event.run.job_id)
+        if job is not None:
+            self._job_changed(job)
+
+    def _job_deleted(self, event: ev.JobDeleted) -> None:
+        self._changed()
+        job = event.job
+        self._deleted_jobs.append(job.id)
+        self._dirty_jobs.pop(job.id, None)
+        self._dirty_tasks = {k: t for k, t in self._dirty_tasks.items() if t.block.job is not job}
+        self.sync()
+
+    def _user_changed(self, event: ev.UserChanged) -> None:
+        self._changed()
+        self._dirty_users[event.user.name] = event.user
+
+    def _user_deleted(self, event: ev.UserDeleted) -> None:
+        self._changed()
+        self._dirty_users.pop(event.user.name, None)
+        self._deleted_users.append(event.user.name)
+        self.sync()
+
+    def _render_changed(self, event: ev.RenderEvent) -> None:
+        self._changed()
+        self._dirty_renders[event.render.id] = event.render
+
+    def _render_deleted(self, event: ev.RenderDeleted) -> None:
+        self._changed()
+        self._dirty_renders.pop(event.render.id, None)
+        self._deleted_renders.append(event.render.id)
+        self.sync()
 
     def get_meta(self, key: str) -> Any:
         """A JSON value other parts of the server keep in the store (read at start)."""
@@ -235,7 +286,8 @@ class Store(service.Service):
 
     def _take_changes(self) -> tuple[Any, ...] | None:
         if not (self._dirty_tasks or self._dirty_jobs or self._dirty_users or self._dirty_renders
-                or self._deleted_jobs or self._deleted_renders or self._renumbered or self._meta):
+                or self._deleted_jobs or self._deleted_renders or self._deleted_users or self._renumbered
+                or self._meta):
             return None
         tasks = [_task_row(t) for t in self._dirty_tasks.values() if t.block.job.id in self.farm.jobs]
         jobs = []
@@ -248,19 +300,21 @@ class Store(service.Service):
         users = [_user_row(u) for u in self._dirty_users.values()]
         renders = [_render_row(r) for r in self._dirty_renders.values()]
         deleted, deleted_renders = self._deleted_jobs, self._deleted_renders
+        deleted_users = self._deleted_users
         renumbered, self._renumbered = self._renumbered, []
         meta, self._meta = list(self._meta.items()), {}
         for job_id in deleted:
             self._spec_written.pop(job_id, None)
         self._dirty_tasks, self._dirty_jobs, self._dirty_users, self._dirty_renders = {}, {}, {}, {}
-        self._deleted_jobs, self._deleted_renders = [], []
+        self._deleted_jobs, self._deleted_renders, self._deleted_users = [], [], []
         self.lag = time.monotonic() - self._oldest_change if self._oldest_change else 0.0
         self._oldest_change = 0.0
-        meta.append(("event_seq", str(self.farm.events.last)))
-        return (tasks, jobs, users, renders, deleted, deleted_renders, renumbered, meta)
+        if self.events is not None:
+            meta.append(("event_seq", str(self.events.last)))
+        return (tasks, jobs, users, renders, deleted, deleted_renders, deleted_users, renumbered, meta)
 
     def _write(self, tasks: list, jobs: list, users: list, renders: list, deleted: list,
-               deleted_renders: list, renumbered: list, meta: list) -> None:
+               deleted_renders: list, deleted_users: list, renumbered: list, meta: list) -> None:
         """In the store's thread: one transaction for the whole batch."""
         db = self._db
         assert db is not None
@@ -274,12 +328,14 @@ class Store(service.Service):
                     db.execute("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?)", row)
             db.executemany("DELETE FROM tasks WHERE job_id=? AND block=?", renumbered)
             db.executemany("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", tasks)
+            # Deletions first: a name deleted and taken again in one batch is the new one.
+            db.executemany("DELETE FROM users WHERE name=?", [(u,) for u in deleted_users])
+            db.executemany("DELETE FROM renders WHERE id=?", [(r,) for r in deleted_renders])
             db.executemany("INSERT OR REPLACE INTO users VALUES (?,?,?)", users)
             db.executemany("INSERT OR REPLACE INTO renders VALUES (?,?,?)", renders)
             for job_id in deleted:
                 db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
                 db.execute("DELETE FROM tasks WHERE job_id=?", (job_id,))
-            db.executemany("DELETE FROM renders WHERE id=?", [(r,) for r in deleted_renders])
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
             db.execute("COMMIT")
         except BaseException:
@@ -303,7 +359,7 @@ class Store(service.Service):
 
     def _requeue(self, changes: tuple) -> None:
         """A failed batch is written again with the next (rows are idempotent upserts)."""
-        tasks, jobs, users, renders, deleted, deleted_renders, renumbered, meta = changes
+        tasks, jobs, users, renders, deleted, deleted_renders, deleted_users, renumbered, meta = changes
         self._renumbered[:0] = renumbered
         for key, value in meta:
             self._meta.setdefault(key, value)
@@ -319,12 +375,14 @@ class Store(service.Service):
                 if row[-1] is not None:
                     self._spec_written.pop(job.id, None)
         for row in users:
-            self._dirty_users.setdefault(row[0], self.farm.users[row[0]])
+            if row[0] in self.farm.users:
+                self._dirty_users.setdefault(row[0], self.farm.users[row[0]])
         for row in renders:
             if row[0] in self.farm.renders:
                 self._dirty_renders.setdefault(row[0], self.farm.renders[row[0]])
         self._deleted_jobs[:0] = deleted
         self._deleted_renders[:0] = deleted_renders
+        self._deleted_users[:0] = deleted_users
 
     # --- service -----------------------------------------------------------------------
 
@@ -333,20 +391,32 @@ class Store(service.Service):
         self._pool.start()
         if self._db is None:
             self.load()
-        self.farm.observers.append(self.observe)
+        self.follow()
         self._loop.start(self.flush_interval, now=False)
 
     async def _stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
-        if self.observe in self.farm.observers:
-            self.farm.observers.remove(self.observe)
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
         if self._writing is not None:
             await self._writing
+        self.write_now()
+        self._pool.stop()
+        self.close()
+
+    def write_now(self) -> None:
+        """Write everything pending on this thread: the last batch at shutdown (and tests
+        that restart a farm without a reactor)."""
         changes = self._take_changes()
         if changes is not None:
-            self._write(*changes)  # the last batch, at shutdown: on this thread is fine
-        self._pool.stop()
+            self._write(*changes)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None

@@ -1,6 +1,6 @@
 """From the farm's notifications to rows in PostgreSQL: the recorder and the writer.
 
-:class:`Recorder` is a farm observer. It runs on the reactor's hot path, so all it does
+:class:`Recorder` subscribes to the farm's events. It runs on the reactor's hot path, so all it does
 is append a row (a list, in the column order of :mod:`farmnet.stats.schema`) to an
 in-memory buffer: a ``tasks`` row when a task run ends, a ``jobs`` row when a job is done
 (or deleted before being done), a ``logs`` row for job created/done/deleted, render
@@ -30,7 +30,8 @@ import attrs
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
-from farmnet.server.model import Job, Render, TaskRun, TaskState, User
+from farmnet.model import events as ev
+from farmnet.model.data import Job, Render, TaskRun, TaskState, User
 from farmnet.stats import schema
 from farmnet.stats.db import Database, describe_error, error_code, is_connection_error
 from farmnet.stats.spool import Spool, batch_rows
@@ -81,7 +82,7 @@ class _JobTally:
 
 
 class Recorder:
-    """Farm observer: notifications become rows in memory, nothing more.
+    """The farm's events become rows in memory, nothing more.
 
     ``on_full()`` is called (once, until the next :meth:`take`) when ``full_rows`` rows
     wait; it must not do the writing itself (it runs inside the farm's mutation).
@@ -109,46 +110,47 @@ class Recorder:
         #: Job rows made in this reactor turn: a job is done before the run that did it is
         #: notified, and that run's figures still belong in the row.
         self._just_done: dict[int, list[Any]] = {}
+        self._unsubscribe: list[Callable[[], None]] = []
 
     # --- attaching ---------------------------------------------------------------------
 
     def attach(self, farm: Any) -> None:
-        """Observe ``farm``; what it holds already is known, not logged again."""
+        """Subscribe to ``farm``'s events; what it holds already is known, not logged again."""
         self._farm = farm
         self._known_jobs = set(farm.jobs)
         self._done_jobs = {job_id for job_id, job in farm.jobs.items() if job.done}
         self._renders_online = {render.name: render.online for render in farm.renders.values()}
-        farm.observers.append(self.observe)
+        bus = farm.bus
+        self._unsubscribe = [
+            bus.subscribe(ev.RunEnded, lambda e: self._run(e.run)),
+            bus.subscribe((ev.JobSubmitted, ev.JobChanged), lambda e: self._job(e.job)),
+            bus.subscribe(ev.JobDeleted, lambda e: self._job_deleted(e.job)),
+            bus.subscribe((ev.RenderRegistered, ev.RenderChanged), lambda e: self._render(e.render)),
+            bus.subscribe(ev.RenderLost, self._render_lost),
+            bus.subscribe(ev.RenderSick, self._render_sick),
+            bus.subscribe(ev.UserChanged, lambda e: self._user(e.user)),
+        ]
 
     def detach(self) -> None:
-        if self._farm is not None:
-            try:
-                self._farm.observers.remove(self.observe)
-            except ValueError:
-                pass
-            self._farm = None
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        self._farm = None
 
     # --- the hot path --------------------------------------------------------------------
 
-    def observe(self, what: str, obj: Any) -> None:
-        if what == "task":  # by far the most frequent: nothing to record
-            return
-        if what == "run":
-            self._run(obj)
-        elif what == "job":
-            self._job(obj)
-        elif what == "job_deleted":
-            self._job_deleted(obj)
-        elif what == "render":
-            self._render(obj)
-        elif what == "user":
-            self._user(obj)
-        elif what == "render_zombie":
-            self._log(self.clock.seconds(), obj.name, "render_zombie", obj.name, obj.id,
+    def _render_lost(self, event: ev.RenderLost) -> None:
+        render = event.render
+        if event.zombie:
+            self._log(self.clock.seconds(), render.name, "render_zombie", render.name, render.id,
                       "silent past zombie_time")
-        elif what == "render_sick":
-            self._log(self.clock.seconds(), obj.name, "render_sick", obj.name, obj.id,
-                      f"{getattr(obj, 'errors_in_row', 0)} errors in a row from different jobs")
+        self._render(render)
+
+    def _render_sick(self, event: ev.RenderSick) -> None:
+        render = event.render
+        self._render(render)
+        self._log(self.clock.seconds(), render.name, "render_sick", render.name, render.id,
+                  f"{render.errors_in_row} errors in a row from different jobs")
 
     def _added(self) -> None:
         self.count += 1

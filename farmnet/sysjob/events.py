@@ -375,7 +375,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 async def main(reactor: Any, *argv: str) -> None:
-    from farmnet.render.services import import_object  # the render's plug-in loader
+    from farmnet.plugins import import_object
 
     args = parse_args(argv)
     try:

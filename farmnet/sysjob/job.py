@@ -27,9 +27,10 @@ from twisted.application import service
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from farmnet.jobspec import BlockSpec, JobSpec
-from farmnet.server.farm import Farm
-from farmnet.server.model import Block, Job, Render, Task, TaskKey, TaskState
+from farmnet.model import events as ev
+from farmnet.model.data import Block, Job, Render, Task, TaskKey, TaskState
+from farmnet.model.farm import Farm
+from farmnet.model.spec import BlockSpec, JobSpec
 
 log = Logger()
 
@@ -72,6 +73,7 @@ class SystemJob(service.Service):
         self.job: Job | None = None
         self._born: dict[int, float] = {}
         self._told: set[tuple[int, str]] = set()
+        self._unsubscribe: list[Callable[[], None]] = []
         self._check: IDelayedCall | None = None
         self._cleanup = False
         self._reasons: dict[int, str] = {}
@@ -138,28 +140,61 @@ class SystemJob(service.Service):
 
     # --- following the farm --------------------------------------------------------------
 
-    def observe(self, what: str, obj: Any) -> None:
+    def follow(self) -> None:
+        """Subscribe to what makes system tasks or events (Afanasy's JOB_*/RENDER_*)."""
+        bus = self.farm.bus
+        self._unsubscribe = [
+            bus.subscribe(ev.TaskStateChanged, self._task_changed),
+            bus.subscribe(ev.TasksRestarted, self._tasks_restarted),
+            bus.subscribe(ev.JobSubmitted, self._job_submitted),
+            bus.subscribe(ev.JobChanged, self._job_changed),
+            bus.subscribe(ev.JobDeleted, self._job_deleted),
+            bus.subscribe(ev.RenderLost, self._render_lost),
+            bus.subscribe(ev.RenderSick, self._render_sick),
+        ]
+
+    def _is_other(self, job: Job) -> bool:
+        return self.job is not None and job is not self.job
+
+    def _task_changed(self, event: ev.TaskStateChanged) -> None:
+        if self.job is not None and event.task.block.job is self.job:
+            self._system_task_changed(event.task)
+
+    def _tasks_restarted(self, event: ev.TasksRestarted) -> None:
+        job = event.block.job
         if self.job is None:
             return
-        if what == "task" and obj.block.job is self.job:
-            self._system_task_changed(obj)
-        elif what == "tasks_restarted":
-            if obj.job is self.job:
-                self._flow()
-            self._told -= {(obj.job.id, "JOB_DONE"), (obj.job.id, "JOB_ERROR")}
-        elif what == "job_deleted" and obj is not self.job:
-            self._post_commands(obj)
-            self._job_event("JOB_DELETED", obj)
-            self._told = {told for told in self._told if told[0] != obj.id}
-        elif what == "job_created" and obj is not self.job:
-            self._job_event("JOB_CREATED", obj)
-        elif what == "job" and obj is not self.job:
-            if obj.done:
-                self._job_event("JOB_DONE", obj)
-            elif obj.state is TaskState.ERR:
-                self._job_event("JOB_ERROR", obj)
-        elif what in ("render_zombie", "render_sick"):
-            self._render_event(what.upper(), obj)
+        if job is self.job:
+            self._flow()
+        self._told -= {(job.id, "JOB_DONE"), (job.id, "JOB_ERROR")}
+
+    def _job_submitted(self, event: ev.JobSubmitted) -> None:
+        if self._is_other(event.job):
+            self._job_event("JOB_CREATED", event.job)
+
+    def _job_changed(self, event: ev.JobChanged) -> None:
+        job = event.job
+        if not self._is_other(job):
+            return
+        if job.done:
+            self._job_event("JOB_DONE", job)
+        elif job.state is TaskState.ERR:
+            self._job_event("JOB_ERROR", job)
+
+    def _job_deleted(self, event: ev.JobDeleted) -> None:
+        job = event.job
+        if self._is_other(job):
+            self._post_commands(job)
+            self._job_event("JOB_DELETED", job)
+            self._told = {told for told in self._told if told[0] != job.id}
+
+    def _render_sick(self, event: ev.RenderSick) -> None:
+        if self.job is not None:
+            self._render_event("RENDER_SICK", event.render)
+
+    def _render_lost(self, event: ev.RenderLost) -> None:
+        if self.job is not None and event.zombie:
+            self._render_event("RENDER_ZOMBIE", event.render)
 
     def _system_task_changed(self, task: Task) -> None:
         if task.state is TaskState.ERR:
@@ -256,13 +291,14 @@ class SystemJob(service.Service):
     def startService(self) -> None:
         super().startService()
         self.ensure()
-        self.farm.observers.append(self.observe)
+        self.follow()
         self._flow()
         self._schedule_check()
 
     def stopService(self) -> None:
         super().stopService()
-        if self.observe in self.farm.observers:
-            self.farm.observers.remove(self.observe)
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
         if self._check is not None and self._check.active():
             self._check.cancel()

@@ -90,7 +90,7 @@ class JsonApi:
     async def farm(self, call: Call) -> Reply:
         ctx = self.ctx
         data = dict(ctx.farm.counts())
-        data["last_event"] = ctx.farm.events.last
+        data["last_event"] = ctx.events.last
         data["users"] = len(ctx.farm.users)
         if ctx.stats is not None:
             data["statistics"] = ctx.stats.status

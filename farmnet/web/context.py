@@ -9,7 +9,8 @@ import attrs
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 
-from farmnet.server.farm import Farm
+from farmnet.model.farm import Farm
+from farmnet.server.monitors import EventLog
 from farmnet.server.outputs import OutputStore
 from farmnet.web.live import Streams
 
@@ -20,6 +21,8 @@ __all__ = ["WebContext"]
 class WebContext:
     reactor: Any
     farm: Farm
+    #: The farm's events as records (the /events stream and long-poll).
+    events: EventLog
     outputs: OutputStore | None
     portal: Portal
     #: The statistics service (``status``, ``queries``), or None: statistics not run here.

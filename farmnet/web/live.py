@@ -1,6 +1,6 @@
 """The farm's event log over HTTP: server-sent events and a long-poll.
 
-``GET /events`` streams :attr:`Farm.events <farmnet.server.farm.Farm.events>` as
+``GET /events`` streams :attr:`Farm.events <farmnet.model.farm.Farm.events>` as
 ``text/event-stream``: one ``message`` per event, its ``id:`` the event's sequence number
 and its data the event as JSON. It starts after the ``Last-Event-ID`` header (what a
 browser's EventSource sends when it reconnects), else after ``?after=N`` (a page passes
@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.web import server
 from zope.interface import implementer
 
-from farmnet.server.events import EventLog
+from farmnet.server.monitors import EventLog
 from farmnet.web.routing import STREAMING, Call, HTTPError, Reply, json_reply
 
 __all__ = ["EventStream", "Streams", "long_poll", "sse"]

@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from farmnet.server.farm import Farm
-from farmnet.server.model import TaskState
+from farmnet.model.data import TaskState
+from farmnet.model.farm import Farm
+from farmnet.server.monitors import EventLog
 from farmnet.web.routing import Call, Reply
 
 __all__ = ["FarmCollector", "RENDER_STATES", "make_registry", "metrics_handler"]
@@ -39,10 +40,12 @@ class FarmCollector:
     """Gauges of renders, tasks, jobs and users by state; counters of assignments and events;
     connections and web clients when the site knows them."""
 
-    def __init__(self, farm: Farm, extra: Callable[[], dict[str, tuple[str, float]]] | None = None,
+    def __init__(self, farm: Farm, events: EventLog,
+                 extra: Callable[[], dict[str, tuple[str, float]]] | None = None,
                  statistics: Callable[[], bool | None] | None = None,
                  connections: Callable[[], dict[str, int] | None] | None = None) -> None:
         self.farm = farm
+        self.events = events
         #: AMP connections by kind (render, tool, monitor, ...), when the server tells.
         self.connections = connections
         #: Gauge name → (help, value), e.g. AMP connections and SSE clients.
@@ -91,8 +94,8 @@ class FarmCollector:
         yield running
 
         yield CounterMetricFamily("farmnet_task_assignments", "Tasks handed to renders by the scheduler.",
-                                  value=farm.scheduler.assignments)
-        yield CounterMetricFamily("farmnet_events", "Events in the farm's event log.", value=farm.events.last)
+                                  value=farm.assignments)
+        yield CounterMetricFamily("farmnet_events", "Events in the farm's event log.", value=self.events.last)
         if self.extra is not None:
             for name, (help_text, value) in self.extra().items():
                 yield GaugeMetricFamily(name, help_text, value=value)

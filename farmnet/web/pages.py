@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from farmnet.server.model import TaskState
+from farmnet.model.data import TaskState
 from farmnet.web import auth
 from farmnet.web.assets import CSS, JS, asset_version
 from farmnet.web.context import WebContext
@@ -103,7 +103,7 @@ def layout(ctx: WebContext, call: Call, title: str, content: Markup, *, current:
 def live_page(ctx: WebContext, call: Call, title: str, body: Markup, *, watch: str | None, current: str,
               poll_ms: int | None = None, status: int = 200) -> Reply:
     """A page whose ``#live`` part follows the farm; ``?partial=1`` gives only that part."""
-    live = el("div", body, id="live", data_seq=str(ctx.farm.events.last), data_watch=watch,
+    live = el("div", body, id="live", data_seq=str(ctx.events.last), data_watch=watch,
               data_poll=str(poll_ms) if poll_ms else None)
     if call.arg("partial") == "1":
         return Reply(live.encode("utf-8"), status)

@@ -34,7 +34,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web import http, server
 
-from farmnet.server.farm import Farm
+from farmnet.model.farm import Farm
+from farmnet.server.monitors import EventLog
 from farmnet.server.outputs import OutputStore
 from farmnet.web import auth, live, metrics
 from farmnet.web.api import JsonApi
@@ -73,13 +74,13 @@ def routes(ctx: WebContext, registry: Any) -> list[Route]:
         r("POST", "/logout", pages.logout, access="open"),
         r("GET", "/static/farmnet.css", asset(CSS, "text/css; charset=utf-8"), access="open"),
         r("GET", "/static/farmnet.js", asset(JS, "text/javascript; charset=utf-8"), access="open"),
-        r("GET", "/events", live.sse(ctx.reactor, ctx.farm.events, ctx.streams), api=True),
+        r("GET", "/events", live.sse(ctx.reactor, ctx.events, ctx.streams), api=True),
         r("GET", "/metrics", metrics.metrics_handler(registry), api=True),
         r("GET", "/api", api.index),
         r("POST", "/api/act", api.post_act),
         r("GET", "/api/farm", api.farm),
         r("GET", "/api/whoami", api.whoami),
-        r("GET", "/api/events", live.long_poll(ctx.reactor, ctx.farm.events)),
+        r("GET", "/api/events", live.long_poll(ctx.reactor, ctx.events)),
         r("GET", "/api/jobs", api.jobs),
         r("GET", f"/api/jobs/{ID}", api.job),
         r("GET", f"/api/jobs/{ID}/explain", api.explain),
@@ -138,11 +139,12 @@ class FarmSite(server.Site):
 
 def make_site(reactor: Any, farm: Farm | None = None, config: Any = None, outputs: OutputStore | None = None,
               stats: Any = None, *, durable: Callable[[], defer.Deferred[Any]] | None = None, amp: Any = None,
-              portal: Portal | None = None) -> FarmSite:
+              portal: Portal | None = None, events: EventLog | None = None) -> FarmSite:
     """The site for ``farm``. ``config`` is the ServerConfig (``web_public``,
     ``users_file``); ``stats`` the StatsService (or None); ``durable`` waits until the farm's
     changes are on disk (actions answer after it); ``amp`` the FarmServer (its connections
-    are counted in /metrics); ``portal`` replaces the password file's (tests).
+    are counted in /metrics); ``portal`` replaces the password file's (tests); ``events`` is
+    the farm's event log (a new one follows ``farm`` when not given).
 
     The older ``make_site(farm)`` still works (read-only, no outputs, no statistics)."""
     if farm is None and isinstance(reactor, Farm):
@@ -153,7 +155,10 @@ def make_site(reactor: Any, farm: Farm | None = None, config: Any = None, output
     public = bool(getattr(config, "web_public", True))
     if portal is None:
         portal = auth.make_portal(reactor, users_file)
-    ctx = WebContext(reactor=reactor, farm=farm, outputs=outputs, portal=portal, stats=stats, public=public,
+    if events is None:
+        events = EventLog(farm)
+    ctx = WebContext(reactor=reactor, farm=farm, events=events, outputs=outputs, portal=portal, stats=stats,
+                     public=public,
                      logins=bool(portal.listCredentialsInterfaces()), durable=durable, amp=amp)
     site_box: list[FarmSite] = []
 
@@ -176,7 +181,7 @@ def make_site(reactor: Any, farm: Farm | None = None, config: Any = None, output
     def statistics_up() -> bool | None:
         return None if stats is None else bool(getattr(stats, "enabled", False))
 
-    registry = metrics.make_registry(metrics.FarmCollector(farm, extra, statistics_up, connections))
+    registry = metrics.make_registry(metrics.FarmCollector(farm, events, extra, statistics_up, connections))
     pages = LivePages(ctx)
     dispatcher = Dispatcher(portal, public, routes(ctx, registry), pages.error_page)
     site = FarmSite(ctx, dispatcher, reactor)

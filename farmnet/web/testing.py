@@ -11,9 +11,9 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
-from farmnet.jobspec import parse_job
-from farmnet.server.farm import Farm
-from farmnet.server.model import Job, Render
+from farmnet.model.data import Job, Render
+from farmnet.model.farm import Farm
+from farmnet.model.spec import parse_job
 from farmnet.server.passwords import hash_password
 from farmnet.web.site import FarmSite, make_site
 

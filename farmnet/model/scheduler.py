@@ -22,12 +22,12 @@ from __future__ import annotations
 import enum
 import re
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
-from farmnet.server.model import Block, Job, Render, Task, TaskState, User
+from twisted.internet.interfaces import IReactorTime
 
-if TYPE_CHECKING:
-    from farmnet.server.farm import Farm
+from farmnet.model.data import Block, Job, Render, Task, TaskState, User
 
 #: Tasks of one block looked at per pick before giving up on it (task-level refusals).
 SCAN = 256
@@ -78,18 +78,36 @@ def _need(priority: int, resources: int) -> float:
     return 1.1**priority / (resources + 1)
 
 
+class FarmView(Protocol):
+    """What the scheduler reads of the farm; it never changes the farm itself."""
+
+    clock: IReactorTime
+    users: Mapping[str, User]
+    jobs: Mapping[int, Job]
+    renders: Mapping[int, Render]
+    work_generation: int
+    jobs_generation: int
+    tickets_used: Counter[str]
+
+    @property
+    def settings(self) -> Any: ...
+
+    def smallest_block_capacity(self) -> int: ...
+
+    def setting(self, block: Block, name: str) -> Any: ...
+
+
 class Scheduler:
-    def __init__(self, farm: Farm) -> None:
+    def __init__(self, farm: FarmView) -> None:
         self.farm = farm
-        self.assignments = 0
         self._depends_cache: dict[int, tuple[int, list[str]]] = {}
 
     # --- solving -----------------------------------------------------------------------
 
-    def solve(self) -> int:
-        """Give every render with room as many tasks as fit; returns how many started."""
+    def assignments(self) -> Iterator[tuple[Task, Render]]:
+        """Every (task, render) to start now, one at a time: the farm starts each before
+        asking for the next, so each pick sees the previous ones."""
         farm = self.farm
-        started = 0
         for render in list(farm.renders.values()):
             if render.solved_empty_at == farm.work_generation:
                 continue
@@ -100,10 +118,7 @@ class Scheduler:
                 if task is None:
                     render.solved_empty_at = farm.work_generation
                     break
-                farm.start_task(task, render)
-                started += 1
-        self.assignments += started
-        return started
+                yield task, render
 
     def pick(self, render: Render) -> Task | None:
         now = self.farm.clock.seconds()

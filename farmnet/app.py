@@ -18,8 +18,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from farmnet.config import ServerConfig
+from farmnet.model.farm import Farm, FarmSettings
 from farmnet.server.amp import FarmServer, ServerFactory
-from farmnet.server.farm import Farm, FarmSettings
+from farmnet.server.monitors import EventLog
 from farmnet.server.netstats import StatisticsLogger
 from farmnet.server.outputs import OutputStore
 from farmnet.server.registry import Limits, raise_fd_limit
@@ -87,8 +88,10 @@ class ServerService(service.MultiService):
             solve_by_capacity=config.solve_by_capacity, tickets=dict(config.tickets),
             tickets_per_host=dict(config.tickets_per_host))
         self.farm = Farm(reactor, settings)
+        #: The monitors' view of the farm's events (AMP PollEvents, the web's /events).
+        self.events = EventLog(self.farm)
         store = Path(config.store)
-        self.store = Store(reactor, store / "farm.sqlite", self.farm)
+        self.store = Store(reactor, store / "farm.sqlite", self.farm, events=self.events)
         self.store.setServiceParent(self)  # first: the farm is loaded before anyone connects
         self.stats = StatsService(reactor, config, self.farm)
         self.stats.setServiceParent(self)  # after the store, before the listeners
@@ -111,7 +114,8 @@ class ServerService(service.MultiService):
             users_file=config.users_file,
             limits=Limits(max_connections_per_address=config.max_connections_per_address,
                           max_box_bytes=config.max_box_bytes,
-                          max_boxes_per_second=config.max_boxes_per_second))
+                          max_boxes_per_second=config.max_boxes_per_second),
+            events=self.events)
         self.listener = Listener(reactor, config.listen, ServerFactory(self.server),
                                  store / "amp.address")
         self.listener.setServiceParent(self)
@@ -121,7 +125,7 @@ class ServerService(service.MultiService):
             from farmnet.web.site import make_site
 
             self.web_site = make_site(reactor, self.farm, config, self.outputs, self.stats,
-                                      durable=self.store.sync, amp=self.server)
+                                      durable=self.store.sync, amp=self.server, events=self.events)
             self.web = Listener(reactor, config.web, self.web_site, store / "web.address")
             self.web.setServiceParent(self)
         from farmnet.server.manhole import make_manhole_services, manhole_namespace

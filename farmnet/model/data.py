@@ -1,7 +1,7 @@
 """The farm's objects: jobs, blocks, tasks, users and renders, with Afanasy's names.
 
 Plain data, no I/O and no behaviour beyond what can be derived. Every mutation goes
-through `farmnet.server.farm.Farm`, so counters stay right and the store, statistics
+through `farmnet.model.farm.Farm`, so counters stay right and the store, statistics
 and monitors see every change.
 
 Memory matters (100,000 tasks and 1,000 renders in a few hundred MB): a task is a small
@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from farmnet.jobspec import BlockSpec, JobSpec
+from farmnet.model.spec import BlockSpec, JobSpec
 
 
 class TaskState(enum.StrEnum):

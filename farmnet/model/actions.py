@@ -1,0 +1,244 @@
+"""Actions on jobs, tasks, users and renders (pause, restart, skip, set, nimby, eject, ...):
+each checks permissions and input first, for all items, then changes all of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+
+from farmnet import errors
+from farmnet.model.data import ACTIVE, Job, Task, TaskState
+from farmnet.model.events import JobDeleted, RenderDeleted, TasksRestarted, UserChanged, UserDeleted
+from farmnet.model.lifecycle import TaskLife
+from farmnet.model.policy import JOB_ACTIONS, RENDER_ACTIONS, TASK_ACTIONS, USER_ACTIONS, Policy
+from farmnet.model.state import compile_mask
+
+log = Logger()
+
+
+class Actions(TaskLife, Policy):
+    def job_action(self, user: str, job_ids: Iterable[int], action: str, value: Any = None) -> list[int]:
+        """pause, resume, stop (pause and return running tasks to ready), delete (kills
+        what runs), restart, restart_errors, restart_running, skip, set_priority N,
+        set {param: value}, set_block {"block": N, param: value}."""
+        if action not in JOB_ACTIONS:
+            raise errors.InvalidAction(f"unknown job action {action!r}; one of {', '.join(JOB_ACTIONS)}")
+        jobs = [self.job(i) for i in job_ids]
+        for job in jobs:  # all or nothing: check every job before changing any
+            self.check_may_change(user, job)
+            if action == "delete" and job.id == self.system_job_id:
+                raise errors.InvalidAction("the system job cannot be deleted")
+        if action == "set_priority":
+            action, value = "set", {"priority": value}
+        if action == "set":
+            value = self._valid_job_changes(value)
+        if action == "set_block":
+            value = self._valid_block_changes(jobs, value)
+        for job in jobs:
+            getattr(self, f"_job_{action}")(job, value)
+            log.info("{user} {action} job {job_id}", user=user, action=action, job_id=job.id)
+        self.request_solve()
+        return [job.id for job in jobs]
+
+    def _job_pause(self, job: Job, value: Any) -> None:
+        job.paused = True
+        self._job_changed(job)
+
+    def _job_resume(self, job: Job, value: Any) -> None:
+        job.paused = False
+        self.work_generation += 1
+        self._job_changed(job)
+
+    def _job_stop(self, job: Job, value: Any) -> None:
+        job.paused = True
+        self._restart_tasks(job, lambda t: t.state in ACTIVE, "job stopped")
+
+    def _job_set(self, job: Job, changes: dict[str, Any]) -> None:
+        if "priority" in changes:
+            self._ready_jobs_remove(job)
+            job.priority = changes["priority"]
+            if job.counts[TaskState.RDY]:
+                self._ready_jobs_add(job)
+        job.spec = attrs.evolve(job.spec, **changes)
+        job.hosts_mask = compile_mask(job.spec.hosts_mask)
+        job.hosts_mask_exclude = compile_mask(job.spec.hosts_mask_exclude)
+        self._schedule_time_wait(job)
+        self.jobs_generation += 1
+        self.work_generation += 1
+        self._job_changed(job)
+
+    def _job_set_block(self, job: Job, value: dict[str, Any]) -> None:
+        changes = {k: v for k, v in value.items() if k != "block"}
+        block = job.blocks[value["block"]]
+        if not block.finished:
+            self._count_capacity(block.spec.capacity, -1)
+        block.spec = attrs.evolve(block.spec, **changes)
+        if not block.finished:
+            self._count_capacity(block.spec.capacity, +1)
+        block.hosts_mask = compile_mask(block.spec.hosts_mask)
+        block.hosts_mask_exclude = compile_mask(block.spec.hosts_mask_exclude)
+        if "sequential" in changes:
+            block.set_order(block.spec.sequential)
+        self._link_blocks(job)
+        self.work_generation += 1
+        self._job_changed(job)
+
+    def _job_restart(self, job: Job, value: Any) -> None:
+        self._restart_tasks(job, lambda t: True, "job restarted")
+
+    def _job_restart_errors(self, job: Job, value: Any) -> None:
+        self._restart_tasks(job, lambda t: t.state is TaskState.ERR, "errors restarted")
+
+    def _job_restart_running(self, job: Job, value: Any) -> None:
+        self._restart_tasks(job, lambda t: t.state in ACTIVE, "running tasks restarted")
+
+    def _job_skip(self, job: Job, value: Any) -> None:
+        for block in job.blocks:
+            for task in block.tasks:
+                if task.state is not TaskState.DON:
+                    self._skip_task(task)
+        self._job_changed(job)
+
+    def _restart_tasks(self, job: Job, which: Callable[[Task], bool], reason: str) -> None:
+        for block in job.blocks:
+            chosen = [task for task in block.tasks if which(task)]
+            for task in chosen:
+                self._restart_task(task, reason)
+            if chosen:
+                self.bus.publish(TasksRestarted(block))
+        self._job_changed(job)
+
+    def _job_delete(self, job: Job, value: Any) -> None:
+        for block in job.blocks:
+            for task in block.tasks:
+                if task.state in ACTIVE:
+                    self._stop_task(task, "job deleted")
+        self._ready_jobs_remove(job)
+        self._cancel_timer("wait", job.id)
+        for block in job.blocks:
+            if not block.finished:
+                self._count_capacity(block.spec.capacity, -1)
+        del self.jobs[job.id]
+        self.users[job.user_name].jobs.discard(job.id)
+        self.jobs_generation += 1
+        self.work_generation += 1
+        self.bus.publish(JobDeleted(job))
+
+    def task_action(self, user: str, job_id: int, block: int, tasks: Iterable[int], action: str) -> list[int]:
+        """restart or skip some tasks of one block."""
+        if action not in TASK_ACTIONS:
+            raise errors.InvalidAction(f"unknown task action {action!r}; one of {', '.join(TASK_ACTIONS)}")
+        job = self.job(job_id)
+        self.check_may_change(user, job)
+        chosen = [self.task((job_id, block, n)) for n in tasks]
+        for task in chosen:
+            if action == "restart":
+                self._restart_task(task, "task restarted")
+                self.bus.publish(TasksRestarted(task.block))
+            else:
+                self._skip_task(task)
+        self._job_changed(job)
+        self.request_solve()
+        return [t.number for t in chosen]
+
+    def user_action(self, user: str, names: Iterable[str], action: str, value: Any = None) -> list[str]:
+        """Admins set a user's priority, limits, hosts masks, error settings and solving, or
+        delete users who have no jobs (a user comes back with their next job)."""
+        if action not in USER_ACTIONS:
+            raise errors.InvalidAction(f"unknown user action {action!r}; one of {', '.join(USER_ACTIONS)}")
+        self._check_admin(user, "change users")
+        users = [self.user(n) for n in names]
+        if action == "delete":
+            for u in users:
+                if u.jobs:
+                    raise errors.InvalidAction(f"user {u.name!r} has {len(u.jobs)} jobs: delete them first")
+            for u in users:
+                del self.users[u.name]
+                log.info("{user} deleted user {name}", user=user, name=u.name)
+                self.bus.publish(UserDeleted(u))
+            return [u.name for u in users]
+        changes = self._valid_user_changes(value)
+        for u in users:
+            for key, val in changes.items():
+                setattr(u, key, compile_mask(val) if key.startswith("hosts_mask") else val)
+            self.bus.publish(UserChanged(u))
+        self.work_generation += 1
+        self.request_solve()
+        return [u.name for u in users]
+
+    def render_action(self, user: str, names: Iterable[str], action: str, value: Any = None) -> list[str]:
+        """nimby (only the owner's jobs), NIMBY (none), free (clear both), pause, resume,
+        eject (its tasks back to ready), exit, heal (clear SICK), set {capacity,
+        max_tasks}. The render's owner may do nimby, NIMBY, free, pause, resume and eject;
+        admins everything."""
+        if action not in RENDER_ACTIONS:
+            raise errors.InvalidAction(
+                f"unknown render action {action!r}; one of {', '.join(RENDER_ACTIONS)}")
+        renders = [self.render_named(n) for n in names]
+        owner_may = action in ("nimby", "NIMBY", "free", "pause", "resume", "eject", "sleep")
+        for render in renders:
+            if not (self.is_admin(user) or (owner_may and render.owner and render.owner == user)):
+                raise errors.PermissionDenied(f"user {user!r} may not {action} render {render.name!r}")
+        if action == "set":
+            valid = isinstance(value, Mapping) and value and set(value) <= {"capacity", "max_tasks"} and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values())
+            if not valid:
+                raise errors.InvalidAction('set needs {"capacity": N, "max_tasks": N}')
+        for render in renders:
+            if action == "nimby":
+                render.nimby, render.NIMBY = True, False
+            elif action == "NIMBY":
+                render.NIMBY = True
+            elif action == "free":
+                render.nimby = render.NIMBY = False
+            elif action in ("pause", "resume"):
+                render.paused = action == "pause"
+            elif action == "heal":
+                render.sick, render.errors_in_row = False, 0
+                render.error_jobs_in_row.clear()
+            elif action == "eject":
+                for task in list(render.tasks.values()):
+                    self._stop_task(task, f"ejected by {user}")
+                    self._set_state(task, TaskState.RDY)
+            elif action == "exit":
+                self._order(render, {"order": "exit"})
+            elif action == "sleep":
+                if not render.online or render.tasks:
+                    raise errors.InvalidAction(f"render {render.name!r} must be online and idle to sleep")
+                render.wol = "falling"
+                self._order(render, {"order": "sleep"})
+            elif action == "wake":
+                if render.online:
+                    raise errors.InvalidAction(f"render {render.name!r} is awake")
+                if self.on_wake is None:
+                    raise errors.InvalidAction("this server has no system job to wake renders")
+                try:
+                    self.on_wake(render)
+                except ValueError as e:
+                    raise errors.InvalidAction(str(e)) from None
+                render.wol = "waking"
+            elif action == "set":
+                for key, val in value.items():
+                    setattr(render, key, val)
+            render.solved_empty_at = -1
+            log.info("{user} {action} render {render}", user=user, action=action, render=render.name)
+            self._render_changed(render)
+        self.request_solve()
+        return [r.name for r in renders]
+
+    def delete_renders(self, user: str, names: Iterable[str]) -> list[str]:
+        """Forget offline renders (admins only)."""
+        self._check_admin(user, "delete renders")
+        renders = [self.render_named(n) for n in names]
+        for render in renders:
+            if render.online:
+                raise errors.InvalidAction(f"render {render.name!r} is online: exit it first")
+        for render in renders:
+            del self.renders[render.id]
+            del self.renders_by_name[render.name]
+            self.bus.publish(RenderDeleted(render))
+        return [r.name for r in renders]
+

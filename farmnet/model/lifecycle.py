@@ -1,0 +1,458 @@
+"""A task's life: submitted, handed to a render, reported, retried or failed, timed out,
+lost with its render and re-attached, and the render's side of it (register, seen, lost).
+
+Every state change goes through `FarmState._set_state`; timers (reconnect, time limits)
+run on the farm's clock; orders for a render are queued with `_order` and announced on
+the bus, never sent from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+
+from farmnet import errors
+from farmnet.model.data import ACTIVE, FINISHED, Block, Job, Render, Task, TaskKey, TaskRun, TaskState, User
+from farmnet.model.events import (
+    JobSubmitted,
+    RenderLost,
+    RenderRegistered,
+    RenderSick,
+    RunEnded,
+    TaskProgressed,
+    TasksRenumbered,
+    TaskStateChanged,
+    UserChanged,
+)
+from farmnet.model.spec import JobSpec, TaskSpec
+from farmnet.model.state import FarmState
+
+log = Logger()
+
+
+class TaskLife(FarmState):
+    def submit(self, spec: JobSpec, user: str) -> Job:
+        owner = spec.user_name or user
+        if owner != user and not self.is_admin(user):
+            raise errors.PermissionDenied(f"user {user!r} may not submit jobs as {owner!r}")
+        if spec.tasks_count > self.settings.max_tasks_per_job:
+            raise errors.JobSpecError(
+                f"job.blocks: {spec.tasks_count} tasks is more than this farm's limit of "
+                f"{self.settings.max_tasks_per_job}")
+        now = self.clock.seconds()
+        self._serial += 1
+        job = self._build_job(self._next_job_id, spec, owner, spec.priority, now, self._serial,
+                              spec.offline)
+        self._next_job_id += 1
+        for block in job.blocks:
+            self._count_capacity(block.spec.capacity, +1)
+        u = self.users.get(owner)
+        if u is None:
+            u = self.users[owner] = User(owner, now)
+            log.info("user {user} created by their first job", user=owner)
+            self.bus.publish(UserChanged(u))
+        u.jobs.add(job.id)
+        self._ready_jobs_add(job)
+        self.jobs_generation += 1
+        self.work_generation += 1
+        self._schedule_time_wait(job)
+        log.info("job {job_id} {job_name} submitted by {user}: {tasks} tasks", job_id=job.id,
+                 job_name=job.name, user=owner, tasks=job.tasks_total)
+        self.bus.publish(JobSubmitted(job))
+        self.request_solve()
+        return job
+
+    def start_task(self, task: Task, render: Render) -> None:
+        """Hand a ready task to a render (the scheduler decided)."""
+        block, job = task.block, task.block.job
+        now = self.clock.seconds()
+        task.starts_count += 1
+        task.progress = 0
+        task.host = render.name
+        task.time_started, task.time_done, task.time_progress = now, 0.0, now
+        if not job.time_started:
+            job.time_started = now
+        self._occupy(render, task)
+        self._set_state(task, TaskState.RUN)
+        self._arm_time_limits(task)
+        spec = block.spec
+        frame_start, frame_end = spec.frames(task.number) if spec.numeric else (0, 0)
+        env = dict(spec.environment)
+        env.update({
+            "FARMNET_JOB_ID": str(job.id), "FARMNET_JOB_NAME": job.name,
+            "FARMNET_BLOCK": str(block.number), "FARMNET_BLOCK_NAME": block.name,
+            "FARMNET_TASK": str(task.number), "FARMNET_TASK_NAME": task.name,
+            "FARMNET_USER": job.user_name, "FARMNET_RUN": str(task.starts_count),
+            "FARMNET_FRAME_START": str(frame_start), "FARMNET_FRAME_END": str(frame_end),
+        })
+        self._order(render, {
+            "order": "start", "job_id": job.id, "block": block.number, "task": task.number,
+            "run": task.starts_count, "name": task.name, "command": task.command,
+            "working_directory": spec.working_directory, "environment": env,
+            "service": spec.service, "parser": spec.parser, "capacity": spec.capacity,
+            "frame_start": frame_start, "frame_end": frame_end,
+        })
+
+    def _arm_time_limits(self, task: Task) -> None:
+        """task_max_run_time and task_progress_change_timeout: the server kills, the run
+        is an error."""
+        spec = task.block.spec
+        now = self.clock.seconds()
+        deadlines = []
+        if spec.task_max_run_time > 0:
+            deadlines.append(task.time_started + spec.task_max_run_time)
+        if spec.task_progress_change_timeout > 0:
+            deadlines.append(task.time_progress + spec.task_progress_change_timeout)
+        if deadlines:
+            self._timer("limits", id(task), min(deadlines) - now, self._check_time_limits, task,
+                        task.starts_count)
+
+    def _check_time_limits(self, task: Task, run: int) -> None:
+        if task.state is not TaskState.RUN or task.starts_count != run:
+            return
+        spec, now = task.block.spec, self.clock.seconds()
+        reason = None
+        if spec.task_max_run_time > 0 and now - task.time_started >= spec.task_max_run_time:
+            reason = f"task_max_run_time of {spec.task_max_run_time} s exceeded"
+        elif (spec.task_progress_change_timeout > 0
+              and now - task.time_progress >= spec.task_progress_change_timeout):
+            timeout = spec.task_progress_change_timeout
+            reason = f"no progress change for task_progress_change_timeout {timeout} s"
+        if reason is None:
+            self._arm_time_limits(task)
+            return
+        log.info("task {key} killed: {reason}", key=task.key, reason=reason)
+        render = self.renders[task.render_id]
+        self._order(render, {"order": "kill", "job_id": task.key[0], "block": task.key[1],
+                             "task": task.key[2], "run": run, "reason": reason})
+        self._release(task)
+        task.time_done = now
+        self._task_failed(task, render, reason)
+        self.bus.publish(RunEnded(self._run_record(task, None, None, reason, None)))
+        self.request_solve()
+
+    def _occupy(self, render: Render, task: Task) -> None:
+        block, job = task.block, task.block.job
+        user = self.users[job.user_name]
+        task.render_id = render.id
+        render.tasks[task.key] = task
+        render.capacity_used += block.spec.capacity
+        block.running_capacity += block.spec.capacity
+        block.running_per_host[render.id] += 1
+        job.running_per_host[render.id] += 1
+        user.running += 1
+        user.running_capacity += block.spec.capacity
+        user.running_per_host[render.id] += 1
+        for name, count in block.spec.tickets.items():
+            self.tickets_used[name] += count
+            render.tickets_used[name] += count
+
+    def _release(self, task: Task, keep_render: bool = False) -> None:
+        """Free what a running task held on its render."""
+        block, job = task.block, task.block.job
+        user = self.users[job.user_name]
+        self._cancel_timer("limits", id(task))
+        render = self.renders.get(task.render_id)
+        if render is not None and render.tasks.pop(task.key, None) is not None:
+            render.capacity_used -= block.spec.capacity
+            render.solved_empty_at = -1
+        if render is not None:
+            for name, count in block.spec.tickets.items():
+                render.tickets_used[name] -= count
+        for name, count in block.spec.tickets.items():
+            self.tickets_used[name] -= count
+        block.running_capacity -= block.spec.capacity
+        user.running -= 1
+        user.running_capacity -= block.spec.capacity
+        for counter in (block.running_per_host, job.running_per_host, user.running_per_host):
+            counter[task.render_id] -= 1
+            if counter[task.render_id] <= 0:
+                del counter[task.render_id]
+        self.work_generation += 1  # limits and tickets freed: blocked work may fit now
+        if not keep_render:
+            task.render_id = 0
+
+    def current_task(self, render: Render, key: TaskKey, run: int) -> Task | None:
+        """The task a report is about, if the report is about its current run."""
+        try:
+            task = self.task(key)
+        except (errors.UnknownJob, errors.UnknownTask):
+            return None
+        if task.state not in ACTIVE or task.starts_count != run or task.render_id != render.id:
+            return None
+        return task
+
+    def task_output(self, render: Render, key: TaskKey, run: int, progress: int | None) -> Task | None:
+        """A running task reported output; returns the task if the report is current."""
+        task = self.current_task(render, key, run)
+        if task is not None and progress is not None and progress != task.progress:
+            task.progress = max(0, min(100, progress))
+            task.time_progress = self.clock.seconds()
+            self.bus.publish(TaskProgressed(task))
+        return task
+
+    def task_finished(self, render: Render, key: TaskKey, run: int, *, exit_code: int | None,
+                      signal: int | None, time_started: float, time_done: float,
+                      message: str = "", peak_memory_mb: int | None = None) -> Task | None:
+        """A task's process ended. A stale or repeated report changes nothing, so a finish
+        is counted once."""
+        task = self.current_task(render, key, run)
+        if task is None:
+            log.debug("stale finish of {key} run {run} from {render}", key=key, run=run,
+                      render=render.name)
+            return None
+        self._cancel_timer("reconnect", id(task))
+        self._release(task)
+        task.time_started, task.time_done = time_started, time_done
+        min_run = task.block.spec.task_min_run_time
+        if exit_code == 0 and signal is None and min_run > 0 and time_done - time_started < min_run:
+            message = f"finished in {time_done - time_started:.1f} s, under task_min_run_time {min_run} s"
+            exit_code = None
+        if exit_code == 0 and signal is None:
+            task.progress = 100
+            render.errors_in_row = 0
+            render.error_jobs_in_row.clear()
+            self._set_state(task, TaskState.DON)
+        else:
+            self._task_failed(task, render, message or f"exit {exit_code} signal {signal}")
+        self.bus.publish(RunEnded(self._run_record(task, exit_code, signal, message, peak_memory_mb)))
+        self.request_solve()
+        return task
+
+    def _task_failed(self, task: Task, render: Render, why: str) -> None:
+        """An error: count it against the task, the block and the host; retry or ERR."""
+        block, job = task.block, task.block.job
+        now = self.clock.seconds()
+        task.errors_count += 1
+        if task.host_errors is None:
+            task.host_errors = {}
+        for table in (block.host_errors, task.host_errors):
+            entry = table.setdefault(render.name, [0, now])
+            entry[0] += 1
+            entry[1] = now
+        render.error_history.append((now, job.id, block.number, task.number, job.user_name))
+        render.errors_in_row += 1
+        render.error_jobs_in_row.add(job.id)
+        sick_after = self.settings.sick_errors_count
+        if sick_after > 0 and not render.sick and len(render.error_jobs_in_row) >= sick_after:
+            render.sick = True
+            log.warn("render {render} is SICK: {count} errors in a row from different jobs",
+                     render=render.name, count=render.errors_in_row)
+            self.bus.publish(RenderSick(render))
+        retries = self.setting(block, "errors_retries")
+        state = TaskState.RDY if task.errors_count <= retries else TaskState.ERR
+        log.info("task {key} failed on {render} ({why}): {state}", key=task.key, render=render.name,
+                 why=why, state=state.value)
+        self._set_state(task, state)
+        if job.state is TaskState.ERR:
+            self._job_changed(job)
+
+    def _run_record(self, task: Task, exit_code: int | None, signal: int | None, message: str,
+                    peak_memory_mb: int | None) -> TaskRun:
+        block, job = task.block, task.block.job
+        frames = block.spec.frames(task.number) if block.spec.numeric else (0, 0)
+        return TaskRun(
+            job_id=job.id, block=block.number, task=task.number, run=task.starts_count,
+            job_name=job.name, block_name=block.name, task_name=task.name, user_name=job.user_name,
+            host=task.host, service=block.spec.service, capacity=block.spec.capacity,
+            command=task.command, frame_start=frames[0], frame_end=frames[1],
+            time_started=task.time_started, time_done=task.time_done, exit_code=exit_code,
+            signal=signal, state=task.state.value, errors_count=task.errors_count,
+            message=message, peak_memory_mb=peak_memory_mb)
+
+    def _stop_task(self, task: Task, reason: str) -> None:
+        """Order the render to kill a running task and forget it here."""
+        self._cancel_timer("reconnect", id(task))
+        render = self.renders.get(task.render_id)
+        if render is not None and render.online and task.key in render.tasks:
+            self._order(render, {"order": "kill", "job_id": task.key[0], "block": task.key[1],
+                                 "task": task.key[2], "run": task.starts_count, "reason": reason})
+        if task.state is TaskState.RUN:
+            self._release(task)
+        task.render_id = 0
+
+    def _restart_task(self, task: Task, reason: str) -> None:
+        if task.state in ACTIVE:
+            self._stop_task(task, reason)
+        task.errors_count = 0
+        task.progress = 0
+        task.host_errors = None
+        self._set_state(task, TaskState.RDY)
+
+    def _skip_task(self, task: Task) -> None:
+        if task.state in ACTIVE:
+            self._stop_task(task, "skipped")
+        self._set_state(task, TaskState.SKP)
+
+    def fail_task(self, task: Task, reason: str) -> None:
+        """Make a task an error now, whatever it was doing (the system job's tasklife)."""
+        if task.state in FINISHED or task.state is TaskState.ERR:
+            return
+        log.info("task {key} is an error: {reason}", key=task.key, reason=reason)
+        if task.state in ACTIVE:
+            self._stop_task(task, reason)
+        task.errors_count += 1
+        task.time_done = self.clock.seconds()
+        self._set_state(task, TaskState.ERR)
+        self.request_solve()
+
+    def append_task(self, block: Block, name: str, command: str) -> Task:
+        """A new ready task at the end of an explicit block (the system job's way)."""
+        if not block.spec.dynamic:
+            raise errors.InvalidAction(f"block {block.name!r} does not take appended tasks")
+        was_finished = block.finished
+        job = block.job
+        block.spec = attrs.evolve(block.spec, tasks=(*block.spec.tasks, TaskSpec(name, command)))
+        task = Task(block, len(block.tasks))
+        block.tasks.append(task)
+        block.counts[TaskState.RDY] += 1
+        job.counts[TaskState.RDY] += 1
+        block.push_ready(task)
+        if was_finished:
+            self._count_capacity(block.spec.capacity, +1)
+        if job.time_done:
+            job.time_done = 0.0
+            self.jobs_generation += 1
+        if job.counts[TaskState.RDY] == 1:
+            self._ready_jobs_add(job)
+        self.work_generation += 1
+        self.bus.publish(TaskStateChanged(task, None))
+        self.request_solve()
+        return task
+
+    def remove_tasks(self, block: Block, which: Callable[[Task], bool]) -> int:
+        """Drop finished tasks from an explicit block that runs nothing (the system job
+        deletes its done and failed tasks). Tasks are renumbered, so it waits for idle."""
+        if block.counts[TaskState.RUN] or block.counts[TaskState.WRC]:
+            return 0
+        keep = [t for t in block.tasks if not which(t)]
+        removed = len(block.tasks) - len(keep)
+        if not removed:
+            return 0
+        was_finished, job = block.finished, block.job
+        for task in block.tasks:
+            if which(task):
+                block.counts[task.state] -= 1
+                job.counts[task.state] -= 1
+        block.spec = attrs.evolve(block.spec, tasks=tuple(block.spec.tasks[t.number] for t in keep))
+        for number, task in enumerate(keep):
+            task.number = number
+        block.tasks = keep
+        block.set_order(block.spec.sequential)
+        if was_finished != block.finished:
+            self._count_capacity(block.spec.capacity, -1 if block.finished else +1)
+        self.bus.publish(TasksRenumbered(block))
+        self._job_changed(job)
+        return removed
+
+    def register_render(self, name: str, *, capacity: int, max_tasks: int = 0,
+                        services: Iterable[str] = (), services_disabled: Iterable[str] = (),
+                        platform: str = "", cpus: int = 0, memory_mb: int = 0, owner: str = "",
+                        macs: Iterable[str] = (), running: Iterable[Mapping[str, int]] = ()) -> Render:
+        """A render (re)connects. Tasks it still runs are re-attached, not re-run; tasks
+        it runs that the farm no longer wants there are killed."""
+        if capacity <= 0:
+            raise errors.InvalidAction(f"render capacity must be positive, got {capacity}")
+        now = self.clock.seconds()
+        render = self.renders_by_name.get(name)
+        if render is None:
+            render = Render(id=self._next_render_id, name=name, capacity=capacity,
+                            max_tasks=max_tasks, services=frozenset(services),
+                            services_disabled=frozenset(services_disabled))
+            self._next_render_id += 1
+            self.renders[render.id] = render
+            self.renders_by_name[name] = render
+        else:
+            self._drop_pending_orders(render)
+        render.capacity, render.max_tasks = capacity, max_tasks
+        render.services, render.services_disabled = frozenset(services), frozenset(services_disabled)
+        render.platform, render.cpus, render.memory_mb = platform, cpus, memory_mb
+        render.owner = owner
+        render.macs = tuple(macs) or render.macs
+        render.wol = ""  # whatever it was, it is awake now
+        render.online, render.time_registered, render.time_seen = True, now, now
+        render.solved_empty_at = -1
+        self._reattach(render, running)
+        log.info("render {render} registered: capacity {capacity}, {running} running",
+                 render=name, capacity=capacity, running=len(render.tasks))
+        self.bus.publish(RenderRegistered(render))
+        self.request_solve()
+        return render
+
+    def _reattach(self, render: Render, running: Iterable[Mapping[str, int]]) -> None:
+        reported = set()
+        for item in running:
+            key = (int(item["job_id"]), int(item["block"]), int(item["task"]))
+            run = int(item["run"])
+            reported.add(key)
+            try:
+                task = self.task(key)
+            except (errors.UnknownJob, errors.UnknownTask):
+                task = None
+            if (task is not None and task.state in ACTIVE and task.starts_count == run
+                    and task.render_id == render.id):
+                if task.state is TaskState.WRC:
+                    self._cancel_timer("reconnect", id(task))
+                    self._occupy(render, task)
+                    self._set_state(task, TaskState.RUN)
+                    self._arm_time_limits(task)
+            else:  # deleted, restarted or run elsewhere meanwhile
+                self._order(render, {"order": "kill", "job_id": key[0], "block": key[1],
+                                     "task": key[2], "run": run, "reason": "not wanted by the server"})
+        for key, task in list(render.tasks.items()):
+            if key not in reported:  # the render lost it (it restarted): run it again
+                self._release(task)
+                self._set_state(task, TaskState.RDY)
+
+    def render_seen(self, render: Render, resources: Mapping[str, Any] | None = None) -> None:
+        """A render spoke; ``resources`` (CPU, memory, swap, disk, load) are shown, not trusted."""
+        render.time_seen = self.clock.seconds()
+        if resources:
+            render.resources = dict(resources)
+
+    def render_lost(self, render: Render, zombie: bool = False) -> None:
+        """The render's connection is gone, or it went silent past zombie_time (Afanasy's
+        RENDER_ZOMBIE). Its running tasks wait for it to reconnect (WRC) for
+        ``task_reconnect_timeout``, then run elsewhere."""
+        if not render.online:
+            return
+        render.online = False
+        if render.wol == "falling":  # it went to sleep as asked: not a zombie
+            render.wol, zombie = "sleeping", False
+        if zombie:
+            log.warn("render {render} is a zombie: silent past zombie_time", render=render.name)
+        self._drop_pending_orders(render)
+        for task in list(render.tasks.values()):
+            self._release(task, keep_render=True)
+            self._set_state(task, TaskState.WRC)
+            self._timer("reconnect", id(task), self.settings.task_reconnect_timeout,
+                        self._reconnect_timeout, task)
+        render.tasks.clear()
+        render.capacity_used = 0
+        log.info("render {render} offline", render=render.name)
+        self.bus.publish(RenderLost(render, zombie))
+
+    def _reconnect_timeout(self, task: Task) -> None:
+        if task.state is TaskState.WRC:
+            log.info("task {key} did not come back with its render: ready again", key=task.key)
+            task.render_id = 0
+            self._set_state(task, TaskState.RDY)
+            self.request_solve()
+
+    def _drop_pending_orders(self, render: Render) -> None:
+        """Undelivered start orders never reached the render: those tasks are ready again."""
+        orders, render.orders = render.orders, []
+        for order in orders:
+            if order["order"] == "start":
+                try:
+                    task = self.task((order["job_id"], order["block"], order["task"]))
+                except (errors.UnknownJob, errors.UnknownTask):
+                    continue  # its job was deleted meanwhile
+                if task.state is TaskState.RUN and task.starts_count == order["run"]:
+                    self._release(task)
+                    task.starts_count -= 1
+                    self._set_state(task, TaskState.RDY)
+

@@ -1,0 +1,260 @@
+"""The farm's state and indices, and the one place a task's state changes.
+
+`FarmState` holds jobs, users and renders with the indices the scheduler needs (ready
+lists, capacities, generations, tickets), the farm's timers, and `_set_state`, which
+keeps counters right and publishes the change. The concerns that change this state are
+mixed into `farmnet.model.farm.Farm`: a task's life (lifecycle.py), actions
+(actions.py), permissions and input checks (policy.py), read views (views.py), restore
+from the store (restore.py).
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from farmnet import errors
+from farmnet.model.data import Block, Job, Render, Task, TaskKey, TaskState, User
+from farmnet.model.events import Bus, JobChanged, OrdersQueued, RenderChanged, TaskStateChanged
+from farmnet.model.policy import FarmSettings
+from farmnet.model.scheduler import Scheduler
+from farmnet.model.spec import JobSpec
+
+log = Logger()
+
+
+def compile_mask(pattern: str) -> re.Pattern[str] | None:
+    return re.compile(pattern) if pattern else None
+
+
+class FarmState:
+    def __init__(self, clock: IReactorTime, settings: FarmSettings | None = None) -> None:
+        self.clock = clock
+        self.settings = settings or FarmSettings()
+        #: Every change is published here once (farmnet.model.events).
+        self.bus = Bus(on_error=self._subscriber_failed)
+        self.jobs: dict[int, Job] = {}
+        self.users: dict[str, User] = {}
+        self.renders: dict[int, Render] = {}
+        self.renders_by_name: dict[str, Render] = {}
+        #: Bumped whenever work may have become runnable, so idle renders re-solve.
+        self.work_generation = 0
+        #: Bumped when jobs come, go, finish or change dependencies (job depend_mask cache).
+        self.jobs_generation = 0
+        self.tickets_used: Counter[str] = Counter()
+        #: The system job (farmnet.sysjob), which users cannot delete, and how it wakes renders.
+        self.system_job_id: int | None = None
+        self.on_wake: Callable[[Render], None] | None = None
+        #: Capacities of unfinished blocks: a render with less free is not worth a solve.
+        self.block_capacities: Counter[int] = Counter()
+        self.scheduler = Scheduler(self)
+        #: Tasks the scheduler has handed to renders since the server started.
+        self.assignments = 0
+        self._next_job_id = 1
+        self._next_render_id = 1
+        self._serial = 0
+        self._solve_call: IDelayedCall | None = None
+        #: Pending timers: ("reconnect"|"limits"|"wait", id) → call.
+        self._timers: dict[tuple[str, int], IDelayedCall] = {}
+
+    def _set_state(self, task: Task, state: TaskState) -> None:
+        old = task.state
+        if old is state:
+            return
+        block, job = task.block, task.block.job
+        block_was_finished = block.finished
+        block.counts[old] -= 1
+        block.counts[state] += 1
+        job.counts[old] -= 1
+        job.counts[state] += 1
+        task.state = state
+        if state is TaskState.RDY:
+            block.push_ready(task)
+            self.work_generation += 1
+            if job.counts[TaskState.RDY] == 1:
+                self._ready_jobs_add(job)
+        elif old is TaskState.RDY and job.counts[TaskState.RDY] == 0:
+            self._ready_jobs_remove(job)
+        if block.finished != block_was_finished:
+            self._count_capacity(block.spec.capacity, -1 if block_was_finished is False else +1)
+            if block.depends_on_me or job.spec.depend_mask:
+                self.work_generation += 1  # blocks or jobs waiting on it may run now
+        self.bus.publish(TaskStateChanged(task, old))
+        was_done = job.time_done
+        if job.done and not was_done:
+            job.time_done = self.clock.seconds()
+            self.jobs_generation += 1
+            self.work_generation += 1
+            log.info("job {job_id} {job_name} done", job_id=job.id, job_name=job.name)
+            self._job_changed(job)
+        elif was_done and not job.done:
+            job.time_done = 0.0
+            self.jobs_generation += 1
+            self._job_changed(job)
+
+    def _subscriber_failed(self, event: object, error: BaseException) -> None:
+        """A subscriber's bug must not leave the farm half-changed: log it, go on."""
+        log.failure("a subscriber failed on {event}", event=type(event).__name__)
+
+    def _job_changed(self, job: Job) -> None:
+        self.bus.publish(JobChanged(job))
+
+    def _render_changed(self, render: Render) -> None:
+        self.bus.publish(RenderChanged(render))
+
+    def _count_capacity(self, capacity: int, delta: int) -> None:
+        self.block_capacities[capacity] += delta
+        if self.block_capacities[capacity] <= 0:
+            del self.block_capacities[capacity]
+
+    def smallest_block_capacity(self) -> int:
+        """A lower bound of what any unfinished block needs on a render."""
+        return min(self.block_capacities, default=0)
+
+    def _ready_jobs_add(self, job: Job) -> None:
+        jobs = self.users[job.user_name].ready_jobs
+        if job not in jobs:
+            bisect.insort(jobs, job, key=Job.order_key)
+
+    def _ready_jobs_remove(self, job: Job) -> None:
+        jobs = self.users[job.user_name].ready_jobs
+        if job in jobs:
+            jobs.remove(job)
+
+    def setting(self, block: Block, name: str) -> Any:
+        """An error setting as it applies to a block: block, else job, else user, else farm."""
+        for value in (getattr(block.spec, name), getattr(block.job.spec, name),
+                      getattr(self.users[block.job.user_name], name)):
+            if value >= 0:
+                return value
+        return getattr(self.settings, name)
+
+    def _timer(self, kind: str, ident: int, delay: float, f: Callable[..., None], *args: Any) -> None:
+        self._cancel_timer(kind, ident)
+
+        def fire() -> None:
+            self._timers.pop((kind, ident), None)
+            f(*args)
+
+        self._timers[(kind, ident)] = self.clock.callLater(max(0.0, delay), fire)
+
+    def _cancel_timer(self, kind: str, ident: int) -> None:
+        call = self._timers.pop((kind, ident), None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def stop(self) -> None:
+        """Cancel the farm's timers (the server is stopping)."""
+        for call in [self._solve_call, *self._timers.values()]:
+            if call is not None and call.active():
+                call.cancel()
+        self._solve_call = None
+        self._timers.clear()
+
+    def job(self, job_id: int) -> Job:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise errors.UnknownJob(f"no job {job_id}") from None
+
+    def task(self, key: TaskKey) -> Task:
+        job = self.job(key[0])
+        try:
+            if key[1] < 0 or key[2] < 0:
+                raise IndexError
+            return job.blocks[key[1]].tasks[key[2]]
+        except IndexError:
+            raise errors.UnknownTask(f"job {key[0]} has no block {key[1]} task {key[2]}") from None
+
+    def user(self, name: str) -> User:
+        try:
+            return self.users[name]
+        except KeyError:
+            raise errors.InvalidAction(f"no user {name!r}: users are created by their first job") from None
+
+    def render(self, render_id: int) -> Render:
+        try:
+            return self.renders[render_id]
+        except KeyError:
+            raise errors.NotRegistered(f"no render {render_id}: register again") from None
+
+    def render_named(self, name: str) -> Render:
+        try:
+            return self.renders_by_name[name]
+        except KeyError:
+            raise errors.UnknownRender(f"no render named {name!r}") from None
+
+    def _order(self, render: Render, order: dict[str, Any]) -> None:
+        render.orders.append(order)
+        self.bus.publish(OrdersQueued(render))
+
+    def take_orders(self, render: Render) -> list[dict[str, Any]]:
+        orders, render.orders = render.orders, []
+        return orders
+
+    def _build_job(self, job_id: int, spec: JobSpec, owner: str, priority: int, created: float,
+                   serial: int, paused: bool) -> Job:
+        """A job with all its tasks ready, registered in the farm (no events)."""
+        job = Job(id=job_id, spec=spec, user_name=owner, priority=priority, time_creation=created,
+                  serial=serial, paused=paused, hosts_mask=compile_mask(spec.hosts_mask),
+                  hosts_mask_exclude=compile_mask(spec.hosts_mask_exclude))
+        for number, bspec in enumerate(spec.blocks):
+            block = Block(job=job, number=number, spec=bspec, hosts_mask=compile_mask(bspec.hosts_mask),
+                          hosts_mask_exclude=compile_mask(bspec.hosts_mask_exclude))
+            count = bspec.tasks_count
+            block.tasks = [Task(block, n) for n in range(count)]
+            block.counts[TaskState.RDY] = count
+            block.set_order(bspec.sequential)
+            job.counts[TaskState.RDY] += count
+            job.blocks.append(block)
+        self._link_blocks(job)
+        self.jobs[job.id] = job
+        return job
+
+    def _link_blocks(self, job: Job) -> None:
+        """Resolve blocks' depend_mask and tasks_depend_mask to the blocks they match."""
+        for block in job.blocks:
+            block.depends_on_me = False
+        for block in job.blocks:
+            for attr, mask in (("depends_on", block.spec.depend_mask),
+                               ("tasks_depend_on", block.spec.tasks_depend_mask)):
+                pattern = compile_mask(mask)
+                matched = [b for b in job.blocks
+                           if pattern is not None and b is not block and pattern.fullmatch(b.name)]
+                setattr(block, attr, matched)
+                for b in matched:
+                    b.depends_on_me = True
+
+    def _schedule_time_wait(self, job: Job) -> None:
+        delay = job.spec.time_wait - self.clock.seconds()
+        if delay > 0:
+            self._timer("wait", job.id, delay, self._time_wait_over)
+
+    def _time_wait_over(self) -> None:
+        self.work_generation += 1
+        self.request_solve()
+
+    def request_solve(self) -> None:
+        """Solve once, soon: many changes in one reactor turn cost one solve."""
+        if self._solve_call is None:
+            self._solve_call = self.clock.callLater(0, self._solve)
+
+    def _solve(self) -> None:
+        self._solve_call = None
+        self.solve()
+
+    def solve(self) -> int:
+        """Start what the scheduler assigns; returns how many tasks started."""
+        started = 0
+        for task, render in self.scheduler.assignments():
+            self.start_task(task, render)
+            started += 1
+        self.assignments += started
+        return started
+
