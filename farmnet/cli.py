@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="values", nargs="+", metavar="KEY=VALUE",
                    help="with update: capacity=N max_tasks=N")
     p = command("user", cmd_user, "change users (admins): set NAME priority, limits, hosts masks, "
-                "errors_*; delete NAME... (users without jobs)")
+                "errors_*; delete NAME (a user without jobs)")
     p.add_argument("action", choices=["set", "delete"])
     p.add_argument("names", nargs=1, metavar="NAME")
     p.add_argument("values", nargs="*", metavar="KEY=VALUE")

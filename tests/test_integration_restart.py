@@ -226,3 +226,35 @@ class ReconnectStormTests(RestartCase):
             await self.client.jobs()
             latencies.append(reactor.seconds() - started)
             await deferLater(reactor, 0.05)
+
+
+class DeletionsSurviveTests(RestartCase):
+    server_config = "server:\n  stats: false\n  admins: [anna]\n"
+
+    async def test_deleted_render_job_and_user_stay_deleted(self) -> None:
+        """Delete a render, a job and a user through the action API, kill -9 the server
+        and start it again on the same store: all three stay deleted (acknowledged
+        deletions are on disk), and what was not deleted is still there."""
+        await self.start_server()
+        render = await self.farm.start_render("gone")
+        await wait_until(reactor, lambda: self.online(1), 60, "the render online")
+        assert self.client is not None
+        kept, _ = await self.client.submit(sleep_job(1, 0.1, "kept"))
+        doomed = sleep_job(1, 0.1, "doomed")
+        doomed["job"]["user_name"] = "bob"
+        deleted, _ = await self.client.submit(doomed)
+        self.assertEqual(await self.client.action([deleted], "delete"), [deleted])
+        self.assertEqual(await self.client.act("users", "delete", {"name": ["bob"]}), ["bob"])
+        await render.stop()
+        await wait_until(reactor, lambda: self.online(0), 60, "the render offline")
+        self.assertEqual(await self.client.act("renders", "delete", {"name": ["gone"]}), ["gone"])
+
+        await self.restart_server_killed()
+        assert self.client is not None
+        self.assertEqual([r["name"] for r in await self.client.renders()], [])
+        jobs = {j["id"] for j in await self.client.jobs()}
+        self.assertIn(kept, jobs)
+        self.assertNotIn(deleted, jobs)
+        users = {u["name"] for u in await self.client.users()}
+        self.assertIn("anna", users)
+        self.assertNotIn("bob", users)

@@ -58,8 +58,9 @@ def apply(farm: Farm, clock: Clock, step: tuple[Any, ...]) -> None:
     elif kind == "register":
         name, capacity = args
         render = farm.renders_by_name.get(name)
-        running = [] if render is None else [
-            {"job_id": k[0], "block": k[1], "task": k[2], "run": t.starts_count} for k, t in render.tasks.items()]
+        tasks = render.tasks.values() if render is not None else ()
+        running = [{"job_id": t.key[0], "block": t.key[1], "task": t.key[2], "run": t.starts_count}
+                   for t in tasks]
         farm.register_render(name, capacity=capacity * 1000, owner="anna", running=running)
     elif kind == "solve":
         farm.solve()
@@ -136,7 +137,7 @@ def test_views_survive_a_restart(steps: list[tuple[Any, ...]]) -> None:
         for step in steps:
             try:
                 apply(farm, clock, step)
-            except (errors.FarmError,):
+            except errors.FarmError:
                 pass  # refused (unknown render, permissions, online render...): nothing changed
             if step[0] in ("job", "delete_user", "delete_render", "submit") and len(steps) % 3 == 0:
                 store.write_now()  # some histories write in between, as the store's batches do
