@@ -77,7 +77,7 @@ async def feed(reactor: Any, recorder: Recorder, first: int, count: int, chunk: 
     (as a farm makes a TaskRun when a task ends, and drops it after its observers)."""
     for start in range(first, first + count, chunk):
         for run in make_runs(min(chunk, first + count - start), start):
-            recorder.observe("run", run)
+            recorder.record_run(run)
         await task.deferLater(reactor, 0, lambda: None)
 
 

@@ -331,7 +331,7 @@ class OutageTests(PgTestCase):
         def produce() -> None:
             nonlocal produced
             for _ in range(20):
-                recorder.observe("run", run(produced))
+                recorder.record_run(run(produced))
                 produced += 1
 
         loop = task.LoopingCall(produce)
@@ -370,7 +370,7 @@ class OutageTests(PgTestCase):
 
         self.patch(writer.db, "execute", commit_then_lose)
         for n in range(10):
-            recorder.observe("run", run(n))
+            recorder.record_run(run(n))
         await wait_until(reactor, lambda: lost and writer.pending == 0 and writer.db.ready, 20, "written")
         self.assertEqual(await self.count(), 10)
 
@@ -380,7 +380,7 @@ class OutageTests(PgTestCase):
         dead = db.make_dsn(host=str(tmpdir(self)), dbname="nowhere", user="postgres")
         writer = self.writer(first, dsn=dead, spool_dir=spool_dir, batch_rows=30)
         for n in range(100):
-            first.observe("run", run(n))
+            first.record_run(run(n))
         await wait_until(reactor, lambda: writer.rows_spooled == 100, 20, "spooled")
         await writer.stop(2.0)
         writer.db.close()
@@ -389,7 +389,7 @@ class OutageTests(PgTestCase):
             f.write(encode_batch("torn", [_task_row(999)], [], []).line.encode()[:40])
         second = Recorder(reactor)
         again = self.writer(second, spool_dir=spool_dir)
-        second.observe("run", run(100))  # a new row waits behind the spooled ones
+        second.record_run(run(100))  # a new row waits behind the spooled ones
         await wait_until(reactor, lambda: again.db.ready and again.pending == 0, 20, "spool written")
         self.assertEqual(await self.count("SELECT count(DISTINCT task) AS n FROM tasks"), 101)
         self.assertEqual(await self.count(), 101)
@@ -405,7 +405,7 @@ class OutageTests(PgTestCase):
         (spool_dir / "00000001.jsonl").write_text(damaged + "\n" + good + "\n")
         recorder = Recorder(reactor)
         writer = self.writer(recorder, spool_dir=spool_dir)
-        recorder.observe("run", attrs.evolve(run(2), message="bad\x00byte"))
+        recorder.record_run(attrs.evolve(run(2), message="bad\x00byte"))
         await wait_until(reactor, lambda: writer.db.ready and writer.pending == 0, 20, "written")
         database = await self.connect(upgrade=False)
         rows = await database.query("SELECT task, message FROM tasks ORDER BY task")
@@ -419,7 +419,7 @@ class OutageTests(PgTestCase):
         await admin.db_reset(reactor, self.dsn)
         database = await self.connect(upgrade=False)
         await schema.drop_all(database)
-        recorder.observe("run", run(1))
+        recorder.record_run(run(1))
         await wait_until(reactor, lambda: writer.pending == 0 and writer.rows_written == 1, 20, "written")
         self.assertEqual(await self.count(), 1)
 
@@ -429,7 +429,7 @@ class OutageTests(PgTestCase):
         writer = self.writer(recorder, dsn=db.make_dsn(host=str(tmpdir(self)), dbname="x", user="postgres"),
                              spool_dir=spool_dir, flush=30.0)
         for n in range(5):
-            recorder.observe("run", run(n))
+            recorder.record_run(run(n))
         await writer.stop(1.0)
         self.assertEqual((recorder.count, writer.rows_spooled), (0, 5))
         spool = Spool(spool_dir, 1 << 20)

@@ -122,7 +122,7 @@ class Recorder:
         self._renders_online = {render.name: render.online for render in farm.renders.values()}
         bus = farm.bus
         self._unsubscribe = [
-            bus.subscribe(ev.RunEnded, lambda e: self._run(e.run)),
+            bus.subscribe(ev.RunEnded, lambda e: self.record_run(e.run)),
             bus.subscribe((ev.JobSubmitted, ev.JobChanged), lambda e: self._job(e.job)),
             bus.subscribe(ev.JobDeleted, lambda e: self._job_deleted(e.job)),
             bus.subscribe((ev.RenderRegistered, ev.RenderChanged), lambda e: self._render(e.render)),
@@ -162,7 +162,8 @@ class Recorder:
         self.logs.append((time, subject, type_, obj, object_id, info))
         self._added()
 
-    def _run(self, run: TaskRun) -> None:
+    def record_run(self, run: TaskRun) -> None:
+        """A run ended: a tasks row, and its figures in the job's tally."""
         farm = self._farm
         job = farm.jobs.get(run.job_id) if farm is not None else None
         run_time = run.time_done - run.time_started
