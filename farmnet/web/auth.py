@@ -6,14 +6,12 @@ login, run in the thread pool) turns a user name and password into a :class:`Web
 Browsers log in once through the login form and then carry twisted.web's session cookie,
 sent ``HttpOnly; SameSite=Strict`` (and ``Secure`` over TLS); a new session is made at each
 login so a session id known before it is worthless after. Scripts send HTTP Basic with
-every request instead. Without a password file nobody can log in and the site is
-read-only.
+every request instead (its header decoded by twisted.web.guard's BasicCredentialFactory).
+Without a password file nobody can log in and the site is read-only.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 import attrs
@@ -22,6 +20,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.portal import IRealm, Portal
 from twisted.web import server
+from twisted.web.guard import BasicCredentialFactory
 from zope.interface import Attribute, Interface, implementer
 
 from farmnet.server.passwords import PasswordFileChecker
@@ -37,6 +36,7 @@ __all__ = [
     "end_session",
     "login",
     "make_portal",
+    "request_user",
     "session_user",
     "start_session",
 ]
@@ -45,6 +45,10 @@ __all__ = [
 SESSION_TIMEOUT = 8 * 3600.0
 #: The longest user name or password accepted from a form or a header.
 MAX_CREDENTIAL = 1024
+#: What a 401 answer asks for.
+CHALLENGE = b'Basic realm="farmnet", charset="UTF-8"'
+#: Decodes ``Authorization: Basic`` (holds only the realm's name).
+BASIC = BasicCredentialFactory(b"farmnet")
 #: The biggest request body read: past it the connection is dropped (nothing here needs more).
 MAX_REQUEST_BODY = 1 << 20
 
@@ -84,13 +88,14 @@ class LoginFailed(Exception):
     """Wrong user or password, or logins are off; the message is fit to show."""
 
 
-async def login(portal: Portal, user: str, password: str) -> WebUser:
+async def login(portal: Portal, credentials: UsernamePassword) -> WebUser:
+    user, password = credentials.username, credentials.password
     if not user or not password or len(user) > MAX_CREDENTIAL or len(password) > MAX_CREDENTIAL:
         raise LoginFailed("unknown user or wrong password")
     if not portal.listCredentialsInterfaces():
         raise LoginFailed("logins are off on this server (no server.web_users_file)")
     try:
-        _, avatar, _ = await portal.login(UsernamePassword(user.encode(), password.encode()), None, IFarmUser)
+        _, avatar, _ = await portal.login(credentials, None, IFarmUser)
     except cred_error.UnauthorizedLogin:
         raise LoginFailed("unknown user or wrong password") from None
     except cred_error.UnhandledCredentials:
@@ -98,23 +103,30 @@ async def login(portal: Portal, user: str, password: str) -> WebUser:
     return avatar
 
 
-def basic_credentials(request: server.Request) -> tuple[str, str] | None:
-    """The user and password of an ``Authorization: Basic`` header; None without one.
-    Raises LoginFailed for a malformed header."""
+def basic_credentials(request: server.Request) -> UsernamePassword | None:
+    """The credentials of an ``Authorization: Basic`` header (twisted.web.guard's
+    BasicCredentialFactory decodes it); None without one. LoginFailed for another scheme
+    or a malformed header."""
     header = request.getHeader(b"authorization")
     if not header:
         return None
     scheme, _, value = header.partition(b" ")
-    if scheme.lower() != b"basic":
+    if scheme.lower() != BASIC.scheme:
         raise LoginFailed("only HTTP Basic authorization is accepted")
     try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+        return BASIC.decode(value.strip(), request)
+    except cred_error.LoginFailed:
         raise LoginFailed("malformed Basic authorization") from None
-    user, sep, password = decoded.partition(":")
-    if not sep:
-        raise LoginFailed("malformed Basic authorization")
-    return user, password
+
+
+async def request_user(portal: Portal, request: server.Request) -> tuple[str | None, str | None]:
+    """Who asks, and how: HTTP Basic (checked through the portal at every request; a wrong
+    one is LoginFailed even on a public page), else the session; (None, None): anonymous."""
+    credentials = basic_credentials(request)
+    if credentials is not None:
+        return (await login(portal, credentials)).name, "basic"
+    user = session_user(request)
+    return user, "session" if user else None
 
 
 class FarmSession(server.Session):
@@ -150,7 +162,8 @@ class FarmRequest(server.Request):
 
 
 def _cookie_name(request: server.Request) -> bytes:
-    # The name twisted.web's Request.getSession uses.
+    # The name twisted.web's Request.getSession uses; read here so a visit without a login
+    # does not make a session (getSession would).
     base = b"TWISTED_SECURE_SESSION" if request.isSecure() else b"TWISTED_SESSION"
     return b"_".join([base, *request.sitepath])
 
@@ -177,13 +190,12 @@ def session_user(request: server.Request) -> str | None:
 
 
 def start_session(request: server.Request, user: WebUser) -> None:
-    """A fresh session for ``user`` (any earlier one of the request ends)."""
+    """A fresh session for ``user``: any earlier one of the request ends, so twisted.web's
+    ``getSession`` makes (and sends) a new one."""
     old = _current_session(request)
     if old is not None:
         old.expire()
-    session = request.site.makeSession()
-    session.setComponent(IFarmUser, user)
-    request.addCookie(_cookie_name(request), session.uid, path=b"/", secure=request.isSecure())
+    request.getSession().setComponent(IFarmUser, user)
 
 
 def end_session(request: server.Request) -> None:

@@ -2,8 +2,8 @@
 
 :func:`time_bars` draws stacked bars over time (task runs per hour by service, errors per
 day by user, ...), :func:`hbars` horizontal bars per group (run times, errors, render
-utilisation). Every text goes through :func:`farmnet.web.markup.el`, so keys coming from
-the database are escaped like everything else. Each data bar is a ``<rect class="bar">``
+utilisation). The pictures are twisted.web.template tags, so keys coming from the
+database are escaped like everything else. Each data bar is a ``<rect class="bar">``
 with a ``<title>`` (the browser's tooltip) and ``data-key``, so tests and people can read
 the figures back.
 """
@@ -17,7 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from farmnet.web.markup import Markup, el
+from twisted.web.template import Tag
+
+from farmnet.web.layout import attributes
 
 __all__ = ["PALETTE", "duration", "hbars", "nice_ticks", "number", "percent", "time_bars"]
 
@@ -32,6 +34,12 @@ INTERVAL_SECONDS = MappingProxyType({"minute": 60, "hour": 3600, "day": 86400, "
 MAX_SERIES = 10
 TICK_STEPS = (60, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400,
               14 * 86400, 30 * 86400, 91 * 86400, 365 * 86400)
+
+
+def svg(name: str, *children: Any, **values: Any) -> Tag:
+    """An SVG element (twisted.web.template's ``tags`` has HTML's names only); attribute
+    names as :func:`~farmnet.web.layout.attributes` takes them (``text_anchor``)."""
+    return Tag(name)(*children, **attributes(**values))
 
 
 def duration(seconds: float | None) -> str:
@@ -81,18 +89,19 @@ def nice_ticks(top: float, count: int = 5, *, integer: bool = False, durations: 
     return ticks
 
 
-def _svg(width: int, height: int, title: str, *body: Any, kind: str) -> Markup:
-    heading = el("text", title, x="8", y="15", fill="#222", font_weight="600", class_="chart-title")
-    return el("svg", el("title", title), heading, *body, xmlns="http://www.w3.org/2000/svg", width=str(width),
+def _svg(width: int, height: int, title: str, *body: Any, kind: str) -> Tag:
+    heading = svg("text", title, x="8", y="15", fill="#222", font_weight="600", class_="chart-title")
+    return svg("svg", svg("title", title), heading, *body, xmlns="http://www.w3.org/2000/svg",
+               width=str(width),
               height=str(height), viewBox=f"0 0 {width} {height}", role="img", aria_label=title,
               class_=f"chart chart-{kind}", **FONT)
 
 
-def _empty(width: int, height: int, title: str, message: str, kind: str) -> Markup:
+def _empty(width: int, height: int, title: str, message: str, kind: str) -> Tag:
     return _svg(width, height, title,
-                el("rect", x="0.5", y="0.5", width=str(width - 1), height=str(height - 1), fill="#fafafa",
+                svg("rect", x="0.5", y="0.5", width=str(width - 1), height=str(height - 1), fill="#fafafa",
                    stroke="#ddd"),
-                el("text", message, x=str(width // 2), y=str(height // 2), text_anchor="middle", fill="#777",
+                svg("text", message, x=str(width // 2), y=str(height // 2), text_anchor="middle", fill="#777",
                    class_="empty"),
                 kind=kind)
 
@@ -101,15 +110,15 @@ def _colours(keys: Sequence[str]) -> dict[str, str]:
     return {k: (OTHER if k == "other" else PALETTE[i % len(PALETTE)]) for i, k in enumerate(keys)}
 
 
-def _legend(x: int, y: int, colours: Mapping[str, str]) -> Markup:
+def _legend(x: int, y: int, colours: Mapping[str, str]) -> Tag:
     items = []
     for i, (key, colour) in enumerate(colours.items()):
         label = key if len(key) <= 22 else key[:21] + "…"
-        items.append(el("g",
-                        el("rect", x=str(x), y=str(y + i * 16), width="10", height="10", fill=colour),
-                        el("text", label, x=str(x + 14), y=str(y + i * 16 + 9), fill="#333"),
+        items.append(svg("g",
+                        svg("rect", x=str(x), y=str(y + i * 16), width="10", height="10", fill=colour),
+                        svg("text", label, x=str(x + 14), y=str(y + i * 16 + 9), fill="#333"),
                         class_="legend-item", data_key=key))
-    return el("g", items, class_="legend")
+    return svg("g", items, class_="legend")
 
 
 def _time_label(t: float, step: float) -> str:
@@ -135,7 +144,7 @@ def _time_ticks(x0: float, x1: float, most: int = 10) -> tuple[list[float], floa
 
 def time_bars(rows: Sequence[Mapping[str, Any]], interval: str, *, value: str = "runs",
               title: str, since: float | None = None, until: float | None = None,
-              fmt: Callable[[float], str] = number, width: int = 880, height: int = 280) -> Markup:
+              fmt: Callable[[float], str] = number, width: int = 880, height: int = 280) -> Tag:
     """Stacked bars: one per bucket, a segment per key. ``rows`` are
     ``{"bucket": epoch, "key": str, value: number}`` (as ``tasks_per_interval`` gives)."""
     step = INTERVAL_SECONDS[interval]
@@ -176,13 +185,13 @@ def time_bars(rows: Sequence[Mapping[str, Any]], interval: str, *, value: str = 
     def y(v: float) -> float:
         return top + plot_h - v / ymax * plot_h
 
-    grid = [el("g",
-               el("line", x1=str(left), x2=str(left + plot_w), y1=f"{y(v):.1f}", y2=f"{y(v):.1f}",
+    grid = [svg("g",
+               svg("line", x1=str(left), x2=str(left + plot_w), y1=f"{y(v):.1f}", y2=f"{y(v):.1f}",
                   stroke="#e3e3e3"),
-               el("text", fmt(v), x=str(left - 6), y=f"{y(v) + 4:.1f}", text_anchor="end", fill="#555"))
+               svg("text", fmt(v), x=str(left - 6), y=f"{y(v) + 4:.1f}", text_anchor="end", fill="#555"))
             for v in yticks]
     ticks, tick_step = _time_ticks(x0, x1)
-    xlabels = [el("text", _time_label(t, tick_step), x=f"{x(t):.1f}", y=str(top + plot_h + 16),
+    xlabels = [svg("text", _time_label(t, tick_step), x=f"{x(t):.1f}", y=str(top + plot_h + 16),
                   text_anchor="middle", fill="#555") for t in ticks]
     bar_w = max(1.0, step / (x1 - x0) * plot_w * 0.85)
     bars = []
@@ -194,19 +203,19 @@ def time_bars(rows: Sequence[Mapping[str, Any]], interval: str, *, value: str = 
             if amount <= 0:
                 continue
             y_top, y_bottom = y(base + amount), y(base)
-            bars.append(el("rect", el("title", f"{key}, {when}: {fmt(amount)}"), class_="bar",
+            bars.append(svg("rect", svg("title", f"{key}, {when}: {fmt(amount)}"), class_="bar",
                            x=f"{x(bucket):.1f}", y=f"{y_top:.1f}", width=f"{bar_w:.1f}",
                            height=f"{max(0.5, y_bottom - y_top):.1f}", fill=colours[key], data_key=key,
                            data_value=f"{amount:g}", data_bucket=f"{bucket:.0f}"))
             base += amount
-    axis = el("line", x1=str(left), x2=str(left + plot_w), y1=str(top + plot_h), y2=str(top + plot_h),
+    axis = svg("line", x1=str(left), x2=str(left + plot_w), y1=str(top + plot_h), y2=str(top + plot_h),
               stroke="#888")
-    return _svg(width, height, title, el("g", grid, class_="grid"), el("g", bars, class_="bars"), axis,
-                el("g", xlabels, class_="x-axis"), _legend(left + plot_w + 16, top, colours), kind="time")
+    return _svg(width, height, title, svg("g", grid, class_="grid"), svg("g", bars, class_="bars"), axis,
+                svg("g", xlabels, class_="x-axis"), _legend(left + plot_w + 16, top, colours), kind="time")
 
 
 def hbars(rows: Sequence[Mapping[str, Any]], *, label: str, series: Sequence[tuple[str, str]], title: str,
-          fmt: Callable[[float], str] = number, top: float | None = None, width: int = 880) -> Markup:
+          fmt: Callable[[float], str] = number, top: float | None = None, width: int = 880) -> Tag:
     """Horizontal bars, one group per row: ``series`` are (field, name) pairs drawn as bars
     side by side. ``top`` fixes the scale's end (1.0 for ratios)."""
     keys = [name for _, name in series]
@@ -225,31 +234,31 @@ def hbars(rows: Sequence[Mapping[str, Any]], *, label: str, series: Sequence[tup
     def x(v: float) -> float:
         return left + v / xmax * plot_w
 
-    grid = [el("g",
-               el("line", x1=f"{x(v):.1f}", x2=f"{x(v):.1f}", y1=str(top_margin),
+    grid = [svg("g",
+               svg("line", x1=f"{x(v):.1f}", x2=f"{x(v):.1f}", y1=str(top_margin),
                   y2=str(height - 20), stroke="#e3e3e3"),
-               el("text", fmt(v), x=f"{x(v):.1f}", y=str(height - 6), text_anchor="middle", fill="#555"))
+               svg("text", fmt(v), x=f"{x(v):.1f}", y=str(height - 6), text_anchor="middle", fill="#555"))
             for v in ticks]
     groups = []
     for i, row in enumerate(rows):
         y0 = top_margin + i * row_h
         name = "(none)" if row.get(label) in (None, "") else str(row[label])
         shown = name if len(name) <= 26 else "…" + name[-25:]
-        parts = [el("text", shown, x=str(left - 6), y=f"{y0 + row_h / 2 + 4:.1f}", text_anchor="end",
+        parts = [svg("text", shown, x=str(left - 6), y=f"{y0 + row_h / 2 + 4:.1f}", text_anchor="end",
                     fill="#333", class_="label")]
         for j, (field, series_name) in enumerate(series):
             amount = row.get(field)
             if amount is None:
                 continue
             amount = float(amount)
-            parts.append(el("rect", el("title", f"{name}, {series_name}: {fmt(amount)}"), class_="bar",
+            parts.append(svg("rect", svg("title", f"{name}, {series_name}: {fmt(amount)}"), class_="bar",
                             x=str(left), y=f"{y0 + 3 + j * 12:.1f}",
                             width=f"{max(0.5, x(amount) - left):.1f}",
                             height="10", fill=colours[series_name], data_key=name, data_series=series_name,
                             data_value=f"{amount:g}"))
-        groups.append(el("g", parts, class_="row"))
-    legend = _legend(left + plot_w + 16, top_margin, colours) if len(series) > 1 else Markup("")
-    return _svg(width, height, title, el("g", grid, class_="grid"), el("g", groups, class_="bars"), legend,
+        groups.append(svg("g", parts, class_="row"))
+    legend = _legend(left + plot_w + 16, top_margin, colours) if len(series) > 1 else ""
+    return _svg(width, height, title, svg("g", grid, class_="grid"), svg("g", groups, class_="bars"), legend,
                 kind="hbars")
 
 

@@ -1,7 +1,8 @@
 """The web site: live farm pages, statistics, the JSON action API, events and metrics.
 
 One twisted.web :class:`FarmSite` on one port (``server.web``), no other web server or
-script engine. Site map:
+script engine; each path is a resource of the tree :func:`site_tree` builds (see
+:mod:`farmnet.web.resources`). Site map:
 
 ======================================  ==========================================================
 ``/``                                   the farm: counts, unfinished jobs, busy renders (live)
@@ -41,58 +42,71 @@ from farmnet.web import auth, live, metrics
 from farmnet.web.api import JsonApi
 from farmnet.web.assets import CSS, JS
 from farmnet.web.context import WebContext
-from farmnet.web.pages import LivePages, asset
-from farmnet.web.routing import Dispatcher, Route
+from farmnet.web.login import LoginPages
+from farmnet.web.pages import LivePages
+from farmnet.web.resources import Gate, Node, Route
+from farmnet.web.routing import Call, Handler, Reply
 from farmnet.web.statspages import StatsPages
 
-__all__ = ["FarmSite", "make_site", "routes"]
+__all__ = ["FarmSite", "make_site", "site_tree"]
 
 log = Logger()
 
-ID = r"(?P<job>[0-9]{1,12})"
-TASK = ID + r"/(?P<block>[0-9]{1,9})/(?P<task>[0-9]{1,12})"
-NAME = r"(?P<name>[^/]{1,256})"
+ID = "[0-9]{1,12}"
+NUMBER = "[0-9]{1,9}"
+NAME = "[^/]{1,256}"
 
 
-def routes(ctx: WebContext, registry: Any) -> list[Route]:
-    pages, api, stats = LivePages(ctx), JsonApi(ctx), StatsPages(ctx)
-    r = Route.make
-    return [
-        r("GET", "/", pages.index),
-        r("GET", "/jobs", pages.jobs),
-        r("GET", f"/jobs/{ID}", pages.job),
-        r("GET", f"/jobs/{TASK}", pages.task),
-        r("GET", "/renders", pages.renders),
-        r("GET", "/users", pages.users),
-        r("GET", "/stats", stats.guarded("/stats", stats.graphs)),
-        r("GET", "/stats/tasks", stats.guarded("/stats/tasks", stats.tasks)),
-        r("GET", "/stats/jobs", stats.guarded("/stats/jobs", stats.jobs)),
-        r("GET", "/stats/logs", stats.guarded("/stats/logs", stats.logs)),
-        r("GET", "/stats/graph.svg", stats.graph_svg, api=True),
-        r("GET", "/login", pages.login_page, access="open"),
-        r("POST", "/login", pages.login_post, access="open"),
-        r("POST", "/logout", pages.logout, access="open"),
-        r("GET", "/static/farmnet.css", asset(CSS, "text/css; charset=utf-8"), access="open"),
-        r("GET", "/static/farmnet.js", asset(JS, "text/javascript; charset=utf-8"), access="open"),
-        r("GET", "/events", live.sse(ctx.reactor, ctx.events, ctx.streams), api=True),
-        r("GET", "/metrics", metrics.metrics_handler(registry), api=True),
-        r("GET", "/api", api.index),
-        r("POST", "/api/act", api.post_act),
-        r("GET", "/api/farm", api.farm),
-        r("GET", "/api/whoami", api.whoami),
-        r("GET", "/api/events", live.long_poll(ctx.reactor, ctx.events)),
-        r("GET", "/api/jobs", api.jobs),
-        r("GET", f"/api/jobs/{ID}", api.job),
-        r("GET", f"/api/jobs/{ID}/explain", api.explain),
-        r("GET", f"/api/jobs/{ID}/tasks", api.tasks),
-        r("GET", f"/api/jobs/{TASK}", api.task),
-        r("GET", f"/api/jobs/{TASK}/output", api.output),
-        r("GET", "/api/renders", api.renders),
-        r("GET", f"/api/renders/{NAME}", api.render),
-        r("GET", "/api/users", api.users),
-        r("GET", f"/api/users/{NAME}", api.user),
-        r("GET", r"/api/stats/(?P<query>[a-z_]{1,40})", stats.api),
-    ]
+def get(handler: Handler, access: str = "read", api: bool = False) -> dict[str, Route]:
+    return {"GET": Route(handler, access, api)}
+
+
+def site_tree(gate: Gate, ctx: WebContext, registry: Any) -> Node:
+    """Every path of the site, as a tree of resources."""
+    pages, login, api, stats = LivePages(ctx), LoginPages(ctx), JsonApi(ctx), StatsPages(ctx)
+    root = Node(gate, get(pages.index))
+    jobs = root.child("jobs", get(pages.jobs))
+    job = jobs.variable_child("job", ID, get(pages.job))
+    job.variable_child("block", NUMBER).variable_child("task", ID, get(pages.task))
+    root.child("renders", get(pages.renders))
+    root.child("users", get(pages.users))
+    statistics = root.child("stats", get(stats.guarded("/stats", stats.graphs)))
+    for name, handler in (("tasks", stats.tasks), ("jobs", stats.jobs), ("logs", stats.logs)):
+        statistics.child(name, get(stats.guarded(f"/stats/{name}", handler)))
+    statistics.child("graph.svg", get(stats.graph_svg, api=True))
+    root.child("login", {"GET": Route(login.login_page, "open"), "POST": Route(login.login_post, "open")})
+    root.child("logout", {"POST": Route(login.logout, "open")})
+    static = root.child("static")
+    static.child("farmnet.css", get(asset(CSS, "text/css; charset=utf-8"), "open"))
+    static.child("farmnet.js", get(asset(JS, "text/javascript; charset=utf-8"), "open"))
+    root.child("events", get(live.sse(ctx.reactor, ctx.events, ctx.streams), api=True))
+    root.child("metrics", get(metrics.metrics_handler(registry), api=True))
+
+    api_root = root.child("api", get(api.index, api=True))
+    api_root.child("act", {"POST": Route(api.post_act, api=True)})
+    for name, handler in (("farm", api.farm), ("whoami", api.whoami), ("renders", api.renders),
+                          ("users", api.users)):
+        api_root.child(name, get(handler, api=True))
+    api_root.child("events", get(live.long_poll(ctx.reactor, ctx.events), api=True))
+    api_jobs = api_root.child("jobs", get(api.jobs, api=True))
+    api_job = api_jobs.variable_child("job", ID, get(api.job, api=True))
+    api_job.child("explain", get(api.explain, api=True))
+    api_job.child("tasks", get(api.tasks, api=True))
+    api_task = api_job.variable_child("block", NUMBER).variable_child("task", ID, get(api.task, api=True))
+    api_task.child("output", get(api.output, api=True))
+    api_root.child("renders").variable_child("name", NAME, get(api.render, api=True))
+    api_root.child("users").variable_child("name", NAME, get(api.user, api=True))
+    api_root.child("stats").variable_child("query", "[a-z_]{1,40}", get(stats.api, api=True))
+    return root
+
+
+def asset(text: str, content_type: str) -> Handler:
+    body = text.encode("utf-8")
+
+    async def handler(call: Call) -> Reply:
+        return Reply(body, 200, content_type, ((b"cache-control", b"public, max-age=86400"),))
+
+    return handler
 
 
 class TrackedChannel(http.HTTPChannel):
@@ -182,9 +196,8 @@ def make_site(reactor: Any, farm: Farm | None = None, config: Any = None, output
         return None if stats is None else bool(getattr(stats, "enabled", False))
 
     registry = metrics.make_registry(metrics.FarmCollector(farm, events, extra, statistics_up, connections))
-    pages = LivePages(ctx)
-    dispatcher = Dispatcher(portal, public, routes(ctx, registry), pages.error_page)
-    site = FarmSite(ctx, dispatcher, reactor)
+    gate = Gate(portal, public, LoginPages(ctx).error_page)
+    site = FarmSite(ctx, site_tree(gate, ctx, registry), reactor)
     site_box.append(site)
     log.info("web site: {public}, logins {logins}, statistics {stats}",
              public="public" if public else "logged-in users only",

@@ -34,15 +34,15 @@ from typing import Any
 
 import attrs
 from twisted.logger import Logger
+from twisted.web.template import Tag, tags
 
 from farmnet.stats.db import describe_error
 from farmnet.stats.queries import GROUPS, INTERVALS, LOG_TYPES, Filter, QueryError, StatsQueries
 from farmnet.web import charts
 from farmnet.web.charts import duration, number, percent
 from farmnet.web.context import WebContext
-from farmnet.web.markup import Markup, el
-from farmnet.web.pages import fmt_time, layout, table
-from farmnet.web.routing import Call, HTTPError, Reply, html_reply, json_reply
+from farmnet.web.layout import attributes, fmt_time, page_reply, table
+from farmnet.web.routing import Call, HTTPError, Reply, json_reply
 
 __all__ = ["Params", "StatsPages", "StatsUnavailable", "auto_interval", "parse_time"]
 
@@ -57,6 +57,7 @@ PERIODS = (("1h", "last hour"), ("24h", "24 hours"), ("7d", "7 days"), ("30d", "
 MAX_ROWS = 1000
 SUBNAV = (("/stats", "Graphs"), ("/stats/tasks", "Tasks"), ("/stats/jobs", "Jobs"), ("/stats/logs", "Logs"))
 FILTER_FIELDS = ("user", "service", "host", "folder")
+XML_PROLOG = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 CHARTS = ("runs", "render_time", "errors", "run_time", "utilisation")
 
 
@@ -106,6 +107,12 @@ class StatsUnavailable(Exception):
     def __init__(self, status: str) -> None:
         super().__init__(status)
         self.status = status
+
+
+def select(name: str, choices: tuple[str, ...], current: str | None, everything: bool = False) -> Tag:
+    """A select of ``choices`` with ``current`` selected (and "(all)" first with ``everything``)."""
+    options = [tags.option(c, value=c, **attributes(selected=c == current and "selected")) for c in choices]
+    return tags.select(tags.option("(all)", value="") if everything else "", options, name=name)
 
 
 class StatsPages:
@@ -182,17 +189,17 @@ class StatsPages:
         return path + ("?" + urllib.parse.urlencode(query) if query else "")
 
     def page(self, call: Call, title: str, path: str, *content: Any, status: int = 200) -> Reply:
-        subnav = el("nav", [el("a", label, href=href, class_="current" if href == path else None)
-                            for href, label in SUBNAV], class_="sub")
-        line = el("p", "statistics: ", self.status(), class_="muted status")
-        body = el("div", el("h1", title), subnav, line, *content)
-        return html_reply(layout(self.ctx, call, title, body, current="/stats"), status)
+        subnav = tags.nav([tags.a(label, href=href, **attributes(class_="current" if href == path else None))
+                           for href, label in SUBNAV], class_="sub")
+        line = tags.p("statistics: ", self.status(), class_="muted status")
+        body = tags.div(tags.h1(title), subnav, line, *content)
+        return page_reply(self.ctx, call, title, body, current="/stats", status=status)
 
     def unavailable(self, call: Call, path: str, status: str) -> Reply:
         off = status.startswith("off")
         heading = "Statistics are off" if off else "Statistics are not available right now"
         reason = status[len("off: "):] if status.startswith("off: ") else status
-        banner = el("div", el("b", heading + ": "), reason, class_="banner off", id="stats-off")
+        banner = tags.div(tags.b(heading + ": "), reason, class_="banner off", id="stats-off")
         return self.page(call, "Statistics", path, banner, status=503)
 
     def guarded(self, path: str, handler: Callable[[Call], Awaitable[Reply]]) -> Callable[[Call], Any]:
@@ -204,25 +211,24 @@ class StatsPages:
 
         return wrapped
 
-    def filters_form(self, path: str, p: Params, extra: dict[str, tuple[tuple[str, ...], str]]) -> Markup:
+    def filters_form(self, path: str, p: Params, extra: dict[str, tuple[tuple[str, ...], str]]) -> Tag:
         """The filter form; ``extra`` adds selects: name → (choices, current)."""
-        def text_input(name: str, placeholder: str) -> Markup:
-            return el("label", name,
-                      el("input", name=name, value=p.text.get(name, ""), placeholder=placeholder))
+        def text_input(name: str, placeholder: str) -> Tag:
+            return tags.label(name, tags.input(name=name, value=p.text.get(name, ""),
+                                               placeholder=placeholder))
 
-        selects = [el("label", name, el("select", [el("option", c, value=c, selected=c == current)
-                                                   for c in choices], name=name))
+        selects = [tags.label(name, select(name, choices, current))
                    for name, (choices, current) in extra.items()]
-        periods = el("p", "period: ",
-                     [[el("a", label, href=self.url(path, p.text, since=value, until=None)), " "]
-                      for value, label in PERIODS])
-        return el("div", el("form", text_input("since", "24h, 7d, 2024-05-01"), text_input("until", "now"),
-                            [text_input(f, "any") for f in FILTER_FIELDS], selects,
-                            el("button", "show", type="submit"), method="get", class_="filters"), periods)
+        periods = tags.p("period: ", [[tags.a(label, href=self.url(path, p.text, since=value, until=None)),
+                                       " "] for value, label in PERIODS])
+        form = tags.form(text_input("since", "24h, 7d, 2024-05-01"), text_input("until", "now"),
+                         [text_input(f, "any") for f in FILTER_FIELDS], selects,
+                         tags.button("show", type="submit"), method="get", class_="filters")
+        return tags.div(form, periods)
 
     # --- graphs --------------------------------------------------------------------------
 
-    async def chart(self, name: str, p: Params, by: str) -> Markup:
+    async def chart(self, name: str, p: Params, by: str) -> Tag:
         q = self.queries()
         f, interval = p.filter, p.interval
         if name in ("runs", "render_time", "errors"):
@@ -256,8 +262,8 @@ class StatsPages:
               fmt_time(r["last_error"]), r["last_message"] or "–"] for r in errors],
             empty="no errors in this period", class_="errors")
         return self.page(call, "Statistics", "/stats", form,
-                         el("div", pictures, class_="charts", id="charts"),
-                         el("h2", f"Most errors by {by}"), errors_table)
+                         tags.div(pictures, class_="charts", id="charts"),
+                         tags.h2(f"Most errors by {by}"), errors_table)
 
     async def graph_svg(self, call: Call) -> Reply:
         p = self.params(call, "24h")
@@ -267,19 +273,18 @@ class StatsPages:
             picture = await self.chart(name, p, by)
         except StatsUnavailable as e:
             raise HTTPError(503, f"statistics unavailable: {e.status}") from None
-        return Reply(('<?xml version="1.0" encoding="UTF-8"?>\n' + picture).encode("utf-8"), 200,
-                     "image/svg+xml; charset=utf-8")
+        return Reply(picture, 200, "image/svg+xml; charset=utf-8", prolog=XML_PROLOG)
 
     # --- tables --------------------------------------------------------------------------
 
-    def key_link(self, path: str, p: Params, group: str, key: Any, depth: int | None) -> Markup:
+    def key_link(self, path: str, p: Params, group: str, key: Any, depth: int | None) -> Tag:
         if key in (None, ""):
-            return el("span", "(none)", class_="muted")
+            return tags.span("(none)", class_="muted")
         if group == "folder":
-            return el("a", str(key), href=self.url(path, p.text, folder=key, depth=(depth or 1) + 1))
+            return tags.a(str(key), href=self.url(path, p.text, folder=key, depth=(depth or 1) + 1))
         if group in FILTER_FIELDS:
-            return el("a", str(key), href=self.url(path, p.text, **{group: key}))
-        return el("span", str(key))
+            return tags.a(str(key), href=self.url(path, p.text, **{group: key}))
+        return tags.span(str(key))
 
     async def tasks(self, call: Call) -> Reply:
         p = self.params(call, "7d")
@@ -296,14 +301,14 @@ class StatsPages:
                  ("render time", "run_time_sum"), ("average", "run_time_avg"), ("longest", None),
                  ("capacity × time", "capacity_time"), ("hosts", None), ("first", None),
                  ("last", "time_last")]
-        header = [el("a", h, href=self.url("/stats/tasks", text, order=o)) if o else h for h, o in heads]
+        header = [tags.a(h, href=self.url("/stats/tasks", text, order=o)) if o else h for h, o in heads]
         body_rows = [[self.key_link("/stats/tasks", params, group, r["key"], depth), str(r["runs"]),
                       str(r["done"]), str(r["errors"]), duration(r["run_time_sum"]),
                       duration(r["run_time_avg"]), duration(r["run_time_max"]), number(r["capacity_time"]),
                       str(r["hosts"]),
                       fmt_time(r["time_first"]), fmt_time(r["time_last"])] for r in rows]
-        tasks_table = _table(header, body_rows, numeric=range(1, 9), empty="no task runs in this period",
-                             class_="stats-tasks")
+        tasks_table = table(header, body_rows, numeric=range(1, 9), empty="no task runs in this period",
+                            class_="stats-tasks")
         per_interval = await self.run(q.tasks_per_interval(p.interval, p.filter, by=group, depth=depth))
         picture = charts.time_bars(per_interval, p.interval, since=p.since, until=p.until,
                                    title=f"Task runs per {p.interval} by {group}")
@@ -316,12 +321,12 @@ class StatsPages:
                              r["message"] or ""] for r in runs], empty="no task runs", class_="runs")
         form = self.filters_form("/stats/tasks", params, {"group": (TASK_GROUPS, group),
                                                           "interval": (INTERVALS, p.interval)})
-        toggle = el("a", "all runs" if errors_only else "failed runs only",
-                    href=self.url("/stats/tasks", text, errors=None if errors_only else "1"))
+        toggle = tags.a("all runs" if errors_only else "failed runs only",
+                        href=self.url("/stats/tasks", text, errors=None if errors_only else "1"))
         return self.page(call, "Task statistics", "/stats/tasks", form,
-                         el("h2", f"Task runs by {group}"), tasks_table, picture,
-                         el("h2", "Latest failed runs" if errors_only else "Latest runs", " ",
-                            el("small", toggle)), runs_table)
+                         tags.h2(f"Task runs by {group}"), tasks_table, picture,
+                         tags.h2("Latest failed runs" if errors_only else "Latest runs", " ",
+                                 tags.small(toggle)), runs_table)
 
     async def jobs(self, call: Call) -> Reply:
         p = self.params(call, "30d")
@@ -337,13 +342,13 @@ class StatsPages:
                  ("tasks", "tasks_quantity"), ("tasks done", "tasks_done"), ("task errors", None),
                  ("runs", None), ("render time", "run_time_sum"), ("average duration", "duration_avg"),
                  ("last", "time_last")]
-        header = [el("a", h, href=self.url("/stats/jobs", text, order=o)) if o else h for h, o in heads]
+        header = [tags.a(h, href=self.url("/stats/jobs", text, order=o)) if o else h for h, o in heads]
         body_rows = [[self.key_link("/stats/jobs", params, group, r["key"], depth), str(r["jobs"]),
                       str(r["done"]), str(r["deleted"]), str(r["tasks_quantity"]), str(r["tasks_done"]),
                       str(r["tasks_error"]), str(r["runs"]), duration(r["run_time_sum"]),
                       duration(r["duration_avg"]), fmt_time(r["time_last"])] for r in rows]
-        jobs_table = _table(header, body_rows, numeric=range(1, 10), empty="no jobs in this period",
-                            class_="stats-jobs")
+        jobs_table = table(header, body_rows, numeric=range(1, 10), empty="no jobs in this period",
+                           class_="stats-jobs")
         latest = await self.run(q.jobs(p.filter, limit=50))
         latest_table = table(["recorded", "job", "user", "project", "state", "why", ("tasks", "num"),
                               ("errors", "num"), ("render time", "num"), "started", "done"],
@@ -354,8 +359,8 @@ class StatsPages:
                                fmt_time(r["time_done"])] for r in latest],
                              empty="no jobs", class_="latest-jobs")
         form = self.filters_form("/stats/jobs", params, {"group": (JOB_GROUPS, group)})
-        return self.page(call, "Job statistics", "/stats/jobs", form, el("h2", f"Jobs by {group}"),
-                         jobs_table, el("h2", "Latest jobs"), latest_table)
+        return self.page(call, "Job statistics", "/stats/jobs", form, tags.h2(f"Jobs by {group}"),
+                         jobs_table, tags.h2("Latest jobs"), latest_table)
 
     async def logs(self, call: Call) -> Reply:
         p = self.params(call, "7d")
@@ -368,25 +373,22 @@ class StatsPages:
         rows = await self.run(self.queries().logs(p.filter, types=[kind] if kind else [], subject=subject,
                                                   limit=limit, offset=offset))
         text = {**p.text, **({"type": kind} if kind else {}), **({"subject": subject} if subject else {})}
-        form = el("form",
-                  [el("label", n, el("input", name=n, value=text.get(n, ""), placeholder=ph))
-                   for n, ph in (("since", "7d"), ("until", "now"), ("subject", "user or render"))],
-                  el("label", "type", el("select", el("option", "(all)", value=""),
-                                         [el("option", t, value=t, selected=t == kind) for t in LOG_TYPES],
-                                         name="type")),
-                  el("button", "show", type="submit"), method="get", class_="filters")
+        form = tags.form([tags.label(n, tags.input(name=n, value=text.get(n, ""), placeholder=ph))
+                          for n, ph in (("since", "7d"), ("until", "now"), ("subject", "user or render"))],
+                         tags.label("type", select("type", LOG_TYPES, kind, everything=True)),
+                         tags.button("show", type="submit"), method="get", class_="filters")
         pager = []
         if offset:
             newer = self.url("/stats/logs", text, offset=max(0, offset - limit))
-            pager.append(el("a", "« newer", href=newer))
+            pager.append(tags.a("« newer", href=newer))
         if len(rows) == limit:
-            pager.append(el("a", "older »", href=self.url("/stats/logs", text, offset=offset + limit)))
+            pager.append(tags.a("older »", href=self.url("/stats/logs", text, offset=offset + limit)))
         logs_table = table(["time", "type", "subject", "object", "info"],
                            [[fmt_time(r["time"]), r["type"], r["subject"] or "–",
                              f"{r['object'] or ''}"
                              + (f" ({r['object_id']})" if r["object_id"] is not None else ""),
                              r["info"] or ""] for r in rows], empty="no events in this period", class_="logs")
-        return self.page(call, "Farm log", "/stats/logs", form, logs_table, el("p", pager))
+        return self.page(call, "Farm log", "/stats/logs", form, logs_table, tags.p(pager))
 
     # --- JSON ----------------------------------------------------------------------------
 
@@ -434,13 +436,4 @@ class StatsPages:
         except StatsUnavailable as e:
             raise HTTPError(503, e.status, "StatisticsUnavailable") from None
         return json_reply({"result": rows})
-
-
-def _table(header: list[Any], rows: list[list[Any]], *, numeric: range, empty: str, class_: str) -> Markup:
-    heads = [el("th", h, class_="num" if i in numeric else None) for i, h in enumerate(header)]
-    body = [el("tr", [el("td", c, class_="num" if i in numeric else None) for i, c in enumerate(row)])
-            for row in rows]
-    if not body:
-        body = [el("tr", el("td", empty, colspan=str(len(header)), class_="muted"))]
-    return el("table", el("thead", el("tr", heads)), el("tbody", body), class_=class_)
 
