@@ -12,14 +12,12 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from farmnet.config import ServerConfig
 from farmnet.model.farm import Farm, FarmSettings
 from farmnet.server.amp import FarmServer, ServerFactory
+from farmnet.server.listening import Listener
 from farmnet.server.monitors import EventLog
 from farmnet.server.netstats import StatisticsLogger
 from farmnet.server.outputs import OutputStore
@@ -29,45 +27,6 @@ from farmnet.stats.service import StatsService
 from farmnet.sysjob.job import SysJobSettings, SystemJob
 
 log = Logger()
-
-
-class Listener(service.Service):
-    """Listens on an endpoint string; writes the bound address to ``address_file`` so
-    tools and tests find a ``tcp:0`` port."""
-
-    def __init__(self, reactor: Any, description: str, factory: Factory,
-                 address_file: Path | None = None) -> None:
-        self.reactor = reactor
-        self.description = description
-        self.factory = factory
-        self.address_file = address_file
-        self.port: IListeningPort | None = None
-
-    async def _listen(self) -> None:
-        self.port = await serverFromString(self.reactor, self.description).listen(self.factory)
-        if self.address_file is not None:
-            host = self.port.getHost()
-            tmp = self.address_file.with_suffix(".tmp")
-            # An ssl: listener is reached with a tls: client endpoint (and the CA).
-            kind = "tls" if self.description.lower().startswith("ssl:") else "tcp"
-            tmp.write_text(f"{kind}:{host.host}:{host.port}\n")
-            tmp.replace(self.address_file)
-
-    def startService(self) -> None:
-        super().startService()
-        self._started = defer.ensureDeferred(self._listen())
-        self._started.addErrback(self._failed)
-
-    def _failed(self, failure: Any) -> None:
-        log.failure("cannot listen on {endpoint}", failure, endpoint=self.description)
-        self.reactor.callWhenRunning(self.reactor.stop)
-
-    def stopService(self) -> Any:
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
 
 
 class ServerService(service.MultiService):

@@ -62,6 +62,21 @@ class ArgumentTests(SynchronousTestCase):
         self.assertEqual(Echo.parseArguments(amp.AmpBox(box), None), {"value": [], "data": None})
 
 
+class AMPContractTests(SynchronousTestCase):
+    def test_responder_parses_arguments_at_once(self) -> None:
+        """ServerProtocol.locateResponder tells a malformed box from a failing command by
+        this: the responder AMP locates raises on bad arguments, before any Deferred."""
+
+        class Locator(amp.CommandLocator):
+            @Echo.responder
+            def echo(self, value: Any, data: bytes | None = None) -> dict[str, Any]:
+                raise AssertionError("not called with bad arguments")
+
+        responder = Locator().locateResponder(Echo.commandName)
+        self.assertRaises(ValueError, responder, amp.AmpBox({b"value": b"{not json"}))
+        self.assertRaises(KeyError, responder, amp.AmpBox())
+
+
 class ServerTestCase(TestCase):
     timeout = 30
     hold = 0.5

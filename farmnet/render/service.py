@@ -23,6 +23,7 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols import amp
 
@@ -181,7 +182,7 @@ class RenderService(service.MultiService):
             if proto is not None and not proto.lost and not self._stopping:
                 await self._close(proto)  # a session ends with our close: the next one reconnects
             if self.client.running and not self._stopping:
-                await _sleep(self.reactor, max(pause, self._quiet_until - self.reactor.seconds()))
+                await deferLater(self.reactor, max(pause, self._quiet_until - self.reactor.seconds()))
 
     async def _session(self, proto: ServerConnection) -> None:
         await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render",
@@ -379,8 +380,3 @@ def mac_addresses() -> list[str]:
                     macs.append(mac)
     return macs
 
-
-async def _sleep(reactor: Any, seconds: float) -> None:
-    d: defer.Deferred[None] = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    await d

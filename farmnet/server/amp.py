@@ -314,11 +314,22 @@ class ServerProtocol(FarmAMP):
     def lengthLimitExceeded(self, length: int) -> None:
         self._reject(f"malformed box: a key of {length} bytes (AMP keys are 1 to 255 bytes)")
 
-    def proto_value(self, string: bytes) -> str:
-        self._box_bytes += len(string) + len(self._currentKey or b"") + BOX_KEY_OVERHEAD
+    def _too_big(self, size: int) -> bool:
+        """Count ``size`` bytes of the box being received; True (and a reset) past the limit."""
+        self._box_bytes += size
         limit = self.server.registry.limits.max_box_bytes
         if limit and self._box_bytes > limit:
             self._reject(f"box larger than max_box_bytes ({limit} bytes)")
+            return True
+        return False
+
+    def proto_key(self, string: bytes) -> str:
+        if string and self._too_big(len(string) + BOX_KEY_OVERHEAD):
+            return "key"
+        return super().proto_key(string)
+
+    def proto_value(self, string: bytes) -> str:
+        if self._too_big(len(string)):
             return "key"
         return super().proto_value(string)
 
@@ -357,41 +368,34 @@ class ServerProtocol(FarmAMP):
     # --- dispatch ----------------------------------------------------------------------
 
     def locateResponder(self, name: bytes) -> Callable[[amp.AmpBox], defer.Deferred[Any]] | None:
-        """Commands this class answers (never StartTLS: TLS is the listener's), with
-        arguments that do not parse making the box malformed."""
-        entry = self._commandDispatch.get(name)
-        if entry is None or name == amp.StartTLS.commandName:
-            return None
-        return partial(self._respond, name, *entry)
+        """AMP's responder (never StartTLS: TLS is the listener's), made to keep the server
+        from closing first, and arguments that do not parse make the box malformed."""
+        responder = None if name == amp.StartTLS.commandName else super().locateResponder(name)
+        return None if responder is None else partial(self._respond, name, responder)
 
-    def _respond(self, name: bytes, command: type[amp.Command], function: Callable[..., Any],
+    def _respond(self, name: bytes, responder: Callable[[amp.AmpBox], defer.Deferred[Any]],
                  box: amp.AmpBox) -> defer.Deferred[Any]:
         try:
-            arguments = command.parseArguments(box, self)
+            d = responder(box)  # AMP parses the arguments at once, raising on bad ones
         except Exception as e:
-            d: defer.Deferred[Any] = defer.fail(MalformedBox(
-                f"{name.decode('ascii', 'replace')}: {type(e).__name__}: {_short(e)}"))
-        else:
-            d = defer.maybeDeferred(function, self, **arguments)
-            d.addCallback(command.makeResponse, self)
-        d.addErrback(self._failed, command)
-        return d
+            command = name.decode("ascii", "replace")
+            d = defer.fail(MalformedBox(f"{command}: {type(e).__name__}: {_short(e)}"))
+        return d.addErrback(self._failed, name)
 
-    def _failed(self, failure: Failure, command: type[amp.Command]) -> Failure:
+    def _failed(self, failure: Failure, name: bytes) -> Failure:
         if failure.check(MalformedBox):
             raise amp.RemoteAmpError(b"MALFORMED_BOX", str(failure.value), local=failure)
-        known = failure.check(*command.allErrors)
-        if known is None:  # a bug, or input the farm did not expect
-            log.failure("{command} from {peer} failed", failure,
-                        command=command.commandName.decode("ascii", "replace"),
+        if not failure.check(amp.RemoteAmpError):  # not the command's error: a bug, or input not expected
+            log.failure("{command} from {peer} failed", failure, command=name.decode("ascii", "replace"),
                         peer=self.conn.label if self.conn is not None else "?")
             raise amp.RemoteAmpError(amp.UNKNOWN_ERROR_CODE, "internal error", local=failure)
-        if known in command.fatalErrors and self.conn is not None:
+        remote, local = failure.value, failure.value.local
+        if remote.fatal and self.conn is not None:
             # The peer is told, then asked to close (AMP would close first: TIME-WAIT).
-            conn = self.conn
-            self.server.reactor.callLater(0, self.server.registry.close, conn,
-                                          f"{known.__name__}: {_short(failure.value)}")
-        raise amp.RemoteAmpError(command.allErrors[known], str(failure.value), local=failure)
+            why = f"{local.type.__name__}: {_short(local.value)}" if local else remote.description
+            self.server.reactor.callLater(0, self.server.registry.close, self.conn, why)
+            raise amp.RemoteAmpError(remote.errorCode, remote.description, local=local)
+        return failure
 
     def dispatchCommand(self, box: amp.AmpBox) -> defer.Deferred[Any]:
         conn = self.conn

@@ -439,9 +439,10 @@ class Writer:
             if self._stopping and not self.recorder.count and self._prepared is None:
                 return
             if not progressed:
-                await self._sleep()
+                await self._wait_for_work()
 
-    async def _sleep(self) -> None:
+    async def _wait_for_work(self) -> None:
+        """Until wake() or the flush tick: an event, not a timed sleep (so no deferLater)."""
         if self._stopping:
             return
         if self._woken:
