@@ -8,8 +8,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from farmnet import errors
+from farmnet.config import SchedulingConfig
 from farmnet.jobspec import parse_job
-from farmnet.server.farm import Farm, FarmSettings
+from farmnet.server.farm import Farm
 from farmnet.server.model import Render, TaskState
 
 
@@ -22,7 +23,7 @@ def job_doc(name: str = "job", frames: int = 3, **extra: Any) -> dict[str, Any]:
 class FarmTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.farm = Farm(self.clock, FarmSettings(admins=frozenset({"root"}), task_reconnect_timeout=30))
+        self.farm = Farm(self.clock, SchedulingConfig(admins=("root",), task_reconnect_timeout=30))
         self.woken: list[str] = []
         self.farm.on_orders = lambda render: self.woken.append(render.name)
 

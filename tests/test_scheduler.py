@@ -8,8 +8,9 @@ from typing import Any
 from test_farm import FarmTestCase
 
 from farmnet import errors
+from farmnet.config import SchedulingConfig
 from farmnet.jobspec import parse_job
-from farmnet.server.farm import Farm, FarmSettings
+from farmnet.server.farm import Farm
 from farmnet.server.model import Render, TaskState
 from farmnet.server.scheduler import Why
 
@@ -19,7 +20,7 @@ def block(name: str = "b", frames: int = 10, **kw: Any) -> dict[str, Any]:
 
 
 class SchedulerTestCase(FarmTestCase):
-    settings = FarmSettings(admins=frozenset({"root"}))
+    settings = SchedulingConfig(admins=("root",))
 
     def setUp(self) -> None:
         super().setUp()
@@ -69,7 +70,7 @@ class UserSolvingTests(SchedulerTestCase):
         self.assertGreater(running["bob"], 5)
 
     def test_users_by_order(self) -> None:
-        self.farm = Farm(self.clock, FarmSettings(admins=frozenset({"root"}), users_solving="order"))
+        self.farm = Farm(self.clock, SchedulingConfig(admins=("root",), users_solving="order"))
         self.farm.on_orders = lambda render: None
         self.job("anna", [block(frames=100)])
         self.job("bob", [block(frames=100)])
@@ -217,7 +218,7 @@ class LimitTests(SchedulerTestCase):
 
 
 class TicketTests(SchedulerTestCase):
-    settings = FarmSettings(admins=frozenset({"root"}), tickets={"NUKE": 2}, tickets_per_host={"NUKE": 1})
+    settings = SchedulingConfig(admins=("root",), tickets={"NUKE": 2}, tickets_per_host={"NUKE": 1})
 
     def test_farm_and_host_tickets(self) -> None:
         job = self.job(blocks=[block(frames=10, tickets={"NUKE": 1})])
@@ -232,7 +233,7 @@ class TicketTests(SchedulerTestCase):
 
 
 class ErrorRuleTests(SchedulerTestCase):
-    settings = FarmSettings(admins=frozenset({"root"}), errors_forgive_time=600, sick_errors_count=0)
+    settings = SchedulingConfig(admins=("root",), errors_forgive_time=600, sick_errors_count=0)
 
     def test_block_avoids_a_host_and_forgives_it(self) -> None:
         job = self.job(blocks=[block(frames=20, errors_avoid_host=2, errors_retries=10)])
@@ -270,7 +271,7 @@ class ErrorRuleTests(SchedulerTestCase):
         self.assertEqual(self.farm.setting(other.blocks[0], "errors_avoid_host"), 3)
 
     def test_render_gets_sick_and_is_healed(self) -> None:
-        self.farm = Farm(self.clock, FarmSettings(admins=frozenset({"root"}), sick_errors_count=2))
+        self.farm = Farm(self.clock, SchedulingConfig(admins=("root",), sick_errors_count=2))
         sick = []
         self.farm.observers.append(lambda what, obj: what == "render_sick" and sick.append(obj.name))
         self.farm.on_orders = lambda render: None

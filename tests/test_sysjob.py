@@ -9,18 +9,19 @@ from typing import Any
 from test_farm import FarmTestCase
 
 from farmnet import errors
+from farmnet.config import SchedulingConfig, SysJobConfig
 from farmnet.jobspec import parse_job
-from farmnet.server.farm import Farm, FarmSettings
+from farmnet.server.farm import Farm
 from farmnet.server.model import Render, TaskState
-from farmnet.sysjob.job import SYSTEM_USER, SysJobSettings, SystemJob
+from farmnet.sysjob.job import SYSTEM_USER, SystemJob
 
 
 class SystemJobTestCase(FarmTestCase):
-    sysjob_settings = SysJobSettings(tasksmax=5, tasklife=100)
+    sysjob_settings = SysJobConfig(tasksmax=5, tasklife=100)
 
     def setUp(self) -> None:
         super().setUp()
-        self.farm = Farm(self.clock, FarmSettings(admins=frozenset({"root"})))
+        self.farm = Farm(self.clock, SchedulingConfig(admins=("root",)))
         self.farm.on_orders = lambda render: None
         self.saved: dict[str, Any] = {}
         self.outputs: dict[tuple[Any, int], bytes] = {}
@@ -155,7 +156,7 @@ class EventTests(SystemJobTestCase):
                          ("JOB_DONE", "shot010", ["anna@studio"], ["http://x"]))
 
     def test_render_events_from_farm_custom_data(self) -> None:
-        self.sysjob.settings = SysJobSettings(custom_data={"events": {"RENDER_ZOMBIE": {}}})
+        self.sysjob.settings = SysJobConfig(custom_data={"events": {"RENDER_ZOMBIE": {}}})
         render = self.render("r1")
         self.farm.render_lost(render, zombie=True)
         [task] = self.system_block("events").tasks

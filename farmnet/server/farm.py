@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from farmnet import errors
+from farmnet.config import SchedulingConfig
 from farmnet.jobspec import (
     BLOCK_SETTABLE,
     JOB_SETTABLE,
@@ -70,37 +71,15 @@ USER_SETTABLE = {
 ERROR_SETTINGS = ("errors_retries", "errors_avoid_host", "errors_task_same_host", "errors_forgive_time")
 
 
-@attrs.frozen
-class FarmSettings:
-    """The parts of the server config the model obeys (Afanasy's defaults)."""
-
-    admins: frozenset[str] = frozenset()
-    errors_retries: int = 3
-    errors_avoid_host: int = 3
-    errors_task_same_host: int = 3
-    errors_forgive_time: float = 18000.0
-    #: Errors in a row, from this many different jobs, make a render SICK; 0: never.
-    sick_errors_count: int = 0
-    task_reconnect_timeout: float = 30.0
-    max_tasks_per_job: int = 1_000_000
-    #: Users are solved by "need" (Afanasy's default) or by "order".
-    users_solving: str = "need"
-    #: Need counts running capacity (True) or running tasks (False).
-    solve_by_capacity: bool = True
-    #: Licence tickets: farm-wide totals, and the default per host.
-    tickets: Mapping[str, int] = attrs.field(factory=dict)
-    tickets_per_host: Mapping[str, int] = attrs.field(factory=dict)
-
-
 def _compile(pattern: str) -> re.Pattern[str] | None:
     return re.compile(pattern) if pattern else None
 
 
 class Farm:
-    def __init__(self, clock: IReactorTime, settings: FarmSettings | None = None,
+    def __init__(self, clock: IReactorTime, settings: SchedulingConfig | None = None,
                  events: EventLog | None = None) -> None:
         self.clock = clock
-        self.settings = settings or FarmSettings()
+        self.settings = settings or SchedulingConfig()
         self.events = events or EventLog()
         self.jobs: dict[int, Job] = {}
         self.users: dict[str, User] = {}
@@ -1184,5 +1163,5 @@ def block_state(block: Block) -> TaskState:
     return TaskState.ERR if c[TaskState.ERR] else TaskState.WD
 
 
-__all__ = ["Farm", "FarmSettings", "JOB_ACTIONS", "RENDER_ACTIONS", "TASK_ACTIONS", "USER_ACTIONS",
+__all__ = ["Farm", "JOB_ACTIONS", "RENDER_ACTIONS", "TASK_ACTIONS", "USER_ACTIONS",
            "ERROR_SETTINGS"]

@@ -441,7 +441,7 @@ class LivePages:
         if not self.ctx.logins:
             content = el("div", el("h1", "Log in"),
                          el("p", "Logins are off on this server: it has no password file "
-                                 "(server.users_file).", class_="banner off"))
+                                 "(server.auth.users_file).", class_="banner off"))
         else:
             content = el("div", el("h1", "Log in"),
                          el("p", message, class_="error-text") if message else None,

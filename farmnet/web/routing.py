@@ -4,7 +4,7 @@ Each :class:`Route` is a method, a path pattern, an ``async`` handler taking a
 :class:`Call` and returning a :class:`Reply`, and an access rule:
 
 - ``open``: anyone (the login form, the style sheet and script);
-- ``read``: anyone when the site is public (``server.web_public``), else logged-in users;
+- ``read``: anyone when the site is public (``server.web.public``), else logged-in users;
 - ``login``: logged-in users only (the handler may be stricter: the farm checks owners).
 
 Who asks is settled before any handler runs: an ``Authorization: Basic`` header is checked

@@ -1,6 +1,6 @@
 """The web site: live farm pages, statistics, the JSON action API, events and metrics.
 
-One twisted.web :class:`FarmSite` on one port (``server.web``), no other web server or
+One twisted.web :class:`FarmSite` on one port (``server.web.listen``), no other web server or
 script engine. Site map:
 
 ======================================  ==========================================================
@@ -20,8 +20,8 @@ script engine. Site map:
 ``/static/farmnet.css``, ``.js``        the style sheet and the small script
 ======================================  ==========================================================
 
-Read-only pages and API are public unless ``server.web_public`` is false; every change
-needs a user from ``server.users_file`` (see :mod:`farmnet.web.auth`).
+Read-only pages and API are public unless ``server.web.public`` is false; every change
+needs a user from ``server.auth.users_file`` (see :mod:`farmnet.web.auth`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web import http, server
 
+from farmnet.config import WebConfig
 from farmnet.server.farm import Farm
 from farmnet.server.outputs import OutputStore
 from farmnet.web import auth, live, metrics
@@ -136,21 +137,22 @@ class FarmSite(server.Site):
         await task.deferLater(self.reactor, 0, lambda: None)
 
 
-def make_site(reactor: Any, farm: Farm | None = None, config: Any = None, outputs: OutputStore | None = None,
-              stats: Any = None, *, durable: Callable[[], defer.Deferred[Any]] | None = None, amp: Any = None,
+def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None = None,
+              outputs: OutputStore | None = None, stats: Any = None, *, users_file: str = "",
+              durable: Callable[[], defer.Deferred[Any]] | None = None, amp: Any = None,
               portal: Portal | None = None) -> FarmSite:
-    """The site for ``farm``. ``config`` is the ServerConfig (``web_public``,
-    ``users_file``); ``stats`` the StatsService (or None); ``durable`` waits until the farm's
-    changes are on disk (actions answer after it); ``amp`` the FarmServer (its connections
-    are counted in /metrics); ``portal`` replaces the password file's (tests).
+    """The site for ``farm``. ``config`` is the server's ``web`` section (``public``);
+    ``users_file`` the logins' password file (``server.auth.users_file``); ``stats`` the
+    StatsService (or None); ``durable`` waits until the farm's changes are on disk (actions
+    answer after it); ``amp`` the FarmServer (its connections are counted in /metrics);
+    ``portal`` replaces the password file's (tests).
 
     The older ``make_site(farm)`` still works (read-only, no outputs, no statistics)."""
     if farm is None and isinstance(reactor, Farm):
         farm, reactor = reactor, reactor.clock
     if farm is None:
         raise TypeError("make_site: the farm is missing")
-    users_file = getattr(config, "users_file", "") or ""
-    public = bool(getattr(config, "web_public", True))
+    public = config.public if config is not None else True
     if portal is None:
         portal = auth.make_portal(reactor, users_file)
     ctx = WebContext(reactor=reactor, farm=farm, outputs=outputs, portal=portal, stats=stats, public=public,
