@@ -114,8 +114,9 @@ async def run_hold(reactor: Any, base: Path, hold: float, counts: list[int], sec
                    tool_count: int) -> list[dict[str, Any]]:
     farm = ProcessFarm(reactor, base / f"hold-{hold:g}")
     config = farm.base / "server.yaml"
-    config.write_text(f"server:\n  stats: false\n  heartbeat_hold: {hold}\n"
-                      "  max_connections_per_address: 0\n  stats_interval: 10\n")
+    config.write_text(f"server:\n  log_stats_interval: 10\n  stats:\n    enabled: false\n"
+                      f"  connections:\n    heartbeat_hold: {hold}\n"
+                      "  limits:\n    max_connections_per_address: 0\n")
     fakes: list[tuple[Any, Watch, Path]] = []
     rows: list[dict[str, Any]] = []
     try:

@@ -6,13 +6,21 @@ machines. Every mistake in the file is reported at once, each with its key's pat
 a farm is not started, stopped and restarted once per typo. With no file at all the
 defaults give a working localhost-only farm.
 
+Each program's section is split in nested sections (``server.scheduling``,
+``server.stats``, ...), attrs classes that the services take as they are. Keys of the
+older flat format are still read: each is put in its section and named in
+``Config.moved``, which the programs log at start.
+
 Conversion is driven by the attrs field types, written once in :func:`_convert`: a new
 field of a supported type (``str``, ``int``, ``float``, ``bool``, ``tuple[T, ...]``,
-``dict[str, T]``, ``T | None``) needs no new loading code.
+``dict[str, T]``, ``T | None``, ``Any``, a nested attrs section) needs no new loading
+code. It is hand-written rather than cattrs so that every error keeps its key path,
+what was expected and a did-you-mean, all reported at once.
 """
 
 import difflib
 import getpass
+import json
 import math
 import os
 import re
@@ -26,14 +34,27 @@ import attrs
 import yaml
 
 __all__ = [
+    "AuthConfig",
     "ClientConfig",
     "Config",
     "ConfigError",
+    "ConnectionsConfig",
+    "LimitsConfig",
+    "ManholeConfig",
     "RenderConfig",
+    "RenderSysJobConfig",
+    "ResourcesConfig",
+    "SchedulingConfig",
     "ServerConfig",
+    "StatsConfig",
+    "StoreConfig",
+    "SysJobConfig",
+    "TasksConfig",
+    "WebConfig",
     "default_config_path",
     "default_state_dir",
     "load_config",
+    "moved_keys",
 ]
 
 Environ = Mapping[str, str]
@@ -42,19 +63,6 @@ Check = Callable[[Any], str | None]
 
 CONFIG_ENV = "FARMNET_CONFIG"
 ROOT_STATE_DIR = "/var/lib/farmnet"
-
-
-def _json_object_error(text: str) -> str | None:
-    """A check: empty, or a JSON object."""
-    import json
-
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        return f"not JSON: {e}"
-    return None if isinstance(value, dict) else "must be a JSON object"
 
 
 class ConfigError(Exception):
@@ -183,222 +191,262 @@ def _setting(
     )
 
 
-# --- the classes -------------------------------------------------------------------
+# --- the classes: one per section; each is what its service takes -----------------
+
+
+def _section(cls: type, doc: str) -> Any:
+    """A nested section: its own mapping in the file, its defaults when left out."""
+    return attrs.field(factory=cls, metadata={"doc": doc})
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: Any) -> str | None:
+        if value in choices:
+            return None
+        return f"must be {', '.join(f'{c!r}' for c in choices[:-1])} or {choices[-1]!r}, got {value!r}"
+
+    return check
+
+
+def _json_data(value: Any) -> str | None:
+    """Custom data goes to events tasks as JSON: YAML dates and the like cannot."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return "must hold only strings, numbers, booleans, null, lists and mappings"
+    return None
+
+
+@attrs.frozen
+class SchedulingConfig:
+    """The farm-wide rules the farm model obeys (Afanasy's defaults); the Farm takes this."""
+
+    admins: tuple[str, ...] = _setting((), doc="User names with admin rights.")
+    errors_retries: int = _setting(
+        3, doc="A failed task is ready again while its error count is <= this.", check=_at_least(0))
+    errors_avoid_host: int = _setting(
+        3, doc="A block stops using a host after this many errors on it.", check=_at_least(0))
+    errors_task_same_host: int = _setting(
+        3, doc="A task stops using a host after this many errors on it.", check=_at_least(0))
+    errors_forgive_time: float = _setting(
+        18000.0, doc="Seconds after its last error an avoided host is forgiven.", check=_at_least(0))
+    sick_errors_count: int = _setting(
+        0, doc="Errors in a row from this many different jobs make a render SICK (0: never).",
+        check=_at_least(0))
+    task_reconnect_timeout: float = _setting(
+        30.0, doc="Seconds a task of a vanished render waits for it before being ready again.",
+        check=_at_least(0))
+    max_tasks_per_job: int = _setting(1_000_000, doc="The most tasks one job may have.", check=_above(0))
+    users_solving: str = _setting(
+        "need", doc='How users share the farm: "need" (1.1^priority / (running + 1)) or "order" (priority).',
+        check=_one_of("need", "order"))
+    solve_by_capacity: bool = _setting(
+        True, doc="Need counts running capacity (true) or running tasks (false).")
+    tickets: dict[str, int] = _setting(
+        attrs.Factory(dict), doc="Licence tickets farm-wide, e.g. {NUKE: 20}: no task starts past them.")
+    tickets_per_host: dict[str, int] = _setting(
+        attrs.Factory(dict), doc="Licence tickets per render, e.g. {NUKE: 1}.")
+
+
+@attrs.frozen
+class StoreConfig:
+    """Where the server keeps the farm's state and task outputs."""
+
+    path: str = _setting(doc="State directory (the farm's state, task outputs).", check=_not_empty,
+                         env_default=_server_store)
+    output_max_bytes: int = _setting(
+        10 * 1024 * 1024, doc="Task output kept by the server per task run, in bytes.", check=_at_least(0))
+
+
+@attrs.frozen
+class ConnectionsConfig:
+    """How the server holds, watches and closes its AMP connections."""
+
+    heartbeat_hold: float = _setting(
+        60.0, doc="Seconds a render's Heartbeat is held open when there are no orders.", check=_above(0))
+    event_hold: float = _setting(
+        20.0, doc="Seconds a monitor's PollEvents is held open when there are no events.", check=_above(0))
+    zombie_time: float = _setting(
+        16.0, doc="Seconds of silence after which a render is offline (zombie).", check=_above(0))
+    close_wait: float = _setting(
+        2.0, doc="Seconds a peer asked to close has to close first before the server resets it.",
+        check=_at_least(0))
+    idle_timeout: float = _setting(
+        300.0,
+        doc="Seconds after which a tool or monitor connection with nothing to do is closed (0: never).",
+        check=_at_least(0))
+
+
+@attrs.frozen
+class AuthConfig:
+    """Who may connect: renders by a shared secret, tools, monitors and the web by password."""
+
+    render_secret: str = _setting(
+        "", doc='Enrolment secret renders must give (their "secret"); "" lets any render register.')
+    users_file: str = _setting(
+        "",
+        doc='Tool and monitor users: a file of user:hash lines; "" accepts any user, from localhost only.')
+
+
+@attrs.frozen
+class LimitsConfig:
+    """Per-connection limits; past one, that connection (never the server) is closed."""
+
+    max_connections_per_address: int = _setting(
+        256, doc="Connections open at once from one peer address (0: no limit).", check=_at_least(0))
+    max_box_bytes: int = _setting(
+        64 * 1024 * 1024,
+        doc="Bytes of one AMP box buffered per connection; a bigger box closes it (0: no limit).",
+        check=_at_least(0))
+    max_boxes_per_second: float = _setting(
+        1000.0, doc="AMP boxes per second per connection; past it, closed (0: no limit).", check=_at_least(0))
+    burst_seconds: float = _setting(
+        2.0, doc="Seconds of max_boxes_per_second a connection may send in one burst.", check=_above(0))
+
+
+@attrs.frozen
+class WebConfig:
+    """The web site: pages, statistics and the JSON API."""
+
+    listen: str = _setting(
+        "tcp:51180:interface=127.0.0.1",
+        doc='Web site endpoint (Twisted server endpoint string); "" disables it.')
+    public: bool = _setting(
+        True, doc="Read-only pages and API for everyone (true) or for logged-in users only (false).")
+
+
+@attrs.frozen
+class ManholeConfig:
+    """The admin Python manhole inside the running server; off unless an endpoint is set."""
+
+    telnet: str = _setting(
+        "", doc='Manhole over telnet: a loopback TCP or unix (mode 600) endpoint; "" is off.')
+    ssh: str = _setting("", doc='Manhole over SSH (public keys): a server endpoint string; "" is off.')
+    passwords: str = _setting(
+        "", doc="File of user:hash lines for the telnet manhole (python -m farmnet.server.passwords USER).")
+    ssh_host_key: str = _setting(
+        "", doc='The SSH manhole\'s host key file; "" is <store>/manhole_host_key, made on first start.')
+    authorized_keys: str = _setting(
+        "", doc="OpenSSH authorized_keys file for the SSH manhole; log in with a name from admins.")
+
+
+@attrs.frozen
+class StatsConfig:
+    """Statistics (task runs, jobs, farm events) kept in PostgreSQL."""
+
+    enabled: bool = _setting(True, doc="Keep statistics; false turns them off.")
+    dsn: str = _setting(
+        "",
+        doc='libpq connection string of the statistics database; "" runs PostgreSQL embedded in the store.')
+    embedded_dir: str = _setting(
+        "", doc='Data directory of the embedded PostgreSQL; "" is <store>/postgresql.')
+    pg_bin: str = _setting(
+        "", doc='Directory of initdb/pg_ctl/postgres; "" searches PATH, then /usr/lib/postgresql/*/bin.')
+    spool_max_bytes: int = _setting(
+        256 * 1024 * 1024,
+        doc="Disk kept for statistics while the database is down, in bytes.", check=_above(0))
+    batch_rows: int = _setting(2000, doc="Most rows written in one statement.", check=_above(0))
+    flush_interval: float = _setting(
+        0.5, doc="Seconds between writes of the rows gathered (a full batch goes at once).", check=_above(0))
+    reconnect_max_delay: float = _setting(
+        10.0, doc="Longest wait in seconds between reconnection attempts to the database.", check=_above(0))
+
+
+@attrs.frozen
+class SysJobConfig:
+    """The system job (Afanasy's): the farm's chores as tasks run by renders."""
+
+    tasklife: float = _setting(
+        1800.0,
+        doc="A system task older than this (seconds) is an error (af_sysjob_tasklife).", check=_above(0))
+    tasksmax: int = _setting(
+        1000,
+        doc="Most ready or running system tasks; past it commands wait in a stored list.", check=_above(0))
+    postcmd_service: str = _setting(
+        "postcmd", doc="Service of the system job's block for jobs' post commands.", check=_not_empty)
+    events_service: str = _setting(
+        "events", doc="Service of the system job's block for events.", check=_not_empty)
+    wol_service: str = _setting(
+        "wakeonlan", doc="Service of the system job's block for wake-on-LAN.", check=_not_empty)
+    cmd_wolwake: str = _setting(
+        "wolwake", doc="Wake command put before the MAC addresses of renders to wake.", check=_not_empty)
+    custom_data: dict[str, Any] = _setting(
+        attrs.Factory(dict),
+        doc='Farm-wide custom data under every event\'s, e.g. {events: {RENDER_SICK: {}}}.',
+        check=_json_data)
 
 
 @attrs.frozen
 class ServerConfig:
-    """The central server: where it listens, where it keeps state, farm-wide rules."""
+    """The central server: where it listens and logs; the rest is in its sections."""
 
     listen: str = _setting(
         "tcp:51100:interface=127.0.0.1",
         doc="AMP listener for renders and clients (Twisted server endpoint string).",
-        check=_not_empty,
-    )
-    web: str = _setting(
-        "tcp:51180:interface=127.0.0.1",
-        doc='Web site endpoint (Twisted server endpoint string); "" disables it.',
-    )
-    store: str = _setting(
-        doc="State directory (task outputs, the store).",
-        check=_not_empty,
-        env_default=_server_store,
-    )
-    heartbeat_hold: float = _setting(
-        60.0,
-        doc="Seconds a render's Heartbeat is held open when there are no orders.",
-        check=_above(0),
-    )
-    admins: tuple[str, ...] = _setting((), doc="User names with admin rights.")
-    output_max_bytes: int = _setting(
-        10 * 1024 * 1024,
-        doc="Task output kept by the server per task run, in bytes.",
-        check=_at_least(0),
-    )
-    errors_retries: int = _setting(
-        3,
-        doc="A failed task is ready again while its error count is <= this.",
-        check=_at_least(0),
-    )
-    errors_avoid_host: int = _setting(
-        3,
-        doc="A block stops using a host after this many errors on it.",
-        check=_at_least(0),
-    )
-    errors_task_same_host: int = _setting(
-        3,
-        doc="A task stops using a host after this many errors on it.",
-        check=_at_least(0),
-    )
-    errors_forgive_time: float = _setting(
-        18000.0,
-        doc="Seconds after its last error an avoided host is forgiven.",
-        check=_at_least(0),
-    )
-    zombie_time: float = _setting(
-        16.0,
-        doc="Seconds of silence after which a render is offline (zombie).",
-        check=_above(0),
-    )
-    task_reconnect_timeout: float = _setting(
-        30.0,
-        doc="Seconds a task of a vanished render waits for it before being ready again.",
-        check=_at_least(0),
-    )
-    sick_errors_count: int = _setting(
-        0,
-        doc="Errors in a row from this many different jobs make a render SICK (0: never).",
-        check=_at_least(0),
-    )
-    users_solving: str = _setting(
-        "need",
-        doc='How users share the farm: "need" (1.1^priority / (running + 1)) or "order" (priority).',
-        check=lambda v: None if v in ("need", "order") else f'must be "need" or "order", got {v!r}',
-    )
-    solve_by_capacity: bool = _setting(
-        True,
-        doc="Need counts running capacity (true) or running tasks (false).",
-    )
-    tickets: dict[str, int] = _setting(
-        attrs.Factory(dict),
-        doc="Licence tickets farm-wide, e.g. {NUKE: 20}: no task starts past them.",
-    )
-    tickets_per_host: dict[str, int] = _setting(
-        attrs.Factory(dict),
-        doc="Licence tickets per render, e.g. {NUKE: 1}.",
-    )
-    max_tasks_per_job: int = _setting(
-        1_000_000,
-        doc="The most tasks one job may have.",
-        check=_above(0),
-    )
-    manhole_telnet: str = _setting(
-        "",
-        doc='Admin Python manhole over telnet: a loopback TCP or unix (mode 600) endpoint; "" is off.',
-    )
-    manhole_ssh: str = _setting(
-        "",
-        doc='Admin Python manhole over SSH (public keys): a server endpoint string; "" is off.',
-    )
-    manhole_passwords: str = _setting(
-        "",
-        doc="File of user:hash lines for the telnet manhole (python -m farmnet.server.passwords USER).",
-    )
-    manhole_ssh_host_key: str = _setting(
-        "",
-        doc='The SSH manhole\'s host key file; "" is <store>/manhole_host_key, made on first start.',
-    )
-    manhole_authorized_keys: str = _setting(
-        "",
-        doc="OpenSSH authorized_keys file for the SSH manhole; log in with a name from admins.",
-    )
-    stats: bool = _setting(
-        True,
-        doc="Keep statistics (task runs, jobs, farm events) in PostgreSQL; false turns them off.",
-    )
-    stats_dsn: str = _setting(
-        "",
-        doc='libpq connection string of the statistics database; "" runs PostgreSQL embedded in the store.',
-    )
-    stats_embedded_dir: str = _setting(
-        "",
-        doc='Data directory of the embedded PostgreSQL; "" is <store>/postgresql.',
-    )
-    stats_pg_bin: str = _setting(
-        "",
-        doc='Directory of initdb/pg_ctl/postgres; "" searches PATH, then /usr/lib/postgresql/*/bin.',
-    )
-    stats_spool_max_bytes: int = _setting(
-        256 * 1024 * 1024,
-        doc="Disk kept for statistics while the database is down, in bytes; past it the oldest go.",
-        check=_above(0),
-    )
-    stats_batch_rows: int = _setting(
-        2000,
-        doc="Most rows written to the statistics database in one statement.",
-        check=_above(0),
-    )
-    stats_flush_interval: float = _setting(
-        0.5,
-        doc="Seconds between writes of the rows gathered (a full batch goes at once).",
-        check=_above(0),
-    )
-    stats_reconnect_max_delay: float = _setting(
-        10.0,
-        doc="Longest wait in seconds between reconnection attempts to the statistics database.",
-        check=_above(0),
-    )
-    close_wait: float = _setting(
-        2.0,
-        doc="Seconds a peer asked to close has to close first before the server resets it.",
-        check=_at_least(0),
-    )
-    idle_timeout: float = _setting(
-        300.0,
-        doc="Seconds after which a tool or monitor connection with nothing to do is closed (0: never).",
-        check=_at_least(0),
-    )
-    render_secret: str = _setting(
-        "",
-        doc='Enrolment secret renders must give (their "secret"); "" lets any render register.',
-    )
-    users_file: str = _setting(
-        "",
-        doc='Tool and monitor users: a file of user:hash lines; "" accepts any user, from localhost only.',
-    )
-    max_connections_per_address: int = _setting(
-        256,
-        doc="Connections open at once from one peer address (0: no limit).",
-        check=_at_least(0),
-    )
-    max_box_bytes: int = _setting(
-        64 * 1024 * 1024,
-        doc="Bytes of one AMP box buffered per connection; a bigger box closes it (0: no limit).",
-        check=_at_least(0),
-    )
-    max_boxes_per_second: float = _setting(
-        1000.0,
-        doc="AMP boxes per second per connection (bursts of 2 s allowed); past it, closed (0: no limit).",
-        check=_at_least(0),
-    )
-    stats_interval: float = _setting(
-        60.0,
-        doc="Seconds between statistics lines in the log (connections, renders, tasks, traffic); 0: off.",
-        check=_at_least(0),
-    )
-    sysjob_tasklife: float = _setting(
-        1800.0,
-        doc="System job: a system task older than this (seconds) is an error (af_sysjob_tasklife).",
-        check=_above(0),
-    )
-    sysjob_tasksmax: int = _setting(
-        1000,
-        doc="System job: most ready or running system tasks; past it commands wait in a stored list.",
-        check=_above(0),
-    )
-    sysjob_postcmd_service: str = _setting(
-        "postcmd", doc="Service of the system job's block for jobs' post commands.", check=_not_empty)
-    sysjob_events_service: str = _setting(
-        "events", doc="Service of the system job's block for events.", check=_not_empty)
-    sysjob_wol_service: str = _setting(
-        "wakeonlan", doc="Service of the system job's block for wake-on-LAN.", check=_not_empty)
-    render_cmd_wolwake: str = _setting(
-        "wolwake", doc="Wake command the server puts before the MAC addresses of renders to wake.",
         check=_not_empty)
-    sysjob_custom_data: str = _setting(
-        "",
-        doc='Farm-wide custom data (JSON) under every event\'s, e.g. {"events": {"RENDER_SICK": {}}}.',
-        check=lambda v: _json_object_error(v),
-    )
     log_format: str = _setting(
         "text",
         doc='The server\'s log: "text" (human-readable) or "json" (JSON lines).',
-        check=lambda v: None if v in ("text", "json") else f'must be "text" or "json", got {v!r}',
-    )
-    web_public: bool = _setting(
-        True,
-        doc="Read-only web pages and API for everyone (true) or for logged-in users only (false).",
-    )
+        check=_one_of("text", "json"))
+    log_stats_interval: float = _setting(
+        60.0,
+        doc="Seconds between statistics lines in the log (connections, renders, tasks, traffic); 0: off.",
+        check=_at_least(0))
+    store: StoreConfig = _section(StoreConfig, "State directory and task outputs.")
+    scheduling: SchedulingConfig = _section(SchedulingConfig, "Farm-wide rules: admins, errors, tickets.")
+    connections: ConnectionsConfig = _section(ConnectionsConfig, "Holding, watching and closing connections.")
+    auth: AuthConfig = _section(AuthConfig, "Render secret and users' passwords.")
+    limits: LimitsConfig = _section(LimitsConfig, "Per-connection limits.")
+    web: WebConfig = _section(WebConfig, "The web site.")
+    manhole: ManholeConfig = _section(ManholeConfig, "The admin manhole.")
+    stats: StatsConfig = _section(StatsConfig, "Statistics in PostgreSQL.")
+    sysjob: SysJobConfig = _section(SysJobConfig, "The system job.")
+
+
+@attrs.frozen
+class TasksConfig:
+    """How a render runs its tasks."""
+
+    kill_grace: float = _setting(
+        10.0, doc="Seconds between SIGTERM and SIGKILL when stopping a task.", check=_at_least(0))
+    output_flush: float = _setting(
+        0.1, doc="Seconds between output chunks sent to the server.", check=_at_least(0))
+    log_max: int = _setting(1024 * 1024, doc="Bytes of log kept per task on the render.", check=_at_least(0))
+    memory_limit_mb: int = _setting(
+        0, doc="Memory limit of each task in MB (0: none); a start order's memory_limit_mb may lower it.",
+        check=_at_least(0))
+    limit_method: str = _setting(
+        "auto",
+        doc='How task limits are applied: "cgroup" (systemd-run scope), "rlimit" (RLIMIT_AS) or "auto".',
+        check=_one_of("auto", "rlimit", "cgroup"))
+
+
+@attrs.frozen
+class ResourcesConfig:
+    """What the render reports of its machine (CPU, memory, swap, disk, load)."""
+
+    disk_path: str = _setting("/", doc="The disk whose free space the render reports.", check=_not_empty)
+    every: int = _setting(5, doc="Send the resources with every Nth heartbeat; 0: never.", check=_at_least(0))
+
+
+@attrs.frozen
+class RenderSysJobConfig:
+    """How a render runs the system job's tasks (events, wake-on-LAN, sleep)."""
+
+    events_service_class: str = _setting(
+        "farmnet.sysjob.events:EventService",
+        doc="Class (package.module:Class) that delivers the system job's events (email, webhook).",
+        check=_not_empty)
+    wol_broadcast: str = _setting(
+        "255.255.255.255",
+        doc="Broadcast address (IPv4) Wake-on-LAN magic packets are sent to.", check=_not_empty)
+    wol_port: int = _setting(
+        9, doc="UDP port of Wake-on-LAN magic packets.",
+        check=lambda v: None if 0 < v < 65536 else f"must be a port number 1..65535, got {v!r}")
+    cmd_wolsleep: str = _setting(
+        "systemctl suspend",
+        doc="Command run when the server asks this render to sleep (af_render_cmd_wolsleep).",
+        check=_not_empty)
 
 
 @attrs.frozen
@@ -407,118 +455,36 @@ class RenderConfig:
 
     server: str = _setting(
         "tcp:127.0.0.1:51100",
-        doc="The server's AMP endpoint (Twisted client endpoint string).",
-        check=_not_empty,
-    )
-    name: str = _setting(
-        doc="Render name shown on the farm (default: the host name).",
-        check=_not_empty,
-        env_default=_default_hostname,
-    )
+        doc="The server's AMP endpoint (Twisted client endpoint string).", check=_not_empty)
+    name: str = _setting(doc="Render name shown on the farm (default: the host name).", check=_not_empty,
+                         env_default=_default_hostname)
     capacity: int = _setting(
-        1100,
-        doc="Capacity units this render offers; a task takes its block's capacity.",
-        check=_above(0),
-    )
+        1100, doc="Capacity units this render offers; a task takes its block's capacity.", check=_above(0))
     max_tasks: int = _setting(
-        0,
-        doc="Most tasks run at once; 0 means limited by capacity only.",
-        check=_at_least(0),
-    )
+        0, doc="Most tasks run at once; 0 means limited by capacity only.", check=_at_least(0))
     services: tuple[str, ...] = _setting((), doc="Services this render runs; empty means every service.")
     services_disabled: tuple[str, ...] = _setting((), doc="Services this render never runs.")
-    kill_grace: float = _setting(
-        10.0,
-        doc="Seconds between SIGTERM and SIGKILL when stopping a task.",
-        check=_at_least(0),
-    )
-    output_flush: float = _setting(
-        0.1,
-        doc="Seconds between output chunks sent to the server.",
-        check=_at_least(0),
-    )
-    task_log_max: int = _setting(
-        1024 * 1024,
-        doc="Bytes of log kept per task on the render.",
-        check=_at_least(0),
-    )
     reconnect_max_delay: float = _setting(
-        5.0,
-        doc="Longest wait in seconds between reconnection attempts to the server.",
-        check=_above(0),
-    )
+        5.0, doc="Longest wait in seconds between reconnection attempts to the server.", check=_above(0))
     state_dir: str = _setting(
-        doc="The render's state directory.",
-        check=_not_empty,
-        env_default=_render_state_dir,
-    )
+        doc="The render's state directory.", check=_not_empty, env_default=_render_state_dir)
     owner: str = _setting(
-        "",
-        doc="The user this render belongs to: when nimby, only this user's jobs run on it.",
-    )
-    secret: str = _setting(
-        "",
-        doc="The server's render_secret, when it has one.",
-    )
+        "", doc="The user this render belongs to: when nimby, only this user's jobs run on it.")
+    secret: str = _setting("", doc="The server's auth.render_secret, when it has one.")
     ca: str = _setting(
-        "",
-        doc='CA certificate (PEM file) that signed the server\'s TLS certificate; "" for plain TCP.',
-    )
-    task_memory_limit_mb: int = _setting(
-        0,
-        doc="Memory limit of each task in MB (0: none); a start order's memory_limit_mb may lower it.",
-        check=_at_least(0),
-    )
-    task_limit_method: str = _setting(
-        "auto",
-        doc='How task limits are applied: "cgroup" (systemd-run scope), "rlimit" (RLIMIT_AS) or "auto".',
-        check=lambda v: (
-            None if v in ("auto", "rlimit", "cgroup") else f'must be "auto", "rlimit" or "cgroup", got {v!r}'
-        ),
-    )
+        "", doc='CA certificate (PEM file) that signed the server\'s TLS certificate; "" for plain TCP.')
     log_format: str = _setting(
         "text",
         doc='The render\'s log: "text" (human-readable) or "json" (JSON lines).',
-        check=lambda v: None if v in ("text", "json") else f'must be "text" or "json", got {v!r}',
-    )
-    events_service_class: str = _setting(
-        "farmnet.sysjob.events:EventService",
-        doc="Class (package.module:Class) that delivers the system job's events (email, webhook).",
-        check=_not_empty,
-    )
-    wol_broadcast: str = _setting(
-        "255.255.255.255",
-        doc="Broadcast address (IPv4) Wake-on-LAN magic packets are sent to.",
-        check=_not_empty,
-    )
-    wol_port: int = _setting(
-        9,
-        doc="UDP port of Wake-on-LAN magic packets.",
-        check=lambda v: None if 0 < v < 65536 else f"must be a port number 1..65535, got {v!r}",
-    )
+        check=_one_of("text", "json"))
     service_classes: dict[str, str] = _setting(
-        attrs.Factory(dict),
-        doc='Custom service classes by service name, e.g. {maya: "studio.farm:Maya"}.',
-    )
+        attrs.Factory(dict), doc='Custom service classes by service name, e.g. {maya: "studio.farm:Maya"}.')
     parser_classes: dict[str, str] = _setting(
         attrs.Factory(dict),
-        doc='Custom parser classes by parser name, e.g. {maya: "studio.farm:MayaParser"}.',
-    )
-    resources_disk_path: str = _setting(
-        "/",
-        doc="The disk whose free space the render reports with its resources.",
-        check=_not_empty,
-    )
-    resources_every: int = _setting(
-        5,
-        doc="Send the render's resources with every Nth heartbeat; 0: never.",
-        check=_at_least(0),
-    )
-    cmd_wolsleep: str = _setting(
-        "systemctl suspend",
-        doc="Sleep command a render runs when the server asks it to sleep (af_render_cmd_wolsleep).",
-        check=_not_empty,
-    )
+        doc='Custom parser classes by parser name, e.g. {maya: "studio.farm:MayaParser"}.')
+    tasks: TasksConfig = _section(TasksConfig, "How tasks are run.")
+    resources: ResourcesConfig = _section(ResourcesConfig, "What the render reports of its machine.")
+    sysjob: RenderSysJobConfig = _section(RenderSysJobConfig, "System job tasks on this render.")
 
 
 @attrs.frozen
@@ -527,36 +493,63 @@ class ClientConfig:
 
     server: str = _setting(
         "tcp:127.0.0.1:51100",
-        doc="The server's AMP endpoint (Twisted client endpoint string).",
-        check=_not_empty,
-    )
-    user: str = _setting(
-        doc="User name jobs are submitted as (default: the login name).",
-        check=_not_empty,
-        env_default=_default_user,
-    )
-    timeout: float = _setting(
-        30.0,
-        doc="Seconds to wait for the server's answer.",
-        check=_above(0),
-    )
+        doc="The server's AMP endpoint (Twisted client endpoint string).", check=_not_empty)
+    user: str = _setting(doc="User name jobs are submitted as (default: the login name).", check=_not_empty,
+                         env_default=_default_user)
+    timeout: float = _setting(30.0, doc="Seconds to wait for the server's answer.", check=_above(0))
     password_file: str = _setting(
-        "",
-        doc="File whose first line is the user's password (for a server with a users_file).",
-    )
+        "", doc="File whose first line is the user's password (for a server with a users_file).")
     ca: str = _setting(
-        "",
-        doc='CA certificate (PEM file) that signed the server\'s TLS certificate; "" for plain TCP.',
-    )
+        "", doc='CA certificate (PEM file) that signed the server\'s TLS certificate; "" for plain TCP.')
 
 
 @attrs.frozen
 class Config:
-    """The whole configuration: one section per program."""
+    """The whole configuration: one section per program, and the old keys it had to move."""
 
-    server: ServerConfig = attrs.field(factory=ServerConfig, metadata={"doc": "The central server."})
-    render: RenderConfig = attrs.field(factory=RenderConfig, metadata={"doc": "A render host."})
-    client: ClientConfig = attrs.field(factory=ClientConfig, metadata={"doc": "Command-line tools."})
+    server: ServerConfig = _section(ServerConfig, "The central server.")
+    render: RenderConfig = _section(RenderConfig, "A render host.")
+    client: ClientConfig = _section(ClientConfig, "Command-line tools.")
+    #: One line per old (flat) key read, naming its new place: for the programs to log.
+    moved: tuple[str, ...] = attrs.field(
+        default=(), eq=False, metadata={"doc": "Old keys read, and their new places."})
+
+
+# --- keys of the flat format (up to farmnet 0.x), still read -----------------------
+
+_MOVED = types.MappingProxyType({
+    ServerConfig: types.MappingProxyType({
+        "store": "store.path", "output_max_bytes": "store.output_max_bytes",
+        **{key: f"scheduling.{key}" for key in (
+            "admins", "errors_retries", "errors_avoid_host", "errors_task_same_host", "errors_forgive_time",
+            "sick_errors_count", "task_reconnect_timeout", "max_tasks_per_job", "users_solving",
+            "solve_by_capacity", "tickets", "tickets_per_host")},
+        **{key: f"connections.{key}"
+           for key in ("heartbeat_hold", "zombie_time", "close_wait", "idle_timeout")},
+        "render_secret": "auth.render_secret", "users_file": "auth.users_file",
+        **{key: f"limits.{key}"
+           for key in ("max_connections_per_address", "max_box_bytes", "max_boxes_per_second")},
+        "web": "web.listen", "web_public": "web.public",
+        **{f"manhole_{key}": f"manhole.{key}"
+           for key in ("telnet", "ssh", "passwords", "ssh_host_key", "authorized_keys")},
+        "stats": "stats.enabled",
+        **{f"stats_{key}": f"stats.{key}" for key in (
+            "dsn", "embedded_dir", "pg_bin", "spool_max_bytes", "batch_rows", "flush_interval",
+            "reconnect_max_delay")},
+        "stats_interval": "log_stats_interval",
+        **{f"sysjob_{key}": f"sysjob.{key}" for key in (
+            "tasklife", "tasksmax", "postcmd_service", "events_service", "wol_service", "custom_data")},
+        "render_cmd_wolwake": "sysjob.cmd_wolwake",
+    }),
+    RenderConfig: types.MappingProxyType({
+        "kill_grace": "tasks.kill_grace", "output_flush": "tasks.output_flush",
+        "task_log_max": "tasks.log_max",
+        "task_memory_limit_mb": "tasks.memory_limit_mb", "task_limit_method": "tasks.limit_method",
+        "resources_disk_path": "resources.disk_path", "resources_every": "resources.every",
+        **{key: f"sysjob.{key}"
+           for key in ("events_service_class", "wol_broadcast", "wol_port", "cmd_wolsleep")},
+    }),
+})
 
 
 # --- reading YAML ------------------------------------------------------------------
@@ -746,6 +739,8 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str], environ: Environ
                 result[key] = item
         return result
 
+    if tp is Any:  # free-form data (custom_data): taken as written
+        return value
     if tp not in _EXPECTED:
         raise TypeError(f"unsupported configuration type {tp!r}")
 
@@ -781,10 +776,78 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str], environ: Environ
 # --- loading -----------------------------------------------------------------------
 
 
-def _unknown_key(path: str, key: Any, known: list[str]) -> str:
-    close = difflib.get_close_matches(str(key), known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
-    return f"{path}: unknown key{hint}"
+def _sections(cls: type) -> list[str]:
+    return [field.name for field in attrs.fields(cls) if attrs.has(field.type)]
+
+
+def _unknown_key(path: str, key: Any, known: list[str], moved: Mapping[str, str]) -> str:
+    """Suggest the closest key of this section, or the new place of a close old key."""
+    close = difflib.get_close_matches(str(key), [*known, *moved], n=1)
+    if close:
+        name = close[0] if close[0] in known else moved[close[0]]
+        return f"{path}: unknown key (did you mean {name!r}?)"
+    return f"{path}: unknown key (known: {', '.join(known)})"
+
+
+def _old_value(key: str, value: Any, path: str, errors: list[str], environ: Environ) -> Any:
+    """An old key's value in its new form: sysjob_custom_data was JSON in a string."""
+    if key != "sysjob_custom_data" or not isinstance(value, str):
+        return value
+    text = _substitute(value, path, errors, environ)
+    if text is _INVALID:
+        return {}
+    try:
+        data = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as exc:
+        errors.append(f"{path}: not JSON: {exc}")
+        return {}
+    if not isinstance(data, dict):
+        errors.append(f"{path}: must be a JSON object")
+        return {}
+    return data
+
+
+def _move_old_keys(
+    cls: type, prefix: str, data: Mapping[str, Any], errors: list[str], moved: dict[str, str],
+    environ: Environ,
+) -> Mapping[str, Any]:
+    """The flat keys of ``data`` put in their sections, each noted in ``moved`` (new path: old).
+
+    A key that is both an old scalar and a new section (``stats``, ``web``, ``store``)
+    is old only when its value is not a mapping. Old and new both given is an error.
+    """
+    table = _MOVED.get(cls, {})
+    sections = _sections(cls)
+    old = [key for key in data if key in table and not (
+        key in sections and (data[key] is None or isinstance(data[key], Mapping)))]
+    if not old:
+        return data
+    result = {key: value for key, value in data.items() if key not in old}
+    for key in old:
+        where, new = f"{prefix}.{key}", f"{prefix}.{table[key]}"
+        value = _old_value(key, data[key], where, errors, environ)
+        *section, name = table[key].split(".")
+        target = result
+        if section:
+            inner = result.get(section[0])
+            if inner is not None and not isinstance(inner, Mapping):
+                continue  # the section itself is wrong: that error comes with it
+            target = result[section[0]] = dict(inner or {})
+        if name in target:
+            errors.append(f"{where}: moved to {new}, which is given too: keep only {new}")
+            continue
+        target[name] = value
+        moved[new] = where
+    return result
+
+
+def _mapping(value: Any, prefix: str, what: str, errors: list[str]) -> Mapping[str, Any]:
+    if value is None:  # "server:" with every key commented out
+        return {}
+    if not isinstance(value, Mapping):
+        errors.append(f"{prefix}: {what}, got {_describe(value)}")
+        return {}
+    return value
 
 
 def _load_section(
@@ -794,35 +857,30 @@ def _load_section(
     overrides: Any,
     environ: Environ,
     errors: list[str],
+    moved: dict[str, str],
 ) -> Any:
-    """Build one section from file ``data`` and command-line ``overrides``.
+    """Build one section (and its sections) from file ``data`` and command-line ``overrides``.
 
     Returns None when something was wrong (the reasons are in ``errors``).
     """
     before = len(errors)
     fields = {field.name: field for field in attrs.fields(cls)}
     names = list(fields)
-
-    if data is None:  # "server:" with every key commented out
-        data = {}
-    elif not isinstance(data, Mapping):
-        errors.append(f"{prefix}: expected a mapping, got {_describe(data)}")
-        data = {}
-    if overrides is None:
-        overrides = {}
-    elif not isinstance(overrides, Mapping):
-        errors.append(f"{prefix}: overrides must be a mapping, got {_describe(overrides)}")
-        overrides = {}
+    data = _move_old_keys(cls, prefix, _mapping(data, prefix, "expected a mapping", errors), errors, moved,
+                          environ)
+    overrides = _mapping(overrides, prefix, "overrides must be a mapping", errors)
     given = {key: value for key, value in overrides.items() if value is not None}
 
     for key in dict.fromkeys([*data, *given]):
         if key not in fields:
-            errors.append(_unknown_key(f"{prefix}.{key}", key, names))
+            errors.append(_unknown_key(f"{prefix}.{key}", key, names, _MOVED.get(cls, {})))
 
     values: dict[str, Any] = {}
     for name, field in fields.items():
         path = f"{prefix}.{name}"
-        if name in given:  # a flag wins; the file's value is not even checked
+        if attrs.has(field.type):
+            value = _load_section(field.type, path, data.get(name), given.get(name), environ, errors, moved)
+        elif name in given:  # a flag wins; the file's value is not even checked
             value = _convert(given[name], field.type, path, errors, None)
         elif name in data:
             value = _convert(data[name], field.type, path, errors, environ)
@@ -831,7 +889,7 @@ def _load_section(
             continue
         else:
             continue
-        if value is _INVALID:
+        if value is _INVALID or value is None and attrs.has(field.type):
             continue
         check = field.metadata.get("check")
         message = check(value) if check is not None else None
@@ -852,16 +910,16 @@ def load_config(
 
     ``environ`` (default ``os.environ``) feeds ``${VAR}`` substitution and the
     machine-dependent defaults. ``overrides`` are command-line values applied on top
-    of the file, ``{"server": {"listen": "tcp:0"}}``, a None value meaning "not
-    given"; they are checked like the file but not substituted. Raises ConfigError
-    listing every problem.
+    of the file, nested like it (``{"server": {"web": {"listen": ""}}}``), a None value
+    meaning "not given"; they are checked like the file but not substituted. Old flat
+    keys are read into their sections and listed in ``Config.moved``. Raises
+    ConfigError listing every problem.
     """
     env: Environ = os.environ if environ is None else environ
     raw: Any = {} if path is None else _read_yaml(path)
     if raw is None:  # an empty file, or only comments
         raw = {}
-    sections = {field.name: field for field in attrs.fields(Config)}
-    names = list(sections)
+    names = _sections(Config)
     if not isinstance(raw, Mapping):
         raise ConfigError(
             [f"{path}: expected a mapping of sections ({', '.join(names)}), got {_describe(raw)}"]
@@ -870,13 +928,32 @@ def load_config(
         overrides = {}
 
     errors: list[str] = []
+    moved: dict[str, str] = {}
     for key in dict.fromkeys([*raw, *overrides]):
-        if key not in sections:
-            errors.append(_unknown_key(str(key), key, names))
+        if key not in names:
+            errors.append(_unknown_key(str(key), key, names, {}))
+    classes = attrs.fields_dict(Config)
     loaded = {
-        name: _load_section(field.type, name, raw.get(name), overrides.get(name), env, errors)
-        for name, field in sections.items()
+        name: _load_section(classes[name].type, name, raw.get(name), overrides.get(name), env, errors, moved)
+        for name in names
     }
     if errors:
-        raise ConfigError(errors, source=path)
-    return Config(**loaded)
+        raise ConfigError([_as_written(error, moved) for error in errors], source=path)
+    return Config(**loaded, moved=tuple(f"{old}: moved to {new}" for new, old in moved.items()))
+
+
+def _as_written(error: str, moved: Mapping[str, str]) -> str:
+    """An error about a moved key also names the key as the file has it."""
+    path = re.split(r"[:\[]", error, maxsplit=1)[0]
+    for new, old in moved.items():
+        if path == new or path.startswith((f"{new}.", f"{new}[")):
+            return f"{error} (written as {old})"
+    return error
+
+
+def moved_keys(config: Config, section: str) -> str | None:
+    """One warning naming every old key of ``section`` that was read and its new place."""
+    lines = [line for line in config.moved if line.startswith(f"{section}.")]
+    if not lines:
+        return None
+    return "old configuration keys, still read but to be moved:\n  " + "\n  ".join(lines)

@@ -6,18 +6,22 @@ import os
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
-from farmnet.config import ConfigError, default_config_path, load_config
+from farmnet.config import ConfigError, default_config_path, load_config, moved_keys
+
+log = Logger()
 
 
-def _load(options: usage.Options, section: str, flags: dict[str, Any]) -> Any:
+def _load(options: usage.Options, section: str, flags: dict[str, Any]) -> tuple[Any, str | None]:
+    """The program's section (flags on top of the file), and the warning about old keys in it."""
     try:
         config = load_config(options["config"] or default_config_path(os.environ),
                              overrides={section: flags})
     except ConfigError as e:
         raise usage.UsageError("configuration errors:\n  " + "\n  ".join(e.errors)) from None
-    return getattr(config, section)
+    return getattr(config, section), moved_keys(config, section)
 
 
 class ServerOptions(usage.Options):
@@ -30,8 +34,8 @@ class ServerOptions(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        self.config = _load(self, "server", {"listen": self["listen"], "web": self["web"],
-                                             "store": self["store"]})
+        self.config, self.moved = _load(self, "server", {
+            "listen": self["listen"], "web": {"listen": self["web"]}, "store": {"path": self["store"]}})
 
 
 class RenderOptions(usage.Options):
@@ -46,7 +50,7 @@ class RenderOptions(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        self.config = _load(self, "render", {
+        self.config, self.moved = _load(self, "render", {
             "server": self["server"], "name": self["name"], "capacity": self["capacity"],
             "max_tasks": self["max-tasks"], "services": self["services"]})
 
@@ -69,6 +73,9 @@ def makeService(options: Options) -> IService:
     from farmnet.logging import with_log_format
 
     config = options.subOptions.config
+    if options.subOptions.moved:  # buffered until twistd's log starts, then written once
+        path = options.subOptions["config"] or default_config_path(os.environ)
+        log.warn("{path}: {moved}", path=path, moved=options.subOptions.moved)
     service: IService
     if options.subCommand == "server":
         from farmnet.app import ServerService

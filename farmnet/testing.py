@@ -121,7 +121,7 @@ class ProcessFarm:
             address.unlink()
         if "--config" not in args:  # no embedded PostgreSQL per test farm unless asked for
             config = self.base / "farmnet.yaml"
-            config.write_text("server:\n  stats: false\n")
+            config.write_text("server:\n  stats:\n    enabled: false\n")
             args = ("--config", str(config), *args)
         self.server = self.spawn("server", ["farmnet", "server", "--listen", listen, "--web", "",
                                             "--store", str(store), *args])

@@ -37,8 +37,9 @@ from farmnet.client import (
     connect,
     load_spec,
 )
+from farmnet.config import ConnectionsConfig, SchedulingConfig
 from farmnet.model.data import Render
-from farmnet.model.farm import Farm, FarmSettings
+from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.outputs import OutputStore
@@ -85,9 +86,10 @@ class ServerTestCase(TestCase):
     async def setUp(self) -> None:
         self.base = tempfile.mkdtemp(prefix="farmnet-client-test-")
         self.addCleanup(shutil.rmtree, self.base, True)
-        self.farm = Farm(reactor, FarmSettings(admins=frozenset({"root"})))
+        self.farm = Farm(reactor, SchedulingConfig(admins=("root",)))
         self.outputs = OutputStore(Path(self.base) / "output")
-        self.server = FarmServer(reactor, self.farm, self.outputs, event_hold=EVENT_HOLD)
+        self.server = FarmServer(reactor, self.farm, self.outputs,
+                                 connections=ConnectionsConfig(heartbeat_hold=20.0, event_hold=EVENT_HOLD))
         self.port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
             ServerFactory(self.server))
         self.endpoint = f"tcp:127.0.0.1:{self.port.getHost().port}"

@@ -8,9 +8,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from farmnet import errors
+from farmnet.config import SchedulingConfig
 from farmnet.model.data import Render, TaskState
 from farmnet.model.events import OrdersQueued
-from farmnet.model.farm import Farm, FarmSettings
+from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
 from farmnet.server.monitors import EventLog
 
@@ -24,7 +25,7 @@ def job_doc(name: str = "job", frames: int = 3, **extra: Any) -> dict[str, Any]:
 class FarmTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.farm = Farm(self.clock, FarmSettings(admins=frozenset({"root"}), task_reconnect_timeout=30))
+        self.farm = Farm(self.clock, SchedulingConfig(admins=("root",), task_reconnect_timeout=30))
         self.woken: list[str] = []
         self.farm.bus.subscribe(OrdersQueued, lambda e: self.woken.append(e.render.name))
         self.events = EventLog(self.farm)

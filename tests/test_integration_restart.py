@@ -32,7 +32,7 @@ def sleep_job(tasks: int, seconds: float, name: str = "sleepers") -> dict[str, A
 
 class RestartCase(TestCase):
     timeout = 180
-    server_config = "server:\n  stats: false\n"
+    server_config = "server:\n  stats:\n    enabled: false\n"
 
     async def setUp(self) -> None:
         self.base = tempfile.mkdtemp(prefix="farmnet-restart-")
@@ -103,8 +103,8 @@ class ServerKilledTests(RestartCase):
 
 
 class RenderKilledTests(RestartCase):
-    server_config = ("server:\n  stats: false\n  task_reconnect_timeout: 1\n  zombie_time: 2\n"
-                     "  heartbeat_hold: 1\n")
+    server_config = ("server:\n  stats:\n    enabled: false\n  scheduling:\n    task_reconnect_timeout: 1\n"
+                     "  connections:\n    zombie_time: 2\n    heartbeat_hold: 1\n")
 
     async def _run_with(self, stop: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
         await self.start_server()
@@ -175,7 +175,8 @@ class _Watch(ProcessProtocol):
 
 
 class ReconnectStormTests(RestartCase):
-    server_config = "server:\n  stats: false\n  max_connections_per_address: 0\n  stats_interval: 2\n"
+    server_config = ("server:\n  log_stats_interval: 2\n  stats:\n    enabled: false\n"
+                     "  limits:\n    max_connections_per_address: 0\n")
     count = 1000
 
     async def test_storm_of_1000_renders(self) -> None:

@@ -34,7 +34,7 @@ class SchedulingIntegrationTests(TestCase):
         self.addCleanup(shutil.rmtree, self.base, True)
         config = os.path.join(self.base, "farmnet.yaml")
         with open(config, "w") as f:
-            yaml.safe_dump({"server": {"admins": ["root"], "stats": False}}, f)
+            yaml.safe_dump({"server": {"scheduling": {"admins": ["root"]}, "stats": {"enabled": False}}}, f)
         self.farm = ProcessFarm(reactor, self.base)
         self.addCleanup(self.farm.stop)
         await self.farm.start_server("--config", config)

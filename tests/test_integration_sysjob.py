@@ -23,8 +23,8 @@ class SystemJobIntegrationTests(TestCase):
         self.slept = os.path.join(self.base, "slept")
         config = os.path.join(self.base, "farmnet.yaml")
         with open(config, "w") as f:
-            yaml.safe_dump({"server": {"admins": ["root"], "stats": False},
-                            "render": {"cmd_wolsleep": f"touch {self.slept}"}}, f)
+            yaml.safe_dump({"server": {"scheduling": {"admins": ["root"]}, "stats": {"enabled": False}},
+                            "render": {"sysjob": {"cmd_wolsleep": f"touch {self.slept}"}}}, f)
         self.farm = ProcessFarm(reactor, self.base)
         self.addCleanup(self.farm.stop)
         await self.farm.start_server("--config", config)

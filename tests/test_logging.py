@@ -186,7 +186,8 @@ class TwistdTests(SynchronousTestCase):
     def run_server(self, twistd_args: list[str], log_format: str | None, log_path: str) -> str:
         """Run the server until it has logged that it is up; returns what it wrote to ``log_path``."""
         config = os.path.join(self.dir, "farmnet.yaml")
-        text = "server:\n  stats: false\n" + (f"  log_format: {log_format}\n" if log_format else "")
+        text = "server:\n  stats:\n    enabled: false\n"
+        text += f"  log_format: {log_format}\n" if log_format else ""
         Path(config).write_text(text, encoding="utf-8")
         stdout_path = os.path.join(self.dir, "stdout.txt")
         argv = [

@@ -25,7 +25,14 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from farmnet import errors
 from farmnet.app import ServerService
-from farmnet.config import ConfigError, ServerConfig
+from farmnet.config import (
+    ConfigError,
+    ManholeConfig,
+    SchedulingConfig,
+    ServerConfig,
+    StoreConfig,
+    WebConfig,
+)
 from farmnet.model.spec import parse_job
 from farmnet.server import passwords
 from farmnet.server.manhole import (
@@ -123,14 +130,18 @@ class ManholeTestCase(TestCase):
         self.passwords.write_text(f"# manhole users\nroot:{passwords.hash_password(PASSWORD)}\n")
 
     def server(self, **manhole: Any) -> ServerService:
-        config = ServerConfig(store=str(self.base / "store"), listen="tcp:0:interface=127.0.0.1", web="",
-                              admins=("alice",), **manhole)
+        config = ServerConfig(listen="tcp:0:interface=127.0.0.1",
+                              store=StoreConfig(path=str(self.base / "store")),
+                              web=WebConfig(listen=""), scheduling=SchedulingConfig(admins=("alice",)),
+                              manhole=ManholeConfig(**manhole))
         server = ServerService(reactor, config)
         self.addCleanup(server.farm.stop)
         return server
 
     async def start(self, server: ServerService) -> list[Any]:
-        services = make_manhole_services(reactor, server.config, manhole_namespace(server))
+        config = server.config
+        services = make_manhole_services(reactor, config.manhole, manhole_namespace(server),
+                                         admins=config.scheduling.admins, store=config.store.path)
         for svc in services:
             svc.startService()
             self.addCleanup(svc.stopService)
@@ -162,8 +173,8 @@ class ManholeTestCase(TestCase):
 
 class TelnetTests(ManholeTestCase):
     async def test_login_and_evaluate(self) -> None:
-        server = self.server(manhole_telnet="tcp:0:interface=127.0.0.1",
-                             manhole_passwords=str(self.passwords))
+        server = self.server(telnet="tcp:0:interface=127.0.0.1",
+                             passwords=str(self.passwords))
         [svc] = await self.start(server)
         self.submit(server)
         client = await self.telnet(TCP4ClientEndpoint(reactor, "127.0.0.1", svc.port.getHost().port))
@@ -183,8 +194,8 @@ class TelnetTests(ManholeTestCase):
         self.assertRegex(event["peer"], r"^127\.0\.0\.1:\d+$")
 
     async def test_wrong_password_refused(self) -> None:
-        server = self.server(manhole_telnet="tcp:0:interface=127.0.0.1",
-                             manhole_passwords=str(self.passwords))
+        server = self.server(telnet="tcp:0:interface=127.0.0.1",
+                             passwords=str(self.passwords))
         [svc] = await self.start(server)
         client = await self.telnet(TCP4ClientEndpoint(reactor, "127.0.0.1", svc.port.getHost().port))
         mark = await self.login(client, "root", "wrong horse")
@@ -198,8 +209,8 @@ class TelnetTests(ManholeTestCase):
         self.assertIn("wrong password", refused[0]["reason"])
 
     async def test_three_failures_disconnect(self) -> None:
-        server = self.server(manhole_telnet="tcp:0:interface=127.0.0.1",
-                             manhole_passwords=str(self.passwords))
+        server = self.server(telnet="tcp:0:interface=127.0.0.1",
+                             passwords=str(self.passwords))
         [svc] = await self.start(server)
         client = await self.telnet(TCP4ClientEndpoint(reactor, "127.0.0.1", svc.port.getHost().port))
         mark = 0
@@ -214,7 +225,7 @@ class TelnetTests(ManholeTestCase):
 
     async def test_unix_socket_mode_600(self) -> None:
         path = self.base / "manhole.sock"
-        server = self.server(manhole_telnet=f"unix:{path}", manhole_passwords=str(self.passwords))
+        server = self.server(telnet=f"unix:{path}", passwords=str(self.passwords))
         await self.start(server)
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
@@ -256,8 +267,8 @@ class SSHTests(ManholeTestCase):
         return (self.base / f"{name}_key.pub").read_text().strip()
 
     async def start_ssh(self) -> tuple[ServerService, int]:
-        server = self.server(manhole_ssh="tcp:0:interface=127.0.0.1",
-                             manhole_authorized_keys=str(self.authorized))
+        server = self.server(ssh="tcp:0:interface=127.0.0.1",
+                             authorized_keys=str(self.authorized))
         [svc] = await self.start(server)
         return server, svc.port.getHost().port
 
@@ -322,7 +333,7 @@ class SSHTests(ManholeTestCase):
         out, err, code = await self.run_ssh(port, "1 + 1", user="bob")
         self.assertEqual((out, code), (b"", 255))
         self.assertEqual({(e["user"], e["success"], e["reason"]) for e in self.log.logins("ssh")},
-                         {("bob", False, "not an admin (server.admins)")})
+                         {("bob", False, "not an admin (server.scheduling.admins)")})
 
     async def test_authorized_keys_reread(self) -> None:
         _, port = await self.start_ssh()
@@ -338,11 +349,12 @@ class ConfigTests(SynchronousTestCase):
         self.base = Path(tempfile.mkdtemp(prefix="farmnet-manhole-"))
         self.addCleanup(shutil.rmtree, self.base, True)
 
-    def config(self, **kw: Any) -> ServerConfig:
-        return ServerConfig(store=str(self.base / "store"), **kw)
+    def services(self, **kw: Any) -> list[Any]:
+        """The manhole services of a ManholeConfig(**kw), with no admins."""
+        return make_manhole_services(reactor, ManholeConfig(**kw), {}, admins=(), store=self.base / "store")
 
     def test_off_by_default(self) -> None:
-        self.assertEqual(make_manhole_services(reactor, self.config(), {}), [])
+        self.assertEqual(self.services(), [])
 
     def test_telnet_must_be_loopback_or_unix(self) -> None:
         for good in ("tcp:1234:interface=127.0.0.1", "tcp:1234:interface=localhost",
@@ -359,24 +371,21 @@ class ConfigTests(SynchronousTestCase):
         keys = self.base / "keys"
         keys.write_text('no-pty ssh-ed25519 AAAA x\n')
         with self.assertRaises(ConfigError) as caught:
-            make_manhole_services(reactor, self.config(
-                manhole_telnet="tcp:1234", manhole_ssh="tcp:2222",
-                manhole_authorized_keys=str(keys)), {})
+            self.services(telnet="tcp:1234", ssh="tcp:2222", authorized_keys=str(keys))
         errors = caught.exception.errors
         self.assertEqual([e.split(":")[0] for e in errors], [
-            "server.manhole_telnet", "server.manhole_passwords", "server.admins",
-            "server.manhole_authorized_keys"])
+            "server.manhole.telnet", "server.manhole.passwords", "server.scheduling.admins",
+            "server.manhole.authorized_keys"])
         self.assertIn(f"{keys}:1: not a public key line", errors[3])
 
     def test_bad_password_file(self) -> None:
         path = self.base / "pw"
         path.write_text("alice:$scrypt$nonsense\nbob\n")
         with self.assertRaises(ConfigError) as caught:
-            make_manhole_services(reactor, self.config(
-                manhole_telnet="tcp:0:interface=127.0.0.1", manhole_passwords=str(path)), {})
+            self.services(telnet="tcp:0:interface=127.0.0.1", passwords=str(path))
         self.assertEqual(caught.exception.errors, [
-            f"server.manhole_passwords: {path}:1: user 'alice': not a $scrypt$ln=..,r=..,p=..$salt$key hash",
-            f"server.manhole_passwords: {path}:2: expected user:hash"])
+            f"server.manhole.passwords: {path}:1: user 'alice': not a $scrypt$ln=..,r=..,p=..$salt$key hash",
+            f"server.manhole.passwords: {path}:2: expected user:hash"])
 
     def test_host_key_created_once_mode_600(self) -> None:
         path = self.base / "sub" / "host_key"
@@ -392,7 +401,8 @@ class NamespaceTests(SynchronousTestCase):
     def test_helpers(self) -> None:
         base = tempfile.mkdtemp(prefix="farmnet-manhole-")
         self.addCleanup(shutil.rmtree, base, True)
-        server = ServerService(reactor, ServerConfig(store=base, web="", admins=("alice",)))
+        server = ServerService(reactor, ServerConfig(store=StoreConfig(path=base), web=WebConfig(listen=""),
+                                                     scheduling=SchedulingConfig(admins=("alice",))))
         self.addCleanup(server.farm.stop)
         namespace = manhole_namespace(server)
         self.assertEqual({"farm", "scheduler", "server", "service", "config", "outputs", "jobs", "renders",
@@ -412,7 +422,7 @@ class NamespaceTests(SynchronousTestCase):
     def test_tables_and_show(self) -> None:
         base = tempfile.mkdtemp(prefix="farmnet-manhole-")
         self.addCleanup(shutil.rmtree, base, True)
-        server = ServerService(reactor, ServerConfig(store=base, web=""))
+        server = ServerService(reactor, ServerConfig(store=StoreConfig(path=base), web=WebConfig(listen="")))
         self.addCleanup(server.farm.stop)
         namespace = manhole_namespace(server)
 

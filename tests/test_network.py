@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -36,9 +37,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from farmnet import errors
 from farmnet.client import ServerUnreachable, connect
-from farmnet.config import RenderConfig
+from farmnet.config import AuthConfig, ConnectionsConfig, LimitsConfig, RenderConfig, SchedulingConfig
 from farmnet.model.data import TaskState
-from farmnet.model.farm import Farm, FarmSettings
+from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
@@ -47,7 +48,7 @@ from farmnet.render.service import RenderService
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.outputs import OutputStore
 from farmnet.server.passwords import hash_password
-from farmnet.server.registry import CloseState, Connection, Limits, Registry, is_local
+from farmnet.server.registry import CloseState, Connection, Registry, is_local
 from farmnet.testing import twistd_argv
 
 RENDER = {"capacity": 1100, "max_tasks": 0, "services": [], "services_disabled": [],
@@ -129,11 +130,13 @@ class NetworkCase(TestCase):
     async def setUp(self) -> None:
         self.base = tempfile.mkdtemp(prefix="farmnet-net-")
         self.addCleanup(shutil.rmtree, self.base, True)
-        self.farm = Farm(reactor, FarmSettings(admins=frozenset({"root"})))
+        self.farm = Farm(reactor, SchedulingConfig(admins=("root",)))
         self.addCleanup(self.farm.stop)
         self.outputs = OutputStore(Path(self.base) / "output")
-        self.server = FarmServer(reactor, self.farm, self.outputs, **{
-            "heartbeat_hold": 0.5, "event_hold": 0.5, "close_wait": 0.5, **self.options})
+        options = {"heartbeat_hold": 0.5, "event_hold": 0.5, "close_wait": 0.5, **self.options}
+        sections = {name: cls(**{k: options.pop(k) for k in attrs.fields_dict(cls) if k in options})
+                    for name, cls in (("connections", ConnectionsConfig), ("auth", AuthConfig))}
+        self.server = FarmServer(reactor, self.farm, self.outputs, **sections, **options)
         self.listening = await serverFromString(reactor, self.listen_description()).listen(
             ServerFactory(self.server))
         self.addCleanup(self._stop_server)
@@ -671,7 +674,7 @@ class TLSTests(NetworkCase):
 
 
 class ConnectionLimitTests(NetworkCase):
-    options = {"limits": Limits(max_connections_per_address=3)}
+    options = {"limits": LimitsConfig(max_connections_per_address=3)}
 
     async def test_too_many_from_one_address(self) -> None:
         first = [await self.peer("tool", f"u{i}") for i in range(3)]
@@ -692,7 +695,7 @@ class ConnectionLimitTests(NetworkCase):
 
 
 class BoxLimitTests(NetworkCase):
-    options = {"limits": Limits(max_box_bytes=1 << 20, max_boxes_per_second=20)}
+    options = {"limits": LimitsConfig(max_box_bytes=1 << 20, max_boxes_per_second=20)}
 
     async def test_oversized_box_closes_that_connection_only(self) -> None:
         other = await self.peer("tool", "bob")
@@ -865,8 +868,8 @@ class MalformedInputTests(SynchronousTestCase):
         base = Path(tempfile.mkdtemp(prefix="farmnet-fuzz-"))
         self.addCleanup(shutil.rmtree, base, True)
         config = base / "farmnet.yaml"
-        config.write_text("server:\n  stats: false\n  max_box_bytes: 1048576\n"
-                          "  max_boxes_per_second: 200\n  max_connections_per_address: 0\n")
+        config.write_text("server:\n  stats:\n    enabled: false\n  limits:\n    max_box_bytes: 1048576\n"
+                          "    max_boxes_per_second: 200\n    max_connections_per_address: 0\n")
         log = open(base / "server.log", "wb")  # noqa: SIM115 - closed in a cleanup
         self.addCleanup(log.close)
         proc = subprocess.Popen([*twistd_argv(), "-n", "--pidfile=", "farmnet", "server", "--config",

@@ -14,6 +14,7 @@ from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from farmnet import errors
+from farmnet.config import ConnectionsConfig
 from farmnet.model.farm import Farm
 from farmnet.protocol import commands as c
 from farmnet.protocol.arguments import BigBytes, BigJSON
@@ -86,8 +87,8 @@ class ServerTestCase(TestCase):
         self.addCleanup(shutil.rmtree, self.store, True)
         self.farm = Farm(reactor)
         self.addCleanup(self.farm.stop)
-        self.server = FarmServer(reactor, self.farm, OutputStore(self.store),
-                                 heartbeat_hold=self.hold, event_hold=self.hold)
+        connections = ConnectionsConfig(heartbeat_hold=self.hold, event_hold=self.hold)
+        self.server = FarmServer(reactor, self.farm, OutputStore(self.store), connections=connections)
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             ServerFactory(self.server))
         self.addCleanup(port.stopListening)

@@ -15,7 +15,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from farmnet.config import RenderConfig
+from farmnet.config import RenderConfig, RenderSysJobConfig
 from farmnet.plugins import import_object
 from farmnet.render import services
 from farmnet.render.parsers import BlenderParser, GenericParser, parser_by_name
@@ -118,7 +118,8 @@ class BuiltinServiceTests(unittest.SynchronousTestCase):
         self.assertFalse(os.path.exists(event_data_path(o, self.config)))
 
     def test_events_service_class_from_config(self) -> None:
-        config = RenderConfig(name="r1", state_dir=self.mktemp(), events_service_class="studio.ev:Mine")
+        config = RenderConfig(name="r1", state_dir=self.mktemp(),
+                              sysjob=RenderSysJobConfig(events_service_class="studio.ev:Mine"))
         command = EventsService().command(order("events", "{}"), config)
         self.assertEqual(shlex.split(command)[-1], "studio.ev:Mine")
 
@@ -138,7 +139,8 @@ class BuiltinServiceTests(unittest.SynchronousTestCase):
         cleanup(o, self.config)  # twice is fine
 
     def test_wakeonlan(self) -> None:
-        config = RenderConfig(name="r1", state_dir="/x", wol_broadcast="10.0.255.255", wol_port=7)
+        config = RenderConfig(name="r1", state_dir="/x",
+                              sysjob=RenderSysJobConfig(wol_broadcast="10.0.255.255", wol_port=7))
         command = service_for("wakeonlan").command(order("wakeonlan", "wolwake aabbccddeeff"), config)
         self.assertEqual(shlex.split(command), [sys.executable, "-m", "farmnet.sysjob.wol", "--broadcast",
                                                 "10.0.255.255", "--port", "7", "--", "aabbccddeeff"])

@@ -17,13 +17,14 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from farmnet import errors
-from farmnet.model.farm import Farm, FarmSettings
+from farmnet.config import SchedulingConfig
+from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
 from farmnet.server.store import Store
 
 USERS = ("anna", "bob", "root")
 RENDERS = ("r1", "r2", "r3")
-SETTINGS = FarmSettings(admins=frozenset({"root"}), task_reconnect_timeout=30)
+SETTINGS = SchedulingConfig(admins=("root",), task_reconnect_timeout=30)
 
 op = st.one_of(
     st.tuples(st.just("submit"), st.sampled_from(USERS), st.integers(1, 4), st.integers(1, 2), st.booleans()),

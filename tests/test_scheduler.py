@@ -8,9 +8,10 @@ from typing import Any
 from test_farm import FarmTestCase
 
 from farmnet import errors
+from farmnet.config import SchedulingConfig
 from farmnet.model.data import Render, TaskState
 from farmnet.model.events import RenderSick
-from farmnet.model.farm import Farm, FarmSettings
+from farmnet.model.farm import Farm
 from farmnet.model.scheduler import Why
 from farmnet.model.spec import parse_job
 
@@ -20,7 +21,7 @@ def block(name: str = "b", frames: int = 10, **kw: Any) -> dict[str, Any]:
 
 
 class SchedulerTestCase(FarmTestCase):
-    settings = FarmSettings(admins=frozenset({"root"}))
+    settings = SchedulingConfig(admins=("root",))
 
     def setUp(self) -> None:
         super().setUp()
@@ -69,7 +70,7 @@ class UserSolvingTests(SchedulerTestCase):
         self.assertGreater(running["bob"], 5)
 
     def test_users_by_order(self) -> None:
-        self.farm = Farm(self.clock, FarmSettings(admins=frozenset({"root"}), users_solving="order"))
+        self.farm = Farm(self.clock, SchedulingConfig(admins=("root",), users_solving="order"))
         self.job("anna", [block(frames=100)])
         self.job("bob", [block(frames=100)])
         self.farm.user_action("root", ["bob"], "set", {"priority": 100})
@@ -216,7 +217,7 @@ class LimitTests(SchedulerTestCase):
 
 
 class TicketTests(SchedulerTestCase):
-    settings = FarmSettings(admins=frozenset({"root"}), tickets={"NUKE": 2}, tickets_per_host={"NUKE": 1})
+    settings = SchedulingConfig(admins=("root",), tickets={"NUKE": 2}, tickets_per_host={"NUKE": 1})
 
     def test_farm_and_host_tickets(self) -> None:
         job = self.job(blocks=[block(frames=10, tickets={"NUKE": 1})])
@@ -231,7 +232,7 @@ class TicketTests(SchedulerTestCase):
 
 
 class ErrorRuleTests(SchedulerTestCase):
-    settings = FarmSettings(admins=frozenset({"root"}), errors_forgive_time=600, sick_errors_count=0)
+    settings = SchedulingConfig(admins=("root",), errors_forgive_time=600, sick_errors_count=0)
 
     def test_block_avoids_a_host_and_forgives_it(self) -> None:
         job = self.job(blocks=[block(frames=20, errors_avoid_host=2, errors_retries=10)])
@@ -269,7 +270,7 @@ class ErrorRuleTests(SchedulerTestCase):
         self.assertEqual(self.farm.setting(other.blocks[0], "errors_avoid_host"), 3)
 
     def test_render_gets_sick_and_is_healed(self) -> None:
-        self.farm = Farm(self.clock, FarmSettings(admins=frozenset({"root"}), sick_errors_count=2))
+        self.farm = Farm(self.clock, SchedulingConfig(admins=("root",), sick_errors_count=2))
         sick = []
         self.farm.bus.subscribe(RenderSick, lambda e: sick.append(e.render.name))
         self.job("anna", [block(frames=1, errors_retries=0)], name="a")

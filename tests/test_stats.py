@@ -26,10 +26,10 @@ from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import SkipTest, TestCase
 
 import farmnet
-from farmnet.config import ServerConfig
+from farmnet.config import SchedulingConfig, StatsConfig
 from farmnet.model.data import Render, TaskRun
 from farmnet.model.events import RunEnded
-from farmnet.model.farm import Farm, FarmSettings
+from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
 from farmnet.stats import admin, db, pgtest, schema
 from farmnet.stats.db import Database, connect_once
@@ -125,7 +125,7 @@ class FarmDriver:
     """A real Farm on the real reactor; the test plays the render."""
 
     def __init__(self, case: TestCase) -> None:
-        self.farm = Farm(reactor, FarmSettings(errors_retries=1))
+        self.farm = Farm(reactor, SchedulingConfig(errors_retries=1))
         case.addCleanup(self.farm.stop)
         self.clock = 0.0
 
@@ -591,15 +591,14 @@ class AdminTests(PgTestCase):
 class ServiceTests(PgTestCase):
     timeout = 90
 
-    def config(self, **kw: Any) -> ServerConfig:
-        store = tmpdir(self)
-        base = {"store": str(store), "stats_dsn": self.dsn, "stats_flush_interval": 0.05,
-                "stats_reconnect_max_delay": 0.3}
-        return ServerConfig(**{**base, **kw})
+    def service(self, farm: Farm, **kw: Any) -> StatsService:
+        """A service on a fresh store; ``kw`` are StatsConfig fields."""
+        base = {"dsn": self.dsn, "flush_interval": 0.05, "reconnect_max_delay": 0.3}
+        return StatsService(reactor, StatsConfig(**{**base, **kw}), tmpdir(self), farm)
 
     async def test_rows_flow_and_stop_flushes(self) -> None:
         driver = FarmDriver(self)
-        service = StatsService(reactor, self.config(stats_flush_interval=30.0), driver.farm)
+        service = self.service(driver.farm, flush_interval=30.0)
         service.startService()
         self.addCleanup(lambda: service.running and service.stopService())
         await wait_until(reactor, lambda: service.db is not None and service.db.ready, 20, "connected")
@@ -616,7 +615,7 @@ class ServiceTests(PgTestCase):
 
     async def test_queries_through_the_service(self) -> None:
         driver = FarmDriver(self)
-        service = StatsService(reactor, self.config(), driver.farm)
+        service = self.service(driver.farm)
         service.startService()
         self.addCleanup(service.stopService)
         render = await driver.render("r1")
@@ -629,16 +628,16 @@ class ServiceTests(PgTestCase):
 
     def test_off_switch(self) -> None:
         farm = Farm(reactor)
-        service = StatsService(reactor, self.config(stats=False), farm)
+        service = self.service(farm, enabled=False)
         service.startService()
         self.assertEqual(farm.bus.subscribers(RunEnded), [])
-        self.assertIn("server.stats: false", service.status)
+        self.assertIn("server.stats.enabled: false", service.status)
         self.assertFalse(service.enabled)
         return service.stopService()
 
     def test_no_binaries_turns_statistics_off(self) -> None:
         farm = Farm(reactor)
-        service = StatsService(reactor, self.config(stats_dsn="", stats_pg_bin=str(tmpdir(self))), farm)
+        service = self.service(farm, dsn="", pg_bin=str(tmpdir(self)))
         service.startService()
         self.assertEqual(farm.bus.subscribers(RunEnded), [])
         self.assertTrue(service.status.startswith("off: no PostgreSQL server programs"), service.status)
@@ -677,8 +676,7 @@ class EmbeddedTests(TestCase):
         store = tmpdir(self, mode=0o700)  # as the server makes it: root's alone
         farm = Farm(reactor)
         self.addCleanup(farm.stop)
-        config = ServerConfig(store=str(store), stats_flush_interval=0.05)
-        service = StatsService(reactor, config, farm)
+        service = StatsService(reactor, StatsConfig(flush_interval=0.05), store, farm)
         service.startService()
         self.assertIn("starting the embedded PostgreSQL", service.status)
         farm.register_render("r1", capacity=1000)  # recorded while PostgreSQL starts

@@ -11,8 +11,9 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
+from farmnet.config import SchedulingConfig
 from farmnet.model.data import TaskState
-from farmnet.model.farm import Farm, FarmSettings
+from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
 from farmnet.server.store import Store
 
@@ -31,7 +32,7 @@ class StoreTests(TestCase):
         self.path = self.dir / "farm.sqlite"
 
     async def open(self) -> tuple[Farm, Store]:
-        farm = Farm(reactor, FarmSettings(admins=frozenset({"root"}), task_reconnect_timeout=300))
+        farm = Farm(reactor, SchedulingConfig(admins=("root",), task_reconnect_timeout=300))
         store = Store(reactor, self.path, farm, flush_interval=0.05)
         store.startService()
         self.addCleanup(farm.stop)

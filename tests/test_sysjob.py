@@ -9,18 +9,19 @@ from typing import Any
 from test_farm import FarmTestCase
 
 from farmnet import errors
+from farmnet.config import SchedulingConfig, SysJobConfig
 from farmnet.model.data import Render, TaskState
-from farmnet.model.farm import Farm, FarmSettings
+from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
-from farmnet.sysjob.job import SYSTEM_USER, SysJobSettings, SystemJob
+from farmnet.sysjob.job import SYSTEM_USER, SystemJob
 
 
 class SystemJobTestCase(FarmTestCase):
-    sysjob_settings = SysJobSettings(tasksmax=5, tasklife=100)
+    sysjob_settings = SysJobConfig(tasksmax=5, tasklife=100)
 
     def setUp(self) -> None:
         super().setUp()
-        self.farm = Farm(self.clock, FarmSettings(admins=frozenset({"root"})))
+        self.farm = Farm(self.clock, SchedulingConfig(admins=("root",)))
         self.saved: dict[str, Any] = {}
         self.outputs: dict[tuple[Any, int], bytes] = {}
         self.sysjob = SystemJob(self.farm, self.sysjob_settings,
@@ -154,7 +155,7 @@ class EventTests(SystemJobTestCase):
                          ("JOB_DONE", "shot010", ["anna@studio"], ["http://x"]))
 
     def test_render_events_from_farm_custom_data(self) -> None:
-        self.sysjob.settings = SysJobSettings(custom_data={"events": {"RENDER_ZOMBIE": {}}})
+        self.sysjob.settings = SysJobConfig(custom_data={"events": {"RENDER_ZOMBIE": {}}})
         render = self.render("r1")
         self.farm.render_lost(render, zombie=True)
         [task] = self.system_block("events").tasks

@@ -18,7 +18,7 @@ from twisted.trial import unittest
 from twisted.web import resource, server
 from zope.interface import implementer
 
-from farmnet.config import RenderConfig
+from farmnet.config import RenderConfig, RenderSysJobConfig
 from farmnet.render.services import EVENT_DATA_ENV_MAX, cleanup, event_data_path, prepare
 from farmnet.sysjob.events import BadEventData, EventService, SmtpSettings, load_data
 
@@ -313,7 +313,7 @@ class EventsProgramTests(unittest.TestCase):
             f.write("class Quiet:\n    def __init__(self, reactor):\n        pass\n\n"
                     "    async def handle(self, data):\n        print('quiet ok')\n        return []\n")
         self.config = RenderConfig(name="r1", state_dir=self.config.state_dir,
-                                   events_service_class="studio_events2:Quiet")
+                                   sysjob=RenderSysJobConfig(events_service_class="studio_events2:Quiet"))
         self.env["PYTHONPATH"] = directory
         out, err, code = await self.run_task(job_data())
         self.assertEqual(code, 0, err)

@@ -30,8 +30,8 @@ from twisted.web.client import (
 )
 from twisted.web.template import flattenString, tags
 
-from farmnet.config import ServerConfig
-from farmnet.model.farm import Farm, FarmSettings
+from farmnet.config import SchedulingConfig, StatsConfig, WebConfig
+from farmnet.model.farm import Farm
 from farmnet.server.monitors import EventLog
 from farmnet.server.outputs import OutputStore
 from farmnet.stats import pgtest
@@ -85,9 +85,6 @@ class SSEReader(Protocol):
 class WebTestCase(TestCase):
     timeout = 30
 
-    def config(self, **kw: Any) -> ServerConfig:
-        return ServerConfig(store=str(self.base / "store"), users_file=str(self.users_file), **kw)
-
     async def setUp(self) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="farmnet-web-"))
         self.addCleanup(shutil.rmtree, self.base, True)
@@ -106,12 +103,12 @@ class WebTestCase(TestCase):
     event_log_size = 100_000
 
     def make_farm(self) -> Farm:
-        return Farm(reactor, FarmSettings(admins=frozenset({"boss"}), errors_retries=0))
+        return Farm(reactor, SchedulingConfig(admins=("boss",), errors_retries=0))
 
     async def serve(self, **kw: Any) -> SiteUnderTest:
-        config = kw.pop("config", None) or self.config()
-        kw.setdefault("events", self.events)
-        site = await serve(reactor, self.farm, config, self.outputs, kw.pop("stats", None), **kw)
+        kw.setdefault("users_file", str(self.users_file))
+        config, stats = kw.pop("config", None), kw.pop("stats", None)
+        site = await serve(reactor, self.farm, config, self.outputs, stats, **kw)
         self.addCleanup(site.stop)
         return site
 
@@ -318,7 +315,7 @@ class SmallLogTests(WebTestCase):
     event_log_size = 3
 
     def make_farm(self) -> Farm:
-        return Farm(reactor, FarmSettings())
+        return Farm(reactor, SchedulingConfig())
 
     async def test_reset_when_older_events_are_gone(self) -> None:
         for n in range(6):
@@ -471,7 +468,7 @@ class ApiTests(WebTestCase):
         self.assertEqual(response.headers.getRawHeaders(b"location"), [b"/"])
 
     async def test_read_only_without_a_password_file(self) -> None:
-        site = await self.serve(config=ServerConfig(store=str(self.base / "store2")))
+        site = await self.serve(users_file="")
         response = await treq.post(site.url + "/api/act", b'{"item": "jobs", "action": "list"}',
                                    pool=self.pool, headers={b"content-type": [b"application/json"]})
         self.assertEqual(response.code, 200)
@@ -483,7 +480,7 @@ class ApiTests(WebTestCase):
         self.assertIn("logins are off", (await response.text()))
 
     async def test_private_site_needs_a_login_to_read(self) -> None:
-        site = await self.serve(config=self.config(web_public=False))
+        site = await self.serve(config=WebConfig(public=False))
         response, _ = await self.get("/jobs", site)
         self.assertEqual(response.code, 303)
         self.assertEqual(response.headers.getRawHeaders(b"location"), [b"/login?next=%2Fjobs"])
@@ -626,9 +623,8 @@ class StatsPagesTests(WebTestCase):
         dsn = await self.cluster.create_database(reactor)
         store = Path(tempfile.mkdtemp(prefix="farmnet-web-stats-"))
         self.addCleanup(shutil.rmtree, store, True)
-        config = ServerConfig(store=str(store), stats_dsn=dsn, stats_flush_interval=0.05,
-                              stats_reconnect_max_delay=0.3)
-        self.stats = StatsService(reactor, config, self.farm)
+        config = StatsConfig(dsn=dsn, flush_interval=0.05, reconnect_max_delay=0.3)
+        self.stats = StatsService(reactor, config, store, self.farm)
         self.stats.startService()
         self.addCleanup(self.stats.stopService)
         renders = [await self.player.render(f"r{n}") for n in range(3)]

@@ -29,8 +29,8 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, TestCase
 
-from farmnet.config import ServerConfig
-from farmnet.model.farm import Farm, FarmSettings
+from farmnet.config import SchedulingConfig, StatsConfig
+from farmnet.model.farm import Farm
 from farmnet.server.outputs import OutputStore
 from farmnet.stats import pgtest
 from farmnet.stats.service import StatsService
@@ -350,7 +350,7 @@ class BrowserTestCase(TestCase):
         self.chromium = binary
         self.base = Path(tempfile.mkdtemp(prefix="farmnet-browser-"))
         self.addCleanup(shutil.rmtree, self.base, True)
-        self.farm = Farm(reactor, FarmSettings(admins=frozenset({"boss"}), errors_retries=0))
+        self.farm = Farm(reactor, SchedulingConfig(admins=("boss",), errors_retries=0))
         self.addCleanup(self.farm.stop)
         self.player = FarmPlayer(reactor, self.farm)
         self.users_file = write_users_file(self.base / "users", {"anna": PASSWORD, "bob": PASSWORD})
@@ -358,8 +358,7 @@ class BrowserTestCase(TestCase):
         self.addCleanup(self.outputs.close_all)
 
     async def serve(self, stats: Any = None) -> SiteUnderTest:
-        config = ServerConfig(store=str(self.base / "store"), users_file=str(self.users_file))
-        site = await serve(reactor, self.farm, config, self.outputs, stats)
+        site = await serve(reactor, self.farm, None, self.outputs, stats, users_file=str(self.users_file))
         self.addCleanup(site.stop)
         return site
 
@@ -388,8 +387,8 @@ class StatisticsScreenshotTests(BrowserTestCase):
         if cls.cluster is None:
             cls.cluster = pgtest.ThrowawayCluster(prefix="farmnet-browser-pg-").start()
         dsn = await cls.cluster.create_database(reactor)
-        stats = StatsService(reactor, ServerConfig(store=str(self.base / "stats"), stats_dsn=dsn,
-                                                   stats_flush_interval=0.05), self.farm)
+        stats = StatsService(reactor, StatsConfig(dsn=dsn, flush_interval=0.05), self.base / "stats",
+                             self.farm)
         stats.startService()
         self.addCleanup(stats.stopService)
         renders = [await self.player.render(f"render{n:02d}") for n in range(4)]

@@ -12,7 +12,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from farmnet.config import RenderConfig
+from farmnet.config import RenderConfig, RenderSysJobConfig
 from farmnet.render.services import WakeOnLanService, prepare
 from farmnet.sysjob.wol import MAGIC_PREFIX, magic_packet, normalize_mac
 
@@ -73,8 +73,8 @@ class WakeOnLanTaskTests(unittest.TestCase):
         self.recorder = Recorder()
         self.port = reactor.listenUDP(0, self.recorder, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
-        self.config = RenderConfig(name="r1", state_dir=self.mktemp(), wol_broadcast="127.0.0.1",
-                                   wol_port=self.port.getHost().port)
+        self.config = RenderConfig(name="r1", state_dir=self.mktemp(), sysjob=RenderSysJobConfig(
+            wol_broadcast="127.0.0.1", wol_port=self.port.getHost().port))
 
     def run_task(self, command: str) -> defer.Deferred[tuple[bytes, bytes, int]]:
         """Run a wakeonlan task's final command as the render does: /bin/sh -c, the service's env."""

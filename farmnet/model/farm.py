@@ -16,7 +16,6 @@ clock passed in.
 from __future__ import annotations
 
 from farmnet.model.actions import Actions
-from farmnet.model.policy import FarmSettings
 from farmnet.model.restore import Restore
 from farmnet.model.views import Views
 
@@ -25,4 +24,4 @@ class Farm(Actions, Views, Restore):
     pass
 
 
-__all__ = ["Farm", "FarmSettings"]
+__all__ = ["Farm"]

@@ -11,9 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
-
 from farmnet import errors
+from farmnet.config import SchedulingConfig
 from farmnet.model.data import Job
 from farmnet.model.spec import BLOCK_SETTABLE, JOB_SETTABLE, MAX_PRIORITY, validate_changes
 
@@ -32,33 +31,10 @@ USER_SETTABLE = {
 ERROR_SETTINGS = ("errors_retries", "errors_avoid_host", "errors_task_same_host", "errors_forgive_time")
 
 
-@attrs.frozen
-class FarmSettings:
-    """The parts of the server config the model obeys (Afanasy's defaults)."""
-
-    admins: frozenset[str] = frozenset()
-    errors_retries: int = 3
-    errors_avoid_host: int = 3
-    errors_task_same_host: int = 3
-    errors_forgive_time: float = 18000.0
-    #: Errors in a row, from this many different jobs, make a render SICK; 0: never.
-    sick_errors_count: int = 0
-    task_reconnect_timeout: float = 30.0
-    max_tasks_per_job: int = 1_000_000
-    #: Users are solved by "need" (Afanasy's default) or by "order".
-    users_solving: str = "need"
-    #: Need counts running capacity (True) or running tasks (False).
-    solve_by_capacity: bool = True
-    #: Licence tickets: farm-wide totals, and the default per host.
-    tickets: Mapping[str, int] = attrs.field(factory=dict)
-    tickets_per_host: Mapping[str, int] = attrs.field(factory=dict)
-
-
-
 class Policy:
     """Permissions and input checks; mixed into the farm."""
 
-    settings: FarmSettings
+    settings: SchedulingConfig
 
     def is_admin(self, user: str) -> bool:
         return user in self.settings.admins

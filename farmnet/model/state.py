@@ -20,9 +20,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from farmnet import errors
+from farmnet.config import SchedulingConfig
 from farmnet.model.data import Block, Job, Render, Task, TaskKey, TaskState, User
 from farmnet.model.events import Bus, JobChanged, OrdersQueued, RenderChanged, TaskStateChanged
-from farmnet.model.policy import FarmSettings
 from farmnet.model.scheduler import Scheduler
 from farmnet.model.spec import JobSpec
 
@@ -34,9 +34,9 @@ def compile_mask(pattern: str) -> re.Pattern[str] | None:
 
 
 class FarmState:
-    def __init__(self, clock: IReactorTime, settings: FarmSettings | None = None) -> None:
+    def __init__(self, clock: IReactorTime, settings: SchedulingConfig | None = None) -> None:
         self.clock = clock
-        self.settings = settings or FarmSettings()
+        self.settings = settings or SchedulingConfig()
         #: Every change is published here once (farmnet.model.events).
         self.bus = Bus(on_error=self._subscriber_failed)
         self.jobs: dict[int, Job] = {}

@@ -5,14 +5,14 @@ instead of ending with a bare "signal KILL" or "exit status 1".
 
 Which limit a task gets
 -----------------------
-The render's ``task_memory_limit_mb`` (0: none) is the host's protection.  A start order may also carry
+The render's ``tasks.memory_limit_mb`` (0: none) is the host's protection.  A start order may also carry
 ``memory_limit_mb``.  :func:`effective_limit_mb` gives the task the *smaller* of the two that are set
 (> 0): a job may ask for a tighter cap than the render's, never for a looser one.  With only one of them
 set, that one applies; with neither, the task runs unlimited, exactly as before.  Afanasy's block
 ``need_memory`` is what a task needs *free* on a host to be given it (a scheduling requirement), not a
 cap: the server may forward it as ``memory_limit_mb`` if that is wanted, the render does not guess.
 
-How the limit is applied (render setting ``task_limit_method``)
+How the limit is applied (render setting ``tasks.limit_method``)
 ---------------------------------------------------------------
 ``"cgroup"``
     ``systemd-run [--user] --scope -p MemoryMax=BYTES`` in the task's exec chain: all the task's
@@ -84,7 +84,7 @@ __all__ = [
 
 _logger = Logger(namespace="farmnet.render.limits")
 
-#: The values of the render setting ``task_limit_method``.
+#: The values of the render setting ``tasks.limit_method``.
 METHODS = ("auto", "rlimit", "cgroup")
 
 _MB = 1 << 20
@@ -159,7 +159,7 @@ def oom_reason(limit_mb: int) -> str:
 
 
 class TaskLimiter:
-    """How this render applies memory limits: one per render, made from its ``task_limit_method``.
+    """How this render applies memory limits: one per render, made from its ``tasks.limit_method``.
 
     The method is settled once, on the first :meth:`resolve` (the render should call it when it starts:
     probing systemd runs a few short commands, blocking for up to seconds on a broken D-Bus), and logged
@@ -194,14 +194,14 @@ class TaskLimiter:
             return self._method
         if self.requested == "rlimit":
             self._method = "rlimit"
-            _logger.info("task memory limits: RLIMIT_AS per process (task_limit_method: rlimit)")
+            _logger.info("task memory limits: RLIMIT_AS per process (tasks.limit_method: rlimit)")
             return self._method
         problem = self._probe()
         if problem is None:
             self._method = "cgroup"
             _logger.info(
                 "task memory limits: cgroup MemoryMax through systemd-run {mode} scopes "
-                "(task_limit_method: {requested})",
+                "(tasks.limit_method: {requested})",
                 mode="--user" if self._user else "system",
                 requested=self.requested,
             )
@@ -210,7 +210,7 @@ class TaskLimiter:
             emit = _logger.warn if self.requested == "cgroup" else _logger.info
             emit(
                 "task memory limits: RLIMIT_AS per process; cgroup limits unusable: {problem} "
-                "(task_limit_method: {requested})",
+                "(tasks.limit_method: {requested})",
                 problem=problem,
                 requested=self.requested,
             )

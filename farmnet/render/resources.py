@@ -1,6 +1,6 @@
 """The render's resources: a cheap snapshot of its CPU, memory, swap, disk and load, for the server.
 
-The render sends one with every ``render.resources_every``-th heartbeat (its optional ``resources``
+The render sends one with every ``render.resources.every``-th heartbeat (its optional ``resources``
 argument).  Names follow Afanasy's host resources where it has one (``cpu_num``, ``mem_total_mb``,
 ``swap_used_mb``, ``hdd_free_gb``).  Taking a sample reads a few ``/proc`` files and calls statvfs: well
 under a millisecond, so it runs on the reactor thread.  (A disk path on a hung network mount would block

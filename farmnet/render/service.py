@@ -97,7 +97,7 @@ class RenderService(service.MultiService):
         self.reactor = reactor
         self.config = config
         self.environ = dict(os.environ if environ is None else environ)
-        self.limiter = TaskLimiter(config.task_limit_method, tool_path=self.environ.get("PATH"))
+        self.limiter = TaskLimiter(config.tasks.limit_method, tool_path=self.environ.get("PATH"))
         self.service_classes = services.service_registry(config)  # custom classes imported once
         self.parser_classes = services.parser_registry(config)
         self._heartbeats = 0
@@ -204,8 +204,8 @@ class RenderService(service.MultiService):
                 self._report_finished(task)
         while True:
             self._heartbeats += 1
-            every = self.config.resources_every
-            sample = (resources.sample(self.config.resources_disk_path)
+            every = self.config.resources.every
+            sample = (resources.sample(self.config.resources.disk_path)
                       if every and (self._heartbeats - 1) % every == 0 else None)
             d = proto.callRemote(c.Heartbeat, render_id=self.render_id, running=self._running(),
                                  resources=sample)
@@ -231,8 +231,8 @@ class RenderService(service.MultiService):
     async def _go_to_sleep(self, proto: ServerConnection) -> None:
         """Wake-on-LAN: run the sleep command, then leave (the server shows WOL sleeping);
         reconnect after a quiet time, which the suspended host sleeps through."""
-        log.info("server asked this render to sleep: {command}", command=self.config.cmd_wolsleep)
-        sleeper = TaskProcess(self.reactor, self.config.cmd_wolsleep, env=self.environ, cwd=None,
+        log.info("server asked this render to sleep: {command}", command=self.config.sysjob.cmd_wolsleep)
+        sleeper = TaskProcess(self.reactor, self.config.sysjob.cmd_wolsleep, env=self.environ, cwd=None,
                               on_output=lambda data: None)
         sleeper.start()
         result = await sleeper.done
@@ -275,10 +275,10 @@ class RenderService(service.MultiService):
         process = TaskProcess(
             self.reactor, prepared.command, env=prepared.environment,
             cwd=order.get("working_directory") or None,
-            on_output=lambda data: self._output(holder[0], data), log_max=self.config.task_log_max,
-            kill_grace=self.config.kill_grace,
+            on_output=lambda data: self._output(holder[0], data), log_max=self.config.tasks.log_max,
+            kill_grace=self.config.tasks.kill_grace,
             memory_limit_mb=effective_limit_mb(order.get("memory_limit_mb"),
-                                               self.config.task_memory_limit_mb),
+                                               self.config.tasks.memory_limit_mb),
             limiter=self.limiter)
         task = RunningTask(order, process,
                            parser_by_name(order.get("parser") or "generic", self.parser_classes, order))
@@ -304,7 +304,7 @@ class RenderService(service.MultiService):
             data = data[:room]
         task.pending += data
         if task.flush_call is None:
-            task.flush_call = self.reactor.callLater(self.config.output_flush, self._flush, task)
+            task.flush_call = self.reactor.callLater(self.config.tasks.output_flush, self._flush, task)
 
     def _flush(self, task: RunningTask) -> None:
         if task.flush_call is not None and task.flush_call.active():

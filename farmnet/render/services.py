@@ -12,15 +12,16 @@ just before the task starts.  The built-ins, with Afanasy's names:
     the task's command, CMD run in DIR (each deleted job's post command runs in that job's directory).
 ``events``
     The system job's events: the task's command is the event data (JSON).  The final command runs
-    ``python -m farmnet.sysjob.events --service CLASS`` (CLASS: ``render.events_service_class``).  The
+    ``python -m farmnet.sysjob.events --service CLASS`` (CLASS: ``render.sysjob.events_service_class``).  The
     data never goes through shell quoting: up to :data:`EVENT_DATA_ENV_MAX` bytes it is passed in the
     environment variable ``FARMNET_EVENT_DATA``; beyond that (the environment of a process is limited) it
     is written, mode 600, to ``<state_dir>/events/JOB-BLOCK-TASK-RUN.json`` and passed as
     ``--data-file``; the render removes that file when the task ends (:func:`cleanup`).
 ``wakeonlan``
     The system job's Wake-on-LAN: the command is Afanasy's ``wolwake MAC1 MAC2 ...``; the final command
-    is ``python -m farmnet.sysjob.wol --broadcast ADDR --port PORT MAC1 MAC2 ...`` (``render.wol_broadcast``,
-    ``render.wol_port``).  The MACs are checked by that program, so a bad one is a task error that says so.
+    is ``python -m farmnet.sysjob.wol --broadcast ADDR --port PORT MAC1 MAC2 ...``
+    (``render.sysjob.wol_broadcast``, ``render.sysjob.wol_port``).  The MACs are checked by that
+    program, so a bad one is a task error that says so.
 ``blender``
     Blender's command line: ``-b`` (background) is made the first argument, and ``-t N`` (render threads,
     N = this machine's CPU count) is added before the first ``-a``/``-f`` when the command sets no thread
@@ -154,7 +155,8 @@ class EventsService:
     name = "events"
 
     def command(self, order: Mapping[str, Any], config: RenderConfig) -> str:
-        argv = [sys.executable, "-m", "farmnet.sysjob.events", "--service", config.events_service_class]
+        argv = [sys.executable, "-m", "farmnet.sysjob.events",
+                "--service", config.sysjob.events_service_class]
         data = _event_data(order)
         if len(data) > EVENT_DATA_ENV_MAX:
             path = event_data_path(order, config)
@@ -187,8 +189,8 @@ class WakeOnLanService(GenericService):
                 normalize_mac(words[0])
             except ValueError:
                 words = words[1:]
-        argv = [sys.executable, "-m", "farmnet.sysjob.wol", "--broadcast", config.wol_broadcast,
-                "--port", str(config.wol_port), "--", *words]
+        argv = [sys.executable, "-m", "farmnet.sysjob.wol", "--broadcast", config.sysjob.wol_broadcast,
+                "--port", str(config.sysjob.wol_port), "--", *words]
         return shlex.join(argv)
 
 

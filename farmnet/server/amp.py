@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 
 import farmnet
 from farmnet import errors
+from farmnet.config import AuthConfig, ConnectionsConfig, LimitsConfig
 from farmnet.model.data import ACTIVE, Render, TaskKey
 from farmnet.model.events import JobDeleted, OrdersQueued, TaskStateChanged
 from farmnet.model.farm import Farm
@@ -47,7 +48,7 @@ from farmnet.server.actions import READ_ACTIONS, act
 from farmnet.server.monitors import EventLog
 from farmnet.server.outputs import OutputStore
 from farmnet.server.passwords import PasswordFileChecker
-from farmnet.server.registry import BOX_KEY_OVERHEAD, CloseState, Connection, Limits, Registry
+from farmnet.server.registry import BOX_KEY_OVERHEAD, CloseState, Connection, Registry
 
 log = Logger()
 
@@ -112,11 +113,12 @@ class FarmServer:
     connections and the security settings."""
 
     def __init__(self, reactor: IReactorTime, farm: Farm, outputs: OutputStore, *,
-                 heartbeat_hold: float = 20.0, event_hold: float = 20.0,
+                 connections: ConnectionsConfig | None = None, auth: AuthConfig | None = None,
+                 limits: LimitsConfig | None = None,
                  durable: Callable[[], defer.Deferred[None]] | None = None,
-                 zombie_time: float = 16.0, close_wait: float = 2.0, idle_timeout: float = 300.0,
-                 render_secret: str = "", users_file: str = "",
-                 limits: Limits | None = None, events: EventLog | None = None) -> None:
+                 events: EventLog | None = None) -> None:
+        connections = connections or ConnectionsConfig()
+        auth = auth or AuthConfig()
         self.reactor = reactor
         #: What monitors poll: the farm's events as records.
         self.events = events if events is not None else EventLog(farm)
@@ -124,12 +126,12 @@ class FarmServer:
         self.durable = durable or (lambda: defer.succeed(None))
         self.farm = farm
         self.outputs = outputs
-        self.heartbeat_hold = heartbeat_hold
-        self.event_hold = event_hold
-        self.render_secret = render_secret
-        self.passwords = PasswordFileChecker(users_file, reactor) if users_file else None
-        self.registry = Registry(reactor, limits=limits, close_wait=close_wait,
-                                 idle_timeout=idle_timeout, zombie_time=zombie_time,
+        self.heartbeat_hold = connections.heartbeat_hold
+        self.event_hold = connections.event_hold
+        self.render_secret = auth.render_secret
+        self.passwords = PasswordFileChecker(auth.users_file, reactor) if auth.users_file else None
+        self.registry = Registry(reactor, limits=limits, close_wait=connections.close_wait,
+                                 idle_timeout=connections.idle_timeout, zombie_time=connections.zombie_time,
                                  on_zombie=self._zombie)
         self._delivering: set[int] = set()
         farm.bus.subscribe(OrdersQueued, lambda e: self._orders_for(e.render))

@@ -1,22 +1,22 @@
 """The admin manhole: a Python prompt inside the running server, over telnet or SSH.
 
-Off by default; ``server.manhole_telnet`` and ``server.manhole_ssh`` (Twisted server
+Off by default; ``server.manhole.telnet`` and ``server.manhole.ssh`` (Twisted server
 endpoint strings) turn it on. Both give Twisted's ``ColoredManhole``; each session has
 its own copy of the namespace of :mod:`farmnet.server.manhole_namespace` (live objects:
 whatever is typed runs in the server's reactor thread, so keep it short, never block).
 
 Telnet (clear text) must listen on a loopback interface or on a unix socket, which is
 always mode 600 (``mode=600`` is added to the endpoint; any other mode is an error).
-Users and passwords come from ``server.manhole_passwords``, ``user:hash`` lines made by
+Users and passwords come from ``server.manhole.passwords``, ``user:hash`` lines made by
 ``python -m farmnet.server.passwords USER`` (see :mod:`farmnet.server.passwords`),
 re-read at every login. Three wrong passwords and the connection is closed; a login not
 done within a minute is dropped too.
 
-SSH takes public keys only, from ``server.manhole_authorized_keys`` (OpenSSH
+SSH takes public keys only, from ``server.manhole.authorized_keys`` (OpenSSH
 authorized_keys lines ``TYPE BASE64 [COMMENT]``, no option prefixes; re-read at every
-login). Any listed key may log in, and the login name must be one of ``server.admins``:
+login). Any listed key may log in, and the login name must be one of ``server.scheduling.admins``:
 that name is the session's ``user``; the key's fingerprint and comment go to the log.
-The host key is ``server.manhole_ssh_host_key`` (default ``<store>/manhole_host_key``),
+The host key is ``server.manhole.ssh_host_key`` (default ``<store>/manhole_host_key``),
 an ed25519 key generated with mode 600 on first start; a key file readable by others is
 refused. With a terminal (``ssh -p PORT admin@host``) it is the full colored manhole;
 without one (``ssh -T``, piped input, or a command: ``ssh admin@host 'len(farm.jobs)'``)
@@ -30,7 +30,8 @@ Every login attempt is logged with the structured fields ``kind`` ("telnet"/"ssh
 
 Wiring (farmnet.app)::
 
-    for manhole in make_manhole_services(reactor, config, manhole_namespace(self)):
+    for manhole in make_manhole_services(reactor, config.manhole, manhole_namespace(self),
+                                         admins=config.scheduling.admins, store=store):
         manhole.setServiceParent(self)
 """
 
@@ -41,6 +42,7 @@ import os
 import socket
 import stat
 import struct
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,7 @@ from twisted.protocols import policies
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from farmnet.config import ConfigError, ServerConfig
+from farmnet.config import ConfigError, ManholeConfig
 from farmnet.protocol.endpoints import split_description
 from farmnet.server.listening import Listener
 from farmnet.server.manhole_namespace import manhole_namespace, session_namespace
@@ -354,7 +356,7 @@ class AuthorizedKeysChecker:
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
         if _text(credentials.username) not in self.admins:
-            return defer.fail(UnauthorizedLogin("not an admin (server.admins)"))
+            return defer.fail(UnauthorizedLogin("not an admin (server.scheduling.admins)"))
         try:
             key = keys.Key.fromString(credentials.blob)
         except keys.BadKeyError:
@@ -572,65 +574,66 @@ class _SSHFactory(ConchFactory):
 # --- the services ------------------------------------------------------------------------
 
 
-def make_manhole_services(reactor: Any, config: ServerConfig,
-                          namespace: dict[str, Any]) -> list[service.IService]:
-    """The manhole's listening services (``IService``) per ``config``: none when both
-    ``manhole_telnet`` and ``manhole_ssh`` are empty. Raises ConfigError listing every
+def make_manhole_services(reactor: Any, config: ManholeConfig, namespace: dict[str, Any], *,
+                          admins: Iterable[str], store: Path | str) -> list[service.IService]:
+    """The manhole's listening services (``IService``) per ``config`` (``server.manhole``): none
+    when both ``telnet`` and ``ssh`` are empty; ``admins`` may log in over SSH, whose host key is
+    kept in ``store`` by default. Raises ConfigError listing every
     problem with the manhole settings (files are checked here, before anything starts)."""
     problems: list[str] = []
     services: list[service.IService] = []
 
-    if config.manhole_telnet:
+    if config.telnet:
         try:
-            description, _ = telnet_endpoint(config.manhole_telnet)
+            description, _ = telnet_endpoint(config.telnet)
             serverFromString(reactor, description)
         except ValueError as exc:
-            problems.append(f"server.manhole_telnet: {exc}")
-        if not config.manhole_passwords:
-            problems.append("server.manhole_passwords: needed by server.manhole_telnet "
+            problems.append(f"server.manhole.telnet: {exc}")
+        if not config.passwords:
+            problems.append("server.manhole.passwords: needed by server.manhole.telnet "
                             "(user:hash lines from python -m farmnet.server.passwords USER)")
         else:
             try:
-                if not load_password_file(config.manhole_passwords):
+                if not load_password_file(config.passwords):
                     log.warn("manhole: {path} has no users: no one can log in over telnet",
-                             path=config.manhole_passwords)
+                             path=config.passwords)
             except PasswordFileError as exc:
-                problems.extend(f"server.manhole_passwords: {problem}" for problem in exc.errors)
+                problems.extend(f"server.manhole.passwords: {problem}" for problem in exc.errors)
         if not problems:
-            factory = make_telnet_factory(reactor, config.manhole_passwords, namespace)
+            factory = make_telnet_factory(reactor, config.passwords, namespace)
             services.append(Listener(reactor, description, factory, name="manhole-telnet"))
 
-    if config.manhole_ssh:
+    if config.ssh:
         try:
-            serverFromString(reactor, config.manhole_ssh)
+            serverFromString(reactor, config.ssh)
         except ValueError as exc:
-            problems.append(f"server.manhole_ssh: {exc}")
-        if not config.admins:
-            problems.append("server.admins: empty, but server.manhole_ssh needs it "
+            problems.append(f"server.manhole.ssh: {exc}")
+        if not admins:
+            problems.append("server.scheduling.admins: empty, but server.manhole.ssh needs it "
                             "(SSH manhole logins use an admin's name)")
-        keys_path = config.manhole_authorized_keys
+        keys_path = config.authorized_keys
         if not keys_path:
-            problems.append("server.manhole_authorized_keys: needed by server.manhole_ssh")
+            problems.append("server.manhole.authorized_keys: needed by server.manhole.ssh")
         else:
             try:
                 found, key_problems = read_authorized_keys(keys_path)
             except OSError as exc:
-                problems.append(f"server.manhole_authorized_keys: {keys_path}: cannot read: "
+                problems.append(f"server.manhole.authorized_keys: {keys_path}: cannot read: "
                                 f"{exc.strerror or exc}")
             else:
-                problems.extend(f"server.manhole_authorized_keys: {problem}" for problem in key_problems)
+                problems.extend(f"server.manhole.authorized_keys: {problem}" for problem in key_problems)
                 if not found and not key_problems:
                     log.warn("manhole: {path} has no keys: no one can log in over SSH", path=keys_path)
-        host_key_path = Path(config.manhole_ssh_host_key or Path(config.store) / HOST_KEY_NAME)
+        host_key_path = Path(config.ssh_host_key or Path(store) / HOST_KEY_NAME)
         if host_key_path.exists():
             try:
                 _read_host_key(host_key_path)
             except (OSError, ManholeError) as exc:
-                problems.append(f"server.manhole_ssh_host_key: {exc}")
+                problems.append(f"server.manhole.ssh_host_key: {exc}")
         if not problems:
-            checker = AuthorizedKeysChecker(keys_path, frozenset(config.admins))
+            checker = AuthorizedKeysChecker(keys_path, frozenset(admins))
             checked = portal.Portal(_SSHRealm(namespace, reactor), [checker])
-            services.append(Listener(reactor, config.manhole_ssh, _SSHFactory(checked, host_key_path),
+            services.append(Listener(reactor, config.ssh, _SSHFactory(checked, host_key_path),
                                      name="manhole-ssh"))
 
     if problems:

@@ -41,6 +41,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from farmnet.config import LimitsConfig
 from farmnet.model.data import Render
 from farmnet.protocol.commands import KINDS
 from farmnet.protocol.endpoints import set_keepalive, socket_of
@@ -49,7 +50,6 @@ __all__ = [
     "CloseState",
     "ClosablePeer",
     "Connection",
-    "Limits",
     "Registry",
     "raise_fd_limit",
     "reset_connection",
@@ -91,21 +91,8 @@ class ClosablePeer(Protocol):
         """Ask the peer to close its side, the way its kind can be asked."""
 
 
-@attrs.frozen
-class Limits:
-    """Per-connection limits; past one, that connection (never the server) is closed."""
-
-    #: Connections open at once from one peer address (0: no limit).
-    max_connections_per_address: int = 256
-    #: Bytes of one box buffered while it is received (0: no limit). Each key counts
-    #: BOX_KEY_OVERHEAD bytes more, for what Python keeps per key.
-    max_box_bytes: int = 64 << 20
-    #: Boxes per second, a token bucket holding ``burst_seconds`` of them (0: no limit).
-    max_boxes_per_second: float = 1000.0
-    burst_seconds: float = 2.0
-
-
-#: Bytes a key/value pair of a box counts besides its key and value (Python objects).
+#: Bytes a key/value pair of a box counts towards max_box_bytes besides its key and value
+#: (what Python keeps per key).
 BOX_KEY_OVERHEAD = 100
 
 
@@ -211,11 +198,11 @@ def raise_fd_limit() -> tuple[int, int]:
 class Registry:
     """The server's connections: who they are, their limits and how they close."""
 
-    def __init__(self, clock: IReactorTime, *, limits: Limits | None = None,
+    def __init__(self, clock: IReactorTime, *, limits: LimitsConfig | None = None,
                  close_wait: float = 2.0, idle_timeout: float = 300.0, zombie_time: float = 16.0,
                  on_zombie: Callable[[Connection, Render], None] | None = None) -> None:
         self.clock = clock
-        self.limits = limits or Limits()
+        self.limits = limits or LimitsConfig()
         self.close_wait = close_wait
         self.idle_timeout = idle_timeout
         self.zombie_time = zombie_time

@@ -3,7 +3,7 @@
 
 ``check`` prints "Database connection is working" (and the server and schema versions)
 or the error; ``reset`` drops every statistics table and creates them again (it asks
-first, unless ``--yes``). The database is ``--dsn``, else ``server.stats_dsn`` of the
+first, unless ``--yes``). The database is ``--dsn``, else ``server.stats.dsn`` of the
 configuration, else the embedded PostgreSQL of the server's store (reachable only while
 the server runs it).
 """
@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from twisted.internet import task
 
-from farmnet.config import ConfigError, ServerConfig, default_config_path, load_config
+from farmnet.config import ConfigError, ServerConfig, default_config_path, load_config, moved_keys
 
 # The database modules (psycopg2, txpostgres) are imported when a db command runs, not when
 # the `farmnet` command line builds its parser.
@@ -75,20 +75,24 @@ async def db_reset(reactor: Any, dsn: str) -> None:
 # --- the command line --------------------------------------------------------------------
 
 
+def embedded_dir(config: ServerConfig) -> str:
+    """The embedded PostgreSQL's data directory, as the server's StatsService picks it."""
+    return config.stats.embedded_dir or os.path.join(config.store.path, "postgresql")
+
+
 def embedded_dsn(config: ServerConfig) -> str:
     from farmnet.stats.db import make_dsn
     from farmnet.stats.embedded import DATABASE, DEFAULT_PORT
 
-    datadir = config.stats_embedded_dir or os.path.join(config.store, "postgresql")
-    return make_dsn(host=datadir, port=DEFAULT_PORT, user="postgres", dbname=DATABASE)
+    return make_dsn(host=embedded_dir(config), port=DEFAULT_PORT, user="postgres", dbname=DATABASE)
 
 
 def resolve_dsn(config: ServerConfig, dsn: str | None = None) -> tuple[str, bool]:
     """The database to talk to, and whether it is the embedded one."""
     if dsn:
         return dsn, False
-    if config.stats_dsn:
-        return config.stats_dsn, False
+    if config.stats.dsn:
+        return config.stats.dsn, False
     return embedded_dsn(config), True
 
 
@@ -99,7 +103,7 @@ def add_db_commands(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("db", help=description, description=description)
     parser.add_argument("--config", metavar="FILE", help="config file (default: $FARMNET_CONFIG)")
     parser.add_argument("--dsn", metavar="DSN",
-                        help="libpq connection string (default: server.stats_dsn, else the embedded "
+                        help="libpq connection string (default: server.stats.dsn, else the embedded "
                              "PostgreSQL in the server's store)")
     commands = parser.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     commands.add_parser("check", help='print "Database connection is working" or the error',
@@ -136,15 +140,18 @@ def run_db_command(args: argparse.Namespace, stdin: TextIO | None = None, stdout
 
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     try:
-        config = load_config(getattr(args, "config", None) or default_config_path(os.environ)).server
+        loaded = load_config(getattr(args, "config", None) or default_config_path(os.environ))
     except ConfigError as e:
         print(f"farmnet: {e}", file=stderr)
         return EXIT_REFUSED
+    config = loaded.server
+    warning = moved_keys(loaded, "server")
+    if warning:
+        print(f"farmnet: {warning}", file=stderr)
     dsn, embedded = resolve_dsn(config, getattr(args, "dsn", None))
     hint = ""
     if embedded:
-        datadir = config.stats_embedded_dir or os.path.join(config.store, "postgresql")
-        hint = f" (the embedded PostgreSQL in {datadir} runs only while the farmnet server runs)"
+        hint = f" (the embedded PostgreSQL in {embedded_dir(config)} runs only while the farmnet server runs)"
 
     if args.db_command == "check":
         async def check(reactor: Any) -> int:

@@ -1,7 +1,7 @@
 """The server's own PostgreSQL: a cluster in ``<store>/postgresql`` on a Unix socket only.
 
-With ``server.stats_dsn`` empty the server finds the PostgreSQL server binaries
-(``server.stats_pg_bin``, else ``initdb`` on ``PATH``, else the newest
+With ``server.stats.dsn`` empty the server finds the PostgreSQL server binaries
+(``server.stats.pg_bin``, else ``initdb`` on ``PATH``, else the newest
 ``/usr/lib/postgresql/*/bin``, where Debian keeps them), runs ``initdb`` on the first
 start, starts the cluster with ``pg_ctl`` listening on a Unix socket in its own data
 directory only (``listen_addresses = ''``), creates the ``farmnet`` database, and stops
@@ -77,7 +77,7 @@ class ClusterError(Exception):
 def find_bin_dir(hint: str = "", path: str | None = None, pattern: str = DEBIAN_BIN_GLOB) -> Path | None:
     """The directory holding ``initdb``, ``pg_ctl`` and ``postgres``, or None.
 
-    ``hint`` (``server.stats_pg_bin``) wins when given; then ``initdb`` on ``path``
+    ``hint`` (``server.stats.pg_bin``) wins when given; then ``initdb`` on ``path``
     (default ``$PATH``), then the newest of ``pattern``.
     """
     names = ("initdb", "pg_ctl", "postgres")
@@ -162,7 +162,7 @@ class Cluster:
         if len(str(socket).encode()) > SOCKET_PATH_MAX:
             raise ClusterError(
                 f"the socket path {socket} is longer than {SOCKET_PATH_MAX} bytes (a Unix socket limit): "
-                "choose a shorter server.stats_embedded_dir")
+                "choose a shorter server.stats.embedded_dir")
         if self.run_as is not None:
             try:
                 pwd.getpwnam(self.run_as)
@@ -228,7 +228,7 @@ class Cluster:
                 continue
             raise ClusterError(
                 f"the {self.run_as} user cannot reach {directory} (on the way to {self.datadir}): give it "
-                f"search permission (e.g. chmod o+x {directory}), or set server.stats_embedded_dir to a "
+                f"search permission (e.g. chmod o+x {directory}), or set server.stats.embedded_dir to a "
                 "directory it can reach")
 
     def prepare_directory(self) -> None:
@@ -248,7 +248,7 @@ class Cluster:
             "unix_socket_directories": str(self.socket_dir),
             **self.settings,
         }
-        text = "# Written by farmnet at each start: edit server.stats_* settings instead.\n"
+        text = "# Written by farmnet at each start: edit the server.stats settings instead.\n"
         text += "".join(f"{key} = {_conf_value(value)}\n" for key, value in settings.items())
         conf = self.datadir / "farmnet.conf"
         tmp = conf.with_suffix(".tmp")

@@ -1,8 +1,9 @@
 """The statistics service: embedded PostgreSQL, connections, schema, recorder and writer.
 
-``StatsService(reactor, config, farm)`` is a Twisted service. Starting it attaches the
+``StatsService(reactor, config, store, farm)`` is a Twisted service (``config`` is the
+server's ``stats`` section, ``store`` its state directory). Starting it attaches the
 recorder to the farm at once (no event is missed while the database comes up: rows wait
-in the spool), starts the embedded PostgreSQL when ``server.stats_dsn`` is empty, connects,
+in the spool), starts the embedded PostgreSQL when ``server.stats.dsn`` is empty, connects,
 upgrades the schema and lets the writer go. Stopping it writes what waits in memory to the
 database within a few seconds (to the spool otherwise), closes the connections and stops
 the embedded PostgreSQL.
@@ -23,7 +24,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from farmnet.config import ServerConfig
+from farmnet.config import StatsConfig
 from farmnet.stats import schema
 from farmnet.stats.db import Database, safe_dsn
 from farmnet.stats.embedded import EmbeddedPostgres, find_bin_dir
@@ -46,13 +47,14 @@ LEDGER_TRIM_INTERVAL = 6 * 3600.0
 class StatsService(service.Service):
     name = "statistics"
 
-    def __init__(self, reactor: Any, config: ServerConfig, farm: Any) -> None:
+    def __init__(self, reactor: Any, config: StatsConfig, store: Path, farm: Any) -> None:
         self.reactor = reactor
         self.config = config
+        self.store = Path(store)
         self.farm = farm
-        self.recorder = Recorder(reactor, full_rows=config.stats_batch_rows)
+        self.recorder = Recorder(reactor, full_rows=config.batch_rows)
         self.embedded: EmbeddedPostgres | None = None
-        self.dsn = config.stats_dsn
+        self.dsn = config.dsn
         #: The writer's connection, and the web site's (so a long query never holds writes).
         self.db: Database | None = None
         self.reader: Database | None = None
@@ -105,25 +107,25 @@ class StatsService(service.Service):
     def startService(self) -> None:
         super().startService()
         config = self.config
-        if not config.stats:
-            self._off("disabled in the configuration (server.stats: false)")
+        if not config.enabled:
+            self._off("disabled in the configuration (server.stats.enabled: false)")
             return
-        store = Path(config.store)
+        store = self.store
         if not self.dsn:
-            bin_dir = find_bin_dir(config.stats_pg_bin)
+            bin_dir = find_bin_dir(config.pg_bin)
             if bin_dir is None:
-                where = config.stats_pg_bin or "PATH or /usr/lib/postgresql/*/bin"
+                where = config.pg_bin or "PATH or /usr/lib/postgresql/*/bin"
                 self._off(f"no PostgreSQL server programs (initdb, pg_ctl, postgres) in {where}: "
                           "install PostgreSQL, or set server.stats_dsn")
                 return
-            datadir = Path(config.stats_embedded_dir) if config.stats_embedded_dir else store / "postgresql"
+            datadir = Path(config.embedded_dir) if config.embedded_dir else store / "postgresql"
             self.embedded = EmbeddedPostgres.for_store(datadir, bin_dir)
             self.dsn = self.embedded.dsn
-        spool = Spool(store / "stats-spool", config.stats_spool_max_bytes)
+        spool = Spool(store / "stats-spool", config.spool_max_bytes)
         self.db = Database(self.reactor, self.dsn, name="statistics database",
-                           reconnect_max_delay=config.stats_reconnect_max_delay, on_connect=self._prepare)
+                           reconnect_max_delay=config.reconnect_max_delay, on_connect=self._prepare)
         self.writer = Writer(self.reactor, self.db, self.recorder, spool,
-                             batch_rows=config.stats_batch_rows, flush_interval=config.stats_flush_interval,
+                             batch_rows=config.batch_rows, flush_interval=config.flush_interval,
                              on_schema_missing=lambda: self._prepare(self.db))
         self.recorder.attach(self.farm)
         self.writer.start()
@@ -162,7 +164,7 @@ class StatsService(service.Service):
         if self.reader is not None or not self.running:
             return
         self.reader = Database(self.reactor, self.dsn, name="statistics reader",
-                               reconnect_max_delay=self.config.stats_reconnect_max_delay,
+                               reconnect_max_delay=self.config.reconnect_max_delay,
                                on_connect=self._prepare_reader)
         self.queries = StatsQueries(self.reader)
         defer.ensureDeferred(self.reader.start())

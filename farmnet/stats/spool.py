@@ -167,7 +167,7 @@ class Spool:
             self.close()
         self._remove(segment)
         self._lost(rows, f"the spool is over its limit of {self.max_bytes} bytes "
-                         "(server.stats_spool_max_bytes)")
+                         "(server.stats.spool_max_bytes)")
         return rows
 
     def _lost(self, rows: int, why: str) -> None:

@@ -45,9 +45,9 @@ class cannot be loaded: retrying cannot help, the task's log says what to fix.  
 to go (``email`` but no ``emails``) or unknown to the class is skipped with a line on stderr, as
 Afanasy does.
 
-A custom class (``--service package.module:Class``, the render's ``events_service_class``) is called with
-the reactor and must have ``async def handle(self, data) -> list[str]``, returning one message per failed
-delivery ([] for success); it may raise :class:`BadEventData` for unusable data.
+A custom class (``--service package.module:Class``, the render's ``sysjob.events_service_class``) is
+called with the reactor and must have ``async def handle(self, data) -> list[str]``, returning one
+message per failed delivery ([] for success); it may raise :class:`BadEventData` for unusable data.
 """
 
 from __future__ import annotations

@@ -22,11 +22,11 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import attrs
 from twisted.application import service
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from farmnet.config import SysJobConfig
 from farmnet.model import events as ev
 from farmnet.model.data import Block, Job, Render, Task, TaskKey, TaskState
 from farmnet.model.farm import Farm
@@ -43,22 +43,10 @@ BLOCK_SETTINGS = {"errors_retries": 9, "errors_avoid_host": 3, "errors_task_same
                   "errors_forgive_time": 600, "task_max_run_time": 60}
 
 
-@attrs.frozen
-class SysJobSettings:
-    tasklife: float = 1800.0
-    tasksmax: int = 1000
-    postcmd_service: str = "postcmd"
-    events_service: str = "events"
-    wol_service: str = "wakeonlan"
-    cmd_wolwake: str = "wolwake"
-    #: Farm-wide custom data under every event's (render events have only this).
-    custom_data: Mapping[str, Any] = attrs.field(factory=dict)
-
-
 class SystemJob(service.Service):
     """Keeps the system job, its queue and its log; follows the farm as an observer."""
 
-    def __init__(self, farm: Farm, settings: SysJobSettings,
+    def __init__(self, farm: Farm, settings: SysJobConfig,
                  read_output: Callable[[TaskKey, int], bytes] = lambda key, run: b"",
                  load_state: Callable[[str], Any] = lambda key: None,
                  save_state: Callable[[str, Any], None] = lambda key, value: None) -> None:

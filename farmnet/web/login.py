@@ -40,7 +40,7 @@ class LoginPages:
         if not self.ctx.logins:
             content = tags.div(tags.h1("Log in"),
                                tags.p("Logins are off on this server: it has no password file "
-                                      "(server.users_file).", class_="banner off"))
+                                      "(server.auth.users_file).", class_="banner off"))
         else:
             content = tags.div(
                 tags.h1("Log in"),

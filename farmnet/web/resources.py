@@ -6,7 +6,7 @@ name: its value reaches the handler as ``Call.groups``) and a :class:`Route` per
 for its own path. Each route has an access rule:
 
 - ``open``: anyone (the login form, the style sheet and script);
-- ``read``: anyone when the site is public (``server.web_public``), else logged-in users;
+- ``read``: anyone when the site is public (``server.web.public``), else logged-in users;
 - ``login``: logged-in users only (the handler may be stricter: the farm checks owners).
 
 The Gate settles who asks before any handler runs (:func:`farmnet.web.auth.request_user`:

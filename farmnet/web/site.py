@@ -1,6 +1,6 @@
 """The web site: live farm pages, statistics, the JSON action API, events and metrics.
 
-One twisted.web :class:`FarmSite` on one port (``server.web``), no other web server or
+One twisted.web :class:`FarmSite` on one port (``server.web.listen``), no other web server or
 script engine; each path is a resource of the tree :func:`site_tree` builds (see
 :mod:`farmnet.web.resources`). Site map:
 
@@ -21,8 +21,8 @@ script engine; each path is a resource of the tree :func:`site_tree` builds (see
 ``/static/farmnet.css``, ``.js``        the style sheet and the small script
 ======================================  ==========================================================
 
-Read-only pages and API are public unless ``server.web_public`` is false; every change
-needs a user from ``server.users_file`` (see :mod:`farmnet.web.auth`).
+Read-only pages and API are public unless ``server.web.public`` is false; every change
+needs a user from ``server.auth.users_file`` (see :mod:`farmnet.web.auth`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web import http, server
 
+from farmnet.config import WebConfig
 from farmnet.model.farm import Farm
 from farmnet.server.monitors import EventLog
 from farmnet.server.outputs import OutputStore
@@ -151,22 +152,23 @@ class FarmSite(server.Site):
         await task.deferLater(self.reactor, 0, lambda: None)
 
 
-def make_site(reactor: Any, farm: Farm | None = None, config: Any = None, outputs: OutputStore | None = None,
-              stats: Any = None, *, durable: Callable[[], defer.Deferred[Any]] | None = None, amp: Any = None,
+def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None = None,
+              outputs: OutputStore | None = None, stats: Any = None, *, users_file: str = "",
+              durable: Callable[[], defer.Deferred[Any]] | None = None, amp: Any = None,
               portal: Portal | None = None, events: EventLog | None = None) -> FarmSite:
-    """The site for ``farm``. ``config`` is the ServerConfig (``web_public``,
-    ``users_file``); ``stats`` the StatsService (or None); ``durable`` waits until the farm's
-    changes are on disk (actions answer after it); ``amp`` the FarmServer (its connections
-    are counted in /metrics); ``portal`` replaces the password file's (tests); ``events`` is
-    the farm's event log (a new one follows ``farm`` when not given).
+    """The site for ``farm``. ``config`` is the server's ``web`` section (``public``);
+    ``users_file`` the logins' password file (``server.auth.users_file``); ``stats`` the
+    StatsService (or None); ``durable`` waits until the farm's changes are on disk (actions
+    answer after it); ``amp`` the FarmServer (its connections are counted in /metrics);
+    ``portal`` replaces the password file's (tests); ``events`` the farm's
+    event log (a new one follows ``farm`` when not given).
 
     The older ``make_site(farm)`` still works (read-only, no outputs, no statistics)."""
     if farm is None and isinstance(reactor, Farm):
         farm, reactor = reactor, reactor.clock
     if farm is None:
         raise TypeError("make_site: the farm is missing")
-    users_file = getattr(config, "users_file", "") or ""
-    public = bool(getattr(config, "web_public", True))
+    public = config.public if config is not None else True
     if portal is None:
         portal = auth.make_portal(reactor, users_file)
     if events is None:
