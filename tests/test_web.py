@@ -106,6 +106,7 @@ class WebTestCase(TestCase):
         return Farm(reactor, SchedulingConfig(admins=("boss",), errors_retries=0))
 
     async def serve(self, **kw: Any) -> SiteUnderTest:
+        kw.setdefault("events", self.events)
         kw.setdefault("users_file", str(self.users_file))
         config, stats = kw.pop("config", None), kw.pop("stats", None)
         site = await serve(reactor, self.farm, config, self.outputs, stats, **kw)
