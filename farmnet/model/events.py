@@ -11,7 +11,7 @@ it matters (doc/architecture.md, "Adding an event").
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -155,6 +155,17 @@ class Bus:
 
         return unsubscribe
 
+    def subscribe_all(self, handlers: Mapping[Any, Callable[[Any], None]]) -> Callable[[], None]:
+        """``subscribe`` each ``{kinds: handler}``; returns one unsubscribe for them all
+        (calling it again does nothing)."""
+        cancels = [self.subscribe(kinds, handler) for kinds, handler in handlers.items()]
+
+        def unsubscribe() -> None:
+            for cancel in cancels:
+                cancel()
+
+        return unsubscribe
+
     def subscribers(self, kind: type) -> list[Callable[[Any], None]]:
         return list(self._handlers.get(kind, ()))
 
@@ -162,7 +173,7 @@ class Bus:
         handlers = self._handlers.get(type(event))
         if not handlers:
             return
-        for handler in tuple(handlers) if len(handlers) > 1 else handlers:
+        for handler in tuple(handlers):  # a handler may (un)subscribe
             try:
                 handler(event)
             except Exception as e:

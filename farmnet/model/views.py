@@ -74,6 +74,7 @@ class Views(FarmState):
         return {"jobs": len(self.jobs), "tasks": tasks, "renders_online": online,
                 "renders_busy": busy, "renders_offline": len(self.renders) - online}
 
+
 def block_state(block: Block) -> TaskState:
     c = block.counts
     if block.finished:

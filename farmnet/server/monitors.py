@@ -25,12 +25,12 @@ class EventLog:
         self.last = 0
         self._events: deque[Event] = deque(maxlen=keep)
         self._waiters: list[Callable[[], None]] = []
-        self._unsubscribe: list[Callable[[], None]] = []
+        self._unsubscribe: Callable[[], None] = lambda: None
         if farm is not None:
             self.follow(farm)
 
     def follow(self, farm: Farm) -> None:
-        """Record what ``farm`` publishes from now on."""
+        """Record what ``farm`` publishes from now on (one farm at a time)."""
         emit, bus = self.emit, farm.bus
 
         def task(e: ev.TaskStateChanged) -> None:
@@ -48,25 +48,22 @@ class EventLog:
                 emit("render_zombie", name=e.render.name)
             emit("render", render=e.render.to_dict())
 
-        self._unsubscribe += [
-            bus.subscribe(ev.TaskStateChanged, task),
-            bus.subscribe(ev.TaskProgressed, progress),
-            bus.subscribe((ev.JobSubmitted, ev.JobChanged),
-                          lambda e: emit("job", job=farm.job_dict(e.job))),
-            bus.subscribe(ev.JobDeleted, lambda e: emit("job_deleted", job_id=e.job.id)),
-            bus.subscribe(ev.UserChanged, lambda e: emit("user", user=e.user.to_dict())),
-            bus.subscribe(ev.UserDeleted, lambda e: emit("user_deleted", name=e.user.name)),
-            bus.subscribe((ev.RenderRegistered, ev.RenderChanged, ev.RenderSick),
-                          lambda e: emit("render", render=e.render.to_dict())),
-            bus.subscribe(ev.RenderLost, render_lost),
-            bus.subscribe(ev.RenderDeleted, lambda e: emit("render_deleted", name=e.render.name)),
-        ]
+        self._unsubscribe = bus.subscribe_all({
+            ev.TaskStateChanged: task,
+            ev.TaskProgressed: progress,
+            (ev.JobSubmitted, ev.JobChanged): lambda e: emit("job", job=farm.job_dict(e.job)),
+            ev.JobDeleted: lambda e: emit("job_deleted", job_id=e.job.id),
+            ev.UserChanged: lambda e: emit("user", user=e.user.to_dict()),
+            ev.UserDeleted: lambda e: emit("user_deleted", name=e.user.name),
+            (ev.RenderRegistered, ev.RenderChanged, ev.RenderSick):
+                lambda e: emit("render", render=e.render.to_dict()),
+            ev.RenderLost: render_lost,
+            ev.RenderDeleted: lambda e: emit("render_deleted", name=e.render.name),
+        })
 
     def close(self) -> None:
         """Stop following the farm."""
-        for unsubscribe in self._unsubscribe:
-            unsubscribe()
-        self._unsubscribe.clear()
+        self._unsubscribe()
 
     def emit(self, kind: str, **data: Any) -> None:
         self.last += 1

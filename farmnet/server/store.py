@@ -110,7 +110,7 @@ class Store(service.Service):
         self._deleted_jobs: list[int] = []
         self._deleted_renders: list[int] = []
         self._deleted_users: list[str] = []
-        self._unsubscribe: list[Callable[[], None]] = []
+        self._unsubscribe: Callable[[], None] = lambda: None
         self._renumbered: list[tuple[int, int]] = []
         self._meta: dict[str, str] = {}
         self._spec_written: dict[int, Any] = {}
@@ -182,17 +182,17 @@ class Store(service.Service):
     def follow(self) -> None:
         """Subscribe to every change that must survive a restart; written at the next flush."""
         bus = self.farm.bus
-        self._unsubscribe = [
-            bus.subscribe(ev.TaskStateChanged, self._task_changed),
-            bus.subscribe(ev.TasksRenumbered, self._tasks_renumbered),
-            bus.subscribe((ev.JobSubmitted, ev.JobChanged), lambda e: self._job_changed(e.job)),
-            bus.subscribe(ev.RunEnded, self._run_ended),
-            bus.subscribe(ev.JobDeleted, self._job_deleted),
-            bus.subscribe(ev.UserChanged, self._user_changed),
-            bus.subscribe(ev.UserDeleted, self._user_deleted),
-            bus.subscribe(ev.RENDER_EVENTS, self._render_changed),
-            bus.subscribe(ev.RenderDeleted, self._render_deleted),
-        ]
+        self._unsubscribe = bus.subscribe_all({
+            ev.TaskStateChanged: self._task_changed,
+            ev.TasksRenumbered: self._tasks_renumbered,
+            (ev.JobSubmitted, ev.JobChanged): lambda e: self._job_changed(e.job),
+            ev.RunEnded: self._run_ended,
+            ev.JobDeleted: self._job_deleted,
+            ev.UserChanged: self._user_changed,
+            ev.UserDeleted: self._user_deleted,
+            ev.RENDER_EVENTS: self._render_changed,
+            ev.RenderDeleted: self._render_deleted,
+        })
 
     def _changed(self) -> None:
         if not self._oldest_change:
@@ -397,9 +397,7 @@ class Store(service.Service):
     async def _stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
-        for unsubscribe in self._unsubscribe:
-            unsubscribe()
-        self._unsubscribe = []
+        self._unsubscribe()
         if self._writing is not None:
             await self._writing
         self.write_now()

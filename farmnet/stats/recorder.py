@@ -110,7 +110,7 @@ class Recorder:
         #: Job rows made in this reactor turn: a job is done before the run that did it is
         #: notified, and that run's figures still belong in the row.
         self._just_done: dict[int, list[Any]] = {}
-        self._unsubscribe: list[Callable[[], None]] = []
+        self._unsubscribe: Callable[[], None] = lambda: None
 
     # --- attaching ---------------------------------------------------------------------
 
@@ -121,20 +121,18 @@ class Recorder:
         self._done_jobs = {job_id for job_id, job in farm.jobs.items() if job.done}
         self._renders_online = {render.name: render.online for render in farm.renders.values()}
         bus = farm.bus
-        self._unsubscribe = [
-            bus.subscribe(ev.RunEnded, lambda e: self.record_run(e.run)),
-            bus.subscribe((ev.JobSubmitted, ev.JobChanged), lambda e: self._job(e.job)),
-            bus.subscribe(ev.JobDeleted, lambda e: self._job_deleted(e.job)),
-            bus.subscribe((ev.RenderRegistered, ev.RenderChanged), lambda e: self._render(e.render)),
-            bus.subscribe(ev.RenderLost, self._render_lost),
-            bus.subscribe(ev.RenderSick, self._render_sick),
-            bus.subscribe(ev.UserChanged, lambda e: self._user(e.user)),
-        ]
+        self._unsubscribe = bus.subscribe_all({
+            ev.RunEnded: lambda e: self.record_run(e.run),
+            (ev.JobSubmitted, ev.JobChanged): lambda e: self._job(e.job),
+            ev.JobDeleted: lambda e: self._job_deleted(e.job),
+            (ev.RenderRegistered, ev.RenderChanged): lambda e: self._render(e.render),
+            ev.RenderLost: self._render_lost,
+            ev.RenderSick: self._render_sick,
+            ev.UserChanged: lambda e: self._user(e.user),
+        })
 
     def detach(self) -> None:
-        for unsubscribe in self._unsubscribe:
-            unsubscribe()
-        self._unsubscribe = []
+        self._unsubscribe()
         self._farm = None
 
     # --- the hot path --------------------------------------------------------------------

@@ -61,7 +61,7 @@ class SystemJob(service.Service):
         self.job: Job | None = None
         self._born: dict[int, float] = {}
         self._told: set[tuple[int, str]] = set()
-        self._unsubscribe: list[Callable[[], None]] = []
+        self._unsubscribe: Callable[[], None] = lambda: None
         self._check: IDelayedCall | None = None
         self._cleanup = False
         self._reasons: dict[int, str] = {}
@@ -131,15 +131,15 @@ class SystemJob(service.Service):
     def follow(self) -> None:
         """Subscribe to what makes system tasks or events (Afanasy's JOB_*/RENDER_*)."""
         bus = self.farm.bus
-        self._unsubscribe = [
-            bus.subscribe(ev.TaskStateChanged, self._task_changed),
-            bus.subscribe(ev.TasksRestarted, self._tasks_restarted),
-            bus.subscribe(ev.JobSubmitted, self._job_submitted),
-            bus.subscribe(ev.JobChanged, self._job_changed),
-            bus.subscribe(ev.JobDeleted, self._job_deleted),
-            bus.subscribe(ev.RenderLost, self._render_lost),
-            bus.subscribe(ev.RenderSick, self._render_sick),
-        ]
+        self._unsubscribe = bus.subscribe_all({
+            ev.TaskStateChanged: self._task_changed,
+            ev.TasksRestarted: self._tasks_restarted,
+            ev.JobSubmitted: self._job_submitted,
+            ev.JobChanged: self._job_changed,
+            ev.JobDeleted: self._job_deleted,
+            ev.RenderLost: self._render_lost,
+            ev.RenderSick: self._render_sick,
+        })
 
     def _is_other(self, job: Job) -> bool:
         return self.job is not None and job is not self.job
@@ -285,8 +285,6 @@ class SystemJob(service.Service):
 
     def stopService(self) -> None:
         super().stopService()
-        for unsubscribe in self._unsubscribe:
-            unsubscribe()
-        self._unsubscribe = []
+        self._unsubscribe()
         if self._check is not None and self._check.active():
             self._check.cancel()
