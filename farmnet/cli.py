@@ -3,7 +3,8 @@
 Every command connects with the async client (`farmnet.client`) on a reactor run by
 `twisted.internet.task.react`, and closes the connection itself. Server, user and
 timeout come from the client section of the configuration (``--config`` or
-``$FARMNET_CONFIG``), overridden by ``--server``/``--user``/``--timeout``.
+``$FARMNET_CONFIG``), overridden by ``$FARMNET_SERVER``/``$FARMNET_USER``, overridden by
+``--server``/``--user``/``--timeout``.
 
 Exit codes: 0 success; 1 ``wait`` saw the job end in ERR; 2 the farm refused (unknown
 job, permission denied, bad job file...) or a usage error; 3 the server cannot be
@@ -126,7 +127,7 @@ async def cmd_submit(client: FarmClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_jobs(client: FarmClient, args: argparse.Namespace) -> int:
-    jobs = sorted(await client.jobs(args.user), key=lambda j: j["id"])
+    jobs = sorted(await client.jobs(args.owner), key=lambda j: j["id"])
     if args.json:
         _json(jobs)
         return EXIT_OK
@@ -390,7 +391,8 @@ def _connection_options(user_help: str) -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
     group = options.add_argument_group("connection")
     group.add_argument("--server", metavar="ENDPOINT",
-                       help="server endpoint, e.g. tcp:farm.example.com:51100 (default from the config)")
+                       help="server: HOST[:PORT] (port 51100 by default), or a Twisted endpoint such as "
+                            "tls:farm.example.com:51100 (default: $FARMNET_SERVER, else the config)")
     group.add_argument("--user", metavar="NAME", help=user_help)
     group.add_argument("--config", metavar="FILE", help="config file (default: $FARMNET_CONFIG)")
     group.add_argument("--timeout", metavar="SECONDS", type=float, help="seconds to wait for the server")
@@ -401,9 +403,8 @@ def _connection_options(user_help: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    acting = _connection_options("act as this user (default from the config)")
-    # `jobs --user U` lists U's jobs (and, harmlessly for a listing, connects as U).
-    filtering = _connection_options("only this user's jobs (default: every user's)")
+    acting = _connection_options("act as this user (default: $FARMNET_USER, else the config, "
+                                 "else your login)")
     listing = argparse.ArgumentParser(add_help=False)
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -413,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_db_commands(sub)
 
     def command(name: str, handler: Handler, help: str, lists: bool = False,
-                connection: argparse.ArgumentParser = acting, **defaults: Any) -> argparse.ArgumentParser:
-        parents = [connection, listing] if lists else [connection]
+                **defaults: Any) -> argparse.ArgumentParser:
+        parents = [acting, listing] if lists else [acting]
         p = sub.add_parser(name, parents=parents, help=help, description=help)
         p.set_defaults(handler=handler, **defaults)
         return p
@@ -423,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "prints the job id")
     p.add_argument("file", help="the job file")
     p.add_argument("--wait", action="store_true", help="then wait for the job, as `farmnet wait`")
-    command("jobs", cmd_jobs, "list jobs", lists=True, connection=filtering)
+    p = command("jobs", cmd_jobs, "list jobs", lists=True)
+    p.add_argument("--owner", metavar="NAME", help="only this user's jobs (default: every user's)")
     p = command("job", cmd_job, "show a job and its blocks", lists=True)
     p.add_argument("id", type=int)
     p = command("tasks", cmd_tasks, "list a job's tasks", lists=True)

@@ -62,6 +62,8 @@ Environ = Mapping[str, str]
 Check = Callable[[Any], str | None]
 
 CONFIG_ENV = "FARMNET_CONFIG"
+#: The values of the servers' and renders' log_level setting, least to most severe.
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 ROOT_STATE_DIR = "/var/lib/farmnet"
 
 
@@ -170,14 +172,19 @@ def _setting(
     doc: str,
     check: Check | None = None,
     env_default: Callable[[Environ], Any] | None = None,
+    env: str | None = None,
 ) -> Any:
     """One configuration field: its default, a doc line and an optional check.
 
     ``env_default`` computes a machine-dependent default from an environment:
     :func:`load_config` calls it with the environment it was given, and plain
     construction calls it with ``os.environ`` (at construction, never at import).
+    ``env`` names an environment variable that :func:`load_config` puts over the file
+    (a command-line value still wins).
     """
     metadata: dict[str, Any] = {"doc": doc}
+    if env is not None:
+        metadata["env"] = env
     if check is not None:
         metadata["check"] = check
     if env_default is not None:
@@ -388,6 +395,8 @@ class ServerConfig:
         "text",
         doc='The server\'s log: "text" (human-readable) or "json" (JSON lines).',
         check=_one_of("text", "json"))
+    log_level: str = _setting(
+        "info", doc="Least level logged: debug, info, warn, error or critical.", check=_one_of(*LOG_LEVELS))
     log_stats_interval: float = _setting(
         60.0,
         doc="Seconds between statistics lines in the log (connections, renders, tasks, traffic); 0: off.",
@@ -455,7 +464,8 @@ class RenderConfig:
 
     server: str = _setting(
         "tcp:127.0.0.1:51100",
-        doc="The server's AMP endpoint (Twisted client endpoint string).", check=_not_empty)
+        doc="The server: HOST[:PORT] (port 51100 by default) or a Twisted client endpoint string; "
+            "$FARMNET_SERVER overrides it.", check=_not_empty, env="FARMNET_SERVER")
     name: str = _setting(doc="Render name shown on the farm (default: the host name).", check=_not_empty,
                          env_default=_default_hostname)
     capacity: int = _setting(
@@ -477,6 +487,8 @@ class RenderConfig:
         "text",
         doc='The render\'s log: "text" (human-readable) or "json" (JSON lines).',
         check=_one_of("text", "json"))
+    log_level: str = _setting(
+        "info", doc="Least level logged: debug, info, warn, error or critical.", check=_one_of(*LOG_LEVELS))
     service_classes: dict[str, str] = _setting(
         attrs.Factory(dict), doc='Custom service classes by service name, e.g. {maya: "studio.farm:Maya"}.')
     parser_classes: dict[str, str] = _setting(
@@ -493,9 +505,11 @@ class ClientConfig:
 
     server: str = _setting(
         "tcp:127.0.0.1:51100",
-        doc="The server's AMP endpoint (Twisted client endpoint string).", check=_not_empty)
-    user: str = _setting(doc="User name jobs are submitted as (default: the login name).", check=_not_empty,
-                         env_default=_default_user)
+        doc="The server: HOST[:PORT] (port 51100 by default) or a Twisted client endpoint string; "
+            "$FARMNET_SERVER overrides it.", check=_not_empty, env="FARMNET_SERVER")
+    user: str = _setting(doc="User name jobs are submitted as (default: the login name); "
+                             "$FARMNET_USER overrides it.", check=_not_empty,
+                         env_default=_default_user, env="FARMNET_USER")
     timeout: float = _setting(30.0, doc="Seconds to wait for the server's answer.", check=_above(0))
     password_file: str = _setting(
         "", doc="File whose first line is the user's password (for a server with a users_file).")
@@ -924,8 +938,7 @@ def load_config(
         raise ConfigError(
             [f"{path}: expected a mapping of sections ({', '.join(names)}), got {_describe(raw)}"]
         )
-    if overrides is None:
-        overrides = {}
+    overrides = _environment_overrides(env, overrides or {})
 
     errors: list[str] = []
     moved: dict[str, str] = {}
@@ -940,6 +953,22 @@ def load_config(
     if errors:
         raise ConfigError([_as_written(error, moved) for error in errors], source=path)
     return Config(**loaded, moved=tuple(f"{old}: moved to {new}" for new, old in moved.items()))
+
+
+def _environment_overrides(
+    env: Environ, overrides: Mapping[str, Mapping[str, Any]]
+) -> Mapping[str, Mapping[str, Any]]:
+    """``overrides`` with the settings' environment variables (``$FARMNET_SERVER``...)
+    filled in where the command line gave nothing: file < environment < command line."""
+    merged = {name: dict(values or {}) for name, values in overrides.items()}
+    for name, section in attrs.fields_dict(Config).items():
+        if not attrs.has(section.type):
+            continue
+        for key, field in attrs.fields_dict(section.type).items():
+            variable = field.metadata.get("env")
+            if variable and env.get(variable) and merged.get(name, {}).get(key) is None:
+                merged.setdefault(name, {})[key] = env[variable]
+    return merged
 
 
 def _as_written(error: str, moved: Mapping[str, str]) -> str:

@@ -533,6 +533,37 @@ class CLITests(ServerTestCase):
             self.assertEqual(code, 0, err)
             self.assertIsInstance(json.loads(out), list)
 
+    async def test_workstation_finds_the_server_from_the_environment(self) -> None:
+        """FARMNET_SERVER / FARMNET_USER and ``--server HOST:PORT``: no config file on a workstation;
+        ``jobs --owner`` filters without logging in as that user."""
+        anna = await self.client("anna")
+        await anna.submit(hello_job(frames=1))
+        bob = await self.client("bob")
+        await bob.submit(hello_job(frames=1))
+        host_port = f"127.0.0.1:{self.port.getHost().port}"
+        env = {**child_env(), "FARMNET_SERVER": host_port, "FARMNET_USER": "carl"}
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "farmnet.cli", "jobs", "--json", "--owner", "bob"], env=env,
+            path=self.base)
+        self.assertEqual(code, 0, err)
+        self.assertEqual([job["user_name"] for job in json.loads(out)], ["bob"])
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "farmnet.cli", "submit", self.write("j.yaml", "name: x\nblocks:\n"
+                             "  - {name: b, command: 'true'}\n")], env=env, path=self.base)
+        self.assertEqual(code, 0, err)
+        self.assertEqual((await anna.job(int(out)))["user_name"], "carl")
+        # --server wins over the environment; HOST:PORT is shorthand for tcp:HOST:PORT.
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "farmnet.cli", "users", "--json", "--server", host_port],
+            env={**env, "FARMNET_SERVER": "127.0.0.1:1"}, path=self.base)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sorted(u["name"] for u in json.loads(out)), ["anna", "bob", "carl"])
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "farmnet.cli", "users"], env={**env, "FARMNET_SERVER": "127.0.0.1:1"},
+            path=self.base)
+        self.assertEqual(code, 3)
+        self.assertIn(b"cannot reach the server at 127.0.0.1:1", err)
+
     async def test_actions_and_output(self) -> None:
         client = await self.client()
         job_id, _ = await client.submit(hello_job(frames=1))

@@ -640,6 +640,8 @@ class ServerProtocol(FarmAMP):
 
 
 class ServerFactory(Factory):
+    noisy = False  # "Starting factory" says nothing an operator needs; the listener logs its port
+
     def __init__(self, server: FarmServer) -> None:
         self.server = server
 
