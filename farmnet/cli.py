@@ -246,6 +246,18 @@ async def cmd_set(client: FarmClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_reset_error_hosts(client: FarmClient, args: argparse.Namespace) -> int:
+    if args.block is None:
+        done = await client.action(args.ids, "reset_error_hosts")
+    else:
+        done = []
+        for job_id in args.ids:
+            done += await client.act("blocks", "reset_error_hosts", {"job_id": job_id, "block": args.block})
+    for job_id in done:
+        print(f"reset the error hosts of job {job_id}")
+    return EXIT_OK
+
+
 async def cmd_why(client: FarmClient, args: argparse.Namespace) -> int:
     """Why is my job waiting? The scheduler's own answer, per block."""
     why = await client.act("jobs", "explain", {"id": args.id})
@@ -274,8 +286,17 @@ async def cmd_task(client: FarmClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_render(client: FarmClient, args: argparse.Namespace) -> int:
-    values = _assignments(args.values) if args.values else None
-    done = await client.act("renders", args.action, {"name": args.names}, values)
+    names, pairs = args.names, args.values or []
+    action = args.action.replace("-", "_")
+    if action in ("set", "update"):  # `render set r1 r2 capacity=2000`, or `render update r1 --set ...`
+        action = "update"
+        pairs = [*pairs, *(n for n in names if "=" in n)]
+        names = [n for n in names if "=" not in n]
+        if not pairs or not names:
+            raise ValueError("farmnet render set NAME... KEY=VALUE...: give names and at least one KEY=VALUE")
+    elif pairs:
+        raise ValueError(f"farmnet render {args.action}: takes no KEY=VALUE")
+    done = await client.act("renders", action, {"name": names}, _assignments(pairs) if pairs else None)
     print(f"{args.action}: {' '.join(done)}")
     return EXIT_OK
 
@@ -449,6 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
             ("skip", "skip", "skip every unfinished task of jobs")):
         p = command(name, cmd_action, what, action=action, value=None)
         p.add_argument("ids", type=int, nargs="+", metavar="ID")
+    p = command("reset-error-hosts", cmd_reset_error_hosts,
+                "jobs (or, with --block, one block) forget the renders they failed on, "
+                "and may run there again")
+    p.add_argument("ids", type=int, nargs="+", metavar="ID")
+    p.add_argument("--block", type=int, metavar="N", help="only block N")
     p = command("priority", cmd_action, "set a job's priority (0..250)", action="set_priority")
     p.add_argument("ids", type=int, nargs=1, metavar="ID")
     p.add_argument("value", type=int, metavar="VALUE")
@@ -464,10 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("block", type=int)
     p.add_argument("tasks", type=int, nargs="+", metavar="TASK")
     p = command("render", cmd_render, "act on renders: nimby (only the owner's jobs), NIMBY (none), "
-                "free, pause, resume, eject (tasks back to ready), exit, heal (clear SICK), set, delete")
+                "free, pause, resume, eject (tasks back to ready), exit, heal (clear SICK), sleep, wake, "
+                "reset-error-hosts (jobs may run there again), set NAME KEY=VALUE..., delete")
     p.add_argument("action", choices=["nimby", "NIMBY", "free", "pause", "resume", "eject", "exit",
-                                      "heal", "update", "delete"])
-    p.add_argument("names", nargs="+", metavar="NAME")
+                                      "heal", "sleep", "wake", "reset-error-hosts", "set", "update",
+                                      "delete"])
+    p.add_argument("names", nargs="+", metavar="NAME",
+                   help="render names; with set, NAME then KEY=VALUE (capacity=N max_tasks=N)")
     p.add_argument("--set", dest="values", nargs="+", metavar="KEY=VALUE",
                    help="with update: capacity=N max_tasks=N")
     p = command("user", cmd_user, "change users (admins): set NAME priority, limits, hosts masks, "

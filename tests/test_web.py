@@ -384,6 +384,20 @@ class ApiTests(WebTestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(self.farm.jobs[1].priority, 120)
 
+    async def test_reset_error_hosts_from_the_job_and_render_pages(self) -> None:
+        await self.some_work()
+        cookie = await self.login("boss")
+        for path in ("/jobs/1", "/renders"):
+            response, page = await self.get(path, headers=cookie)
+            self.assertIn("reset error hosts", page)
+            self.assertIn("&quot;reset_error_hosts&quot;", page)
+        response, answer = await self.act(
+            {"item": "jobs", "action": "reset_error_hosts", "filters": {"id": [1]}}, headers=basic("anna"))
+        self.assertEqual((response.code, answer), (200, {"result": [1]}))
+        self.assertEqual(self.farm.jobs[1].blocks[0].host_errors, {})
+        response, page = await self.get("/jobs/1", headers=cookie)
+        self.assertNotIn("reset error hosts", page)
+
     async def test_another_users_job_is_forbidden(self) -> None:
         await self.some_work()
         response, answer = await self.act({"item": "jobs", "action": "delete", "filters": {"id": [1]}},

@@ -295,7 +295,8 @@ class FarmClient:
 
     async def output(self, job_id: int, block: int, task: int, run: int = 0) -> bytes:
         """A task run's output (``run`` 0: the latest). For a finished task, all of it;
-        for a running one, what the server has now."""
+        for a running one, what the server has now. A run the task never had raises
+        UnknownTask."""
         chunks: list[bytes] = []
         offset = 0
         while True:
