@@ -24,8 +24,8 @@ from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapC
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 
-__all__ = ["DEFAULT_PORT", "client_endpoint", "expand_shorthand", "set_keepalive", "socket_of",
-           "split_description"]
+__all__ = ["DEFAULT_PORT", "client_endpoint", "expand_shorthand", "loopback_only", "set_keepalive",
+           "socket_of", "split_description"]
 
 #: The server's AMP port when a ``HOST`` is given without one.
 DEFAULT_PORT = 51100
@@ -65,6 +65,24 @@ def split_description(description: str) -> tuple[list[str], dict[str, str]]:
         else:
             args.append(part)
     return args, kwargs
+
+
+def loopback_only(description: str) -> bool:
+    """A server endpoint string that only this machine can reach: a unix socket, or TCP
+    bound to a loopback ``interface`` (the default ``tcp:51100:interface=127.0.0.1``)."""
+    args, kwargs = split_description(description)
+    kind = args[0].lower() if args else ""
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    interface = kwargs.get("interface", "")
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
 
 
 def client_endpoint(reactor: Any, description: str, ca: str = "") -> IStreamClientEndpoint:
