@@ -28,6 +28,7 @@ from farmnet.server.netstats import StatisticsLogger
 from farmnet.server.outputs import OutputStore
 from farmnet.server.registry import raise_fd_limit
 from farmnet.server.store import Store
+from farmnet.server.storelock import StoreLock
 from farmnet.stats.service import StatsService
 from farmnet.sysjob.job import SystemJob
 from farmnet.web.auth import TokenChecker
@@ -62,10 +63,16 @@ class ServerService(service.MultiService):
         scheduling = config.scheduling
         if self.owner is not None and self.owner not in scheduling.admins:
             scheduling = attrs.evolve(scheduling, admins=(*scheduling.admins, self.owner))
+        store = Path(config.store.path)
+        #: Taken first: a second server on this store stops here, before it reads or starts anything.
+        self.lock = StoreLock(store)
+        self.lock.acquire()
+        #: Non-zero once the server failed at something it cannot run without (a listener):
+        #: the process then exits with it (``farmnet.tap``), for systemd's Restart=on-failure.
+        self.exit_status = 0
         self.farm = Farm(reactor, scheduling)
         #: The monitors' view of the farm's events (AMP PollEvents, the web's /events).
         self.events = EventLog(self.farm)
-        store = Path(config.store.path)
         self.store = Store(reactor, store / "farm.sqlite", self.farm, events=self.events)
         self.store.setServiceParent(self)  # first: the farm is loaded before anyone connects
         self.stats = StatsService(reactor, config.stats, store, self.farm)
@@ -96,6 +103,14 @@ class ServerService(service.MultiService):
         for manhole in make_manhole_services(reactor, config.manhole, manhole_namespace(self),
                                              admins=scheduling.admins, store=store):
             manhole.setServiceParent(self)
+        for child in self:
+            if isinstance(child, Listener):
+                child.ready.addCallback(self._listening)
+
+    def _listening(self, port: Any) -> Any:
+        if port is None:
+            self.exit_status = 1  # the Listener logged why and stops the reactor
+        return port
 
     def _print_login_link(self, port: Any) -> None:
         """The web login of a private farm: logged, and kept in ``web.login`` (owner-only)."""
@@ -112,7 +127,7 @@ class ServerService(service.MultiService):
                  user=self.login_link.user, url=url, path=str(path))
 
     def startService(self) -> None:
-        Path(self.config.store.path).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.lock.record()  # twistd may have forked since __init__
         (Path(self.config.store.path) / "web.login").unlink(missing_ok=True)  # the last start's
         if self.owner is not None:
             log.info("no users file and a localhost-only farm: {user}, who runs the server, is an admin",
@@ -123,7 +138,11 @@ class ServerService(service.MultiService):
                  store=self.config.store.path, files=soft)
         super().startService()
         # Once the reactor runs (signal handlers installed): what operators and tests wait for.
-        self.reactor.callWhenRunning(lambda: log.info("farmnet server running"))
+        self.reactor.callWhenRunning(self._running)
+
+    def _running(self) -> None:
+        if not self.exit_status:
+            log.info("farmnet server running")
 
     def stopService(self) -> Any:
         return defer.ensureDeferred(self._stop())
@@ -141,4 +160,7 @@ class ServerService(service.MultiService):
         d = super().stopService()
         self.farm.stop()
         self.outputs.close_all()
-        await d
+        try:
+            await d
+        finally:
+            self.lock.release()  # last: the store and the embedded PostgreSQL are stopped

@@ -32,6 +32,7 @@ from typing import Any
 
 import attrs
 import yaml
+from twisted.internet.endpoints import clientFromString, serverFromString
 
 __all__ = [
     "AuthConfig",
@@ -215,6 +216,39 @@ def _one_of(*choices: str) -> Check:
     return check
 
 
+class _ParseOnly:
+    """Stands for the reactor while an endpoint string is only parsed (nothing listens)."""
+
+
+def _endpoint_check(parse: Callable[[Any, str], Any], example: str, optional: bool) -> Check:
+    """An endpoint string Twisted can parse (""  means off when ``optional``), found at load
+    time with every other error instead of when the server starts to listen."""
+
+    def check(value: Any) -> str | None:
+        if value == "" and optional:
+            return None
+        if not isinstance(value, str) or not value:
+            return "must not be empty"
+        try:
+            parse(_ParseOnly(), value)
+        except Exception as e:  # ValueError, TypeError, OSError (an ssl: key file)...
+            return f"{value!r} is not an endpoint Twisted knows ({e}); e.g. {example!r}"
+        return None
+
+    return check
+
+
+def _client_endpoint(reactor: Any, value: str) -> Any:
+    from farmnet.protocol.endpoints import expand_shorthand
+
+    return clientFromString(reactor, expand_shorthand(value))
+
+
+_LISTEN = _endpoint_check(serverFromString, "tcp:51100:interface=127.0.0.1", optional=False)
+_LISTEN_OR_OFF = _endpoint_check(serverFromString, "tcp:51180:interface=127.0.0.1", optional=True)
+_SERVER = _endpoint_check(_client_endpoint, "farm.example.com:51100", optional=False)
+
+
 def _json_data(value: Any) -> str | None:
     """Custom data goes to events tasks as JSON: YAML dates and the like cannot."""
     try:
@@ -317,7 +351,7 @@ class WebConfig:
 
     listen: str = _setting(
         "tcp:51180:interface=127.0.0.1",
-        doc='Web site endpoint (Twisted server endpoint string); "" disables it.')
+        doc='Web site endpoint (Twisted server endpoint string); "" disables it.', check=_LISTEN_OR_OFF)
     public: bool = _setting(
         True, doc="Read-only pages and API for everyone (true) or for logged-in users only (false).")
 
@@ -327,8 +361,10 @@ class ManholeConfig:
     """The admin Python manhole inside the running server; off unless an endpoint is set."""
 
     telnet: str = _setting(
-        "", doc='Manhole over telnet: a loopback TCP or unix (mode 600) endpoint; "" is off.')
-    ssh: str = _setting("", doc='Manhole over SSH (public keys): a server endpoint string; "" is off.')
+        "", doc='Manhole over telnet: a loopback TCP or unix (mode 600) endpoint; "" is off.',
+        check=_LISTEN_OR_OFF)
+    ssh: str = _setting("", doc='Manhole over SSH (public keys): a server endpoint string; "" is off.',
+                        check=_LISTEN_OR_OFF)
     passwords: str = _setting(
         "", doc="File of user:hash lines for the telnet manhole (python -m farmnet.server.passwords USER).")
     ssh_host_key: str = _setting(
@@ -390,7 +426,7 @@ class ServerConfig:
     listen: str = _setting(
         "tcp:51100:interface=127.0.0.1",
         doc="AMP listener for renders and clients (Twisted server endpoint string).",
-        check=_not_empty)
+        check=_LISTEN)
     log_format: str = _setting(
         "text",
         doc='The server\'s log: "text" (human-readable) or "json" (JSON lines).',
@@ -465,7 +501,7 @@ class RenderConfig:
     server: str = _setting(
         "tcp:127.0.0.1:51100",
         doc="The server: HOST[:PORT] (port 51100 by default) or a Twisted client endpoint string; "
-            "$FARMNET_SERVER overrides it.", check=_not_empty, env="FARMNET_SERVER")
+            "$FARMNET_SERVER overrides it.", check=_SERVER, env="FARMNET_SERVER")
     name: str = _setting(doc="Render name shown on the farm (default: the host name).", check=_not_empty,
                          env_default=_default_hostname)
     capacity: int = _setting(
@@ -506,7 +542,7 @@ class ClientConfig:
     server: str = _setting(
         "tcp:127.0.0.1:51100",
         doc="The server: HOST[:PORT] (port 51100 by default) or a Twisted client endpoint string; "
-            "$FARMNET_SERVER overrides it.", check=_not_empty, env="FARMNET_SERVER")
+            "$FARMNET_SERVER overrides it.", check=_SERVER, env="FARMNET_SERVER")
     user: str = _setting(doc="User name jobs are submitted as (default: the login name); "
                              "$FARMNET_USER overrides it.", check=_not_empty,
                          env_default=_default_user, env="FARMNET_USER")
