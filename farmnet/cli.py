@@ -531,13 +531,17 @@ async def _run(reactor: Any, args: argparse.Namespace, config: ClientConfig) -> 
     def on_shutdown() -> None:  # Ctrl-C: the reactor stops under the command
         nonlocal interrupted
         interrupted = True
+        if client is not None:
+            client.reconnect = 0  # the connection ends because we stop: do not dial again
 
     reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
     client: FarmClient | None = None
     try:
         password = find_password(args.password_file, config.password_file)
         client = await connect(reactor, config.server, config.user, timeout=config.timeout,
-                               password=password, ca=config.ca)
+                               password=password, ca=config.ca, reconnect=config.reconnect,
+                               on_reconnect=lambda text: print(f"farmnet: {text}", file=sys.stderr,
+                                                               flush=True))
         code = await args.handler(client, args)
     except Exception as e:
         code = EXIT_INTERRUPTED if interrupted else _exit_code(e)

@@ -547,6 +547,9 @@ class ClientConfig:
                              "$FARMNET_USER overrides it.", check=_not_empty,
                          env_default=_default_user, env="FARMNET_USER")
     timeout: float = _setting(30.0, doc="Seconds to wait for the server's answer.", check=_above(0))
+    reconnect: float = _setting(
+        300.0, doc="Seconds to keep trying to reach a server that went away (a restart, an upgrade) "
+                   "before giving up; 0 gives up at once.", check=_at_least(0))
     password_file: str = _setting(
         "", doc="File whose first line is the user's password (for a server with a users_file).")
     ca: str = _setting(
