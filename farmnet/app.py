@@ -63,7 +63,9 @@ class ServerService(service.MultiService):
         if config.web.listen:
             self.web_site = make_site(reactor, self.farm, config.web, self.outputs, self.stats,
                                       users_file=config.auth.users_file, durable=self.store.sync,
-                                      amp=self.server, events=self.events)
+                                      amp=self.server, events=self.events,
+                                      output_readers=self.server.output_readers,
+                                      throttle=self.server.throttle)
             self.web = Listener(reactor, config.web.listen, self.web_site, store / "web.address")
             self.web.setServiceParent(self)
         for manhole in make_manhole_services(reactor, config.manhole, manhole_namespace(self),
