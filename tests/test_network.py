@@ -604,8 +604,11 @@ def make_ca(directory: Path, name: str) -> tuple[Any, x509.Certificate, Path]:
     return key, cert, path
 
 
-def make_server_cert(directory: Path, ca_key: Any, ca_cert: x509.Certificate) -> tuple[Path, Path]:
-    """A server certificate for localhost and 127.0.0.1 signed by the CA: (key, cert)."""
+def make_server_cert(directory: Path, ca_key: Any, ca_cert: x509.Certificate,
+                     names: tuple[str, ...] = ("localhost",),
+                     addresses: tuple[str, ...] = ("127.0.0.1",)) -> tuple[Path, Path]:
+    """A server certificate for ``names`` and ``addresses`` (default: localhost and
+    127.0.0.1) signed by the CA: (key, cert)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder()
@@ -614,8 +617,9 @@ def make_server_cert(directory: Path, ca_key: Any, ca_cert: x509.Certificate) ->
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(name) for name in names]
+                + [x509.IPAddress(ipaddress.ip_address(address)) for address in addresses]),
                 critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),

@@ -482,7 +482,7 @@ class ServerProtocol(FarmAMP):
         self.kind, self.user = kind, user
         self.server.registry.identified(conn, kind, user)
         return {"protocol": c.PROTOCOL_VERSION, "server_version": farmnet.__version__,
-                "connection_id": conn.id}
+                "connection_id": conn.id, "max_box_bytes": self.server.registry.limits.max_box_bytes}
 
     # --- renders -----------------------------------------------------------------------
 
