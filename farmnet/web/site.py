@@ -22,7 +22,9 @@ script engine; each path is a resource of the tree :func:`site_tree` builds (see
 ======================================  ==========================================================
 
 Read-only pages and API are public unless ``server.web.public`` is false; every change
-needs a user from ``server.auth.users_file`` (see :mod:`farmnet.web.auth`).
+needs a user from ``server.auth.users_file`` (see :mod:`farmnet.web.auth`). With a users
+file, task outputs are for ``server.auth.outputs`` (by default the job's owner and admins),
+as over AMP.
 """
 
 from __future__ import annotations
