@@ -164,3 +164,34 @@ async def _spawn_sleeper(case: TestCase) -> int:
     case.addCleanup(stop)
     await deferLater(reactor, 0.05)
     return int(transport.pid)
+
+
+class RestartTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        reason = pgtest.available()
+        if reason:
+            raise SkipTest(reason)
+
+    async def test_cluster_left_running_elsewhere_is_restarted(self) -> None:
+        """Left running on another port than the settings now say: stopped, started again."""
+        base = base_dir(self)
+        os.chmod(base, 0o755)
+        old = Cluster(base / "pg", find_bin_dir(), port=5433, nosync=True)  # type: ignore[arg-type]
+        self.addCleanup(old.stop_blocking)
+        old.start_blocking()
+        before = Postmaster.read(old.pid_file)
+        assert before is not None
+        cluster = Cluster(base / "pg", find_bin_dir(), nosync=True)  # type: ignore[arg-type]
+        self.addCleanup(cluster.stop_blocking)
+        self.assertEqual(await cluster.start(reactor), "restarted")
+        after = Postmaster.read(cluster.pid_file)
+        assert after is not None
+        self.assertNotEqual(after.pid, before.pid)
+        self.assertEqual(after.port, 5432)
+        self.assertEqual(postmasters_of(cluster.datadir), [after.pid])
+        database = await connect_once(reactor, cluster.dsn("postgres"))
+        self.assertEqual(await database.query("SELECT current_setting('port') AS port"), [{"port": "5432"}])
+        database.close()
+        await cluster.stop(reactor)
