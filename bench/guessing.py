@@ -5,7 +5,8 @@ closes it, then connects again).
     python bench/guessing.py [--guessers 8] [--seconds 10]
 
 Prints the guesses the server checked per second (the attack's real rate), the attempts
-it refused unchecked (backing off), the log lines the server wrote for them, and its RSS.
+it refused unchecked (backing off), how many connections the guessers had to open again
+(3 failed logins close one), the log lines the server wrote for them, and its RSS.
 Before per-address backoff every attempt was checked and logged (3,649 a second).
 """
 
@@ -79,7 +80,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         "seconds": round(elapsed, 1), "guessers": args.guessers,
         "checked_per_s": round(counts["checked"] / elapsed, 1),
         "refused_unchecked_per_s": round(counts["refused"] / elapsed, 1),
-        "connections_closed": counts["closed"], "accepted": counts["accepted"],
+        "connections_reopened": counts["closed"], "accepted": counts["accepted"],
         "log_lines_about_refusals": refused_lines,
         "server_rss_mb": [round(rss_before / 2**20, 1), round(rss_after / 2**20, 1)],
         "when": time.strftime("%Y-%m-%d %H:%M"),

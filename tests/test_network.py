@@ -527,6 +527,18 @@ class RenderSecretTests(NetworkCase):
                                        user="r1", secret="guess")
         await proto.gone
 
+    async def test_no_guesses_while_closing(self) -> None:
+        """A peer that does not close when asked gets no more checked guesses in close_wait."""
+        proto = await self.peer(None, obeys=False)
+        messages = []
+        for secret in ("guess1", "guess2", "guess3", "s3cret"):
+            with self.assertRaises(errors.PermissionDenied) as refused:
+                await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render",
+                                       user="r1", secret=secret)
+            messages.append(refused.exception.message)
+        self.assertEqual(messages[3], "3 failed logins: this connection is closing")
+        await proto.gone
+
 
 class UsersFileTests(NetworkCase):
     def setUp(self) -> Any:

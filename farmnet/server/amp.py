@@ -471,6 +471,8 @@ class ServerProtocol(FarmAMP):
         assert conn is not None
         if self.kind is not None and self.kind != kind:
             raise errors.InvalidAction(f"this is a {self.kind} connection already")
+        if conn.failed_logins >= MAX_FAILED_LOGINS:  # no more guesses while it is being closed
+            raise errors.PermissionDenied(f"{conn.failed_logins} failed logins: this connection is closing")
         try:
             await self.server.authenticate(conn, kind, user, secret, password)
         except errors.PermissionDenied:
