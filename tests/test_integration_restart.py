@@ -297,7 +297,8 @@ class ClientsRideRestartsTests(RestartCase):
                 code = await _within(proto.ended, 90)
             except defer.TimeoutError:
                 job = await self.client.job(job_id) if self.client else None
-                self.fail(f"still waiting; job {job and (job['state'], job['counts'])}\nwait: {waiting.err!r}\n"
+                state = job and (job["state"], job["counts"])
+                self.fail(f"still waiting; job {state}\nwait: {waiting.err!r}\n"
                           f"script: {script.out!r} {script.err[-2000:]!r}")
             self.assertEqual(code, 0, proto.err.decode(errors="replace"))
         self.assertIn(b"connecting again to", waiting.err)

@@ -178,7 +178,7 @@ class PageTests(WebTestCase):
         self.assertIn("RUN", cells)
         self.assertIn('data-watch="job:1"', body)
 
-        response, body = await self.get("/jobs/1/0/0")
+        response, body = await self.get("/jobs/1/0/0", headers=basic("anna"))  # outputs: owner only
         self.assertEqual(response.code, 200)
         self.assertIn("frame 1 rendered in 2.5 s\n&lt;done&gt;", body)
 
@@ -347,7 +347,7 @@ class ApiTests(WebTestCase):
         _, body = await self.get("/api/jobs/1/tasks?offset=1&limit=2")
         tasks = json.loads(body)["result"]
         self.assertEqual(([t["task"] for t in tasks["tasks"]], tasks["total"]), ([1, 2], 6))
-        _, body = await self.get("/api/jobs/1/0/0/output")
+        _, body = await self.get("/api/jobs/1/0/0/output", headers=basic("anna"))
         self.assertIn("rendered", json.loads(body)["result"]["data"])
         _, body = await self.get("/api/renders")
         self.assertEqual(sorted(r["name"] for r in json.loads(body)["result"]), ["r1", "r2"])

@@ -45,6 +45,19 @@ class Policy:
             raise errors.PermissionDenied(
                 f"user {user!r} may not change job {job.id} of user {job.user_name!r}")
 
+    def check_may_read_output(self, user: str | None, job: Job, readers: str) -> None:
+        """Task outputs may hold secrets: ``readers`` is ``"owner"`` (the job's user and
+        admins), ``"users"`` (anyone logged in) or ``"public"``; ``user`` None is an
+        anonymous web reader."""
+        if readers == "public":
+            return
+        if user is None:
+            raise errors.NotAuthenticated("log in to read task outputs")
+        if readers != "users" and user != job.user_name and not self.is_admin(user):
+            raise errors.PermissionDenied(
+                f"user {user!r} may not read the output of job {job.id} of user {job.user_name!r}: "
+                "its owner and admins only")
+
     def _check_admin(self, user: str, what: str) -> None:
         if not self.is_admin(user):
             raise errors.PermissionDenied(f"user {user!r} may not {what}: admins only")

@@ -55,6 +55,9 @@ class Hello(amp.Command):
         (b"protocol", amp.Integer()),
         (b"server_version", amp.Unicode()),
         (b"connection_id", amp.Integer()),
+        # The most bytes one box (a command with its arguments) may have (0: no limit), so
+        # that a tool can refuse a job too big in words rather than by a closed connection.
+        (b"max_box_bytes", amp.Integer(optional=True)),
     ]
     errors = {err.PermissionDenied: b"PERMISSION_DENIED", err.InvalidAction: b"INVALID_ACTION"}
     fatalErrors = {err.IncompatibleProtocol: b"INCOMPATIBLE_PROTOCOL"}

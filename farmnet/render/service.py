@@ -5,7 +5,9 @@ registers with the tasks it still runs, then long-polls: each `Heartbeat` is ans
 when the server has orders for it. Tasks run as child processes (`TaskProcess`); their
 output is batched and streamed, and a finish is kept until the server acknowledges it,
 so a task that ends while the server is away is reported, once, after reconnecting.
-Tasks keep running while the server is away.
+Tasks keep running while the server is away. Output is never dropped: when the server
+falls behind (or is away) by `BACKLOG` bytes of a task's output, the render stops reading
+that task's output until it has caught up, and the task waits on its writes.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ TaskKey = tuple[int, int, int]
 
 #: Output sent in one TaskOutput at most; the rest follows in the next.
 CHUNK = 256 << 10
-#: Output kept for the server while it is away, per task; the render's log keeps more.
+#: Output of a task read but not yet acknowledged by the server (waiting, or sent): past it
+#: the render stops reading the task's output until the server has caught up to half of it,
+#: so the task waits on its writes and nothing is dropped.
 BACKLOG = 4 << 20
 #: Added to the server's hold time before a silent heartbeat means a dead connection.
 HEARTBEAT_MARGIN = 15.0
@@ -72,7 +76,8 @@ class RunningTask:
     process: TaskProcess
     parser: Parser
     pending: bytearray = attrs.field(factory=bytearray)
-    dropped: int = 0
+    #: Bytes sent in TaskOutputs the server has not answered yet.
+    in_flight: int = 0
     progress: int | None = None
     flush_call: IDelayedCall | None = None
     timeout_call: IDelayedCall | None = None
@@ -300,11 +305,9 @@ class RenderService(service.MultiService):
         progress = task.parser.feed(data)
         if progress is not None:
             task.progress = progress
-        room = BACKLOG - len(task.pending)
-        if len(data) > room:
-            task.dropped += len(data) - room
-            data = data[:room]
         task.pending += data
+        if len(task.pending) + task.in_flight >= BACKLOG:
+            task.process.pause_output()  # resumed by _sent once the server caught up
         if task.flush_call is None:
             task.flush_call = self.reactor.callLater(self.config.tasks.output_flush, self._flush, task)
 
@@ -313,18 +316,24 @@ class RenderService(service.MultiService):
             task.flush_call.cancel()
         task.flush_call = None
         proto = self.proto
-        if proto is None or (not task.pending and task.progress is None and not task.dropped):
+        if proto is None or (not task.pending and task.progress is None):
             return
-        if task.dropped:
-            task.pending += b"\n[farmnet: %d bytes of output dropped while the server was away]\n" % (
-                task.dropped)
-            task.dropped = 0
         while task.pending or task.progress is not None:
             data = bytes(task.pending[:CHUNK])
             del task.pending[:CHUNK]
-            proto.callRemote(c.TaskOutput, render_id=self.render_id, **task.reference(), data=data,
-                             progress=task.progress).addErrback(self._report_failed, "output")
+            task.in_flight += len(data)
+            d = proto.callRemote(c.TaskOutput, render_id=self.render_id, **task.reference(), data=data,
+                                 progress=task.progress)
+            d.addBoth(self._sent, task, len(data)).addErrback(self._report_failed, "output")
             task.progress = None
+
+    def _sent(self, result: Any, task: RunningTask, size: int) -> Any:
+        """A TaskOutput answered (or lost with its connection): read the task's output again
+        once half the backlog is through."""
+        task.in_flight -= size
+        if len(task.pending) + task.in_flight <= BACKLOG // 2:
+            task.process.resume_output()
+        return result
 
     def _exited(self, task: RunningTask, result: TaskExit) -> None:
         services.cleanup(task.order, self.config)

@@ -49,6 +49,7 @@ from farmnet.server.monitors import EventLog
 from farmnet.server.outputs import OutputStore
 from farmnet.server.passwords import PasswordFileChecker
 from farmnet.server.registry import BOX_KEY_OVERHEAD, CloseState, Connection, Registry
+from farmnet.server.throttle import LoginThrottle
 
 log = Logger()
 
@@ -116,7 +117,7 @@ class FarmServer:
                  connections: ConnectionsConfig | None = None, auth: AuthConfig | None = None,
                  limits: LimitsConfig | None = None,
                  durable: Callable[[], defer.Deferred[None]] | None = None,
-                 events: EventLog | None = None) -> None:
+                 events: EventLog | None = None, throttle: LoginThrottle | None = None) -> None:
         connections = connections or ConnectionsConfig()
         auth = auth or AuthConfig()
         self.reactor = reactor
@@ -130,6 +131,11 @@ class FarmServer:
         self.event_hold = connections.event_hold
         self.render_secret = auth.render_secret
         self.passwords = PasswordFileChecker(auth.users_file, reactor) if auth.users_file else None
+        #: Who may read task outputs (`farmnet.server.outputs.check_may_read`).
+        self.output_readers = auth.outputs if auth.users_file else "public"
+        #: Failed secrets and passwords back off per address (shared with the web site).
+        self.throttle = throttle if throttle is not None else LoginThrottle(
+            reactor, free_failures=auth.free_failures, max_delay=auth.backoff_max)
         self.registry = Registry(reactor, limits=limits, close_wait=connections.close_wait,
                                  idle_timeout=connections.idle_timeout, zombie_time=connections.zombie_time,
                                  on_zombie=self._zombie)
@@ -192,25 +198,35 @@ class FarmServer:
 
     async def authenticate(self, conn: Connection, kind: str, user: str, secret: str | None,
                            password: str | None) -> None:
-        """Raise PermissionDenied unless this peer may say Hello as ``kind`` ``user``."""
+        """Raise PermissionDenied unless this peer may say Hello as ``kind`` ``user``.
+        A wrong secret or password backs its address off (`LoginThrottle`)."""
         if kind == "render":
-            if self.render_secret and not hmac.compare_digest(
-                    (secret or "").encode("utf-8"), self.render_secret.encode("utf-8")):
-                raise errors.PermissionDenied("wrong or missing render secret")
+            if self.render_secret:
+                self.throttle.check(conn.address)
+                given, expected = (secret or "").encode("utf-8"), self.render_secret.encode("utf-8")
+                if not hmac.compare_digest(given, expected):
+                    self._wrong(conn, f"render {user!r}", "wrong or missing render secret")
             return
         if self.passwords is None:
             if not conn.local:
+                log.warn("refused {kind} {user} from {peer}: not from this host", kind=kind, user=user,
+                         peer=conn.label)
                 raise errors.PermissionDenied(
                     "this server accepts tools and monitors from its own host only "
                     "(give it a users_file to accept passwords from other hosts)")
             return
+        self.throttle.check(conn.address)
         if not password:
             raise errors.PermissionDenied(f"user {user!r}: a password is required")
         try:
             await self.passwords.requestAvatarId(
                 UsernamePassword(user.encode("utf-8"), password.encode("utf-8")))
         except UnauthorizedLogin:
-            raise errors.PermissionDenied(f"user {user!r}: unknown user or wrong password") from None
+            self._wrong(conn, f"{kind} {user!r}", f"user {user!r}: unknown user or wrong password")
+
+    def _wrong(self, conn: Connection, who: str, reason: str) -> None:
+        self.throttle.failed(conn.address, who, reason)
+        raise errors.PermissionDenied(reason)
 
     def eject(self, connection_id: int, reason: str = "ejected by an admin") -> defer.Deferred[None]:
         """Close one connection the polite way (the peer is asked, reset after close_wait);
@@ -224,6 +240,7 @@ class FarmServer:
         """Refuse new connections, ask every peer to close (renders: to reconnect) and
         return once all are gone, close_wait at most."""
         self.registry.accepting = False
+        self.throttle.stop()
         await self.registry.close_all(reason, order="reconnect")
 
 
@@ -454,12 +471,12 @@ class ServerProtocol(FarmAMP):
         assert conn is not None
         if self.kind is not None and self.kind != kind:
             raise errors.InvalidAction(f"this is a {self.kind} connection already")
+        if conn.failed_logins >= MAX_FAILED_LOGINS:  # no more guesses while it is being closed
+            raise errors.PermissionDenied(f"{conn.failed_logins} failed logins: this connection is closing")
         try:
             await self.server.authenticate(conn, kind, user, secret, password)
-        except errors.PermissionDenied as e:
-            conn.failed_logins += 1
-            log.warn("refused {kind} {user} from {peer}: {reason}", kind=kind, user=user,
-                     peer=conn.label, reason=e.message)
+        except errors.PermissionDenied:
+            conn.failed_logins += 1  # the log line is authenticate's (bounded in rate)
             if conn.failed_logins >= MAX_FAILED_LOGINS:
                 self.server.reactor.callLater(0, self.server.registry.close, conn,
                                               f"{conn.failed_logins} failed logins")
@@ -467,7 +484,7 @@ class ServerProtocol(FarmAMP):
         self.kind, self.user = kind, user
         self.server.registry.identified(conn, kind, user)
         return {"protocol": c.PROTOCOL_VERSION, "server_version": farmnet.__version__,
-                "connection_id": conn.id}
+                "connection_id": conn.id, "max_box_bytes": self.server.registry.limits.max_box_bytes}
 
     # --- renders -----------------------------------------------------------------------
 
@@ -566,6 +583,7 @@ class ServerProtocol(FarmAMP):
                         limit: int) -> dict[str, Any]:
         self._need_user()
         t = self.farm.task((job_id, block, task))
+        self.farm.check_may_read_output(self.user, t.block.job, self.server.output_readers)
         if run < 0 or run > t.starts_count:
             raise errors.UnknownTask(f"job {job_id} block {block} task {task} has no run {run}; "
                                      f"it has run {t.starts_count} time(s)")
