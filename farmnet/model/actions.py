@@ -10,6 +10,7 @@ import attrs
 from twisted.logger import Logger
 
 from farmnet import errors
+from farmnet.messages import ExitOrder, SleepOrder
 from farmnet.model.data import ACTIVE, Job, Task, TaskState
 from farmnet.model.events import JobDeleted, RenderDeleted, TasksRestarted, UserChanged, UserDeleted
 from farmnet.model.lifecycle import TaskLife
@@ -204,12 +205,12 @@ class Actions(TaskLife, Policy):
                     self._stop_task(task, f"ejected by {user}")
                     self._set_state(task, TaskState.RDY)
             elif action == "exit":
-                self._order(render, {"order": "exit"})
+                self._order(render, ExitOrder())
             elif action == "sleep":
                 if not render.online or render.tasks:
                     raise errors.InvalidAction(f"render {render.name!r} must be online and idle to sleep")
                 render.wol = "falling"
-                self._order(render, {"order": "sleep"})
+                self._order(render, SleepOrder())
             elif action == "wake":
                 if render.online:
                     raise errors.InvalidAction(f"render {render.name!r} is awake")
