@@ -4,13 +4,20 @@ change here is a protocol change), and the errors a malformed value gets."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase
 
+from farmnet import errors
 from farmnet import messages as m
+from farmnet.config import SchedulingConfig
 from farmnet.convert import ConversionError, structure, unstructure
+from farmnet.model.farm import Farm
+from farmnet.model.spec import parse_job
 from farmnet.protocol import commands as c
+from farmnet.server.actions import act
 
 START = {"order": "start", "job_id": 3, "block": 1, "task": 7, "run": 2, "name": "f7",
          "command": "render 7", "working_directory": "/w", "environment": {"A": "1"},
@@ -85,3 +92,52 @@ class ErrorTests(SynchronousTestCase):
                          ["running: expected a list, got 'abc'"])
         self.assertEqual(self.problems({"load_avg": "high"}, m.HostResources, "resources"),
                          ["resources.load_avg: expected a list, got 'high'"])
+
+
+class ActionValueTests(SynchronousTestCase):
+    """The action API's values and filters go through the same converter: each problem
+    with its key path, what was expected and did-you-mean; nothing changes on an error."""
+
+    def setUp(self) -> None:
+        self.farm = Farm(Clock(), SchedulingConfig(admins=("root",)))
+        spec, _ = parse_job({"name": "j", "blocks": [{"name": "b", "command": "true"}]})
+        self.job = self.farm.submit(spec, "anna")
+        self.farm.register_render("r1", capacity=1000)
+
+    def refused(self, *args: Any) -> str:
+        with self.assertRaises(errors.InvalidAction) as caught:
+            act(self.farm, "root", *args)
+        return caught.exception.message
+
+    def test_user_values(self) -> None:
+        message = self.refused("users", "update", {"name": "anna"},
+                               {"prority": 5, "hosts_mask": "(", "jobs_solving": "fast", "priority": "high"})
+        self.assertEqual(message.split("; "), [
+            "user.priority: expected an integer, got 'high'",
+            "user.hosts_mask: invalid regular expression '(': missing ), unterminated subpattern at "
+            "position 0",
+            "user.jobs_solving: expected one of 'order', 'need', got 'fast'",
+            "user.prority: unknown key (did you mean 'priority'?)",
+        ])
+        self.assertEqual(self.farm.user("anna").priority, 99)  # nothing changed
+        act(self.farm, "root", "users", "update", {"name": "anna"}, {"priority": 120, "jobs_solving": "need"})
+        anna = self.farm.user("anna")
+        self.assertEqual((anna.priority, anna.jobs_solving), (120, "need"))
+
+    def test_render_values(self) -> None:
+        self.assertEqual(self.refused("renders", "update", {"name": "r1"}, {"capacity": -1, "max_task": 2}),
+                         "render.capacity: must be at least 0, got -1; "
+                         "render.max_task: unknown key (did you mean 'max_tasks'?)")
+        self.assertEqual(self.refused("renders", "update", {"name": "r1"}, []),
+                         "render: expected a mapping of parameters to values, got []")
+        act(self.farm, "root", "renders", "update", {"name": "r1"}, {"capacity": 2000})
+        self.assertEqual(self.farm.render_named("r1").capacity, 2000)
+
+    def test_filters(self) -> None:
+        self.assertEqual(self.refused("jobs", "pause", {"id": [self.job.id, "2"]}),
+                         "filters.id[1]: expected an integer, got '2'")
+        self.assertEqual(self.refused("jobs", "show", {}), "filters.id: expected an integer, got None")
+        self.assertEqual(self.refused("tasks", "list", {"job_id": self.job.id, "limit": "10"}),
+                         "filters.limit: expected an integer, got '10'")
+        self.assertEqual(self.refused("jobs", "pause", {"id": []}), "filters.id: expected a non-empty list")
+        self.assertEqual(act(self.farm, "root", "jobs", "pause", {"id": self.job.id}), [self.job.id])

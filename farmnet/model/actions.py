@@ -3,7 +3,7 @@ each checks permissions and input first, for all items, then changes all of them
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -184,10 +184,7 @@ class Actions(TaskLife, Policy):
             if not (self.is_admin(user) or (owner_may and render.owner and render.owner == user)):
                 raise errors.PermissionDenied(f"user {user!r} may not {action} render {render.name!r}")
         if action == "set":
-            valid = isinstance(value, Mapping) and value and set(value) <= {"capacity", "max_tasks"} and all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values())
-            if not valid:
-                raise errors.InvalidAction('set needs {"capacity": N, "max_tasks": N}')
+            value = self._valid_render_changes(value)
         for render in renders:
             if action == "nimby":
                 render.nimby, render.NIMBY = True, False
