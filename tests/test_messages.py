@@ -141,3 +141,25 @@ class ActionValueTests(SynchronousTestCase):
                          "filters.limit: expected an integer, got '10'")
         self.assertEqual(self.refused("jobs", "pause", {"id": []}), "filters.id: expected a non-empty list")
         self.assertEqual(act(self.farm, "root", "jobs", "pause", {"id": self.job.id}), [self.job.id])
+
+
+class SpecHintTests(SynchronousTestCase):
+    """The job format keeps its own validators (unknown keys are warnings there, values
+    are coerced as af.py writes them) and shares the converter's did-you-mean."""
+
+    def test_misspelt_keys_get_a_hint(self) -> None:
+        _, warnings = parse_job({"name": "j", "prioirty": 5, "blocks": [
+            {"name": "b", "command": "x", "frames_per_tsk": 3, "colour": "red"}]})
+        self.assertEqual(warnings, [
+            "job.blocks[0].frames_per_tsk: unknown key, ignored (did you mean 'frames_per_task'?)",
+            "job.blocks[0].colour: unknown key, ignored",
+            "job.prioirty: unknown key, ignored (did you mean 'priority'?)",
+        ])
+
+    def test_set_of_a_misspelt_job_key(self) -> None:
+        farm = Farm(Clock(), SchedulingConfig())
+        job = farm.submit(parse_job({"name": "j", "blocks": [{"name": "b", "command": "true"}]})[0], "anna")
+        with self.assertRaises(errors.InvalidAction) as caught:
+            act(farm, "anna", "jobs", "update", {"id": job.id}, {"prioirty": 5})
+        self.assertEqual(caught.exception.message,
+                         "invalid values: job.prioirty: cannot be set (did you mean 'priority'?)")
