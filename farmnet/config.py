@@ -469,7 +469,7 @@ class TasksConfig:
         0.1, doc="Seconds between output chunks sent to the server.", check=_at_least(0))
     log_max: int = _setting(1024 * 1024, doc="Bytes of log kept per task on the render.", check=_at_least(0))
     memory_limit_mb: int = _setting(
-        0, doc="Memory limit of each task in MB (0: none); a start order's memory_limit_mb may lower it.",
+        0, doc="Memory limit of each task in MB (0: none).",
         check=_at_least(0))
     limit_method: str = _setting(
         "auto",

@@ -217,7 +217,7 @@ class RegistryTests(NetworkCase):
         self.assertIs(old_conn.state, CloseState.CLOSING)
         self.assertIsNone(old_conn.render)
         answer = await held  # the peer reads it but does not close: half-open, as seen here
-        self.assertEqual([o["order"] for o in answer["orders"]], ["close"])
+        self.assertEqual([o.order for o in answer["orders"]], ["close"])
         await old.gone
         reason = old.reason
         self.assertTrue(reason.check(error.ConnectionLost), reason)  # an RST, after close_wait
@@ -234,7 +234,7 @@ class RegistryTests(NetworkCase):
         old_conn = self.connection(old)
         await self.render("r1")
         answer = await held
-        self.assertEqual(answer["orders"][0]["order"], "close")
+        self.assertEqual(answer["orders"][0].order, "close")
         old.transport.loseConnection()  # what a render does with a close order
         await old_conn.when_closed()
         self.assertEqual(old_conn.ended_by, "peer")
@@ -490,7 +490,7 @@ class ShutdownTests(NetworkCase):
         shutdown = defer.ensureDeferred(self.server.shutdown())
 
         answer = await heartbeat
-        self.assertEqual([o["order"] for o in answer["orders"]], ["reconnect"])
+        self.assertEqual([o.order for o in answer["orders"]], ["reconnect"])
         render.transport.loseConnection()  # a render closes, then reconnects with backoff
         polled = await poll
         self.assertEqual((polled["close"], polled["events"], polled["last"]), (True, [], last))
@@ -760,7 +760,7 @@ class RenderTrafficTests(NetworkCase):
         job = self.farm.submit(spec, "anna")
         beat = await render.callRemote(c.Heartbeat, render_id=render_id, running=[])
         [order] = beat["orders"]
-        ref = {k: order[k] for k in ("job_id", "block", "task", "run")}
+        ref = attrs.asdict(order.ref())
         # A reconnect's backlog (16 chunks per task) for a dozen tasks, sent at once.
         chunks = [render.callRemote(c.TaskOutput, render_id=render_id, **ref, data=b"x" * (64 << 10),
                                     progress=i % 100) for i in range(200)]

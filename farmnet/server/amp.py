@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 import farmnet
 from farmnet import errors
 from farmnet.config import AuthConfig, ConnectionsConfig, LimitsConfig
+from farmnet.messages import CloseOrder, HostResources, Order, ReconnectOrder, RunResources, TaskRef
 from farmnet.model.data import ACTIVE, Render, TaskKey
 from farmnet.model.events import JobDeleted, OrdersQueued, TaskStateChanged
 from farmnet.model.farm import Farm
@@ -98,15 +99,8 @@ def _no_orders() -> dict[str, Any]:
     return {"orders": []}
 
 
-def _check_running(running: Any, what: str) -> list[dict[str, int]]:
-    """A render's list of running tasks, each with integer job_id, block, task and run."""
-    if not isinstance(running, list):
-        raise MalformedBox(f"{what} must be a list")
-    for item in running:
-        if not isinstance(item, dict) or not all(
-                type(item.get(key)) is int for key in ("job_id", "block", "task", "run")):
-            raise MalformedBox(f"{what}: each item needs integer job_id, block, task and run")
-    return running
+def _close_order(order: str, reason: str) -> Order:
+    return ReconnectOrder(reason) if order == "reconnect" else CloseOrder(reason)
 
 
 class FarmServer:
@@ -178,7 +172,7 @@ class FarmServer:
         registry = self.registry
         if conn.state is not CloseState.OPEN:  # asked to close: say it again
             registry.heartbeat_answered(conn)
-            return {"orders": [{"order": conn.close_order, "reason": conn.close_reason}]}
+            return {"orders": [_close_order(conn.close_order, conn.close_reason)]}
         old = conn.held_heartbeat
         if old is not None:  # a render sends one heartbeat at a time; answer a leftover
             old.fire({"orders": []})
@@ -296,7 +290,7 @@ class ServerProtocol(FarmAMP):
         assert conn is not None
         held = conn.held_heartbeat
         if held is not None and held.waiting:
-            held.fire({"orders": [{"order": order, "reason": reason}]})
+            held.fire({"orders": [_close_order(order, reason)]})
         if self._held_poll is not None and self._held_poll.waiting:
             self._held_poll.fire(self._close_answer(self._held_after))
         if conn.kind == "tool":
@@ -491,7 +485,7 @@ class ServerProtocol(FarmAMP):
     @c.RegisterRender.responder
     def register_render(self, name: str, capacity: int, max_tasks: int, services: list[str],
                         services_disabled: list[str], platform: str, cpus: int, memory_mb: int,
-                        running: list[dict[str, int]], owner: str | None = None,
+                        running: list[TaskRef], owner: str | None = None,
                         macs: list[str] | None = None) -> dict[str, Any]:
         self._need("render")
         conn = self.conn
@@ -500,7 +494,6 @@ class ServerProtocol(FarmAMP):
             raise errors.InvalidAction(f"this connection is closing ({conn.close_reason}): reconnect")
         if conn.render is not None and conn.render.name != name:
             raise errors.InvalidAction(f"this connection is render {conn.render.name!r} already")
-        _check_running(running, "running")
         render = self.farm.register_render(
             name, capacity=capacity, max_tasks=max_tasks, services=services,
             services_disabled=services_disabled, platform=platform, cpus=cpus,
@@ -509,15 +502,15 @@ class ServerProtocol(FarmAMP):
         return {"render_id": render.id, "heartbeat_hold": self.server.heartbeat_hold}
 
     @c.Heartbeat.responder
-    def heartbeat(self, render_id: int, running: list, resources: dict | None = None) -> Any:
+    def heartbeat(self, render_id: int, running: list[TaskRef],
+                  resources: HostResources | None = None) -> Any:
         self._need("render")
         conn = self.conn
         assert conn is not None
         if conn.state is not CloseState.OPEN:  # asked to close (a zombie, replaced): say it again
-            return {"orders": [{"order": conn.close_order, "reason": conn.close_reason}]}
+            return {"orders": [_close_order(conn.close_order, conn.close_reason)]}
         render = self._need_render(render_id)
-        _check_running(running, "running")
-        if isinstance(resources, dict):
+        if resources is not None:
             self.farm.render_seen(render, resources)
         return self.server.heartbeat(conn, render)
 
@@ -538,16 +531,14 @@ class ServerProtocol(FarmAMP):
     def task_finished(self, render_id: int, job_id: int, block: int, task: int, run: int,
                       time_started: float, time_done: float, message: str,
                       exit_code: int | None = None, signal: int | None = None,
-                      resources: dict[str, Any] | None = None) -> dict[str, Any]:
+                      resources: RunResources | None = None) -> dict[str, Any]:
         render = self._need_render(render_id)
-        if resources is not None and not isinstance(resources, dict):
-            raise MalformedBox("resources must be a mapping")
         key = self._key(job_id, block, task)
         if message and self.farm.current_task(render, key, run) is not None:
             self.server.outputs.append(key, run, f"\n[farmnet: {message}]\n".encode())
         self.farm.task_finished(render, key, run, exit_code=exit_code, signal=signal,
                                 time_started=time_started, time_done=time_done, message=message,
-                                peak_memory_mb=(resources or {}).get("peak_memory_mb"))
+                                peak_memory_mb=resources.peak_memory_mb if resources is not None else None)
         self.server.outputs.close(key, run)
         return {}
 
