@@ -265,7 +265,14 @@ class RenderService(service.MultiService):
 
     def _start(self, order: Mapping[str, Any]) -> None:
         key = (order["job_id"], order["block"], order["task"])
-        if key in self.tasks:
+        old = self.tasks.get(key)
+        if old is not None and old.exit is not None and old.run < int(order["run"]):
+            # The server starts a newer run: it has closed the old one, whose report
+            # (still unacknowledged) it would only find stale.
+            log.info("task {key} run {run} is over for the server; starting run {new}", key=key,
+                     run=old.run, new=order["run"])
+            del self.tasks[key]
+        elif old is not None:
             log.warn("task {key} is already here; start ignored", key=key)
             return
         env = {**self.environ, **{str(k): str(v) for k, v in order.get("environment", {}).items()}}
