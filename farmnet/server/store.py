@@ -7,7 +7,9 @@ from "ready": a 100,000-task submit is one row.
 
 Durability: a submit and a delete are acknowledged only after their transaction is
 committed (`sync`); task changes are collected on the reactor (the latest state of each
-task wins) and written behind in batches every `flush_interval`, off the reactor thread.
+task wins) and written behind in batches every `flush_interval`, off the reactor thread,
+or at once when someone waits on `sync`: start orders and finish acknowledgements wait for
+it (doc/architecture.md, the ordering rules), all of a reactor turn in one transaction.
 WAL with ``synchronous=FULL``: a kill -9 at any instant leaves a store that opens, with
 every acknowledged submit and delete in it.
 """
