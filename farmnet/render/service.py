@@ -182,7 +182,10 @@ class RenderService(service.MultiService):
             if proto is not None and not proto.lost and not self._stopping:
                 await self._close(proto)  # a session ends with our close: the next one reconnects
             if self.client.running and not self._stopping:
-                await deferLater(self.reactor, max(pause, self._quiet_until - self.reactor.seconds()))
+                try:
+                    await deferLater(self.reactor, max(pause, self._quiet_until - self.reactor.seconds()))
+                except defer.CancelledError:  # stopped while pausing before a reconnect
+                    return
 
     async def _session(self, proto: ServerConnection) -> None:
         await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render",
