@@ -186,3 +186,35 @@ for _at in range(1, 5):
         _test = _crash_test(_at, _after)
         setattr(ServerCrashTests, _test.__name__, _test)
 del _at, _after, _test
+
+
+class RenderRunsTests(TestCase):
+    """The render's side: a finished run stays until acknowledged, and a newer run of the
+    same task replaces it (the server has closed the old run)."""
+
+    timeout = 20
+
+    async def test_a_newer_run_replaces_an_unacknowledged_finished_one(self) -> None:
+        base = Path(tempfile.mkdtemp(prefix="farmnet-render-"))
+        self.addCleanup(shutil.rmtree, base, True)
+        log = base / "runs.log"
+        render = RenderService(reactor, RenderConfig(server="tcp:127.0.0.1:1", name="r1",
+                                                     state_dir=str(base / "state")))
+
+        def start(run: int) -> None:
+            render._obey({"order": "start", "job_id": 1, "block": 0, "task": 0, "run": run,
+                          "name": "t", "command": f"echo {run} >> {log}", "parser": "none"})
+
+        start(1)
+        first = render.tasks[(1, 0, 0)]
+        await first.process.done
+        await deferLater(reactor, 0)
+        self.assertIsNotNone(first.exit)  # no server: kept, to be reported when it is back
+        self.assertEqual(render._running(), [{"job_id": 1, "block": 0, "task": 0, "run": 1}])
+        start(1)  # the same run again changes nothing
+        self.assertIs(render.tasks[(1, 0, 0)], first)
+        start(2)
+        second = render.tasks[(1, 0, 0)]
+        self.assertIsNot(second, first)
+        await second.process.done
+        self.assertEqual(log.read_text().split(), ["1", "2"])
