@@ -38,9 +38,10 @@ class Restore(FarmState):
         """A task as stored. One that was running waits for its render (WRC), from now
         on; one that was waiting already goes on waiting from ``time_lost``."""
         new = TaskState(state)
+        if new is TaskState.RUN or not time_lost:  # (a store from before time_lost: from now)
+            time_lost = self.clock.seconds()
         if new is TaskState.RUN:
             new = TaskState.WRC
-            time_lost = self.clock.seconds()
         if new is TaskState.WRC and render_id not in self.renders:
             new = TaskState.RDY  # its render was deleted: nobody will report it
         block, job = task.block, task.block.job
