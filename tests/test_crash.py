@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,17 @@ class CrashingStore(Store):
         raise AssertionError(f"store write failed: {failure}")
 
 
-class ServerCrashTests(TestCase):
+class SlowStore(Store):
+    """Each commit takes longer than a heartbeat is held."""
+
+    def _write(self, *changes: Any) -> None:  # in the store's thread
+        time.sleep(0.6)
+        super()._write(*changes)
+
+
+class ServerCase(TestCase):
+    """A server in this reactor on 127.0.0.1 (crashable), and the real render service."""
+
     timeout = 60
 
     async def setUp(self) -> None:
@@ -80,13 +91,14 @@ class ServerCrashTests(TestCase):
         self.server: dict[str, Any] | None = None
         self.addCleanup(self._stop_server)
 
-    async def start_server(self, store_class: type[Store] = Store, **store_kw: Any) -> dict[str, Any]:
+    async def start_server(self, store_class: type[Store] = Store, heartbeat_hold: float = 2.0,
+                           **store_kw: Any) -> dict[str, Any]:
         farm = Farm(reactor, SchedulingConfig(task_reconnect_timeout=600))
         store = store_class(reactor, self.base / "farm.sqlite", farm, flush_interval=0.05, **store_kw)
         store.startService()
         outputs = OutputStore(self.base / "output")
         server = FarmServer(reactor, farm, outputs, durable=store.sync,
-                            connections=ConnectionsConfig(heartbeat_hold=2.0, close_wait=0.5))
+                            connections=ConnectionsConfig(heartbeat_hold=heartbeat_hold, close_wait=0.5))
         listening = await serverFromString(reactor, f"tcp:{self.port}:interface=127.0.0.1").listen(
             ServerFactory(server))
         self.port = listening.getHost().port
@@ -133,6 +145,8 @@ class ServerCrashTests(TestCase):
         return [(int(task), int(run)) for _, task, run in
                 (line.split() for line in self.log.read_text().splitlines())]
 
+
+class ServerCrashTests(ServerCase):
     async def crash_once(self, crash_at: int, after_commit: bool) -> None:
         crashed: list[bool] = []
         s = await self.start_server(CrashingStore, crash_at=crash_at, after_commit=after_commit,
@@ -167,6 +181,24 @@ class ServerCrashTests(TestCase):
         for task, run in runs:  # no run number the server used twice
             self.assertLessEqual(run, tasks[task].starts_count)
         self.assertLess(took, 10)  # not task_reconnect_timeout (600 s)
+
+
+class SlowCommitTests(ServerCase):
+    async def test_orders_wait_for_a_commit_longer_than_the_hold(self) -> None:
+        """A heartbeat answer that carries orders is kept for them while the commit takes
+        longer than heartbeat_hold: it is not answered empty meanwhile (the orders would be
+        lost, their tasks RUN with nothing running)."""
+        s = await self.start_server(SlowStore, heartbeat_hold=0.2)
+        farm = s["farm"]
+        self.start_render()
+        await wait_until(reactor, lambda: farm.renders and next(iter(farm.renders.values())).online, 10,
+                         "the render")
+        spec, _ = parse_job({"name": "slow", "blocks": [{
+            "name": "b", "frame_first": 0, "frame_last": 1, "parser": "none",
+            "command": f"echo S $FARMNET_TASK $FARMNET_RUN >> {self.log}"}]})
+        job = farm.submit(spec, "anna")
+        await wait_until(reactor, lambda: job.done, 20, "the job")
+        self.assertEqual(sorted(self.runs()), [(0, 1), (1, 1)])
 
 
 def _crash_test(crash_at: int, after_commit: bool) -> Callable[[ServerCrashTests], Any]:
