@@ -193,8 +193,8 @@ class FarmServer:
             registry.heartbeat_answered(conn)
             return {"orders": [{"order": conn.close_order, "reason": conn.close_reason}]}
         old = conn.held_heartbeat
-        if old is not None:  # a render sends one heartbeat at a time; answer a leftover
-            old.fire({"orders": []})
+        if old is not None and old.waiting:  # one heartbeat at a time; answer a leftover
+            old.fire({"orders": []})  # (a reserved one keeps its orders)
         if render.orders:
             registry.heartbeat_answered(conn)
             return self._committed_orders(render)
