@@ -6,15 +6,20 @@ before the farm's state is flushed.
 
 from __future__ import annotations
 
+import getpass
+import os
+import secrets
 from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from farmnet.config import ServerConfig
 from farmnet.model.farm import Farm
+from farmnet.protocol.endpoints import loopback_only
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.listening import Listener
 from farmnet.server.manhole import make_manhole_services, manhole_namespace
@@ -23,11 +28,26 @@ from farmnet.server.netstats import StatisticsLogger
 from farmnet.server.outputs import OutputStore
 from farmnet.server.registry import raise_fd_limit
 from farmnet.server.store import Store
+from farmnet.server.storelock import StoreLock
 from farmnet.stats.service import StatsService
 from farmnet.sysjob.job import SystemJob
+from farmnet.web.auth import TokenChecker
 from farmnet.web.site import make_site
 
 log = Logger()
+
+
+def _private_farm(config: ServerConfig) -> bool:
+    """No passwords, and every listener reachable from this machine only."""
+    listens = [config.listen] + ([config.web.listen] if config.web.listen else [])
+    return not config.auth.users_file and all(loopback_only(listen) for listen in listens)
+
+
+def _server_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry (containers)
+        return None
 
 
 class ServerService(service.MultiService):
@@ -37,10 +57,22 @@ class ServerService(service.MultiService):
         super().__init__()
         self.reactor = reactor
         self.config = config
-        self.farm = Farm(reactor, config.scheduling)
+        #: A farm only this machine reaches, without passwords: whoever runs the server is
+        #: an admin, and logs in to the web site with the link printed at start.
+        self.owner = _server_user() if _private_farm(config) else None
+        scheduling = config.scheduling
+        if self.owner is not None and self.owner not in scheduling.admins:
+            scheduling = attrs.evolve(scheduling, admins=(*scheduling.admins, self.owner))
+        store = Path(config.store.path)
+        #: Taken first: a second server on this store stops here, before it reads or starts anything.
+        self.lock = StoreLock(store)
+        self.lock.acquire()
+        #: Non-zero once the server failed at something it cannot run without (a listener):
+        #: the process then exits with it (``farmnet.tap``), for systemd's Restart=on-failure.
+        self.exit_status = 0
+        self.farm = Farm(reactor, scheduling)
         #: The monitors' view of the farm's events (AMP PollEvents, the web's /events).
         self.events = EventLog(self.farm)
-        store = Path(config.store.path)
         self.store = Store(reactor, store / "farm.sqlite", self.farm, events=self.events)
         self.store.setServiceParent(self)  # first: the farm is loaded before anyone connects
         self.stats = StatsService(reactor, config.stats, store, self.farm)
@@ -60,25 +92,57 @@ class ServerService(service.MultiService):
         self.listener.setServiceParent(self)
         self.statistics = StatisticsLogger(reactor, self, config.log_stats_interval)
         self.statistics.setServiceParent(self)
+        self.login_link = None if self.owner is None else TokenChecker(secrets.token_urlsafe(24), self.owner)
         if config.web.listen:
             self.web_site = make_site(reactor, self.farm, config.web, self.outputs, self.stats,
                                       users_file=config.auth.users_file, durable=self.store.sync,
-                                      amp=self.server, events=self.events)
+                                      amp=self.server, events=self.events, login_link=self.login_link)
             self.web = Listener(reactor, config.web.listen, self.web_site, store / "web.address")
+            self.web.ready.addCallback(self._print_login_link)
             self.web.setServiceParent(self)
         for manhole in make_manhole_services(reactor, config.manhole, manhole_namespace(self),
-                                             admins=config.scheduling.admins, store=store):
+                                             admins=scheduling.admins, store=store):
             manhole.setServiceParent(self)
+        for child in self:
+            if isinstance(child, Listener):
+                child.ready.addCallback(self._listening)
+
+    def _listening(self, port: Any) -> Any:
+        if port is None:
+            self.exit_status = 1  # the Listener logged why and stops the reactor
+        return port
+
+    def _print_login_link(self, port: Any) -> None:
+        """The web login of a private farm: logged, and kept in ``web.login`` (owner-only)."""
+        if port is None or self.login_link is None:
+            return
+        host = port.getHost()
+        url = f"http://{host.host}:{host.port}/login?token={self.login_link.token}"
+        path = Path(self.config.store.path) / "web.login"
+        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(url + "\n")
+        path.with_suffix(".tmp").replace(path)
+        log.info("web: {user} logs in as an admin with {url} (also in {path})",
+                 user=self.login_link.user, url=url, path=str(path))
 
     def startService(self) -> None:
-        Path(self.config.store.path).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.lock.record()  # twistd may have forked since __init__
+        (Path(self.config.store.path) / "web.login").unlink(missing_ok=True)  # the last start's
+        if self.owner is not None:
+            log.info("no users file and a localhost-only farm: {user}, who runs the server, is an admin",
+                     user=self.owner)
         soft, _ = raise_fd_limit()  # a connection per render: allow as many as the system does
         log.info("farmnet server: AMP on {listen}, web on {web}, state in {store}, up to {files} open files",
                  listen=self.config.listen, web=self.config.web.listen or "(off)",
                  store=self.config.store.path, files=soft)
         super().startService()
         # Once the reactor runs (signal handlers installed): what operators and tests wait for.
-        self.reactor.callWhenRunning(lambda: log.info("farmnet server running"))
+        self.reactor.callWhenRunning(self._running)
+
+    def _running(self) -> None:
+        if not self.exit_status:
+            log.info("farmnet server running")
 
     def stopService(self) -> Any:
         return defer.ensureDeferred(self._stop())
@@ -96,4 +160,7 @@ class ServerService(service.MultiService):
         d = super().stopService()
         self.farm.stop()
         self.outputs.close_all()
-        await d
+        try:
+            await d
+        finally:
+            self.lock.release()  # last: the store and the embedded PostgreSQL are stopped

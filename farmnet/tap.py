@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from typing import Any
 
 from twisted.application.service import IService
@@ -31,11 +33,13 @@ class ServerOptions(usage.Options):
         ["listen", None, None, "AMP listener endpoint, e.g. tcp:51100:interface=127.0.0.1"],
         ["web", None, None, "web site endpoint ('' disables it)"],
         ["store", None, None, "state directory"],
+        ["log-level", None, None, "least level logged: debug, info, warn, error, critical (default: info)"],
     ]
 
     def postOptions(self) -> None:
         self.config, self.moved = _load(self, "server", {
-            "listen": self["listen"], "web": {"listen": self["web"]}, "store": {"path": self["store"]}})
+            "listen": self["listen"], "web": {"listen": self["web"]}, "store": {"path": self["store"]},
+            "log_level": self["log-level"]})
 
 
 class RenderOptions(usage.Options):
@@ -47,12 +51,13 @@ class RenderOptions(usage.Options):
         ["capacity", None, None, "capacity (default 1100: one 1000-capacity task at a time)", int],
         ["max-tasks", None, None, "most tasks at once (0: capacity decides)", int],
         ["services", None, None, "comma-separated services this render runs (default: all)"],
+        ["log-level", None, None, "least level logged: debug, info, warn, error, critical (default: info)"],
     ]
 
     def postOptions(self) -> None:
         self.config, self.moved = _load(self, "render", {
             "server": self["server"], "name": self["name"], "capacity": self["capacity"],
-            "max_tasks": self["max-tasks"], "services": self["services"]})
+            "max_tasks": self["max-tasks"], "services": self["services"], "log_level": self["log-level"]})
 
 
 class Options(usage.Options):
@@ -67,6 +72,20 @@ class Options(usage.Options):
             raise usage.UsageError("say which: twistd farmnet server, or twistd farmnet render")
 
 
+def _exit_on_failure(server: Any, pidfile: str | None) -> None:
+    """twistd exits 0 whatever happened; a server that failed to start (a listener) must
+    not look like a clean stop to systemd's Restart=on-failure: exit with its status once
+    everything has stopped (this runs after the shutdown triggers)."""
+    if not server.exit_status:
+        return
+    if pidfile:  # twistd would remove it after the reactor returns, which we cut short
+        with contextlib.suppress(OSError):
+            os.unlink(pidfile)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(server.exit_status)
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -79,14 +98,18 @@ def makeService(options: Options) -> IService:
     service: IService
     if options.subCommand == "server":
         from farmnet.app import ServerService
+        from farmnet.server.storelock import StoreInUse
 
         try:
-            service = ServerService(reactor, config)
-        except ConfigError as e:  # settings only checked when their service is built
+            server = ServerService(reactor, config)
+        except (ConfigError, StoreInUse) as e:  # settings only checked when their service is built
             raise SystemExit(f"farmnet server: {e}") from None
+        twistd = getattr(options, "parent", None) or {}
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_on_failure, server, twistd.get("pidfile"))
+        service = server
     else:
         from farmnet.render.service import RenderService
 
         service = RenderService(reactor, config)
     # twistd's own options (--logfile, --nodaemon, --logger, --syslog) are the parent of ours.
-    return with_log_format(service, config.log_format, getattr(options, "parent", None))
+    return with_log_format(service, config.log_format, getattr(options, "parent", None), config.log_level)

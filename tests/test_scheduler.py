@@ -249,6 +249,36 @@ class ErrorRuleTests(SchedulerTestCase):
         self.clock.advance(0)
         self.assertEqual(len(self.orders(bad)), 1)
 
+    def test_reset_error_hosts_of_a_job_a_block_and_a_render(self) -> None:
+        """After restart-errors the block still avoids the host until its error hosts are reset
+        (Afanasy's "reset error hosts"), for a job, one block, or everything about one render."""
+        job = self.job(blocks=[block(name, frames=20, errors_avoid_host=1, errors_task_same_host=1,
+                                     errors_retries=10) for name in ("a", "b")])
+        bad = self.render("bad", capacity=1000)
+        for _ in range(2):  # one failure in each block
+            [order] = self.orders(bad)
+            self.finish(bad, order, exit_code=1)
+        self.assertEqual(self.orders(bad), [])
+        self.farm.job_action("anna", [job.id], "restart_errors")
+        self.clock.advance(0)
+        self.assertEqual(self.orders(bad), [])
+        self.assertIn(str(Why.AVOIDED), self.farm.explain(job.id)["blocks"][1]["renders"])
+
+        with self.assertRaises(errors.UnknownTask):
+            self.farm.job_action("anna", [job.id], "reset_error_hosts", {"block": 2})
+        self.farm.job_action("anna", [job.id], "reset_error_hosts", {"block": 1})
+        self.clock.advance(0)
+        [order] = self.orders(bad)
+        self.assertEqual(order["block"], 1)
+        self.assertEqual(self.farm.show_job(job.id)["blocks"][0]["avoided_hosts"], ["bad"])
+        self.assertEqual(self.farm.show_job(job.id)["blocks"][1]["avoided_hosts"], [])
+
+        with self.assertRaises(errors.PermissionDenied):  # a render's errors are the admins' business
+            self.farm.render_action("anna", ["bad"], "reset_error_hosts")
+        self.farm.render_action("root", ["bad"], "reset_error_hosts")
+        self.assertEqual([b["avoided_hosts"] for b in self.farm.show_job(job.id)["blocks"]], [[], []])
+        self.assertTrue(all(t.host_errors is None for b in job.blocks for t in b.tasks))
+
     def test_task_avoids_its_failing_host(self) -> None:
         job = self.job(blocks=[block(frames=1, errors_task_same_host=1, errors_avoid_host=0)])
         a = self.render("a", capacity=1000)

@@ -38,6 +38,7 @@ from farmnet.stats import pgtest
 from farmnet.stats.service import StatsService
 from farmnet.testing import wait_until
 from farmnet.web import charts
+from farmnet.web.auth import TokenChecker
 from farmnet.web.routing import HTTPError
 from farmnet.web.statspages import parse_time
 from farmnet.web.testing import FarmPlayer, SiteUnderTest, job_doc, serve, write_users_file
@@ -384,6 +385,20 @@ class ApiTests(WebTestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(self.farm.jobs[1].priority, 120)
 
+    async def test_reset_error_hosts_from_the_job_and_render_pages(self) -> None:
+        await self.some_work()
+        cookie = await self.login("boss")
+        for path in ("/jobs/1", "/renders"):
+            response, page = await self.get(path, headers=cookie)
+            self.assertIn("reset error hosts", page)
+            self.assertIn("&quot;reset_error_hosts&quot;", page)
+        response, answer = await self.act(
+            {"item": "jobs", "action": "reset_error_hosts", "filters": {"id": [1]}}, headers=basic("anna"))
+        self.assertEqual((response.code, answer), (200, {"result": [1]}))
+        self.assertEqual(self.farm.jobs[1].blocks[0].host_errors, {})
+        response, page = await self.get("/jobs/1", headers=cookie)
+        self.assertNotIn("reset error hosts", page)
+
     async def test_another_users_job_is_forbidden(self) -> None:
         await self.some_work()
         response, answer = await self.act({"item": "jobs", "action": "delete", "filters": {"id": [1]}},
@@ -479,6 +494,30 @@ class ApiTests(WebTestCase):
                                    headers={b"content-type": [b"application/json"], **basic("anna")})
         self.assertEqual(response.code, 401)
         self.assertIn("logins are off", (await response.text()))
+
+    async def test_login_link_of_a_farm_without_passwords(self) -> None:
+        """The link the server prints logs its user in (an admin); a wrong token does not, and
+        the form says where the link is."""
+        await self.some_work()
+        site = await self.serve(users_file="", login_link=TokenChecker("s3cret-token", "boss"))
+        response, page = await self.get("/login", site)
+        self.assertIn("open the login link the server printed", page)
+        response, page = await self.get("/login?token=wrong", site)
+        self.assertEqual(response.code, 401)
+        self.assertIn("this login link is not valid", page)
+        self.assertIsNone(response.headers.getRawHeaders(b"set-cookie"))
+        response, _ = await self.get("/login?token=s3cret-token&next=/renders", site)
+        self.assertEqual((response.code, response.headers.getRawHeaders(b"location")), (303, [b"/renders"]))
+        [cookie] = response.headers.getRawHeaders(b"set-cookie")
+        headers = {b"cookie": [cookie.split(b";")[0]]}
+        response, page = await self.get("/renders", site, headers=headers)
+        self.assertIn("logged in as <b>boss</b>", page)
+        self.assertIn("&quot;eject&quot;", page)  # actions shown
+        # Passwords are still refused: there is no password file.
+        response = await treq.post(site.url + "/login", data={"user": "boss", "password": "x"},
+                                   pool=self.pool, allow_redirects=False)
+        self.assertEqual(response.code, 401)
+        await response.content()
 
     async def test_private_site_needs_a_login_to_read(self) -> None:
         site = await self.serve(config=WebConfig(public=False))

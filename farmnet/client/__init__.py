@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,15 @@ MIN_RECHECK_GAP = 0.1
 _JOB_EVENTS = frozenset({"task", "job", "job_deleted"})
 
 Job = dict[str, Any]
+
+#: Seconds a client keeps trying to reach a server that went away (a restart, an upgrade).
+RECONNECT_FOR = 300.0
+RECONNECT_FIRST_DELAY = 0.25
+RECONNECT_MAX_DELAY = 5.0
+#: Calls that change nothing, asked again on a new connection.
+_READS = frozenset({c.ListJobs, c.ShowJob, c.ListTasks, c.GetTaskOutput, c.ListRenders, c.ListUsers,
+                    c.PollEvents})
+_READ_ACTIONS = frozenset({"list", "show", "explain"})
 
 
 class ClientError(Exception):
@@ -111,7 +120,9 @@ class _ClientProtocol(FarmAMP):
 
 
 async def connect(reactor: Any, endpoint: str, user: str, *, kind: str = "tool",
-                  timeout: float = 30.0, password: str | None = None, ca: str = "") -> FarmClient:
+                  timeout: float = 30.0, password: str | None = None, ca: str = "",
+                  reconnect: float = RECONNECT_FOR,
+                  on_reconnect: Callable[[str], None] | None = None) -> FarmClient:
     """Connect to the server at ``endpoint`` (a Twisted client endpoint string) as
     ``user`` and say Hello. Raises `ServerUnreachable` when nobody answers there.
 
@@ -119,23 +130,33 @@ async def connect(reactor: Any, endpoint: str, user: str, *, kind: str = "tool",
     user name from its own host only). ``ca``, the path of a PEM CA certificate, makes
     the connection TLS, verifying that the server's certificate is signed by it for the
     endpoint's host (``tcp:HOST:PORT`` or ``tls:HOST:PORT``); a ``tls:`` endpoint
-    without it verifies against ``trustRoots=DIR`` or the system's trust store."""
+    without it verifies against ``trustRoots=DIR`` or the system's trust store.
+
+    When the server goes away later (a restart, an upgrade), the client connects again for
+    up to ``reconnect`` seconds (0: never) and carries on: reads are asked again, a change
+    in flight is reported as maybe done (`ServerUnreachable`). ``on_reconnect`` hears
+    what happens, in words."""
     try:
         client_endpoint = farm_endpoint(reactor, endpoint, ca)
     except (ValueError, TypeError, KeyError) as e:
         raise ClientError(f"invalid server endpoint {endpoint!r}: {e}") from None
-    connecting = connectProtocol(client_endpoint, _ClientProtocol(reactor))
-    connecting.addTimeout(timeout, reactor)
+
+    async def dial() -> _ClientProtocol:
+        connecting = connectProtocol(client_endpoint, _ClientProtocol(reactor))
+        connecting.addTimeout(timeout, reactor)
+        try:
+            return await connecting
+        except defer.TimeoutError:
+            raise ServerTimeout(f"cannot reach the server at {endpoint}: "
+                                f"no connection within {timeout:g} s") from None
+        except (error.ConnectError, error.DNSLookupError, OSError) as e:
+            raise ServerUnreachable(f"cannot reach the server at {endpoint}: {_reason(e)}") from None
+
+    proto = await dial()
+    client = FarmClient(reactor, proto, endpoint=endpoint, user=user, timeout=timeout, dial=dial,
+                        kind=kind, password=password, reconnect=reconnect, on_reconnect=on_reconnect)
     try:
-        proto = await connecting
-    except defer.TimeoutError:
-        raise ServerTimeout(f"cannot reach the server at {endpoint}: "
-                            f"no connection within {timeout:g} s") from None
-    except (error.ConnectError, error.DNSLookupError, OSError) as e:
-        raise ServerUnreachable(f"cannot reach the server at {endpoint}: {_reason(e)}") from None
-    client = FarmClient(reactor, proto, endpoint=endpoint, user=user, timeout=timeout)
-    try:
-        await client._hello(kind, password)
+        await client._hello()
     except Exception:
         client.close()
         raise
@@ -204,11 +225,19 @@ class FarmClient:
     recheck_interval = RECHECK_INTERVAL
 
     def __init__(self, reactor: IReactorTime, proto: _ClientProtocol, *, endpoint: str, user: str,
-                 timeout: float) -> None:
+                 timeout: float, dial: Callable[[], Awaitable[_ClientProtocol]] | None = None,
+                 kind: str = "tool", password: str | None = None, reconnect: float = 0.0,
+                 on_reconnect: Callable[[str], None] | None = None) -> None:
         self._reactor = reactor
         self._proto = proto
         self._closed = False
-        self._server_closed = False
+        self._dial = dial
+        self._kind = kind
+        self._password = password
+        self._dialing = defer.DeferredLock()
+        #: Seconds to keep trying to reach a server that went away (0: give up at once).
+        self.reconnect = reconnect if dial is not None else 0.0
+        self.on_reconnect = on_reconnect
         self.endpoint = endpoint
         self.user = user
         self.timeout = timeout
@@ -219,7 +248,64 @@ class FarmClient:
 
     def _call(self, command: type[amp.Command], timeout: float | None = None,
               **arguments: Any) -> defer.Deferred[dict[str, Any]]:
-        """callRemote, bounded by a timeout, with transport failures as `ClientError`s."""
+        """One server call, bounded by a timeout, on a connection made again if the server
+        went away: a read is asked again there; a change whose connection was lost in
+        flight is reported, since the server may or may not have done it."""
+        return defer.ensureDeferred(self._call_riding(command, timeout, arguments))
+
+    async def _call_riding(self, command: type[amp.Command], timeout: float | None,
+                           arguments: dict[str, Any]) -> dict[str, Any]:
+        while True:
+            proto = self._proto
+            if proto.lost and not self._closed and self.reconnect > 0:
+                await self._connect_again(proto, "the connection was gone")  # nothing was sent yet
+                continue
+            try:
+                return await self._send(command, timeout, **arguments)
+            except ServerTimeout:
+                raise
+            except ServerUnreachable as e:
+                if self._closed or self.reconnect <= 0:
+                    raise
+                if not _is_read(command, arguments):
+                    name = command.commandName.decode()
+                    raise ServerUnreachable(f"{e} during {name}: it may or may not have been done; "
+                                            "look before doing it again") from None
+                await self._connect_again(proto, str(e))
+
+    async def _connect_again(self, failed: _ClientProtocol, why: str) -> None:
+        """Dial until a new connection says Hello, or until `reconnect` seconds have passed.
+        One caller dials; the others wait for its connection."""
+        async with self._dialing:
+            if self._proto is not failed or self._closed:
+                return  # another call made the connection while this one waited
+            if failed.transport is not None and not failed.lost:
+                failed.transport.loseConnection()  # the client closes first
+            assert self._dial is not None
+            self._notify(f"{why}; connecting again to {self.endpoint} (for up to {self.reconnect:g} s)")
+            deadline = self._reactor.seconds() + self.reconnect
+            delay = RECONNECT_FIRST_DELAY
+            while True:
+                try:
+                    self._proto = await self._dial()
+                    await self._hello()
+                    self._notify(f"connected again to {self.endpoint}")
+                    return
+                except ServerUnreachable as e:
+                    if self._closed or self._reactor.seconds() + delay > deadline:
+                        raise ServerUnreachable(f"{why}; could not connect again within "
+                                                f"{self.reconnect:g} s: {e}") from None
+                await deferLater(self._reactor, delay, lambda: None)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+    def _notify(self, text: str) -> None:
+        if self.on_reconnect is not None:
+            self.on_reconnect(text)
+
+    def _send(self, command: type[amp.Command], timeout: float | None = None,
+              **arguments: Any) -> defer.Deferred[dict[str, Any]]:
+        """callRemote on the current connection, bounded by a timeout, with transport
+        failures as `ClientError`s."""
         seconds = self.timeout if timeout is None else timeout
         d: defer.Deferred[dict[str, Any]] = defer.maybeDeferred(
             self._proto.callRemote, command, **arguments)
@@ -242,9 +328,9 @@ class FarmClient:
             raise ServerUnreachable(f"{why} to the server at {self.endpoint}{detail}")
         return failure
 
-    async def _hello(self, kind: str, password: str | None = None) -> None:
-        answer = await self._call(c.Hello, protocol=c.PROTOCOL_VERSION, kind=kind, user=self.user,
-                                  client=f"farmnet-client/{farmnet.__version__}", password=password)
+    async def _hello(self) -> None:
+        answer = await self._send(c.Hello, protocol=c.PROTOCOL_VERSION, kind=self._kind, user=self.user,
+                                  client=f"farmnet-client/{farmnet.__version__}", password=self._password)
         self.server_version = answer["server_version"]
         self.connection_id = answer["connection_id"]
 
@@ -295,7 +381,8 @@ class FarmClient:
 
     async def output(self, job_id: int, block: int, task: int, run: int = 0) -> bytes:
         """A task run's output (``run`` 0: the latest). For a finished task, all of it;
-        for a running one, what the server has now."""
+        for a running one, what the server has now. A run the task never had raises
+        UnknownTask."""
         chunks: list[bytes] = []
         offset = 0
         while True:
@@ -335,22 +422,26 @@ class FarmClient:
         return (await self._call(c.PollEvents, after=-1))["last"]
 
     def _poll(self, after: int) -> defer.Deferred[dict[str, Any]]:
-        # Held by the server until there is an event: allow for that on top of the timeout.
-        d = self._call(c.PollEvents, timeout=self.timeout + POLL_HOLD_ALLOWANCE, after=after)
-        d.addCallback(self._closing)
-        return d
+        return defer.ensureDeferred(self._poll_riding(after))
 
-    def _closing(self, answer: dict[str, Any]) -> dict[str, Any]:
-        """A poll answered with ``close``: the server wants this connection gone (it is
-        stopping, or this client was idle). Close first, and say so."""
-        if answer.get("close"):
-            if self._proto.close_reason is None:
-                self._proto.close_reason = "asked by the server"
-            self._server_closed = True
-            self.close()
-            raise ServerUnreachable(f"the server at {self.endpoint} closed the connection: "
-                                    f"{self._proto.close_reason}")
-        return answer
+    async def _poll_riding(self, after: int) -> dict[str, Any]:
+        """One PollEvents. An answer with ``close`` means the server wants this connection
+        gone (it is stopping, or this client was idle): close first, then poll again on a
+        new connection, or say so when this client does not reconnect."""
+        while True:
+            # Held by the server until there is an event: allow for that on top of the timeout.
+            answer = await self._call(c.PollEvents, timeout=self.timeout + POLL_HOLD_ALLOWANCE, after=after)
+            if not answer.get("close"):
+                return answer
+            proto = self._proto
+            if proto.close_reason is None:
+                proto.close_reason = "asked by the server"
+            if proto.transport is not None:
+                proto.transport.loseConnection()  # the client closes first
+            why = f"the server at {self.endpoint} closed the connection: {proto.close_reason}"
+            if self._closed or self.reconnect <= 0:
+                raise ServerUnreachable(why)
+            await self._connect_again(proto, why)
 
     async def events(self, after: int = -1) -> AsyncIterator[dict[str, Any]]:
         """Farm events after sequence number ``after`` (-1: from now on), forever.
@@ -364,7 +455,7 @@ class FarmClient:
             try:
                 answer = await self._poll(after)
             except ServerUnreachable:
-                if self._closed and not self._server_closed:
+                if self._closed:
                     return
                 raise
             after = answer["last"]
@@ -408,6 +499,13 @@ class FarmClient:
                 after = answer["last"]
                 if answer["reset"] or any(_concerns(e, job_id) for e in answer["events"]):
                     break
+
+
+def _is_read(command: type[amp.Command], arguments: Mapping[str, Any]) -> bool:
+    """A call that changes nothing on the server: safe to ask again."""
+    if command is c.Act:
+        return arguments.get("action") in _READ_ACTIONS
+    return command in _READS
 
 
 def _concerns(event: dict[str, Any], job_id: int) -> bool:

@@ -17,10 +17,10 @@ from farmnet.model.data import Job
 from farmnet.model.spec import BLOCK_SETTABLE, JOB_SETTABLE, MAX_PRIORITY, validate_changes
 
 JOB_ACTIONS = ("pause", "resume", "stop", "delete", "restart", "restart_errors", "restart_running",
-               "skip", "set_priority", "set", "set_block")
+               "reset_error_hosts", "skip", "set_priority", "set", "set_block")
 TASK_ACTIONS = ("restart", "skip")
 RENDER_ACTIONS = ("nimby", "NIMBY", "free", "pause", "resume", "eject", "exit", "heal", "set", "sleep",
-                  "wake")
+                  "wake", "reset_error_hosts")
 USER_ACTIONS = ("set", "delete")
 USER_SETTABLE = {
     "priority": int, "max_running_tasks": int, "max_running_tasks_per_host": int,
@@ -71,6 +71,16 @@ class Policy:
         except errors.JobSpecError as e:
             raise errors.InvalidAction(e.message) from None
         return {"block": number, **changes}
+
+    def _valid_block_choice(self, jobs: list[Job], value: Any) -> dict[str, int]:
+        """``{"block": N}`` naming a block every one of ``jobs`` has."""
+        if not isinstance(value, Mapping) or set(value) != {"block"} or not isinstance(value["block"], int) \
+                or isinstance(value["block"], bool):
+            raise errors.InvalidAction('expected no value, or {"block": N}')
+        for job in jobs:
+            if not 0 <= value["block"] < len(job.blocks):
+                raise errors.UnknownTask(f"job {job.id} has no block {value['block']}")
+        return {"block": value["block"]}
 
     def _valid_user_changes(self, value: Any) -> dict[str, Any]:
         if not isinstance(value, Mapping) or not value:

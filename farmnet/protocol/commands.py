@@ -185,7 +185,7 @@ class ListTasks(amp.Command):
 
 class GetTaskOutput(amp.Command):
     """Read a task run's output from ``offset``, at most ``limit`` bytes a call.
-    ``run`` 0 means the latest run."""
+    ``run`` 0 means the latest run; a run the task never had is UNKNOWN_TASK."""
 
     commandName = b"get_task_output"
     arguments = [
@@ -224,7 +224,8 @@ class ListUsers(amp.Command):
 
 
 class JobAction(amp.Command):
-    """pause, resume, delete, restart, restart_errors, set_priority (``value``)."""
+    """pause, resume, delete, restart, restart_errors, set_priority (``value``),
+    reset_error_hosts (``value`` none or ``{"block": N}``)."""
 
     commandName = b"job_action"
     arguments = [

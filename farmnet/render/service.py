@@ -108,7 +108,9 @@ class RenderService(service.MultiService):
         self.proto: amp.AMP | None = None
         self.heartbeat_hold = 20.0
         endpoint = client_endpoint(reactor, config.server, config.ca)
-        self.client = ClientService(endpoint, Factory.forProtocol(ServerConnection),
+        factory = Factory.forProtocol(ServerConnection)
+        factory.noisy = False  # no "Starting factory" line at every reconnection
+        self.client = ClientService(endpoint, factory,
                                     retryPolicy=backoffPolicy(maxDelay=config.reconnect_max_delay),
                                     clock=reactor)
         self.client.setServiceParent(self)

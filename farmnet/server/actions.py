@@ -5,14 +5,16 @@ through `act`, over AMP (`Act`) and over HTTP JSON alike, so there is one path a
 set of permission checks (the farm's). Items: jobs, blocks, tasks, renders, users.
 Actions: list, show, update, delete, and each item's own actions.
 
-Filters name what to act on: jobs ``{"id": 3}`` or ``{"id": [3, 4]}`` (list: also
-``{"user": "anna"}``); blocks ``{"job_id": 3, "block": 0}``; tasks ``{"job_id": 3,
-"block": 0, "task": [1, 2]}`` (list: ``offset``/``limit``); renders and users
-``{"name": "r1"}`` or a list of names.
+Filters name what to act on: jobs ``{"id": 3}`` or ``{"id": [3, 4]}`` (list: any of
+``id``, ``user``, ``state``, ``name``, each a value or a list; renders: ``id``, ``name``,
+``state``; users: ``name``; an unknown filter is refused); blocks ``{"job_id": 3,
+"block": 0}``; tasks ``{"job_id": 3, "block": 0, "task": [1, 2]}`` (list: ``offset``/
+``limit``); renders and users ``{"name": "r1"}`` or a list of names.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,6 +37,34 @@ def _list_of(filters: Mapping[str, Any], key: str, kind: type) -> list[Any]:
     return values
 
 
+#: What a list can be narrowed by: filter key → the listed record's field. A filter's value is
+#: one value or a list of them; records matching any of them are kept.
+_LIST_FILTERS: Mapping[str, Mapping[str, str]] = {
+    "jobs": {"id": "id", "user": "user_name", "state": "state", "name": "name"},
+    "renders": {"id": "id", "name": "name", "state": "state"},
+    "users": {"name": "name"},
+}
+
+
+def _check_keys(filters: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    """An unknown filter is an error, never silently ignored (it would act on everything)."""
+    for key in filters:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise errors.InvalidAction(f"filters.{key}: unknown for {where}{hint}; known: {', '.join(known)}")
+
+
+def _listed(item: str, rows: list[dict[str, Any]], filters: Mapping[str, Any]) -> list[dict[str, Any]]:
+    fields = _LIST_FILTERS[item]
+    _check_keys(filters, tuple(fields), f"{item} list")
+    for key, value in filters.items():
+        wanted = value if isinstance(value, list) else [value]
+        field = fields[key]
+        rows = [row for row in rows if row.get(field) in wanted]
+    return rows
+
+
 def _one(filters: Mapping[str, Any], key: str, kind: type) -> Any:
     value = filters.get(key)
     if not isinstance(value, kind) or isinstance(value, bool):
@@ -44,7 +74,8 @@ def _one(filters: Mapping[str, Any], key: str, kind: type) -> Any:
 
 def _jobs(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
     if action == "list":
-        return farm.list_jobs(f.get("user"))
+        user_filter = f.get("user")
+        return _listed("jobs", farm.list_jobs(user_filter if isinstance(user_filter, str) else None), f)
     if action == "show":
         return farm.show_job(_one(f, "id", int))
     if action == "explain":
@@ -60,6 +91,7 @@ def _jobs(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any)
 def _blocks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
     job_id = _one(f, "job_id", int)
     if action == "list":
+        _check_keys(f, ("job_id",), "blocks list")
         return farm.show_job(job_id)["blocks"]
     block = _one(f, "block", int)
     if action == "show":
@@ -71,12 +103,15 @@ def _blocks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: An
         if not isinstance(values, Mapping):
             raise errors.InvalidAction("values: expected a mapping of block parameters")
         return farm.job_action(user, [job_id], "set_block", {**values, "block": block})
+    if action == "reset_error_hosts":
+        return farm.job_action(user, [job_id], "reset_error_hosts", {"block": block})
     raise errors.InvalidAction(f"blocks: unknown action {action!r}")
 
 
 def _tasks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
     job_id = _one(f, "job_id", int)
     if action == "list":
+        _check_keys(f, ("job_id", "block", "offset", "limit"), "tasks list")
         block = f.get("block")
         if block is not None and not isinstance(block, int):
             raise errors.InvalidAction("filters.block: expected an int")
@@ -95,7 +130,7 @@ def _tasks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any
 
 def _renders(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
     if action == "list":
-        return farm.list_renders()
+        return _listed("renders", farm.list_renders(), f)
     if action == "show":
         return farm.render_named(_one(f, "name", str)).to_dict()
     names = _list_of(f, "name", str)
@@ -110,7 +145,7 @@ def _renders(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: A
 
 def _users(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
     if action == "list":
-        return farm.list_users()
+        return _listed("users", farm.list_users(), f)
     if action == "show":
         return farm.user(_one(f, "name", str)).to_dict()
     if action == "update":

@@ -588,9 +588,12 @@ class ServerProtocol(FarmAMP):
                         limit: int) -> dict[str, Any]:
         self._need_user()
         t = self.farm.task((job_id, block, task))
+        if run < 0 or run > t.starts_count:
+            raise errors.UnknownTask(f"job {job_id} block {block} task {task} has no run {run}; "
+                                     f"it has run {t.starts_count} time(s)")
         run = run or t.starts_count
-        if run < 1 or run > t.starts_count:
-            return {"data": b"", "run": run, "next_offset": 0, "complete": True}
+        if run == 0:  # never started: no output yet
+            return {"data": b"", "run": 0, "next_offset": 0, "complete": True}
         data = self.server.outputs.read(t.key, run, offset, max(0, min(limit, MAX_OUTPUT_READ)))
         still_running = run == t.starts_count and t.state.value in ("RUN", "WRC")
         return {"data": data, "run": run, "next_offset": offset + len(data),
@@ -662,6 +665,8 @@ class ServerProtocol(FarmAMP):
 
 
 class ServerFactory(Factory):
+    noisy = False  # "Starting factory" says nothing an operator needs; the listener logs its port
+
     def __init__(self, server: FarmServer) -> None:
         self.server = server
 

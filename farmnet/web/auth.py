@@ -7,18 +7,23 @@ Browsers log in once through the login form and then carry twisted.web's session
 sent ``HttpOnly; SameSite=Strict`` (and ``Secure`` over TLS); a new session is made at each
 login so a session id known before it is worthless after. Scripts send HTTP Basic with
 every request instead (its header decoded by twisted.web.guard's BasicCredentialFactory).
-Without a password file nobody can log in and the site is read-only.
+Without a password file, the one login is the server's own link with a token
+(:class:`TokenChecker`, the way Jupyter prints one): on a localhost farm it makes the
+user who runs the server a logged-in admin; else nobody can log in and the site is
+read-only.
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 import attrs
 from twisted.cred import error as cred_error
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import UsernamePassword
+from twisted.cred.credentials import ICredentials, UsernamePassword
 from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
 from twisted.web import server
 from twisted.web.guard import BasicCredentialFactory
 from zope.interface import Attribute, Interface, implementer
@@ -31,11 +36,15 @@ __all__ = [
     "FarmSession",
     "IFarmUser",
     "LoginFailed",
+    "LoginToken",
+    "TokenChecker",
     "WebUser",
     "basic_credentials",
     "end_session",
     "login",
+    "login_with_token",
     "make_portal",
+    "passwords_accepted",
     "request_user",
     "session_user",
     "start_session",
@@ -65,6 +74,33 @@ class WebUser:
     name: str
 
 
+class ILoginToken(ICredentials):
+    """The token of the server's login link."""
+
+    token = Attribute("The token the browser brought (str).")
+
+
+@implementer(ILoginToken)
+@attrs.frozen
+class LoginToken:
+    token: str = attrs.field(repr=False)
+
+
+@implementer(ICredentialsChecker)
+@attrs.frozen
+class TokenChecker:
+    """Logs the holder of the server's login link in as ``user``."""
+
+    token: str = attrs.field(repr=False)
+    user: str
+    credentialInterfaces = (ILoginToken,)
+
+    def requestAvatarId(self, credentials: LoginToken) -> defer.Deferred[bytes]:
+        if self.token and hmac.compare_digest(credentials.token.encode(), self.token.encode()):
+            return defer.succeed(self.user.encode())
+        return defer.fail(cred_error.UnauthorizedLogin("wrong login token"))
+
+
 @implementer(IRealm)
 class FarmRealm:
     """Every authenticated name is a farm user; the farm decides what it may do."""
@@ -77,10 +113,14 @@ class FarmRealm:
 
 
 def make_portal(reactor: Any, users_file: str,
-                checkers: tuple[ICredentialsChecker, ...] | None = None) -> Portal:
-    """The web site's portal: the password file's checker (none when ``users_file`` is "")."""
+                checkers: tuple[ICredentialsChecker, ...] | None = None,
+                login_link: TokenChecker | None = None) -> Portal:
+    """The web site's portal: the password file's checker (none when ``users_file`` is ""),
+    and the server's login link when it has one."""
     if checkers is None:
         checkers = (PasswordFileChecker(users_file, reactor),) if users_file else ()
+    if login_link is not None:
+        checkers = (*checkers, login_link)
     return Portal(FarmRealm(), list(checkers))
 
 
@@ -88,11 +128,29 @@ class LoginFailed(Exception):
     """Wrong user or password, or logins are off; the message is fit to show."""
 
 
+def passwords_accepted(portal: Portal) -> bool:
+    return any(interface.implementedBy(UsernamePassword) for interface in portal.listCredentialsInterfaces())
+
+
+#: Why a login link is refused.
+_STALE_LINK = "this login link is not valid (the server prints a new one at each start)"
+
+
+async def login_with_token(portal: Portal, token: str) -> WebUser:
+    if not token or len(token) > MAX_CREDENTIAL or ILoginToken not in portal.listCredentialsInterfaces():
+        raise LoginFailed(_STALE_LINK)
+    try:
+        _, avatar, _ = await portal.login(LoginToken(token), None, IFarmUser)
+    except cred_error.UnauthorizedLogin:
+        raise LoginFailed(_STALE_LINK) from None
+    return avatar
+
+
 async def login(portal: Portal, credentials: UsernamePassword) -> WebUser:
     user, password = credentials.username, credentials.password
     if not user or not password or len(user) > MAX_CREDENTIAL or len(password) > MAX_CREDENTIAL:
         raise LoginFailed("unknown user or wrong password")
-    if not portal.listCredentialsInterfaces():
+    if not passwords_accepted(portal):
         raise LoginFailed("logins are off on this server (no server.web_users_file)")
     try:
         _, avatar, _ = await portal.login(credentials, None, IFarmUser)

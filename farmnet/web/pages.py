@@ -108,6 +108,8 @@ class LivePages:
                 action_button("stop", "jobs", "stop", ids),
                 action_button("restart", "jobs", "restart", ids, confirm="Restart every task of the job?"),
                 action_button("skip", "jobs", "skip", ids, confirm="Skip every unfinished task?"),
+                action_button("reset error hosts", "jobs", "reset_error_hosts", ids)
+                if any(b.get("avoided_hosts") for b in job.get("blocks", ())) else "",
                 action_button("priority…", "jobs", "set_priority", ids, prompt="New priority (0-250)",
                               default=job["priority"]),
             ]
@@ -352,6 +354,8 @@ class LivePages:
             action_button("eject", "renders", "eject", names, confirm="Return its tasks to ready?")
             if r["tasks"] else "",
             action_button("heal", "renders", "heal", names) if r["sick"] else "",
+            action_button("reset error hosts", "renders", "reset_error_hosts", names)
+            if r.get("error_history") else "",
             class_="actions")
 
     async def renders(self, call: Call) -> Reply:

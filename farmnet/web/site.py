@@ -155,13 +155,15 @@ class FarmSite(server.Site):
 def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None = None,
               outputs: OutputStore | None = None, stats: Any = None, *, users_file: str = "",
               durable: Callable[[], defer.Deferred[Any]] | None = None, amp: Any = None,
-              portal: Portal | None = None, events: EventLog | None = None) -> FarmSite:
+              portal: Portal | None = None, events: EventLog | None = None,
+              login_link: auth.TokenChecker | None = None) -> FarmSite:
     """The site for ``farm``. ``config`` is the server's ``web`` section (``public``);
     ``users_file`` the logins' password file (``server.auth.users_file``); ``stats`` the
     StatsService (or None); ``durable`` waits until the farm's changes are on disk (actions
     answer after it); ``amp`` the FarmServer (its connections are counted in /metrics);
     ``portal`` replaces the password file's (tests); ``events`` the farm's
-    event log (a new one follows ``farm`` when not given).
+    event log (a new one follows ``farm`` when not given); ``login_link`` lets the holder
+    of the server's printed link log in (a farm without a password file).
 
     The older ``make_site(farm)`` still works (read-only, no outputs, no statistics)."""
     if farm is None and isinstance(reactor, Farm):
@@ -170,7 +172,7 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
         raise TypeError("make_site: the farm is missing")
     public = config.public if config is not None else True
     if portal is None:
-        portal = auth.make_portal(reactor, users_file)
+        portal = auth.make_portal(reactor, users_file, login_link=login_link)
     if events is None:
         events = EventLog(farm)
     ctx = WebContext(reactor=reactor, farm=farm, events=events, outputs=outputs, portal=portal, stats=stats,
@@ -203,6 +205,6 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
     site_box.append(site)
     log.info("web site: {public}, logins {logins}, statistics {stats}",
              public="public" if public else "logged-in users only",
-             logins="from " + users_file if ctx.logins and users_file else ("on" if ctx.logins else "off"),
+             logins="from " + users_file if users_file else ("by the login link" if ctx.logins else "off"),
              stats="off" if stats is None else "on")
     return site
