@@ -96,7 +96,9 @@ class ServerService(service.MultiService):
         if config.web.listen:
             self.web_site = make_site(reactor, self.farm, config.web, self.outputs, self.stats,
                                       users_file=config.auth.users_file, durable=self.store.sync,
-                                      amp=self.server, events=self.events, login_link=self.login_link)
+                                      amp=self.server, events=self.events, login_link=self.login_link,
+                                      output_readers=self.server.output_readers,
+                                      throttle=self.server.throttle)
             self.web = Listener(reactor, config.web.listen, self.web_site, store / "web.address")
             self.web.ready.addCallback(self._print_login_link)
             self.web.setServiceParent(self)

@@ -562,6 +562,9 @@ def _exit_code(e: Exception) -> int:
     if isinstance(e, ClientError | json.JSONDecodeError | ValueError):  # the user's words are off
         _fail(str(e))
         return EXIT_REFUSED
+    if isinstance(e, RecursionError):  # JSON given on the command line
+        _fail("the input is nested too deeply")
+        return EXIT_REFUSED
     if isinstance(e, amp.RemoteAmpError):  # an undeclared error on the server: its bug
         _fail(f"the server failed: {e}")
         return EXIT_REFUSED

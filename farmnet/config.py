@@ -327,6 +327,17 @@ class AuthConfig:
     users_file: str = _setting(
         "",
         doc='Tool and monitor users: a file of user:hash lines; "" accepts any user, from localhost only.')
+    outputs: str = _setting(
+        "owner",
+        doc='With a users_file, who reads task outputs (AMP and web alike): "owner" (the job\'s user and '
+            'admins), "users" (any logged-in user) or "public" (also anonymous web readers).',
+        check=_one_of("owner", "users", "public"))
+    free_failures: int = _setting(
+        5, doc="Failed secrets or passwords from one address before it is refused for a while.",
+        check=_at_least(0))
+    backoff_max: float = _setting(
+        60.0, doc="Longest refusal (seconds) of an address after failed logins; each failure doubles it.",
+        check=_above(0))
 
 
 @attrs.frozen
@@ -458,7 +469,7 @@ class TasksConfig:
         0.1, doc="Seconds between output chunks sent to the server.", check=_at_least(0))
     log_max: int = _setting(1024 * 1024, doc="Bytes of log kept per task on the render.", check=_at_least(0))
     memory_limit_mb: int = _setting(
-        0, doc="Memory limit of each task in MB (0: none); a start order's memory_limit_mb may lower it.",
+        0, doc="Memory limit of each task in MB (0: none).",
         check=_at_least(0))
     limit_method: str = _setting(
         "auto",

@@ -114,14 +114,14 @@ class ServerTestCase(TestCase):
         finished = 0
         while True:
             await sleep(0)  # the farm solves at the end of the reactor turn
-            starts = [o for o in self.farm.take_orders(render) if o["order"] == "start"]
+            starts = [o for o in self.farm.take_orders(render) if o.order == "start"]
             if not starts:
                 return finished
             for order in starts:
-                key = (order["job_id"], order["block"], order["task"])
+                key = (order.job_id, order.block, order.task)
                 if output:
-                    self.outputs.append(key, order["run"], output)
-                self.farm.task_finished(render, key, order["run"], exit_code=exit_code, signal=None,
+                    self.outputs.append(key, order.run, output)
+                self.farm.task_finished(render, key, order.run, exit_code=exit_code, signal=None,
                                         time_started=1000.0, time_done=1001.0)
                 finished += 1
 

@@ -22,6 +22,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from farmnet.config import ConnectionsConfig, RenderConfig, SchedulingConfig
+from farmnet.messages import StartOrder, TaskRef
 from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
 from farmnet.render.service import RenderService
@@ -234,15 +235,15 @@ class RenderRunsTests(TestCase):
                                                      state_dir=str(base / "state")))
 
         def start(run: int) -> None:
-            render._obey({"order": "start", "job_id": 1, "block": 0, "task": 0, "run": run,
-                          "name": "t", "command": f"echo {run} >> {log}", "parser": "none"})
+            render._obey(StartOrder(1, 0, 0, run=run, name="t", command=f"echo {run} >> {log}",
+                                    parser="none"))
 
         start(1)
         first = render.tasks[(1, 0, 0)]
         await first.process.done
         await deferLater(reactor, 0)
         self.assertIsNotNone(first.exit)  # no server: kept, to be reported when it is back
-        self.assertEqual(render._running(), [{"job_id": 1, "block": 0, "task": 0, "run": 1}])
+        self.assertEqual(render._running(), [TaskRef(1, 0, 0, 1)])
         start(1)  # the same run again changes nothing
         self.assertIs(render.tasks[(1, 0, 0)], first)
         start(2)

@@ -328,8 +328,9 @@ class ClientsRideRestartsTests(RestartCase):
                 code = await _within(proto.ended, 90)
             except defer.TimeoutError:
                 job = await self.client.job(job_id) if self.client else None
-                self.fail(f"still waiting; job {job and (job['state'], job['counts'])}\n"
-                          f"wait: {waiting.err!r}\nscript: {script.out!r} {script.err[-2000:]!r}")
+                state = job and (job["state"], job["counts"])
+                self.fail(f"still waiting; job {state}\nwait: {waiting.err!r}\n"
+                          f"script: {script.out!r} {script.err[-2000:]!r}")
             self.assertEqual(code, 0, proto.err.decode(errors="replace"))
         self.assertIn(b"connecting again to", waiting.err)
         self.assertIn(b"connected again to", waiting.err)

@@ -19,6 +19,7 @@ from twisted.internet.task import Clock
 
 from farmnet import errors
 from farmnet.config import SchedulingConfig
+from farmnet.messages import TaskRef
 from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
 from farmnet.server.store import Store
@@ -61,8 +62,7 @@ def apply(farm: Farm, clock: Clock, step: tuple[Any, ...]) -> None:
         name, capacity = args
         render = farm.renders_by_name.get(name)
         tasks = render.tasks.values() if render is not None else ()
-        running = [{"job_id": t.key[0], "block": t.key[1], "task": t.key[2], "run": t.starts_count}
-                   for t in tasks]
+        running = [TaskRef(*t.key, t.starts_count) for t in tasks]
         farm.register_render(name, capacity=capacity * 1000, owner="anna", running=running)
     elif kind == "solve":
         farm.solve()

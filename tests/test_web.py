@@ -31,6 +31,7 @@ from twisted.web.client import (
 from twisted.web.template import flattenString, tags
 
 from farmnet.config import SchedulingConfig, StatsConfig, WebConfig
+from farmnet.messages import HostResources
 from farmnet.model.farm import Farm
 from farmnet.server.monitors import EventLog
 from farmnet.server.outputs import OutputStore
@@ -178,13 +179,13 @@ class PageTests(WebTestCase):
         self.assertIn("RUN", cells)
         self.assertIn('data-watch="job:1"', body)
 
-        response, body = await self.get("/jobs/1/0/0")
+        response, body = await self.get("/jobs/1/0/0", headers=basic("anna"))  # outputs: owner only
         self.assertEqual(response.code, 200)
         self.assertIn("frame 1 rendered in 2.5 s\n&lt;done&gt;", body)
 
-        self.farm.render_seen(self.r1, {"cpu_num": 16, "cpu_percent": 73.5, "mem_total_mb": 65536,
-                                        "mem_used_mb": 20480, "load_avg": [3.1, 2.0, 1.5],
-                                        "hdd_free_gb": 120.5})
+        self.farm.render_seen(self.r1, HostResources(cpu_num=16, cpu_percent=73.5, mem_total_mb=65536,
+                                                     mem_used_mb=20480, load_avg=[3.1, 2.0, 1.5],
+                                                     hdd_free_gb=120.5))
         response, body = await self.get("/renders")
         self.assertEqual(response.code, 200)
         for text in ("r1", "r2", "busy", "nuke", "74% of 16", "20.0 / 64 GB", "load 3.1 2.0 1.5",
@@ -347,7 +348,7 @@ class ApiTests(WebTestCase):
         _, body = await self.get("/api/jobs/1/tasks?offset=1&limit=2")
         tasks = json.loads(body)["result"]
         self.assertEqual(([t["task"] for t in tasks["tasks"]], tasks["total"]), ([1, 2], 6))
-        _, body = await self.get("/api/jobs/1/0/0/output")
+        _, body = await self.get("/api/jobs/1/0/0/output", headers=basic("anna"))
         self.assertIn("rendered", json.loads(body)["result"]["data"])
         _, body = await self.get("/api/renders")
         self.assertEqual(sorted(r["name"] for r in json.loads(body)["result"]), ["r1", "r2"])
@@ -575,7 +576,7 @@ class MetricsTests(WebTestCase):
         self.assertGreaterEqual(samples[("farmnet_task_assignments_total", ())], 5)
         self.assertEqual(samples[("farmnet_web_connections", ())], 1)
         self.assertNotIn(("farmnet_render_cpu_percent", (("render", "r1"),)), samples)
-        self.farm.render_seen(self.r1, {"cpu_percent": 42.0, "mem_used_mb": 1000, "mem_total_mb": 4000})
+        self.farm.render_seen(self.r1, HostResources(cpu_percent=42.0, mem_used_mb=1000, mem_total_mb=4000))
         _, body = await self.get("/metrics")
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for family in text_string_to_metric_families(body) for s in family.samples}

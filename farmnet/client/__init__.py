@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 import farmnet
 from farmnet.protocol import commands as c
+from farmnet.protocol.arguments import PART, BigJSON
 from farmnet.protocol.base import FarmAMP
 from farmnet.protocol.endpoints import client_endpoint as farm_endpoint
 
@@ -196,16 +197,31 @@ def find_password(password_file: str | None = None, config_password_file: str = 
 
 
 def _tls_error(failure: Failure) -> str:
-    """The words of a TLS failure (a certificate that does not verify...), else ""."""
+    """The words of a TLS failure (a certificate that does not verify, or is for another
+    name), else ""."""
     try:
         from OpenSSL import SSL
+        from service_identity import VerificationError
     except ImportError:
         return ""
+    if failure.check(VerificationError):
+        names = [str(getattr(e.mismatched_id, "hostname", None) or getattr(e.mismatched_id, "ip", None)
+                     or e.mismatched_id) for e in failure.value.errors if hasattr(e, "mismatched_id")]
+        return (f"the server's certificate is not for {' or '.join(names) or 'this name'}: "
+                "connect with a name the certificate lists")
     if not failure.check(SSL.Error):
         return ""
     reasons = [part for args in failure.value.args for item in (args if isinstance(args, list) else [])
                for part in (item if isinstance(item, tuple) else (item,)) if isinstance(part, str)]
     return reasons[-1] if reasons else str(failure.value) or "handshake failed"
+
+
+#: Bytes the server counts per part of a big value besides the part (its key and overhead).
+BOX_PART_OVERHEAD = 128
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
 
 
 def _reason(e: Exception) -> str:
@@ -243,6 +259,8 @@ class FarmClient:
         self.timeout = timeout
         self.server_version = ""
         self.connection_id = 0
+        #: The most bytes of one message the server takes (its limits.max_box_bytes); None: not said.
+        self.max_box_bytes: int | None = None
 
     # --- the wire ------------------------------------------------------------------
 
@@ -333,6 +351,7 @@ class FarmClient:
                                   client=f"farmnet-client/{farmnet.__version__}", password=self._password)
         self.server_version = answer["server_version"]
         self.connection_id = answer["connection_id"]
+        self.max_box_bytes = answer.get("max_box_bytes")
 
     def close(self) -> None:
         """Close the connection (the client closes first). Pending calls fail."""
@@ -357,8 +376,21 @@ class FarmClient:
     async def submit(self, spec: dict[str, Any]) -> tuple[int, list[str]]:
         """Submit a job (CGRU's ``{"job": {...}}`` or the bare mapping); returns its id
         and the server's warnings (unknown keys and the like)."""
+        self._check_size(spec)
         answer = await self._call(c.SubmitJob, spec=spec)
         return answer["job_id"], list(answer["warnings"])
+
+    def _check_size(self, spec: dict[str, Any]) -> None:
+        """A job bigger than the server takes in one box would only get the connection
+        closed: refuse it here, naming the limit."""
+        limit = self.max_box_bytes
+        if not limit:
+            return
+        size = len(BigJSON().encode(spec))
+        boxed = size + (size // PART + 2) * BOX_PART_OVERHEAD  # each part has a key, counted by the server
+        if boxed > limit:
+            raise ClientError(f"the job is {_mib(size)} as JSON, over this server's limit of {_mib(limit)} "
+                              f"({limit} bytes) a message (server.limits.max_box_bytes)")
 
     async def jobs(self, user: str | None = None) -> list[Job]:
         """Every job, or only ``user``'s."""
@@ -540,19 +572,41 @@ def load_spec(path: str) -> dict[str, Any]:
         raise SpecFileError(f"{path}: not UTF-8 text: {e.reason}") from None
     is_json = path.lower().endswith(".json")
     document: Any = None
-    if is_json or text.lstrip().startswith(("{", "[")):
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as e:
-            if is_json:
-                raise SpecFileError(f"{path}:{e.lineno}:{e.colno}: JSON syntax error: {e.msg}") from None
-            document = _load_yaml(path, text)  # flow-style YAML also starts with "{"
-    else:
-        document = _load_yaml(path, text)
+    try:
+        if is_json or text.lstrip().startswith(("{", "[")):
+            try:
+                document = json.loads(text)
+            except json.JSONDecodeError as e:
+                if is_json:
+                    raise SpecFileError(f"{path}:{e.lineno}:{e.colno}: JSON syntax error: {e.msg}") from None
+                document = _load_yaml(path, text)  # flow-style YAML also starts with "{"
+        else:
+            document = _load_yaml(path, text)
+    except RecursionError:
+        raise SpecFileError(f"{path}: nested too deeply (a job has at most {MAX_NESTING} levels)") from None
     if not isinstance(document, dict):
         what = "nothing" if document is None else f"a {type(document).__name__}"
         raise SpecFileError(f"{path}: expected a job (a mapping), got {what}")
+    if _nesting(document, MAX_NESTING) > MAX_NESTING:
+        raise SpecFileError(f"{path}: nested too deeply (a job has at most {MAX_NESTING} levels)")
     return document
+
+
+#: Levels of lists and mappings a job file may have (a job needs 5; custom data a few more).
+MAX_NESTING = 100
+
+
+def _nesting(value: Any, limit: int) -> int:
+    """How deep lists and mappings nest in ``value``, counted up to ``limit + 1`` (no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _load_yaml(path: str, text: str) -> Any:

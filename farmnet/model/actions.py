@@ -10,6 +10,7 @@ import attrs
 from twisted.logger import Logger
 
 from farmnet import errors
+from farmnet.messages import ExitOrder, SleepOrder
 from farmnet.model.data import ACTIVE, Block, Job, Task, TaskState
 from farmnet.model.events import (
     ErrorHostsReset,
@@ -221,10 +222,7 @@ class Actions(TaskLife, Policy):
             if not (self.is_admin(user) or (owner_may and render.owner and render.owner == user)):
                 raise errors.PermissionDenied(f"user {user!r} may not {action} render {render.name!r}")
         if action == "set":
-            valid = isinstance(value, Mapping) and value and set(value) <= {"capacity", "max_tasks"} and all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values())
-            if not valid:
-                raise errors.InvalidAction('set needs {"capacity": N, "max_tasks": N}')
+            value = self._valid_render_changes(value)
         for render in renders:
             if action == "nimby":
                 render.nimby, render.NIMBY = True, False
@@ -242,12 +240,12 @@ class Actions(TaskLife, Policy):
                     self._stop_task(task, f"ejected by {user}")
                     self._set_state(task, TaskState.RDY)
             elif action == "exit":
-                self._order(render, {"order": "exit"})
+                self._order(render, ExitOrder())
             elif action == "sleep":
                 if not render.online or render.tasks:
                     raise errors.InvalidAction(f"render {render.name!r} must be online and idle to sleep")
                 render.wol = "falling"
-                self._order(render, {"order": "sleep"})
+                self._order(render, SleepOrder())
             elif action == "wake":
                 if render.online:
                     raise errors.InvalidAction(f"render {render.name!r} is awake")

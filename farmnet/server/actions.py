@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from farmnet import errors
+from farmnet.convert import ConversionError, structure
 from farmnet.model.farm import Farm
 from farmnet.model.policy import JOB_ACTIONS, RENDER_ACTIONS, TASK_ACTIONS
 
@@ -28,13 +29,22 @@ READ_ACTIONS = frozenset({"list", "show", "explain"})
 MAX_PAGE = 10_000
 
 
+def _structured(value: Any, cls: Any, path: str) -> Any:
+    """``value`` as ``cls`` by the one converter; InvalidAction naming what is wrong where."""
+    try:
+        return structure(value, cls, path)
+    except ConversionError as e:
+        raise errors.InvalidAction("; ".join(e.problems)) from None
+
+
 def _list_of(filters: Mapping[str, Any], key: str, kind: type) -> list[Any]:
+    """One value of ``kind`` or a non-empty list of them."""
     value = filters.get(key)
-    values = value if isinstance(value, list) else [value]
-    valid = all(isinstance(v, kind) and not isinstance(v, bool) for v in values)
-    if value is None or not values or not valid:
-        raise errors.InvalidAction(f"filters.{key}: expected a {kind.__name__} or a list of them")
-    return values
+    if not isinstance(value, list):
+        return [_structured(value, kind, f"filters.{key}")]
+    if not value:
+        raise errors.InvalidAction(f"filters.{key}: expected a non-empty list")
+    return _structured(value, list[kind], f"filters.{key}")
 
 
 #: What a list can be narrowed by: filter key → the listed record's field. A filter's value is
@@ -66,10 +76,7 @@ def _listed(item: str, rows: list[dict[str, Any]], filters: Mapping[str, Any]) -
 
 
 def _one(filters: Mapping[str, Any], key: str, kind: type) -> Any:
-    value = filters.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise errors.InvalidAction(f"filters.{key}: expected a {kind.__name__}")
-    return value
+    return _structured(filters.get(key), kind, f"filters.{key}")
 
 
 def _jobs(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
@@ -112,12 +119,9 @@ def _tasks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any
     job_id = _one(f, "job_id", int)
     if action == "list":
         _check_keys(f, ("job_id", "block", "offset", "limit"), "tasks list")
-        block = f.get("block")
-        if block is not None and not isinstance(block, int):
-            raise errors.InvalidAction("filters.block: expected an int")
-        offset, limit = f.get("offset", 0), f.get("limit", MAX_PAGE)
-        if not isinstance(offset, int) or not isinstance(limit, int):
-            raise errors.InvalidAction("filters.offset and filters.limit: expected ints")
+        block = _structured(f.get("block"), int | None, "filters.block")
+        offset = _structured(f.get("offset", 0), int, "filters.offset")
+        limit = _structured(f.get("limit", MAX_PAGE), int, "filters.limit")
         tasks, total = farm.list_tasks(job_id, block, max(0, offset), max(0, min(limit, MAX_PAGE)))
         return {"tasks": tasks, "total": total}
     block = _one(f, "block", int)

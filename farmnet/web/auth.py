@@ -28,7 +28,9 @@ from twisted.web import server
 from twisted.web.guard import BasicCredentialFactory
 from zope.interface import Attribute, Interface, implementer
 
+from farmnet import errors
 from farmnet.server.passwords import PasswordFileChecker
+from farmnet.server.throttle import LoginThrottle
 
 __all__ = [
     "FarmRealm",
@@ -132,29 +134,56 @@ def passwords_accepted(portal: Portal) -> bool:
     return any(interface.implementedBy(UsernamePassword) for interface in portal.listCredentialsInterfaces())
 
 
+def client_address(request: server.Request) -> str:
+    """The peer's address, the key of failed logins' backoff."""
+    address = request.getClientAddress()
+    return str(getattr(address, "host", None) or "unix")
+
+
 #: Why a login link is refused.
 _STALE_LINK = "this login link is not valid (the server prints a new one at each start)"
 
 
-async def login_with_token(portal: Portal, token: str) -> WebUser:
-    if not token or len(token) > MAX_CREDENTIAL or ILoginToken not in portal.listCredentialsInterfaces():
+async def login_with_token(portal: Portal, token: str, throttle: LoginThrottle | None = None,
+                           address: str = "") -> WebUser:
+    """The user of the server's login link; a wrong token backs ``address`` off like a password."""
+    if ILoginToken not in portal.listCredentialsInterfaces():
         raise LoginFailed(_STALE_LINK)
+    if throttle is not None:
+        try:
+            throttle.check(address)
+        except errors.PermissionDenied as e:
+            raise LoginFailed(e.message) from None
     try:
+        if not token or len(token) > MAX_CREDENTIAL:
+            raise cred_error.UnauthorizedLogin()
         _, avatar, _ = await portal.login(LoginToken(token), None, IFarmUser)
     except cred_error.UnauthorizedLogin:
+        if throttle is not None:
+            throttle.failed(address, "web login link", _STALE_LINK)
         raise LoginFailed(_STALE_LINK) from None
     return avatar
 
 
-async def login(portal: Portal, credentials: UsernamePassword) -> WebUser:
+async def login(portal: Portal, credentials: UsernamePassword, throttle: LoginThrottle | None = None,
+                address: str = "") -> WebUser:
+    """The user of ``credentials``; a wrong password backs ``address`` off (``throttle``)."""
     user, password = credentials.username, credentials.password
-    if not user or not password or len(user) > MAX_CREDENTIAL or len(password) > MAX_CREDENTIAL:
-        raise LoginFailed("unknown user or wrong password")
     if not passwords_accepted(portal):
         raise LoginFailed("logins are off on this server (no server.web_users_file)")
+    if throttle is not None:
+        try:
+            throttle.check(address)
+        except errors.PermissionDenied as e:
+            raise LoginFailed(e.message) from None
     try:
+        if not user or not password or len(user) > MAX_CREDENTIAL or len(password) > MAX_CREDENTIAL:
+            raise cred_error.UnauthorizedLogin()
         _, avatar, _ = await portal.login(credentials, None, IFarmUser)
     except cred_error.UnauthorizedLogin:
+        if throttle is not None:
+            name = user[:64].decode("utf-8", "replace")
+            throttle.failed(address, f"web user {name!r}", "unknown user or wrong password")
         raise LoginFailed("unknown user or wrong password") from None
     except cred_error.UnhandledCredentials:
         raise LoginFailed("logins are off on this server (no server.web_users_file)") from None
@@ -177,12 +206,13 @@ def basic_credentials(request: server.Request) -> UsernamePassword | None:
         raise LoginFailed("malformed Basic authorization") from None
 
 
-async def request_user(portal: Portal, request: server.Request) -> tuple[str | None, str | None]:
+async def request_user(portal: Portal, request: server.Request,
+                       throttle: LoginThrottle | None = None) -> tuple[str | None, str | None]:
     """Who asks, and how: HTTP Basic (checked through the portal at every request; a wrong
     one is LoginFailed even on a public page), else the session; (None, None): anonymous."""
     credentials = basic_credentials(request)
     if credentials is not None:
-        return (await login(portal, credentials)).name, "basic"
+        return (await login(portal, credentials, throttle, client_address(request))).name, "basic"
     user = session_user(request)
     return user, "session" if user else None
 

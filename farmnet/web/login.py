@@ -68,7 +68,8 @@ class LoginPages:
         if token is None:
             return self.form(call, next_url)
         try:
-            avatar = await auth.login_with_token(self.ctx.portal, token)
+            avatar = await auth.login_with_token(self.ctx.portal, token, self.ctx.throttle,
+                                                 auth.client_address(call.request))
         except auth.LoginFailed as e:
             return self.form(call, next_url, str(e), status=401)
         auth.start_session(call.request, avatar)
@@ -79,7 +80,8 @@ class LoginPages:
         user, password = form.get("user", ""), form.get("password", "")
         next_url = safe_next(form.get("next"))
         try:
-            avatar = await auth.login(self.ctx.portal, UsernamePassword(user.encode(), password.encode()))
+            avatar = await auth.login(self.ctx.portal, UsernamePassword(user.encode(), password.encode()),
+                                      self.ctx.throttle, auth.client_address(call.request))
         except auth.LoginFailed as e:
             return self.form(call, next_url, str(e), user, status=401)
         auth.start_session(call.request, avatar)

@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.web.template import Tag, tags
 
+from farmnet import errors
 from farmnet.web.context import WebContext
 from farmnet.web.layout import (
     JOB_STATES,
@@ -303,6 +304,10 @@ class LivePages:
         outputs = self.ctx.outputs
         if outputs is None:
             return tags.p("task output is not kept here", class_="muted")
+        try:
+            self.ctx.farm.check_may_read_output(call.user, self.ctx.farm.job(key[0]), self.ctx.output_readers)
+        except (errors.NotAuthenticated, errors.PermissionDenied) as e:
+            return tags.p(e.message, class_="muted")
         try:
             size = outputs.path(key, run).stat().st_size
         except OSError:
