@@ -7,13 +7,13 @@ on many items is all or nothing.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from farmnet import errors
 from farmnet.config import SchedulingConfig
 from farmnet.model.data import Job
+from farmnet.model.masks import check_mask
 from farmnet.model.spec import BLOCK_SETTABLE, JOB_SETTABLE, MAX_PRIORITY, validate_changes
 
 JOB_ACTIONS = ("pause", "resume", "stop", "delete", "restart", "restart_errors", "restart_running",
@@ -88,10 +88,9 @@ class Policy:
                 problems.append(f"user.{key}: expected a mapping, got {val!r}")
             elif key.startswith("hosts_mask"):
                 try:
-                    re.compile(val)
-                    changes[key] = val
-                except re.error as e:
-                    problems.append(f"user.{key}: invalid regular expression: {e}")
+                    changes[key] = check_mask(val)
+                except ValueError as e:
+                    problems.append(f"user.{key}: {e}")
             elif key == "jobs_solving" and val not in ("order", "need"):
                 problems.append("user.jobs_solving: 'order' or 'need'")
             elif key == "priority" and not 0 <= val <= MAX_PRIORITY:
