@@ -23,6 +23,7 @@ from farmnet.server.netstats import StatisticsLogger
 from farmnet.server.outputs import OutputStore
 from farmnet.server.registry import raise_fd_limit
 from farmnet.server.store import Store
+from farmnet.server.storecheck import Backups, StoreRefused
 from farmnet.stats.service import StatsService
 from farmnet.sysjob.job import SystemJob
 from farmnet.web.site import make_site
@@ -41,8 +42,11 @@ class ServerService(service.MultiService):
         #: The monitors' view of the farm's events (AMP PollEvents, the web's /events).
         self.events = EventLog(self.farm)
         store = Path(config.store.path)
-        self.store = Store(reactor, store / "farm.sqlite", self.farm, events=self.events)
+        self.store = Store(reactor, store / "farm.sqlite", self.farm, events=self.events, exclusive=True)
         self.store.setServiceParent(self)  # first: the farm is loaded before anyone connects
+        self.backups = Backups(reactor, store / "farm.sqlite", config.store.backup_interval,
+                               config.store.backups)
+        self.backups.setServiceParent(self)
         self.stats = StatsService(reactor, config.stats, store, self.farm)
         self.stats.setServiceParent(self)  # after the store, before the listeners
         self.outputs = OutputStore(store / "output", config.store.output_max_bytes)
@@ -76,7 +80,11 @@ class ServerService(service.MultiService):
         log.info("farmnet server: AMP on {listen}, web on {web}, state in {store}, up to {files} open files",
                  listen=self.config.listen, web=self.config.web.listen or "(off)",
                  store=self.config.store.path, files=soft)
-        super().startService()
+        try:
+            super().startService()
+        except StoreRefused as e:  # one line, no traceback: the file and what to do
+            log.critical("{error}", error=str(e))
+            raise SystemExit(f"farmnet: {e}") from None
         # Once the reactor runs (signal handlers installed): what operators and tests wait for.
         self.reactor.callWhenRunning(lambda: log.info("farmnet server running"))
 
