@@ -82,8 +82,7 @@ class ServerService(service.MultiService):
                  store=self.config.store.path, files=soft)
         try:
             super().startService()
-        except StoreRefused as e:  # one line, no traceback: the file and what to do
-            log.critical("{error}", error=str(e))
+        except StoreRefused as e:  # one line on stderr (and so in the log), no traceback
             raise SystemExit(f"farmnet: {e}") from None
         # Once the reactor runs (signal handlers installed): what operators and tests wait for.
         self.reactor.callWhenRunning(lambda: log.info("farmnet server running"))

@@ -449,9 +449,9 @@ class Store(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self._pool.start()
         if self._db is None:
-            self.load()
+            self.load()  # before the thread starts: a refused store leaves no thread running
+        self._pool.start()
         self.follow()
         self._loop.start(self.flush_interval, now=False)
 

@@ -161,6 +161,7 @@ class Guard:
             self.store_id, self.generation = uuid.uuid4().hex, 0
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                            [("store_id", self.store_id), ("generation", "0")])
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the id in the main file from the start
             write_marker(self.path, self.store_id, 0, sync=True)
             log.info("store {path} initialised (store id {store_id})", path=str(self.path),
                      store_id=self.store_id)
