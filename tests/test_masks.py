@@ -3,17 +3,24 @@ cannot match them, answers remembered per (mask, name) with a bound."""
 
 from __future__ import annotations
 
+import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from test_farm import FarmTestCase, job_doc
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
 
 from farmnet import errors
+from farmnet.client import FarmClient, connect
 from farmnet.model.data import TaskState
 from farmnet.model.masks import MAX_MASK_LENGTH, Masks
 from farmnet.model.scheduler import Why
 from farmnet.model.spec import parse_job
+from farmnet.testing import ProcessFarm, wait_until
 
 #: Names that make a backtracking engine take ~2^60 steps on the issue's masks.
 HOSTILE_NAME = "a" * 60 + "!"
@@ -136,3 +143,41 @@ class AnswerMemoryTests(FarmTestCase):
             for order in self.orders(render):
                 self.finish(render, order)
         self.assertEqual(self.farm.masks.evaluated, evaluated)
+
+
+class HostileMaskProcessTests(TestCase):
+    """The finding as seen: a real server, a render process named ``aaaa…a!`` and a job
+    with ``hosts_mask: (a+)+$``. The server keeps answering (a backtracking engine would
+    hold the reactor for ~2^40 steps: every call below would time out), and the job runs on
+    the render the mask does match."""
+
+    timeout = 90
+
+    async def test_server_answers_and_the_mask_refuses(self) -> None:
+        base = tempfile.mkdtemp(prefix="farmnet-masks-")
+        self.addCleanup(shutil.rmtree, base, True)
+        farm = ProcessFarm(reactor, base)
+        self.addCleanup(farm.stop)
+        await farm.start_server()
+        client = await connect(reactor, farm.endpoint, "anna", timeout=10)
+        self.addCleanup(client.aclose)
+        await farm.start_render("a" * 40 + "!")
+        await wait_until(reactor, lambda: _online(client, 1), 30, "the hostile render online")
+        job_id, _ = await client.submit({"job": {"name": "masked", "hosts_mask": "(a+)+$", "blocks": [
+            {"name": "b", "command": "true @#@", "frame_first": 1, "frame_last": 1, "parser": "none"}]}})
+        for _ in range(5):  # each call is answered: the reactor is not held by the mask
+            [task] = await client.tasks(job_id)
+            self.assertEqual(task["state"], "RDY")
+        await farm.start_render("a" * 40)
+        job = await wait_until(reactor, lambda: _done(client, job_id), 30, "the job on the matching render")
+        [task] = await client.tasks(job_id)
+        self.assertEqual((job["state"], task["host"]), ("DON", "a" * 40))
+
+
+async def _online(client: FarmClient, count: int) -> bool:
+    return sum(1 for r in await client.renders() if r["online"]) == count
+
+
+async def _done(client: FarmClient, job_id: int) -> Any:
+    job = await client.job(job_id)
+    return job if job["state"] == "DON" else None
