@@ -4,6 +4,7 @@ restored (``farmnet store backup | restore | check`` as child processes)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 import sys
@@ -186,7 +187,7 @@ class StoreSafetyTests(TestCase):
 
         def rotated() -> bool:
             log = self.farm.server.logfile.read_text()  # type: ignore[union-attr]
-            return log.count("store backup ") >= 4
+            return len(re.findall(r"store backup \S+ written", log)) >= 4
 
         await wait_until(reactor, rotated, 30, "four scheduled backups")
         self.assertLessEqual(len([p for p in backups.iterdir() if p.suffix == ".sqlite"]), 2)
