@@ -14,10 +14,15 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.error import ProcessTerminated
+from twisted.internet.task import Clock
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from farmnet.client import FarmClient, connect
+from farmnet.model.farm import Farm
+from farmnet.model.spec import parse_job
+from farmnet.server.store import Store
+from farmnet.server.storecheck import StoreRefused, marker_path, read_marker, write_marker
 from farmnet.testing import ProcessFarm, wait_until
 
 
@@ -191,3 +196,56 @@ class StoreSafetyTests(TestCase):
 
         await wait_until(reactor, rotated, 30, "four scheduled backups")
         self.assertLessEqual(len([p for p in backups.iterdir() if p.suffix == ".sqlite"]), 2)
+
+
+class GuardTests(SynchronousTestCase):
+    """The checks at open on a store in this process (no server)."""
+
+    def setUp(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="farmnet-guard-"))
+        self.addCleanup(shutil.rmtree, self.base, True)
+
+    def make(self, name: str, jobs: int) -> Path:
+        path = self.base / name / "farm.sqlite"
+        clock = Clock()
+        farm = Farm(clock)
+        store = Store(clock, path, farm)
+        store.load()
+        store.follow()
+        for i in range(jobs):
+            farm.submit(parse_job(small_job(f"j{i}"))[0], "anna")
+            store.write_now()
+        store.close()
+        return path
+
+    def open(self, path: Path) -> Store:
+        clock = Clock()
+        store = Store(clock, path, Farm(clock))
+        self.addCleanup(store.close)
+        store.load()
+        return store
+
+    def test_another_stores_file_is_refused(self) -> None:
+        ours, theirs = self.make("ours", 2), self.make("theirs", 1)
+        shutil.copy(theirs, ours)
+        with self.assertRaises(StoreRefused) as caught:
+            self.open(ours)
+        self.assertIn("belongs to another store", str(caught.exception))
+
+    def test_a_lagging_or_missing_marker_is_written_again(self) -> None:
+        path = self.make("s", 3)
+        marker = read_marker(path)
+        assert marker is not None
+        write_marker(path, marker["store_id"], 1)  # behind: a power cut before the rename reached disk
+        self.assertEqual(self.open(path).guard.generation, 3)
+        marker_path(path).unlink()
+        store = self.open(path)
+        self.assertEqual(len([j for j in store.farm.jobs.values() if j.user_name == "anna"]), 3)
+        self.assertEqual(read_marker(path), {"store_id": marker["store_id"], "generation": 3})
+
+    def test_each_commit_moves_the_generation(self) -> None:
+        path = self.make("s", 4)
+        self.assertEqual(read_marker(path)["generation"], 4)  # type: ignore[index]
+        db = sqlite3.connect(path)
+        self.assertEqual(db.execute("SELECT value FROM meta WHERE key='generation'").fetchone(), ("4",))
+        db.close()

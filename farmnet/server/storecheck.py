@@ -141,14 +141,13 @@ class Guard:
                                f"{generation} in {marker_path(self.path).name}); "
                                f"{restore_hint(self.path.parent)}")
 
-    def after_open(self, db: sqlite3.Connection, check: bool = True) -> None:
+    def after_open(self, db: sqlite3.Connection) -> None:
         """Integrity, then identity and generation against the marker. Raises
         sqlite3.DatabaseError for a damaged file (`damaged` words it)."""
-        if check:
-            problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
-            if problems != ["ok"]:
-                raise StoreRefused(f"store {self.path} is damaged (integrity check: "
-                                   f"{'; '.join(problems)}); {restore_hint(self.path.parent)}")
+        problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise StoreRefused(f"store {self.path} is damaged (integrity check: "
+                               f"{'; '.join(problems)}); {restore_hint(self.path.parent)}")
         meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('store_id', 'generation')"))
         marker = self._marker
         if "store_id" not in meta:
@@ -324,9 +323,10 @@ def restore(db_path: Path, source: Path) -> Path:
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tmp, db_path)
-        write_marker(db_path, meta.get("store_id", ""), int(meta.get("generation", 0)), sync=True)
-        if not meta.get("store_id"):  # a backup older than markers: the server adopts it
-            marker_path(db_path).unlink()
+        if meta.get("store_id"):
+            write_marker(db_path, meta["store_id"], int(meta.get("generation", 0)), sync=True)
+        else:  # a backup older than markers: the server adopts it at start
+            marker_path(db_path).unlink(missing_ok=True)
         return aside
     finally:
         lock.release()
