@@ -16,11 +16,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from twisted.internet.task import Clock
-
 from farmnet.config import ConfigError, default_config_path, load_config
-from farmnet.model.farm import Farm
-from farmnet.server.store import Store
 from farmnet.server.storecheck import (
     StoreLock,
     StoreRefused,
@@ -100,6 +96,12 @@ def _newest(directory: Path) -> Path:
 def check(db_path: Path, accept: bool) -> int:
     if not db_path.exists() and not marker_path(db_path).exists():
         raise StoreRefused(f"no store at {db_path.parent}")
+    # Loading a farm is for this command only: the `farmnet` command line starts without it.
+    from twisted.internet.task import Clock
+
+    from farmnet.model.farm import Farm
+    from farmnet.server.store import Store
+
     if accept:
         _accept(db_path)
     clock = Clock()
