@@ -1,20 +1,33 @@
-"""The server, composed of services in a fixed order: farm → AMP listener → web site.
+"""The composition root: the server's and the render's services, built from the config's sections.
 
-Start order is the list order; twistd stops them in reverse, so the listener closes
-before the farm's state is flushed.
+The server is composed of services in a fixed order: store → stats → system job → AMP
+listener → web site → manhole. Start order is the list order; twistd stops them in
+reverse, so the listener closes before the farm's state is flushed. The render is its
+connection loop with the client service, task limiter and plug-in classes made here.
+``twistd farmnet server|render`` (farmnet/tap.py) parses options and calls :func:`make_service`.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import IService
 from twisted.internet import defer
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from farmnet.config import ServerConfig
+from farmnet.config import ConfigError, RenderConfig, ServerConfig
+from farmnet.logging import with_log_format
 from farmnet.model.farm import Farm
+from farmnet.protocol.endpoints import client_endpoint
+from farmnet.render import services
+from farmnet.render.limits import TaskLimiter
+from farmnet.render.service import RenderService, ServerConnection
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.listening import Listener
 from farmnet.server.manhole import make_manhole_services, manhole_namespace
@@ -97,3 +110,38 @@ class ServerService(service.MultiService):
         self.farm.stop()
         self.outputs.close_all()
         await d
+
+
+def render_service(reactor: Any, config: RenderConfig,
+                   environ: Mapping[str, str] | None = None) -> RenderService:
+    """The render: its reconnecting client, memory limiter and service/parser classes (custom
+    classes imported now, once) made from its config's sections."""
+    environ = dict(os.environ if environ is None else environ)
+    client = ClientService(client_endpoint(reactor, config.server, config.ca),
+                           Factory.forProtocol(ServerConnection),
+                           retryPolicy=backoffPolicy(maxDelay=config.reconnect_max_delay), clock=reactor)
+    return RenderService(reactor, config, client=client,
+                         limiter=TaskLimiter(config.tasks.limit_method, tool_path=environ.get("PATH")),
+                         service_classes=services.service_registry(config),
+                         parser_classes=services.parser_registry(config), environ=environ)
+
+
+def make_service(reactor: Any, program: str, config: ServerConfig | RenderConfig,
+                 twistd_options: Mapping[str, Any] | None = None) -> IService:
+    """What ``twistd farmnet PROGRAM`` runs ("server" or "render"), logging in the config's format.
+
+    ``twistd_options`` are twistd's own (``--logfile``, ``--nodaemon``, ...); see :func:`with_log_format`.
+    """
+    built: IService
+    if program == "server":
+        assert isinstance(config, ServerConfig)
+        try:
+            built = ServerService(reactor, config)
+        except ConfigError as e:  # settings only checked when their service is built
+            raise SystemExit(f"farmnet server: {e}") from None
+    elif program == "render":
+        assert isinstance(config, RenderConfig)
+        built = render_service(reactor, config)
+    else:
+        raise ValueError(f"no such program: {program!r} (server or render)")
+    return with_log_format(built, config.log_format, twistd_options)

@@ -1,4 +1,4 @@
-"""``twistd farmnet server`` and ``twistd farmnet render``."""
+"""``twistd farmnet server`` and ``twistd farmnet render``: options only; farmnet/app.py builds them."""
 
 from __future__ import annotations
 
@@ -70,23 +70,11 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from farmnet.logging import with_log_format
+    from farmnet.app import make_service
 
-    config = options.subOptions.config
     if options.subOptions.moved:  # buffered until twistd's log starts, then written once
         path = options.subOptions["config"] or default_config_path(os.environ)
         log.warn("{path}: {moved}", path=path, moved=options.subOptions.moved)
-    service: IService
-    if options.subCommand == "server":
-        from farmnet.app import ServerService
-
-        try:
-            service = ServerService(reactor, config)
-        except ConfigError as e:  # settings only checked when their service is built
-            raise SystemExit(f"farmnet server: {e}") from None
-    else:
-        from farmnet.render.service import RenderService
-
-        service = RenderService(reactor, config)
     # twistd's own options (--logfile, --nodaemon, --logger, --syslog) are the parent of ours.
-    return with_log_format(service, config.log_format, getattr(options, "parent", None))
+    return make_service(reactor, options.subCommand, options.subOptions.config,
+                        getattr(options, "parent", None))

@@ -36,6 +36,7 @@ from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from farmnet import errors
+from farmnet.app import render_service
 from farmnet.client import ServerUnreachable, connect
 from farmnet.config import AuthConfig, ConnectionsConfig, LimitsConfig, RenderConfig, SchedulingConfig
 from farmnet.model.data import TaskState
@@ -44,7 +45,6 @@ from farmnet.model.spec import parse_job
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
 from farmnet.protocol.endpoints import socket_of
-from farmnet.render.service import RenderService
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.outputs import OutputStore
 from farmnet.server.passwords import hash_password
@@ -438,7 +438,7 @@ class RenderServiceTests(NetworkCase):
         state = tempfile.mkdtemp(prefix="farmnet-render-")
         self.addCleanup(shutil.rmtree, state, True)
         config = RenderConfig(server=self.endpoint, name="r1", state_dir=state, reconnect_max_delay=1.0)
-        service = RenderService(reactor, config)
+        service = render_service(reactor, config)
         service.startService()
         stopped = []
 

@@ -19,10 +19,9 @@ from typing import Any
 import attrs
 import psutil
 from twisted.application import service
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -32,7 +31,7 @@ from farmnet import errors
 from farmnet.config import RenderConfig
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
-from farmnet.protocol.endpoints import client_endpoint, set_keepalive
+from farmnet.protocol.endpoints import set_keepalive
 from farmnet.render import resources, services
 from farmnet.render.limits import TaskLimiter, effective_limit_mb
 from farmnet.render.parsers import Parser, parser_by_name, parser_errors
@@ -91,15 +90,20 @@ class RunningTask:
 
 
 class RenderService(service.MultiService):
-    def __init__(self, reactor: Any, config: RenderConfig,
-                 environ: Mapping[str, str] | None = None) -> None:
+    """The render's connection loop and its tasks. Built by :func:`farmnet.app.render_service`,
+    which makes its collaborators from the config's sections."""
+
+    def __init__(self, reactor: Any, config: RenderConfig, *, client: ClientService,
+                 limiter: TaskLimiter, service_classes: Mapping[str, services.ServiceFactory],
+                 parser_classes: Mapping[str, services.ParserFactory],
+                 environ: Mapping[str, str]) -> None:
         super().__init__()
         self.reactor = reactor
         self.config = config
-        self.environ = dict(os.environ if environ is None else environ)
-        self.limiter = TaskLimiter(config.tasks.limit_method, tool_path=self.environ.get("PATH"))
-        self.service_classes = services.service_registry(config)  # custom classes imported once
-        self.parser_classes = services.parser_registry(config)
+        self.environ = dict(environ)
+        self.limiter = limiter
+        self.service_classes = service_classes
+        self.parser_classes = parser_classes
         self._heartbeats = 0
         #: After obeying a sleep order: stay away this long (the host suspends meanwhile).
         self._quiet_until = 0.0
@@ -107,10 +111,7 @@ class RenderService(service.MultiService):
         self.render_id: int | None = None
         self.proto: amp.AMP | None = None
         self.heartbeat_hold = 20.0
-        endpoint = client_endpoint(reactor, config.server, config.ca)
-        self.client = ClientService(endpoint, Factory.forProtocol(ServerConnection),
-                                    retryPolicy=backoffPolicy(maxDelay=config.reconnect_max_delay),
-                                    clock=reactor)
+        self.client = client
         self.client.setServiceParent(self)
         self._loop: defer.Deferred[None] | None = None
         self._stopping = False
