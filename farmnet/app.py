@@ -29,7 +29,7 @@ from farmnet.render import services
 from farmnet.render.limits import TaskLimiter
 from farmnet.render.service import RenderService, ServerConnection
 from farmnet.server.amp import FarmServer, ServerFactory
-from farmnet.server.listening import Listener
+from farmnet.server.listening import ConnectionBudget, Listener
 from farmnet.server.manhole import make_manhole_services, manhole_namespace
 from farmnet.server.monitors import EventLog
 from farmnet.server.netstats import StatisticsLogger
@@ -68,8 +68,12 @@ class ServerService(service.MultiService):
         self.server = FarmServer(reactor, self.farm, self.outputs, connections=config.connections,
                                  auth=config.auth, limits=config.limits, durable=self.store.sync,
                                  events=self.events)
-        self.listener = Listener(reactor, config.listen, ServerFactory(self.server),
-                                 store / "amp.address")
+        close_wait = config.connections.close_wait
+        # Each listener has its own budget of connections: the web cannot use up the AMP's.
+        amp_budget = ConnectionBudget(close_wait=close_wait,
+                                      max_connections=config.connections.max_connections)
+        self.listener = Listener(reactor, config.listen, ServerFactory(self.server), store / "amp.address",
+                                 name="amp", budget=amp_budget)
         self.listener.setServiceParent(self)
         self.statistics = StatisticsLogger(reactor, self, config.log_stats_interval)
         self.statistics.setServiceParent(self)
@@ -77,10 +81,15 @@ class ServerService(service.MultiService):
             self.web_site = make_site(reactor, self.farm, config.web, self.outputs, self.stats,
                                       users_file=config.auth.users_file, durable=self.store.sync,
                                       amp=self.server, events=self.events)
-            self.web = Listener(reactor, config.web.listen, self.web_site, store / "web.address")
+            self.web = Listener(reactor, config.web.listen, self.web_site, store / "web.address", name="web",
+                                budget=ConnectionBudget(
+                                    close_wait=close_wait, max_connections=config.web.max_connections,
+                                    max_per_address=config.web.max_connections_per_address))
             self.web.setServiceParent(self)
-        for manhole in make_manhole_services(reactor, config.manhole, manhole_namespace(self),
-                                             admins=config.scheduling.admins, store=store):
+        self.manholes = make_manhole_services(reactor, config.manhole, manhole_namespace(self),
+                                              admins=config.scheduling.admins, store=store,
+                                              close_wait=close_wait)
+        for manhole in self.manholes:
             manhole.setServiceParent(self)
 
     def startService(self) -> None:
@@ -97,15 +106,19 @@ class ServerService(service.MultiService):
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        """Stop accepting; ask every peer to close (renders: to reconnect later) and wait
-        close_wait at most; then stop the children, the store last (it flushes)."""
-        await defer.maybeDeferred(self.listener.stopService)
-        try:
-            await self.server.shutdown()
-        except Exception:
-            log.failure("closing the connections failed")
+        """Stop accepting; ask every peer of every listener to close (renders: to reconnect
+        later), all at once, and wait close_wait at most; then stop the children, the store
+        last (it flushes)."""
+        others = [*([self.web] if self.config.web.listen else []), *self.manholes]
+        for listener in [self.listener, *others]:
+            await defer.maybeDeferred(listener.stopService)
         if self.config.web.listen:
-            await self.web_site.close()  # end event streams and open connections
+            await self.web_site.close()  # end event streams: their requests finish
+        closing = [defer.ensureDeferred(self.server.shutdown())]
+        closing += [defer.ensureDeferred(listener.close_connections()) for listener in others]
+        for result in await defer.DeferredList(closing, consumeErrors=True):
+            if not result[0]:
+                log.failure("closing the connections failed", result[1])
         d = super().stopService()
         self.farm.stop()
         self.outputs.close_all()

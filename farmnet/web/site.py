@@ -111,7 +111,17 @@ def asset(text: str, content_type: str) -> Handler:
 
 
 class TrackedChannel(http.HTTPChannel):
-    """An HTTP connection its site knows of (to count and to close them)."""
+    """An HTTP connection its site knows of (to count them), one request long.
+
+    Every response says ``Connection: close``, so the client closes first once it has
+    the answer (the channel's own close after it, and its timeouts, are the listener's
+    client-first close: :mod:`farmnet.server.listening`). A server that kept idle
+    keep-alive connections would end them itself, and pile TIME-WAIT sockets on its port.
+    """
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        return False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -141,14 +151,11 @@ class FarmSite(server.Site):
         log.debug("web: {line}", line=http.combinedLogFormatter(http.datetimeToLogString(), request))
 
     async def close(self) -> None:
-        """End event streams, expire sessions, drop open connections (the port is the
-        listener's to stop)."""
+        """End event streams and expire sessions; the open connections are the listener's
+        to close, client first (``Listener.close_connections``)."""
         self.ctx.streams.close_all()
         for session in list(self.sessions.values()):
             session.expire()
-        for channel in list(self.channels):
-            if channel.transport is not None:
-                channel.transport.abortConnection()
         await task.deferLater(self.reactor, 0, lambda: None)
 
 
@@ -200,6 +207,8 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
     registry = metrics.make_registry(metrics.FarmCollector(farm, events, extra, statistics_up, connections))
     gate = Gate(portal, public, LoginPages(ctx).error_page)
     site = FarmSite(ctx, site_tree(gate, ctx, registry), reactor)
+    if config is not None:
+        site.timeOut = config.idle_timeout  # then ended client first (the listener)
     site_box.append(site)
     log.info("web site: {public}, logins {logins}, statistics {stats}",
              public="public" if public else "logged-in users only",
