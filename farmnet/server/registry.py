@@ -210,6 +210,8 @@ class Registry:
         self.boxes = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        #: Bytes of unfinished boxes buffered now, all connections (max_partial_bytes).
+        self.partial_bytes = 0
         self.opened = 0
         self.refused = 0
         self.limited = 0
