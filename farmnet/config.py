@@ -310,7 +310,7 @@ class LimitsConfig:
         doc="Bytes of one AMP box buffered for a connection that has not logged in (Hello) yet.",
         check=_at_least(1024))
     max_partial_bytes: int = _setting(
-        256 * 1024 * 1024,
+        128 * 1024 * 1024,
         doc="Bytes of unfinished AMP boxes buffered across all connections; the connection that "
             "would pass it is closed (0: no limit).", check=_at_least(0))
     max_unsent_bytes: int = _setting(
