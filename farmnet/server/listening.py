@@ -88,6 +88,25 @@ class ConnectionBudget:
 
 
 @implementer(IPullProducer)
+class _DrainWatch:
+    """A pull producer that produces nothing: the transport asks it for more once its
+    buffer is empty, which is what :meth:`ClientFirstConnection.loseConnection` waits for.
+    (Not the connection itself: its protocol may call the transport's own
+    ``pauseProducing``/``resumeProducing`` through it.)"""
+
+    def __init__(self, conn: ClientFirstConnection) -> None:
+        self.conn = conn
+        self.asked = 0
+
+    def resumeProducing(self) -> None:
+        self.asked += 1
+        if self.asked > 1:  # the first call comes from registerProducer itself
+            self.conn._close_wait()
+
+    def stopProducing(self) -> None:
+        self.conn._drain = None
+
+
 class ClientFirstConnection(ProtocolWrapper):
     """One connection of a listener, as its protocol's transport: ``loseConnection``
     never sends a FIN; ``abortConnection`` resets."""
@@ -100,8 +119,7 @@ class ClientFirstConnection(ProtocolWrapper):
         #: Who ended it: "peer" (closed first), "reset" (close_wait over, or aborted).
         self.ended_by = ""
         self._timer: IDelayedCall | None = None
-        self._draining = False
-        self._asked_once = False
+        self._drain: _DrainWatch | None = None
 
     def loseConnection(self) -> None:
         """The server is done: once the written data has left, the peer has close_wait
@@ -111,37 +129,28 @@ class ClientFirstConnection(ProtocolWrapper):
         self.disconnecting = 1
         self._timer = self.factory.reactor.callLater(DRAIN_WAIT, self._reset)
         start_writing = getattr(self.transport, "startWriting", None)
-        if start_writing is None:  # TLS: its buffer is not ours to see
+        if start_writing is None:  # not a file descriptor's transport: no buffer to wait for
             self._close_wait()
             return
-        self._draining = True
+        self._drain = _DrainWatch(self)
         try:
-            # A pull producer is asked for more once the transport's buffer is empty (the
-            # first call, from registerProducer itself, says nothing).
-            self.transport.registerProducer(self, False)
+            # Under TLS the pull producer is asked from a cooperator, not on an empty buffer:
+            # the close_wait then starts at once.
+            self.transport.registerProducer(self._drain, False)
         except RuntimeError:  # the protocol's own producer is still there: do not wait for it
-            self._draining = False
+            self._drain = None
             self._close_wait()
             return
         start_writing()  # its next write event finds the buffer empty, or empties it
 
-    def resumeProducing(self) -> None:
-        if self._draining and not getattr(self.transport, "disconnected", False):
-            if self._asked_once:
-                self._close_wait()
-            self._asked_once = True
-
     def _close_wait(self) -> None:
         """What was written has left: the close_wait starts."""
-        if self._draining:
-            self._draining = False
+        if self._drain is not None:
+            self._drain = None
             self.transport.unregisterProducer()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = self.factory.reactor.callLater(self.factory.budget.close_wait, self._reset)
-
-    def stopProducing(self) -> None:
-        self._draining = False
 
     def abortConnection(self) -> None:
         self._reset()
