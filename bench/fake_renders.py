@@ -103,15 +103,15 @@ class Swarm:
                     self.counts.heartbeats += 1
                     closing = False
                     for order in answer["orders"]:
-                        kind = order.get("order")
+                        kind = order.order
                         if kind in ("close", "reconnect", "exit"):
                             closing = True
                         elif kind == "start":
                             self.counts.tasks += 1
                             now = time.time()
                             proto.callRemote(
-                                c.TaskFinished, render_id=render_id, job_id=order["job_id"],
-                                block=order["block"], task=order["task"], run=order["run"],
+                                c.TaskFinished, render_id=render_id, job_id=order.job_id,
+                                block=order.block, task=order.task, run=order.run,
                                 exit_code=0, time_started=now, time_done=now, message="",
                             ).addErrback(lambda _: None)
                     if closing:

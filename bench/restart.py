@@ -38,7 +38,7 @@ async def build(reactor: Any, path: Path, jobs: int, tasks: int) -> int:
         farm.solve()
         for render in renders:
             for order in farm.take_orders(render):
-                farm.task_finished(render, (order["job_id"], order["block"], order["task"]), order["run"],
+                farm.task_finished(render, (order.job_id, order.block, order.task), order.run,
                                    exit_code=0, signal=None, time_started=1.0, time_done=2.0)
     farm.solve()  # and some left running
     await store.sync()

@@ -55,8 +55,8 @@ def main() -> None:
     while done < total:
         for render in renders:
             for order in farm.take_orders(render):
-                key = (order["job_id"], order["block"], order["task"])
-                farm.task_finished(render, key, order["run"], exit_code=0, signal=None,
+                key = (order.job_id, order.block, order.task)
+                farm.task_finished(render, key, order.run, exit_code=0, signal=None,
                                    time_started=0.0, time_done=0.0)
                 done += 1
         clock.advance(0)  # one solve for everything finished in this round

@@ -9,11 +9,16 @@ connection loop with the client service, task limiter and plug-in classes made h
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import os
+import secrets
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import IService
@@ -24,7 +29,7 @@ from twisted.logger import Logger
 from farmnet.config import ConfigError, RenderConfig, ServerConfig
 from farmnet.logging import with_log_format
 from farmnet.model.farm import Farm
-from farmnet.protocol.endpoints import client_endpoint
+from farmnet.protocol.endpoints import client_endpoint, loopback_only
 from farmnet.render import services
 from farmnet.render.limits import TaskLimiter
 from farmnet.render.service import RenderService, ServerConnection
@@ -36,11 +41,26 @@ from farmnet.server.netstats import StatisticsLogger
 from farmnet.server.outputs import OutputStore
 from farmnet.server.registry import raise_fd_limit
 from farmnet.server.store import Store
+from farmnet.server.storelock import StoreInUse, StoreLock
 from farmnet.stats.service import StatsService
 from farmnet.sysjob.job import SystemJob
+from farmnet.web.auth import TokenChecker
 from farmnet.web.site import make_site
 
 log = Logger()
+
+
+def _private_farm(config: ServerConfig) -> bool:
+    """No passwords, and every listener reachable from this machine only."""
+    listens = [config.listen] + ([config.web.listen] if config.web.listen else [])
+    return not config.auth.users_file and all(loopback_only(listen) for listen in listens)
+
+
+def _server_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry (containers)
+        return None
 
 
 class ServerService(service.MultiService):
@@ -50,10 +70,22 @@ class ServerService(service.MultiService):
         super().__init__()
         self.reactor = reactor
         self.config = config
-        self.farm = Farm(reactor, config.scheduling)
+        #: A farm only this machine reaches, without passwords: whoever runs the server is
+        #: an admin, and logs in to the web site with the link printed at start.
+        self.owner = _server_user() if _private_farm(config) else None
+        scheduling = config.scheduling
+        if self.owner is not None and self.owner not in scheduling.admins:
+            scheduling = attrs.evolve(scheduling, admins=(*scheduling.admins, self.owner))
+        store = Path(config.store.path)
+        #: Taken first: a second server on this store stops here, before it reads or starts anything.
+        self.lock = StoreLock(store)
+        self.lock.acquire()
+        #: Non-zero once the server failed at something it cannot run without (a listener):
+        #: the process then exits with it (``farmnet.tap``), for systemd's Restart=on-failure.
+        self.exit_status = 0
+        self.farm = Farm(reactor, scheduling)
         #: The monitors' view of the farm's events (AMP PollEvents, the web's /events).
         self.events = EventLog(self.farm)
-        store = Path(config.store.path)
         self.store = Store(reactor, store / "farm.sqlite", self.farm, events=self.events)
         self.store.setServiceParent(self)  # first: the farm is loaded before anyone connects
         self.stats = StatsService(reactor, config.stats, store, self.farm)
@@ -77,30 +109,64 @@ class ServerService(service.MultiService):
         self.listener.setServiceParent(self)
         self.statistics = StatisticsLogger(reactor, self, config.log_stats_interval)
         self.statistics.setServiceParent(self)
+        self.login_link = None if self.owner is None else TokenChecker(secrets.token_urlsafe(24), self.owner)
         if config.web.listen:
             self.web_site = make_site(reactor, self.farm, config.web, self.outputs, self.stats,
                                       users_file=config.auth.users_file, durable=self.store.sync,
-                                      amp=self.server, events=self.events)
+                                      amp=self.server, events=self.events, login_link=self.login_link,
+                                      output_readers=self.server.output_readers,
+                                      throttle=self.server.throttle)
             self.web = Listener(reactor, config.web.listen, self.web_site, store / "web.address", name="web",
                                 budget=ConnectionBudget(
                                     close_wait=close_wait, max_connections=config.web.max_connections,
                                     max_per_address=config.web.max_connections_per_address))
+            self.web.ready.addCallback(self._print_login_link)
             self.web.setServiceParent(self)
         self.manholes = make_manhole_services(reactor, config.manhole, manhole_namespace(self),
-                                              admins=config.scheduling.admins, store=store,
+                                              admins=scheduling.admins, store=store,
                                               close_wait=close_wait)
         for manhole in self.manholes:
             manhole.setServiceParent(self)
+        for child in self:
+            if isinstance(child, Listener):
+                child.ready.addCallback(self._listening)
+
+    def _listening(self, port: Any) -> Any:
+        if port is None:
+            self.exit_status = 1  # the Listener logged why and stops the reactor
+        return port
+
+    def _print_login_link(self, port: Any) -> None:
+        """The web login of a private farm: logged, and kept in ``web.login`` (owner-only)."""
+        if port is None or self.login_link is None:
+            return
+        host = port.getHost()
+        url = f"http://{host.host}:{host.port}/login?token={self.login_link.token}"
+        path = Path(self.config.store.path) / "web.login"
+        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(url + "\n")
+        path.with_suffix(".tmp").replace(path)
+        log.info("web: {user} logs in as an admin with {url} (also in {path})",
+                 user=self.login_link.user, url=url, path=str(path))
 
     def startService(self) -> None:
-        Path(self.config.store.path).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.lock.record()  # twistd may have forked since __init__
+        (Path(self.config.store.path) / "web.login").unlink(missing_ok=True)  # the last start's
+        if self.owner is not None:
+            log.info("no users file and a localhost-only farm: {user}, who runs the server, is an admin",
+                     user=self.owner)
         soft, _ = raise_fd_limit()  # a connection per render: allow as many as the system does
         log.info("farmnet server: AMP on {listen}, web on {web}, state in {store}, up to {files} open files",
                  listen=self.config.listen, web=self.config.web.listen or "(off)",
                  store=self.config.store.path, files=soft)
         super().startService()
         # Once the reactor runs (signal handlers installed): what operators and tests wait for.
-        self.reactor.callWhenRunning(lambda: log.info("farmnet server running"))
+        self.reactor.callWhenRunning(self._running)
+
+    def _running(self) -> None:
+        if not self.exit_status:
+            log.info("farmnet server running")
 
     def stopService(self) -> Any:
         return defer.ensureDeferred(self._stop())
@@ -122,7 +188,10 @@ class ServerService(service.MultiService):
         d = super().stopService()
         self.farm.stop()
         self.outputs.close_all()
-        await d
+        try:
+            await d
+        finally:
+            self.lock.release()  # last: the store and the embedded PostgreSQL are stopped
 
 
 def render_service(reactor: Any, config: RenderConfig,
@@ -130,8 +199,9 @@ def render_service(reactor: Any, config: RenderConfig,
     """The render: its reconnecting client, memory limiter and service/parser classes (custom
     classes imported now, once) made from its config's sections."""
     environ = dict(os.environ if environ is None else environ)
-    client = ClientService(client_endpoint(reactor, config.server, config.ca),
-                           Factory.forProtocol(ServerConnection),
+    factory = Factory.forProtocol(ServerConnection)
+    factory.noisy = False  # no "Starting factory" line at every reconnection
+    client = ClientService(client_endpoint(reactor, config.server, config.ca), factory,
                            retryPolicy=backoffPolicy(maxDelay=config.reconnect_max_delay), clock=reactor)
     return RenderService(reactor, config, client=client,
                          limiter=TaskLimiter(config.tasks.limit_method, tool_path=environ.get("PATH")),
@@ -149,12 +219,29 @@ def make_service(reactor: Any, program: str, config: ServerConfig | RenderConfig
     if program == "server":
         assert isinstance(config, ServerConfig)
         try:
-            built = ServerService(reactor, config)
-        except ConfigError as e:  # settings only checked when their service is built
+            server = ServerService(reactor, config)
+        except (ConfigError, StoreInUse) as e:  # settings only checked when their service is built
             raise SystemExit(f"farmnet server: {e}") from None
+        pidfile = (twistd_options or {}).get("pidfile")
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_on_failure, server, pidfile)
+        built = server
     elif program == "render":
         assert isinstance(config, RenderConfig)
         built = render_service(reactor, config)
     else:
         raise ValueError(f"no such program: {program!r} (server or render)")
-    return with_log_format(built, config.log_format, twistd_options)
+    return with_log_format(built, config.log_format, twistd_options, config.log_level)
+
+
+def _exit_on_failure(server: ServerService, pidfile: str | None) -> None:
+    """twistd exits 0 whatever happened; a server that failed to start (a listener) must
+    not look like a clean stop to systemd's Restart=on-failure: exit with its status once
+    everything has stopped (this runs after the shutdown triggers)."""
+    if not server.exit_status:
+        return
+    if pidfile:  # twistd would remove it after the reactor returns, which we cut short
+        with contextlib.suppress(OSError):
+            os.unlink(pidfile)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(server.exit_status)

@@ -3,7 +3,8 @@
 Every command connects with the async client (`farmnet.client`) on a reactor run by
 `twisted.internet.task.react`, and closes the connection itself. Server, user and
 timeout come from the client section of the configuration (``--config`` or
-``$FARMNET_CONFIG``), overridden by ``--server``/``--user``/``--timeout``.
+``$FARMNET_CONFIG``), overridden by ``$FARMNET_SERVER``/``$FARMNET_USER``, overridden by
+``--server``/``--user``/``--timeout``.
 
 Exit codes: 0 success; 1 ``wait`` saw the job end in ERR; 2 the farm refused (unknown
 job, permission denied, bad job file...) or a usage error; 3 the server cannot be
@@ -126,7 +127,7 @@ async def cmd_submit(client: FarmClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_jobs(client: FarmClient, args: argparse.Namespace) -> int:
-    jobs = sorted(await client.jobs(args.user), key=lambda j: j["id"])
+    jobs = sorted(await client.jobs(args.owner), key=lambda j: j["id"])
     if args.json:
         _json(jobs)
         return EXIT_OK
@@ -245,6 +246,18 @@ async def cmd_set(client: FarmClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_reset_error_hosts(client: FarmClient, args: argparse.Namespace) -> int:
+    if args.block is None:
+        done = await client.action(args.ids, "reset_error_hosts")
+    else:
+        done = []
+        for job_id in args.ids:
+            done += await client.act("blocks", "reset_error_hosts", {"job_id": job_id, "block": args.block})
+    for job_id in done:
+        print(f"reset the error hosts of job {job_id}")
+    return EXIT_OK
+
+
 async def cmd_why(client: FarmClient, args: argparse.Namespace) -> int:
     """Why is my job waiting? The scheduler's own answer, per block."""
     why = await client.act("jobs", "explain", {"id": args.id})
@@ -273,8 +286,17 @@ async def cmd_task(client: FarmClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_render(client: FarmClient, args: argparse.Namespace) -> int:
-    values = _assignments(args.values) if args.values else None
-    done = await client.act("renders", args.action, {"name": args.names}, values)
+    names, pairs = args.names, args.values or []
+    action = args.action.replace("-", "_")
+    if action in ("set", "update"):  # `render set r1 r2 capacity=2000`, or `render update r1 --set ...`
+        action = "update"
+        pairs = [*pairs, *(n for n in names if "=" in n)]
+        names = [n for n in names if "=" not in n]
+        if not pairs or not names:
+            raise ValueError("farmnet render set NAME... KEY=VALUE...: give names and at least one KEY=VALUE")
+    elif pairs:
+        raise ValueError(f"farmnet render {args.action}: takes no KEY=VALUE")
+    done = await client.act("renders", action, {"name": names}, _assignments(pairs) if pairs else None)
     print(f"{args.action}: {' '.join(done)}")
     return EXIT_OK
 
@@ -390,7 +412,8 @@ def _connection_options(user_help: str) -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
     group = options.add_argument_group("connection")
     group.add_argument("--server", metavar="ENDPOINT",
-                       help="server endpoint, e.g. tcp:farm.example.com:51100 (default from the config)")
+                       help="server: HOST[:PORT] (port 51100 by default), or a Twisted endpoint such as "
+                            "tls:farm.example.com:51100 (default: $FARMNET_SERVER, else the config)")
     group.add_argument("--user", metavar="NAME", help=user_help)
     group.add_argument("--config", metavar="FILE", help="config file (default: $FARMNET_CONFIG)")
     group.add_argument("--timeout", metavar="SECONDS", type=float, help="seconds to wait for the server")
@@ -401,9 +424,8 @@ def _connection_options(user_help: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    acting = _connection_options("act as this user (default from the config)")
-    # `jobs --user U` lists U's jobs (and, harmlessly for a listing, connects as U).
-    filtering = _connection_options("only this user's jobs (default: every user's)")
+    acting = _connection_options("act as this user (default: $FARMNET_USER, else the config, "
+                                 "else your login)")
     listing = argparse.ArgumentParser(add_help=False)
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -413,8 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_db_commands(sub)
 
     def command(name: str, handler: Handler, help: str, lists: bool = False,
-                connection: argparse.ArgumentParser = acting, **defaults: Any) -> argparse.ArgumentParser:
-        parents = [connection, listing] if lists else [connection]
+                **defaults: Any) -> argparse.ArgumentParser:
+        parents = [acting, listing] if lists else [acting]
         p = sub.add_parser(name, parents=parents, help=help, description=help)
         p.set_defaults(handler=handler, **defaults)
         return p
@@ -423,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "prints the job id")
     p.add_argument("file", help="the job file")
     p.add_argument("--wait", action="store_true", help="then wait for the job, as `farmnet wait`")
-    command("jobs", cmd_jobs, "list jobs", lists=True, connection=filtering)
+    p = command("jobs", cmd_jobs, "list jobs", lists=True)
+    p.add_argument("--owner", metavar="NAME", help="only this user's jobs (default: every user's)")
     p = command("job", cmd_job, "show a job and its blocks", lists=True)
     p.add_argument("id", type=int)
     p = command("tasks", cmd_tasks, "list a job's tasks", lists=True)
@@ -447,6 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
             ("skip", "skip", "skip every unfinished task of jobs")):
         p = command(name, cmd_action, what, action=action, value=None)
         p.add_argument("ids", type=int, nargs="+", metavar="ID")
+    p = command("reset-error-hosts", cmd_reset_error_hosts,
+                "jobs (or, with --block, one block) forget the renders they failed on, "
+                "and may run there again")
+    p.add_argument("ids", type=int, nargs="+", metavar="ID")
+    p.add_argument("--block", type=int, metavar="N", help="only block N")
     p = command("priority", cmd_action, "set a job's priority (0..250)", action="set_priority")
     p.add_argument("ids", type=int, nargs=1, metavar="ID")
     p.add_argument("value", type=int, metavar="VALUE")
@@ -462,10 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("block", type=int)
     p.add_argument("tasks", type=int, nargs="+", metavar="TASK")
     p = command("render", cmd_render, "act on renders: nimby (only the owner's jobs), NIMBY (none), "
-                "free, pause, resume, eject (tasks back to ready), exit, heal (clear SICK), set, delete")
+                "free, pause, resume, eject (tasks back to ready), exit, heal (clear SICK), sleep, wake, "
+                "reset-error-hosts (jobs may run there again), set NAME KEY=VALUE..., delete")
     p.add_argument("action", choices=["nimby", "NIMBY", "free", "pause", "resume", "eject", "exit",
-                                      "heal", "update", "delete"])
-    p.add_argument("names", nargs="+", metavar="NAME")
+                                      "heal", "sleep", "wake", "reset-error-hosts", "set", "update",
+                                      "delete"])
+    p.add_argument("names", nargs="+", metavar="NAME",
+                   help="render names; with set, NAME then KEY=VALUE (capacity=N max_tasks=N)")
     p.add_argument("--set", dest="values", nargs="+", metavar="KEY=VALUE",
                    help="with update: capacity=N max_tasks=N")
     p = command("user", cmd_user, "change users (admins): set NAME priority, limits, hosts masks, "
@@ -500,13 +531,17 @@ async def _run(reactor: Any, args: argparse.Namespace, config: ClientConfig) -> 
     def on_shutdown() -> None:  # Ctrl-C: the reactor stops under the command
         nonlocal interrupted
         interrupted = True
+        if client is not None:
+            client.reconnect = 0  # the connection ends because we stop: do not dial again
 
     reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
     client: FarmClient | None = None
     try:
         password = find_password(args.password_file, config.password_file)
         client = await connect(reactor, config.server, config.user, timeout=config.timeout,
-                               password=password, ca=config.ca)
+                               password=password, ca=config.ca, reconnect=config.reconnect,
+                               on_reconnect=lambda text: print(f"farmnet: {text}", file=sys.stderr,
+                                                               flush=True))
         code = await args.handler(client, args)
     except Exception as e:
         code = EXIT_INTERRUPTED if interrupted else _exit_code(e)
@@ -526,6 +561,9 @@ def _exit_code(e: Exception) -> int:
         return EXIT_UNREACHABLE
     if isinstance(e, ClientError | json.JSONDecodeError | ValueError):  # the user's words are off
         _fail(str(e))
+        return EXIT_REFUSED
+    if isinstance(e, RecursionError):  # JSON given on the command line
+        _fail("the input is nested too deeply")
         return EXIT_REFUSED
     if isinstance(e, amp.RemoteAmpError):  # an undeclared error on the server: its bug
         _fail(f"the server failed: {e}")

@@ -32,6 +32,7 @@ from typing import Any
 
 import attrs
 import yaml
+from twisted.internet.endpoints import clientFromString, serverFromString
 
 __all__ = [
     "AuthConfig",
@@ -62,6 +63,8 @@ Environ = Mapping[str, str]
 Check = Callable[[Any], str | None]
 
 CONFIG_ENV = "FARMNET_CONFIG"
+#: The values of the servers' and renders' log_level setting, least to most severe.
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 ROOT_STATE_DIR = "/var/lib/farmnet"
 
 
@@ -170,14 +173,19 @@ def _setting(
     doc: str,
     check: Check | None = None,
     env_default: Callable[[Environ], Any] | None = None,
+    env: str | None = None,
 ) -> Any:
     """One configuration field: its default, a doc line and an optional check.
 
     ``env_default`` computes a machine-dependent default from an environment:
     :func:`load_config` calls it with the environment it was given, and plain
     construction calls it with ``os.environ`` (at construction, never at import).
+    ``env`` names an environment variable that :func:`load_config` puts over the file
+    (a command-line value still wins).
     """
     metadata: dict[str, Any] = {"doc": doc}
+    if env is not None:
+        metadata["env"] = env
     if check is not None:
         metadata["check"] = check
     if env_default is not None:
@@ -206,6 +214,39 @@ def _one_of(*choices: str) -> Check:
         return f"must be {', '.join(f'{c!r}' for c in choices[:-1])} or {choices[-1]!r}, got {value!r}"
 
     return check
+
+
+class _ParseOnly:
+    """Stands for the reactor while an endpoint string is only parsed (nothing listens)."""
+
+
+def _endpoint_check(parse: Callable[[Any, str], Any], example: str, optional: bool) -> Check:
+    """An endpoint string Twisted can parse (""  means off when ``optional``), found at load
+    time with every other error instead of when the server starts to listen."""
+
+    def check(value: Any) -> str | None:
+        if value == "" and optional:
+            return None
+        if not isinstance(value, str) or not value:
+            return "must not be empty"
+        try:
+            parse(_ParseOnly(), value)
+        except Exception as e:  # ValueError, TypeError, OSError (an ssl: key file)...
+            return f"{value!r} is not an endpoint Twisted knows ({e}); e.g. {example!r}"
+        return None
+
+    return check
+
+
+def _client_endpoint(reactor: Any, value: str) -> Any:
+    from farmnet.protocol.endpoints import expand_shorthand
+
+    return clientFromString(reactor, expand_shorthand(value))
+
+
+_LISTEN = _endpoint_check(serverFromString, "tcp:51100:interface=127.0.0.1", optional=False)
+_LISTEN_OR_OFF = _endpoint_check(serverFromString, "tcp:51180:interface=127.0.0.1", optional=True)
+_SERVER = _endpoint_check(_client_endpoint, "farm.example.com:51100", optional=False)
 
 
 def _json_data(value: Any) -> str | None:
@@ -289,6 +330,17 @@ class AuthConfig:
     users_file: str = _setting(
         "",
         doc='Tool and monitor users: a file of user:hash lines; "" accepts any user, from localhost only.')
+    outputs: str = _setting(
+        "owner",
+        doc='With a users_file, who reads task outputs (AMP and web alike): "owner" (the job\'s user and '
+            'admins), "users" (any logged-in user) or "public" (also anonymous web readers).',
+        check=_one_of("owner", "users", "public"))
+    free_failures: int = _setting(
+        5, doc="Failed secrets or passwords from one address before it is refused for a while.",
+        check=_at_least(0))
+    backoff_max: float = _setting(
+        60.0, doc="Longest refusal (seconds) of an address after failed logins; each failure doubles it.",
+        check=_above(0))
 
 
 @attrs.frozen
@@ -325,7 +377,7 @@ class WebConfig:
 
     listen: str = _setting(
         "tcp:51180:interface=127.0.0.1",
-        doc='Web site endpoint (Twisted server endpoint string); "" disables it.')
+        doc='Web site endpoint (Twisted server endpoint string); "" disables it.', check=_LISTEN_OR_OFF)
     public: bool = _setting(
         True, doc="Read-only pages and API for everyone (true) or for logged-in users only (false).")
     max_connections: int = _setting(
@@ -348,8 +400,10 @@ class ManholeConfig:
     """The admin Python manhole inside the running server; off unless an endpoint is set."""
 
     telnet: str = _setting(
-        "", doc='Manhole over telnet: a loopback TCP or unix (mode 600) endpoint; "" is off.')
-    ssh: str = _setting("", doc='Manhole over SSH (public keys): a server endpoint string; "" is off.')
+        "", doc='Manhole over telnet: a loopback TCP or unix (mode 600) endpoint; "" is off.',
+        check=_LISTEN_OR_OFF)
+    ssh: str = _setting("", doc='Manhole over SSH (public keys): a server endpoint string; "" is off.',
+                        check=_LISTEN_OR_OFF)
     passwords: str = _setting(
         "", doc="File of user:hash lines for the telnet manhole (python -m farmnet.server.passwords USER).")
     ssh_host_key: str = _setting(
@@ -413,11 +467,13 @@ class ServerConfig:
     listen: str = _setting(
         "tcp:51100:interface=127.0.0.1",
         doc="AMP listener for renders and clients (Twisted server endpoint string).",
-        check=_not_empty)
+        check=_LISTEN)
     log_format: str = _setting(
         "text",
         doc='The server\'s log: "text" (human-readable) or "json" (JSON lines).',
         check=_one_of("text", "json"))
+    log_level: str = _setting(
+        "info", doc="Least level logged: debug, info, warn, error or critical.", check=_one_of(*LOG_LEVELS))
     log_stats_interval: float = _setting(
         60.0,
         doc="Seconds between statistics lines in the log (connections, renders, tasks, traffic); 0: off.",
@@ -443,7 +499,7 @@ class TasksConfig:
         0.1, doc="Seconds between output chunks sent to the server.", check=_at_least(0))
     log_max: int = _setting(1024 * 1024, doc="Bytes of log kept per task on the render.", check=_at_least(0))
     memory_limit_mb: int = _setting(
-        0, doc="Memory limit of each task in MB (0: none); a start order's memory_limit_mb may lower it.",
+        0, doc="Memory limit of each task in MB (0: none).",
         check=_at_least(0))
     limit_method: str = _setting(
         "auto",
@@ -485,7 +541,8 @@ class RenderConfig:
 
     server: str = _setting(
         "tcp:127.0.0.1:51100",
-        doc="The server's AMP endpoint (Twisted client endpoint string).", check=_not_empty)
+        doc="The server: HOST[:PORT] (port 51100 by default) or a Twisted client endpoint string; "
+            "$FARMNET_SERVER overrides it.", check=_SERVER, env="FARMNET_SERVER")
     name: str = _setting(doc="Render name shown on the farm (default: the host name).", check=_not_empty,
                          env_default=_default_hostname)
     capacity: int = _setting(
@@ -507,6 +564,8 @@ class RenderConfig:
         "text",
         doc='The render\'s log: "text" (human-readable) or "json" (JSON lines).',
         check=_one_of("text", "json"))
+    log_level: str = _setting(
+        "info", doc="Least level logged: debug, info, warn, error or critical.", check=_one_of(*LOG_LEVELS))
     service_classes: dict[str, str] = _setting(
         attrs.Factory(dict), doc='Custom service classes by service name, e.g. {maya: "studio.farm:Maya"}.')
     parser_classes: dict[str, str] = _setting(
@@ -523,10 +582,15 @@ class ClientConfig:
 
     server: str = _setting(
         "tcp:127.0.0.1:51100",
-        doc="The server's AMP endpoint (Twisted client endpoint string).", check=_not_empty)
-    user: str = _setting(doc="User name jobs are submitted as (default: the login name).", check=_not_empty,
-                         env_default=_default_user)
+        doc="The server: HOST[:PORT] (port 51100 by default) or a Twisted client endpoint string; "
+            "$FARMNET_SERVER overrides it.", check=_SERVER, env="FARMNET_SERVER")
+    user: str = _setting(doc="User name jobs are submitted as (default: the login name); "
+                             "$FARMNET_USER overrides it.", check=_not_empty,
+                         env_default=_default_user, env="FARMNET_USER")
     timeout: float = _setting(30.0, doc="Seconds to wait for the server's answer.", check=_above(0))
+    reconnect: float = _setting(
+        300.0, doc="Seconds to keep trying to reach a server that went away (a restart, an upgrade) "
+                   "before giving up; 0 gives up at once.", check=_at_least(0))
     password_file: str = _setting(
         "", doc="File whose first line is the user's password (for a server with a users_file).")
     ca: str = _setting(
@@ -954,8 +1018,7 @@ def load_config(
         raise ConfigError(
             [f"{path}: expected a mapping of sections ({', '.join(names)}), got {_describe(raw)}"]
         )
-    if overrides is None:
-        overrides = {}
+    overrides = _environment_overrides(env, overrides or {})
 
     errors: list[str] = []
     moved: dict[str, str] = {}
@@ -970,6 +1033,22 @@ def load_config(
     if errors:
         raise ConfigError([_as_written(error, moved) for error in errors], source=path)
     return Config(**loaded, moved=tuple(f"{old}: moved to {new}" for new, old in moved.items()))
+
+
+def _environment_overrides(
+    env: Environ, overrides: Mapping[str, Mapping[str, Any]]
+) -> Mapping[str, Mapping[str, Any]]:
+    """``overrides`` with the settings' environment variables (``$FARMNET_SERVER``...)
+    filled in where the command line gave nothing: file < environment < command line."""
+    merged = {name: dict(values or {}) for name, values in overrides.items()}
+    for name, section in attrs.fields_dict(Config).items():
+        if not attrs.has(section.type):
+            continue
+        for key, field in attrs.fields_dict(section.type).items():
+            variable = field.metadata.get("env")
+            if variable and env.get(variable) and merged.get(name, {}).get(key) is None:
+                merged.setdefault(name, {})[key] = env[variable]
+    return merged
 
 
 def _as_written(error: str, moved: Mapping[str, str]) -> str:

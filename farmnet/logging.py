@@ -34,9 +34,11 @@ from typing import IO, Any
 from twisted.application.service import IService, MultiService
 from twisted.logger import (
     FileLogObserver,
+    FilteringLogObserver,
     ILogObserver,
     LogEvent,
     LogLevel,
+    LogLevelFilterPredicate,
     eventAsJSON,
     formatEvent,
     formatTime,
@@ -57,6 +59,8 @@ __all__ = [
 
 #: The values of the ``log_format`` setting.
 LOG_FORMATS = ("text", "json")
+#: Libraries' namespaces logged from warn up unless log_level is debug.
+QUIET_NAMESPACES = ("twisted.protocols.amp",)
 #: The fields that place an event on the farm, shown in both formats.
 CONTEXT_FIELDS = ("job_id", "block", "task", "run", "key", "render")
 
@@ -148,13 +152,23 @@ def json_observer(out: IO[str] | None = None) -> ILogObserver:
     return FileLogObserver(out if out is not None else sys.stdout, format_json)
 
 
-def observer_for(log_format: str, out: IO[str] | None = None) -> ILogObserver:
-    """The observer of a ``log_format`` setting ("text" or "json")."""
+def observer_for(log_format: str, out: IO[str] | None = None, log_level: str = "info") -> ILogObserver:
+    """The observer of the ``log_format`` ("text" or "json") and ``log_level`` settings: events below
+    the level (debug, by default) are dropped before they are formatted."""
     if log_format == "json":
-        return json_observer(out)
-    if log_format == "text":
-        return text_observer(out)
-    raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
+        observer = json_observer(out)
+    elif log_format == "text":
+        observer = text_observer(out)
+    else:
+        raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
+    if log_level == "debug":
+        return observer
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(log_level))
+    # Twisted's AMP logs two lines per connection at info: every CLI call, every render
+    # reconnection. farmnet logs what a connection did in its own words instead.
+    for namespace in QUIET_NAMESPACES:
+        predicate.setLogLevelForNamespace(namespace, max(LogLevel.warn, LogLevel.levelWithName(log_level)))
+    return FilteringLogObserver(observer, [predicate])
 
 
 def _twistd_log_file(options: Mapping[str, Any]) -> Callable[[], IO[str]] | None:
@@ -195,20 +209,25 @@ class _LogFormatRoot(MultiService):
     service sets that component.
     """
 
-    def __init__(self, service: IService, log_format: str, open_log: Callable[[], IO[str]]) -> None:
+    def __init__(self, service: IService, log_format: str, log_level: str,
+                 open_log: Callable[[], IO[str]]) -> None:
         super().__init__()
         self._log_format = log_format
+        self._log_level = log_level
         self._open_log = open_log
         service.setServiceParent(self)
 
     def setServiceParent(self, parent: Any) -> None:
         if isinstance(parent, Componentized) and parent.getComponent(ILogObserver, None) is None:
-            parent.setComponent(ILogObserver, observer_for(self._log_format, self._open_log()))
+            observer = observer_for(self._log_format, self._open_log(), self._log_level)
+            parent.setComponent(ILogObserver, observer)
         super().setServiceParent(parent)
 
 
-def with_log_format(service: IService, log_format: str, twistd_options: Mapping[str, Any] | None) -> IService:
-    """``service``, to be returned by the twistd plugin, made to log in ``log_format`` ("text" or "json").
+def with_log_format(service: IService, log_format: str, twistd_options: Mapping[str, Any] | None,
+                    log_level: str = "info") -> IService:
+    """``service``, to be returned by the twistd plugin, made to log in ``log_format`` ("text" or "json")
+    from ``log_level`` up.
 
     ``twistd_options`` are twistd's own parsed options (the ``parent`` of the plugin's options), for
     ``--logfile``, ``--nodaemon``, ``--syslog`` and ``--logger``; None (not run by twistd) returns
@@ -222,4 +241,4 @@ def with_log_format(service: IService, log_format: str, twistd_options: Mapping[
     open_log = _twistd_log_file(twistd_options)
     if open_log is None:
         return service
-    return _LogFormatRoot(service, log_format, open_log)
+    return _LogFormatRoot(service, log_format, log_level, open_log)

@@ -31,11 +31,13 @@ class ServerOptions(usage.Options):
         ["listen", None, None, "AMP listener endpoint, e.g. tcp:51100:interface=127.0.0.1"],
         ["web", None, None, "web site endpoint ('' disables it)"],
         ["store", None, None, "state directory"],
+        ["log-level", None, None, "least level logged: debug, info, warn, error, critical (default: info)"],
     ]
 
     def postOptions(self) -> None:
         self.config, self.moved = _load(self, "server", {
-            "listen": self["listen"], "web": {"listen": self["web"]}, "store": {"path": self["store"]}})
+            "listen": self["listen"], "web": {"listen": self["web"]}, "store": {"path": self["store"]},
+            "log_level": self["log-level"]})
 
 
 class RenderOptions(usage.Options):
@@ -47,12 +49,13 @@ class RenderOptions(usage.Options):
         ["capacity", None, None, "capacity (default 1100: one 1000-capacity task at a time)", int],
         ["max-tasks", None, None, "most tasks at once (0: capacity decides)", int],
         ["services", None, None, "comma-separated services this render runs (default: all)"],
+        ["log-level", None, None, "least level logged: debug, info, warn, error, critical (default: info)"],
     ]
 
     def postOptions(self) -> None:
         self.config, self.moved = _load(self, "render", {
             "server": self["server"], "name": self["name"], "capacity": self["capacity"],
-            "max_tasks": self["max-tasks"], "services": self["services"]})
+            "max_tasks": self["max-tasks"], "services": self["services"], "log_level": self["log-level"]})
 
 
 class Options(usage.Options):

@@ -99,7 +99,8 @@ class ProcessFarm:
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.environ = dict(os.environ if environ is None else environ)
-        self.environ.pop("FARMNET_CONFIG", None)
+        for variable in ("FARMNET_CONFIG", "FARMNET_SERVER", "FARMNET_USER"):
+            self.environ.pop(variable, None)
         self.processes: list[FarmProcess] = []
         self.server: FarmProcess | None = None
         self.endpoint = ""

@@ -11,7 +11,7 @@ import farmnet
 
 ROOT = Path(farmnet.__file__).parent
 #: What the model may import from farmnet: itself, and leaf modules with no I/O.
-MODEL_MAY_IMPORT = {"model", "errors", "config"}
+MODEL_MAY_IMPORT = {"model", "errors", "config", "messages", "convert"}
 
 
 def _node(module: str) -> str | None:

@@ -114,14 +114,14 @@ class ServerTestCase(TestCase):
         finished = 0
         while True:
             await sleep(0)  # the farm solves at the end of the reactor turn
-            starts = [o for o in self.farm.take_orders(render) if o["order"] == "start"]
+            starts = [o for o in self.farm.take_orders(render) if o.order == "start"]
             if not starts:
                 return finished
             for order in starts:
-                key = (order["job_id"], order["block"], order["task"])
+                key = (order.job_id, order.block, order.task)
                 if output:
-                    self.outputs.append(key, order["run"], output)
-                self.farm.task_finished(render, key, order["run"], exit_code=exit_code, signal=None,
+                    self.outputs.append(key, order.run, output)
+                self.farm.task_finished(render, key, order.run, exit_code=exit_code, signal=None,
                                         time_started=1000.0, time_done=1001.0)
                 finished += 1
 
@@ -265,7 +265,8 @@ class ClientTests(ServerTestCase):
         whole = await client.output(job_id, 0, 0)
         self.assertEqual((len(whole), whole[-8:]), (len(first) + 8, b"the end\n"))
         self.assertEqual(await client.output(job_id, 0, 0, run=1), whole)
-        self.assertEqual(await client.output(job_id, 0, 0, run=2), b"")
+        with self.assertRaises(errors.UnknownTask):  # a run that never was
+            await client.output(job_id, 0, 0, run=2)
 
     async def test_events_long_poll_gets_a_job_event(self) -> None:
         client = await self.client()
@@ -533,6 +534,37 @@ class CLITests(ServerTestCase):
             self.assertEqual(code, 0, err)
             self.assertIsInstance(json.loads(out), list)
 
+    async def test_workstation_finds_the_server_from_the_environment(self) -> None:
+        """FARMNET_SERVER / FARMNET_USER and ``--server HOST:PORT``: no config file on a workstation;
+        ``jobs --owner`` filters without logging in as that user."""
+        anna = await self.client("anna")
+        await anna.submit(hello_job(frames=1))
+        bob = await self.client("bob")
+        await bob.submit(hello_job(frames=1))
+        host_port = f"127.0.0.1:{self.port.getHost().port}"
+        env = {**child_env(), "FARMNET_SERVER": host_port, "FARMNET_USER": "carl"}
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "farmnet.cli", "jobs", "--json", "--owner", "bob"], env=env,
+            path=self.base)
+        self.assertEqual(code, 0, err)
+        self.assertEqual([job["user_name"] for job in json.loads(out)], ["bob"])
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "farmnet.cli", "submit", self.write("j.yaml", "name: x\nblocks:\n"
+                             "  - {name: b, command: 'true'}\n")], env=env, path=self.base)
+        self.assertEqual(code, 0, err)
+        self.assertEqual((await anna.job(int(out)))["user_name"], "carl")
+        # --server wins over the environment; HOST:PORT is shorthand for tcp:HOST:PORT.
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "farmnet.cli", "users", "--json", "--server", host_port],
+            env={**env, "FARMNET_SERVER": "127.0.0.1:1"}, path=self.base)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sorted(u["name"] for u in json.loads(out)), ["anna", "bob", "carl"])
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "farmnet.cli", "users"], env={**env, "FARMNET_SERVER": "127.0.0.1:1"},
+            path=self.base)
+        self.assertEqual(code, 3)
+        self.assertIn(b"cannot reach the server at 127.0.0.1:1", err)
+
     async def test_actions_and_output(self) -> None:
         client = await self.client()
         job_id, _ = await client.submit(hello_job(frames=1))
@@ -576,6 +608,41 @@ class CLITests(ServerTestCase):
             path=self.base)
         self.assertEqual((code, out), (3, b""))
         self.assertEqual(err, f"farmnet: cannot reach the server at {closed}: Connection refused\n".encode())
+
+    async def test_documented_render_and_act_commands(self) -> None:
+        """doc/cli.md's render set/sleep and act filters do what they say; a run that does not
+        exist is an error (exit 2), not empty output."""
+        client = await self.client("anna")
+        job_id, _ = await client.submit(hello_job(frames=2))
+        self.render("r1")
+        self.render("r2")
+        code, out, err = await self.cli("render", "set", "r1", "capacity=2000", "max_tasks=3", user="root")
+        self.assertEqual((code, out), (0, b"set: r1\n"), err)
+        [r1] = [r for r in await client.renders() if r["name"] == "r1"]
+        self.assertEqual((r1["capacity"], r1["max_tasks"]), (2000, 3))
+        code, out, err = await self.cli("render", "set", "r1", user="root")
+        self.assertEqual(code, 2)
+        self.assertIn(b"give names and at least one KEY=VALUE", err)
+        code, out, err = await self.cli("render", "wake", "r2", user="root")  # online: refused, clearly
+        self.assertEqual((code, err), (2, b"farmnet: render 'r2' is awake\n"))
+
+        code, out, err = await self.cli("act", "jobs", "list", "--filters", f'{{"id": [{job_id}]}}')
+        self.assertEqual([job["id"] for job in json.loads(out)], [job_id])
+        code, out, err = await self.cli("act", "jobs", "list", "--filters", '{"id": 999}')
+        self.assertEqual(json.loads(out), [])
+        code, out, err = await self.cli("act", "renders", "list", "--filters", '{"name": "r2"}')
+        self.assertEqual([r["name"] for r in json.loads(out)], ["r2"])
+        code, out, err = await self.cli("act", "jobs", "list", "--filters", '{"usr": "anna"}')
+        self.assertEqual(code, 2)
+        self.assertIn(b"filters.usr: unknown for jobs list (did you mean 'user'?)", err)
+
+        code, out, err = await self.cli("output", str(job_id), "0", "0", "--run", "3")
+        self.assertEqual((code, err), (2, f"farmnet: job {job_id} block 0 task 0 has no run 3; "
+                                          "it has run 1 time(s)\n".encode()))
+        code, out, err = await self.cli("reset-error-hosts", str(job_id), "--block", "0")
+        self.assertEqual((code, out), (0, f"reset the error hosts of job {job_id}\n".encode()), err)
+        code, out, err = await self.cli("render", "reset-error-hosts", "r1", user="root")
+        self.assertEqual((code, out), (0, b"reset-error-hosts: r1\n"), err)
 
     async def test_submit_af_job_then_wait(self) -> None:
         code, out, err = await self.cli("submit", str(EXAMPLES / "af_job.json"))

@@ -386,14 +386,27 @@ class SubstitutionTests(FileMixin):
 
     def test_default(self) -> None:
         config = self.load(
-            'server:\n  listen: "${LISTEN:-tcp:1:interface=::1}"\n  web:\n    listen: "${WEB:-}"\n'
+            'server:\n  listen: "${LISTEN:-tcp:1:interface=127.0.0.2}"\n  web:\n    listen: "${WEB:-}"\n'
             '  store:\n    path: "${EMPTY:-/srv/farm}"\n',
             {**ENV, "EMPTY": ""},
         )
-        self.assertEqual(config.server.listen, "tcp:1:interface=::1")
+        self.assertEqual(config.server.listen, "tcp:1:interface=127.0.0.2")
         self.assertEqual(config.server.web.listen, "")
         # As in the shell, ":-" also covers a variable set to "".
         self.assertEqual(config.server.store.path, "/srv/farm")
+
+    def test_endpoints_are_checked_with_the_rest(self) -> None:
+        """A listener or server Twisted cannot parse is a config error, found at load with the
+        others, not a server that cannot listen later (a URL is the usual slip)."""
+        with self.assertRaises(ConfigError) as caught:
+            self.load('server:\n  listen: "tcp:abc"\n  web:\n    listen: "http://127.0.0.1:47302"\n'
+                      'client:\n  server: "farm:51100:x"\n', ENV)
+        errors = caught.exception.errors
+        self.assertEqual([e.split(":", 1)[0] for e in errors], ["server.listen", "server.web.listen",
+                                                                 "client.server"])
+        self.assertIn("Unknown endpoint type: 'http'", errors[1])
+        config = self.load('client:\n  server: "farm.example.com"\n', ENV)  # HOST is shorthand
+        self.assertEqual(config.client.server, "farm.example.com")
 
     def test_set_overrides_default(self) -> None:
         config = self.load('server:\n  listen: "${LISTEN:-tcp:1}"\n', {**ENV, "LISTEN": "tcp:2"})

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from farmnet import errors
 from farmnet.config import SchedulingConfig
+from farmnet.messages import Order, StartOrder, TaskRef
 from farmnet.model.data import Render, TaskState
 from farmnet.model.events import OrdersQueued
 from farmnet.model.farm import Farm
@@ -41,12 +43,12 @@ class FarmTestCase(SynchronousTestCase):
         self.clock.advance(0)
         return render
 
-    def orders(self, render: Render) -> list[dict[str, Any]]:
+    def orders(self, render: Render) -> list[Order]:
         return self.farm.take_orders(render)
 
-    def finish(self, render: Render, order: dict[str, Any], exit_code: int = 0) -> None:
-        key = (order["job_id"], order["block"], order["task"])
-        self.farm.task_finished(render, key, order["run"], exit_code=exit_code, signal=None,
+    def finish(self, render: Render, order: StartOrder, exit_code: int = 0) -> None:
+        key = order.key
+        self.farm.task_finished(render, key, order.run, exit_code=exit_code, signal=None,
                                 time_started=1.0, time_done=2.0)
         self.clock.advance(0)
 
@@ -57,15 +59,15 @@ class DispatchTests(FarmTestCase):
         self.submit()
         self.assertEqual(self.woken, ["r1"])
         [order] = self.orders(render)
-        self.assertEqual(order["command"], "echo 0001")
-        self.assertEqual(order["environment"]["FARMNET_FRAME_START"], "1")
+        self.assertEqual(order.command, "echo 0001")
+        self.assertEqual(order.environment["FARMNET_FRAME_START"], "1")
 
     def test_finish_hands_the_next_task(self) -> None:
         render = self.render()
         job = self.submit(frames=3)
         for frame in ("0001", "0002", "0003"):
             [order] = self.orders(render)
-            self.assertEqual(order["command"], f"echo {frame}")
+            self.assertEqual(order.command, f"echo {frame}")
             self.finish(render, order)
         self.assertEqual(job.state, TaskState.DON)
         self.assertEqual(self.orders(render), [])
@@ -89,7 +91,7 @@ class DispatchTests(FarmTestCase):
         picked = []
         for _ in range(9):
             [order] = self.orders(render)
-            picked.append(order["job_id"])
+            picked.append(order.job_id)
             self.finish(render, order)
         self.assertEqual(picked, [first.id] * 3 + [second.id] * 3 + [low.id] * 3)
 
@@ -155,7 +157,7 @@ class ErrorTests(FarmTestCase):
         [order] = self.orders(render)
         self.farm.job_action("anna", [job.id], "restart")
         self.clock.advance(0)
-        stale = dict(order, run=order["run"] - 1)
+        stale = attrs.evolve(order, run=order.run - 1)
         self.finish(render, stale)
         self.assertNotEqual(job.state, TaskState.DON)
 
@@ -173,14 +175,14 @@ class RenderLifeTests(FarmTestCase):
         self.clock.advance(30)
         self.clock.advance(0)
         [order] = self.orders(r2)
-        self.assertEqual(order["run"], 2)
+        self.assertEqual(order.run, 2)
 
     def test_reconnecting_render_reattaches_its_task(self) -> None:
         r1 = self.render("r1")
         job = self.submit(frames=1)
         [order] = self.orders(r1)
         self.farm.render_lost(r1)
-        ref = {k: order[k] for k in ("job_id", "block", "task", "run")}
+        ref = order.ref()
         again = self.render("r1", running=[ref])
         self.assertIs(again, r1)
         task = job.blocks[0].tasks[0]
@@ -191,9 +193,9 @@ class RenderLifeTests(FarmTestCase):
         self.assertEqual(job.state, TaskState.DON)
 
     def test_render_reporting_an_unwanted_task_is_told_to_kill_it(self) -> None:
-        render = self.render("r1", running=[{"job_id": 99, "block": 0, "task": 0, "run": 1}])
+        render = self.render("r1", running=[TaskRef(99, 0, 0, 1)])
         [order] = self.orders(render)
-        self.assertEqual((order["order"], order["job_id"]), ("kill", 99))
+        self.assertEqual((order.order, order.job_id), ("kill", 99))
 
     def test_undelivered_start_is_ready_again_on_loss(self) -> None:
         r1 = self.render("r1")
@@ -232,7 +234,7 @@ class ActionTests(FarmTestCase):
         self.farm.job_action("anna", [job.id], "delete")
         self.clock.advance(0)
         [kill] = self.orders(render)
-        self.assertEqual((kill["order"], kill["job_id"], kill["run"]), ("kill", job.id, start["run"]))
+        self.assertEqual((kill.order, kill.job_id, kill.run), ("kill", job.id, start.run))
         self.assertNotIn(job.id, self.farm.jobs)
         self.assertEqual(render.capacity_used, 0)
         self.assertRaises(errors.UnknownJob, self.farm.show_job, job.id)

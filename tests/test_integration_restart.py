@@ -259,3 +259,91 @@ class DeletionsSurviveTests(RestartCase):
         users = {u["name"] for u in await self.client.users()}
         self.assertIn("anna", users)
         self.assertNotIn("bob", users)
+
+
+class ClientsRideRestartsTests(RestartCase):
+    async def test_wait_watch_and_a_script_carry_on_through_a_server_restart(self) -> None:
+        """`farmnet wait`, `farmnet watch` and a SyncFarmClient script started before a graceful
+        restart (an upgrade) and a kill -9 of the server reconnect and see the job end."""
+        await self.start_server()
+        await self.farm.start_render("alpha")
+        await wait_until(reactor, lambda: self.online(1), 60, "the render online")
+        assert self.client is not None
+        job_id, _ = await self.client.submit(sleep_job(8, 1))
+        env = {**self.farm.environ, "FARMNET_SERVER": self.farm.endpoint, "FARMNET_USER": "anna",
+               "PYTHONPATH": str(ROOT)}
+        waiting, watching, script = _Child(), _Child(), _Child()
+        for proto, args in ((waiting, ["-m", "farmnet.cli", "wait", str(job_id)]),
+                            (watching, ["-m", "farmnet.cli", "watch", "--json"]),
+                            (script, ["-c", SYNC_WAIT, str(job_id)])):
+            transport = reactor.spawnProcess(proto, sys.executable, [sys.executable, *args], env=env,
+                                             path=self.base)
+            self.addCleanup(_stop, transport, proto)
+        # All three connected and following the job (each has said something).
+        await wait_until(reactor, lambda: waiting.err and watching.out and b"ready" in script.out, 60,
+                         "wait, watch and the script to be connected")
+
+        listen = self.same_port()  # an upgrade: SIGTERM, then the new server on the same port
+        assert self.farm.server is not None
+        self.client.close()
+        await self.farm.server.stop()
+        await deferLater(reactor, 1.0)
+        await self.start_server(listen)
+        await deferLater(reactor, 1.0)
+        await self.restart_server_killed()  # and a crash
+
+        for proto in (waiting, script):
+            try:
+                code = await _within(proto.ended, 90)
+            except defer.TimeoutError:
+                job = await self.client.job(job_id) if self.client else None
+                state = job and (job["state"], job["counts"])
+                self.fail(f"still waiting; job {state}\nwait: {waiting.err!r}\n"
+                          f"script: {script.out!r} {script.err[-2000:]!r}")
+            self.assertEqual(code, 0, proto.err.decode(errors="replace"))
+        self.assertIn(b"connecting again to", waiting.err)
+        self.assertIn(b"connected again to", waiting.err)
+        self.assertIn(b"DON", script.out)
+        await wait_until(reactor, lambda: b'"state": "DON"' in watching.out or b'"DON"' in watching.out, 30,
+                         "watch to print the job done")
+        self.assertFalse(watching.ended.called)  # watch goes on
+
+
+SYNC_WAIT = """
+import sys
+from farmnet.client.sync import SyncFarmClient
+
+with SyncFarmClient() as farm:
+    print("ready", flush=True)
+    print(farm.wait(int(sys.argv[1]))["state"], flush=True)
+"""
+
+
+class _Child(ProcessProtocol):
+    """A child whose output is kept and whose exit code ``ended`` gives."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.ended: defer.Deferred[int] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+def _stop(transport: Any, proto: Any) -> Any:
+    if proto.ended.called:
+        return None
+    transport.signalProcess(signal.SIGKILL)
+    return proto.ended
+
+
+async def _within(d: defer.Deferred[Any], seconds: float) -> Any:
+    d.addTimeout(seconds, reactor)
+    return await d

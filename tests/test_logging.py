@@ -152,10 +152,21 @@ class WithLogFormatTests(SynchronousTestCase):
         self.assertIn(root, list(service.IServiceCollection(application)))
         observer = application.getComponent(ILogObserver)
         self.assertIsNotNone(observer)
-        self.addCleanup(observer._outFile.close)
-        Logger(namespace="farmnet.test", observer=observer).info("job {job_id}", job_id=42)
+        self.addCleanup(observer._observer._outFile.close)  # under the level filter
+        log = Logger(namespace="farmnet.test", observer=observer)
+        log.debug("chatter {n}", n=1)  # below the default level, info
+        log.info("job {job_id}", job_id=42)
         record = json.loads(Path(path).read_text(encoding="utf-8"))
         self.assertEqual(record["job_id"], 42)
+
+    def test_log_level(self) -> None:
+        for level, shown in (("debug", ["d", "i", "w"]), ("info", ["i", "w"]), ("warn", ["w"])):
+            out = io.StringIO()
+            log = Logger(namespace="farmnet.test", observer=observer_for("text", out, level))
+            log.debug("d")
+            log.info("i")
+            log.warn("w")
+            self.assertEqual([line.split("] ")[-1] for line in out.getvalue().splitlines()], shown)
 
     def test_nodaemon_text_to_stdout(self) -> None:
         svc = service.Service()

@@ -77,3 +77,26 @@ def test_protocol_doc_lists_every_command() -> None:
     names = [cls.commandName.decode() for _, cls in inspect.getmembers(commands, inspect.isclass)
              if issubclass(cls, amp.Command) and cls.__module__ == commands.__name__]
     assert names and [n for n in names if f"`{n}`" not in doc] == []
+
+
+class WheelTests(SynchronousTestCase):
+    def test_wheel_carries_config_units_and_the_docs_they_name(self) -> None:
+        """An install from the wheel has the example config, the systemd units and the docs the
+        units point at (under the install's prefix, e.g. /opt/farmnet/share/...)."""
+        import re
+        import zipfile
+
+        with tempfile.TemporaryDirectory() as out:
+            result = subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out,
+                 str(CHECKOUT)], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+            [wheel] = Path(out).glob("farmnet-*.whl")
+            names = zipfile.ZipFile(wheel).namelist()
+        shared = {re.sub(r"^farmnet-[^/]*\.data/data/", "", n) for n in names if ".data/data/" in n}
+        self.assertLessEqual({"share/farmnet/farmnet.yaml", "share/farmnet/systemd/farmnet-server.service",
+                              "share/farmnet/systemd/farmnet-render.service",
+                              "share/doc/farmnet/operations.md", "share/doc/farmnet/cli.md"}, shared)
+        for unit in (CHECKOUT / "etc" / "systemd").glob("*.service"):
+            [doc] = re.findall(r"^Documentation=file:///opt/farmnet/(\S+)$", unit.read_text(), re.M)
+            self.assertIn(doc, shared, unit.name)

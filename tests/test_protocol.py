@@ -7,17 +7,21 @@ import tempfile
 import time
 from typing import Any
 
-from twisted.internet import defer, reactor
+import attrs
+from twisted.internet import defer, error, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from farmnet import errors
-from farmnet.config import ConnectionsConfig
+from farmnet.config import ConnectionsConfig, RenderConfig
 from farmnet.model.farm import Farm
 from farmnet.protocol import commands as c
 from farmnet.protocol.arguments import BigBytes, BigJSON
+from farmnet.render.service import RenderService
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.outputs import OutputStore
 
@@ -169,7 +173,7 @@ class DeliverylessTests(ServerTestCase):
         answer = await beat
         self.assertLess(time.monotonic() - sent, self.hold)  # not the hold time: at once
         [order] = answer["orders"]
-        self.assertEqual((order["order"], order["command"]), ("start", "true"))
+        self.assertEqual((order.order, order.command), ("start", "true"))
 
     async def test_heartbeat_answered_empty_after_hold(self) -> None:
         render, render_id = await self.register()
@@ -188,7 +192,7 @@ class DeliverylessTests(ServerTestCase):
         job_id = (await tool.callRemote(c.SubmitJob, spec={"name": "j", "blocks": [
             {"name": "b", "command": "true"}]}))["job_id"]
         [order] = (await beat)["orders"]
-        ref: dict[str, Any] = {k: order[k] for k in ("job_id", "block", "task", "run")}
+        ref: dict[str, Any] = attrs.asdict(order.ref())
         big = b"z" * 300_000
         await render.callRemote(c.TaskOutput, render_id=render_id, **ref, data=big, progress=40)
         await render.callRemote(c.TaskFinished, render_id=render_id, **ref, exit_code=0,
@@ -216,3 +220,125 @@ class DeliverylessTests(ServerTestCase):
             answer = await monitor.callRemote(c.PollEvents, after=last)
             self.assertEqual(answer["events"], [])
         self.assertLessEqual(len(self.server.events._waiters), 1)
+
+
+# --- malformed typed messages, on real connections ------------------------------------
+
+
+class RawHeartbeat(amp.Command):
+    """Heartbeat as a peer of another make could send and answer it: untyped JSON."""
+
+    commandName = c.Heartbeat.commandName
+    arguments = [(b"render_id", amp.Integer()), (b"running", BigJSON()),
+                 (b"resources", BigJSON(optional=True))]
+    response = [(b"orders", BigJSON())]
+    errors = c.Heartbeat.errors
+
+
+class MalformedFromRenderTests(ServerTestCase):
+    async def register(self) -> tuple[amp.AMP, int]:
+        proto = await self.connect(kind="render", user="r1")
+        answer = await proto.callRemote(c.RegisterRender, name="r1", **RENDER)
+        return proto, answer["render_id"]
+
+    async def test_bad_running_is_logged_with_its_path_and_the_connection_reset(self) -> None:
+        render, render_id = await self.register()
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "reason" in event:
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        with self.assertRaises(error.ConnectionLost):  # reset at once, like any malformed box
+            await render.callRemote(RawHeartbeat, render_id=render_id,
+                                    running=[{"job_id": "1", "block": 0, "task": 0, "run": 1}])
+        [line] = lines
+        self.assertIn("malformed box: heartbeat: ConversionError: running[0].job_id: expected an integer, "
+                      "got '1'", line)
+        tool = await self.connect()  # the server goes on
+        self.assertEqual((await tool.callRemote(c.ListJobs))["jobs"], [])
+
+    async def test_resources_of_a_newer_render_are_read_and_extra_keys_ignored(self) -> None:
+        render, render_id = await self.register()
+        beat = render.callRemote(RawHeartbeat, render_id=render_id, running=[],
+                                 resources={"cpu_num": 12, "gpu_temp": 70})
+        await deferLater(reactor, 0.05)
+        self.assertEqual(self.farm.render(render_id).resources["cpu_num"], 12)
+        self.assertEqual(await beat, {"orders": []})
+
+
+class FakeServer(amp.AMP):
+    """A server of another make: its first heartbeat answer is ``answers[0]``, and so on;
+    the render's finishes are kept."""
+
+    def __init__(self, answers: list[Any], seen: dict[str, list[Any]]) -> None:
+        super().__init__()
+        self.answers, self.seen = answers, seen
+
+    @c.Hello.responder
+    def hello(self, **kwargs: Any) -> dict[str, Any]:
+        self.seen["hello"].append(kwargs["user"])
+        return {"protocol": c.PROTOCOL_VERSION, "server_version": "fake", "connection_id": 1}
+
+    @c.RegisterRender.responder
+    def register(self, **kwargs: Any) -> dict[str, Any]:
+        return {"render_id": 1, "heartbeat_hold": 0.2}
+
+    @RawHeartbeat.responder
+    async def heartbeat(self, **kwargs: Any) -> dict[str, Any]:
+        if self.answers:
+            return {"orders": self.answers.pop(0)}
+        await deferLater(reactor, 0.1)
+        return {"orders": []}
+
+    @c.TaskFinished.responder
+    def finished(self, **kwargs: Any) -> dict[str, Any]:
+        self.seen["finished"].append(kwargs)
+        return {}
+
+
+class MalformedFromServerTests(TestCase):
+    timeout = 30
+
+    async def render_of(self, answers: list[Any]) -> dict[str, list[Any]]:
+        seen: dict[str, list[Any]] = {"hello": [], "finished": []}
+        self.addCleanup(deferLater, reactor, 0.2)  # last: the fake server's held heartbeat ends
+        factory = Factory.forProtocol(lambda: FakeServer(answers, seen))
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        state = tempfile.mkdtemp(prefix="farmnet-render-")
+        self.addCleanup(shutil.rmtree, state, True)
+        config = RenderConfig(server=f"tcp:127.0.0.1:{port.getHost().port}", name="r1", state_dir=state,
+                              reconnect_max_delay=0.2)
+        service = RenderService(reactor, config)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return seen
+
+    async def until(self, check: Any, what: str) -> None:
+        for _ in range(500):
+            if check():
+                return
+            await deferLater(reactor, 0.02)
+        self.fail(f"timed out waiting for {what}")
+
+    async def test_unknown_order_is_refused_and_the_render_reconnects(self) -> None:
+        start = {"order": "start", "job_id": 1, "block": 0, "task": 0, "run": 1, "name": "t",
+                 "command": "true"}
+        seen = await self.render_of([[{"order": "dance"}, start], [start]])
+        await self.until(lambda: seen["finished"], "the second answer's task to finish")
+        self.assertEqual(len(seen["hello"]), 2)  # closed after the bad answer, came back
+        self.assertEqual(len(seen["finished"]), 1)  # the bad answer's start was not obeyed
+        self.assertEqual(seen["finished"][0]["exit_code"], 0)
+        self.flushLoggedErrors()
+
+    async def test_render_enforces_max_run_time_when_the_server_does_not(self) -> None:
+        start = {"order": "start", "job_id": 1, "block": 0, "task": 0, "run": 1, "name": "t",
+                 "command": "sleep 30", "max_run_time": 1}
+        seen = await self.render_of([[start]])
+        await self.until(lambda: seen["finished"], "the task to be killed")
+        [finish] = seen["finished"]
+        self.assertIn("task_max_run_time of 1 s exceeded", finish["message"])
+        self.assertLess(finish["time_done"] - finish["time_started"], 10)

@@ -16,7 +16,7 @@ from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 from farmnet.render import limits
-from farmnet.render.limits import MemoryWatch, TaskLimiter, effective_limit_mb, oom_reason, rlimit_prefix
+from farmnet.render.limits import MemoryWatch, TaskLimiter, oom_reason, rlimit_prefix
 from farmnet.render.process import TaskExit, TaskProcess, shell_argv
 
 _T = 20.0  # the bound on every wait in these tests
@@ -224,17 +224,6 @@ class LimitedTaskTests(unittest.TestCase):
             f"{_PY} -c \"x = b'x' * (400 << 20)\"", memory_limit_mb=100, limiter=limiter
         )
         self.assert_out_of_memory(p, result, 100)
-
-
-class EffectiveLimitTests(unittest.SynchronousTestCase):
-    def test_rules(self) -> None:
-        self.assertEqual(effective_limit_mb(None, 0), 0)
-        self.assertEqual(effective_limit_mb(None, 4000), 4000)
-        self.assertEqual(effective_limit_mb(2000, 0), 2000)
-        self.assertEqual(effective_limit_mb(2000, 4000), 2000)  # an order may tighten the render's limit
-        self.assertEqual(effective_limit_mb(8000, 4000), 4000)  # but never loosen it
-        for junk in (0, -5, "100", 1.5, True, [100]):
-            self.assertEqual(effective_limit_mb(junk, 4000), 4000, junk)
 
 
 class ArgvTests(unittest.SynchronousTestCase):

@@ -96,6 +96,23 @@ class TaskProcessTests(unittest.TestCase):
         self.assertLessEqual(result.time_started, result.time_done)
         self.assertFalse(p.running)
 
+    async def test_paused_output_holds_the_task_and_loses_nothing(self) -> None:
+        """While its reader is paused the task waits on a full pipe (not killed as a stray when
+        its output stays open past drain_timeout); resumed, every byte arrives, then done."""
+        size = 1 << 20  # far more than a pipe holds
+        # The main process exits at once; what it started holds the output.
+        p = self.make(f"(head -c {size} /dev/zero; echo end) &", drain_timeout=1.0)
+        p.start()
+        p.pause_output()
+        self.assertTrue(p.output_paused)
+        await _sleep(2.0)
+        self.assertLess(len(self.output), size)  # at most what was read before the pause
+        self.assertFalse(p.done.called)
+        p.resume_output()
+        result = await p.done.addTimeout(_T, reactor)
+        self.assertEqual((result.exit_code, result.killed), (0, None))
+        self.assertEqual(self.output, b"\0" * size + b"end\n")
+
     async def test_stdout_and_stderr_captured(self) -> None:
         _, result = await self.run_task("echo out; sleep 0.1; echo err >&2; sleep 0.1; echo out2")
         self.assertEqual(self.output, b"out\nerr\nout2\n")

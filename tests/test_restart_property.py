@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 
 from farmnet import errors
 from farmnet.config import SchedulingConfig
+from farmnet.messages import TaskRef
 from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
 from farmnet.server.store import Store
@@ -35,9 +36,9 @@ op = st.one_of(
     st.tuples(st.just("delete_render"), st.sampled_from(RENDERS)),
     st.tuples(st.just("job"), st.integers(0, 20),
               st.sampled_from(["pause", "resume", "delete", "restart", "restart_errors", "skip", "stop",
-                               "set_priority"])),
-    st.tuples(st.just("render_action"), st.sampled_from(RENDERS), st.sampled_from(["nimby", "pause", "free",
-                                                                                     "heal", "eject"])),
+                               "set_priority", "reset_error_hosts"])),
+    st.tuples(st.just("render_action"), st.sampled_from(RENDERS),
+              st.sampled_from(["nimby", "pause", "free", "heal", "eject", "reset_error_hosts"])),
     st.tuples(st.just("user_set"), st.sampled_from(USERS), st.integers(0, 250)),
     st.tuples(st.just("delete_user"), st.sampled_from(USERS)),
     st.tuples(st.just("advance"), st.integers(1, 100)),
@@ -60,8 +61,7 @@ def apply(farm: Farm, clock: Clock, step: tuple[Any, ...]) -> None:
         name, capacity = args
         render = farm.renders_by_name.get(name)
         tasks = render.tasks.values() if render is not None else ()
-        running = [{"job_id": t.key[0], "block": t.key[1], "task": t.key[2], "run": t.starts_count}
-                   for t in tasks]
+        running = [TaskRef(*t.key, t.starts_count) for t in tasks]
         farm.register_render(name, capacity=capacity * 1000, owner="anna", running=running)
     elif kind == "solve":
         farm.solve()

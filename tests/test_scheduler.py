@@ -9,6 +9,7 @@ from test_farm import FarmTestCase
 
 from farmnet import errors
 from farmnet.config import SchedulingConfig
+from farmnet.messages import ExitOrder
 from farmnet.model.data import Render, TaskState
 from farmnet.model.events import RenderSick
 from farmnet.model.farm import Farm
@@ -43,7 +44,7 @@ class SchedulerTestCase(FarmTestCase):
         done = []
         for render in renders:
             for order in self.orders(render):
-                if order["order"] == "start":
+                if order.order == "start":
                     self.finish(render, order, exit_code)
                     done.append(order)
         return done
@@ -105,7 +106,7 @@ class TaskOrderTests(SchedulerTestCase):
         seen = []
         for _ in range(frames):
             [order] = self.orders(render)
-            seen.append(order["command"])
+            seen.append(order.command)
             self.finish(render, order)
         return seen
 
@@ -158,14 +159,14 @@ class DependencyTests(SchedulerTestCase):
         job = self.job(blocks=[block("sim", frames=4, frames_per_task=2),
                                block("render", frames=4, tasks_depend_mask="sim")])
         [render] = self.renders(1, capacity=100_000)
-        started = [o["block"] for o in self.orders(render)]
+        started = [o.block for o in self.orders(render)]
         self.assertEqual(started, [0, 0])  # nothing of render before its frames are simulated
         sim = job.blocks[0]
         first = self.farm.task((job.id, 0, 0))
         self.farm.task_finished(render, first.key, 1, exit_code=0, signal=None, time_started=0,
                                 time_done=1)
         self.clock.advance(0)
-        self.assertEqual([(o["block"], o["task"]) for o in self.orders(render)], [(1, 0), (1, 1)])
+        self.assertEqual([(o.block, o.task) for o in self.orders(render)], [(1, 0), (1, 1)])
         self.assertEqual(sim.counts[TaskState.RUN], 1)
 
     def test_time_wait(self) -> None:
@@ -249,6 +250,36 @@ class ErrorRuleTests(SchedulerTestCase):
         self.clock.advance(0)
         self.assertEqual(len(self.orders(bad)), 1)
 
+    def test_reset_error_hosts_of_a_job_a_block_and_a_render(self) -> None:
+        """After restart-errors the block still avoids the host until its error hosts are reset
+        (Afanasy's "reset error hosts"), for a job, one block, or everything about one render."""
+        job = self.job(blocks=[block(name, frames=20, errors_avoid_host=1, errors_task_same_host=1,
+                                     errors_retries=10) for name in ("a", "b")])
+        bad = self.render("bad", capacity=1000)
+        for _ in range(2):  # one failure in each block
+            [order] = self.orders(bad)
+            self.finish(bad, order, exit_code=1)
+        self.assertEqual(self.orders(bad), [])
+        self.farm.job_action("anna", [job.id], "restart_errors")
+        self.clock.advance(0)
+        self.assertEqual(self.orders(bad), [])
+        self.assertIn(str(Why.AVOIDED), self.farm.explain(job.id)["blocks"][1]["renders"])
+
+        with self.assertRaises(errors.UnknownTask):
+            self.farm.job_action("anna", [job.id], "reset_error_hosts", {"block": 2})
+        self.farm.job_action("anna", [job.id], "reset_error_hosts", {"block": 1})
+        self.clock.advance(0)
+        [order] = self.orders(bad)
+        self.assertEqual(order.block, 1)
+        self.assertEqual(self.farm.show_job(job.id)["blocks"][0]["avoided_hosts"], ["bad"])
+        self.assertEqual(self.farm.show_job(job.id)["blocks"][1]["avoided_hosts"], [])
+
+        with self.assertRaises(errors.PermissionDenied):  # a render's errors are the admins' business
+            self.farm.render_action("anna", ["bad"], "reset_error_hosts")
+        self.farm.render_action("root", ["bad"], "reset_error_hosts")
+        self.assertEqual([b["avoided_hosts"] for b in self.farm.show_job(job.id)["blocks"]], [[], []])
+        self.assertTrue(all(t.host_errors is None for b in job.blocks for t in b.tasks))
+
     def test_task_avoids_its_failing_host(self) -> None:
         job = self.job(blocks=[block(frames=1, errors_task_same_host=1, errors_avoid_host=0)])
         a = self.render("a", capacity=1000)
@@ -257,7 +288,7 @@ class ErrorRuleTests(SchedulerTestCase):
         self.assertEqual(self.orders(a), [])
         b = self.render("b", capacity=1000)
         [again] = self.orders(b)
-        self.assertEqual((again["task"], again["run"]), (0, 2))
+        self.assertEqual((again.task, again.run), (0, 2))
         self.assertEqual(job.blocks[0].tasks[0].host, "b")
 
     def test_error_settings_cascade_user_job_block(self) -> None:
@@ -295,8 +326,8 @@ class TimeLimitTests(SchedulerTestCase):
         [start] = self.orders(render)
         self.clock.advance(60)
         [kill] = self.orders(render)
-        self.assertEqual((kill["order"], kill["run"]), ("kill", start["run"]))
-        self.assertIn("task_max_run_time", kill["reason"])
+        self.assertEqual((kill.order, kill.run), ("kill", start.run))
+        self.assertIn("task_max_run_time", kill.reason)
         self.assertEqual(job.blocks[0].tasks[0].state, TaskState.ERR)
         self.finish(render, start, exit_code=None)  # the killed run's report changes nothing
         self.assertEqual(job.blocks[0].tasks[0].errors_count, 1)
@@ -312,9 +343,9 @@ class TimeLimitTests(SchedulerTestCase):
         job = self.job(blocks=[block(frames=1, task_progress_change_timeout=30, errors_retries=0)])
         [render] = self.renders(1)
         [start] = self.orders(render)
-        key = (start["job_id"], start["block"], start["task"])
+        key = (start.job_id, start.block, start.task)
         self.clock.advance(20)
-        self.farm.task_output(render, key, start["run"], 10)
+        self.farm.task_output(render, key, start.run, 10)
         self.clock.advance(20)
         self.assertEqual(job.blocks[0].tasks[0].state, TaskState.RUN)
         self.clock.advance(11)
@@ -329,7 +360,7 @@ class ActionRuleTests(SchedulerTestCase):
         self.farm.job_action("anna", [job.id], "stop")
         self.clock.advance(0)
         [kill] = self.orders(render)
-        self.assertEqual(kill["order"], "kill")
+        self.assertEqual(kill.order, "kill")
         self.assertEqual((job.state, job.counts[TaskState.RDY]), (TaskState.OFF, 3))
 
     def test_skip_and_task_actions(self) -> None:
@@ -350,16 +381,16 @@ class ActionRuleTests(SchedulerTestCase):
         self.farm.render_action("bob", ["ws1"], "eject")
         self.farm.render_action("bob", ["ws1"], "nimby")
         self.clock.advance(0)
-        [order] = [o for o in self.orders(render) if o["order"] == "start"]
-        self.assertEqual(self.farm.job(order["job_id"]).user_name, "bob")
+        [order] = [o for o in self.orders(render) if o.order == "start"]
+        self.assertEqual(self.farm.job(order.job_id).user_name, "bob")
         self.farm.render_action("bob", ["ws1"], "NIMBY")
         self.farm.render_action("bob", ["ws1"], "eject")
         self.clock.advance(0)
-        self.assertEqual([o["order"] for o in self.orders(render)], ["kill"])
+        self.assertEqual([o.order for o in self.orders(render)], ["kill"])
         self.assertEqual(render.state, "NIMBY nimby online")
         self.assertRaises(errors.PermissionDenied, self.farm.render_action, "anna", ["ws1"], "free")
         self.farm.render_action("root", ["ws1"], "exit")
-        self.assertEqual(self.orders(render), [{"order": "exit"}])
+        self.assertEqual(self.orders(render), [ExitOrder()])
 
     def test_set_job_and_block_parameters(self) -> None:
         job = self.job(blocks=[block(frames=10)])

@@ -149,14 +149,14 @@ class FarmDriver:
         ended = 0
         while True:
             await self.tick()
-            orders = [o for o in self.farm.take_orders(render) if o["order"] == "start"]
+            orders = [o for o in self.farm.take_orders(render) if o.order == "start"]
             if not orders:
                 return ended
             for order in orders:
-                key = (order["job_id"], order["block"], order["task"])
-                failed = (order["task"], order["run"]) in fail
+                key = (order.job_id, order.block, order.task)
+                failed = (order.task, order.run) in fail
                 self.clock += 10
-                self.farm.task_finished(render, key, order["run"], exit_code=1 if failed else 0, signal=None,
+                self.farm.task_finished(render, key, order.run, exit_code=1 if failed else 0, signal=None,
                                         time_started=T0 + self.clock, time_done=T0 + self.clock + 7.5,
                                         message="boom" if failed else "", peak_memory_mb=512)
                 ended += 1

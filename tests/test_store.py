@@ -43,8 +43,8 @@ class StoreTests(TestCase):
 
     def finish(self, farm: Farm, render: Any, exit_code: int = 0) -> None:
         for order in farm.take_orders(render):
-            if order["order"] == "start":
-                farm.task_finished(render, (order["job_id"], order["block"], order["task"]), order["run"],
+            if order.order == "start":
+                farm.task_finished(render, (order.job_id, order.block, order.task), order.run,
                                    exit_code=exit_code, signal=None, time_started=1.0, time_done=2.0)
 
     async def test_state_survives_a_reload(self) -> None:
@@ -90,7 +90,7 @@ class StoreTests(TestCase):
 
         again, store = await self.open()
         self.addCleanup(store.stopService)
-        ref = {k: order[k] for k in ("job_id", "block", "task", "run")}
+        ref = order.ref()
         back = again.register_render("r1", capacity=1100, running=[ref])
         task = again.jobs[job.id].blocks[0].tasks[0]
         self.assertEqual((task.state, task.starts_count), (TaskState.RUN, 1))

@@ -10,6 +10,7 @@ from test_farm import FarmTestCase
 
 from farmnet import errors
 from farmnet.config import SchedulingConfig, SysJobConfig
+from farmnet.messages import SleepOrder
 from farmnet.model.data import Render, TaskState
 from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
@@ -45,7 +46,7 @@ class SystemJobTestCase(FarmTestCase):
     def run_all(self, render: Render, exit_code: int = 0) -> list[dict[str, Any]]:
         ran = []
         for _ in range(100):
-            orders = [o for o in self.orders(render) if o["order"] == "start"]
+            orders = [o for o in self.orders(render) if o.order == "start"]
             if not orders:
                 break
             for order in orders:
@@ -69,8 +70,8 @@ class PostCommandTests(SystemJobTestCase):
         self.farm.job_action("anna", [job.id], "delete")
         render = self.render("r1", capacity=10_000, services=["postcmd", "generic"])
         ran = self.run_all(render)
-        self.assertEqual(sorted(o["command"] for o in ran), ["rm -r /tmp/b", "rm /tmp/scene.hip"])
-        self.assertEqual([o["service"] for o in ran], ["postcmd", "postcmd"])
+        self.assertEqual(sorted(o.command for o in ran), ["rm -r /tmp/b", "rm /tmp/scene.hip"])
+        self.assertEqual([o.service for o in ran], ["postcmd", "postcmd"])
         self.assertEqual(self.system_block("postcmd").tasks, [])  # done tasks are deleted
 
     def test_tasksmax_queues_and_loses_nothing(self) -> None:
@@ -82,7 +83,7 @@ class PostCommandTests(SystemJobTestCase):
         self.assertEqual(len(self.saved["sysjob"]["queue"]), 15)  # stored with the farm's state
         render = self.render("r1", capacity=3000)
         ran = self.run_all(render)
-        self.assertEqual(sorted(o["command"] for o in ran), sorted(f"echo post {i}" for i in range(20)))
+        self.assertEqual(sorted(o.command for o in ran), sorted(f"echo post {i}" for i in range(20)))
         self.assertEqual(len(self.sysjob.queue), 0)
 
     def test_queue_survives_a_restart(self) -> None:
@@ -101,8 +102,8 @@ class PostCommandTests(SystemJobTestCase):
         for _ in range(10):
             for render in renders:
                 for order in self.orders(render):
-                    if order["order"] == "start":
-                        self.outputs[((order["job_id"], 0, 0), order["run"])] = b"no such file\n"
+                    if order.order == "start":
+                        self.outputs[((order.job_id, 0, 0), order.run)] = b"no such file\n"
                         self.finish(render, order, exit_code=1)
             self.clock.advance(0)
         self.assertEqual(task.errors_count, 10)  # Afanasy's system retries: 9
@@ -117,7 +118,7 @@ class PostCommandTests(SystemJobTestCase):
         [start] = self.orders(render)
         self.clock.advance(100)
         self.clock.advance(0)
-        kinds = [o["order"] for o in self.orders(render)]
+        kinds = [o.order for o in self.orders(render)]
         self.assertEqual(kinds, ["kill"])
         self.assertIn("older than tasklife", self.sysjob.log[-1])
         self.assertEqual(self.system_block("postcmd").tasks, [])
@@ -166,15 +167,15 @@ class WakeOnLanTests(SystemJobTestCase):
     def test_sleep_then_wake(self) -> None:
         render = self.render("ws1", macs=["aa:bb:cc:dd:ee:ff"])
         self.farm.render_action("root", ["ws1"], "sleep")
-        self.assertEqual(self.orders(render), [{"order": "sleep"}])
+        self.assertEqual(self.orders(render), [SleepOrder()])
         self.farm.render_lost(render)
         self.assertEqual(render.state, "WOL sleeping")
         self.farm.render_action("root", ["ws1"], "wake")
         [task] = self.system_block("wakeonlan").tasks
         self.assertEqual((task.command, render.state), ("wolwake aa:bb:cc:dd:ee:ff", "WOL waking"))
         other = self.render("r2", capacity=1000)
-        [order] = [o for o in self.orders(other) if o["order"] == "start"]
-        self.assertEqual(order["service"], "wakeonlan")
+        [order] = [o for o in self.orders(other) if o.order == "start"]
+        self.assertEqual(order.service, "wakeonlan")
         again = self.render("ws1")
         self.assertEqual(again.state, "online")
 

@@ -31,6 +31,7 @@ from twisted.web.client import (
 from twisted.web.template import flattenString, tags
 
 from farmnet.config import SchedulingConfig, StatsConfig, WebConfig
+from farmnet.messages import HostResources
 from farmnet.model.farm import Farm
 from farmnet.server.monitors import EventLog
 from farmnet.server.outputs import OutputStore
@@ -38,6 +39,7 @@ from farmnet.stats import pgtest
 from farmnet.stats.service import StatsService
 from farmnet.testing import wait_until
 from farmnet.web import charts
+from farmnet.web.auth import TokenChecker
 from farmnet.web.routing import HTTPError
 from farmnet.web.statspages import parse_time
 from farmnet.web.testing import FarmPlayer, SiteUnderTest, job_doc, serve, write_users_file
@@ -177,13 +179,13 @@ class PageTests(WebTestCase):
         self.assertIn("RUN", cells)
         self.assertIn('data-watch="job:1"', body)
 
-        response, body = await self.get("/jobs/1/0/0")
+        response, body = await self.get("/jobs/1/0/0", headers=basic("anna"))  # outputs: owner only
         self.assertEqual(response.code, 200)
         self.assertIn("frame 1 rendered in 2.5 s\n&lt;done&gt;", body)
 
-        self.farm.render_seen(self.r1, {"cpu_num": 16, "cpu_percent": 73.5, "mem_total_mb": 65536,
-                                        "mem_used_mb": 20480, "load_avg": [3.1, 2.0, 1.5],
-                                        "hdd_free_gb": 120.5})
+        self.farm.render_seen(self.r1, HostResources(cpu_num=16, cpu_percent=73.5, mem_total_mb=65536,
+                                                     mem_used_mb=20480, load_avg=[3.1, 2.0, 1.5],
+                                                     hdd_free_gb=120.5))
         response, body = await self.get("/renders")
         self.assertEqual(response.code, 200)
         for text in ("r1", "r2", "busy", "nuke", "74% of 16", "20.0 / 64 GB", "load 3.1 2.0 1.5",
@@ -346,7 +348,7 @@ class ApiTests(WebTestCase):
         _, body = await self.get("/api/jobs/1/tasks?offset=1&limit=2")
         tasks = json.loads(body)["result"]
         self.assertEqual(([t["task"] for t in tasks["tasks"]], tasks["total"]), ([1, 2], 6))
-        _, body = await self.get("/api/jobs/1/0/0/output")
+        _, body = await self.get("/api/jobs/1/0/0/output", headers=basic("anna"))
         self.assertIn("rendered", json.loads(body)["result"]["data"])
         _, body = await self.get("/api/renders")
         self.assertEqual(sorted(r["name"] for r in json.loads(body)["result"]), ["r1", "r2"])
@@ -383,6 +385,20 @@ class ApiTests(WebTestCase):
                                            "values": 120}, headers=basic("anna"))
         self.assertEqual(response.code, 200)
         self.assertEqual(self.farm.jobs[1].priority, 120)
+
+    async def test_reset_error_hosts_from_the_job_and_render_pages(self) -> None:
+        await self.some_work()
+        cookie = await self.login("boss")
+        for path in ("/jobs/1", "/renders"):
+            response, page = await self.get(path, headers=cookie)
+            self.assertIn("reset error hosts", page)
+            self.assertIn("&quot;reset_error_hosts&quot;", page)
+        response, answer = await self.act(
+            {"item": "jobs", "action": "reset_error_hosts", "filters": {"id": [1]}}, headers=basic("anna"))
+        self.assertEqual((response.code, answer), (200, {"result": [1]}))
+        self.assertEqual(self.farm.jobs[1].blocks[0].host_errors, {})
+        response, page = await self.get("/jobs/1", headers=cookie)
+        self.assertNotIn("reset error hosts", page)
 
     async def test_another_users_job_is_forbidden(self) -> None:
         await self.some_work()
@@ -480,6 +496,30 @@ class ApiTests(WebTestCase):
         self.assertEqual(response.code, 401)
         self.assertIn("logins are off", (await response.text()))
 
+    async def test_login_link_of_a_farm_without_passwords(self) -> None:
+        """The link the server prints logs its user in (an admin); a wrong token does not, and
+        the form says where the link is."""
+        await self.some_work()
+        site = await self.serve(users_file="", login_link=TokenChecker("s3cret-token", "boss"))
+        response, page = await self.get("/login", site)
+        self.assertIn("open the login link the server printed", page)
+        response, page = await self.get("/login?token=wrong", site)
+        self.assertEqual(response.code, 401)
+        self.assertIn("this login link is not valid", page)
+        self.assertIsNone(response.headers.getRawHeaders(b"set-cookie"))
+        response, _ = await self.get("/login?token=s3cret-token&next=/renders", site)
+        self.assertEqual((response.code, response.headers.getRawHeaders(b"location")), (303, [b"/renders"]))
+        [cookie] = response.headers.getRawHeaders(b"set-cookie")
+        headers = {b"cookie": [cookie.split(b";")[0]]}
+        response, page = await self.get("/renders", site, headers=headers)
+        self.assertIn("logged in as <b>boss</b>", page)
+        self.assertIn("&quot;eject&quot;", page)  # actions shown
+        # Passwords are still refused: there is no password file.
+        response = await treq.post(site.url + "/login", data={"user": "boss", "password": "x"},
+                                   pool=self.pool, allow_redirects=False)
+        self.assertEqual(response.code, 401)
+        await response.content()
+
     async def test_private_site_needs_a_login_to_read(self) -> None:
         site = await self.serve(config=WebConfig(public=False))
         response, _ = await self.get("/jobs", site)
@@ -536,7 +576,7 @@ class MetricsTests(WebTestCase):
         self.assertGreaterEqual(samples[("farmnet_task_assignments_total", ())], 5)
         self.assertEqual(samples[("farmnet_web_connections", ())], 1)
         self.assertNotIn(("farmnet_render_cpu_percent", (("render", "r1"),)), samples)
-        self.farm.render_seen(self.r1, {"cpu_percent": 42.0, "mem_used_mb": 1000, "mem_total_mb": 4000})
+        self.farm.render_seen(self.r1, HostResources(cpu_percent=42.0, mem_used_mb=1000, mem_total_mb=4000))
         _, body = await self.get("/metrics")
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for family in text_string_to_metric_families(body) for s in family.samples}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 import farmnet
 from farmnet.protocol import commands as c
+from farmnet.protocol.arguments import PART, BigJSON
 from farmnet.protocol.base import FarmAMP
 from farmnet.protocol.endpoints import client_endpoint as farm_endpoint
 
@@ -61,6 +62,15 @@ MIN_RECHECK_GAP = 0.1
 _JOB_EVENTS = frozenset({"task", "job", "job_deleted"})
 
 Job = dict[str, Any]
+
+#: Seconds a client keeps trying to reach a server that went away (a restart, an upgrade).
+RECONNECT_FOR = 300.0
+RECONNECT_FIRST_DELAY = 0.25
+RECONNECT_MAX_DELAY = 5.0
+#: Calls that change nothing, asked again on a new connection.
+_READS = frozenset({c.ListJobs, c.ShowJob, c.ListTasks, c.GetTaskOutput, c.ListRenders, c.ListUsers,
+                    c.PollEvents})
+_READ_ACTIONS = frozenset({"list", "show", "explain"})
 
 
 class ClientError(Exception):
@@ -111,7 +121,9 @@ class _ClientProtocol(FarmAMP):
 
 
 async def connect(reactor: Any, endpoint: str, user: str, *, kind: str = "tool",
-                  timeout: float = 30.0, password: str | None = None, ca: str = "") -> FarmClient:
+                  timeout: float = 30.0, password: str | None = None, ca: str = "",
+                  reconnect: float = RECONNECT_FOR,
+                  on_reconnect: Callable[[str], None] | None = None) -> FarmClient:
     """Connect to the server at ``endpoint`` (a Twisted client endpoint string) as
     ``user`` and say Hello. Raises `ServerUnreachable` when nobody answers there.
 
@@ -119,23 +131,33 @@ async def connect(reactor: Any, endpoint: str, user: str, *, kind: str = "tool",
     user name from its own host only). ``ca``, the path of a PEM CA certificate, makes
     the connection TLS, verifying that the server's certificate is signed by it for the
     endpoint's host (``tcp:HOST:PORT`` or ``tls:HOST:PORT``); a ``tls:`` endpoint
-    without it verifies against ``trustRoots=DIR`` or the system's trust store."""
+    without it verifies against ``trustRoots=DIR`` or the system's trust store.
+
+    When the server goes away later (a restart, an upgrade), the client connects again for
+    up to ``reconnect`` seconds (0: never) and carries on: reads are asked again, a change
+    in flight is reported as maybe done (`ServerUnreachable`). ``on_reconnect`` hears
+    what happens, in words."""
     try:
         client_endpoint = farm_endpoint(reactor, endpoint, ca)
     except (ValueError, TypeError, KeyError) as e:
         raise ClientError(f"invalid server endpoint {endpoint!r}: {e}") from None
-    connecting = connectProtocol(client_endpoint, _ClientProtocol(reactor))
-    connecting.addTimeout(timeout, reactor)
+
+    async def dial() -> _ClientProtocol:
+        connecting = connectProtocol(client_endpoint, _ClientProtocol(reactor))
+        connecting.addTimeout(timeout, reactor)
+        try:
+            return await connecting
+        except defer.TimeoutError:
+            raise ServerTimeout(f"cannot reach the server at {endpoint}: "
+                                f"no connection within {timeout:g} s") from None
+        except (error.ConnectError, error.DNSLookupError, OSError) as e:
+            raise ServerUnreachable(f"cannot reach the server at {endpoint}: {_reason(e)}") from None
+
+    proto = await dial()
+    client = FarmClient(reactor, proto, endpoint=endpoint, user=user, timeout=timeout, dial=dial,
+                        kind=kind, password=password, reconnect=reconnect, on_reconnect=on_reconnect)
     try:
-        proto = await connecting
-    except defer.TimeoutError:
-        raise ServerTimeout(f"cannot reach the server at {endpoint}: "
-                            f"no connection within {timeout:g} s") from None
-    except (error.ConnectError, error.DNSLookupError, OSError) as e:
-        raise ServerUnreachable(f"cannot reach the server at {endpoint}: {_reason(e)}") from None
-    client = FarmClient(reactor, proto, endpoint=endpoint, user=user, timeout=timeout)
-    try:
-        await client._hello(kind, password)
+        await client._hello()
     except Exception:
         client.close()
         raise
@@ -175,16 +197,31 @@ def find_password(password_file: str | None = None, config_password_file: str = 
 
 
 def _tls_error(failure: Failure) -> str:
-    """The words of a TLS failure (a certificate that does not verify...), else ""."""
+    """The words of a TLS failure (a certificate that does not verify, or is for another
+    name), else ""."""
     try:
         from OpenSSL import SSL
+        from service_identity import VerificationError
     except ImportError:
         return ""
+    if failure.check(VerificationError):
+        names = [str(getattr(e.mismatched_id, "hostname", None) or getattr(e.mismatched_id, "ip", None)
+                     or e.mismatched_id) for e in failure.value.errors if hasattr(e, "mismatched_id")]
+        return (f"the server's certificate is not for {' or '.join(names) or 'this name'}: "
+                "connect with a name the certificate lists")
     if not failure.check(SSL.Error):
         return ""
     reasons = [part for args in failure.value.args for item in (args if isinstance(args, list) else [])
                for part in (item if isinstance(item, tuple) else (item,)) if isinstance(part, str)]
     return reasons[-1] if reasons else str(failure.value) or "handshake failed"
+
+
+#: Bytes the server counts per part of a big value besides the part (its key and overhead).
+BOX_PART_OVERHEAD = 128
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
 
 
 def _reason(e: Exception) -> str:
@@ -204,22 +241,89 @@ class FarmClient:
     recheck_interval = RECHECK_INTERVAL
 
     def __init__(self, reactor: IReactorTime, proto: _ClientProtocol, *, endpoint: str, user: str,
-                 timeout: float) -> None:
+                 timeout: float, dial: Callable[[], Awaitable[_ClientProtocol]] | None = None,
+                 kind: str = "tool", password: str | None = None, reconnect: float = 0.0,
+                 on_reconnect: Callable[[str], None] | None = None) -> None:
         self._reactor = reactor
         self._proto = proto
         self._closed = False
-        self._server_closed = False
+        self._dial = dial
+        self._kind = kind
+        self._password = password
+        self._dialing = defer.DeferredLock()
+        #: Seconds to keep trying to reach a server that went away (0: give up at once).
+        self.reconnect = reconnect if dial is not None else 0.0
+        self.on_reconnect = on_reconnect
         self.endpoint = endpoint
         self.user = user
         self.timeout = timeout
         self.server_version = ""
         self.connection_id = 0
+        #: The most bytes of one message the server takes (its limits.max_box_bytes); None: not said.
+        self.max_box_bytes: int | None = None
 
     # --- the wire ------------------------------------------------------------------
 
     def _call(self, command: type[amp.Command], timeout: float | None = None,
               **arguments: Any) -> defer.Deferred[dict[str, Any]]:
-        """callRemote, bounded by a timeout, with transport failures as `ClientError`s."""
+        """One server call, bounded by a timeout, on a connection made again if the server
+        went away: a read is asked again there; a change whose connection was lost in
+        flight is reported, since the server may or may not have done it."""
+        return defer.ensureDeferred(self._call_riding(command, timeout, arguments))
+
+    async def _call_riding(self, command: type[amp.Command], timeout: float | None,
+                           arguments: dict[str, Any]) -> dict[str, Any]:
+        while True:
+            proto = self._proto
+            if proto.lost and not self._closed and self.reconnect > 0:
+                await self._connect_again(proto, "the connection was gone")  # nothing was sent yet
+                continue
+            try:
+                return await self._send(command, timeout, **arguments)
+            except ServerTimeout:
+                raise
+            except ServerUnreachable as e:
+                if self._closed or self.reconnect <= 0:
+                    raise
+                if not _is_read(command, arguments):
+                    name = command.commandName.decode()
+                    raise ServerUnreachable(f"{e} during {name}: it may or may not have been done; "
+                                            "look before doing it again") from None
+                await self._connect_again(proto, str(e))
+
+    async def _connect_again(self, failed: _ClientProtocol, why: str) -> None:
+        """Dial until a new connection says Hello, or until `reconnect` seconds have passed.
+        One caller dials; the others wait for its connection."""
+        async with self._dialing:
+            if self._proto is not failed or self._closed:
+                return  # another call made the connection while this one waited
+            if failed.transport is not None and not failed.lost:
+                failed.transport.loseConnection()  # the client closes first
+            assert self._dial is not None
+            self._notify(f"{why}; connecting again to {self.endpoint} (for up to {self.reconnect:g} s)")
+            deadline = self._reactor.seconds() + self.reconnect
+            delay = RECONNECT_FIRST_DELAY
+            while True:
+                try:
+                    self._proto = await self._dial()
+                    await self._hello()
+                    self._notify(f"connected again to {self.endpoint}")
+                    return
+                except ServerUnreachable as e:
+                    if self._closed or self._reactor.seconds() + delay > deadline:
+                        raise ServerUnreachable(f"{why}; could not connect again within "
+                                                f"{self.reconnect:g} s: {e}") from None
+                await deferLater(self._reactor, delay, lambda: None)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+    def _notify(self, text: str) -> None:
+        if self.on_reconnect is not None:
+            self.on_reconnect(text)
+
+    def _send(self, command: type[amp.Command], timeout: float | None = None,
+              **arguments: Any) -> defer.Deferred[dict[str, Any]]:
+        """callRemote on the current connection, bounded by a timeout, with transport
+        failures as `ClientError`s."""
         seconds = self.timeout if timeout is None else timeout
         d: defer.Deferred[dict[str, Any]] = defer.maybeDeferred(
             self._proto.callRemote, command, **arguments)
@@ -242,11 +346,12 @@ class FarmClient:
             raise ServerUnreachable(f"{why} to the server at {self.endpoint}{detail}")
         return failure
 
-    async def _hello(self, kind: str, password: str | None = None) -> None:
-        answer = await self._call(c.Hello, protocol=c.PROTOCOL_VERSION, kind=kind, user=self.user,
-                                  client=f"farmnet-client/{farmnet.__version__}", password=password)
+    async def _hello(self) -> None:
+        answer = await self._send(c.Hello, protocol=c.PROTOCOL_VERSION, kind=self._kind, user=self.user,
+                                  client=f"farmnet-client/{farmnet.__version__}", password=self._password)
         self.server_version = answer["server_version"]
         self.connection_id = answer["connection_id"]
+        self.max_box_bytes = answer.get("max_box_bytes")
 
     def close(self) -> None:
         """Close the connection (the client closes first). Pending calls fail."""
@@ -271,8 +376,21 @@ class FarmClient:
     async def submit(self, spec: dict[str, Any]) -> tuple[int, list[str]]:
         """Submit a job (CGRU's ``{"job": {...}}`` or the bare mapping); returns its id
         and the server's warnings (unknown keys and the like)."""
+        self._check_size(spec)
         answer = await self._call(c.SubmitJob, spec=spec)
         return answer["job_id"], list(answer["warnings"])
+
+    def _check_size(self, spec: dict[str, Any]) -> None:
+        """A job bigger than the server takes in one box would only get the connection
+        closed: refuse it here, naming the limit."""
+        limit = self.max_box_bytes
+        if not limit:
+            return
+        size = len(BigJSON().encode(spec))
+        boxed = size + (size // PART + 2) * BOX_PART_OVERHEAD  # each part has a key, counted by the server
+        if boxed > limit:
+            raise ClientError(f"the job is {_mib(size)} as JSON, over this server's limit of {_mib(limit)} "
+                              f"({limit} bytes) a message (server.limits.max_box_bytes)")
 
     async def jobs(self, user: str | None = None) -> list[Job]:
         """Every job, or only ``user``'s."""
@@ -295,7 +413,8 @@ class FarmClient:
 
     async def output(self, job_id: int, block: int, task: int, run: int = 0) -> bytes:
         """A task run's output (``run`` 0: the latest). For a finished task, all of it;
-        for a running one, what the server has now."""
+        for a running one, what the server has now. A run the task never had raises
+        UnknownTask."""
         chunks: list[bytes] = []
         offset = 0
         while True:
@@ -335,22 +454,26 @@ class FarmClient:
         return (await self._call(c.PollEvents, after=-1))["last"]
 
     def _poll(self, after: int) -> defer.Deferred[dict[str, Any]]:
-        # Held by the server until there is an event: allow for that on top of the timeout.
-        d = self._call(c.PollEvents, timeout=self.timeout + POLL_HOLD_ALLOWANCE, after=after)
-        d.addCallback(self._closing)
-        return d
+        return defer.ensureDeferred(self._poll_riding(after))
 
-    def _closing(self, answer: dict[str, Any]) -> dict[str, Any]:
-        """A poll answered with ``close``: the server wants this connection gone (it is
-        stopping, or this client was idle). Close first, and say so."""
-        if answer.get("close"):
-            if self._proto.close_reason is None:
-                self._proto.close_reason = "asked by the server"
-            self._server_closed = True
-            self.close()
-            raise ServerUnreachable(f"the server at {self.endpoint} closed the connection: "
-                                    f"{self._proto.close_reason}")
-        return answer
+    async def _poll_riding(self, after: int) -> dict[str, Any]:
+        """One PollEvents. An answer with ``close`` means the server wants this connection
+        gone (it is stopping, or this client was idle): close first, then poll again on a
+        new connection, or say so when this client does not reconnect."""
+        while True:
+            # Held by the server until there is an event: allow for that on top of the timeout.
+            answer = await self._call(c.PollEvents, timeout=self.timeout + POLL_HOLD_ALLOWANCE, after=after)
+            if not answer.get("close"):
+                return answer
+            proto = self._proto
+            if proto.close_reason is None:
+                proto.close_reason = "asked by the server"
+            if proto.transport is not None:
+                proto.transport.loseConnection()  # the client closes first
+            why = f"the server at {self.endpoint} closed the connection: {proto.close_reason}"
+            if self._closed or self.reconnect <= 0:
+                raise ServerUnreachable(why)
+            await self._connect_again(proto, why)
 
     async def events(self, after: int = -1) -> AsyncIterator[dict[str, Any]]:
         """Farm events after sequence number ``after`` (-1: from now on), forever.
@@ -364,7 +487,7 @@ class FarmClient:
             try:
                 answer = await self._poll(after)
             except ServerUnreachable:
-                if self._closed and not self._server_closed:
+                if self._closed:
                     return
                 raise
             after = answer["last"]
@@ -410,6 +533,13 @@ class FarmClient:
                     break
 
 
+def _is_read(command: type[amp.Command], arguments: Mapping[str, Any]) -> bool:
+    """A call that changes nothing on the server: safe to ask again."""
+    if command is c.Act:
+        return arguments.get("action") in _READ_ACTIONS
+    return command in _READS
+
+
 def _concerns(event: dict[str, Any], job_id: int) -> bool:
     if event.get("kind") not in _JOB_EVENTS:
         return False
@@ -442,19 +572,41 @@ def load_spec(path: str) -> dict[str, Any]:
         raise SpecFileError(f"{path}: not UTF-8 text: {e.reason}") from None
     is_json = path.lower().endswith(".json")
     document: Any = None
-    if is_json or text.lstrip().startswith(("{", "[")):
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as e:
-            if is_json:
-                raise SpecFileError(f"{path}:{e.lineno}:{e.colno}: JSON syntax error: {e.msg}") from None
-            document = _load_yaml(path, text)  # flow-style YAML also starts with "{"
-    else:
-        document = _load_yaml(path, text)
+    try:
+        if is_json or text.lstrip().startswith(("{", "[")):
+            try:
+                document = json.loads(text)
+            except json.JSONDecodeError as e:
+                if is_json:
+                    raise SpecFileError(f"{path}:{e.lineno}:{e.colno}: JSON syntax error: {e.msg}") from None
+                document = _load_yaml(path, text)  # flow-style YAML also starts with "{"
+        else:
+            document = _load_yaml(path, text)
+    except RecursionError:
+        raise SpecFileError(f"{path}: nested too deeply (a job has at most {MAX_NESTING} levels)") from None
     if not isinstance(document, dict):
         what = "nothing" if document is None else f"a {type(document).__name__}"
         raise SpecFileError(f"{path}: expected a job (a mapping), got {what}")
+    if _nesting(document, MAX_NESTING) > MAX_NESTING:
+        raise SpecFileError(f"{path}: nested too deeply (a job has at most {MAX_NESTING} levels)")
     return document
+
+
+#: Levels of lists and mappings a job file may have (a job needs 5; custom data a few more).
+MAX_NESTING = 100
+
+
+def _nesting(value: Any, limit: int) -> int:
+    """How deep lists and mappings nest in ``value``, counted up to ``limit + 1`` (no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _load_yaml(path: str, text: str) -> Any:

@@ -56,16 +56,19 @@ class SyncFarmClient:
         from twisted.internet import reactor
 
         self.timeout = settings.timeout
+        self.reconnect = settings.reconnect
         self.server = settings.server
         self.user = settings.user
         self._client: FarmClient = self._run(
             lambda: connect(reactor, settings.server, settings.user, kind=kind,
-                            timeout=settings.timeout, password=password, ca=settings.ca))
+                            timeout=settings.timeout, password=password, ca=settings.ca,
+                            reconnect=settings.reconnect))
 
     def _run(self, call: Callable[[], Awaitable[T]], bounded: bool = True) -> T:
         """Run ``call`` in the reactor and wait the client's timeout (plus a margin); not
         ``bounded`` for calls made of many server calls, each bounded by the async client."""
-        timeout = self.timeout + MARGIN if bounded else None
+        # A call may ride a server restart first (connecting again for up to `reconnect` s).
+        timeout = self.timeout + self.reconnect + MARGIN if bounded else None
         result = _in_reactor(call)
         try:
             return result.wait(timeout)

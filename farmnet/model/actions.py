@@ -10,8 +10,16 @@ import attrs
 from twisted.logger import Logger
 
 from farmnet import errors
-from farmnet.model.data import ACTIVE, Job, Task, TaskState
-from farmnet.model.events import JobDeleted, RenderDeleted, TasksRestarted, UserChanged, UserDeleted
+from farmnet.messages import ExitOrder, SleepOrder
+from farmnet.model.data import ACTIVE, Block, Job, Task, TaskState
+from farmnet.model.events import (
+    ErrorHostsReset,
+    JobDeleted,
+    RenderDeleted,
+    TasksRestarted,
+    UserChanged,
+    UserDeleted,
+)
 from farmnet.model.lifecycle import TaskLife
 from farmnet.model.policy import JOB_ACTIONS, RENDER_ACTIONS, TASK_ACTIONS, USER_ACTIONS, Policy
 from farmnet.model.state import compile_mask
@@ -37,6 +45,8 @@ class Actions(TaskLife, Policy):
             value = self._valid_job_changes(value)
         if action == "set_block":
             value = self._valid_block_changes(jobs, value)
+        if action == "reset_error_hosts" and value is not None:
+            value = self._valid_block_choice(jobs, value)
         for job in jobs:
             getattr(self, f"_job_{action}")(job, value)
             log.info("{user} {action} job {job_id}", user=user, action=action, job_id=job.id)
@@ -94,6 +104,35 @@ class Actions(TaskLife, Policy):
 
     def _job_restart_running(self, job: Job, value: Any) -> None:
         self._restart_tasks(job, lambda t: t.state in ACTIVE, "running tasks restarted")
+
+    def _job_reset_error_hosts(self, job: Job, value: Any) -> None:
+        """Afanasy's "reset error hosts": the job's blocks (or block ``value["block"]``)
+        forget which renders they failed on, so ``errors_avoid_host`` and
+        ``errors_task_same_host`` no longer keep them off those renders."""
+        blocks = job.blocks
+        if isinstance(value, Mapping) and "block" in value:
+            blocks = [job.blocks[value["block"]]]
+        for block in blocks:
+            self._forget_error_hosts(block, None)
+        self.work_generation += 1
+        self._job_changed(job)
+
+    def _forget_error_hosts(self, block: Block, render: str | None) -> None:
+        """Clear the error-host records of ``block`` and its tasks: all, or one render's."""
+        tasks = tuple(t for t in block.tasks if t.host_errors and (render is None or render in t.host_errors))
+        if render is None:
+            block.host_errors.clear()
+        else:
+            block.host_errors.pop(render, None)
+        for task in tasks:
+            if render is None:
+                task.host_errors = None
+            else:
+                assert task.host_errors is not None
+                del task.host_errors[render]
+                task.host_errors = task.host_errors or None
+        if tasks:
+            self.bus.publish(ErrorHostsReset(block, tasks))
 
     def _job_skip(self, job: Job, value: Any) -> None:
         for block in job.blocks:
@@ -183,10 +222,7 @@ class Actions(TaskLife, Policy):
             if not (self.is_admin(user) or (owner_may and render.owner and render.owner == user)):
                 raise errors.PermissionDenied(f"user {user!r} may not {action} render {render.name!r}")
         if action == "set":
-            valid = isinstance(value, Mapping) and value and set(value) <= {"capacity", "max_tasks"} and all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values())
-            if not valid:
-                raise errors.InvalidAction('set needs {"capacity": N, "max_tasks": N}')
+            value = self._valid_render_changes(value)
         for render in renders:
             if action == "nimby":
                 render.nimby, render.NIMBY = True, False
@@ -204,12 +240,12 @@ class Actions(TaskLife, Policy):
                     self._stop_task(task, f"ejected by {user}")
                     self._set_state(task, TaskState.RDY)
             elif action == "exit":
-                self._order(render, {"order": "exit"})
+                self._order(render, ExitOrder())
             elif action == "sleep":
                 if not render.online or render.tasks:
                     raise errors.InvalidAction(f"render {render.name!r} must be online and idle to sleep")
                 render.wol = "falling"
-                self._order(render, {"order": "sleep"})
+                self._order(render, SleepOrder())
             elif action == "wake":
                 if render.online:
                     raise errors.InvalidAction(f"render {render.name!r} is awake")
@@ -223,6 +259,13 @@ class Actions(TaskLife, Policy):
             elif action == "set":
                 for key, val in value.items():
                     setattr(render, key, val)
+            elif action == "reset_error_hosts":  # every block forgets this render's errors
+                for job in self.jobs.values():
+                    if any(render.name in block.host_errors for block in job.blocks):
+                        for block in job.blocks:
+                            self._forget_error_hosts(block, render.name)
+                        self._job_changed(job)
+                self.work_generation += 1
             render.solved_empty_at = -1
             log.info("{user} {action} render {render}", user=user, action=action, render=render.name)
             self._render_changed(render)

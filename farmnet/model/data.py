@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from farmnet.messages import Order
 from farmnet.model.spec import BlockSpec, JobSpec
 
 
@@ -310,7 +311,7 @@ class Render:
     capacity_used: int = 0
     tasks: dict[TaskKey, Task] = attrs.field(factory=dict)
     #: Orders waiting for the render's next (or held) heartbeat.
-    orders: list[dict[str, Any]] = attrs.field(factory=list)
+    orders: list[Order] = attrs.field(factory=list)
     #: The farm's work generation when a solve last found nothing for this render.
     solved_empty_at: int = -1
     owner: str = ""

@@ -51,6 +51,15 @@ class TasksRestarted:
 
 
 @attrs.frozen(slots=True)
+class ErrorHostsReset:
+    """``tasks`` of ``block`` forgot the renders they failed on (reset error hosts): the
+    block and these tasks no longer avoid them."""
+
+    block: Block
+    tasks: tuple[Task, ...]
+
+
+@attrs.frozen(slots=True)
 class TasksRenumbered:
     """``block`` lost some of its tasks; the rest were numbered again from 0."""
 

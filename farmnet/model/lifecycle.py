@@ -8,13 +8,13 @@ the bus, never sent from here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable
 
 import attrs
 from twisted.logger import Logger
 
 from farmnet import errors
+from farmnet.messages import HostResources, KillOrder, StartOrder, TaskRef
 from farmnet.model.data import ACTIVE, FINISHED, Block, Job, Render, Task, TaskKey, TaskRun, TaskState, User
 from farmnet.model.events import (
     JobSubmitted,
@@ -88,13 +88,12 @@ class TaskLife(FarmState):
             "FARMNET_USER": job.user_name, "FARMNET_RUN": str(task.starts_count),
             "FARMNET_FRAME_START": str(frame_start), "FARMNET_FRAME_END": str(frame_end),
         })
-        self._order(render, {
-            "order": "start", "job_id": job.id, "block": block.number, "task": task.number,
-            "run": task.starts_count, "name": task.name, "command": task.command,
-            "working_directory": spec.working_directory, "environment": env,
-            "service": spec.service, "parser": spec.parser, "capacity": spec.capacity,
-            "frame_start": frame_start, "frame_end": frame_end,
-        })
+        self._order(render, StartOrder(
+            job_id=job.id, block=block.number, task=task.number, run=task.starts_count,
+            name=task.name, command=task.command, working_directory=spec.working_directory,
+            environment=env, service=spec.service, parser=spec.parser, capacity=spec.capacity,
+            frame_start=frame_start, frame_end=frame_end, max_run_time=spec.task_max_run_time,
+        ))
 
     def _arm_time_limits(self, task: Task) -> None:
         """task_max_run_time and task_progress_change_timeout: the server kills, the run
@@ -126,8 +125,7 @@ class TaskLife(FarmState):
             return
         log.info("task {key} killed: {reason}", key=task.key, reason=reason)
         render = self.renders[task.render_id]
-        self._order(render, {"order": "kill", "job_id": task.key[0], "block": task.key[1],
-                             "task": task.key[2], "run": run, "reason": reason})
+        self._order(render, KillOrder(*task.key, run=run, reason=reason))
         self._release(task)
         task.time_done = now
         self._task_failed(task, render, reason)
@@ -268,8 +266,7 @@ class TaskLife(FarmState):
         self._cancel_timer("reconnect", id(task))
         render = self.renders.get(task.render_id)
         if render is not None and render.online and task.key in render.tasks:
-            self._order(render, {"order": "kill", "job_id": task.key[0], "block": task.key[1],
-                                 "task": task.key[2], "run": task.starts_count, "reason": reason})
+            self._order(render, KillOrder(*task.key, run=task.starts_count, reason=reason))
         if task.state is TaskState.RUN:
             self._release(task)
         task.render_id = 0
@@ -351,7 +348,7 @@ class TaskLife(FarmState):
     def register_render(self, name: str, *, capacity: int, max_tasks: int = 0,
                         services: Iterable[str] = (), services_disabled: Iterable[str] = (),
                         platform: str = "", cpus: int = 0, memory_mb: int = 0, owner: str = "",
-                        macs: Iterable[str] = (), running: Iterable[Mapping[str, int]] = ()) -> Render:
+                        macs: Iterable[str] = (), running: Iterable[TaskRef] = ()) -> Render:
         """A render (re)connects. Tasks it still runs are re-attached, not re-run; tasks
         it runs that the farm no longer wants there are killed."""
         if capacity <= 0:
@@ -382,11 +379,10 @@ class TaskLife(FarmState):
         self.request_solve()
         return render
 
-    def _reattach(self, render: Render, running: Iterable[Mapping[str, int]]) -> None:
+    def _reattach(self, render: Render, running: Iterable[TaskRef]) -> None:
         reported = set()
         for item in running:
-            key = (int(item["job_id"]), int(item["block"]), int(item["task"]))
-            run = int(item["run"])
+            key, run = item.key, item.run
             reported.add(key)
             try:
                 task = self.task(key)
@@ -400,18 +396,17 @@ class TaskLife(FarmState):
                     self._set_state(task, TaskState.RUN)
                     self._arm_time_limits(task)
             else:  # deleted, restarted or run elsewhere meanwhile
-                self._order(render, {"order": "kill", "job_id": key[0], "block": key[1],
-                                     "task": key[2], "run": run, "reason": "not wanted by the server"})
+                self._order(render, KillOrder(*key, run=run, reason="not wanted by the server"))
         for key, task in list(render.tasks.items()):
             if key not in reported:  # the render lost it (it restarted): run it again
                 self._release(task)
                 self._set_state(task, TaskState.RDY)
 
-    def render_seen(self, render: Render, resources: Mapping[str, Any] | None = None) -> None:
+    def render_seen(self, render: Render, resources: HostResources | None = None) -> None:
         """A render spoke; ``resources`` (CPU, memory, swap, disk, load) are shown, not trusted."""
         render.time_seen = self.clock.seconds()
-        if resources:
-            render.resources = dict(resources)
+        if resources is not None:
+            render.resources = attrs.asdict(resources)
 
     def render_lost(self, render: Render, zombie: bool = False) -> None:
         """The render's connection is gone, or it went silent past zombie_time (Afanasy's
@@ -446,12 +441,12 @@ class TaskLife(FarmState):
         """Undelivered start orders never reached the render: those tasks are ready again."""
         orders, render.orders = render.orders, []
         for order in orders:
-            if order["order"] == "start":
+            if isinstance(order, StartOrder):
                 try:
-                    task = self.task((order["job_id"], order["block"], order["task"]))
+                    task = self.task(order.key)
                 except (errors.UnknownJob, errors.UnknownTask):
                     continue  # its job was deleted meanwhile
-                if task.state is TaskState.RUN and task.starts_count == order["run"]:
+                if task.state is TaskState.RUN and task.starts_count == order.run:
                     self._release(task)
                     task.starts_count -= 1
                     self._set_state(task, TaskState.RDY)

@@ -7,27 +7,63 @@ on many items is all or nothing.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
+
+import attrs
 
 from farmnet import errors
 from farmnet.config import SchedulingConfig
+from farmnet.convert import REGEX, ConversionError, in_range, one_of, structure
 from farmnet.model.data import Job
 from farmnet.model.spec import BLOCK_SETTABLE, JOB_SETTABLE, MAX_PRIORITY, validate_changes
 
 JOB_ACTIONS = ("pause", "resume", "stop", "delete", "restart", "restart_errors", "restart_running",
-               "skip", "set_priority", "set", "set_block")
+               "reset_error_hosts", "skip", "set_priority", "set", "set_block")
 TASK_ACTIONS = ("restart", "skip")
 RENDER_ACTIONS = ("nimby", "NIMBY", "free", "pause", "resume", "eject", "exit", "heal", "set", "sleep",
-                  "wake")
+                  "wake", "reset_error_hosts")
 USER_ACTIONS = ("set", "delete")
-USER_SETTABLE = {
-    "priority": int, "max_running_tasks": int, "max_running_tasks_per_host": int,
-    "hosts_mask": str, "hosts_mask_exclude": str, "errors_retries": int, "errors_avoid_host": int,
-    "errors_task_same_host": int, "errors_forgive_time": int, "jobs_solving": str,
-    "custom_data": dict,
-}
+
+
+@attrs.frozen
+class UserChanges:
+    """What an admin may set on a user (``set``); None: not given."""
+
+    priority: Annotated[int, in_range(0, MAX_PRIORITY)] | None = None
+    max_running_tasks: int | None = None
+    max_running_tasks_per_host: int | None = None
+    hosts_mask: Annotated[str, REGEX] | None = None
+    hosts_mask_exclude: Annotated[str, REGEX] | None = None
+    errors_retries: int | None = None
+    errors_avoid_host: int | None = None
+    errors_task_same_host: int | None = None
+    errors_forgive_time: int | None = None
+    jobs_solving: Annotated[str, one_of("order", "need")] | None = None
+    custom_data: dict[str, Any] | None = None
+
+
+@attrs.frozen
+class RenderChanges:
+    """What an admin may set on a render (``set``); None: not given."""
+
+    capacity: Annotated[int, in_range(0)] | None = None
+    max_tasks: Annotated[int, in_range(0)] | None = None
+
+
+USER_SETTABLE = frozenset(a.name for a in attrs.fields(UserChanges))
+
+
+def changes_of(value: Any, cls: type, what: str) -> dict[str, Any]:
+    """The keys given in ``value`` (a mapping), structured as ``cls`` by the one converter;
+    InvalidAction naming every bad key (path, what was expected, did-you-mean)."""
+    if not isinstance(value, Mapping) or not value:
+        raise errors.InvalidAction(f"{what}: expected a mapping of parameters to values, got {value!r}")
+    try:
+        changes = structure(value, cls, what)
+    except ConversionError as e:
+        raise errors.InvalidAction("; ".join(e.problems)) from None
+    return {key: getattr(changes, key) for key in value}
 ERROR_SETTINGS = ("errors_retries", "errors_avoid_host", "errors_task_same_host", "errors_forgive_time")
 
 
@@ -44,6 +80,19 @@ class Policy:
         if user != job.user_name and not self.is_admin(user):
             raise errors.PermissionDenied(
                 f"user {user!r} may not change job {job.id} of user {job.user_name!r}")
+
+    def check_may_read_output(self, user: str | None, job: Job, readers: str) -> None:
+        """Task outputs may hold secrets: ``readers`` is ``"owner"`` (the job's user and
+        admins), ``"users"`` (anyone logged in) or ``"public"``; ``user`` None is an
+        anonymous web reader."""
+        if readers == "public":
+            return
+        if user is None:
+            raise errors.NotAuthenticated("log in to read task outputs")
+        if readers != "users" and user != job.user_name and not self.is_admin(user):
+            raise errors.PermissionDenied(
+                f"user {user!r} may not read the output of job {job.id} of user {job.user_name!r}: "
+                "its owner and admins only")
 
     def _check_admin(self, user: str, what: str) -> None:
         if not self.is_admin(user):
@@ -72,33 +121,19 @@ class Policy:
             raise errors.InvalidAction(e.message) from None
         return {"block": number, **changes}
 
+    def _valid_block_choice(self, jobs: list[Job], value: Any) -> dict[str, int]:
+        """``{"block": N}`` naming a block every one of ``jobs`` has."""
+        if not isinstance(value, Mapping) or set(value) != {"block"} or not isinstance(value["block"], int) \
+                or isinstance(value["block"], bool):
+            raise errors.InvalidAction('expected no value, or {"block": N}')
+        for job in jobs:
+            if not 0 <= value["block"] < len(job.blocks):
+                raise errors.UnknownTask(f"job {job.id} has no block {value['block']}")
+        return {"block": value["block"]}
+
     def _valid_user_changes(self, value: Any) -> dict[str, Any]:
-        if not isinstance(value, Mapping) or not value:
-            raise errors.InvalidAction("set needs a mapping of user parameters to values")
-        problems, changes = [], {}
-        for key, val in value.items():
-            kind = USER_SETTABLE.get(key)
-            if kind is None:
-                problems.append(f"user.{key}: cannot be set; one of {', '.join(sorted(USER_SETTABLE))}")
-            elif kind is int and (isinstance(val, bool) or not isinstance(val, int)):
-                problems.append(f"user.{key}: expected an integer, got {val!r}")
-            elif kind is str and not isinstance(val, str):
-                problems.append(f"user.{key}: expected a string, got {val!r}")
-            elif kind is dict and not isinstance(val, Mapping):
-                problems.append(f"user.{key}: expected a mapping, got {val!r}")
-            elif key.startswith("hosts_mask"):
-                try:
-                    re.compile(val)
-                    changes[key] = val
-                except re.error as e:
-                    problems.append(f"user.{key}: invalid regular expression: {e}")
-            elif key == "jobs_solving" and val not in ("order", "need"):
-                problems.append("user.jobs_solving: 'order' or 'need'")
-            elif key == "priority" and not 0 <= val <= MAX_PRIORITY:
-                problems.append(f"user.priority: must be 0..{MAX_PRIORITY}")
-            else:
-                changes[key] = val
-        if problems:
-            raise errors.InvalidAction("; ".join(problems))
-        return changes
+        return changes_of(value, UserChanges, "user")
+
+    def _valid_render_changes(self, value: Any) -> dict[str, Any]:
+        return changes_of(value, RenderChanges, "render")
 

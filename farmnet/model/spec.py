@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from farmnet.convert import did_you_mean
 from farmnet.errors import JobSpecError
 
 _FRAME_PATTERN = re.compile(r"@(#+)@")
@@ -296,7 +297,8 @@ def validate_changes(changes: Any, settable: frozenset[str], path: str) -> dict[
     out = {}
     for key in changes:
         if key not in settable:
-            c.errors.append(f"{path}.{key}: cannot be set; one of {', '.join(sorted(settable))}")
+            hint = did_you_mean(key, sorted(settable)) or f"; one of {', '.join(sorted(settable))}"
+            c.errors.append(f"{path}.{key}: cannot be set{hint}")
             continue
         kind = _BLOCK_FIELDS[key] if path == "block" else fields[key]
         out[key] = c.get(changes, key, path, kind, None)
@@ -341,7 +343,8 @@ def parse_job(document: Any, max_tasks: int = 1_000_000) -> tuple[JobSpec, list[
 
     for key in document:
         if key not in _JOB_FIELDS and key not in _ACCEPTED_JOB and key not in ("name", "blocks"):
-            c.warnings.append(f"job.{key}: unknown key, ignored")
+            hint = did_you_mean(str(key), [*_JOB_FIELDS, "name", "blocks"])
+            c.warnings.append(f"job.{key}: unknown key, ignored{hint}")
     if c.errors:
         raise JobSpecError("invalid job: " + "; ".join(c.errors))
 
@@ -376,7 +379,8 @@ def _parse_block(c: _Collector, raw: Any, path: str) -> BlockSpec | None:
         c.warnings.append(f"{path}.flags: numeric flag set on a block with explicit tasks; tasks win")
     for key in raw:
         if key not in _BLOCK_FIELDS and key not in _ACCEPTED_BLOCK and key not in ("name", "tasks"):
-            c.warnings.append(f"{path}.{key}: unknown key, ignored")
+            hint = did_you_mean(str(key), [*_BLOCK_FIELDS, "name", "tasks"])
+            c.warnings.append(f"{path}.{key}: unknown key, ignored{hint}")
     if len(c.errors) > errors_before:
         return None
     given = {k: v for k, v in values.items() if v is not None}

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from farmnet import errors
 from farmnet.config import SchedulingConfig
+from farmnet.messages import Order
 from farmnet.model.data import Block, Job, Render, Task, TaskKey, TaskState, User
 from farmnet.model.events import Bus, JobChanged, OrdersQueued, RenderChanged, TaskStateChanged
 from farmnet.model.scheduler import Scheduler
@@ -190,11 +191,11 @@ class FarmState:
         except KeyError:
             raise errors.UnknownRender(f"no render named {name!r}") from None
 
-    def _order(self, render: Render, order: dict[str, Any]) -> None:
+    def _order(self, render: Render, order: Order) -> None:
         render.orders.append(order)
         self.bus.publish(OrdersQueued(render))
 
-    def take_orders(self, render: Render) -> list[dict[str, Any]]:
+    def take_orders(self, render: Render) -> list[Order]:
         orders, render.orders = render.orders, []
         return orders
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from twisted.protocols import amp
 
+from farmnet.convert import structure, unstructure
+
 PART = amp.MAX_VALUE_LENGTH
 
 
@@ -74,3 +76,24 @@ class BigUnicode(BigBytes):
 
     def decode(self, data: bytes) -> Any:
         return data.decode("utf-8")
+
+
+class Typed(BigJSON):
+    """A value of an attrs class (or a list, union, ... of them) as JSON, through the one
+    converter of `farmnet.convert`: the sender's objects are unstructured, the receiver's
+    structured and checked, so a responder or caller gets typed objects. A value that does
+    not fit raises `ConversionError` naming each bad key (the server resets such a peer;
+    a caller's Deferred fails with it)."""
+
+    def __init__(self, cls: Any, optional: bool = False) -> None:
+        super().__init__(optional)
+        self.cls = cls
+
+    def encode(self, value: Any) -> bytes:
+        return super().encode(unstructure(value, self.cls))
+
+    def fromBox(self, name: bytes, strings: dict, objects: dict, proto: Any) -> None:
+        super().fromBox(name, strings, objects, proto)
+        key = name.decode("ascii")
+        if objects[key] is not None or not self.optional:
+            objects[key] = structure(objects[key], self.cls, key)

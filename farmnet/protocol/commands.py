@@ -17,7 +17,8 @@ from __future__ import annotations
 from twisted.protocols import amp
 
 from farmnet import errors as err
-from farmnet.protocol.arguments import BigBytes, BigJSON, BigUnicode
+from farmnet.messages import HostResources, Order, RunResources, TaskRef
+from farmnet.protocol.arguments import BigBytes, BigJSON, BigUnicode, Typed
 
 #: Bumped on any incompatible change of these commands.
 PROTOCOL_VERSION = 1
@@ -55,6 +56,9 @@ class Hello(amp.Command):
         (b"protocol", amp.Integer()),
         (b"server_version", amp.Unicode()),
         (b"connection_id", amp.Integer()),
+        # The most bytes one box (a command with its arguments) may have (0: no limit), so
+        # that a tool can refuse a job too big in words rather than by a closed connection.
+        (b"max_box_bytes", amp.Integer(optional=True)),
     ]
     errors = {err.PermissionDenied: b"PERMISSION_DENIED", err.InvalidAction: b"INVALID_ACTION"}
     fatalErrors = {err.IncompatibleProtocol: b"INCOMPATIBLE_PROTOCOL"}
@@ -76,7 +80,7 @@ class RegisterRender(amp.Command):
         (b"platform", amp.Unicode()),
         (b"cpus", amp.Integer()),
         (b"memory_mb", amp.Integer()),
-        (b"running", BigJSON()),
+        (b"running", Typed(list[TaskRef])),
         (b"owner", amp.Unicode(optional=True)),
         # MAC addresses, for wake-on-LAN
         (b"macs", amp.ListOf(amp.Unicode(), optional=True)),
@@ -89,17 +93,18 @@ class Heartbeat(amp.Command):
     """A render's long poll: answered with orders as soon as there are any, or empty
     after the server's hold time. ``running`` lists the tasks the render runs now.
 
-    Besides ``start``, ``kill`` and ``exit``, an order may be ``{"order": "close"}`` (this
-    connection is replaced or dropped) or ``{"order": "reconnect"}`` (the server is
-    stopping): the render closes its connection first and reconnects with backoff."""
+    Orders are `farmnet.messages.Order`: ``start``, ``kill``, ``exit``, ``sleep``, and
+    ``close`` (this connection is replaced or dropped) or ``reconnect`` (the server is
+    stopping), after which the render closes its connection first and reconnects with
+    backoff."""
 
     commandName = b"heartbeat"
     arguments = [
         (b"render_id", amp.Integer()),
-        (b"running", BigJSON()),
-        (b"resources", BigJSON(optional=True)),
+        (b"running", Typed(list[TaskRef])),
+        (b"resources", Typed(HostResources, optional=True)),
     ]
-    response = [(b"orders", BigJSON())]
+    response = [(b"orders", Typed(list[Order]))]
     errors = {**_COMMON, err.NotRegistered: b"NOT_REGISTERED"}
 
 
@@ -133,7 +138,7 @@ class TaskFinished(amp.Command):
         (b"time_done", amp.Float()),
         (b"message", BigUnicode()),
         # {"peak_memory_mb": N, ...} where the render measured it
-        (b"resources", BigJSON(optional=True)),
+        (b"resources", Typed(RunResources, optional=True)),
     ]
     response: list = []
     errors = {**_COMMON, err.NotRegistered: b"NOT_REGISTERED"}
@@ -185,7 +190,7 @@ class ListTasks(amp.Command):
 
 class GetTaskOutput(amp.Command):
     """Read a task run's output from ``offset``, at most ``limit`` bytes a call.
-    ``run`` 0 means the latest run."""
+    ``run`` 0 means the latest run; a run the task never had is UNKNOWN_TASK."""
 
     commandName = b"get_task_output"
     arguments = [
@@ -224,7 +229,8 @@ class ListUsers(amp.Command):
 
 
 class JobAction(amp.Command):
-    """pause, resume, delete, restart, restart_errors, set_priority (``value``)."""
+    """pause, resume, delete, restart, restart_errors, set_priority (``value``),
+    reset_error_hosts (``value`` none or ``{"block": N}``)."""
 
     commandName = b"job_action"
     arguments = [

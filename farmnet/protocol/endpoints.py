@@ -15,6 +15,7 @@ server endpoint: ``listen: "ssl:51100:privateKey=server.key:certKey=server.pem"`
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,22 @@ from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapC
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 
-__all__ = ["client_endpoint", "set_keepalive", "socket_of", "split_description"]
+__all__ = ["DEFAULT_PORT", "client_endpoint", "expand_shorthand", "loopback_only", "set_keepalive",
+           "socket_of", "split_description"]
+
+#: The server's AMP port when a ``HOST`` is given without one.
+DEFAULT_PORT = 51100
+_SHORTHAND = re.compile(r"(?P<host>[A-Za-z0-9_.-]+)(?::(?P<port>[0-9]+))?")
+_ENDPOINT_KINDS = frozenset({"tcp", "tcp6", "ssl", "tls", "unix"})
+
+
+def expand_shorthand(description: str) -> str:
+    """``HOST`` or ``HOST:PORT`` → ``tcp:HOST:PORT``, so a workstation can say
+    ``--server farm`` or ``FARMNET_SERVER=10.0.0.5:51100``; an endpoint string stays as it is."""
+    match = _SHORTHAND.fullmatch(description.strip())
+    if match is None or match["host"].lower() in _ENDPOINT_KINDS:
+        return description
+    return f"tcp:{match['host']}:{match['port'] or DEFAULT_PORT}"
 
 
 def split_description(description: str) -> tuple[list[str], dict[str, str]]:
@@ -51,10 +67,29 @@ def split_description(description: str) -> tuple[list[str], dict[str, str]]:
     return args, kwargs
 
 
+def loopback_only(description: str) -> bool:
+    """A server endpoint string that only this machine can reach: a unix socket, or TCP
+    bound to a loopback ``interface`` (the default ``tcp:51100:interface=127.0.0.1``)."""
+    args, kwargs = split_description(description)
+    kind = args[0].lower() if args else ""
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    interface = kwargs.get("interface", "")
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
+
+
 def client_endpoint(reactor: Any, description: str, ca: str = "") -> IStreamClientEndpoint:
     """The endpoint for ``description``; with ``ca``, TLS verified against that CA.
 
     Raises ValueError (bad description, unreadable or invalid CA file)."""
+    description = expand_shorthand(description)
     if not ca:
         return clientFromString(reactor, description)
     args, kwargs = split_description(description)

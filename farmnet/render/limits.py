@@ -5,12 +5,9 @@ instead of ending with a bare "signal KILL" or "exit status 1".
 
 Which limit a task gets
 -----------------------
-The render's ``tasks.memory_limit_mb`` (0: none) is the host's protection.  A start order may also carry
-``memory_limit_mb``.  :func:`effective_limit_mb` gives the task the *smaller* of the two that are set
-(> 0): a job may ask for a tighter cap than the render's, never for a looser one.  With only one of them
-set, that one applies; with neither, the task runs unlimited, exactly as before.  Afanasy's block
-``need_memory`` is what a task needs *free* on a host to be given it (a scheduling requirement), not a
-cap: the server may forward it as ``memory_limit_mb`` if that is wanted, the render does not guess.
+The render's ``tasks.memory_limit_mb`` (0: none) is the host's protection, and every task gets it.  The
+job format has no per-task cap: Afanasy's block ``need_memory`` is what a task needs *free* on a host to
+be given it (a scheduling requirement), not a cap, so a start order carries none.
 
 How the limit is applied (render setting ``tasks.limit_method``)
 ---------------------------------------------------------------
@@ -68,7 +65,6 @@ import signal as _signal
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from twisted.logger import Logger
 
@@ -77,7 +73,6 @@ __all__ = [
     "OUTPUT_TAIL",
     "MemoryWatch",
     "TaskLimiter",
-    "effective_limit_mb",
     "oom_reason",
     "rlimit_prefix",
 ]
@@ -107,18 +102,6 @@ _PY_RLIMIT = (
 _PROBE_BYTES = 1 << 30
 _PROBE_SCRIPT = 'read -r line < /proc/self/cgroup; cat "/sys/fs/cgroup${line#0::}/memory.max"'
 _PROBE_TIMEOUT = 10.0
-
-
-def effective_limit_mb(order_limit: Any, render_limit_mb: int) -> int:
-    """The memory limit of one task in MB, 0 for none: the smaller of the order's and the render's.
-
-    ``order_limit`` is the start order's ``memory_limit_mb`` as received (None when absent); anything but
-    a positive integer counts as not set.
-    """
-    limits = [render_limit_mb] if render_limit_mb > 0 else []
-    if isinstance(order_limit, int) and not isinstance(order_limit, bool) and order_limit > 0:
-        limits.append(order_limit)
-    return min(limits, default=0)
 
 
 def _limit_bytes(limit_mb: int) -> int:

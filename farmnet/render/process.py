@@ -230,6 +230,7 @@ class TaskProcess:
         self._kill_timer: IDelayedCall | None = None
         self._drain_timer: IDelayedCall | None = None
         self._transport: Any = None
+        self._output_paused = False
 
     @property
     def running(self) -> bool:
@@ -299,6 +300,32 @@ class TaskProcess:
         _logger.info("killing task pid {pid}: {reason}", pid=self.pid, reason=reason)
         self._signal_group(_signal.SIGTERM)
         self._kill_timer = self._clock.callLater(self._kill_grace, self._kill_hard)
+
+    def pause_output(self) -> None:
+        """Stop reading the task's output (its reader is behind): the pipe fills and the task waits
+        on its writes, so it slows down instead of its output being dropped."""
+        if self._output_paused or self._state is not _State.RUNNING or self._transport is None:
+            return
+        self._output_paused = True
+        self._transport.pauseProducing()
+        if self._drain_timer is not None and self._drain_timer.active():
+            self._drain_timer.cancel()  # output left unread is ours to wait for, not a stray's
+        self._drain_timer = None
+
+    def resume_output(self) -> None:
+        """Read the task's output again."""
+        if not self._output_paused:
+            return
+        self._output_paused = False
+        if self._state is not _State.RUNNING:
+            return
+        self._transport.resumeProducing()
+        if self._reaped and self._drain_timer is None:
+            self._drain_timer = self._clock.callLater(self._drain_timeout, self._drain_expired)
+
+    @property
+    def output_paused(self) -> bool:
+        return self._output_paused
 
     # -- internals -------------------------------------------------------------------------------------
 
@@ -370,7 +397,7 @@ class TaskProcess:
         self._stop_sampling()
         if self._watch is not None:
             self._watch.finish()
-        if self._state is _State.RUNNING:
+        if self._state is _State.RUNNING and not self._output_paused:
             self._drain_timer = self._clock.callLater(self._drain_timeout, self._drain_expired)
 
     def _drain_expired(self) -> None:

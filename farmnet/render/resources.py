@@ -10,9 +10,10 @@ statvfs: point ``render.resources_disk_path`` at a local disk.)
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import psutil
+
+from farmnet.messages import HostResources
 
 __all__ = ["sample"]
 
@@ -20,8 +21,8 @@ _MB = 1 << 20
 _GB = 1 << 30
 
 
-def sample(disk_path: str = "/") -> dict[str, Any]:
-    """A snapshot of this machine's resources, JSON-ready.
+def sample(disk_path: str = "/") -> HostResources:
+    """A snapshot of this machine's resources.
 
     ``cpu_percent`` is the CPU use since the previous call in this process (psutil's non-blocking
     ``cpu_percent(None)``; the very first call has nothing to compare with and says 0.0).
@@ -36,12 +37,12 @@ def sample(disk_path: str = "/") -> dict[str, Any]:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:  # not available on this system
         load = [0.0, 0.0, 0.0]
-    return {
-        "cpu_num": psutil.cpu_count() or 1,
-        "cpu_percent": psutil.cpu_percent(None),
-        "mem_total_mb": memory.total // _MB,
-        "mem_used_mb": (memory.total - memory.available) // _MB,
-        "swap_used_mb": psutil.swap_memory().used // _MB,
-        "hdd_free_gb": hdd_free_gb,
-        "load_avg": load,
-    }
+    return HostResources(
+        cpu_num=psutil.cpu_count() or 1,
+        cpu_percent=psutil.cpu_percent(None),
+        mem_total_mb=memory.total // _MB,
+        mem_used_mb=(memory.total - memory.available) // _MB,
+        swap_used_mb=psutil.swap_memory().used // _MB,
+        hdd_free_gb=hdd_free_gb,
+        load_avg=load,
+    )

@@ -5,7 +5,9 @@ registers with the tasks it still runs, then long-polls: each `Heartbeat` is ans
 when the server has orders for it. Tasks run as child processes (`TaskProcess`); their
 output is batched and streamed, and a finish is kept until the server acknowledges it,
 so a task that ends while the server is away is reported, once, after reconnecting.
-Tasks keep running while the server is away.
+Tasks keep running while the server is away. Output is never dropped: when the server
+falls behind (or is away) by `BACKLOG` bytes of a task's output, the render stops reading
+that task's output until it has caught up, and the task waits on its writes.
 """
 
 from __future__ import annotations
@@ -29,11 +31,23 @@ from twisted.protocols import amp
 import farmnet
 from farmnet import errors
 from farmnet.config import RenderConfig
+from farmnet.convert import ConversionError, unstructure
+from farmnet.messages import (
+    CloseOrder,
+    ExitOrder,
+    KillOrder,
+    Order,
+    ReconnectOrder,
+    RunResources,
+    SleepOrder,
+    StartOrder,
+    TaskRef,
+)
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
 from farmnet.protocol.endpoints import set_keepalive
 from farmnet.render import resources, services
-from farmnet.render.limits import TaskLimiter, effective_limit_mb
+from farmnet.render.limits import TaskLimiter
 from farmnet.render.parsers import Parser, parser_by_name, parser_errors
 from farmnet.render.process import TaskExit, TaskProcess
 
@@ -43,7 +57,9 @@ TaskKey = tuple[int, int, int]
 
 #: Output sent in one TaskOutput at most; the rest follows in the next.
 CHUNK = 256 << 10
-#: Output kept for the server while it is away, per task; the render's log keeps more.
+#: Output of a task read but not yet acknowledged by the server (waiting, or sent): past it
+#: the render stops reading the task's output until the server has caught up to half of it,
+#: so the task waits on its writes and nothing is dropped.
 BACKLOG = 4 << 20
 #: Added to the server's hold time before a silent heartbeat means a dead connection.
 HEARTBEAT_MARGIN = 15.0
@@ -67,11 +83,14 @@ class ServerConnection(FarmAMP):
 
 @attrs.define(eq=False)
 class RunningTask:
-    order: Mapping[str, Any]
+    order: StartOrder
+    #: The order as the service and parser plugins read it (its wire mapping).
+    fields: Mapping[str, Any]
     process: TaskProcess
     parser: Parser
     pending: bytearray = attrs.field(factory=bytearray)
-    dropped: int = 0
+    #: Bytes sent in TaskOutputs the server has not answered yet.
+    in_flight: int = 0
     progress: int | None = None
     flush_call: IDelayedCall | None = None
     timeout_call: IDelayedCall | None = None
@@ -79,11 +98,11 @@ class RunningTask:
 
     @property
     def key(self) -> TaskKey:
-        return (self.order["job_id"], self.order["block"], self.order["task"])
+        return self.order.key
 
     @property
     def run(self) -> int:
-        return int(self.order["run"])
+        return self.order.run
 
     def reference(self) -> dict[str, int]:
         return {"job_id": self.key[0], "block": self.key[1], "task": self.key[2], "run": self.run}
@@ -217,14 +236,18 @@ class RenderService(service.MultiService):
                 log.warn("server silent past the heartbeat hold: dropping the connection")
                 proto.transport.abortConnection()
                 raise
+            except ConversionError as e:  # a server of another make: obey none of it
+                log.error("malformed heartbeat answer from the server: {why}; reconnecting", why=e)
+                await self._close(proto)
+                return
             for order in answer["orders"]:
-                if order.get("order") in ("close", "reconnect"):
+                if isinstance(order, CloseOrder | ReconnectOrder):
                     # Replaced, idle or the server stopping: we close first, then reconnect.
-                    log.info("server asked this render to {order} ({reason})", order=order["order"],
-                             reason=order.get("reason", ""))
+                    log.info("server asked this render to {order} ({reason})", order=order.order,
+                             reason=order.reason)
                     await self._close(proto)
                     return
-                if order.get("order") == "sleep":
+                if isinstance(order, SleepOrder):
                     await self._go_to_sleep(proto)
                     return
                 self._obey(order)
@@ -243,54 +266,50 @@ class RenderService(service.MultiService):
         self._quiet_until = self.reactor.seconds() + SLEEP_QUIET
         await self._close(proto)
 
-    def _running(self) -> list[dict[str, int]]:
-        return [t.reference() for t in self.tasks.values()]
+    def _running(self) -> list[TaskRef]:
+        return [t.order.ref() for t in self.tasks.values()]
 
     # --- orders ------------------------------------------------------------------------
 
-    def _obey(self, order: Mapping[str, Any]) -> None:
-        kind = order.get("order")
-        if kind == "start":
+    def _obey(self, order: Order) -> None:
+        if isinstance(order, StartOrder):
             self._start(order)
-        elif kind == "kill":
-            task = self.tasks.get((order["job_id"], order["block"], order["task"]))
-            if task is not None and task.run == order["run"] and task.exit is None:
-                task.process.kill(order.get("reason", "killed by the server"))
+        elif isinstance(order, KillOrder):
+            task = self.tasks.get(order.key)
+            if task is not None and task.run == order.run and task.exit is None:
+                task.process.kill(order.reason or "killed by the server")
             elif task is None:
-                log.info("kill of unknown task {order}", order=order)
-        elif kind == "exit":
+                log.info("kill of unknown task {key} run {run}", key=order.key, run=order.run)
+        elif isinstance(order, ExitOrder):
             log.info("server asked this render to exit")
             self.reactor.stop()
-        else:
-            log.warn("unknown order {order}", order=order)
 
-    def _start(self, order: Mapping[str, Any]) -> None:
-        key = (order["job_id"], order["block"], order["task"])
+    def _start(self, order: StartOrder) -> None:
+        key = order.key
         if key in self.tasks:
             log.warn("task {key} is already here; start ignored", key=key)
             return
-        env = {**self.environ, **{str(k): str(v) for k, v in order.get("environment", {}).items()}}
+        fields = unstructure(order, StartOrder)
+        env = {**self.environ, **order.environment}
         env["FARMNET_RENDER"] = self.config.name
-        prepared = services.prepare(order, self.config, env, self.service_classes)  # the service's command
+        prepared = services.prepare(fields, self.config, env, self.service_classes)  # the service's command
         holder: list[RunningTask] = []
         process = TaskProcess(
             self.reactor, prepared.command, env=prepared.environment,
-            cwd=order.get("working_directory") or None,
+            cwd=order.working_directory or None,
             on_output=lambda data: self._output(holder[0], data), log_max=self.config.tasks.log_max,
             kill_grace=self.config.tasks.kill_grace,
-            memory_limit_mb=effective_limit_mb(order.get("memory_limit_mb"),
-                                               self.config.tasks.memory_limit_mb),
-            limiter=self.limiter)
-        task = RunningTask(order, process,
-                           parser_by_name(order.get("parser") or "generic", self.parser_classes, order))
+            memory_limit_mb=self.config.tasks.memory_limit_mb, limiter=self.limiter)
+        task = RunningTask(order, fields, process,
+                           parser_by_name(order.parser or "generic", self.parser_classes, fields))
         holder.append(task)
         self.tasks[key] = task
         log.debug("starting {key} run {run}: {command}", key=key, run=task.run, command=prepared.command)
         process.start()
-        if order.get("max_run_time"):
+        if order.max_run_time > 0:
+            # The server kills the run at this age; this is for when it cannot (away).
             task.timeout_call = self.reactor.callLater(
-                order["max_run_time"], process.kill,
-                f"task_max_run_time of {order['max_run_time']} s exceeded")
+                order.max_run_time, process.kill, f"task_max_run_time of {order.max_run_time} s exceeded")
         process.done.addCallback(lambda result: self._exited(task, result))
 
     # --- output and finish -------------------------------------------------------------
@@ -299,11 +318,9 @@ class RenderService(service.MultiService):
         progress = task.parser.feed(data)
         if progress is not None:
             task.progress = progress
-        room = BACKLOG - len(task.pending)
-        if len(data) > room:
-            task.dropped += len(data) - room
-            data = data[:room]
         task.pending += data
+        if len(task.pending) + task.in_flight >= BACKLOG:
+            task.process.pause_output()  # resumed by _sent once the server caught up
         if task.flush_call is None:
             task.flush_call = self.reactor.callLater(self.config.tasks.output_flush, self._flush, task)
 
@@ -312,21 +329,27 @@ class RenderService(service.MultiService):
             task.flush_call.cancel()
         task.flush_call = None
         proto = self.proto
-        if proto is None or (not task.pending and task.progress is None and not task.dropped):
+        if proto is None or (not task.pending and task.progress is None):
             return
-        if task.dropped:
-            task.pending += b"\n[farmnet: %d bytes of output dropped while the server was away]\n" % (
-                task.dropped)
-            task.dropped = 0
         while task.pending or task.progress is not None:
             data = bytes(task.pending[:CHUNK])
             del task.pending[:CHUNK]
-            proto.callRemote(c.TaskOutput, render_id=self.render_id, **task.reference(), data=data,
-                             progress=task.progress).addErrback(self._report_failed, "output")
+            task.in_flight += len(data)
+            d = proto.callRemote(c.TaskOutput, render_id=self.render_id, **task.reference(), data=data,
+                                 progress=task.progress)
+            d.addBoth(self._sent, task, len(data)).addErrback(self._report_failed, "output")
             task.progress = None
 
+    def _sent(self, result: Any, task: RunningTask, size: int) -> Any:
+        """A TaskOutput answered (or lost with its connection): read the task's output again
+        once half the backlog is through."""
+        task.in_flight -= size
+        if len(task.pending) + task.in_flight <= BACKLOG // 2:
+            task.process.resume_output()
+        return result
+
     def _exited(self, task: RunningTask, result: TaskExit) -> None:
-        services.cleanup(task.order, self.config)
+        services.cleanup(task.fields, self.config)
         if task.timeout_call is not None and task.timeout_call.active():
             task.timeout_call.cancel()
         task.exit = result
@@ -356,7 +379,7 @@ class RenderService(service.MultiService):
             c.TaskFinished, render_id=self.render_id, **task.reference(),
             exit_code=result.exit_code, signal=result.signal, time_started=result.time_started,
             time_done=result.time_done, message=message,
-            resources=None if result.peak_memory_mb is None else {"peak_memory_mb": result.peak_memory_mb})
+            resources=None if result.peak_memory_mb is None else RunResources(result.peak_memory_mb))
 
         def acknowledged(_: Any) -> None:
             if self.tasks.get(task.key) is task:

@@ -5,18 +5,21 @@ through `act`, over AMP (`Act`) and over HTTP JSON alike, so there is one path a
 set of permission checks (the farm's). Items: jobs, blocks, tasks, renders, users.
 Actions: list, show, update, delete, and each item's own actions.
 
-Filters name what to act on: jobs ``{"id": 3}`` or ``{"id": [3, 4]}`` (list: also
-``{"user": "anna"}``); blocks ``{"job_id": 3, "block": 0}``; tasks ``{"job_id": 3,
-"block": 0, "task": [1, 2]}`` (list: ``offset``/``limit``); renders and users
-``{"name": "r1"}`` or a list of names.
+Filters name what to act on: jobs ``{"id": 3}`` or ``{"id": [3, 4]}`` (list: any of
+``id``, ``user``, ``state``, ``name``, each a value or a list; renders: ``id``, ``name``,
+``state``; users: ``name``; an unknown filter is refused); blocks ``{"job_id": 3,
+"block": 0}``; tasks ``{"job_id": 3, "block": 0, "task": [1, 2]}`` (list: ``offset``/
+``limit``); renders and users ``{"name": "r1"}`` or a list of names.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from farmnet import errors
+from farmnet.convert import ConversionError, structure
 from farmnet.model.farm import Farm
 from farmnet.model.policy import JOB_ACTIONS, RENDER_ACTIONS, TASK_ACTIONS
 
@@ -26,25 +29,60 @@ READ_ACTIONS = frozenset({"list", "show", "explain"})
 MAX_PAGE = 10_000
 
 
+def _structured(value: Any, cls: Any, path: str) -> Any:
+    """``value`` as ``cls`` by the one converter; InvalidAction naming what is wrong where."""
+    try:
+        return structure(value, cls, path)
+    except ConversionError as e:
+        raise errors.InvalidAction("; ".join(e.problems)) from None
+
+
 def _list_of(filters: Mapping[str, Any], key: str, kind: type) -> list[Any]:
+    """One value of ``kind`` or a non-empty list of them."""
     value = filters.get(key)
-    values = value if isinstance(value, list) else [value]
-    valid = all(isinstance(v, kind) and not isinstance(v, bool) for v in values)
-    if value is None or not values or not valid:
-        raise errors.InvalidAction(f"filters.{key}: expected a {kind.__name__} or a list of them")
-    return values
+    if not isinstance(value, list):
+        return [_structured(value, kind, f"filters.{key}")]
+    if not value:
+        raise errors.InvalidAction(f"filters.{key}: expected a non-empty list")
+    return _structured(value, list[kind], f"filters.{key}")
+
+
+#: What a list can be narrowed by: filter key → the listed record's field. A filter's value is
+#: one value or a list of them; records matching any of them are kept.
+_LIST_FILTERS: Mapping[str, Mapping[str, str]] = {
+    "jobs": {"id": "id", "user": "user_name", "state": "state", "name": "name"},
+    "renders": {"id": "id", "name": "name", "state": "state"},
+    "users": {"name": "name"},
+}
+
+
+def _check_keys(filters: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    """An unknown filter is an error, never silently ignored (it would act on everything)."""
+    for key in filters:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise errors.InvalidAction(f"filters.{key}: unknown for {where}{hint}; known: {', '.join(known)}")
+
+
+def _listed(item: str, rows: list[dict[str, Any]], filters: Mapping[str, Any]) -> list[dict[str, Any]]:
+    fields = _LIST_FILTERS[item]
+    _check_keys(filters, tuple(fields), f"{item} list")
+    for key, value in filters.items():
+        wanted = value if isinstance(value, list) else [value]
+        field = fields[key]
+        rows = [row for row in rows if row.get(field) in wanted]
+    return rows
 
 
 def _one(filters: Mapping[str, Any], key: str, kind: type) -> Any:
-    value = filters.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise errors.InvalidAction(f"filters.{key}: expected a {kind.__name__}")
-    return value
+    return _structured(filters.get(key), kind, f"filters.{key}")
 
 
 def _jobs(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
     if action == "list":
-        return farm.list_jobs(f.get("user"))
+        user_filter = f.get("user")
+        return _listed("jobs", farm.list_jobs(user_filter if isinstance(user_filter, str) else None), f)
     if action == "show":
         return farm.show_job(_one(f, "id", int))
     if action == "explain":
@@ -60,6 +98,7 @@ def _jobs(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any)
 def _blocks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
     job_id = _one(f, "job_id", int)
     if action == "list":
+        _check_keys(f, ("job_id",), "blocks list")
         return farm.show_job(job_id)["blocks"]
     block = _one(f, "block", int)
     if action == "show":
@@ -71,18 +110,18 @@ def _blocks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: An
         if not isinstance(values, Mapping):
             raise errors.InvalidAction("values: expected a mapping of block parameters")
         return farm.job_action(user, [job_id], "set_block", {**values, "block": block})
+    if action == "reset_error_hosts":
+        return farm.job_action(user, [job_id], "reset_error_hosts", {"block": block})
     raise errors.InvalidAction(f"blocks: unknown action {action!r}")
 
 
 def _tasks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
     job_id = _one(f, "job_id", int)
     if action == "list":
-        block = f.get("block")
-        if block is not None and not isinstance(block, int):
-            raise errors.InvalidAction("filters.block: expected an int")
-        offset, limit = f.get("offset", 0), f.get("limit", MAX_PAGE)
-        if not isinstance(offset, int) or not isinstance(limit, int):
-            raise errors.InvalidAction("filters.offset and filters.limit: expected ints")
+        _check_keys(f, ("job_id", "block", "offset", "limit"), "tasks list")
+        block = _structured(f.get("block"), int | None, "filters.block")
+        offset = _structured(f.get("offset", 0), int, "filters.offset")
+        limit = _structured(f.get("limit", MAX_PAGE), int, "filters.limit")
         tasks, total = farm.list_tasks(job_id, block, max(0, offset), max(0, min(limit, MAX_PAGE)))
         return {"tasks": tasks, "total": total}
     block = _one(f, "block", int)
@@ -95,7 +134,7 @@ def _tasks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any
 
 def _renders(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
     if action == "list":
-        return farm.list_renders()
+        return _listed("renders", farm.list_renders(), f)
     if action == "show":
         return farm.render_named(_one(f, "name", str)).to_dict()
     names = _list_of(f, "name", str)
@@ -110,7 +149,7 @@ def _renders(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: A
 
 def _users(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
     if action == "list":
-        return farm.list_users()
+        return _listed("users", farm.list_users(), f)
     if action == "show":
         return farm.user(_one(f, "name", str)).to_dict()
     if action == "update":

@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 import farmnet
 from farmnet import errors
 from farmnet.config import AuthConfig, ConnectionsConfig, LimitsConfig
+from farmnet.messages import CloseOrder, HostResources, Order, ReconnectOrder, RunResources, TaskRef
 from farmnet.model.data import ACTIVE, Render, TaskKey
 from farmnet.model.events import JobDeleted, OrdersQueued, TaskStateChanged
 from farmnet.model.farm import Farm
@@ -49,6 +50,7 @@ from farmnet.server.monitors import EventLog
 from farmnet.server.outputs import OutputStore
 from farmnet.server.passwords import PasswordFileChecker
 from farmnet.server.registry import BOX_KEY_OVERHEAD, CloseState, Connection, Registry
+from farmnet.server.throttle import LoginThrottle
 
 log = Logger()
 
@@ -97,15 +99,8 @@ def _no_orders() -> dict[str, Any]:
     return {"orders": []}
 
 
-def _check_running(running: Any, what: str) -> list[dict[str, int]]:
-    """A render's list of running tasks, each with integer job_id, block, task and run."""
-    if not isinstance(running, list):
-        raise MalformedBox(f"{what} must be a list")
-    for item in running:
-        if not isinstance(item, dict) or not all(
-                type(item.get(key)) is int for key in ("job_id", "block", "task", "run")):
-            raise MalformedBox(f"{what}: each item needs integer job_id, block, task and run")
-    return running
+def _close_order(order: str, reason: str) -> Order:
+    return ReconnectOrder(reason) if order == "reconnect" else CloseOrder(reason)
 
 
 class FarmServer:
@@ -116,7 +111,7 @@ class FarmServer:
                  connections: ConnectionsConfig | None = None, auth: AuthConfig | None = None,
                  limits: LimitsConfig | None = None,
                  durable: Callable[[], defer.Deferred[None]] | None = None,
-                 events: EventLog | None = None) -> None:
+                 events: EventLog | None = None, throttle: LoginThrottle | None = None) -> None:
         connections = connections or ConnectionsConfig()
         auth = auth or AuthConfig()
         self.reactor = reactor
@@ -130,6 +125,11 @@ class FarmServer:
         self.event_hold = connections.event_hold
         self.render_secret = auth.render_secret
         self.passwords = PasswordFileChecker(auth.users_file, reactor) if auth.users_file else None
+        #: Who may read task outputs (`farmnet.server.outputs.check_may_read`).
+        self.output_readers = auth.outputs if auth.users_file else "public"
+        #: Failed secrets and passwords back off per address (shared with the web site).
+        self.throttle = throttle if throttle is not None else LoginThrottle(
+            reactor, free_failures=auth.free_failures, max_delay=auth.backoff_max)
         self.registry = Registry(reactor, limits=limits, close_wait=connections.close_wait,
                                  idle_timeout=connections.idle_timeout, zombie_time=connections.zombie_time,
                                  on_zombie=self._zombie)
@@ -172,7 +172,7 @@ class FarmServer:
         registry = self.registry
         if conn.state is not CloseState.OPEN:  # asked to close: say it again
             registry.heartbeat_answered(conn)
-            return {"orders": [{"order": conn.close_order, "reason": conn.close_reason}]}
+            return {"orders": [_close_order(conn.close_order, conn.close_reason)]}
         old = conn.held_heartbeat
         if old is not None:  # a render sends one heartbeat at a time; answer a leftover
             old.fire({"orders": []})
@@ -192,25 +192,35 @@ class FarmServer:
 
     async def authenticate(self, conn: Connection, kind: str, user: str, secret: str | None,
                            password: str | None) -> None:
-        """Raise PermissionDenied unless this peer may say Hello as ``kind`` ``user``."""
+        """Raise PermissionDenied unless this peer may say Hello as ``kind`` ``user``.
+        A wrong secret or password backs its address off (`LoginThrottle`)."""
         if kind == "render":
-            if self.render_secret and not hmac.compare_digest(
-                    (secret or "").encode("utf-8"), self.render_secret.encode("utf-8")):
-                raise errors.PermissionDenied("wrong or missing render secret")
+            if self.render_secret:
+                self.throttle.check(conn.address)
+                given, expected = (secret or "").encode("utf-8"), self.render_secret.encode("utf-8")
+                if not hmac.compare_digest(given, expected):
+                    self._wrong(conn, f"render {user!r}", "wrong or missing render secret")
             return
         if self.passwords is None:
             if not conn.local:
+                log.warn("refused {kind} {user} from {peer}: not from this host", kind=kind, user=user,
+                         peer=conn.label)
                 raise errors.PermissionDenied(
                     "this server accepts tools and monitors from its own host only "
                     "(give it a users_file to accept passwords from other hosts)")
             return
+        self.throttle.check(conn.address)
         if not password:
             raise errors.PermissionDenied(f"user {user!r}: a password is required")
         try:
             await self.passwords.requestAvatarId(
                 UsernamePassword(user.encode("utf-8"), password.encode("utf-8")))
         except UnauthorizedLogin:
-            raise errors.PermissionDenied(f"user {user!r}: unknown user or wrong password") from None
+            self._wrong(conn, f"{kind} {user!r}", f"user {user!r}: unknown user or wrong password")
+
+    def _wrong(self, conn: Connection, who: str, reason: str) -> None:
+        self.throttle.failed(conn.address, who, reason)
+        raise errors.PermissionDenied(reason)
 
     def eject(self, connection_id: int, reason: str = "ejected by an admin") -> defer.Deferred[None]:
         """Close one connection the polite way (the peer is asked, reset after close_wait);
@@ -224,6 +234,7 @@ class FarmServer:
         """Refuse new connections, ask every peer to close (renders: to reconnect) and
         return once all are gone, close_wait at most."""
         self.registry.accepting = False
+        self.throttle.stop()
         await self.registry.close_all(reason, order="reconnect")
 
 
@@ -287,7 +298,7 @@ class ServerProtocol(FarmAMP):
         assert conn is not None
         held = conn.held_heartbeat
         if held is not None and held.waiting:
-            held.fire({"orders": [{"order": order, "reason": reason}]})
+            held.fire({"orders": [_close_order(order, reason)]})
         if self._held_poll is not None and self._held_poll.waiting:
             self._held_poll.fire(self._close_answer(self._held_after))
         if conn.kind == "tool":
@@ -508,12 +519,12 @@ class ServerProtocol(FarmAMP):
         assert conn is not None
         if self.kind is not None and self.kind != kind:
             raise errors.InvalidAction(f"this is a {self.kind} connection already")
+        if conn.failed_logins >= MAX_FAILED_LOGINS:  # no more guesses while it is being closed
+            raise errors.PermissionDenied(f"{conn.failed_logins} failed logins: this connection is closing")
         try:
             await self.server.authenticate(conn, kind, user, secret, password)
-        except errors.PermissionDenied as e:
-            conn.failed_logins += 1
-            log.warn("refused {kind} {user} from {peer}: {reason}", kind=kind, user=user,
-                     peer=conn.label, reason=e.message)
+        except errors.PermissionDenied:
+            conn.failed_logins += 1  # the log line is authenticate's (bounded in rate)
             if conn.failed_logins >= MAX_FAILED_LOGINS:
                 self.server.reactor.callLater(0, self.server.registry.close, conn,
                                               f"{conn.failed_logins} failed logins")
@@ -521,14 +532,14 @@ class ServerProtocol(FarmAMP):
         self.kind, self.user = kind, user
         self.server.registry.identified(conn, kind, user)
         return {"protocol": c.PROTOCOL_VERSION, "server_version": farmnet.__version__,
-                "connection_id": conn.id}
+                "connection_id": conn.id, "max_box_bytes": self.server.registry.limits.max_box_bytes}
 
     # --- renders -----------------------------------------------------------------------
 
     @c.RegisterRender.responder
     def register_render(self, name: str, capacity: int, max_tasks: int, services: list[str],
                         services_disabled: list[str], platform: str, cpus: int, memory_mb: int,
-                        running: list[dict[str, int]], owner: str | None = None,
+                        running: list[TaskRef], owner: str | None = None,
                         macs: list[str] | None = None) -> dict[str, Any]:
         self._need("render")
         conn = self.conn
@@ -537,7 +548,6 @@ class ServerProtocol(FarmAMP):
             raise errors.InvalidAction(f"this connection is closing ({conn.close_reason}): reconnect")
         if conn.render is not None and conn.render.name != name:
             raise errors.InvalidAction(f"this connection is render {conn.render.name!r} already")
-        _check_running(running, "running")
         render = self.farm.register_render(
             name, capacity=capacity, max_tasks=max_tasks, services=services,
             services_disabled=services_disabled, platform=platform, cpus=cpus,
@@ -546,15 +556,15 @@ class ServerProtocol(FarmAMP):
         return {"render_id": render.id, "heartbeat_hold": self.server.heartbeat_hold}
 
     @c.Heartbeat.responder
-    def heartbeat(self, render_id: int, running: list, resources: dict | None = None) -> Any:
+    def heartbeat(self, render_id: int, running: list[TaskRef],
+                  resources: HostResources | None = None) -> Any:
         self._need("render")
         conn = self.conn
         assert conn is not None
         if conn.state is not CloseState.OPEN:  # asked to close (a zombie, replaced): say it again
-            return {"orders": [{"order": conn.close_order, "reason": conn.close_reason}]}
+            return {"orders": [_close_order(conn.close_order, conn.close_reason)]}
         render = self._need_render(render_id)
-        _check_running(running, "running")
-        if isinstance(resources, dict):
+        if resources is not None:
             self.farm.render_seen(render, resources)
         return self.server.heartbeat(conn, render)
 
@@ -575,16 +585,14 @@ class ServerProtocol(FarmAMP):
     def task_finished(self, render_id: int, job_id: int, block: int, task: int, run: int,
                       time_started: float, time_done: float, message: str,
                       exit_code: int | None = None, signal: int | None = None,
-                      resources: dict[str, Any] | None = None) -> dict[str, Any]:
+                      resources: RunResources | None = None) -> dict[str, Any]:
         render = self._need_render(render_id)
-        if resources is not None and not isinstance(resources, dict):
-            raise MalformedBox("resources must be a mapping")
         key = self._key(job_id, block, task)
         if message and self.farm.current_task(render, key, run) is not None:
             self.server.outputs.append(key, run, f"\n[farmnet: {message}]\n".encode())
         self.farm.task_finished(render, key, run, exit_code=exit_code, signal=signal,
                                 time_started=time_started, time_done=time_done, message=message,
-                                peak_memory_mb=(resources or {}).get("peak_memory_mb"))
+                                peak_memory_mb=resources.peak_memory_mb if resources is not None else None)
         self.server.outputs.close(key, run)
         return {}
 
@@ -620,9 +628,13 @@ class ServerProtocol(FarmAMP):
                         limit: int) -> dict[str, Any]:
         self._need_user()
         t = self.farm.task((job_id, block, task))
+        self.farm.check_may_read_output(self.user, t.block.job, self.server.output_readers)
+        if run < 0 or run > t.starts_count:
+            raise errors.UnknownTask(f"job {job_id} block {block} task {task} has no run {run}; "
+                                     f"it has run {t.starts_count} time(s)")
         run = run or t.starts_count
-        if run < 1 or run > t.starts_count:
-            return {"data": b"", "run": run, "next_offset": 0, "complete": True}
+        if run == 0:  # never started: no output yet
+            return {"data": b"", "run": 0, "next_offset": 0, "complete": True}
         data = self.server.outputs.read(t.key, run, offset, max(0, min(limit, MAX_OUTPUT_READ)))
         still_running = run == t.starts_count and t.state.value in ("RUN", "WRC")
         return {"data": data, "run": run, "next_offset": offset + len(data),
@@ -694,6 +706,8 @@ class ServerProtocol(FarmAMP):
 
 
 class ServerFactory(Factory):
+    noisy = False  # "Starting factory" says nothing an operator needs; the listener logs its port
+
     def __init__(self, server: FarmServer) -> None:
         self.server = server
 

@@ -326,7 +326,9 @@ class Listener(StreamServerEndpointService):
         return port
 
     def _failed(self, failure: Failure) -> None:
-        log.failure("cannot listen on {endpoint}", failure, endpoint=self.description)
+        # Expected (a port in use, no permission): one line, no traceback.
+        log.critical("cannot listen on {endpoint}: {why}", endpoint=self.description,
+                     why=failure.getErrorMessage())
         self.reactor.callWhenRunning(self.reactor.stop)
         if not self.ready.called:
             self.ready.callback(None)

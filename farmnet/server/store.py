@@ -185,6 +185,7 @@ class Store(service.Service):
         self._unsubscribe = bus.subscribe_all({
             ev.TaskStateChanged: self._task_changed,
             ev.TasksRenumbered: self._tasks_renumbered,
+            ev.ErrorHostsReset: self._error_hosts_reset,
             (ev.JobSubmitted, ev.JobChanged): lambda e: self._job_changed(e.job),
             ev.RunEnded: self._run_ended,
             ev.JobDeleted: self._job_deleted,
@@ -210,6 +211,11 @@ class Store(service.Service):
         self._renumbered.append((block.job.id, block.number))
         self._dirty_jobs[block.job.id] = block.job
         for t in block.tasks:
+            self._dirty_tasks[id(t)] = t
+
+    def _error_hosts_reset(self, event: ev.ErrorHostsReset) -> None:
+        self._changed()
+        for t in event.tasks:
             self._dirty_tasks[id(t)] = t
 
     def _job_changed(self, job: Job) -> None:

@@ -8,6 +8,13 @@ directory only (``listen_addresses = ''``), creates the ``farmnet`` database, an
 the cluster when the server stops. The socket lives in the data directory, which only
 its owner may enter, so ``trust`` authentication admits nobody else (but root).
 
+A server killed without stopping (kill -9, a crash) leaves its cluster running, or a
+``postmaster.pid`` naming a process that is gone or is now another program. At start
+the server reads that file and acts knowingly, with a log line: a live postmaster of
+this data directory listening where the settings say is adopted; one listening elsewhere
+is stopped and started again; a file naming no such process is removed, then the cluster
+starts.
+
 initdb and postgres refuse to run as root: as root they run as the ``postgres`` user
 (``runuser -u postgres --``, else ``su postgres -s /bin/sh -c``), which owns the data
 directory. Every program runs through ``reactor.spawnProcess``: the reactor is never
@@ -29,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import psutil
 from twisted.internet import defer, error
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -72,6 +80,58 @@ EMBEDDED_SETTINGS: Mapping[str, str] = {
 
 class ClusterError(Exception):
     """A PostgreSQL program failed; the message holds what it said."""
+
+
+@attrs.frozen
+class Postmaster:
+    """What a cluster's ``postmaster.pid`` says: the postmaster's pid, data directory,
+    port, first socket directory and status (``ready``, ``starting``, ``stopping``...)."""
+
+    pid: int
+    datadir: str
+    port: int
+    socket_dir: str
+    status: str
+
+    @classmethod
+    def read(cls, path: Path) -> Postmaster | None:
+        """The file's contents; None when there is no file. A file that does not parse
+        names no postmaster (pid 0)."""
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return None
+        fields = [line.strip() for line in lines] + [""] * 8
+        try:
+            pid, port = int(fields[0]), int(fields[3] or 0)
+        except ValueError:
+            pid, port = 0, 0
+        return cls(pid, fields[1], port, fields[4], fields[7])
+
+
+def _is_postmaster_of(pid: int, datadir: Path) -> bool:
+    """Is ``pid`` a running postgres whose data directory is ``datadir``? (A pid from a
+    stale file may belong to another program by now.)"""
+    if pid <= 0:
+        return False
+    try:
+        process = psutil.Process(pid)
+        name = process.name()
+        cmdline = process.cmdline()
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    if not (name.startswith("postgres") or name.startswith("postmaster")):
+        return False
+    wanted = os.path.realpath(datadir)
+    arguments = [os.path.realpath(arg) for arg in cmdline[1:] if arg.startswith("/")]
+    if wanted in arguments:
+        return True
+    try:
+        return os.path.realpath(process.cwd()) == wanted  # postgres works in its data directory
+    except (psutil.Error, OSError):
+        return False
 
 
 def find_bin_dir(hint: str = "", path: str | None = None, pattern: str = DEBIAN_BIN_GLOB) -> Path | None:
@@ -282,21 +342,47 @@ class Cluster:
         if code != 0:
             raise ClusterError(f"initdb failed (exit {code}): {_tail(output)}")
 
-    async def start(self, reactor: Any) -> None:
-        """initdb if needed, then start; an already running cluster is kept."""
+    @property
+    def pid_file(self) -> Path:
+        return self.datadir / "postmaster.pid"
+
+    async def start(self, reactor: Any) -> str:
+        """initdb if needed, then start. A cluster left running (its server was killed) is
+        adopted when it listens where it should, else restarted; a stale pid file is
+        removed. Returns what was done: "started", "adopted" or "restarted"."""
         self.check()
         if not self.initialized:
             await self.initdb(reactor)
         else:
             self.make_reachable()
-        if await self.is_running(reactor):
-            log.info("PostgreSQL in {datadir} is already running: using it", datadir=str(self.datadir))
-            return
+        done = "started"
+        found = Postmaster.read(self.pid_file)
+        if found is not None:
+            if not _is_postmaster_of(found.pid, self.datadir):
+                log.warn("removing the stale {file}: pid {pid} is not a PostgreSQL of {datadir} (the server "
+                         "that ran it is gone); starting it", file=str(self.pid_file), pid=found.pid,
+                         datadir=str(self.datadir))
+                self.pid_file.unlink(missing_ok=True)
+            elif (found.port, found.socket_dir, found.status) == (self.port, str(self.socket_dir), "ready"):
+                log.warn("adopting PostgreSQL (pid {pid}) left running in {datadir} by a server that did not "
+                         "stop it", pid=found.pid, datadir=str(self.datadir))
+                return "adopted"
+            else:
+                log.warn("restarting PostgreSQL (pid {pid}) left running in {datadir} by a server that did "
+                         "not stop it: it is {status!r} on port {port}, socket {socket}",
+                         pid=found.pid, datadir=str(self.datadir), status=found.status or "?",
+                         port=found.port, socket=found.socket_dir)
+                code, output = await self._run(reactor, self.stop_argv())
+                if code != 0:
+                    raise ClusterError(f"pg_ctl stop of the PostgreSQL left running failed (exit {code}): "
+                                       f"{_tail(output)}")
+                done = "restarted"
         self.write_settings()
         code, output = await self._run(reactor, self.start_argv())
         if code != 0:
             raise ClusterError(f"pg_ctl start failed (exit {code}): {_tail(output)}; "
                                f"see {self.logfile} and {self.datadir / 'log'}")
+        return done
 
     async def stop(self, reactor: Any) -> None:
         if not await self.is_running(reactor):
@@ -379,9 +465,10 @@ class EmbeddedPostgres:
         return self.cluster.dsn(self.database)
 
     async def start(self, reactor: Any) -> None:
-        await self.cluster.start(reactor)
+        done = await self.cluster.start(reactor)
         await db.ensure_database(reactor, self.cluster.dsn("postgres"), self.database)
-        log.info("embedded PostgreSQL running in {datadir}", datadir=str(self.cluster.datadir))
+        log.info("embedded PostgreSQL running in {datadir} ({done})", datadir=str(self.cluster.datadir),
+                 done=done)
 
     async def stop(self, reactor: Any) -> None:
         await self.cluster.stop(reactor)

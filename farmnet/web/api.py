@@ -133,6 +133,7 @@ class JsonApi:
         g = call.groups
         key = (int(g["job"]), int(g["block"]), int(g["task"]))
         task = self.ctx.farm.task(key)
+        self.ctx.farm.check_may_read_output(call.user, task.block.job, self.ctx.output_readers)
         run = call.int_arg("run", 0, 0, 1 << 30) or task.starts_count
         offset = call.int_arg("offset", 0, 0, 1 << 50) or 0
         limit = call.int_arg("limit", 64 * 1024, 0, MAX_OUTPUT_READ) or 0

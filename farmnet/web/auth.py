@@ -7,23 +7,30 @@ Browsers log in once through the login form and then carry twisted.web's session
 sent ``HttpOnly; SameSite=Strict`` (and ``Secure`` over TLS); a new session is made at each
 login so a session id known before it is worthless after. Scripts send HTTP Basic with
 every request instead (its header decoded by twisted.web.guard's BasicCredentialFactory).
-Without a password file nobody can log in and the site is read-only.
+Without a password file, the one login is the server's own link with a token
+(:class:`TokenChecker`, the way Jupyter prints one): on a localhost farm it makes the
+user who runs the server a logged-in admin; else nobody can log in and the site is
+read-only.
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 import attrs
 from twisted.cred import error as cred_error
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import UsernamePassword
+from twisted.cred.credentials import ICredentials, UsernamePassword
 from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
 from twisted.web import server
 from twisted.web.guard import BasicCredentialFactory
 from zope.interface import Attribute, Interface, implementer
 
+from farmnet import errors
 from farmnet.server.passwords import PasswordFileChecker
+from farmnet.server.throttle import LoginThrottle
 
 __all__ = [
     "FarmRealm",
@@ -31,11 +38,15 @@ __all__ = [
     "FarmSession",
     "IFarmUser",
     "LoginFailed",
+    "LoginToken",
+    "TokenChecker",
     "WebUser",
     "basic_credentials",
     "end_session",
     "login",
+    "login_with_token",
     "make_portal",
+    "passwords_accepted",
     "request_user",
     "session_user",
     "start_session",
@@ -65,6 +76,33 @@ class WebUser:
     name: str
 
 
+class ILoginToken(ICredentials):
+    """The token of the server's login link."""
+
+    token = Attribute("The token the browser brought (str).")
+
+
+@implementer(ILoginToken)
+@attrs.frozen
+class LoginToken:
+    token: str = attrs.field(repr=False)
+
+
+@implementer(ICredentialsChecker)
+@attrs.frozen
+class TokenChecker:
+    """Logs the holder of the server's login link in as ``user``."""
+
+    token: str = attrs.field(repr=False)
+    user: str
+    credentialInterfaces = (ILoginToken,)
+
+    def requestAvatarId(self, credentials: LoginToken) -> defer.Deferred[bytes]:
+        if self.token and hmac.compare_digest(credentials.token.encode(), self.token.encode()):
+            return defer.succeed(self.user.encode())
+        return defer.fail(cred_error.UnauthorizedLogin("wrong login token"))
+
+
 @implementer(IRealm)
 class FarmRealm:
     """Every authenticated name is a farm user; the farm decides what it may do."""
@@ -77,10 +115,14 @@ class FarmRealm:
 
 
 def make_portal(reactor: Any, users_file: str,
-                checkers: tuple[ICredentialsChecker, ...] | None = None) -> Portal:
-    """The web site's portal: the password file's checker (none when ``users_file`` is "")."""
+                checkers: tuple[ICredentialsChecker, ...] | None = None,
+                login_link: TokenChecker | None = None) -> Portal:
+    """The web site's portal: the password file's checker (none when ``users_file`` is ""),
+    and the server's login link when it has one."""
     if checkers is None:
         checkers = (PasswordFileChecker(users_file, reactor),) if users_file else ()
+    if login_link is not None:
+        checkers = (*checkers, login_link)
     return Portal(FarmRealm(), list(checkers))
 
 
@@ -88,15 +130,60 @@ class LoginFailed(Exception):
     """Wrong user or password, or logins are off; the message is fit to show."""
 
 
-async def login(portal: Portal, credentials: UsernamePassword) -> WebUser:
-    user, password = credentials.username, credentials.password
-    if not user or not password or len(user) > MAX_CREDENTIAL or len(password) > MAX_CREDENTIAL:
-        raise LoginFailed("unknown user or wrong password")
-    if not portal.listCredentialsInterfaces():
-        raise LoginFailed("logins are off on this server (no server.web_users_file)")
+def passwords_accepted(portal: Portal) -> bool:
+    return any(interface.implementedBy(UsernamePassword) for interface in portal.listCredentialsInterfaces())
+
+
+def client_address(request: server.Request) -> str:
+    """The peer's address, the key of failed logins' backoff."""
+    address = request.getClientAddress()
+    return str(getattr(address, "host", None) or "unix")
+
+
+#: Why a login link is refused.
+_STALE_LINK = "this login link is not valid (the server prints a new one at each start)"
+
+
+async def login_with_token(portal: Portal, token: str, throttle: LoginThrottle | None = None,
+                           address: str = "") -> WebUser:
+    """The user of the server's login link; a wrong token backs ``address`` off like a password."""
+    if ILoginToken not in portal.listCredentialsInterfaces():
+        raise LoginFailed(_STALE_LINK)
+    if throttle is not None:
+        try:
+            throttle.check(address)
+        except errors.PermissionDenied as e:
+            raise LoginFailed(e.message) from None
     try:
+        if not token or len(token) > MAX_CREDENTIAL:
+            raise cred_error.UnauthorizedLogin()
+        _, avatar, _ = await portal.login(LoginToken(token), None, IFarmUser)
+    except cred_error.UnauthorizedLogin:
+        if throttle is not None:
+            throttle.failed(address, "web login link", _STALE_LINK)
+        raise LoginFailed(_STALE_LINK) from None
+    return avatar
+
+
+async def login(portal: Portal, credentials: UsernamePassword, throttle: LoginThrottle | None = None,
+                address: str = "") -> WebUser:
+    """The user of ``credentials``; a wrong password backs ``address`` off (``throttle``)."""
+    user, password = credentials.username, credentials.password
+    if not passwords_accepted(portal):
+        raise LoginFailed("logins are off on this server (no server.web_users_file)")
+    if throttle is not None:
+        try:
+            throttle.check(address)
+        except errors.PermissionDenied as e:
+            raise LoginFailed(e.message) from None
+    try:
+        if not user or not password or len(user) > MAX_CREDENTIAL or len(password) > MAX_CREDENTIAL:
+            raise cred_error.UnauthorizedLogin()
         _, avatar, _ = await portal.login(credentials, None, IFarmUser)
     except cred_error.UnauthorizedLogin:
+        if throttle is not None:
+            name = user[:64].decode("utf-8", "replace")
+            throttle.failed(address, f"web user {name!r}", "unknown user or wrong password")
         raise LoginFailed("unknown user or wrong password") from None
     except cred_error.UnhandledCredentials:
         raise LoginFailed("logins are off on this server (no server.web_users_file)") from None
@@ -119,12 +206,13 @@ def basic_credentials(request: server.Request) -> UsernamePassword | None:
         raise LoginFailed("malformed Basic authorization") from None
 
 
-async def request_user(portal: Portal, request: server.Request) -> tuple[str | None, str | None]:
+async def request_user(portal: Portal, request: server.Request,
+                       throttle: LoginThrottle | None = None) -> tuple[str | None, str | None]:
     """Who asks, and how: HTTP Basic (checked through the portal at every request; a wrong
     one is LoginFailed even on a public page), else the session; (None, None): anonymous."""
     credentials = basic_credentials(request)
     if credentials is not None:
-        return (await login(portal, credentials)).name, "basic"
+        return (await login(portal, credentials, throttle, client_address(request))).name, "basic"
     user = session_user(request)
     return user, "session" if user else None
 

@@ -12,6 +12,7 @@ from twisted.internet import defer
 from farmnet.model.farm import Farm
 from farmnet.server.monitors import EventLog
 from farmnet.server.outputs import OutputStore
+from farmnet.server.throttle import LoginThrottle
 from farmnet.web.live import Streams
 
 __all__ = ["WebContext"]
@@ -31,8 +32,12 @@ class WebContext:
     public: bool = True
     #: Logins possible at all (a password file is configured).
     logins: bool = False
+    #: Who reads task outputs: "owner", "users" or "public" (`Policy.check_may_read_output`).
+    output_readers: str = "public"
     #: Waits until the farm's changes so far are on disk (the store's sync).
     durable: Callable[[], defer.Deferred[Any]] | None = None
     #: The AMP side (connection counts for /metrics), if known.
     amp: Any = None
     streams: Streams = attrs.field(factory=Streams)
+    #: Failed logins back off per address (`farmnet.server.throttle`).
+    throttle: LoginThrottle | None = None

@@ -41,6 +41,12 @@ class LoginPages:
             content = tags.div(tags.h1("Log in"),
                                tags.p("Logins are off on this server: it has no password file "
                                       "(server.auth.users_file).", class_="banner off"))
+        elif not auth.passwords_accepted(self.ctx.portal):
+            content = tags.div(
+                tags.h1("Log in"), tags.p(message, class_="error-text") if message else "",
+                tags.p("This farm has no password file: open the login link the server printed "
+                       "when it started (in its log, and in the file web.login of its store).",
+                       class_="banner"))
         else:
             content = tags.div(
                 tags.h1("Log in"),
@@ -56,14 +62,26 @@ class LoginPages:
         return page_reply(self.ctx, call, "Log in", content, status=status)
 
     async def login_page(self, call: Call) -> Reply:
-        return self.form(call, safe_next(call.arg("next")))
+        """The form; or, with ``?token=``, the server's login link."""
+        next_url = safe_next(call.arg("next"))
+        token = call.arg("token")
+        if token is None:
+            return self.form(call, next_url)
+        try:
+            avatar = await auth.login_with_token(self.ctx.portal, token, self.ctx.throttle,
+                                                 auth.client_address(call.request))
+        except auth.LoginFailed as e:
+            return self.form(call, next_url, str(e), status=401)
+        auth.start_session(call.request, avatar)
+        return redirect(next_url)
 
     async def login_post(self, call: Call) -> Reply:
         form = call.form()
         user, password = form.get("user", ""), form.get("password", "")
         next_url = safe_next(form.get("next"))
         try:
-            avatar = await auth.login(self.ctx.portal, UsernamePassword(user.encode(), password.encode()))
+            avatar = await auth.login(self.ctx.portal, UsernamePassword(user.encode(), password.encode()),
+                                      self.ctx.throttle, auth.client_address(call.request))
         except auth.LoginFailed as e:
             return self.form(call, next_url, str(e), user, status=401)
         auth.start_session(call.request, avatar)

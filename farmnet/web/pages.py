@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.web.template import Tag, tags
 
+from farmnet import errors
 from farmnet.web.context import WebContext
 from farmnet.web.layout import (
     JOB_STATES,
@@ -108,6 +109,8 @@ class LivePages:
                 action_button("stop", "jobs", "stop", ids),
                 action_button("restart", "jobs", "restart", ids, confirm="Restart every task of the job?"),
                 action_button("skip", "jobs", "skip", ids, confirm="Skip every unfinished task?"),
+                action_button("reset error hosts", "jobs", "reset_error_hosts", ids)
+                if any(b.get("avoided_hosts") for b in job.get("blocks", ())) else "",
                 action_button("priority…", "jobs", "set_priority", ids, prompt="New priority (0-250)",
                               default=job["priority"]),
             ]
@@ -302,6 +305,10 @@ class LivePages:
         if outputs is None:
             return tags.p("task output is not kept here", class_="muted")
         try:
+            self.ctx.farm.check_may_read_output(call.user, self.ctx.farm.job(key[0]), self.ctx.output_readers)
+        except (errors.NotAuthenticated, errors.PermissionDenied) as e:
+            return tags.p(e.message, class_="muted")
+        try:
             size = outputs.path(key, run).stat().st_size
         except OSError:
             size = 0
@@ -352,6 +359,8 @@ class LivePages:
             action_button("eject", "renders", "eject", names, confirm="Return its tasks to ready?")
             if r["tasks"] else "",
             action_button("heal", "renders", "heal", names) if r["sick"] else "",
+            action_button("reset error hosts", "renders", "reset_error_hosts", names)
+            if r.get("error_history") else "",
             class_="actions")
 
     async def renders(self, call: Call) -> Reply:

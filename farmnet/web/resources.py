@@ -40,6 +40,7 @@ from twisted.web import resource, server
 from twisted.web.template import Element, Tag
 
 from farmnet import errors
+from farmnet.server.throttle import LoginThrottle
 from farmnet.web import auth
 from farmnet.web.routing import STREAMING, Call, Handler, HTTPError, Reply, html_reply, json_reply, redirect
 
@@ -106,6 +107,8 @@ class Gate:
     portal: Portal
     public: bool
     error_page: ErrorPage
+    #: Failed HTTP Basic logins back off per address.
+    throttle: LoginThrottle | None = None
     login_path: str = "/login"
 
     def render(self, request: server.Request, routes: Mapping[str, Route], groups: Mapping[str, str]) -> Any:
@@ -157,7 +160,7 @@ class Gate:
         if request.method not in (b"GET", b"HEAD") and not same_origin(request):
             raise HTTPError(403, "cross-site request refused", "CrossSiteRequest")
         try:
-            call.user, call.via = await auth.request_user(self.portal, request)
+            call.user, call.via = await auth.request_user(self.portal, request, self.throttle)
         except auth.LoginFailed as e:
             raise unauthorized(str(e)) from None
         if call.user is None and (route.access == "login" or (route.access == "read" and not self.public)):

@@ -22,7 +22,9 @@ script engine; each path is a resource of the tree :func:`site_tree` builds (see
 ======================================  ==========================================================
 
 Read-only pages and API are public unless ``server.web.public`` is false; every change
-needs a user from ``server.auth.users_file`` (see :mod:`farmnet.web.auth`).
+needs a user from ``server.auth.users_file`` (see :mod:`farmnet.web.auth`). With a users
+file, task outputs are for ``server.auth.outputs`` (by default the job's owner and admins),
+as over AMP.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from farmnet.config import WebConfig
 from farmnet.model.farm import Farm
 from farmnet.server.monitors import EventLog
 from farmnet.server.outputs import OutputStore
+from farmnet.server.throttle import LoginThrottle
 from farmnet.web import auth, live, metrics
 from farmnet.web.api import JsonApi
 from farmnet.web.assets import CSS, JS
@@ -193,6 +196,8 @@ class FarmSite(server.Site):
         """End event streams and expire sessions; the open connections are the listener's
         to close, client first (``Listener.close_connections``)."""
         self.ctx.streams.close_all()
+        if self.ctx.throttle is not None:
+            self.ctx.throttle.stop()
         for session in list(self.sessions.values()):
             session.expire()
         await task.deferLater(self.reactor, 0, lambda: None)
@@ -239,13 +244,19 @@ def _listen_interface(description: str) -> str:
 def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None = None,
               outputs: OutputStore | None = None, stats: Any = None, *, users_file: str = "",
               durable: Callable[[], defer.Deferred[Any]] | None = None, amp: Any = None,
-              portal: Portal | None = None, events: EventLog | None = None) -> FarmSite:
+              portal: Portal | None = None, events: EventLog | None = None,
+              login_link: auth.TokenChecker | None = None, output_readers: str | None = None,
+              throttle: LoginThrottle | None = None) -> FarmSite:
     """The site for ``farm``. ``config`` is the server's ``web`` section (``public``);
     ``users_file`` the logins' password file (``server.auth.users_file``); ``stats`` the
     StatsService (or None); ``durable`` waits until the farm's changes are on disk (actions
     answer after it); ``amp`` the FarmServer (its connections are counted in /metrics);
     ``portal`` replaces the password file's (tests); ``events`` the farm's
-    event log (a new one follows ``farm`` when not given).
+    event log (a new one follows ``farm`` when not given); ``login_link`` lets the holder
+    of the server's printed link log in (a farm without a password file);
+    ``output_readers`` who reads task outputs (``server.auth.outputs``; default: "owner"
+    when there are passwords, else "public"); ``throttle`` backs failed logins off per
+    address (shared with the AMP side).
 
     The older ``make_site(farm)`` still works (read-only, no outputs, no statistics)."""
     if farm is None and isinstance(reactor, Farm):
@@ -254,12 +265,15 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
         raise TypeError("make_site: the farm is missing")
     public = config.public if config is not None else True
     if portal is None:
-        portal = auth.make_portal(reactor, users_file)
+        portal = auth.make_portal(reactor, users_file, login_link=login_link)
     if events is None:
         events = EventLog(farm)
+    logins = bool(portal.listCredentialsInterfaces())
+    if output_readers is None:  # a farm without passwords keeps its outputs open, as before
+        output_readers = "owner" if auth.passwords_accepted(portal) else "public"
     ctx = WebContext(reactor=reactor, farm=farm, events=events, outputs=outputs, portal=portal, stats=stats,
-                     public=public,
-                     logins=bool(portal.listCredentialsInterfaces()), durable=durable, amp=amp)
+                     public=public, logins=logins, output_readers=output_readers, durable=durable, amp=amp,
+                     throttle=throttle if throttle is not None else LoginThrottle(reactor))
     site_box: list[FarmSite] = []
 
     def extra() -> dict[str, tuple[str, float]]:
@@ -282,7 +296,7 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
         return None if stats is None else bool(getattr(stats, "enabled", False))
 
     registry = metrics.make_registry(metrics.FarmCollector(farm, events, extra, statistics_up, connections))
-    gate = Gate(portal, public, LoginPages(ctx).error_page)
+    gate = Gate(portal, public, LoginPages(ctx).error_page, ctx.throttle)
     allowed = AllowedHosts.from_config(config) if config is not None else None
     site = FarmSite(ctx, site_tree(gate, ctx, registry), reactor, allowed)
     if config is not None:
@@ -291,6 +305,6 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
     site_box.append(site)
     log.info("web site: {public}, logins {logins}, statistics {stats}",
              public="public" if public else "logged-in users only",
-             logins="from " + users_file if ctx.logins and users_file else ("on" if ctx.logins else "off"),
+             logins="from " + users_file if users_file else ("by the login link" if ctx.logins else "off"),
              stats="off" if stats is None else "on")
     return site

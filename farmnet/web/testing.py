@@ -66,15 +66,15 @@ class FarmPlayer:
         when = self.reactor.seconds() if started is None else started
         while count is None or ended < count:
             await self.tick()
-            orders = [o for o in self.farm.take_orders(render) if o["order"] == "start"]
+            orders = [o for o in self.farm.take_orders(render) if o.order == "start"]
             if not orders:
                 return ended
             for order in orders:
                 if count is not None and ended >= count:
                     break
-                key = (order["job_id"], order["block"], order["task"])
-                failed = order["task"] in fail
-                self.farm.task_finished(render, key, order["run"], exit_code=1 if failed else 0, signal=None,
+                key = (order.job_id, order.block, order.task)
+                failed = order.task in fail
+                self.farm.task_finished(render, key, order.run, exit_code=1 if failed else 0, signal=None,
                                         time_started=when, time_done=when + seconds,
                                         message="boom" if failed else "", peak_memory_mb=512)
                 when += spacing
