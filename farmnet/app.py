@@ -136,10 +136,11 @@ class ServerService(service.MultiService):
             self.exit_status = 1  # the Listener logged why and stops the reactor
         return port
 
-    def _print_login_link(self, port: Any) -> None:
-        """The web login of a private farm: logged, and kept in ``web.login`` (owner-only)."""
+    def _print_login_link(self, port: Any) -> Any:
+        """The web login of a private farm: logged, and kept in ``web.login`` (owner-only).
+        Returns the port: the next callback (:meth:`_listening`) takes it."""
         if port is None or self.login_link is None:
-            return
+            return port
         host = port.getHost()
         url = f"http://{host.host}:{host.port}/login?token={self.login_link.token}"
         path = Path(self.config.store.path) / "web.login"
@@ -149,6 +150,7 @@ class ServerService(service.MultiService):
         path.with_suffix(".tmp").replace(path)
         log.info("web: {user} logs in as an admin with {url} (also in {path})",
                  user=self.login_link.user, url=url, path=str(path))
+        return port
 
     def startService(self) -> None:
         self.lock.record()  # twistd may have forked since __init__
