@@ -1,27 +1,40 @@
-"""The server, composed of services in a fixed order: farm → AMP listener → web site.
+"""The composition root: the server's and the render's services, built from the config's sections.
 
-Start order is the list order; twistd stops them in reverse, so the listener closes
-before the farm's state is flushed.
+The server is composed of services in a fixed order: store → stats → system job → AMP
+listener → web site → manhole. Start order is the list order; twistd stops them in
+reverse, so the listener closes before the farm's state is flushed. The render is its
+connection loop with the client service, task limiter and plug-in classes made here.
+``twistd farmnet server|render`` (farmnet/tap.py) parses options and calls :func:`make_service`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import secrets
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import IService
 from twisted.internet import defer
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from farmnet.config import ServerConfig
+from farmnet.config import ConfigError, RenderConfig, ServerConfig
+from farmnet.logging import with_log_format
 from farmnet.model.farm import Farm
-from farmnet.protocol.endpoints import loopback_only
+from farmnet.protocol.endpoints import client_endpoint, loopback_only
+from farmnet.render import services
+from farmnet.render.limits import TaskLimiter
+from farmnet.render.service import RenderService, ServerConnection
 from farmnet.server.amp import FarmServer, ServerFactory
-from farmnet.server.listening import Listener
+from farmnet.server.listening import ConnectionBudget, Listener
 from farmnet.server.manhole import make_manhole_services, manhole_namespace
 from farmnet.server.monitors import EventLog
 from farmnet.server.netstats import StatisticsLogger
@@ -29,7 +42,7 @@ from farmnet.server.outputs import OutputStore
 from farmnet.server.registry import raise_fd_limit
 from farmnet.server.store import Store
 from farmnet.server.storecheck import Backups, StoreRefused
-from farmnet.server.storelock import StoreLock
+from farmnet.server.storelock import StoreInUse, StoreLock
 from farmnet.stats.service import StatsService
 from farmnet.sysjob.job import SystemJob
 from farmnet.web.auth import TokenChecker
@@ -91,8 +104,12 @@ class ServerService(service.MultiService):
         self.server = FarmServer(reactor, self.farm, self.outputs, connections=config.connections,
                                  auth=config.auth, limits=config.limits, durable=self.store.sync,
                                  events=self.events)
-        self.listener = Listener(reactor, config.listen, ServerFactory(self.server),
-                                 store / "amp.address")
+        close_wait = config.connections.close_wait
+        # Each listener has its own budget of connections: the web cannot use up the AMP's.
+        amp_budget = ConnectionBudget(close_wait=close_wait,
+                                      max_connections=config.connections.max_connections)
+        self.listener = Listener(reactor, config.listen, ServerFactory(self.server), store / "amp.address",
+                                 name="amp", budget=amp_budget)
         self.listener.setServiceParent(self)
         self.statistics = StatisticsLogger(reactor, self, config.log_stats_interval)
         self.statistics.setServiceParent(self)
@@ -103,11 +120,16 @@ class ServerService(service.MultiService):
                                       amp=self.server, events=self.events, login_link=self.login_link,
                                       output_readers=self.server.output_readers,
                                       throttle=self.server.throttle)
-            self.web = Listener(reactor, config.web.listen, self.web_site, store / "web.address")
+            self.web = Listener(reactor, config.web.listen, self.web_site, store / "web.address", name="web",
+                                budget=ConnectionBudget(
+                                    close_wait=close_wait, max_connections=config.web.max_connections,
+                                    max_per_address=config.web.max_connections_per_address))
             self.web.ready.addCallback(self._print_login_link)
             self.web.setServiceParent(self)
-        for manhole in make_manhole_services(reactor, config.manhole, manhole_namespace(self),
-                                             admins=scheduling.admins, store=store):
+        self.manholes = make_manhole_services(reactor, config.manhole, manhole_namespace(self),
+                                              admins=scheduling.admins, store=store,
+                                              close_wait=close_wait)
+        for manhole in self.manholes:
             manhole.setServiceParent(self)
         for child in self:
             if isinstance(child, Listener):
@@ -118,10 +140,11 @@ class ServerService(service.MultiService):
             self.exit_status = 1  # the Listener logged why and stops the reactor
         return port
 
-    def _print_login_link(self, port: Any) -> None:
-        """The web login of a private farm: logged, and kept in ``web.login`` (owner-only)."""
+    def _print_login_link(self, port: Any) -> Any:
+        """The web login of a private farm: logged, and kept in ``web.login`` (owner-only).
+        Returns the port: the next callback (:meth:`_listening`) takes it."""
         if port is None or self.login_link is None:
-            return
+            return port
         host = port.getHost()
         url = f"http://{host.host}:{host.port}/login?token={self.login_link.token}"
         path = Path(self.config.store.path) / "web.login"
@@ -131,6 +154,7 @@ class ServerService(service.MultiService):
         path.with_suffix(".tmp").replace(path)
         log.info("web: {user} logs in as an admin with {url} (also in {path})",
                  user=self.login_link.user, url=url, path=str(path))
+        return port
 
     def startService(self) -> None:
         self.lock.record()  # twistd may have forked since __init__
@@ -157,15 +181,19 @@ class ServerService(service.MultiService):
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        """Stop accepting; ask every peer to close (renders: to reconnect later) and wait
-        close_wait at most; then stop the children, the store last (it flushes)."""
-        await defer.maybeDeferred(self.listener.stopService)
-        try:
-            await self.server.shutdown()
-        except Exception:
-            log.failure("closing the connections failed")
+        """Stop accepting; ask every peer of every listener to close (renders: to reconnect
+        later), all at once, and wait close_wait at most; then stop the children, the store
+        last (it flushes)."""
+        others = [*([self.web] if self.config.web.listen else []), *self.manholes]
+        for listener in [self.listener, *others]:
+            await defer.maybeDeferred(listener.stopService)
         if self.config.web.listen:
-            await self.web_site.close()  # end event streams and open connections
+            await self.web_site.close()  # end event streams: their requests finish
+        closing = [defer.ensureDeferred(self.server.shutdown())]
+        closing += [defer.ensureDeferred(listener.close_connections()) for listener in others]
+        for result in await defer.DeferredList(closing, consumeErrors=True):
+            if not result[0]:
+                log.failure("closing the connections failed", result[1])
         d = super().stopService()
         self.farm.stop()
         self.outputs.close_all()
@@ -173,3 +201,56 @@ class ServerService(service.MultiService):
             await d
         finally:
             self.lock.release()  # last: the store and the embedded PostgreSQL are stopped
+
+
+def render_service(reactor: Any, config: RenderConfig,
+                   environ: Mapping[str, str] | None = None) -> RenderService:
+    """The render: its reconnecting client, memory limiter and service/parser classes (custom
+    classes imported now, once) made from its config's sections."""
+    environ = dict(os.environ if environ is None else environ)
+    factory = Factory.forProtocol(ServerConnection)
+    factory.noisy = False  # no "Starting factory" line at every reconnection
+    client = ClientService(client_endpoint(reactor, config.server, config.ca), factory,
+                           retryPolicy=backoffPolicy(maxDelay=config.reconnect_max_delay), clock=reactor)
+    return RenderService(reactor, config, client=client,
+                         limiter=TaskLimiter(config.tasks.limit_method, tool_path=environ.get("PATH")),
+                         service_classes=services.service_registry(config),
+                         parser_classes=services.parser_registry(config), environ=environ)
+
+
+def make_service(reactor: Any, program: str, config: ServerConfig | RenderConfig,
+                 twistd_options: Mapping[str, Any] | None = None) -> IService:
+    """What ``twistd farmnet PROGRAM`` runs ("server" or "render"), logging in the config's format.
+
+    ``twistd_options`` are twistd's own (``--logfile``, ``--nodaemon``, ...); see :func:`with_log_format`.
+    """
+    built: IService
+    if program == "server":
+        assert isinstance(config, ServerConfig)
+        try:
+            server = ServerService(reactor, config)
+        except (ConfigError, StoreInUse) as e:  # settings only checked when their service is built
+            raise SystemExit(f"farmnet server: {e}") from None
+        pidfile = (twistd_options or {}).get("pidfile")
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_on_failure, server, pidfile)
+        built = server
+    elif program == "render":
+        assert isinstance(config, RenderConfig)
+        built = render_service(reactor, config)
+    else:
+        raise ValueError(f"no such program: {program!r} (server or render)")
+    return with_log_format(built, config.log_format, twistd_options, config.log_level)
+
+
+def _exit_on_failure(server: ServerService, pidfile: str | None) -> None:
+    """twistd exits 0 whatever happened; a server that failed to start (a listener) must
+    not look like a clean stop to systemd's Restart=on-failure: exit with its status once
+    everything has stopped (this runs after the shutdown triggers)."""
+    if not server.exit_status:
+        return
+    if pidfile:  # twistd would remove it after the reactor returns, which we cut short
+        with contextlib.suppress(OSError):
+            os.unlink(pidfile)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(server.exit_status)

@@ -321,6 +321,9 @@ class ConnectionsConfig:
         300.0,
         doc="Seconds after which a tool or monitor connection with nothing to do is closed (0: never).",
         check=_at_least(0))
+    max_connections: int = _setting(
+        0, doc="AMP connections open at once (0: no limit but the open files; the web has its own).",
+        check=_at_least(0))
 
 
 @attrs.frozen
@@ -359,6 +362,18 @@ class LimitsConfig:
         1000.0, doc="AMP boxes per second per connection; past it, closed (0: no limit).", check=_at_least(0))
     burst_seconds: float = _setting(
         2.0, doc="Seconds of max_boxes_per_second a connection may send in one burst.", check=_above(0))
+    max_hello_bytes: int = _setting(
+        64 * 1024,
+        doc="Bytes of one AMP box buffered for a connection that has not logged in (Hello) yet.",
+        check=_at_least(1024))
+    max_partial_bytes: int = _setting(
+        128 * 1024 * 1024,
+        doc="Bytes of unfinished AMP boxes buffered across all connections; the connection that "
+            "would pass it is closed (0: no limit).", check=_at_least(0))
+    max_unsent_bytes: int = _setting(
+        4 * 1024 * 1024,
+        doc="Bytes of answers waiting for a peer that does not read; past it the server stops "
+            "reading that peer's requests until it catches up.", check=_at_least(64 * 1024))
 
 
 @attrs.frozen
@@ -370,6 +385,19 @@ class WebConfig:
         doc='Web site endpoint (Twisted server endpoint string); "" disables it.', check=_LISTEN_OR_OFF)
     public: bool = _setting(
         True, doc="Read-only pages and API for everyone (true) or for logged-in users only (false).")
+    max_connections: int = _setting(
+        512, doc="Web connections open at once; more are reset as they come (0: no limit).",
+        check=_at_least(0))
+    max_connections_per_address: int = _setting(
+        32, doc="Web connections open at once from one address (0: no limit).", check=_at_least(0))
+    header_timeout: float = _setting(
+        10.0, doc="Seconds a web client has to send a request's headers, from connecting.",
+        check=_above(0))
+    idle_timeout: float = _setting(
+        60.0, doc="Seconds of silence after which a web connection is ended.", check=_above(0))
+    allowed_hosts: tuple[str, ...] = _setting(
+        (), doc="Host names the site answers to (DNS rebinding); empty: localhost names, this "
+                "host's names and the address it listens on; \"*\": any.")
 
 
 @attrs.frozen
@@ -387,6 +415,8 @@ class ManholeConfig:
         "", doc='The SSH manhole\'s host key file; "" is <store>/manhole_host_key, made on first start.')
     authorized_keys: str = _setting(
         "", doc="OpenSSH authorized_keys file for the SSH manhole; log in with a name from admins.")
+    max_connections: int = _setting(
+        16, doc="Manhole connections open at once, per endpoint (0: no limit).", check=_at_least(0))
 
 
 @attrs.frozen

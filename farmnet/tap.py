@@ -1,10 +1,8 @@
-"""``twistd farmnet server`` and ``twistd farmnet render``."""
+"""``twistd farmnet server`` and ``twistd farmnet render``: options only; farmnet/app.py builds them."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from typing import Any
 
 from twisted.application.service import IService
@@ -72,44 +70,14 @@ class Options(usage.Options):
             raise usage.UsageError("say which: twistd farmnet server, or twistd farmnet render")
 
 
-def _exit_on_failure(server: Any, pidfile: str | None) -> None:
-    """twistd exits 0 whatever happened; a server that failed to start (a listener) must
-    not look like a clean stop to systemd's Restart=on-failure: exit with its status once
-    everything has stopped (this runs after the shutdown triggers)."""
-    if not server.exit_status:
-        return
-    if pidfile:  # twistd would remove it after the reactor returns, which we cut short
-        with contextlib.suppress(OSError):
-            os.unlink(pidfile)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(server.exit_status)
-
-
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from farmnet.logging import with_log_format
+    from farmnet.app import make_service
 
-    config = options.subOptions.config
     if options.subOptions.moved:  # buffered until twistd's log starts, then written once
         path = options.subOptions["config"] or default_config_path(os.environ)
         log.warn("{path}: {moved}", path=path, moved=options.subOptions.moved)
-    service: IService
-    if options.subCommand == "server":
-        from farmnet.app import ServerService
-        from farmnet.server.storelock import StoreInUse
-
-        try:
-            server = ServerService(reactor, config)
-        except (ConfigError, StoreInUse) as e:  # settings only checked when their service is built
-            raise SystemExit(f"farmnet server: {e}") from None
-        twistd = getattr(options, "parent", None) or {}
-        reactor.addSystemEventTrigger("after", "shutdown", _exit_on_failure, server, twistd.get("pidfile"))
-        service = server
-    else:
-        from farmnet.render.service import RenderService
-
-        service = RenderService(reactor, config)
     # twistd's own options (--logfile, --nodaemon, --logger, --syslog) are the parent of ours.
-    return with_log_format(service, config.log_format, getattr(options, "parent", None), config.log_level)
+    return make_service(reactor, options.subCommand, options.subOptions.config,
+                        getattr(options, "parent", None))

@@ -21,6 +21,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from farmnet.app import render_service
 from farmnet.config import ConnectionsConfig, RenderConfig, SchedulingConfig
 from farmnet.messages import StartOrder, TaskRef
 from farmnet.model.farm import Farm
@@ -136,7 +137,7 @@ class ServerCase(TestCase):
     def start_render(self) -> RenderService:
         config = RenderConfig(server=f"tcp:127.0.0.1:{self.port}", name="r1",
                               state_dir=str(self.base / "render"), reconnect_max_delay=0.2)
-        render = RenderService(reactor, config)
+        render = render_service(reactor, config)
         render.startService()
         self.addCleanup(render.stopService)
         return render
@@ -231,8 +232,8 @@ class RenderRunsTests(TestCase):
         base = Path(tempfile.mkdtemp(prefix="farmnet-render-"))
         self.addCleanup(shutil.rmtree, base, True)
         log = base / "runs.log"
-        render = RenderService(reactor, RenderConfig(server="tcp:127.0.0.1:1", name="r1",
-                                                     state_dir=str(base / "state")))
+        render = render_service(reactor, RenderConfig(server="tcp:127.0.0.1:1", name="r1",
+                                                      state_dir=str(base / "state")))
 
         def start(run: int) -> None:
             render._obey(StartOrder(1, 0, 0, run=run, name="t", command=f"echo {run} >> {log}",

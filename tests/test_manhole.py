@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch import telnet
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import globalLogPublisher
@@ -43,6 +43,7 @@ from farmnet.server.manhole import (
     session_namespace,
     telnet_endpoint,
 )
+from tests.test_network import time_wait_sockets
 
 PASSWORD = "correct horse"
 ANSI = re.compile(rb"\x1b(\[[0-9;?]*[A-Za-z]|[()][A-Za-z0-9]|[A-Za-z=>78])")
@@ -142,6 +143,7 @@ class ManholeTestCase(TestCase):
         config = server.config
         services = make_manhole_services(reactor, config.manhole, manhole_namespace(server),
                                          admins=config.scheduling.admins, store=config.store.path)
+        self._services = services
         for svc in services:
             svc.startService()
             self.addCleanup(svc.stopService)
@@ -342,6 +344,59 @@ class SSHTests(ManholeTestCase):
             stream.write(self.public_line("mallory") + "\n")
         out, err, code = await self.run_ssh(port, "1 + 1", key=self.other_key)
         self.assertEqual((out, code), (b"2\n", 0), err)
+
+
+    async def test_sessions_and_shutdown_leave_no_time_wait(self) -> None:
+        """Client-first close: SSH sessions that end, and one still open when the listener
+        closes its connections (a disconnect message, then close_wait), leave no TIME-WAIT
+        socket on the manhole's port."""
+        server, port = await self.start_ssh()
+        for _ in range(3):
+            out, err, code = await self.run_ssh(port, "6 * 7")
+            self.assertEqual((out, code), (b"42\n", 0), err)
+        held = _HeldStdin()
+        argv = [self.ssh, "-F", "/dev/null", "-p", str(port), "-i", str(self.key), "-T",
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+                "-o", "LogLevel=ERROR", "alice@127.0.0.1"]
+        reactor.spawnProcess(held, self.ssh, argv, env={"PATH": os.environ.get("PATH", "")},
+                             path=str(self.base))
+        self.addCleanup(held.stop)
+        held.transport.write(b"print('in')\n")
+        await held.saw(b"in")
+        [listener] = [svc for svc in self._services if svc.port is not None]
+        await listener.close_connections()
+        await held.ended.addTimeout(10, reactor)
+        self.assertEqual(await time_wait_sockets(port, "sport"), set())
+
+
+class _HeldStdin(protocol.ProcessProtocol):
+    """An ssh client whose stdin stays open: a session that never ends by itself."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self._waiting: list[tuple[bytes, defer.Deferred[None]]] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+        for text, d in list(self._waiting):
+            if text in self.out:
+                self._waiting.remove((text, d))
+                d.callback(None)
+
+    def saw(self, text: bytes) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append((text, d))
+        self.outReceived(b"")
+        return d.addTimeout(20, reactor)
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(None)
+
+    def stop(self) -> None:
+        if not self.ended.called:
+            self.transport.signalProcess("KILL")
 
 
 class ConfigTests(SynchronousTestCase):

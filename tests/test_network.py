@@ -36,6 +36,7 @@ from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from farmnet import errors
+from farmnet.app import render_service
 from farmnet.client import ServerUnreachable, connect
 from farmnet.config import AuthConfig, ConnectionsConfig, LimitsConfig, RenderConfig, SchedulingConfig
 from farmnet.model.data import TaskState
@@ -44,7 +45,6 @@ from farmnet.model.spec import parse_job
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
 from farmnet.protocol.endpoints import socket_of
-from farmnet.render.service import RenderService
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.outputs import OutputStore
 from farmnet.server.passwords import hash_password
@@ -448,7 +448,7 @@ class RenderServiceTests(NetworkCase):
         state = tempfile.mkdtemp(prefix="farmnet-render-")
         self.addCleanup(shutil.rmtree, state, True)
         config = RenderConfig(server=self.endpoint, name="r1", state_dir=state, reconnect_max_delay=1.0)
-        service = RenderService(reactor, config)
+        service = render_service(reactor, config)
         service.startService()
         stopped = []
 
@@ -747,6 +747,71 @@ class BoxLimitTests(NetworkCase):
         [line] = self.log_lines("closing {peer}")
         self.assertEqual(line["reason"], "more than 20 boxes per second")
         self.assertEqual(await other.callRemote(c.ListJobs), {"jobs": []})
+
+
+class BackPressureTests(NetworkCase):
+    """The transport's producer API on the server's side of a real connection."""
+
+    options = {"limits": LimitsConfig(max_unsent_bytes=1 << 20)}
+
+    async def test_paused_connection_is_not_served_until_resumed(self) -> None:
+        tool = await self.peer("tool", "anna")
+        server_side = self.connection(tool).peer
+        server_side.pauseProducing()  # as the transport does when the peer stops reading
+        answer = tool.callRemote(c.ListJobs)
+        await deferLater(reactor, 0.2)
+        self.assertFalse(answer.called)  # read from the socket only once resumed
+        server_side.resumeProducing()
+        self.assertEqual(await answer, {"jobs": []})
+
+    async def test_answers_past_max_unsent_bytes_reset_the_peer(self) -> None:
+        """Answers still coming out after the pause are counted; past max_unsent_bytes the
+        peer, which does not read, is reset instead of queued for."""
+        other = await self.peer("tool", "bob")
+        tool = await self.peer("tool", "anna")
+        conn = self.connection(tool)
+        conn.peer.pauseProducing()
+        for n in range(20):
+            conn.peer.sendBox(amp.AmpBox({b"_answer": b"%d" % n, b"data": b"x" * 60000}))
+        await tool.gone
+        self.assertEqual(conn.ended_by, "limit")
+        [line] = self.log_lines("closing {peer}")
+        self.assertIn("max_unsent_bytes", line["reason"])
+        self.assertEqual(await other.callRemote(c.ListJobs), {"jobs": []})
+
+
+class PartialBoxTests(NetworkCase):
+    """Unfinished boxes: a small cap before Hello, one budget across connections."""
+
+    options = {"limits": LimitsConfig(max_hello_bytes=4096, max_partial_bytes=1 << 20)}
+
+    async def test_before_hello_a_box_may_not_pass_max_hello_bytes(self) -> None:
+        anonymous = await self.peer(None)
+        anonymous.transport.write(raw_box([(b"k", b"x" * 5000)])[:-2])  # no end: unfinished
+        await anonymous.gone
+        [line] = self.log_lines("closing {peer}")
+        self.assertIn("max_hello_bytes", line["reason"])
+        tool = await self.peer("tool", "anna")  # after Hello, the same box is fine
+        tool.transport.write(raw_box([(b"k", b"x" * 5000)])[:-2])
+        await deferLater(reactor, 0.2)
+        self.assertFalse(tool.gone.called)
+        self.assertEqual(self.server.registry.partial_bytes, 5000 + 1 + 100)  # a key counts 100 more
+        tool.transport.write(b"\x00\x00")  # the box ends (an unknown kind of box: closed)
+        await tool.gone
+        await until(lambda: self.server.registry.partial_bytes == 0, 5, "the budget to be empty")
+
+    async def test_all_connections_share_max_partial_bytes(self) -> None:
+        peers = [await self.peer("tool", f"u{n}") for n in range(3)]
+        chunk = raw_box([(b"k%d" % i, b"x" * 60000) for i in range(7)])[:-2]  # 420 kB, unfinished
+        for peer in peers:
+            peer.transport.write(chunk)
+            await deferLater(reactor, 0.1)
+        await peers[2].gone  # the third passes 1 MiB in all
+        self.assertFalse(peers[0].gone.called or peers[1].gone.called)
+        self.assertEqual(self.server.registry.partial_bytes, 2 * 7 * (60000 + 102))
+        peers[0].transport.loseConnection()
+        await until(lambda: self.server.registry.partial_bytes == 7 * (60000 + 102), 5,
+                    "the closed connection's unfinished box to leave the budget")
 
 
 class RenderTrafficTests(NetworkCase):

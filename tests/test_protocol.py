@@ -17,11 +17,11 @@ from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from farmnet import errors
+from farmnet.app import render_service
 from farmnet.config import ConnectionsConfig, RenderConfig
 from farmnet.model.farm import Farm
 from farmnet.protocol import commands as c
 from farmnet.protocol.arguments import BigBytes, BigJSON
-from farmnet.render.service import RenderService
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.outputs import OutputStore
 
@@ -312,7 +312,7 @@ class MalformedFromServerTests(TestCase):
         self.addCleanup(shutil.rmtree, state, True)
         config = RenderConfig(server=f"tcp:127.0.0.1:{port.getHost().port}", name="r1", state_dir=state,
                               reconnect_max_delay=0.2)
-        service = RenderService(reactor, config)
+        service = render_service(reactor, config)
         service.startService()
         self.addCleanup(service.stopService)
         return seen

@@ -21,10 +21,9 @@ from typing import Any
 import attrs
 import psutil
 from twisted.application import service
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -46,7 +45,7 @@ from farmnet.messages import (
 )
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
-from farmnet.protocol.endpoints import client_endpoint, set_keepalive
+from farmnet.protocol.endpoints import set_keepalive
 from farmnet.render import resources, services
 from farmnet.render.limits import TaskLimiter
 from farmnet.render.parsers import Parser, parser_by_name, parser_errors
@@ -110,15 +109,20 @@ class RunningTask:
 
 
 class RenderService(service.MultiService):
-    def __init__(self, reactor: Any, config: RenderConfig,
-                 environ: Mapping[str, str] | None = None) -> None:
+    """The render's connection loop and its tasks. Built by :func:`farmnet.app.render_service`,
+    which makes its collaborators from the config's sections."""
+
+    def __init__(self, reactor: Any, config: RenderConfig, *, client: ClientService,
+                 limiter: TaskLimiter, service_classes: Mapping[str, services.ServiceFactory],
+                 parser_classes: Mapping[str, services.ParserFactory],
+                 environ: Mapping[str, str]) -> None:
         super().__init__()
         self.reactor = reactor
         self.config = config
-        self.environ = dict(os.environ if environ is None else environ)
-        self.limiter = TaskLimiter(config.tasks.limit_method, tool_path=self.environ.get("PATH"))
-        self.service_classes = services.service_registry(config)  # custom classes imported once
-        self.parser_classes = services.parser_registry(config)
+        self.environ = dict(environ)
+        self.limiter = limiter
+        self.service_classes = service_classes
+        self.parser_classes = parser_classes
         self._heartbeats = 0
         #: After obeying a sleep order: stay away this long (the host suspends meanwhile).
         self._quiet_until = 0.0
@@ -126,12 +130,7 @@ class RenderService(service.MultiService):
         self.render_id: int | None = None
         self.proto: amp.AMP | None = None
         self.heartbeat_hold = 20.0
-        endpoint = client_endpoint(reactor, config.server, config.ca)
-        factory = Factory.forProtocol(ServerConnection)
-        factory.noisy = False  # no "Starting factory" line at every reconnection
-        self.client = ClientService(endpoint, factory,
-                                    retryPolicy=backoffPolicy(maxDelay=config.reconnect_max_delay),
-                                    clock=reactor)
+        self.client = client
         self.client.setServiceParent(self)
         self._loop: defer.Deferred[None] | None = None
         self._stopping = False

@@ -268,6 +268,10 @@ class ServerProtocol(FarmAMP):
         self.kind: str | None = None
         self.user = ""
         self._box_bytes = 0
+        #: The transport's buffer is full (the peer does not read): no box is parsed and
+        #: nothing read until it drains; answers still coming out count in _unsent.
+        self._writes_paused = False
+        self._unsent = 0
         self._held_poll: HeldAnswer | None = None
         self._held_after = 0
         self._cancel_wait: Callable[[], None] | None = None
@@ -281,8 +285,12 @@ class ServerProtocol(FarmAMP):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.conn = self.server.registry.add(self, self.transport.getPeer())
+        if self.conn is not None:
+            # Back-pressure: the transport pauses us when its buffer fills (pauseProducing).
+            self.transport.registerProducer(self, True)
 
     def connectionLost(self, reason: Failure) -> None:
+        self._release_box()
         super().connectionLost(reason)
         if self._held_poll is not None:
             self._held_poll.abandon()
@@ -319,10 +327,34 @@ class ServerProtocol(FarmAMP):
         last = after if after >= 0 else self.server.events.last
         return {"events": [], "last": last, "reset": False, "close": True}
 
+    # --- back-pressure: a peer that does not read stops being served --------------------
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: stop reading and parsing this peer's requests."""
+        if not self._writes_paused:
+            self._writes_paused, self._unsent = True, 0
+            self.paused = True
+            if self.transport is not None:
+                self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The peer has read what was waiting: serve it again, from what is buffered."""
+        if self._writes_paused:
+            self._writes_paused = False
+            if not self._open():
+                return
+            self.paused = False
+            self.transport.resumeProducing()
+            self.dataReceived(b"")  # the boxes already read and not parsed
+
+    def stopProducing(self) -> None:
+        self._writes_paused = False
+
     # --- limits and malformed input ----------------------------------------------------
 
     def _reject(self, reason: str) -> None:
         """Reset this connection now (a limit or a malformed box), one log line."""
+        self._release_box()
         self.paused = True  # stop parsing what is left of this read
         if self.conn is not None:
             self.server.registry.abort(self.conn, reason)
@@ -347,13 +379,29 @@ class ServerProtocol(FarmAMP):
         self._reject(f"malformed box: a key of {length} bytes (AMP keys are 1 to 255 bytes)")
 
     def _too_big(self, size: int) -> bool:
-        """Count ``size`` bytes of the box being received; True (and a reset) past the limit."""
+        """Count ``size`` bytes of the box being received, here and in the registry's total
+        of unfinished boxes; True (and a reset) past a limit: max_hello_bytes before login,
+        max_box_bytes after, max_partial_bytes for all connections together."""
         self._box_bytes += size
-        limit = self.server.registry.limits.max_box_bytes
-        if limit and self._box_bytes > limit:
-            self._reject(f"box larger than max_box_bytes ({limit} bytes)")
+        registry = self.server.registry
+        registry.partial_bytes += size
+        limits = registry.limits
+        if self.kind is None and self._box_bytes > limits.max_hello_bytes:
+            self._reject(f"box larger than max_hello_bytes ({limits.max_hello_bytes} bytes) before Hello")
+            return True
+        if limits.max_box_bytes and self._box_bytes > limits.max_box_bytes:
+            self._reject(f"box larger than max_box_bytes ({limits.max_box_bytes} bytes)")
+            return True
+        if limits.max_partial_bytes and registry.partial_bytes > limits.max_partial_bytes:
+            self._reject(f"unfinished boxes of all connections past max_partial_bytes "
+                         f"({limits.max_partial_bytes} bytes)")
             return True
         return False
+
+    def _release_box(self) -> None:
+        """The box being received is complete or dropped: out of the registry's total."""
+        self.server.registry.partial_bytes -= self._box_bytes
+        self._box_bytes = 0
 
     def proto_key(self, string: bytes) -> str:
         if string and self._too_big(len(string) + BOX_KEY_OVERHEAD):
@@ -369,7 +417,7 @@ class ServerProtocol(FarmAMP):
         if not self._open():
             return
         assert self.conn is not None
-        self._box_bytes = 0  # the box is complete
+        self._release_box()  # the box is complete
         if not self.server.registry.box_received(self.conn):
             limits = self.server.registry.limits
             self._reject(f"more than {limits.max_boxes_per_second:g} boxes per second")
@@ -388,6 +436,12 @@ class ServerProtocol(FarmAMP):
         data = box.serialize()
         self.conn.bytes_out += len(data)
         self.server.registry.bytes_out += len(data)
+        if self._writes_paused:  # the peer is not reading: answers in flight, bounded
+            self._unsent += len(data)
+            limit = self.server.registry.limits.max_unsent_bytes
+            if self._unsent > limit:
+                self._reject(f"peer does not read its answers (more than max_unsent_bytes, {limit} bytes)")
+                return
         self.transport.write(data)
 
     def unhandledError(self, failure: Failure) -> None:

@@ -49,7 +49,6 @@ from typing import Any
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from twisted.application import service
 from twisted.conch import manhole, manhole_tap, telnet
 from twisted.conch.checkers import InMemorySSHKeyDB, SSHPublicKeyChecker
 from twisted.conch.error import ConchError, IgnoreAuthentication
@@ -57,6 +56,7 @@ from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.manhole_ssh import ConchFactory, TerminalRealm, TerminalSession, TerminalSessionTransport
 from twisted.conch.ssh import keys, session, userauth
+from twisted.conch.ssh import transport as ssh_transport
 from twisted.conch.ssh.common import getNS
 from twisted.cred import portal
 from twisted.cred.checkers import ICredentialsChecker
@@ -74,7 +74,7 @@ from zope.interface import implementer
 
 from farmnet.config import ConfigError, ManholeConfig
 from farmnet.protocol.endpoints import split_description
-from farmnet.server.listening import Listener
+from farmnet.server.listening import ClientFirstConnection, ConnectionBudget, Listener
 from farmnet.server.manhole_namespace import manhole_namespace, session_namespace
 from farmnet.server.passwords import PasswordFileChecker, PasswordFileError, load_password_file
 
@@ -574,14 +574,34 @@ class _SSHFactory(ConchFactory):
 # --- the services ------------------------------------------------------------------------
 
 
+SHUTDOWN_MESSAGE = b"farmnet server shutting down"
+
+
+def _ask_telnet(proto: Any, conn: ClientFirstConnection) -> None:
+    """A telnet client never closes on its own: say why, and the listener resets it."""
+    conn.write(b"\r\n" + SHUTDOWN_MESSAGE + b"\r\n")
+    conn.loseConnection()
+
+
+def _ask_ssh(proto: Any, conn: ClientFirstConnection) -> None:
+    """An SSH client closes once it gets the disconnect message (conch's close after
+    sending it is the listener's client-first close)."""
+    proto.sendDisconnect(ssh_transport.DISCONNECT_BY_APPLICATION, SHUTDOWN_MESSAGE)
+
+
 def make_manhole_services(reactor: Any, config: ManholeConfig, namespace: dict[str, Any], *,
-                          admins: Iterable[str], store: Path | str) -> list[service.IService]:
-    """The manhole's listening services (``IService``) per ``config`` (``server.manhole``): none
+                          admins: Iterable[str], store: Path | str,
+                          close_wait: float = 2.0) -> list[Listener]:
+    """The manhole's listeners per ``config`` (``server.manhole``): none
     when both ``telnet`` and ``ssh`` are empty; ``admins`` may log in over SSH, whose host key is
     kept in ``store`` by default. Raises ConfigError listing every
-    problem with the manhole settings (files are checked here, before anything starts)."""
+    problem with the manhole settings (files are checked here, before anything starts).
+
+    Their connections close client first (:mod:`farmnet.server.listening`): an SSH client
+    has ``close_wait`` s to close after a disconnect; a telnet client (which never closes
+    on its own) is reset as soon as the server's last words have left."""
     problems: list[str] = []
-    services: list[service.IService] = []
+    services: list[Listener] = []
 
     if config.telnet:
         try:
@@ -601,7 +621,10 @@ def make_manhole_services(reactor: Any, config: ManholeConfig, namespace: dict[s
                 problems.extend(f"server.manhole.passwords: {problem}" for problem in exc.errors)
         if not problems:
             factory = make_telnet_factory(reactor, config.passwords, namespace)
-            services.append(Listener(reactor, description, factory, name="manhole-telnet"))
+            budget = ConnectionBudget(close_wait=0.0, max_connections=config.max_connections,
+                                      ask=_ask_telnet)
+            services.append(Listener(reactor, description, factory, Path(store) / "manhole-telnet.address",
+                                     name="manhole-telnet", budget=budget))
 
     if config.ssh:
         try:
@@ -633,8 +656,10 @@ def make_manhole_services(reactor: Any, config: ManholeConfig, namespace: dict[s
         if not problems:
             checker = AuthorizedKeysChecker(keys_path, frozenset(admins))
             checked = portal.Portal(_SSHRealm(namespace, reactor), [checker])
+            budget = ConnectionBudget(close_wait=close_wait, max_connections=config.max_connections,
+                                      ask=_ask_ssh)
             services.append(Listener(reactor, config.ssh, _SSHFactory(checked, host_key_path),
-                                     name="manhole-ssh"))
+                                     Path(store) / "manhole-ssh.address", name="manhole-ssh", budget=budget))
 
     if problems:
         raise ConfigError(problems)

@@ -11,7 +11,8 @@ a render's newer connection, an idle tool, a zombie) it *asks* the peer
 (`ClosablePeer.ask_to_close`: a render's held heartbeat answered with a ``close`` or
 ``reconnect`` order, a monitor's held poll with the ``close`` flag, a tool sent the
 `Close` command), waits at most ``close_wait`` seconds for the peer to close, then
-resets the connection (SO_LINGER 0, then abort: an RST, no TIME-WAIT). A connection's
+resets the connection (SO_LINGER 0, then abort: an RST, no TIME-WAIT; the mechanism every
+listener shares, :mod:`farmnet.server.listening`). A connection's
 close lifecycle is the small state machine `CloseState`: OPEN → CLOSING (asked) →
 CLOSED; a limit or a malformed box goes OPEN → CLOSED at once, with one log line.
 
@@ -28,8 +29,6 @@ from __future__ import annotations
 import enum
 import ipaddress
 import resource
-import socket
-import struct
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -44,7 +43,8 @@ from twisted.logger import Logger
 from farmnet.config import LimitsConfig
 from farmnet.model.data import Render
 from farmnet.protocol.commands import KINDS
-from farmnet.protocol.endpoints import set_keepalive, socket_of
+from farmnet.protocol.endpoints import set_keepalive
+from farmnet.server.listening import reset_connection
 
 __all__ = [
     "CloseState",
@@ -157,17 +157,6 @@ class Connection:
         return waiter
 
 
-def reset_connection(transport: Any) -> None:
-    """Close now with an RST (SO_LINGER 0): the server's socket skips TIME-WAIT."""
-    sock = socket_of(transport)
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass  # already gone
-    transport.abortConnection()
-
-
 def is_local(address: Any) -> bool:
     """A loopback TCP peer or a unix socket peer."""
     if isinstance(address, UNIXAddress):
@@ -221,6 +210,8 @@ class Registry:
         self.boxes = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        #: Bytes of unfinished boxes buffered now, all connections (max_partial_bytes).
+        self.partial_bytes = 0
         self.opened = 0
         self.refused = 0
         self.limited = 0

@@ -29,13 +29,15 @@ as over AMP.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.cred.portal import Portal
 from twisted.internet import defer, task
 from twisted.logger import Logger
-from twisted.web import http, server
+from twisted.web import http, pages, server
 
 from farmnet.config import WebConfig
 from farmnet.model.farm import Farm
@@ -114,13 +116,43 @@ def asset(text: str, content_type: str) -> Handler:
 
 
 class TrackedChannel(http.HTTPChannel):
-    """An HTTP connection its site knows of (to count and to close them)."""
+    """An HTTP connection its site knows of (to count them), one request long.
+
+    Every response says ``Connection: close``, so the client closes first once it has
+    the answer (the channel's own close after it, and its timeouts, are the listener's
+    client-first close: :mod:`farmnet.server.listening`). A server that kept idle
+    keep-alive connections would end them itself, and pile TIME-WAIT sockets on its port.
+    """
+
+    _header_deadline: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.factory.channels.add(self)
+        # Slowloris: a client trickling its headers byte by byte keeps the idle timeout
+        # at bay; the headers must be in within header_timeout of connecting.
+        self._header_deadline = self.callLater(self.factory.header_timeout, self._headers_late)
+
+    def _headers_late(self) -> None:
+        self._header_deadline = None
+        log.debug("web: {peer} sent no complete request headers within {seconds} s: reset",
+                  peer=str(self.transport.getPeer()), seconds=self.factory.header_timeout)
+        self.transport.abortConnection()
+
+    def allHeadersReceived(self) -> None:
+        if self._header_deadline is not None and self._header_deadline.active():
+            self._header_deadline.cancel()
+        self._header_deadline = None
+        super().allHeadersReceived()
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        return False
 
     def connectionLost(self, reason: Any) -> None:
+        if self._header_deadline is not None and self._header_deadline.active():
+            self._header_deadline.cancel()
+        self._header_deadline = None
         self.factory.channels.discard(self)
         super().connectionLost(reason)
 
@@ -134,27 +166,79 @@ class FarmSite(server.Site):
     sessionFactory = auth.FarmSession
     protocol = TrackedChannel
 
-    def __init__(self, ctx: WebContext, resource: Any, reactor: Any) -> None:
+    #: Seconds a client has to send its request headers, from connecting (web.header_timeout).
+    header_timeout = 10.0
+
+    def __init__(self, ctx: WebContext, resource: Any, reactor: Any,
+                 allowed_hosts: AllowedHosts | None = None) -> None:
         super().__init__(resource, reactor=reactor)
         self.ctx = ctx
         self.channels: set[TrackedChannel] = set()
+        self.allowed_hosts = allowed_hosts or AllowedHosts()
+
+    def getResourceFor(self, request: server.Request) -> Any:
+        """The resource, for a Host header the site answers to; else 421 (DNS rebinding:
+        a page of another site whose name was pointed at this server's address)."""
+        host = request.getRequestHostname().decode("ascii", "replace")
+        if not self.allowed_hosts.allows(host, request.getHost()):
+            log.info("web: refused Host {host!r} from {peer}", host=host,
+                     peer=str(request.getClientAddress()))
+            return pages.errorPage(
+                421, "Misdirected Request",
+                f"This server does not answer to the name {host!r} (server.web.allowed_hosts).")
+        return super().getResourceFor(request)
 
     def log(self, request: server.Request) -> None:
         # The access log goes to twisted.logger at debug level, not to a file per request.
         log.debug("web: {line}", line=http.combinedLogFormatter(http.datetimeToLogString(), request))
 
     async def close(self) -> None:
-        """End event streams, expire sessions, drop open connections (the port is the
-        listener's to stop)."""
+        """End event streams and expire sessions; the open connections are the listener's
+        to close, client first (``Listener.close_connections``)."""
         self.ctx.streams.close_all()
         if self.ctx.throttle is not None:
             self.ctx.throttle.stop()
         for session in list(self.sessions.values()):
             session.expire()
-        for channel in list(self.channels):
-            if channel.transport is not None:
-                channel.transport.abortConnection()
         await task.deferLater(self.reactor, 0, lambda: None)
+
+
+#: The names a site answers to when server.web.allowed_hosts is empty, with this host's name.
+LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "127.0.0.1", "::1")
+
+
+@attrs.frozen
+class AllowedHosts:
+    """The Host header names a site answers to: ``names`` (``*``: any), and always the
+    address the request came to (an address cannot be rebound to another site)."""
+
+    names: frozenset[str] = frozenset(LOCAL_NAMES)
+
+    @classmethod
+    def from_config(cls, config: WebConfig) -> AllowedHosts:
+        if config.allowed_hosts:
+            return cls(frozenset(name.lower().rstrip(".") for name in config.allowed_hosts))
+        hostname = socket.gethostname().lower()
+        names = {*LOCAL_NAMES, hostname, hostname.split(".")[0]}
+        interface = _listen_interface(config.listen)
+        if interface:
+            names.add(interface.lower())
+        return cls(frozenset(names))
+
+    def allows(self, host: str, local: Any) -> bool:
+        host = host.lower().rstrip(".")
+        if "*" in self.names or host in self.names:
+            return True
+        return host == str(getattr(local, "host", "")).lower()
+
+
+def _listen_interface(description: str) -> str:
+    """``interface=`` of a server endpoint string ("" when it listens on every address)."""
+    for part in description.split(":"):
+        if part.startswith("interface="):
+            value = part.split("=", 1)[1]
+            return "" if value in ("0.0.0.0", "::") else value
+    return ""
 
 
 def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None = None,
@@ -213,7 +297,11 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
 
     registry = metrics.make_registry(metrics.FarmCollector(farm, events, extra, statistics_up, connections))
     gate = Gate(portal, public, LoginPages(ctx).error_page, ctx.throttle)
-    site = FarmSite(ctx, site_tree(gate, ctx, registry), reactor)
+    allowed = AllowedHosts.from_config(config) if config is not None else None
+    site = FarmSite(ctx, site_tree(gate, ctx, registry), reactor, allowed)
+    if config is not None:
+        site.timeOut = config.idle_timeout  # then ended client first (the listener)
+        site.header_timeout = config.header_timeout
     site_box.append(site)
     log.info("web site: {public}, logins {logins}, statistics {stats}",
              public="public" if public else "logged-in users only",
