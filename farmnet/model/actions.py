@@ -157,6 +157,7 @@ class Actions(TaskLife, Policy):
                     self._stop_task(task, "job deleted")
         self._ready_jobs_remove(job)
         self._cancel_timer("wait", job.id)
+        self._cancel_timer("life", job.id)
         for block in job.blocks:
             if not block.finished:
                 self._count_capacity(block.spec.capacity, -1)

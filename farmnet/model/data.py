@@ -206,6 +206,9 @@ class Job:
     running_per_host: Counter[int] = attrs.field(factory=Counter)
     hosts_mask: re.Pattern[str] | None = None
     hosts_mask_exclude: re.Pattern[str] | None = None
+    #: The job's and its blocks' command_pre still running (on the system job): the job
+    #: waits for them, as Afanasy runs them before the job is first solved.
+    commands_pre_pending: int = 0
 
     @property
     def name(self) -> str:

@@ -39,6 +39,7 @@ class Why(enum.StrEnum):
     PAUSED = "job is paused (OFF)"
     TIME_WAIT = "job waits until its start time (WT)"
     JOB_DEPENDS = "job waits for jobs matching its depend_mask (WD)"
+    COMMANDS_PRE = "job waits for its command_pre to run (WD)"
     BLOCK_DEPENDS = "block waits for blocks matching its depend_mask (WD)"
     TASKS_DEPEND = "ready tasks wait for tasks of blocks matching tasks_depend_mask (WD)"
     NO_READY = "no ready tasks"
@@ -197,6 +198,8 @@ class Scheduler:
             return Why.TIME_WAIT
         if (job.spec.depend_mask or job.spec.depend_mask_global) and self.job_depends_on(job):
             return Why.JOB_DEPENDS
+        if job.commands_pre_pending:
+            return Why.COMMANDS_PRE
         if _limit_reached(job.counts[TaskState.RUN], job.spec.max_running_tasks):
             return Why.JOB_LIMIT
         return None
@@ -362,7 +365,7 @@ class Scheduler:
             why = self.job_waits(job, self.farm.clock.seconds())
             if why is Why.TIME_WAIT:
                 return TaskState.WT
-            if why is Why.JOB_DEPENDS:
+            if why is Why.JOB_DEPENDS or why is Why.COMMANDS_PRE:
                 return TaskState.WD
             if all(self.block_waits(b) in (Why.BLOCK_DEPENDS, Why.NO_READY) for b in job.blocks) and any(
                     self.block_waits(b) is Why.BLOCK_DEPENDS for b in job.blocks):
@@ -371,14 +374,14 @@ class Scheduler:
 
 
 def covering_tasks(task: Task, other: Block) -> list[Task]:
-    """Tasks of ``other`` whose frames overlap ``task``'s (same number when explicit)."""
+    """Tasks of ``other`` whose frames overlap ``task``'s. An explicit block's frames count
+    from 0 (``frames_per_task`` each, or ``-frames_per_task`` tasks per frame); between a
+    numeric and an explicit block they are aligned on the numeric block's frame_first, as
+    Afanasy does."""
     mine, theirs = task.block.spec, other.spec
-    if not (mine.numeric and theirs.numeric):
-        return [other.tasks[task.number]] if task.number < len(other.tasks) else []
     start, end = mine.frames(task.number)
-    span = theirs.frames_per_task * theirs.frames_inc
-    first = max(0, (start - theirs.frame_first) // span)
-    last = min(len(other.tasks) - 1, (end - theirs.frame_first) // span)
-    if end < theirs.frame_first or start > theirs.frame_last:
-        return []
-    return other.tasks[first:last + 1]
+    if mine.numeric and not theirs.numeric:
+        start, end = start - mine.frame_first, end - mine.frame_first
+    elif theirs.numeric and not mine.numeric:
+        start, end = start + theirs.frame_first, end + theirs.frame_first
+    return [other.tasks[n] for n in theirs.tasks_covering(start, end) if n < len(other.tasks)]

@@ -237,6 +237,19 @@ class FarmState:
         if delay > 0:
             self._timer("wait", job.id, delay, self._time_wait_over)
 
+    def _schedule_time_life(self, job: Job) -> None:
+        """Afanasy's ``time_life``: the job is deleted that long after its creation."""
+        if job.spec.time_life > 0:
+            delay = job.time_creation + job.spec.time_life - self.clock.seconds()
+            self._timer("life", job.id, delay, self._time_life_over, job)
+
+    def _time_life_over(self, job: Job) -> None:
+        if self.jobs.get(job.id) is job:
+            log.info("job {job_id} {job_name} deleted: its time_life of {time_life} s is over",
+                     job_id=job.id, job_name=job.name, time_life=job.spec.time_life)
+            self._job_delete(job, None)  # type: ignore[attr-defined]  # Actions, mixed into the Farm
+            self.request_solve()
+
     def _time_wait_over(self) -> None:
         self.work_generation += 1
         self.request_solve()
