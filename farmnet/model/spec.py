@@ -151,7 +151,7 @@ class BlockSpec:
         Explicit: task ``n`` covers ``frames_per_task`` frames from ``n * frames_per_task``
         (what ``tasks_depend_mask`` matches), or, when negative, ``-frames_per_task`` tasks
         share one frame (sub-frame tasks: tiles of a frame)."""
-        if not self.numeric:
+        if self.tasks or self.dynamic:  # explicit (not the `numeric` property: a hot path)
             if self.frames_per_task < 0:
                 frame = number // -self.frames_per_task
                 return frame, frame
