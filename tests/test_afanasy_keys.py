@@ -173,6 +173,48 @@ class TimeTests(FarmTestCase):
         self.assertNotIn(job.id, self.farm.jobs)
 
 
+class RenderStateTests(FarmTestCase):
+    """Afanasy's v_canRunOn: paused and NIMBY renders run nothing, nimby ones their owner's
+    jobs, except for jobs that ignore that (ignorepaused, ignorenimby)."""
+
+    def running_jobs(self, render: Any) -> list[str]:
+        return sorted(self.farm.jobs[o.job_id].name for o in starts(self, render))
+
+    def test_paused_render_runs_only_jobs_ignoring_it(self) -> None:
+        render = self.render(capacity=10_000)
+        self.farm.render_action("root", ["r1"], "pause")
+        self.clock.advance(0)
+        plain = self.submit(name="plain", frames=1)
+        self.assertEqual(self.running_jobs(render), [])
+        self.assertIn(str(Why.PAUSED_RENDER), str(self.farm.scheduler.explain(plain)))
+        self.submit(name="nimbyonly", frames=1, ignorenimby=True)
+        self.assertEqual(self.running_jobs(render), [])
+        self.submit(name="maint", frames=1, ignorepaused=True)
+        self.assertEqual(self.running_jobs(render), ["maint"])
+
+    def test_nimby_and_NIMBY_renders(self) -> None:
+        nimby = self.render("ws1", capacity=10_000, owner="bob")
+        big = self.render("ws2", capacity=10_000)
+        self.farm.render_action("root", ["ws1"], "nimby")
+        self.farm.render_action("root", ["ws2"], "NIMBY")
+        self.clock.advance(0)
+        self.submit(name="anna's", frames=1)
+        self.submit(user="bob", name="bob's", frames=1)
+        self.assertEqual((self.running_jobs(nimby), self.running_jobs(big)), (["bob's"], []))
+        self.submit(name="urgent", frames=2, ignorenimby=True)
+        self.assertEqual(len(self.running_jobs(nimby)) + len(self.running_jobs(big)), 2)
+
+    def test_without_such_jobs_paused_renders_cost_no_pick(self) -> None:
+        render = self.render(capacity=10_000)
+        self.farm.render_action("root", ["r1"], "pause")
+        job = self.submit(name="maint", frames=1, ignorepaused=True)
+        self.assertEqual(self.farm.jobs_ignoring_states, 1)
+        self.farm.job_action("anna", [job.id], "delete")
+        self.assertEqual(self.farm.jobs_ignoring_states, 0)
+        self.submit(name="plain", frames=1)
+        self.assertEqual(render.solved_empty_at, -1)  # never picked for
+
+
 class CommandPreTests(SystemJobTestCase):
     def test_job_waits_for_its_pre_commands(self) -> None:
         """Afanasy runs the job's and blocks' command_pre when it registers the job, before
@@ -263,7 +305,8 @@ AF_PY_JOB_KEYS = {
     "hosts_mask": "test_scheduler.py", "hosts_mask_exclude": "test_scheduler.py",
     "depend_mask": "test_scheduler.py", "depend_mask_global": "test_scheduler.py",
     "need_os": None, "need_properties": None, "ppa": None, "maintenance": None,
-    "ignorenimby": None, "ignorepaused": None, "offline": "test_farm.py", "time_life": "TimeTests",
+    "ignorenimby": "RenderStateTests", "ignorepaused": "RenderStateTests", "offline": "test_farm.py",
+    "time_life": "TimeTests",
 }
 #: Block flag bits af.py sets (afcommon.BlockFlags), None when a warning says it has no effect.
 AF_PY_BLOCK_FLAGS = {

@@ -158,6 +158,8 @@ class Actions(TaskLife, Policy):
         self._ready_jobs_remove(job)
         self._cancel_timer("wait", job.id)
         self._cancel_timer("life", job.id)
+        if job.spec.ignorenimby or job.spec.ignorepaused:
+            self.jobs_ignoring_states -= 1
         for block in job.blocks:
             if not block.finished:
                 self._count_capacity(block.spec.capacity, -1)

@@ -54,8 +54,6 @@ NO_EFFECT_JOB = {
     "try_this_blocks_num": "no 'try this task first'; restart the task instead",
     "ppa": "no preview-pending-approval",
     "maintenance": "no maintenance jobs",
-    "ignorenimby": "nimby renders run only their owner's jobs",
-    "ignorepaused": "paused renders run nothing",
 }
 NO_EFFECT_BLOCK = {
     "capacity_coeff_min": f"variable capacity (capacity_coeff) {_ISSUE_14}",
@@ -222,6 +220,9 @@ class JobSpec:
     project: str = ""
     department: str = ""
     offline: bool = False
+    #: Afanasy's job flags: run on nimby / NIMBY renders, on paused renders.
+    ignorenimby: bool = False
+    ignorepaused: bool = False
     errors_retries: int = -1
     errors_avoid_host: int = -1
     errors_task_same_host: int = -1
@@ -359,14 +360,15 @@ _JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "hosts_mask": _regex, "hosts_mask_exclude": _regex, "time_wait": _int, "time_life": _int,
     "time_creation": _int, "command_pre": _str, "command_post": _str,
     "annotation": _str, "description": _str, "project": _str, "department": _str,
-    "offline": _bool, "custom_data": _custom_data, "errors_retries": _int,
+    "offline": _bool, "ignorenimby": _bool, "ignorepaused": _bool, "custom_data": _custom_data,
+    "errors_retries": _int,
     "errors_avoid_host": _int, "errors_task_same_host": _int, "errors_forgive_time": _int,
 }
 MAX_PRIORITY = 250  # Afanasy's range is 0..250
 
 #: What `set` may change on a running job / block, with the same validation as a submit.
 JOB_SETTABLE = frozenset(_JOB_FIELDS) - {"user_name", "host_name", "offline", "custom_data", "time_life",
-                                         "time_creation", "command_pre"}
+                                         "time_creation", "command_pre", "ignorenimby", "ignorepaused"}
 #: Job keys kept in `JobSpec.extra` that do have an effect: ``folders`` (statistics group by it).
 _KEPT_JOB = frozenset({"folders"})
 BLOCK_SETTABLE = frozenset(

@@ -49,6 +49,9 @@ class FarmState:
         #: Bumped when jobs come, go, finish or change dependencies (job depend_mask cache).
         self.jobs_generation = 0
         self.tickets_used: Counter[str] = Counter()
+        #: Jobs with ignorenimby or ignorepaused: while there are none, the scheduler does not
+        #: look at paused or NIMBY renders at all.
+        self.jobs_ignoring_states = 0
         #: The system job (farmnet.sysjob), which users cannot delete, and how it wakes renders.
         self.system_job_id: int | None = None
         self.on_wake: Callable[[Render], None] | None = None
@@ -61,7 +64,7 @@ class FarmState:
         self._next_render_id = 1
         self._serial = 0
         self._solve_call: IDelayedCall | None = None
-        #: Pending timers: ("reconnect"|"limits"|"wait", id) → call.
+        #: Pending timers: ("reconnect"|"limits"|"wait"|"life", id) → call.
         self._timers: dict[tuple[str, int], IDelayedCall] = {}
 
     def _set_state(self, task: Task, state: TaskState) -> None:
@@ -205,6 +208,8 @@ class FarmState:
         job = Job(id=job_id, spec=spec, user_name=owner, priority=priority, time_creation=created,
                   serial=serial, paused=paused, hosts_mask=compile_mask(spec.hosts_mask),
                   hosts_mask_exclude=compile_mask(spec.hosts_mask_exclude))
+        if spec.ignorenimby or spec.ignorepaused:
+            self.jobs_ignoring_states += 1
         for number, bspec in enumerate(spec.blocks):
             block = Block(job=job, number=number, spec=bspec, hosts_mask=compile_mask(bspec.hosts_mask),
                           hosts_mask_exclude=compile_mask(bspec.hosts_mask_exclude))
