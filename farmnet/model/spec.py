@@ -155,9 +155,12 @@ class BlockSpec:
                 return frame, frame
             start = number * self.frames_per_task
             return start, start + self.frames_per_task - 1
-        start = self.frame_first + number * self.frames_per_task * self.frames_inc
-        end = min(start + (self.frames_per_task - 1) * self.frames_inc, self.frame_last)
-        return start, end - (end - start) % self.frames_inc
+        per_task, inc = self.frames_per_task, self.frames_inc
+        start = self.frame_first + number * per_task * inc
+        end = start + (per_task - 1) * inc
+        if end > self.frame_last:  # only the last task: its end snapped onto the step
+            end = self.frame_last - (self.frame_last - start) % inc
+        return start, end
 
     def tasks_covering(self, start: int, end: int) -> range:
         """Numbers of this block's tasks whose frames overlap ``start..end``."""
