@@ -2,13 +2,16 @@
 
 A job arrives as CGRU's ``af.py`` writes it (``{"job": {...}}``) or as the bare job
 mapping, from JSON or YAML. Every key keeps Afanasy's name. Unknown keys give a warning,
-never a crash; an invalid value gives one `JobSpecError` naming every bad key.
+never a crash; an invalid value gives one `JobSpecError` naming every bad key. A key af.py
+writes that farmnet keeps without acting on it gives a warning saying so (`NO_EFFECT_JOB`,
+`NO_EFFECT_BLOCK`, `NO_EFFECT_TASK`; doc/afanasy-keys.md).
 
 Frames: in a numeric block, task ``i`` covers ``frames_per_task`` frames stepping by
 ``frames_inc`` from ``frame_first``. In a command, the first ``@#@`` becomes the task's
 first frame and the second its last; the number of ``#`` is the zero padding
 (``@####@`` → ``0007``). In an explicit block, every ``@#@`` of the block command is
-replaced by the task's command (an empty block command runs the task's command as is).
+replaced by the task's command, or the task's command is appended to a block command
+without ``@#@`` (an empty block command runs the task's command as is).
 """
 
 from __future__ import annotations
