@@ -56,3 +56,28 @@ class SystemJobIntegrationTests(TestCase):
             return bool(states) and states["sleeper"] == "WOL sleeping"
 
         await wait_until(reactor, sleeping, 30, "the render to show WOL sleeping")
+
+    async def test_pre_commands_run_before_the_tasks_which_see_afanasys_variables(self) -> None:
+        """command_pre (job and block) runs before any task; the task's environment is the
+        block's with the task's laid over it, plus AF_JOB_ID / AF_BLOCK_ID / AF_TASK_ID; a task
+        command without @#@ is appended to the block command."""
+        job_pre, block_pre = os.path.join(self.base, "job-pre"), os.path.join(self.base, "block-pre")
+        job_id, warnings = await self.client.submit({
+            "name": "afkeys", "command_pre": f"sleep 0.5; echo job-pre > {job_pre}", "blocks": [{
+                "name": "b", "command_pre": f"sleep 0.5; echo block-pre > {block_pre}", "errors_retries": 0,
+                "environment": {"SCENE": "a.hip", "TAKE": "main"},
+                "command": f"cat {job_pre} {block_pre} && echo AF=$AF_JOB_ID/$AF_BLOCK_ID/$AF_TASK_ID "
+                           "TAKE=$TAKE SCENE=$SCENE && echo ",
+                "tasks": [{"name": "t0", "command": "task0", "environment": {"TAKE": "alt"}},
+                          {"name": "t1", "command": "task1"}]}]})
+        self.assertEqual(warnings, [])
+
+        async def done() -> bool:
+            return (await self.client.job(job_id))["state"] in ("DON", "ERR")
+
+        await wait_until(reactor, done, 30, "the job to end")
+        self.assertEqual((await self.client.job(job_id))["state"], "DON")
+        outputs = [(await self.client.output(job_id, 0, n)).decode() for n in (0, 1)]
+        for n, (take, output) in enumerate(zip(("alt", "main"), outputs, strict=True)):
+            self.assertIn("job-pre\nblock-pre\n", output)
+            self.assertIn(f"AF={job_id}/0/{n} TAKE={take} SCENE=a.hip\ntask{n}\n", output)

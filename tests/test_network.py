@@ -566,6 +566,18 @@ class UsersFileTests(NetworkCase):
             with self.assertRaises(errors.PermissionDenied):
                 await connect(reactor, self.endpoint, user, password=password, timeout=10)
 
+    async def test_only_admins_submit_for_other_users(self) -> None:
+        """With passwords, a job's user_name other than the login's is an admin's right."""
+        client = await connect(reactor, self.endpoint, "anna", password="right horse", timeout=10)
+        self.addCleanup(client.aclose)
+        job = {"job": {"name": "j", "user_name": "bob", "blocks": [{"name": "b", "command": "true"}]}}
+        with self.assertRaises(errors.PermissionDenied) as refused:
+            await client.submit(job)
+        self.assertIn("may not submit jobs as 'bob'", refused.exception.message)
+        job["job"]["user_name"] = "anna"
+        job_id, _ = await client.submit(job)
+        self.assertEqual(self.farm.jobs[job_id].user_name, "anna")
+
     async def test_renders_need_no_password(self) -> None:
         proto = await self.peer("render", "r1")
         await proto.callRemote(c.RegisterRender, name="r1", **RENDER)

@@ -139,8 +139,8 @@ class ToolTests(ServerTestCase):
         proto = await self.connect()
         with self.assertRaises(errors.JobSpecError) as caught:
             await proto.callRemote(c.SubmitJob, spec={"job": {"name": "x", "blocks": [
-                {"name": "b", "command": "x", "frames_per_task": 0}]}})
-        self.assertIn("job.blocks[0].frames_per_task", str(caught.exception))
+                {"name": "b", "command": "x", "capacity": 0}]}})
+        self.assertIn("job.blocks[0].capacity", str(caught.exception))
 
     async def test_unknown_job(self) -> None:
         proto = await self.connect()

@@ -313,6 +313,27 @@ class RunPreparedTests(unittest.TestCase):
         self.assertEqual((out, code), (b"", 127))
         self.assertIn(b"cannot change to working directory /nonexistent/farmnet/dir", err)
 
+    async def test_postcmd_deletefiles_without_cgru(self) -> None:
+        """af.Job.setPostDeleteFiles writes `deletefiles "PATH"` (a CGRU program): farmnet's
+        own runs it; patterns (Houdini's ROP files: `scene.*.ifd`), files and directories go."""
+        config = RenderConfig(name="r1", state_dir=self.mktemp())
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(base, "tmp dir", "sub"))
+        for name in ("scene.0001.ifd", "scene.0002.ifd", "keep.hip", "single.hip"):
+            with open(os.path.join(base, name), "w"):
+                pass
+        command = json.dumps({"command": 'deletefiles "scene.*.ifd" "tmp dir" single.hip',
+                              "working_directory": base})
+        env = {k: v for k, v in os.environ.items() if k != "PATH"} | {"PATH": "/usr/bin:/bin"}
+        prepared = prepare(order("postcmd", command), config, env)
+        out, err, code = await self.run_shell(prepared.command, prepared.environment)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(os.listdir(base), ["keep.hip"])
+        prepared = prepare(order("postcmd", f"deletefiles {base}/gone.hip"), config, env)
+        out, err, code = await self.run_shell(prepared.command, prepared.environment)
+        self.assertEqual(code, 1)
+        self.assertIn(b"gone.hip: no such file or directory", err)
+
     async def test_failing_service_message_in_output(self) -> None:
         class Broken:
             name = "broken"

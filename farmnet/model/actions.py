@@ -156,6 +156,9 @@ class Actions(TaskLife, Policy):
                     self._stop_task(task, "job deleted")
         self._ready_jobs_remove(job)
         self._cancel_timer("wait", job.id)
+        self._cancel_timer("life", job.id)
+        if job.spec.ignorenimby or job.spec.ignorepaused:
+            self.jobs_ignoring_states -= 1
         for block in job.blocks:
             if not block.finished:
                 self._count_capacity(block.spec.capacity, -1)

@@ -209,6 +209,9 @@ class Job:
     running_per_host: Counter[int] = attrs.field(factory=Counter)
     hosts_mask: Mask | None = None
     hosts_mask_exclude: Mask | None = None
+    #: The job's and its blocks' command_pre still running (on the system job): the job
+    #: waits for them, as Afanasy runs them before the job is first solved.
+    commands_pre_pending: int = 0
 
     @property
     def name(self) -> str:
@@ -337,12 +340,13 @@ class Render:
     #: The latest resources the render reported (CPU, memory, swap, disk, load).
     resources: dict[str, Any] = attrs.field(factory=dict)
 
-    def accepting(self) -> bool:
-        """Online and willing to take work at all."""
-        return self.online and not (self.paused or self.NIMBY or self.sick or self.wol)
+    def usable(self) -> bool:
+        """Online, not sick, not asleep: a paused or NIMBY render still runs the jobs that ignore
+        that (ignorepaused, ignorenimby)."""
+        return self.online and not (self.sick or self.wol)
 
     def has_room(self) -> bool:
-        if not self.accepting() or self.capacity_used >= self.capacity:
+        if not self.usable() or self.capacity_used >= self.capacity:
             return False
         return self.max_tasks <= 0 or len(self.tasks) < self.max_tasks
 

@@ -34,9 +34,12 @@ log = Logger()
 
 
 class TaskLife(FarmState):
-    def submit(self, spec: JobSpec, user: str) -> Job:
+    def submit(self, spec: JobSpec, user: str, *, names_verified: bool = True) -> Job:
+        """Add a job of ``spec.user_name`` (else ``user``). When ``names_verified`` (the farm
+        checks passwords) only admins may submit for another user; without passwords the
+        connecting name proves nothing, so the job's user is taken, as Afanasy does."""
         owner = spec.user_name or user
-        if owner != user and not self.is_admin(user):
+        if owner != user and names_verified and not self.is_admin(user):
             raise errors.PermissionDenied(f"user {user!r} may not submit jobs as {owner!r}")
         if spec.tasks_count > self.settings.max_tasks_per_job:
             raise errors.JobSpecError(
@@ -44,7 +47,9 @@ class TaskLife(FarmState):
                 f"{self.settings.max_tasks_per_job}")
         now = self.clock.seconds()
         self._serial += 1
-        job = self._build_job(self._next_job_id, spec, owner, spec.priority, now, self._serial,
+        # af.py sends the client's time; a clock ahead of the server's is not believed.
+        created = min(spec.time_creation, now) if spec.time_creation > 0 else now
+        job = self._build_job(self._next_job_id, spec, owner, spec.priority, created, self._serial,
                               spec.offline)
         self._next_job_id += 1
         for block in job.blocks:
@@ -59,11 +64,29 @@ class TaskLife(FarmState):
         self.jobs_generation += 1
         self.work_generation += 1
         self._schedule_time_wait(job)
+        self._schedule_time_life(job)
         log.info("job {job_id} {job_name} submitted by {user}: {tasks} tasks", job_id=job.id,
                  job_name=job.name, user=owner, tasks=job.tasks_total)
         self.bus.publish(JobSubmitted(job))
         self.request_solve()
         return job
+
+    def hold_for_commands_pre(self, job: Job, count: int) -> None:
+        """The system job runs ``count`` pre commands for ``job``: it waits for them."""
+        job.commands_pre_pending += count
+        self.work_generation += 1
+        self._job_changed(job)
+
+    def command_pre_ended(self, job_id: int) -> None:
+        """One of a job's pre commands ended (done or failed: Afanasy ignores its result)."""
+        job = self.jobs.get(job_id)
+        if job is None or job.commands_pre_pending <= 0:
+            return
+        job.commands_pre_pending -= 1
+        if not job.commands_pre_pending:
+            self.work_generation += 1
+            self._job_changed(job)
+            self.request_solve()
 
     def start_task(self, task: Task, render: Render) -> None:
         """Hand a ready task to a render (the scheduler decided)."""
@@ -81,7 +104,10 @@ class TaskLife(FarmState):
         spec = block.spec
         frame_start, frame_end = spec.frames(task.number) if spec.numeric else (0, 0)
         env = dict(spec.environment)
+        if spec.tasks:  # Afanasy lays the task's variables over the block's
+            env.update(spec.tasks[task.number].environment)
         env.update({
+            "AF_JOB_ID": str(job.id), "AF_BLOCK_ID": str(block.number), "AF_TASK_ID": str(task.number),
             "FARMNET_JOB_ID": str(job.id), "FARMNET_JOB_NAME": job.name,
             "FARMNET_BLOCK": str(block.number), "FARMNET_BLOCK_NAME": block.name,
             "FARMNET_TASK": str(task.number), "FARMNET_TASK_NAME": task.name,

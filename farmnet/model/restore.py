@@ -90,6 +90,7 @@ class Restore(FarmState):
             if job.counts[TaskState.RDY]:
                 self._ready_jobs_add(job)
             self._schedule_time_wait(job)
+            self._schedule_time_life(job)
         self.jobs_generation += 1
         self.work_generation += 1
 

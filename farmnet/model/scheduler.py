@@ -39,6 +39,7 @@ class Why(enum.StrEnum):
     PAUSED = "job is paused (OFF)"
     TIME_WAIT = "job waits until its start time (WT)"
     JOB_DEPENDS = "job waits for jobs matching its depend_mask (WD)"
+    COMMANDS_PRE = "job waits for its command_pre to run (WD)"
     BLOCK_DEPENDS = "block waits for blocks matching its depend_mask (WD)"
     TASKS_DEPEND = "ready tasks wait for tasks of blocks matching tasks_depend_mask (WD)"
     NO_READY = "no ready tasks"
@@ -47,8 +48,10 @@ class Why(enum.StrEnum):
     BLOCK_LIMIT = "block's max_running_tasks reached"
     TICKETS = "farm tickets exhausted"
     OFFLINE = "render offline"
-    RENDER_OFF = "render paused, NIMBY or sick"
-    NIMBY = "render is nimby: only its owner's jobs"
+    RENDER_OFF = "render sick or asleep"
+    PAUSED_RENDER = "render paused (only jobs with ignorepaused)"
+    NIMBY_RENDER = "render NIMBY (only jobs with ignorenimby)"
+    NIMBY = "render is nimby: only its owner's jobs (and jobs with ignorenimby)"
     USER_HOST_LIMIT = "user's max_running_tasks_per_host reached on the render"
     JOB_HOST_LIMIT = "job's max_running_tasks_per_host reached on the render"
     BLOCK_HOST_LIMIT = "block's max_running_tasks_per_host reached on the render"
@@ -87,6 +90,7 @@ class FarmView(Protocol):
     renders: Mapping[int, Render]
     work_generation: int
     jobs_generation: int
+    jobs_ignoring_states: int
     tickets_used: Counter[str]
     masks: Masks
 
@@ -109,9 +113,12 @@ class Scheduler:
         """Every (task, render) to start now, one at a time: the farm starts each before
         asking for the next, so each pick sees the previous ones."""
         farm = self.farm
+        ignoring = farm.jobs_ignoring_states > 0
         for render in list(farm.renders.values()):
             if render.solved_empty_at == farm.work_generation:
                 continue
+            if not ignoring and (render.paused or render.NIMBY):
+                continue  # no job may use it: not worth a pick
             while render.has_room():
                 if render.capacity - render.capacity_used < farm.smallest_block_capacity():
                     break  # nothing unfinished fits in what is left
@@ -123,11 +130,14 @@ class Scheduler:
 
     def pick(self, render: Render) -> Task | None:
         now = self.farm.clock.seconds()
+        restricted = render.nimby or render.NIMBY or render.paused
         for user in self.users_in_order():
             if self.user_refuses(user, render):
                 continue
             for job in self.jobs_in_order(user):
                 if self.job_waits(job, now) or self.job_refuses(job, render):
+                    continue
+                if restricted and self.render_state_refuses(job, render):
                     continue
                 for block in job.blocks:
                     if self.block_waits(block) or self.block_refuses(block, render, now):
@@ -180,8 +190,6 @@ class Scheduler:
     # --- the checks (None: allowed) ------------------------------------------------------
 
     def user_refuses(self, user: User, render: Render) -> Why | None:
-        if render.nimby and render.owner != user.name:
-            return Why.NIMBY
         if _limit_reached(user.running, user.max_running_tasks):
             return Why.USER_LIMIT
         if _limit_reached(user.running_per_host[render.id], user.max_running_tasks_per_host):
@@ -198,8 +206,23 @@ class Scheduler:
             return Why.TIME_WAIT
         if (job.spec.depend_mask or job.spec.depend_mask_global) and self.job_depends_on(job):
             return Why.JOB_DEPENDS
+        if job.commands_pre_pending:
+            return Why.COMMANDS_PRE
         if _limit_reached(job.counts[TaskState.RUN], job.spec.max_running_tasks):
             return Why.JOB_LIMIT
+        return None
+
+    def render_state_refuses(self, job: Job, render: Render) -> Why | None:
+        """Afanasy's render states: NIMBY runs nothing, nimby only its owner's jobs, paused
+        nothing — unless the job ignores that (ignorenimby, ignorepaused)."""
+        spec = job.spec
+        if not spec.ignorenimby:
+            if render.NIMBY:
+                return Why.NIMBY_RENDER
+            if render.nimby and render.owner != job.user_name:
+                return Why.NIMBY
+        if render.paused and not spec.ignorepaused:
+            return Why.PAUSED_RENDER
         return None
 
     def job_refuses(self, job: Job, render: Render) -> Why | None:
@@ -341,9 +364,10 @@ class Scheduler:
     def _refusal(self, user: User, job: Job, block: Block, render: Render, now: float) -> Why | None:
         if not render.online:
             return Why.OFFLINE
-        if not render.accepting():
+        if not render.usable():
             return Why.RENDER_OFF
-        why = (self.user_refuses(user, render) or self.job_refuses(job, render)
+        why = (self.render_state_refuses(job, render) or self.user_refuses(user, render)
+               or self.job_refuses(job, render)
                or self.block_refuses(block, render, now))
         if why is not None:
             return why
@@ -364,7 +388,7 @@ class Scheduler:
             why = self.job_waits(job, self.farm.clock.seconds())
             if why is Why.TIME_WAIT:
                 return TaskState.WT
-            if why is Why.JOB_DEPENDS:
+            if why is Why.JOB_DEPENDS or why is Why.COMMANDS_PRE:
                 return TaskState.WD
             if all(self.block_waits(b) in (Why.BLOCK_DEPENDS, Why.NO_READY) for b in job.blocks) and any(
                     self.block_waits(b) is Why.BLOCK_DEPENDS for b in job.blocks):
@@ -373,14 +397,14 @@ class Scheduler:
 
 
 def covering_tasks(task: Task, other: Block) -> list[Task]:
-    """Tasks of ``other`` whose frames overlap ``task``'s (same number when explicit)."""
+    """Tasks of ``other`` whose frames overlap ``task``'s. An explicit block's frames count
+    from 0 (``frames_per_task`` each, or ``-frames_per_task`` tasks per frame); between a
+    numeric and an explicit block they are aligned on the numeric block's frame_first, as
+    Afanasy does."""
     mine, theirs = task.block.spec, other.spec
-    if not (mine.numeric and theirs.numeric):
-        return [other.tasks[task.number]] if task.number < len(other.tasks) else []
     start, end = mine.frames(task.number)
-    span = theirs.frames_per_task * theirs.frames_inc
-    first = max(0, (start - theirs.frame_first) // span)
-    last = min(len(other.tasks) - 1, (end - theirs.frame_first) // span)
-    if end < theirs.frame_first or start > theirs.frame_last:
-        return []
-    return other.tasks[first:last + 1]
+    if mine.numeric and not theirs.numeric:
+        start, end = start - mine.frame_first, end - mine.frame_first
+    elif theirs.numeric and not mine.numeric:
+        start, end = start + theirs.frame_first, end + theirs.frame_first
+    return [other.tasks[n] for n in theirs.tasks_covering(start, end) if n < len(other.tasks)]

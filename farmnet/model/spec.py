@@ -2,13 +2,16 @@
 
 A job arrives as CGRU's ``af.py`` writes it (``{"job": {...}}``) or as the bare job
 mapping, from JSON or YAML. Every key keeps Afanasy's name. Unknown keys give a warning,
-never a crash; an invalid value gives one `JobSpecError` naming every bad key.
+never a crash; an invalid value gives one `JobSpecError` naming every bad key. A key af.py
+writes that farmnet keeps without acting on it gives a warning saying so (`NO_EFFECT_JOB`,
+`NO_EFFECT_BLOCK`, `NO_EFFECT_TASK`; doc/afanasy-keys.md).
 
 Frames: in a numeric block, task ``i`` covers ``frames_per_task`` frames stepping by
 ``frames_inc`` from ``frame_first``. In a command, the first ``@#@`` becomes the task's
 first frame and the second its last; the number of ``#`` is the zero padding
 (``@####@`` → ``0007``). In an explicit block, every ``@#@`` of the block command is
-replaced by the task's command (an empty block command runs the task's command as is).
+replaced by the task's command, or the task's command is appended to a block command
+without ``@#@`` (an empty block command runs the task's command as is).
 """
 
 from __future__ import annotations
@@ -29,25 +32,73 @@ _FRAME_PATTERN = re.compile(r"@(#+)@")
 #: Afanasy block flag bits.
 FLAG_NUMERIC = 1 << 0
 
-#: Keys CGRU writes that farmnet accepts and keeps, but which have no effect yet.
-_ACCEPTED_JOB = frozenset(
-    {"time_creation", "folders", "branch", "time_life", "need_os", "need_properties", "ppa",
-     "ignorenimby", "ignorepaused", "pools", "command_pre"}
-)
-_ACCEPTED_BLOCK = frozenset(
-    {"flags", "capacity_coeff_min", "capacity_coeff_max", "files", "command_pre", "need_memory",
-     "need_hdd", "need_power", "need_properties", "multihost_min", "multihost_max",
-     "multihost_service", "multihost_max_wait", "multihost_service_wait", "file_size_min",
-     "file_size_max", "custom_data", "parser_coeff"}
-)
+#: Afanasy block flag bits that farmnet does not act on, with why (a warning names them).
+_FLAGS_WITHOUT_EFFECT = {
+    1 << 1: ("varcapacity", "variable capacity is issue 14, later"),
+    1 << 2: ("multihost", "multi-host tasks are issue 14, later"),
+    1 << 3: ("masteronslave", "multi-host tasks are issue 14, later"),
+    1 << 4: ("dependsubtask", "tasks_depend_mask waits for whole tasks"),
+    1 << 6: ("skipexistingfiles", "renders do not check task files"),
+    1 << 7: ("checkrenderedfiles", "renders do not check task files"),
+    1 << 8: ("slavelostignore", "multi-host tasks are issue 14, later"),
+    1 << 9: ("appendedtasks", "set by Afanasy's server only"),
+    1 << 10: ("suspendnewtasks", "new tasks are ready, never suspended"),
+}
+_ISSUE_14 = "is issue 14, later"
+
+#: Keys CGRU's af.py writes that farmnet keeps (the job round-trips) but does not act on:
+#: key → why. Submitting one with a value other than Afanasy's default gives a warning
+#: "KEY: accepted but has no effect in farmnet (why)" — nothing is silently ignored.
+NO_EFFECT_JOB = {
+    "pools": f"render pools {_ISSUE_14}",
+    "branch": f"branches {_ISSUE_14}",
+    "need_os": f"needs (need_os) {_ISSUE_14}",
+    "need_properties": f"needs (need_properties) {_ISSUE_14}",
+    "try_this_tasks_num": "no 'try this task first'; restart the task instead",
+    "try_this_blocks_num": "no 'try this task first'; restart the task instead",
+    "ppa": "no preview-pending-approval",
+    "maintenance": "no maintenance jobs",
+}
+NO_EFFECT_BLOCK = {
+    "capacity_coeff_min": f"variable capacity (capacity_coeff) {_ISSUE_14}",
+    "capacity_coeff_max": f"variable capacity (capacity_coeff) {_ISSUE_14}",
+    "multihost_min": f"multi-host tasks {_ISSUE_14}",
+    "multihost_max": f"multi-host tasks {_ISSUE_14}",
+    "multihost_max_wait": f"multi-host tasks {_ISSUE_14}",
+    "multihost_service": f"multi-host tasks {_ISSUE_14}",
+    "multihost_service_wait": f"multi-host tasks {_ISSUE_14}",
+    "need_memory": f"needs (need_memory) {_ISSUE_14}",
+    "need_hdd": f"needs (need_hdd) {_ISSUE_14}",
+    "need_power": f"needs (need_power) {_ISSUE_14}",
+    "need_properties": f"needs (need_properties) {_ISSUE_14}",
+    "need_gpu_mem_mb": f"needs (need_gpu_mem_mb) {_ISSUE_14}",
+    "need_cpu_freq_mgz": f"needs (need_cpu_freq_mgz) {_ISSUE_14}",
+    "need_cpu_cores": f"needs (need_cpu_cores) {_ISSUE_14}",
+    "need_cpu_freq_cores": f"needs (need_cpu_freq_cores) {_ISSUE_14}",
+    "files": "no previews and no file checks",
+    "file_size_min": "renders do not check task files",
+    "file_size_max": "renders do not check task files",
+    "parser_coeff": "progress is taken from the parser as it is",
+    "custom_data": "only a job's custom_data is read (events)",
+}
+NO_EFFECT_TASK = {"files": "no previews and no file checks"}
+
+
+def _no_effect(c: _Collector, data: Mapping[str, Any], table: Mapping[str, str], path: str) -> None:
+    """Warn for every key of ``table`` given with a value that would do something in Afanasy."""
+    for key, why in table.items():
+        if data.get(key) not in (None, "", False, 0, -1, [], {}):
+            c.warnings.append(f"{path}.{key}: accepted but has no effect in farmnet ({why})")
 
 
 @attrs.frozen
 class TaskSpec:
-    """An explicit task: its name and the command that fills the block's ``@#@``."""
+    """An explicit task: its name, the command that fills the block's ``@#@`` (or is
+    appended to it), and variables laid over the block's environment."""
 
     name: str
     command: str
+    environment: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -59,6 +110,7 @@ class BlockSpec:
     capacity: int = 1000
     working_directory: str = ""
     environment: Mapping[str, str] = attrs.field(factory=dict)
+    command_pre: str = ""
     command_post: str = ""
     frame_first: int = 0
     frame_last: int = 0
@@ -96,10 +148,37 @@ class BlockSpec:
         return (self.frame_last - self.frame_first) // span + 1
 
     def frames(self, number: int) -> tuple[int, int]:
-        """First and last frame of numeric task ``number``."""
-        start = self.frame_first + number * self.frames_per_task * self.frames_inc
-        end = min(start + (self.frames_per_task - 1) * self.frames_inc, self.frame_last)
+        """First and last frame of task ``number``. Numeric: the last task's end is snapped
+        down onto the step (1-20, 3 per task, by 2: the last task is 19-19, as in Afanasy).
+        Explicit: task ``n`` covers ``frames_per_task`` frames from ``n * frames_per_task``
+        (what ``tasks_depend_mask`` matches), or, when negative, ``-frames_per_task`` tasks
+        share one frame (sub-frame tasks: tiles of a frame)."""
+        if self.tasks or self.dynamic:  # explicit (not the `numeric` property: a hot path)
+            if self.frames_per_task < 0:
+                frame = number // -self.frames_per_task
+                return frame, frame
+            start = number * self.frames_per_task
+            return start, start + self.frames_per_task - 1
+        per_task, inc = self.frames_per_task, self.frames_inc
+        start = self.frame_first + number * per_task * inc
+        end = start + (per_task - 1) * inc
+        if end > self.frame_last:  # only the last task: its end snapped onto the step
+            end = self.frame_last - (self.frame_last - start) % inc
         return start, end
+
+    def tasks_covering(self, start: int, end: int) -> range:
+        """Numbers of this block's tasks whose frames overlap ``start..end``."""
+        count = self.tasks_count
+        if self.numeric:
+            if end < self.frame_first or start > self.frame_last:
+                return range(0)
+            span = self.frames_per_task * self.frames_inc
+            first, last = (start - self.frame_first) // span, (end - self.frame_first) // span
+        elif self.frames_per_task < 0:
+            first, last = start * -self.frames_per_task, (end + 1) * -self.frames_per_task - 1
+        else:
+            first, last = start // self.frames_per_task, end // self.frames_per_task
+        return range(max(0, first), min(count - 1, last) + 1)
 
     def task_name(self, number: int) -> str:
         if self.tasks:
@@ -115,7 +194,11 @@ class BlockSpec:
     def task_command(self, number: int) -> str:
         if self.tasks:
             task_command = self.tasks[number].command
-            return self.command.replace("@#@", task_command) if self.command else task_command
+            if not task_command:
+                return self.command
+            if "@#@" in self.command:
+                return self.command.replace("@#@", task_command)
+            return self.command + task_command  # Afanasy appends, with no space between
         return fill_frames(self.command, *self.frames(number))
 
 
@@ -133,12 +216,20 @@ class JobSpec:
     hosts_mask: str = ""
     hosts_mask_exclude: str = ""
     time_wait: int = 0
+    #: Seconds from its creation after which the job is deleted (-1: never).
+    time_life: int = -1
+    #: The client's creation time (af.py writes it); 0: the server's clock.
+    time_creation: int = 0
+    command_pre: str = ""
     command_post: str = ""
     annotation: str = ""
     description: str = ""
     project: str = ""
     department: str = ""
     offline: bool = False
+    #: Afanasy's job flags: run on nimby / NIMBY renders, on paused renders.
+    ignorenimby: bool = False
+    ignorepaused: bool = False
     errors_retries: int = -1
     errors_avoid_host: int = -1
     errors_task_same_host: int = -1
@@ -255,9 +346,9 @@ def _at_least(minimum: int) -> Callable[[Any], int]:
 
 _BLOCK_FIELDS: dict[str, Callable[[Any], Any]] = {
     "command": _str, "service": _str, "parser": _str, "capacity": _at_least(1),
-    "working_directory": _str, "environment": _environment, "command_post": _str,
-    "frame_first": _int, "frame_last": _int, "frames_per_task": _at_least(1),
-    "frames_inc": _at_least(1), "tasks_name": _str, "sequential": _int,
+    "working_directory": _str, "environment": _environment, "command_pre": _str, "command_post": _str,
+    "frame_first": _int, "frame_last": _int, "frames_per_task": _int,
+    "frames_inc": _int, "tasks_name": _str, "sequential": _int,
     "depend_mask": _regex, "tasks_depend_mask": _regex, "hosts_mask": _regex,
     "hosts_mask_exclude": _regex, "max_running_tasks": _int, "max_running_tasks_per_host": _int,
     "errors_retries": _int, "errors_avoid_host": _int, "errors_task_same_host": _int,
@@ -268,15 +359,20 @@ _BLOCK_FIELDS: dict[str, Callable[[Any], Any]] = {
 _JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "user_name": _str, "host_name": _str, "priority": _at_least(0), "depend_mask": _regex,
     "depend_mask_global": _regex, "max_running_tasks": _int, "max_running_tasks_per_host": _int,
-    "hosts_mask": _regex, "hosts_mask_exclude": _regex, "time_wait": _int, "command_post": _str,
+    "hosts_mask": _regex, "hosts_mask_exclude": _regex, "time_wait": _int, "time_life": _int,
+    "time_creation": _int, "command_pre": _str, "command_post": _str,
     "annotation": _str, "description": _str, "project": _str, "department": _str,
-    "offline": _bool, "custom_data": _custom_data, "errors_retries": _int,
+    "offline": _bool, "ignorenimby": _bool, "ignorepaused": _bool, "custom_data": _custom_data,
+    "errors_retries": _int,
     "errors_avoid_host": _int, "errors_task_same_host": _int, "errors_forgive_time": _int,
 }
 MAX_PRIORITY = 250  # Afanasy's range is 0..250
 
 #: What `set` may change on a running job / block, with the same validation as a submit.
-JOB_SETTABLE = frozenset(_JOB_FIELDS) - {"user_name", "host_name", "offline", "custom_data"}
+JOB_SETTABLE = frozenset(_JOB_FIELDS) - {"user_name", "host_name", "offline", "custom_data", "time_life",
+                                         "time_creation", "command_pre", "ignorenimby", "ignorepaused"}
+#: Job keys kept in `JobSpec.extra` that do have an effect: ``folders`` (statistics group by it).
+_KEPT_JOB = frozenset({"folders"})
 BLOCK_SETTABLE = frozenset(
     {"capacity", "max_running_tasks", "max_running_tasks_per_host", "hosts_mask", "hosts_mask_exclude",
      "depend_mask", "tasks_depend_mask", "errors_retries", "errors_avoid_host", "errors_task_same_host",
@@ -330,21 +426,19 @@ def parse_job(document: Any, max_tasks: int = 1_000_000) -> tuple[JobSpec, list[
             block = _parse_block(c, raw, f"job.blocks[{i}]")
             if block is not None:
                 blocks.append(block)
-    names = [b.name for b in blocks]
-    for dup in sorted({n for n in names if names.count(n) > 1}):
-        c.errors.append(f"job.blocks: block name {dup!r} is used twice")
     total = sum(b.tasks_count for b in blocks)
     if total > max_tasks:
         c.errors.append(f"job.blocks: {total} tasks is more than this farm's limit of {max_tasks}")
 
+    known = [*_JOB_FIELDS, *NO_EFFECT_JOB, *_KEPT_JOB, "name", "blocks"]
     for key in document:
-        if key not in _JOB_FIELDS and key not in _ACCEPTED_JOB and key not in ("name", "blocks"):
-            hint = did_you_mean(str(key), [*_JOB_FIELDS, "name", "blocks"])
-            c.warnings.append(f"job.{key}: unknown key, ignored{hint}")
+        if key not in known:
+            c.warnings.append(f"job.{key}: unknown key, ignored{did_you_mean(str(key), known)}")
+    _no_effect(c, document, NO_EFFECT_JOB, "job")
     if c.errors:
         raise JobSpecError("invalid job: " + "; ".join(c.errors))
 
-    extra = {k: document[k] for k in _ACCEPTED_JOB if k in document and k not in _JOB_FIELDS}
+    extra = {k: document[k] for k in (*NO_EFFECT_JOB, *_KEPT_JOB) if k in document}
     given = {k: v for k, v in values.items() if v is not None}
     return JobSpec(name=name, blocks=tuple(blocks), extra=extra, **given), c.warnings
 
@@ -361,6 +455,14 @@ def _parse_block(c: _Collector, raw: Any, path: str) -> BlockSpec | None:
     tasks = _parse_tasks(c, raw.get("tasks"), path)
     flags = c.get(raw, "flags", path, _int, 0)
     numeric = not tasks and not values["dynamic"]
+    per_task, inc = values["frames_per_task"], values["frames_inc"]
+    if inc is not None and inc < 1:
+        c.warnings.append(f"{path}.frames_inc: {inc} is taken as 1, as Afanasy does")
+        values["frames_inc"] = 1
+    if per_task == 0 or (numeric and per_task is not None and per_task < 0):
+        why = "a numeric block's tasks have at least one frame" if per_task else "0 frames per task"
+        c.warnings.append(f"{path}.frames_per_task: {per_task} is taken as 1, as Afanasy does ({why})")
+        values["frames_per_task"] = 1
     if numeric:
         if raw.get("tasks") is not None:
             c.errors.append(f"{path}.tasks: an explicit block needs at least one task")
@@ -373,10 +475,14 @@ def _parse_block(c: _Collector, raw: Any, path: str) -> BlockSpec | None:
         values["frame_first"], values["frame_last"] = first, last
     elif flags & FLAG_NUMERIC:
         c.warnings.append(f"{path}.flags: numeric flag set on a block with explicit tasks; tasks win")
+    for bit, (flag, why) in _FLAGS_WITHOUT_EFFECT.items():
+        if flags & bit:
+            c.warnings.append(f"{path}.flags: {flag} accepted but has no effect in farmnet ({why})")
+    known = [*_BLOCK_FIELDS, *NO_EFFECT_BLOCK, "flags", "name", "tasks"]
     for key in raw:
-        if key not in _BLOCK_FIELDS and key not in _ACCEPTED_BLOCK and key not in ("name", "tasks"):
-            hint = did_you_mean(str(key), [*_BLOCK_FIELDS, "name", "tasks"])
-            c.warnings.append(f"{path}.{key}: unknown key, ignored{hint}")
+        if key not in known:
+            c.warnings.append(f"{path}.{key}: unknown key, ignored{did_you_mean(str(key), known)}")
+    _no_effect(c, raw, NO_EFFECT_BLOCK, path)
     if len(c.errors) > errors_before:
         return None
     given = {k: v for k, v in values.items() if v is not None}
@@ -398,7 +504,14 @@ def _parse_tasks(c: _Collector, raw: Any, path: str) -> tuple[TaskSpec, ...]:
         if not isinstance(name, str | int) or not isinstance(command, str):
             c.errors.append(f"{path}.tasks[{i}]: name and command must be strings")
             continue
-        tasks.append(TaskSpec(str(name), command))
+        environment = c.get(item, "environment", f"{path}.tasks[{i}]", _environment, {})
+        known = ["name", "command", "environment", *NO_EFFECT_TASK]
+        for key in item:
+            if key not in known:
+                c.warnings.append(f"{path}.tasks[{i}].{key}: unknown key, ignored"
+                                  f"{did_you_mean(str(key), known)}")
+        _no_effect(c, item, NO_EFFECT_TASK, f"{path}.tasks[{i}]")
+        tasks.append(TaskSpec(str(name), command, environment))
     return tuple(tasks)
 
 
@@ -417,8 +530,9 @@ def _block_to_document(block: BlockSpec) -> dict[str, Any]:
     doc["environment"] = dict(block.environment)
     doc["tickets"] = dict(block.tickets)
     if not block.numeric:
-        doc["tasks"] = [{"name": t.name, "command": t.command} for t in block.tasks]
-        for key in ("frame_first", "frame_last", "frames_per_task", "frames_inc"):
+        doc["tasks"] = [{"name": t.name, "command": t.command, "environment": dict(t.environment)}
+                        for t in block.tasks]
+        for key in ("frame_first", "frame_last", "frames_inc"):
             del doc[key]
     else:
         del doc["tasks"]

@@ -47,6 +47,9 @@ class FarmState:
         #: Bumped when jobs come, go, finish or change dependencies (job depend_mask cache).
         self.jobs_generation = 0
         self.tickets_used: Counter[str] = Counter()
+        #: Jobs with ignorenimby or ignorepaused: while there are none, the scheduler does not
+        #: look at paused or NIMBY renders at all.
+        self.jobs_ignoring_states = 0
         #: The system job (farmnet.sysjob), which users cannot delete, and how it wakes renders.
         self.system_job_id: int | None = None
         self.on_wake: Callable[[Render], None] | None = None
@@ -59,7 +62,7 @@ class FarmState:
         self._next_render_id = 1
         self._serial = 0
         self._solve_call: IDelayedCall | None = None
-        #: Pending timers: ("reconnect"|"limits"|"wait", id) → call.
+        #: Pending timers: ("reconnect"|"limits"|"wait"|"life", id) → call.
         self._timers: dict[tuple[str, int], IDelayedCall] = {}
 
     def _set_state(self, task: Task, state: TaskState) -> None:
@@ -203,6 +206,8 @@ class FarmState:
         job = Job(id=job_id, spec=spec, user_name=owner, priority=priority, time_creation=created,
                   serial=serial, paused=paused, hosts_mask=self.masks.compile(spec.hosts_mask),
                   hosts_mask_exclude=self.masks.compile(spec.hosts_mask_exclude))
+        if spec.ignorenimby or spec.ignorepaused:
+            self.jobs_ignoring_states += 1
         for number, bspec in enumerate(spec.blocks):
             block = Block(job=job, number=number, spec=bspec, hosts_mask=self.masks.compile(bspec.hosts_mask),
                           hosts_mask_exclude=self.masks.compile(bspec.hosts_mask_exclude))
@@ -234,6 +239,19 @@ class FarmState:
         delay = job.spec.time_wait - self.clock.seconds()
         if delay > 0:
             self._timer("wait", job.id, delay, self._time_wait_over)
+
+    def _schedule_time_life(self, job: Job) -> None:
+        """Afanasy's ``time_life``: the job is deleted that long after its creation."""
+        if job.spec.time_life > 0:
+            delay = job.time_creation + job.spec.time_life - self.clock.seconds()
+            self._timer("life", job.id, delay, self._time_life_over, job)
+
+    def _time_life_over(self, job: Job) -> None:
+        if self.jobs.get(job.id) is job:
+            log.info("job {job_id} {job_name} deleted: its time_life of {time_life} s is over",
+                     job_id=job.id, job_name=job.name, time_life=job.spec.time_life)
+            self._job_delete(job, None)  # type: ignore[attr-defined]  # Actions, mixed into the Farm
+            self.request_solve()
 
     def _time_wait_over(self) -> None:
         self.work_generation += 1

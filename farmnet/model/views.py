@@ -31,8 +31,9 @@ class Views(FarmState):
         for block, entry in zip(job.blocks, data["blocks"], strict=True):
             waits = self.scheduler.block_waits(block) is Why.BLOCK_DEPENDS
             entry["state"] = TaskState.WD.value if waits else block_state(block).value
-        for key in ("depend_mask", "depend_mask_global", "command_post", "max_running_tasks",
-                    "max_running_tasks_per_host", "hosts_mask", "hosts_mask_exclude", "time_wait"):
+        for key in ("depend_mask", "depend_mask_global", "command_pre", "command_post", "max_running_tasks",
+                    "max_running_tasks_per_host", "hosts_mask", "hosts_mask_exclude", "time_wait",
+                    "time_life", "host_name", "description", "project", "department"):
             data[key] = getattr(job.spec, key)
         data["custom_data"] = dict(job.spec.custom_data)
         return data

@@ -10,6 +10,8 @@ just before the task starts.  The built-ins, with Afanasy's names:
     The system job's post commands (run at a job's deletion).  The command as is, run in the order's
     working directory; or, when the system job sends ``{"command": CMD, "working_directory": DIR}`` as
     the task's command, CMD run in DIR (each deleted job's post command runs in that job's directory).
+    A command starting with ``deletefiles`` (what CGRU's ``af.Job.setPostDeleteFiles`` writes) runs
+    ``python -m farmnet.render.deletefiles``, so it works on renders without CGRU installed.
 ``events``
     The system job's events: the task's command is the event data (JSON).  The final command runs
     ``python -m farmnet.sysjob.events --service CLASS`` (CLASS: ``render.sysjob.events_service_class``).  The
@@ -125,7 +127,7 @@ class PostCmdService(GenericService):
     def command(self, order: Mapping[str, Any], config: RenderConfig) -> str:
         command = str(order.get("command") or "")
         if not command.lstrip().startswith("{"):
-            return command
+            return _own_deletefiles(command)
         try:
             data = json.loads(command)
         except ValueError:
@@ -134,9 +136,17 @@ class PostCmdService(GenericService):
             return command
         directory = data.get("working_directory")
         if not isinstance(directory, str) or not directory:
-            return data["command"]
+            return _own_deletefiles(data["command"])
         # A newline, not "&&": the post command is any shell text, and stays one unit after the cd.
-        return _POSTCMD_CD.format(dir=shlex.quote(directory)) + "\n" + data["command"]
+        return _POSTCMD_CD.format(dir=shlex.quote(directory)) + "\n" + _own_deletefiles(data["command"])
+
+
+def _own_deletefiles(command: str) -> str:
+    """CGRU's ``deletefiles PATH...`` post command, run by farmnet's own module."""
+    word, _, rest = command.lstrip().partition(" ")
+    if word != "deletefiles":
+        return command
+    return f"{shlex.quote(sys.executable)} -m farmnet.render.deletefiles {rest}"
 
 
 def event_data_path(order: Mapping[str, Any], config: RenderConfig) -> str:

@@ -625,7 +625,7 @@ class ServerProtocol(FarmAMP):
         """Acknowledged once the job is on disk."""
         self._need_user()
         job_spec, warnings = parse_job(spec, self.farm.settings.max_tasks_per_job)
-        job = self.farm.submit(job_spec, self.user)
+        job = self.farm.submit(job_spec, self.user, names_verified=self.server.passwords is not None)
         await self.server.durable()
         return {"job_id": job.id, "warnings": warnings}
 

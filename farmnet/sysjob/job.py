@@ -1,7 +1,8 @@
 """Afanasy's system job: the farm's own chores run as tasks on renders.
 
-One job of the system user with three blocks: ``postcmd`` (jobs' and blocks' post
-commands, run when a job is deleted), ``events`` (JOB_CREATED, JOB_DONE, JOB_ERROR,
+One job of the system user with three blocks: ``postcmd`` (jobs' and blocks' pre commands,
+run when a job is submitted — the job waits for them, as Afanasy runs them before the job's
+first solve — and post commands, run when a job is deleted), ``events`` (JOB_CREATED, JOB_DONE, JOB_ERROR,
 JOB_DELETED, RENDER_ZOMBIE, RENDER_SICK, when the custom data asks) and ``wakeonlan``
 (``wolwake MAC…``, run by another render). When the server needs a command run it appends a
 task; renders run it like any task (the block's service decides how); admins see and steer
@@ -65,6 +66,9 @@ class SystemJob(service.Service):
         self._check: IDelayedCall | None = None
         self._cleanup = False
         self._reasons: dict[int, str] = {}
+        #: Pre command task name → the job waiting for it (not kept over a restart: a job
+        #: whose pre commands were running then no longer waits for them).
+        self._pre: dict[str, int] = {}
 
     # --- the job -----------------------------------------------------------------------
 
@@ -158,6 +162,7 @@ class SystemJob(service.Service):
 
     def _job_submitted(self, event: ev.JobSubmitted) -> None:
         if self._is_other(event.job):
+            self._pre_commands(event.job)
             self._job_event("JOB_CREATED", event.job)
 
     def _job_changed(self, event: ev.JobChanged) -> None:
@@ -193,6 +198,9 @@ class SystemJob(service.Service):
             self._save()
         if task.state in (TaskState.DON, TaskState.SKP, TaskState.ERR):
             self._born.pop(id(task), None)
+            job_id = self._pre.pop(task.name, None) if task.block.name == "postcmd" else None
+            if job_id is not None:
+                self.farm.command_pre_ended(job_id)
             # Not now: the farm is in the middle of this change, and removing renumbers.
             if not self._cleanup:
                 self._cleanup = True
@@ -205,6 +213,19 @@ class SystemJob(service.Service):
         for block in self.job.blocks:
             self.farm.remove_tasks(block, lambda t: t.state in (TaskState.DON, TaskState.SKP, TaskState.ERR))
         self._flow()
+
+    def _pre_commands(self, job: Job) -> None:
+        """Afanasy runs a job's and its blocks' command_pre when the job is registered, before
+        it is solved: here they are system tasks, and the job waits until they end."""
+        commands = [(f"{job.name} [{job.id}]: pre", job.spec.command_pre)] + [
+            (f"{job.name} [{job.id}] block {b.number} {b.name}: pre", b.spec.command_pre) for b in job.blocks]
+        commands = [(name, command) for name, command in commands if command]
+        if not commands:
+            return
+        self.farm.hold_for_commands_pre(job, len(commands))
+        for name, command in commands:
+            self._pre[name] = job.id
+            self.add("postcmd", name, command)
 
     def _post_commands(self, job: Job) -> None:
         commands = [(f"{job.name}: post", job.spec.command_post)] + [
