@@ -1,4 +1,5 @@
-"""The server, composed of services in a fixed order: farm → AMP listener → web site.
+"""The server, composed of services in a fixed order: farm → AMP listener → web site →
+Afanasy listener.
 
 Start order is the list order; twistd stops them in reverse, so the listener closes
 before the farm's state is flushed.
@@ -20,6 +21,7 @@ from twisted.logger import Logger
 from farmnet.config import ServerConfig
 from farmnet.model.farm import Farm
 from farmnet.protocol.endpoints import loopback_only
+from farmnet.server.afanasy import AfanasyFactory, AfanasyServer
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.listening import Listener
 from farmnet.server.manhole import make_manhole_services, manhole_namespace
@@ -39,7 +41,7 @@ log = Logger()
 
 def _private_farm(config: ServerConfig) -> bool:
     """No passwords, and every listener reachable from this machine only."""
-    listens = [config.listen] + ([config.web.listen] if config.web.listen else [])
+    listens = [config.listen] + [listen for listen in (config.web.listen, config.afanasy.listen) if listen]
     return not config.auth.users_file and all(loopback_only(listen) for listen in listens)
 
 
@@ -102,6 +104,15 @@ class ServerService(service.MultiService):
             self.web = Listener(reactor, config.web.listen, self.web_site, store / "web.address")
             self.web.ready.addCallback(self._print_login_link)
             self.web.setServiceParent(self)
+        #: CGRU's clients (af.py, afcmd) on Afanasy's protocol; None when off.
+        self.afanasy: AfanasyServer | None = None
+        if config.afanasy.listen:
+            self.afanasy = AfanasyServer(reactor, self.farm, config.afanasy, connections=config.connections,
+                                         limits=config.limits, users_file=config.auth.users_file,
+                                         public=config.web.public, durable=self.store.sync)
+            self.afanasy_listener = Listener(reactor, config.afanasy.listen, AfanasyFactory(self.afanasy),
+                                             store / "afanasy.address")
+            self.afanasy_listener.setServiceParent(self)
         for manhole in make_manhole_services(reactor, config.manhole, manhole_namespace(self),
                                              admins=scheduling.admins, store=store):
             manhole.setServiceParent(self)
@@ -135,8 +146,10 @@ class ServerService(service.MultiService):
             log.info("no users file and a localhost-only farm: {user}, who runs the server, is an admin",
                      user=self.owner)
         soft, _ = raise_fd_limit()  # a connection per render: allow as many as the system does
-        log.info("farmnet server: AMP on {listen}, web on {web}, state in {store}, up to {files} open files",
+        log.info("farmnet server: AMP on {listen}, web on {web}, Afanasy on {afanasy}, state in {store}, "
+                 "up to {files} open files",
                  listen=self.config.listen, web=self.config.web.listen or "(off)",
+                 afanasy=self.config.afanasy.listen or "(off)",
                  store=self.config.store.path, files=soft)
         super().startService()
         # Once the reactor runs (signal handlers installed): what operators and tests wait for.
@@ -153,10 +166,14 @@ class ServerService(service.MultiService):
         """Stop accepting; ask every peer to close (renders: to reconnect later) and wait
         close_wait at most; then stop the children, the store last (it flushes)."""
         await defer.maybeDeferred(self.listener.stopService)
-        try:
-            await self.server.shutdown()
-        except Exception:
-            log.failure("closing the connections failed")
+        if self.afanasy is not None:
+            await defer.maybeDeferred(self.afanasy_listener.stopService)
+        closing = [defer.ensureDeferred(self.server.shutdown())]
+        if self.afanasy is not None:
+            closing.append(defer.ensureDeferred(self.afanasy.shutdown()))
+        for result in await defer.DeferredList(closing, consumeErrors=True):
+            if not result[0]:
+                log.failure("closing the connections failed", result[1])
         if self.config.web.listen:
             await self.web_site.close()  # end event streams and open connections
         d = super().stopService()
