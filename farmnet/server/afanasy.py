@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from farmnet import errors
 from farmnet.config import AfanasyConfig, ConnectionsConfig, LimitsConfig
+from farmnet.model import events as ev
 from farmnet.model.data import Block, Job, Render, Task, TaskState, User
 from farmnet.model.farm import Farm
 from farmnet.model.scheduler import Why
@@ -42,7 +43,7 @@ from farmnet.model.spec import parse_job
 from farmnet.server.actions import act
 from farmnet.server.registry import CloseState, Connection, Registry
 
-__all__ = ["AfanasyFactory", "AfanasyServer", "frame", "job_state"]
+__all__ = ["AfanasyFactory", "AfanasyServer", "frame", "framed", "job_state"]
 
 log = Logger()
 
@@ -88,10 +89,18 @@ class AfanasyError(Exception):
     """A request this port answers with an error (``{"info": {"kind": "error", ...}}``)."""
 
 
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def framed(answer: Any) -> tuple[bytes, bytes]:
+    """An answer (or a request; bytes: JSON already) framed the Afanasy way: header, body."""
+    body = answer if isinstance(answer, bytes) else _encode(answer)
+    return b"AFANASY %d JSON" % len(body), body
+
+
 def frame(answer: Any) -> bytes:
-    """An answer (or a request) framed the Afanasy way."""
-    body = json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return b"AFANASY %d JSON" % len(body) + body
+    return b"".join(framed(answer))
 
 
 def error_answer(text: str) -> dict[str, Any]:
@@ -320,6 +329,50 @@ def user_json(user: User) -> dict[str, Any]:
     return out
 
 
+class JobListCache:
+    """``get jobs`` answers (af.Cmd().getJobList(), what pipeline tools poll) from each
+    job's JSON kept encoded until the farm says the job changed: its task states, its
+    settings, renumbered tasks. A job whose shown state depends on the clock or on other
+    jobs (time_wait, depend masks) is written afresh every time."""
+
+    def __init__(self, farm: Farm) -> None:
+        self.farm = farm
+        self._jobs: dict[int, bytes] = {}
+        #: The whole unfiltered answer, while nothing changed and no job is written afresh.
+        self._whole: bytes | None = None
+        self.close = farm.bus.subscribe_all({
+            ev.TaskStateChanged: lambda e: self._changed(e.task.block.job),
+            (ev.TasksRestarted, ev.ErrorHostsReset, ev.TasksRenumbered): lambda e: self._changed(e.block.job),
+            (ev.JobSubmitted, ev.JobChanged, ev.JobDeleted): lambda e: self._changed(e.job),
+        })
+
+    def _changed(self, job: Job) -> None:
+        self._jobs.pop(job.id, None)
+        self._whole = None
+
+    def answer(self, jobs: list[Job] | None) -> bytes:
+        """``{"jobs": [...]}`` of ``jobs`` (None: every job), encoded."""
+        if jobs is None and self._whole is not None:
+            return self._whole
+        every = jobs is None
+        fresh = False
+        parts = []
+        for job in self.farm.jobs.values() if jobs is None else jobs:
+            spec = job.spec
+            if spec.time_wait or spec.depend_mask or spec.depend_mask_global:
+                fresh = True
+                parts.append(_encode(job_json(self.farm, job, False)))
+                continue
+            part = self._jobs.get(job.id)
+            if part is None:
+                part = self._jobs[job.id] = _encode(job_json(self.farm, job, False))
+            parts.append(part)
+        whole = b'{"jobs":[' + b",".join(parts) + b"]}"
+        if every and not fresh:
+            self._whole = whole
+        return whole
+
+
 # --- reading requests ----------------------------------------------------------------
 
 
@@ -373,6 +426,7 @@ class AfanasyServer:
         #: Anyone may read what the farm shows (web.public); else only trusted user names.
         self.public_reads = public or not users_file
         self.durable = durable or (lambda: defer.succeed(None))
+        self.job_lists = JobListCache(farm)
         #: Idle connections (no whole request yet) are asked to close after request_timeout.
         self.registry = Registry(reactor, limits=limits, close_wait=connections.close_wait,
                                  idle_timeout=self.config.request_timeout,
@@ -385,6 +439,7 @@ class AfanasyServer:
     async def shutdown(self, reason: str = "the server is stopping") -> None:
         """Refuse new connections, ask the open ones to close; returns once all are gone."""
         self.registry.accepting = False
+        self.job_lists.close()
         await self.registry.close_all(reason)
 
     # --- who asks ------------------------------------------------------------------------
@@ -408,7 +463,7 @@ class AfanasyServer:
 
     # --- requests ------------------------------------------------------------------------
 
-    async def answer(self, conn: Connection, body: bytes) -> dict[str, Any]:
+    async def answer(self, conn: Connection, body: bytes) -> dict[str, Any] | bytes:
         """The answer to one request; never raises."""
         try:
             return await self._answer(conn, body)
@@ -420,7 +475,7 @@ class AfanasyServer:
             log.failure("Afanasy request from {peer} failed", peer=conn.label)
             return error_answer("internal error: see the server's log")
 
-    async def _answer(self, conn: Connection, body: bytes) -> dict[str, Any]:
+    async def _answer(self, conn: Connection, body: bytes) -> dict[str, Any] | bytes:
         if body.startswith(b"\xef\xbb\xbf"):  # a BOM, as Windows editors write
             body = body[3:]
         try:
@@ -468,7 +523,7 @@ class AfanasyServer:
 
     # --- get -----------------------------------------------------------------------------
 
-    def _get(self, data: dict[str, Any]) -> dict[str, Any]:
+    def _get(self, data: dict[str, Any]) -> dict[str, Any] | bytes:
         kind, mode = _string(data, "type"), _string(data, "mode")
         if kind == "jobs":
             return self._get_jobs(data, mode)
@@ -480,7 +535,7 @@ class AfanasyServer:
             raise AfanasyError(f"Invalid get type = {kind!r}: farmnet has no {kind} on its Afanasy port")
         raise AfanasyError(f"Invalid get type = {kind!r}: farmnet serves jobs, renders and users")
 
-    def _get_jobs(self, data: dict[str, Any], mode: str) -> dict[str, Any]:
+    def _get_jobs(self, data: dict[str, Any], mode: str) -> dict[str, Any] | bytes:
         for key in ("block_ids", "task_ids", "uids"):
             if data.get(key) not in (None, []):
                 raise AfanasyError(f'get jobs with "{key}" is not supported by farmnet: '
@@ -497,26 +552,31 @@ class AfanasyServer:
             if job is None:
                 raise AfanasyError("Invalid ID")
             return job_progress(job)
-        jobs: list[Job]
+        jobs = self._jobs_asked(data, ids)
+        if mode == "full":
+            return {"jobs": [job_json(farm, j, True) for j in (farm.jobs.values() if jobs is None else jobs)]}
+        return self.job_lists.answer(jobs)
+
+    def _jobs_asked(self, data: dict[str, Any], ids: list[int] | None) -> list[Job] | None:
+        """The jobs ``ids``, ``serials``, ``users`` and ``mask`` ask for; None: every job."""
+        farm = self.farm
         if ids is not None:
-            jobs = [farm.jobs[i] for i in ids if i in farm.jobs]
-        else:
-            jobs = list(farm.jobs.values())
-            serials = _ids(data, "serials")
-            if serials is not None:
-                wanted = set(serials)
-                jobs = [j for j in jobs if j.serial in wanted]
-            users = data.get("users")
-            if users not in (None, []):
-                if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
-                    raise AfanasyError('"users" must be a list of user names')
-                jobs = [j for j in jobs if j.user_name in users]
-            mask = _string(data, "mask")
-            if mask:
-                pattern = _mask(mask)
-                jobs = [j for j in jobs if pattern.fullmatch(j.name)]
-        full = mode == "full"
-        return {"jobs": [job_json(farm, j, full) for j in jobs]}
+            return [farm.jobs[i] for i in ids if i in farm.jobs]
+        jobs: list[Job] | None = None
+        serials = _ids(data, "serials")
+        if serials is not None:
+            wanted = set(serials)
+            jobs = [j for j in farm.jobs.values() if j.serial in wanted]
+        users = data.get("users")
+        if users not in (None, []):
+            if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+                raise AfanasyError('"users" must be a list of user names')
+            jobs = [j for j in (farm.jobs.values() if jobs is None else jobs) if j.user_name in users]
+        mask = _string(data, "mask")
+        if mask:
+            pattern = _mask(mask)
+            jobs = [j for j in (farm.jobs.values() if jobs is None else jobs) if pattern.fullmatch(j.name)]
+        return jobs
 
     def _get_renders(self, data: dict[str, Any], mode: str) -> dict[str, Any]:
         if mode not in ("", "full", "resources"):
@@ -781,7 +841,7 @@ class AfanasyProtocol(Protocol):
         d = defer.ensureDeferred(self.server.answer(conn, body))
         d.addCallback(self._answered_with)
 
-    def _answered_with(self, answer: dict[str, Any]) -> None:
+    def _answered_with(self, answer: dict[str, Any] | bytes) -> None:
         assert self.conn is not None
         self.conn.pending -= 1
         self._send(answer)
@@ -795,15 +855,16 @@ class AfanasyProtocol(Protocol):
         self._buffer = bytearray()
         self._send(error_answer(reason))
 
-    def _send(self, answer: dict[str, Any]) -> None:
+    def _send(self, answer: dict[str, Any] | bytes) -> None:
         conn = self.conn
         if conn is None or conn.state is CloseState.CLOSED or self._answered:
             return
         self._answered = True
-        data = frame(answer)
-        conn.bytes_out += len(data)
-        self.server.registry.bytes_out += len(data)
-        self.transport.write(data)
+        header, body = framed(answer)  # written as two pieces: a big answer is not copied
+        size = len(header) + len(body)
+        conn.bytes_out += size
+        self.server.registry.bytes_out += size
+        self.transport.writeSequence((header, body))
         # The answer asks the client to close; reset it if it has not after close_wait.
         self.server.registry.close(conn, "answered", quiet=True)
 
