@@ -28,7 +28,7 @@ from twisted.internet import defer, task, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
-from farmnet.testing import ProcessFarm
+from farmnet.testing import ProcessFarm, wait_until
 
 
 def framed(request: Any) -> bytes:
@@ -120,7 +120,9 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         await farm.start_server("--afanasy", "tcp:0:interface=127.0.0.1")
         assert farm.server is not None
         server = psutil.Process(farm.server.pid)
-        port = int((base / "server-store" / "afanasy.address").read_text().strip().rsplit(":", 1)[1])
+        address = base / "server-store" / "afanasy.address"  # written after AMP's
+        await wait_until(reactor, address.exists, 10, "the Afanasy listener")
+        port = int(address.read_text().strip().rsplit(":", 1)[1])
         started = time.perf_counter()
         for i in range(args.jobs):
             answer = json.loads(await ask(reactor, port, framed(job(i, args.tasks))))

@@ -139,8 +139,9 @@ class RealServerTests(TestCase):
         self.farm = ProcessFarm(reactor, self.base)
         self.addCleanup(self.farm.stop)
         await self.farm.start_server("--config", str(config), "--afanasy", "tcp:0:interface=127.0.0.1")
-        address = (self.base / "server-store" / "afanasy.address").read_text().strip()
-        self.port = int(address.rsplit(":", 1)[1])
+        address = self.base / "server-store" / "afanasy.address"  # written after AMP's
+        await wait_until(reactor, address.exists, 10, "the Afanasy listener")
+        self.port = int(address.read_text().strip().rsplit(":", 1)[1])
         self.time_wait_before = time_wait_sockets(self.port)
 
     async def ask(self, request: Any, **options: Any) -> Any:
@@ -343,3 +344,47 @@ class TrustTests(TestCase):
         answer, _ = await send(port, action("jobs", user="boss", ids=[job_id], operation={"type": "delete"}))
         self.assertEqual(answer["info"]["kind"], "log")
         self.assertNotIn(job_id, self.farm.jobs)
+
+
+class JobListTests(TestCase):
+    """``get jobs`` is answered from each job's JSON kept encoded: every change shows."""
+
+    async def setUp(self) -> None:
+        self.farm = Farm(reactor, SchedulingConfig(admins=("boss",)))
+        self.addCleanup(self.farm.stop)
+        self.server = AfanasyServer(reactor, self.farm, connections=ConnectionsConfig(close_wait=0.5))
+        endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+        port = await endpoint.listen(AfanasyFactory(self.server))
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: defer.ensureDeferred(self.server.shutdown()))
+        self.port = port.getHost().port
+
+    def submit(self, name: str, **job_keys: Any) -> int:
+        document = job(name, user="anna")["job"]
+        document.update(job_keys)
+        spec, _ = parse_job(document)
+        return self.farm.submit(spec, "anna").id
+
+    async def states(self) -> dict[str, str]:
+        answer, _ = await send(self.port, get("jobs"))
+        return {j["name"]: j["state"] for j in answer["jobs"]}
+
+    async def test_changes_show_in_the_next_listing(self) -> None:
+        first = self.submit("first")
+        self.submit("later", depend_mask="first")  # its state depends on another job
+        self.assertEqual(await self.states(), {"first": " RDY", "later": " WDP"})
+        self.assertEqual(await self.states(), {"first": " RDY", "later": " WDP"})  # from the kept JSON
+        render = self.farm.register_render("r1", capacity=1100)
+        self.farm.solve()
+        self.assertEqual([t.key[0] for t in render.tasks.values()], [first])
+        self.assertEqual(await self.states(), {"first": " RDY RUN", "later": " WDP"})
+        self.farm.job_action("anna", [first], "pause")
+        self.assertEqual(await self.states(), {"first": " RDY RUN OFF", "later": " WDP"})
+        self.farm.job_action("anna", [first], "skip")  # done: the job that waited for it is ready
+        states = await self.states()
+        self.assertEqual(states["first"], " DON SKP OFF")
+        self.assertIn(states["later"], (" RDY", " RDY RUN"))  # the render may have its first task
+        self.farm.job_action("anna", [first], "delete")
+        self.assertEqual(list(await self.states()), ["later"])
+        answer, _ = await send(self.port, get("jobs", mask="lat.*"))
+        self.assertEqual([j["name"] for j in answer["jobs"]], ["later"])

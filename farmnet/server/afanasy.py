@@ -138,10 +138,9 @@ def job_state(farm: Farm, job: Job) -> tuple[int, str]:
     """A job's ``st`` and ``state`` as Afanasy writes them."""
     names = _counts_states(job.counts, job.paused, job.done)
     shown = farm.scheduler.display_state(job)
-    if shown is TaskState.WD:
-        names.append("WDP")
-    elif shown is TaskState.WT:
-        names.append("WTM")
+    if shown in (TaskState.WD, TaskState.WT):  # waiting: its ready tasks are not ready yet
+        names = [n for n in names if n != "RDY"]
+        names.append("WDP" if shown is TaskState.WD else "WTM")
     return _states(names)
 
 
@@ -184,6 +183,7 @@ def block_json(farm: Farm, block: Block, full: bool) -> dict[str, Any]:
     out["block_num"] = block.number
     names = _counts_states(counts, False, block.finished)
     if not block.finished and farm.scheduler.block_waits(block) is Why.BLOCK_DEPENDS:
+        names = [n for n in names if n != "RDY"]
         names.append("WDP")
     out["st"], out["state"] = _states(names)
     out["job_id"] = block.job.id
