@@ -388,3 +388,14 @@ class JobListTests(TestCase):
         self.assertEqual(list(await self.states()), ["later"])
         answer, _ = await send(self.port, get("jobs", mask="lat.*"))
         self.assertEqual([j["name"] for j in answer["jobs"]], ["later"])
+
+    async def test_a_half_sent_request_is_told_when_the_server_stops(self) -> None:
+        client = AfanasyClient(b"AFANASY 40 JSON{")
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), client)
+        await wait_until(reactor, lambda: len(self.server.registry) == 1, 5, "the connection")
+        stopped = defer.ensureDeferred(self.server.shutdown())
+        answer = await client.answer
+        self.assertEqual(answer, {"info": {"kind": "error", "text": "the server is stopping"}})
+        await client.lost
+        await stopped
+        self.assertEqual(len(self.server.registry), 0)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -43,7 +43,7 @@ from farmnet.model.spec import parse_job
 from farmnet.server.actions import act
 from farmnet.server.registry import CloseState, Connection, Registry
 
-__all__ = ["AfanasyFactory", "AfanasyServer", "frame", "framed", "job_state"]
+__all__ = ["AfanasyFactory", "AfanasyServer", "framed", "job_state"]
 
 log = Logger()
 
@@ -97,10 +97,6 @@ def framed(answer: Any) -> tuple[bytes, bytes]:
     """An answer (or a request; bytes: JSON already) framed the Afanasy way: header, body."""
     body = answer if isinstance(answer, bytes) else _encode(answer)
     return b"AFANASY %d JSON" % len(body), body
-
-
-def frame(answer: Any) -> bytes:
-    return b"".join(framed(answer))
 
 
 def error_answer(text: str) -> dict[str, Any]:
@@ -427,10 +423,9 @@ class AfanasyServer:
         self.public_reads = public or not users_file
         self.durable = durable or (lambda: defer.succeed(None))
         self.job_lists = JobListCache(farm)
-        #: Idle connections (no whole request yet) are asked to close after request_timeout.
+        #: Connections without a whole request are timed by their protocol (request_timeout).
         self.registry = Registry(reactor, limits=limits, close_wait=connections.close_wait,
-                                 idle_timeout=self.config.request_timeout,
-                                 zombie_time=connections.zombie_time)
+                                 idle_timeout=0, zombie_time=connections.zombie_time)
 
     @property
     def max_request_bytes(self) -> int:
@@ -787,21 +782,35 @@ class AfanasyProtocol(Protocol):
         #: The whole request arrived (it is being answered, or was).
         self._requested = False
         self._answered = False
+        self._timeout: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         self.conn = self.server.registry.add(self, self.transport.getPeer())
+        if self.conn is not None:
+            self._timeout = self.server.reactor.callLater(self.server.config.request_timeout, self._too_slow)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_timeout()
         if self.conn is not None:
             self.server.registry.removed(self.conn)
 
+    def _stop_timeout(self) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+
+    def _too_slow(self) -> None:
+        self._timeout = None
+        if not self._requested:
+            self._refuse(f"no whole request within {self.server.config.request_timeout:g} s")
+
     def ask_to_close(self, order: str, reason: str) -> None:
-        """The answer asks the client to close; one that never sent its whole request
-        gets an error saying why instead."""
+        """The answer asks the client to close; one that has not sent its whole request
+        (the server is stopping) gets an error saying why instead."""
         if not self._requested:
             self._requested = True
-            timeout = self.server.config.request_timeout
-            self._send(error_answer(f"no whole request within {timeout:g} s ({reason})"))
+            self._stop_timeout()
+            self._send(error_answer(reason))
 
     def dataReceived(self, data: bytes) -> None:
         conn = self.conn
@@ -836,6 +845,7 @@ class AfanasyProtocol(Protocol):
         body = bytes(buffer)
         self._buffer = bytearray()
         self._requested = True
+        self._stop_timeout()
         self.server.registry.box_received(conn)
         conn.pending += 1
         d = defer.ensureDeferred(self.server.answer(conn, body))
@@ -852,6 +862,7 @@ class AfanasyProtocol(Protocol):
         assert conn is not None
         log.warn("Afanasy request from {peer} refused: {reason}", peer=conn.label, reason=reason)
         self._requested = True
+        self._stop_timeout()
         self._buffer = bytearray()
         self._send(error_answer(reason))
 
