@@ -280,6 +280,8 @@ class Actions(TaskLife, Policy):
             if render.online:
                 raise errors.InvalidAction(f"render {render.name!r} is online: exit it first")
         for render in renders:
+            for task in list(render.waiting.values()):  # it will not come back for them
+                self._waited_in_vain(task)
             del self.renders[render.id]
             del self.renders_by_name[render.name]
             self.bus.publish(RenderDeleted(render))

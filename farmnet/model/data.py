@@ -87,6 +87,9 @@ class Task:
     host_errors: dict[str, list[float]] | None = None
     #: When the running task's progress last changed (progress change timeout).
     time_progress: float = 0.0
+    #: WRC: when it began waiting for its render (task_reconnect_timeout counts from here,
+    #: across server restarts); 0 otherwise.
+    time_lost: float = 0.0
 
     @property
     def key(self) -> TaskKey:
@@ -310,6 +313,8 @@ class Render:
     time_seen: float = 0.0
     capacity_used: int = 0
     tasks: dict[TaskKey, Task] = attrs.field(factory=dict)
+    #: Its tasks in WRC: they wait for it to come back and report them.
+    waiting: dict[TaskKey, Task] = attrs.field(factory=dict)
     #: Orders waiting for the render's next (or held) heartbeat.
     orders: list[Order] = attrs.field(factory=list)
     #: The farm's work generation when a solve last found nothing for this render.

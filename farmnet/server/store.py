@@ -7,7 +7,9 @@ from "ready": a 100,000-task submit is one row.
 
 Durability: a submit and a delete are acknowledged only after their transaction is
 committed (`sync`); task changes are collected on the reactor (the latest state of each
-task wins) and written behind in batches every `flush_interval`, off the reactor thread.
+task wins) and written behind in batches every `flush_interval`, off the reactor thread,
+or at once when someone waits on `sync`: start orders and finish acknowledgements wait for
+it (doc/architecture.md, the ordering rules), all of a reactor turn in one transaction.
 WAL with ``synchronous=FULL``: a kill -9 at any instant leaves a store that opens, with
 every acknowledged submit and delete in it.
 """
@@ -61,9 +63,11 @@ _RENDER_FIELDS = ("capacity", "max_tasks", "owner", "nimby", "NIMBY", "paused", 
 
 
 def _task_row(t: Task) -> tuple[Any, ...]:
+    """A task's row. A WRC task has no time_done yet: the column holds its time_lost."""
     b = t.block
+    time_done = t.time_lost if t.state is TaskState.WRC else t.time_done
     return (b.job.id, b.number, t.number, t.state.value, t.errors_count, t.starts_count, t.progress,
-            t.time_started, t.time_done, t.host, t.render_id,
+            t.time_started, time_done, t.host, t.render_id,
             json.dumps(t.host_errors) if t.host_errors else None)
 
 
@@ -164,10 +168,15 @@ class Store(service.Service):
             job = farm.jobs.get(job_id)
             if job is None or block >= len(job.blocks) or number >= len(job.blocks[block].tasks):
                 continue  # left over from a job deleted in the same batch
-            farm.restore_task(job.blocks[block].tasks[number], state=state, errors_count=errs,
-                              starts_count=starts, progress=progress, time_started=t0, time_done=t1,
+            waiting = state == TaskState.WRC.value
+            task = job.blocks[block].tasks[number]
+            farm.restore_task(task, state=state, errors_count=errs, starts_count=starts,
+                              progress=progress, time_started=t0, time_done=0.0 if waiting else t1,
                               host=host, render_id=render_id,
-                              host_errors=json.loads(herr) if herr else None)
+                              host_errors=json.loads(herr) if herr else None,
+                              time_lost=t1 if waiting else 0.0)
+            if task.state.value != state:  # RUN is WRC now, since this start: kept so
+                self._dirty_tasks[id(task)] = task  # that the next restart continues the wait
             tasks += 1
         last = db.execute("SELECT value FROM meta WHERE key='event_seq'").fetchone()
         if last is not None and self.events is not None:
