@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import enum
 import heapq
-import re
 from collections import Counter, deque
 from typing import Any
 
 import attrs
 
 from farmnet.messages import Order
+from farmnet.model.masks import Mask
 from farmnet.model.spec import BlockSpec, JobSpec
 
 
@@ -126,8 +126,8 @@ class Block:
     ready: list[int] = attrs.field(factory=list)
     running_capacity: int = 0
     running_per_host: Counter[int] = attrs.field(factory=Counter)
-    hosts_mask: re.Pattern[str] | None = None
-    hosts_mask_exclude: re.Pattern[str] | None = None
+    hosts_mask: Mask | None = None
+    hosts_mask_exclude: Mask | None = None
     #: Solving order when not plain forward: rank → task number, and its inverse.
     order: list[int] | None = None
     rank: list[int] | None = None
@@ -207,8 +207,8 @@ class Job:
     blocks: list[Block] = attrs.field(factory=list)
     counts: Counter[TaskState] = attrs.field(factory=Counter)
     running_per_host: Counter[int] = attrs.field(factory=Counter)
-    hosts_mask: re.Pattern[str] | None = None
-    hosts_mask_exclude: re.Pattern[str] | None = None
+    hosts_mask: Mask | None = None
+    hosts_mask_exclude: Mask | None = None
 
     @property
     def name(self) -> str:
@@ -272,8 +272,8 @@ class User:
     priority: int = 99
     max_running_tasks: int = -1
     max_running_tasks_per_host: int = -1
-    hosts_mask: re.Pattern[str] | None = None
-    hosts_mask_exclude: re.Pattern[str] | None = None
+    hosts_mask: Mask | None = None
+    hosts_mask_exclude: Mask | None = None
     errors_retries: int = -1
     errors_avoid_host: int = -1
     errors_task_same_host: int = -1

@@ -9,7 +9,7 @@ from typing import Any
 from farmnet.model.data import Job, Render, Task, TaskState, User
 from farmnet.model.policy import USER_SETTABLE
 from farmnet.model.spec import JobSpec
-from farmnet.model.state import FarmState, compile_mask
+from farmnet.model.state import FarmState
 
 
 class Restore(FarmState):
@@ -18,7 +18,7 @@ class Restore(FarmState):
         user.time_registered = time_registered
         for key, value in settings.items():
             if key in USER_SETTABLE:
-                setattr(user, key, compile_mask(value) if key.startswith("hosts_mask") else value)
+                setattr(user, key, self.masks.compile(value) if key.startswith("hosts_mask") else value)
         self.users[name] = user
         return user
 
