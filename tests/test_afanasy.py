@@ -231,6 +231,7 @@ class RealServerTests(TestCase):
             (action("monitors", ids=[1], operation={"type": "exit"}), "Action has unknown type: 'monitors'"),
             (action("jobs", operation={"type": "pause"}), "should have nodes ids or mask"),
             (action("jobs", user="", ids=[1], operation={"type": "pause"}), 'needs a non-empty "user_name"'),
+            (get("jobs", mask="(a)\\1"), "masks are RE2 regular expressions: no backreferences"),
         ]:
             answer = await self.ask(request)
             self.assertEqual(answer["info"]["kind"], "error", request)

@@ -38,6 +38,7 @@ from farmnet.config import AfanasyConfig, ConnectionsConfig, LimitsConfig
 from farmnet.model import events as ev
 from farmnet.model.data import Block, Job, Render, Task, TaskState, User
 from farmnet.model.farm import Farm
+from farmnet.model.masks import Mask
 from farmnet.model.scheduler import Why
 from farmnet.model.spec import parse_job
 from farmnet.server.actions import act
@@ -389,14 +390,6 @@ def _string(data: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _mask(pattern: str) -> re.Pattern[str]:
-    """Afanasy's name masks: regular expressions matching the whole name."""
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise AfanasyError(f"name pattern {pattern!r} is invalid: {e}") from None
-
-
 def _mapping(data: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
     value = data.get(key)
     if value is None:
@@ -436,6 +429,16 @@ class AfanasyServer:
         self.registry.accepting = False
         self.job_lists.close()
         await self.registry.close_all(reason)
+
+    def _mask(self, pattern: str) -> Mask:
+        """Afanasy's name masks: regular expressions matching the whole name, matched by
+        RE2 as the farm's masks are (no pattern can stall the server)."""
+        try:
+            mask = self.farm.masks.compile(pattern)
+        except ValueError as e:
+            raise AfanasyError(f"name pattern: {e}") from None
+        assert mask is not None  # only asked for non-empty patterns
+        return mask
 
     # --- who asks ------------------------------------------------------------------------
 
@@ -569,7 +572,7 @@ class AfanasyServer:
             jobs = [j for j in (farm.jobs.values() if jobs is None else jobs) if j.user_name in users]
         mask = _string(data, "mask")
         if mask:
-            pattern = _mask(mask)
+            pattern = self._mask(mask)
             jobs = [j for j in (farm.jobs.values() if jobs is None else jobs) if pattern.fullmatch(j.name)]
         return jobs
 
@@ -586,7 +589,7 @@ class AfanasyServer:
         else:
             mask = _string(data, "mask")
             if mask:
-                pattern = _mask(mask)
+                pattern = self._mask(mask)
                 renders = [r for r in renders if pattern.fullmatch(r.name)]
         return {"renders": [render_json(r, mode) for r in renders]}
 
@@ -598,7 +601,7 @@ class AfanasyServer:
         users = list(self.farm.users.values())
         mask = _string(data, "mask")
         if mask:
-            pattern = _mask(mask)
+            pattern = self._mask(mask)
             users = [u for u in users if pattern.fullmatch(u.name)]
         return {"users": [user_json(u) for u in users]}
 
@@ -629,7 +632,7 @@ class AfanasyServer:
     def _job_ids(self, ids: list[int] | None, mask: str) -> list[int]:
         if ids is not None:
             return ids
-        pattern = _mask(mask)
+        pattern = self._mask(mask)
         found = [j.id for j in self.farm.jobs.values() if pattern.fullmatch(j.name)]
         if not found:
             raise AfanasyError(f"jobs: No node matches {mask!r} found.")
@@ -698,7 +701,7 @@ class AfanasyServer:
             if missing:
                 raise AfanasyError(f"Action node ID not found: {missing[0]}.")
             return [renders[i].name for i in ids]
-        pattern = _mask(mask)
+        pattern = self._mask(mask)
         names = [r.name for r in renders.values() if pattern.fullmatch(r.name)]
         if not names:
             raise AfanasyError(f"renders: No node matches {mask!r} found.")
@@ -743,7 +746,7 @@ class AfanasyServer:
                    operation: Mapping[str, Any] | None, params: Mapping[str, Any] | None) -> str:
         if ids is not None:
             raise AfanasyError('farmnet\'s users have no ids: name them by "mask"')
-        pattern = _mask(mask)
+        pattern = self._mask(mask)
         names = [u for u in self.farm.users if pattern.fullmatch(u)]
         if not names:
             raise AfanasyError(f"users: No node matches {mask!r} found.")
