@@ -1,7 +1,7 @@
 """The composition root: the server's and the render's services, built from the config's sections.
 
 The server is composed of services in a fixed order: store → stats → system job → AMP
-listener → web site → manhole. Start order is the list order; twistd stops them in
+listener → web site → Afanasy listener → manhole. Start order is the list order; twistd stops them in
 reverse, so the listener closes before the farm's state is flushed. The render is its
 connection loop with the client service, task limiter and plug-in classes made here.
 ``twistd farmnet server|render`` (farmnet/tap.py) parses options and calls :func:`make_service`.
@@ -33,6 +33,7 @@ from farmnet.protocol.endpoints import client_endpoint, loopback_only
 from farmnet.render import services
 from farmnet.render.limits import TaskLimiter
 from farmnet.render.service import RenderService, ServerConnection
+from farmnet.server.afanasy import AfanasyFactory, AfanasyServer
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.listening import ConnectionBudget, Listener
 from farmnet.server.manhole import make_manhole_services, manhole_namespace
@@ -53,7 +54,7 @@ log = Logger()
 
 def _private_farm(config: ServerConfig) -> bool:
     """No passwords, and every listener reachable from this machine only."""
-    listens = [config.listen] + ([config.web.listen] if config.web.listen else [])
+    listens = [config.listen] + [listen for listen in (config.web.listen, config.afanasy.listen) if listen]
     return not config.auth.users_file and all(loopback_only(listen) for listen in listens)
 
 
@@ -126,6 +127,16 @@ class ServerService(service.MultiService):
                                     max_per_address=config.web.max_connections_per_address))
             self.web.ready.addCallback(self._print_login_link)
             self.web.setServiceParent(self)
+        #: CGRU's clients (af.py, afcmd) on Afanasy's protocol; None when off.
+        self.afanasy: AfanasyServer | None = None
+        if config.afanasy.listen:
+            self.afanasy = AfanasyServer(reactor, self.farm, config.afanasy, connections=config.connections,
+                                         limits=config.limits, users_file=config.auth.users_file,
+                                         public=config.web.public, durable=self.store.sync)
+            self.afanasy_listener = Listener(reactor, config.afanasy.listen, AfanasyFactory(self.afanasy),
+                                             store / "afanasy.address", name="afanasy",
+                                             budget=ConnectionBudget(close_wait=close_wait))
+            self.afanasy_listener.setServiceParent(self)
         self.manholes = make_manhole_services(reactor, config.manhole, manhole_namespace(self),
                                               admins=scheduling.admins, store=store,
                                               close_wait=close_wait)
@@ -163,8 +174,10 @@ class ServerService(service.MultiService):
             log.info("no users file and a localhost-only farm: {user}, who runs the server, is an admin",
                      user=self.owner)
         soft, _ = raise_fd_limit()  # a connection per render: allow as many as the system does
-        log.info("farmnet server: AMP on {listen}, web on {web}, state in {store}, up to {files} open files",
+        log.info("farmnet server: AMP on {listen}, web on {web}, Afanasy on {afanasy}, state in {store}, "
+                 "up to {files} open files",
                  listen=self.config.listen, web=self.config.web.listen or "(off)",
+                 afanasy=self.config.afanasy.listen or "(off)",
                  store=self.config.store.path, files=soft)
         try:
             super().startService()
@@ -185,11 +198,14 @@ class ServerService(service.MultiService):
         later), all at once, and wait close_wait at most; then stop the children, the store
         last (it flushes)."""
         others = [*([self.web] if self.config.web.listen else []), *self.manholes]
-        for listener in [self.listener, *others]:
+        afanasy = [self.afanasy_listener] if self.afanasy is not None else []
+        for listener in [self.listener, *afanasy, *others]:
             await defer.maybeDeferred(listener.stopService)
         if self.config.web.listen:
             await self.web_site.close()  # end event streams: their requests finish
         closing = [defer.ensureDeferred(self.server.shutdown())]
+        if self.afanasy is not None:
+            closing.append(defer.ensureDeferred(self.afanasy.shutdown()))
         closing += [defer.ensureDeferred(listener.close_connections()) for listener in others]
         for result in await defer.DeferredList(closing, consumeErrors=True):
             if not result[0]:

@@ -35,6 +35,7 @@ import yaml
 from twisted.internet.endpoints import clientFromString, serverFromString
 
 __all__ = [
+    "AfanasyConfig",
     "AuthConfig",
     "ClientConfig",
     "Config",
@@ -401,6 +402,24 @@ class WebConfig:
 
 
 @attrs.frozen
+class AfanasyConfig:
+    """CGRU's clients (af.py, afcmd, the DCC submitters) speaking Afanasy's own protocol."""
+
+    listen: str = _setting(
+        "tcp:51000:interface=127.0.0.1",
+        doc='Endpoint of the Afanasy-compatible listener (Afanasy\'s port is 51000); "" disables it.',
+        check=_LISTEN_OR_OFF)
+    trust_user_names: bool = _setting(
+        False,
+        doc="Take the user_name of Afanasy requests on trust from every host, also on a farm with a "
+            "users_file (Afanasy's model: it has no passwords). Off: only requests from this host on a farm "
+            "without a users_file may submit or change anything; the others may only read.")
+    request_timeout: float = _setting(
+        10.0, doc="Seconds a connection has to send its whole request; then it gets an error and is closed.",
+        check=_above(0))
+
+
+@attrs.frozen
 class ManholeConfig:
     """The admin Python manhole inside the running server; off unless an endpoint is set."""
 
@@ -489,6 +508,7 @@ class ServerConfig:
     auth: AuthConfig = _section(AuthConfig, "Render secret and users' passwords.")
     limits: LimitsConfig = _section(LimitsConfig, "Per-connection limits.")
     web: WebConfig = _section(WebConfig, "The web site.")
+    afanasy: AfanasyConfig = _section(AfanasyConfig, "The Afanasy-compatible listener for CGRU's clients.")
     manhole: ManholeConfig = _section(ManholeConfig, "The admin manhole.")
     stats: StatsConfig = _section(StatsConfig, "Statistics in PostgreSQL.")
     sysjob: SysJobConfig = _section(SysJobConfig, "The system job.")

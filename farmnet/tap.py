@@ -30,13 +30,15 @@ class ServerOptions(usage.Options):
         ["config", "c", None, "YAML config file (default: $FARMNET_CONFIG, else built-in defaults)"],
         ["listen", None, None, "AMP listener endpoint, e.g. tcp:51100:interface=127.0.0.1"],
         ["web", None, None, "web site endpoint ('' disables it)"],
+        ["afanasy", None, None, "Afanasy-compatible endpoint for CGRU's af.py and afcmd ('' disables it)"],
         ["store", None, None, "state directory"],
         ["log-level", None, None, "least level logged: debug, info, warn, error, critical (default: info)"],
     ]
 
     def postOptions(self) -> None:
         self.config, self.moved = _load(self, "server", {
-            "listen": self["listen"], "web": {"listen": self["web"]}, "store": {"path": self["store"]},
+            "listen": self["listen"], "web": {"listen": self["web"]},
+            "afanasy": {"listen": self["afanasy"]}, "store": {"path": self["store"]},
             "log_level": self["log-level"]})
 
 

@@ -131,7 +131,7 @@ class ProcessFarm:
             config.write_text("server:\n  stats:\n    enabled: false\n")
             args = ("--config", str(config), *args)
         self.server = self.spawn("server", ["farmnet", "server", "--listen", listen, "--web", "",
-                                            "--store", str(store), *args])
+                                            "--afanasy", "", "--store", str(store), *args])
         self.endpoint = await self._wait_for(address, self.server, timeout)
         return self.server
 

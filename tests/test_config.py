@@ -759,6 +759,8 @@ class TapOptionsTests(FileMixin):
     """``twistd farmnet server|render`` options: flags still override, old keys are reported."""
 
     def test_server_flags(self) -> None:
+        from twisted.python.usage import UsageError
+
         from farmnet.tap import ServerOptions
 
         options = ServerOptions()
@@ -768,6 +770,15 @@ class TapOptionsTests(FileMixin):
         self.assertEqual((config.listen, config.web.listen, config.store.path), ("tcp:0", "", "/tmp/s"))
         self.assertFalse(config.stats.enabled)
         self.assertIn("server.stats: moved to server.stats.enabled", options.moved)
+        self.assertEqual(config.afanasy.listen, "tcp:51000:interface=127.0.0.1")  # on by default
+        options = ServerOptions()
+        options.parseOptions(["--config", path, "--afanasy", ""])
+        self.assertEqual(options.config.afanasy.listen, "")
+        options = ServerOptions()
+        with self.assertRaises(UsageError) as raised:
+            options.parseOptions(["--config", path, "--afanasy", "http://0.0.0.0:51000"])
+        self.assertIn("server.afanasy.listen: 'http://0.0.0.0:51000' is not an endpoint",
+                      str(raised.exception))
 
     def test_render_flags(self) -> None:
         from farmnet.tap import RenderOptions

@@ -214,6 +214,8 @@ class TwistdTests(SynchronousTestCase):
             "tcp:0:interface=127.0.0.1",
             "--web",
             "",
+            "--afanasy",
+            "",
             "--store",
             os.path.join(self.dir, "store"),
         ]

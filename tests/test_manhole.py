@@ -26,6 +26,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from farmnet import errors
 from farmnet.app import ServerService
 from farmnet.config import (
+    AfanasyConfig,
     ConfigError,
     ManholeConfig,
     SchedulingConfig,
@@ -133,7 +134,8 @@ class ManholeTestCase(TestCase):
     def server(self, **manhole: Any) -> ServerService:
         config = ServerConfig(listen="tcp:0:interface=127.0.0.1",
                               store=StoreConfig(path=str(self.base / "store")),
-                              web=WebConfig(listen=""), scheduling=SchedulingConfig(admins=("alice",)),
+                              web=WebConfig(listen=""), afanasy=AfanasyConfig(listen=""),
+                              scheduling=SchedulingConfig(admins=("alice",)),
                               manhole=ManholeConfig(**manhole))
         server = ServerService(reactor, config)
         self.addCleanup(server.farm.stop)

@@ -978,8 +978,9 @@ class MalformedInputTests(SynchronousTestCase):
         self.addCleanup(log.close)
         proc = subprocess.Popen([*twistd_argv(), "-n", "--pidfile=", "farmnet", "server", "--config",
                                  str(config), "--listen", "tcp:0:interface=127.0.0.1", "--web", "",
-                                 "--store", str(base / "store")], stdout=log, stderr=subprocess.STDOUT,
-                                cwd=base, env={k: v for k, v in os.environ.items() if k != "FARMNET_CONFIG"})
+                                 "--afanasy", "", "--store", str(base / "store")],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=base,
+                                env={k: v for k, v in os.environ.items() if k != "FARMNET_CONFIG"})
 
         def stop() -> None:
             if proc.poll() is None:

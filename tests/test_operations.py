@@ -83,7 +83,8 @@ class OperatorTests(TestCase):
             pg_pid = int(postmaster.read_text().split()[0])
 
         code, output = await self.twistd("farmnet", "server", "--config", str(config), "--listen",
-                                         "tcp:0:interface=127.0.0.1", "--web", "", "--store", str(store))
+                                         "tcp:0:interface=127.0.0.1", "--web", "", "--afanasy", "",
+                                         "--store", str(store))
         self.assertEqual(code, 1, output)
         self.assertIn(f"farmnet server: the store {store} is in use by another farmnet server "
                       f"(pid {server.pid})", output)
@@ -101,7 +102,8 @@ class OperatorTests(TestCase):
         taken.listen()
         port = taken.getsockname()[1]
         code, output = await self.twistd("farmnet", "server", "--listen", f"tcp:{port}:interface=127.0.0.1",
-                                         "--web", "", "--store", os.path.join(self.base, "s"))
+                                         "--web", "", "--afanasy", "",
+                                         "--store", os.path.join(self.base, "s"))
         self.assertEqual(code, 1, output)
         self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1: Couldn't listen on "
                       f"127.0.0.1:{port}: [Errno 98] Address already in use.", output)
@@ -110,7 +112,8 @@ class OperatorTests(TestCase):
 
     async def test_endpoints_are_config_errors_all_at_once(self) -> None:
         code, output = await self.twistd("farmnet", "server", "--listen", "tcp:abc", "--web",
-                                         "http://127.0.0.1:47302", "--store", os.path.join(self.base, "s"))
+                                         "http://127.0.0.1:47302", "--afanasy", "",
+                                         "--store", os.path.join(self.base, "s"))
         self.assertNotEqual(code, 0)
         self.assertIn("server.listen: 'tcp:abc' is not an endpoint", output)
         self.assertIn("server.web.listen: 'http://127.0.0.1:47302' is not an endpoint", output)

@@ -337,13 +337,16 @@ class Registry:
 
     # --- closing -----------------------------------------------------------------------
 
-    def close(self, conn: Connection, reason: str, order: str = "close") -> defer.Deferred[None]:
+    def close(self, conn: Connection, reason: str, order: str = "close", *,
+              quiet: bool = False) -> defer.Deferred[None]:
         """Ask the peer to close (a render gets ``order``: close or reconnect), reset the
-        connection if it is still there after close_wait; fires once it is gone."""
+        connection if it is still there after close_wait; fires once it is gone. ``quiet``:
+        the ordinary end of a one-request connection (Afanasy's), logged at debug level."""
         if conn.state is CloseState.OPEN and conn.id in self.connections:
             conn.move(CloseState.CLOSING)
             conn.close_reason, conn.close_order = reason, order
-            log.info("asking {peer} to close: {reason}", peer=conn.label, kind=conn.kind, reason=reason)
+            (log.debug if quiet else log.info)(
+                "asking {peer} to close: {reason}", peer=conn.label, kind=conn.kind, reason=reason)
             conn._close_call = self.clock.callLater(self.close_wait, self._close_wait_over, conn)
             try:
                 conn.peer.ask_to_close(order, reason)

@@ -1,0 +1,895 @@
+"""Afanasy's own wire protocol, so CGRU's clients (af.py's ``job.send()`` and ``af.Cmd``,
+afcmd, the DCC submitters) work against farmnet unchanged (doc/afanasy.md).
+
+One request per TCP connection: the ASCII header ``AFANASY <n> JSON`` immediately followed
+by n bytes of JSON; the answer is framed the same way, and the client closes once it has
+read it. The server never closes first: once the answer is written the connection is
+*asked* to close (the answer is the asking) through the server's `Registry` like every
+other connection, and reset (SO_LINGER 0, no TIME-WAIT) if the client is still there after
+``close_wait``. A request that is not complete within ``request_timeout`` (a slow or silent
+sender, a length that promises more than comes) gets an error answer and the same close.
+
+Requests (the object's one key says which): ``job`` (submit), ``get`` (jobs, renders,
+users, in Afanasy's shapes and key names) and ``action`` (mapped onto the one action API,
+`farmnet.server.actions.act`, with its permission checks). Everything else gets an error
+answer in Afanasy's shape ``{"info": {"kind": "error", "text": ...}}``, never a silent
+success.
+
+Who asks: Afanasy has no passwords, a request says its ``user_name``. farmnet believes it
+where its AMP port would take a user without a password (no users file, a peer on this
+host), or everywhere when ``trust_user_names`` is on; other requests may only read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from farmnet import errors
+from farmnet.config import AfanasyConfig, ConnectionsConfig, LimitsConfig
+from farmnet.model import events as ev
+from farmnet.model.data import Block, Job, Render, Task, TaskState, User
+from farmnet.model.farm import Farm
+from farmnet.model.masks import Mask
+from farmnet.model.scheduler import Why
+from farmnet.model.spec import parse_job
+from farmnet.server.actions import act
+from farmnet.server.registry import CloseState, Connection, Registry
+
+__all__ = ["AfanasyFactory", "AfanasyServer", "framed", "job_state"]
+
+log = Logger()
+
+#: ``AFANASY <n> JSON``: the longest header a sane length gives.
+_HEADER = re.compile(rb"AFANASY (\d{1,12}) JSON")
+_PREFIX = b"AFANASY "
+_HEADER_MAX = len(b"AFANASY  JSON") + 12
+
+#: Afanasy's state bits (``st``) and the names its JSON writes, in its order.
+_STATE_BITS: tuple[tuple[str, int], ...] = (
+    ("RDY", 1 << 0), ("RUN", 1 << 1), ("DON", 1 << 4), ("ERR", 1 << 5), ("SKP", 1 << 8),
+    ("OFF", 1 << 9), ("WDP", 1 << 2), ("WTM", 1 << 3), ("RER", 1 << 17), ("WRC", 1 << 18))
+_BIT = dict(_STATE_BITS)
+#: A task's farmnet state → Afanasy's state names.
+_TASK_STATES: Mapping[TaskState, tuple[str, ...]] = {
+    TaskState.RDY: ("RDY",), TaskState.RUN: ("RUN",), TaskState.DON: ("DON",),
+    TaskState.ERR: ("ERR",), TaskState.SKP: ("DON", "SKP"), TaskState.WD: ("WDP",),
+    TaskState.WT: ("WTM",), TaskState.OFF: ("OFF",), TaskState.WRC: ("WRC",)}
+#: Render state bits and names (Afanasy's render.h).
+_RENDER_BITS: tuple[tuple[str, int], ...] = (
+    ("ONL", 1 << 0), ("NbY", 1 << 1), ("NBY", 1 << 2), ("RUN", 1 << 3), ("WFL", 1 << 5),
+    ("WSL", 1 << 6), ("WWK", 1 << 7), ("PAU", 1 << 8), ("SIC", 1 << 9))
+_RENDER_BIT = dict(_RENDER_BITS)
+_WOL = {"falling": "WFL", "sleeping": "WSL", "waking": "WWK"}
+
+#: Afanasy requests farmnet knows and does not serve on this port.
+_UNSUPPORTED_REQUESTS = {
+    "monitor": "monitors follow farmnet's events over AMP or the web site's /events",
+    "user": "users are created by their first job; an admin changes them with an action",
+    "reload_config": "restart the server (or systemctl reload) to read its configuration",
+    "announce": "farmnet has no announcements",
+    "save": "farmnet does not write files for clients",
+}
+_JOB_OPERATIONS = {"delete": "delete", "start": "resume", "pause": "pause", "stop": "stop",
+                   "restart": "restart", "restart_errors": "restart_errors",
+                   "restart_running": "restart_running", "reset_error_hosts": "reset_error_hosts",
+                   "skip": "skip"}
+_RENDER_OPERATIONS = {"exit": "exit", "eject_tasks": "eject", "heal_sick": "heal", "wol_sleep": "sleep",
+                      "wol_wake": "wake"}
+
+
+class AfanasyError(Exception):
+    """A request this port answers with an error (``{"info": {"kind": "error", ...}}``)."""
+
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def framed(answer: Any) -> tuple[bytes, bytes]:
+    """An answer (or a request; bytes: JSON already) framed the Afanasy way: header, body."""
+    body = answer if isinstance(answer, bytes) else _encode(answer)
+    return b"AFANASY %d JSON" % len(body), body
+
+
+def error_answer(text: str) -> dict[str, Any]:
+    return {"info": {"kind": "error", "text": text}}
+
+
+def _states(names: list[str] | tuple[str, ...]) -> tuple[int, str]:
+    """``st`` bits and the ``state`` string as Afanasy writes them (each name after a space)."""
+    bits = 0
+    for name in names:
+        bits |= _BIT[name]
+    return bits, "".join(f" {name}" for name, _ in _STATE_BITS if bits & _BIT[name])
+
+
+def _counts_states(counts: Mapping[TaskState, int], paused: bool, finished: bool) -> list[str]:
+    names = []
+    if finished:
+        names.append("DON")
+    if counts[TaskState.RDY]:
+        names.append("RDY")
+    if counts[TaskState.RUN] or counts[TaskState.WRC]:
+        names.append("RUN")
+    if counts[TaskState.ERR]:
+        names.append("ERR")
+    if counts[TaskState.SKP]:
+        names.append("SKP")
+    if counts[TaskState.WRC]:
+        names.append("WRC")
+    if paused:
+        names.append("OFF")
+    return names
+
+
+def job_state(farm: Farm, job: Job) -> tuple[int, str]:
+    """A job's ``st`` and ``state`` as Afanasy writes them."""
+    names = _counts_states(job.counts, job.paused, job.done)
+    shown = farm.scheduler.display_state(job)
+    if shown in (TaskState.WD, TaskState.WT):  # waiting: its ready tasks are not ready yet
+        names = [n for n in names if n != "RDY"]
+        names.append("WDP" if shown is TaskState.WD else "WTM")
+    return _states(names)
+
+
+def _int_time(seconds: float) -> int:
+    return int(seconds)
+
+
+def _put(out: dict[str, Any], key: str, value: Any, unset: Any) -> None:
+    """Afanasy writes a key only when it is not its default."""
+    if value != unset:
+        out[key] = value
+
+
+def block_json(farm: Farm, block: Block, full: bool) -> dict[str, Any]:
+    spec, counts, total = block.spec, block.counts, len(block.tasks)
+    out: dict[str, Any] = {}
+    if full:
+        if not spec.numeric:
+            out["tasks"] = [{"name": t.name, "command": t.command} for t in spec.tasks]
+        out["command"] = spec.command
+        out["tasks_name"] = spec.tasks_name
+        _put(out, "parser", spec.parser, "")
+        _put(out, "working_directory", spec.working_directory, "")
+        _put(out, "cmd_post", spec.command_post, "")
+        if spec.environment:
+            out["environment"] = dict(spec.environment)
+    out.update(name=spec.name, service=spec.service, capacity=spec.capacity, flags=1 if spec.numeric else 0,
+               tasks_num=total, frame_first=spec.frame_first, frame_last=spec.frame_last,
+               frames_per_task=spec.frames_per_task, frames_inc=spec.frames_inc)
+    _put(out, "sequential", spec.sequential, 1)
+    for key in ("max_running_tasks", "max_running_tasks_per_host", "errors_retries", "errors_avoid_host",
+                "errors_task_same_host", "errors_forgive_time"):
+        _put(out, key, getattr(spec, key), -1)
+    for key in ("task_progress_change_timeout", "task_max_run_time", "task_min_run_time"):
+        _put(out, key, getattr(spec, key), 0)
+    for key in ("depend_mask", "tasks_depend_mask", "hosts_mask", "hosts_mask_exclude"):
+        _put(out, key, getattr(spec, key), "")
+    if spec.tickets:
+        out["tickets"] = dict(spec.tickets)
+    out["block_num"] = block.number
+    names = _counts_states(counts, False, block.finished)
+    if not block.finished and farm.scheduler.block_waits(block) is Why.BLOCK_DEPENDS:
+        names = [n for n in names if n != "RDY"]
+        names.append("WDP")
+    out["st"], out["state"] = _states(names)
+    out["job_id"] = block.job.id
+    done = counts[TaskState.DON] + counts[TaskState.SKP]
+    _put(out, "running_tasks_counter", counts[TaskState.RUN], 0)
+    _put(out, "running_capacity_total", block.running_capacity, 0)
+    _put(out, "p_percentage", done * 100 // total if total else 100, 0)
+    _put(out, "p_avoid_hosts", len(block.host_errors), 0)
+    for key, state in (("p_tasks_ready", TaskState.RDY), ("p_tasks_error", TaskState.ERR),
+                       ("p_tasks_skipped", TaskState.SKP), ("p_tasks_waitrec", TaskState.WRC),
+                       ("p_tasks_waitdep", TaskState.WD)):
+        _put(out, key, counts[state], 0)
+    _put(out, "p_tasks_done", done, 0)
+    return out
+
+
+def job_json(farm: Farm, job: Job, full: bool) -> dict[str, Any]:
+    """A job as Afanasy's ``get jobs`` writes it (``full``: with commands and explicit tasks)."""
+    spec = job.spec
+    out: dict[str, Any] = {"name": job.name, "id": job.id, "priority": job.priority}
+    _put(out, "annotation", spec.annotation, "")
+    _put(out, "max_running_tasks", spec.max_running_tasks, -1)
+    _put(out, "max_running_tasks_per_host", spec.max_running_tasks_per_host, -1)
+    _put(out, "hosts_mask", spec.hosts_mask, "")
+    _put(out, "hosts_mask_exclude", spec.hosts_mask_exclude, "")
+    running = job.counts[TaskState.RUN]
+    _put(out, "running_tasks_num", running, 0)
+    out.update(serial=job.serial, user_name=job.user_name, host_name=spec.host_name)
+    out["st"], out["state"] = job_state(farm, job)
+    for key in ("command_post", "description", "project", "department"):
+        _put(out, key, getattr(spec, key), "")
+    out["time_creation"] = _int_time(job.time_creation)
+    _put(out, "time_wait", spec.time_wait, 0)
+    _put(out, "time_started", _int_time(job.time_started), 0)
+    _put(out, "time_done", _int_time(job.time_done), 0)
+    _put(out, "tasks_ready", job.counts[TaskState.RDY], 0)
+    _put(out, "tasks_error", job.counts[TaskState.ERR], 0)
+    _put(out, "depend_mask", spec.depend_mask, "")
+    _put(out, "depend_mask_global", spec.depend_mask_global, "")
+    out["blocks"] = [block_json(farm, b, full) for b in job.blocks]
+    return out
+
+
+def task_progress(task: Task) -> dict[str, Any]:
+    """One task of Afanasy's ``job_progress`` (its short keys)."""
+    names = _TASK_STATES[task.state]
+    if task.state is TaskState.RDY and task.errors_count:
+        names = ("RDY", "RER")
+    st, state = _states(names)
+    out: dict[str, Any] = {"state": state, "st": st}
+    progress = 100 if task.state in (TaskState.DON, TaskState.SKP) else task.progress
+    _put(out, "per", progress, 0)
+    _put(out, "str", task.starts_count, 0)
+    _put(out, "err", task.errors_count, 0)
+    _put(out, "tst", _int_time(task.time_started), 0)
+    _put(out, "tdn", _int_time(task.time_done), 0)
+    _put(out, "hst", task.host, "")
+    return out
+
+
+def job_progress(job: Job) -> dict[str, Any]:
+    return {"job_progress": {"id": job.id,
+                             "progress": [[task_progress(t) for t in b.tasks] for b in job.blocks]}}
+
+
+def render_state(render: Render) -> tuple[int, str]:
+    names = ["ONL"] if render.online else []
+    if render.nimby:
+        names.append("NbY")
+    if render.NIMBY:
+        names.append("NBY")
+    if render.tasks:
+        names.append("RUN")
+    if render.wol in _WOL:
+        names.append(_WOL[render.wol])
+    if render.paused:
+        names.append("PAU")
+    if render.sick:
+        names.append("SIC")
+    bits = 0
+    for name in names:
+        bits |= _RENDER_BIT[name]
+    shown = "".join(f" {name}" for name, bit in _RENDER_BITS if bits & bit)
+    return bits, shown if render.online else " OFF" + shown
+
+
+def _host_resources(resources: Mapping[str, Any]) -> dict[str, Any]:
+    """farmnet's resource snapshot under Afanasy's names (what the render measured)."""
+    out: dict[str, Any] = {}
+    for key in ("cpu_num", "mem_total_mb", "swap_used_mb", "hdd_free_gb"):
+        if resources.get(key) is not None:
+            out[key] = resources[key]
+    if resources.get("mem_total_mb") is not None and resources.get("mem_used_mb") is not None:
+        out["mem_free_mb"] = resources["mem_total_mb"] - resources["mem_used_mb"]
+    if resources.get("cpu_percent") is not None:
+        out["cpu_idle"] = int(100 - resources["cpu_percent"])
+    if resources.get("load_avg"):
+        out["cpu_loadavg"] = [int(v) for v in resources["load_avg"]]
+    return out
+
+
+def render_json(render: Render, mode: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if render.tasks:
+        out["tasks_percents"] = [t.progress for t in render.tasks.values()]
+    if mode == "resources":
+        out.update(id=render.id, host_name=render.name)
+        if render.online:
+            out["host_resources"] = _host_resources(render.resources)
+        return out
+    out.update(name=render.name, id=render.id, user_name=render.owner,
+               time_register=_int_time(render.time_registered), time_update=_int_time(render.time_seen),
+               os=render.platform)
+    out["st"], out["state"] = render_state(render)
+    out["capacity_used"] = render.capacity_used
+    if render.tasks:
+        out["tasks"] = [{"name": t.name, "service": t.block.spec.service, "capacity": t.block.spec.capacity,
+                         "time_start": _int_time(t.time_started), "user_name": t.block.job.user_name,
+                         "block_name": t.block.name, "job_name": t.block.job.name,
+                         "job_id": t.block.job.id, "block_num": t.block.number, "task_num": t.number}
+                        for t in render.tasks.values()]
+    if render.services:
+        out["services"] = sorted(render.services)
+    if render.services_disabled:
+        out["services_disabled"] = sorted(render.services_disabled)
+    out["capacity_host"] = render.capacity
+    out["max_tasks_host"] = render.max_tasks
+    return out
+
+
+def user_json(user: User) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": user.name, "priority": user.priority}
+    _put(out, "max_running_tasks", user.max_running_tasks, -1)
+    _put(out, "max_running_tasks_per_host", user.max_running_tasks_per_host, -1)
+    _put(out, "hosts_mask", user.hosts_mask.pattern if user.hosts_mask else "", "")
+    _put(out, "hosts_mask_exclude", user.hosts_mask_exclude.pattern if user.hosts_mask_exclude else "", "")
+    _put(out, "running_tasks_num", user.running, 0)
+    _put(out, "running_capacity_total", user.running_capacity, 0)
+    out["time_register"] = _int_time(user.time_registered)
+    for key in ("errors_retries", "errors_avoid_host", "errors_task_same_host", "errors_forgive_time"):
+        out[key] = getattr(user, key)
+    _put(out, "jobs_num", len(user.jobs), 0)
+    return out
+
+
+class JobListCache:
+    """``get jobs`` answers (af.Cmd().getJobList(), what pipeline tools poll) from each
+    job's JSON kept encoded until the farm says the job changed: its task states, its
+    settings, renumbered tasks. A job whose shown state depends on the clock or on other
+    jobs (time_wait, depend masks) is written afresh every time."""
+
+    def __init__(self, farm: Farm) -> None:
+        self.farm = farm
+        self._jobs: dict[int, bytes] = {}
+        #: The whole unfiltered answer, while nothing changed and no job is written afresh.
+        self._whole: bytes | None = None
+        self.close = farm.bus.subscribe_all({
+            ev.TaskStateChanged: lambda e: self._changed(e.task.block.job),
+            (ev.TasksRestarted, ev.ErrorHostsReset, ev.TasksRenumbered): lambda e: self._changed(e.block.job),
+            (ev.JobSubmitted, ev.JobChanged, ev.JobDeleted): lambda e: self._changed(e.job),
+        })
+
+    def _changed(self, job: Job) -> None:
+        self._jobs.pop(job.id, None)
+        self._whole = None
+
+    def answer(self, jobs: list[Job] | None) -> bytes:
+        """``{"jobs": [...]}`` of ``jobs`` (None: every job), encoded."""
+        if jobs is None and self._whole is not None:
+            return self._whole
+        every = jobs is None
+        fresh = False
+        parts = []
+        for job in self.farm.jobs.values() if jobs is None else jobs:
+            spec = job.spec
+            if spec.time_wait or spec.depend_mask or spec.depend_mask_global:
+                fresh = True
+                parts.append(_encode(job_json(self.farm, job, False)))
+                continue
+            part = self._jobs.get(job.id)
+            if part is None:
+                part = self._jobs[job.id] = _encode(job_json(self.farm, job, False))
+            parts.append(part)
+        whole = b'{"jobs":[' + b",".join(parts) + b"]}"
+        if every and not fresh:
+            self._whole = whole
+        return whole
+
+
+# --- reading requests ----------------------------------------------------------------
+
+
+def _ids(data: Mapping[str, Any], key: str = "ids") -> list[int] | None:
+    """An optional list of integer ids; None when absent or empty."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise AfanasyError(f'"{key}" must be a list of integers, got {json.dumps(value)[:100]}')
+    return value or None
+
+
+def _string(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key, "")
+    if not isinstance(value, str):
+        raise AfanasyError(f'"{key}" must be a string, got {json.dumps(value)[:100]}')
+    return value
+
+
+def _mapping(data: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise AfanasyError(f'"{key}" must be an object, got {json.dumps(value)[:100]}')
+    return value
+
+
+class AfanasyServer:
+    """What every Afanasy connection shares: the farm, its own registry of connections
+    (its limits and client-first close) and who may do what."""
+
+    def __init__(self, reactor: IReactorTime, farm: Farm, config: AfanasyConfig | None = None, *,
+                 connections: ConnectionsConfig | None = None, limits: LimitsConfig | None = None,
+                 users_file: str = "", public: bool = True,
+                 durable: Callable[[], defer.Deferred[None]] | None = None) -> None:
+        connections = connections or ConnectionsConfig()
+        self.reactor = reactor
+        self.farm = farm
+        self.config = config or AfanasyConfig()
+        self.has_passwords = bool(users_file)
+        #: Anyone may read what the farm shows (web.public); else only trusted user names.
+        self.public_reads = public or not users_file
+        self.durable = durable or (lambda: defer.succeed(None))
+        self.job_lists = JobListCache(farm)
+        #: Connections without a whole request are timed by their protocol (request_timeout).
+        self.registry = Registry(reactor, limits=limits, close_wait=connections.close_wait,
+                                 idle_timeout=0, zombie_time=connections.zombie_time)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.registry.limits.max_box_bytes
+
+    async def shutdown(self, reason: str = "the server is stopping") -> None:
+        """Refuse new connections, ask the open ones to close; returns once all are gone."""
+        self.registry.accepting = False
+        self.job_lists.close()
+        await self.registry.close_all(reason)
+
+    def _mask(self, pattern: str) -> Mask:
+        """Afanasy's name masks: regular expressions matching the whole name, matched by
+        RE2 as the farm's masks are (no pattern can stall the server)."""
+        try:
+            mask = self.farm.masks.compile(pattern)
+        except ValueError as e:
+            raise AfanasyError(f"name pattern: {e}") from None
+        assert mask is not None  # only asked for non-empty patterns
+        return mask
+
+    # --- who asks ------------------------------------------------------------------------
+
+    def user_for_change(self, conn: Connection, data: Mapping[str, Any], what: str) -> str:
+        """The user a submit or an action acts as: its ``user_name``, where it is believed."""
+        user = _string(data, "user_name")
+        if not user:
+            raise AfanasyError(f'{what} needs a non-empty "user_name" string')
+        if self.config.trust_user_names:
+            return user
+        if self.has_passwords:
+            raise AfanasyError(
+                f"{what} refused: this farm has passwords (auth.users_file) and Afanasy's protocol has none; "
+                "use the farmnet command or the web site, or set server.afanasy.trust_user_names")
+        if not conn.local:
+            raise AfanasyError(
+                f"{what} refused: without a users file this farm takes Afanasy's user names from its own "
+                "host only; set server.afanasy.trust_user_names to take them from every host")
+        return user
+
+    # --- requests ------------------------------------------------------------------------
+
+    async def answer(self, conn: Connection, body: bytes) -> dict[str, Any] | bytes:
+        """The answer to one request; never raises."""
+        try:
+            return await self._answer(conn, body)
+        except AfanasyError as e:
+            return error_answer(str(e))
+        except errors.FarmError as e:
+            return error_answer(e.message)
+        except Exception:
+            log.failure("Afanasy request from {peer} failed", peer=conn.label)
+            return error_answer("internal error: see the server's log")
+
+    async def _answer(self, conn: Connection, body: bytes) -> dict[str, Any] | bytes:
+        if body.startswith(b"\xef\xbb\xbf"):  # a BOM, as Windows editors write
+            body = body[3:]
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise AfanasyError(f"the request is not UTF-8: {e}") from None
+        try:
+            request = json.loads(text)
+        except ValueError as e:
+            raise AfanasyError(f"the request is not JSON: {e}") from None
+        if not isinstance(request, dict) or len(request) != 1:
+            raise AfanasyError('a request is a JSON object with one key: "job", "get" or "action"')
+        [(kind, data)] = request.items()
+        if kind in _UNSUPPORTED_REQUESTS:
+            raise AfanasyError(f"farmnet does not support Afanasy's {kind!r} request: "
+                               f"{_UNSUPPORTED_REQUESTS[kind]}")
+        if kind not in ("job", "get", "action"):
+            raise AfanasyError(f'unknown request {kind!r}: farmnet serves "job", "get" and "action"')
+        if not isinstance(data, dict):
+            raise AfanasyError(f'"{kind}" must be an object')
+        if kind == "get":
+            if not (self.public_reads or self.config.trust_user_names):
+                raise AfanasyError("reading refused: this farm shows itself to logged-in users only "
+                                   "(web.public: false) and Afanasy's protocol has no passwords")
+            return self._get(data)
+        if kind == "job":
+            return await self._submit(conn, data)
+        return await self._action(conn, data)
+
+    async def _submit(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+        """Answered as Afanasy answers a job: its id and serial, with ``error`` if refused."""
+        try:
+            user = self.user_for_change(conn, data, "submitting a job")
+            spec, warnings = parse_job(data, self.farm.settings.max_tasks_per_job)
+            job = self.farm.submit(spec, user)
+        except AfanasyError as e:
+            return {"id": 0, "serial": 0, "error": str(e)}
+        except errors.FarmError as e:
+            return {"id": 0, "serial": 0, "error": e.message}
+        await self.durable()
+        answer: dict[str, Any] = {"id": job.id, "serial": job.serial}
+        if warnings:
+            answer["warnings"] = warnings
+        return answer
+
+    # --- get -----------------------------------------------------------------------------
+
+    def _get(self, data: dict[str, Any]) -> dict[str, Any] | bytes:
+        kind, mode = _string(data, "type"), _string(data, "mode")
+        if kind == "jobs":
+            return self._get_jobs(data, mode)
+        if kind == "renders":
+            return self._get_renders(data, mode)
+        if kind == "users":
+            return self._get_users(data, mode)
+        if kind in ("monitors", "branches", "pools", "files", "config"):
+            raise AfanasyError(f"Invalid get type = {kind!r}: farmnet has no {kind} on its Afanasy port")
+        raise AfanasyError(f"Invalid get type = {kind!r}: farmnet serves jobs, renders and users")
+
+    def _get_jobs(self, data: dict[str, Any], mode: str) -> dict[str, Any] | bytes:
+        for key in ("block_ids", "task_ids", "uids"):
+            if data.get(key) not in (None, []):
+                raise AfanasyError(f'get jobs with "{key}" is not supported by farmnet: '
+                                   "ask for the whole job (mode full) or its progress")
+        if mode not in ("", "full", "progress"):
+            raise AfanasyError(f"get jobs mode {mode!r} is not supported by farmnet: "
+                               "it serves the list, full and progress (see farmnet output for task logs)")
+        ids = _ids(data)
+        farm = self.farm
+        if mode == "progress":
+            if ids is None or len(ids) != 1:
+                raise AfanasyError('get jobs mode "progress" needs "ids" with one job id')
+            job = farm.jobs.get(ids[0])
+            if job is None:
+                raise AfanasyError("Invalid ID")
+            return job_progress(job)
+        jobs = self._jobs_asked(data, ids)
+        if mode == "full":
+            return {"jobs": [job_json(farm, j, True) for j in (farm.jobs.values() if jobs is None else jobs)]}
+        return self.job_lists.answer(jobs)
+
+    def _jobs_asked(self, data: dict[str, Any], ids: list[int] | None) -> list[Job] | None:
+        """The jobs ``ids``, ``serials``, ``users`` and ``mask`` ask for; None: every job."""
+        farm = self.farm
+        if ids is not None:
+            return [farm.jobs[i] for i in ids if i in farm.jobs]
+        jobs: list[Job] | None = None
+        serials = _ids(data, "serials")
+        if serials is not None:
+            wanted = set(serials)
+            jobs = [j for j in farm.jobs.values() if j.serial in wanted]
+        users = data.get("users")
+        if users not in (None, []):
+            if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+                raise AfanasyError('"users" must be a list of user names')
+            jobs = [j for j in (farm.jobs.values() if jobs is None else jobs) if j.user_name in users]
+        mask = _string(data, "mask")
+        if mask:
+            pattern = self._mask(mask)
+            jobs = [j for j in (farm.jobs.values() if jobs is None else jobs) if pattern.fullmatch(j.name)]
+        return jobs
+
+    def _get_renders(self, data: dict[str, Any], mode: str) -> dict[str, Any]:
+        if mode not in ("", "full", "resources"):
+            raise AfanasyError(f"get renders mode {mode!r} is not supported by farmnet: "
+                               "it serves the list, full and resources")
+        ids = _ids(data)
+        renders = list(self.farm.renders.values())
+        if ids is not None:
+            renders = [self.farm.renders[i] for i in ids if i in self.farm.renders]
+            if mode == "full" and not renders:
+                raise AfanasyError("Invalid ID")
+        else:
+            mask = _string(data, "mask")
+            if mask:
+                pattern = self._mask(mask)
+                renders = [r for r in renders if pattern.fullmatch(r.name)]
+        return {"renders": [render_json(r, mode) for r in renders]}
+
+    def _get_users(self, data: dict[str, Any], mode: str) -> dict[str, Any]:
+        if mode:
+            raise AfanasyError(f"get users mode {mode!r} is not supported by farmnet")
+        if _ids(data) is not None:
+            raise AfanasyError('farmnet\'s users have no ids: ask by "mask" (a user name pattern)')
+        users = list(self.farm.users.values())
+        mask = _string(data, "mask")
+        if mask:
+            pattern = self._mask(mask)
+            users = [u for u in users if pattern.fullmatch(u.name)]
+        return {"users": [user_json(u) for u in users]}
+
+    # --- action --------------------------------------------------------------------------
+
+    async def _action(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+        kind = _string(data, "type")
+        if not kind:
+            raise AfanasyError('an action needs a "type": jobs, renders or users')
+        if kind not in ("jobs", "renders", "users"):
+            raise AfanasyError(f"Action has unknown type: {kind!r}: farmnet acts on jobs, renders and users")
+        ids, mask = _ids(data), _string(data, "mask")
+        if ids is None and not mask:
+            raise AfanasyError("JSON action should have nodes ids or mask to operate with.")
+        operation, params = _mapping(data, "operation"), _mapping(data, "params")
+        if operation is None and not params:
+            raise AfanasyError('an action needs an "operation" or "params"')
+        user = self.user_for_change(conn, data, "an action")
+        if kind == "jobs":
+            done = self._act_jobs(user, ids, mask, data, operation, params)
+        elif kind == "renders":
+            done = self._act_renders(user, ids, mask, operation, params)
+        else:
+            done = self._act_users(user, ids, mask, operation, params)
+        await self.durable()
+        return {"info": {"kind": "log", "text": done}}
+
+    def _job_ids(self, ids: list[int] | None, mask: str) -> list[int]:
+        if ids is not None:
+            return ids
+        pattern = self._mask(mask)
+        found = [j.id for j in self.farm.jobs.values() if pattern.fullmatch(j.name)]
+        if not found:
+            raise AfanasyError(f"jobs: No node matches {mask!r} found.")
+        return found
+
+    def _act_jobs(self, user: str, ids: list[int] | None, mask: str, data: Mapping[str, Any],
+                  operation: Mapping[str, Any] | None, params: Mapping[str, Any] | None) -> str:
+        job_ids = self._job_ids(ids, mask)
+        if "block_ids" in data or "block_mask" in data:
+            return self._act_blocks(user, job_ids, data, operation, params)
+        farm = self.farm
+        if operation is not None:
+            op = _string(operation, "type")
+            if op == "restart_pause":
+                act(farm, user, "jobs", "restart", {"id": job_ids})
+                act(farm, user, "jobs", "pause", {"id": job_ids})
+            elif op in _JOB_OPERATIONS:
+                act(farm, user, "jobs", _JOB_OPERATIONS[op], {"id": job_ids})
+            else:
+                raise AfanasyError(f"Unknown operation: {op!r}: farmnet's job operations are "
+                                   f"{', '.join(sorted([*_JOB_OPERATIONS, 'restart_pause']))}")
+            return f"jobs {_list(job_ids)}: {op}"
+        assert params is not None
+        act(farm, user, "jobs", "update", {"id": job_ids}, dict(params))
+        return f"jobs {_list(job_ids)}: set {', '.join(params)}"
+
+    def _act_blocks(self, user: str, job_ids: list[int], data: Mapping[str, Any],
+                    operation: Mapping[str, Any] | None, params: Mapping[str, Any] | None) -> str:
+        if "block_mask" in data:
+            raise AfanasyError('"block_mask" is not supported by farmnet: give "block_ids"')
+        block_ids = _ids(data, "block_ids")
+        if block_ids is None:
+            raise AfanasyError('"block_ids" array does not contain any integers')
+        farm, done = self.farm, []
+        for job_id in job_ids:
+            job = farm.job(job_id)
+            numbers = list(range(len(job.blocks))) if block_ids == [-1] else block_ids
+            for number in numbers:
+                if not 0 <= number < len(job.blocks):
+                    raise AfanasyError(f"Invalid block number: {number}")
+            for number in numbers:
+                where = {"job_id": job_id, "block": number}
+                if operation is not None:
+                    op = _string(operation, "type")
+                    if op in ("skip", "restart"):
+                        task_ids = _ids(operation, "task_ids")
+                        every = list(range(len(job.blocks[number].tasks)))
+                        tasks = task_ids if task_ids is not None else every
+                        act(farm, user, "tasks", op, {**where, "task": tasks})
+                    elif op == "reset_error_hosts":
+                        act(farm, user, "blocks", "reset_error_hosts", where)
+                    else:
+                        raise AfanasyError(f"Unknown operation: {op!r}: farmnet's block operations are "
+                                           "skip, restart and reset_error_hosts")
+                else:
+                    assert params is not None
+                    act(farm, user, "blocks", "update", where, dict(params))
+                done.append(f"{job_id}.{number}")
+        what = _string(operation, "type") if operation is not None else "set " + ", ".join(params or {})
+        return f"blocks {', '.join(done)}: {what}"
+
+    def _render_names(self, ids: list[int] | None, mask: str) -> list[str]:
+        renders = self.farm.renders
+        if ids is not None:
+            missing = [i for i in ids if i not in renders]
+            if missing:
+                raise AfanasyError(f"Action node ID not found: {missing[0]}.")
+            return [renders[i].name for i in ids]
+        pattern = self._mask(mask)
+        names = [r.name for r in renders.values() if pattern.fullmatch(r.name)]
+        if not names:
+            raise AfanasyError(f"renders: No node matches {mask!r} found.")
+        return names
+
+    def _act_renders(self, user: str, ids: list[int] | None, mask: str,
+                     operation: Mapping[str, Any] | None, params: Mapping[str, Any] | None) -> str:
+        farm, done = self.farm, []
+        steps: list[tuple[str, Any]] = []  # checked whole before anything is done
+        settable = {}
+        for key, value in (params or {}).items():
+            if key in ("nimby", "NIMBY", "paused"):
+                if not isinstance(value, bool):
+                    raise AfanasyError(f'"{key}" must be true or false')
+                if key == "paused":
+                    steps.append(("pause" if value else "resume", None))
+                else:
+                    steps.append((key if value else "free", None))
+            elif key in ("capacity", "max_tasks"):
+                settable[key] = value
+            else:
+                raise AfanasyError(f"render parameter {key!r} is not supported by farmnet: it sets nimby, "
+                                   "NIMBY, paused, capacity and max_tasks")
+        if settable:
+            steps.append(("update", settable))
+        if operation is not None:
+            op = _string(operation, "type")
+            if op == "delete":
+                steps.append(("delete", None))
+            elif op in _RENDER_OPERATIONS:
+                steps.append((_RENDER_OPERATIONS[op], None))
+            else:
+                raise AfanasyError(f"Unknown operation: {op!r}: farmnet's render operations are "
+                                   f"{', '.join(sorted([*_RENDER_OPERATIONS, 'delete']))}")
+        names = self._render_names(ids, mask)
+        for action, values in steps:
+            act(farm, user, "renders", action, {"name": names}, values)
+            done.append(action)
+        return f"renders {', '.join(names)}: {', '.join(done)}"
+
+    def _act_users(self, user: str, ids: list[int] | None, mask: str,
+                   operation: Mapping[str, Any] | None, params: Mapping[str, Any] | None) -> str:
+        if ids is not None:
+            raise AfanasyError('farmnet\'s users have no ids: name them by "mask"')
+        pattern = self._mask(mask)
+        names = [u for u in self.farm.users if pattern.fullmatch(u)]
+        if not names:
+            raise AfanasyError(f"users: No node matches {mask!r} found.")
+        if operation is not None:
+            op = _string(operation, "type")
+            if op != "delete":
+                raise AfanasyError(f"Unknown operation: {op!r}: farmnet's user operation is delete")
+            act(self.farm, user, "users", "delete", {"name": names})
+            return f"users {', '.join(names)}: delete"
+        act(self.farm, user, "users", "update", {"name": names}, dict(params or {}))
+        return f"users {', '.join(names)}: set {', '.join(params or {})}"
+
+
+_HEADER_REST = re.compile(rb"\d{0,12}|\d{1,12} (J(S(O)?)?)?")
+
+
+def _could_be_header(head: bytes) -> bool:
+    """``head`` is the start of a header that is still arriving."""
+    prefix = head[:len(_PREFIX)]
+    return _PREFIX.startswith(prefix) and (len(head) <= len(_PREFIX) or
+                                           _HEADER_REST.fullmatch(head[len(_PREFIX):]) is not None)
+
+
+def _list(ids: list[int]) -> str:
+    return ", ".join(str(i) for i in ids)
+
+
+class AfanasyProtocol(Protocol):
+    """One request, one answer; the client closes (or is reset after close_wait)."""
+
+    def __init__(self, server: AfanasyServer) -> None:
+        self.server = server
+        self.conn: Connection | None = None
+        self._buffer = bytearray()
+        self._length: int | None = None
+        #: The whole request arrived (it is being answered, or was).
+        self._requested = False
+        self._answered = False
+        self._timeout: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self.conn = self.server.registry.add(self, self.transport.getPeer())
+        if self.conn is not None:
+            self._timeout = self.server.reactor.callLater(self.server.config.request_timeout, self._too_slow)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_timeout()
+        if self.conn is not None:
+            self.server.registry.removed(self.conn)
+
+    def _stop_timeout(self) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+
+    def _too_slow(self) -> None:
+        self._timeout = None
+        if not self._requested:
+            self._refuse(f"no whole request within {self.server.config.request_timeout:g} s")
+
+    def ask_to_close(self, order: str, reason: str) -> None:
+        """The answer asks the client to close; one that has not sent its whole request
+        (the server is stopping) gets an error saying why instead."""
+        if not self._requested:
+            self._requested = True
+            self._stop_timeout()
+            self._send(error_answer(reason))
+
+    def dataReceived(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None or conn.state is CloseState.CLOSED:
+            return
+        conn.bytes_in += len(data)
+        self.server.registry.bytes_in += len(data)
+        if self._requested:
+            return  # after the request: nothing more is read
+        buffer = self._buffer
+        buffer += data
+        if self._length is None:
+            match = _HEADER.match(buffer)
+            if match is None:
+                if len(buffer) >= _HEADER_MAX or not _could_be_header(bytes(buffer)):
+                    self._refuse("not Afanasy's framing: a request is 'AFANASY <length> JSON' "
+                                 "followed by that many bytes of JSON")
+                return
+            length = int(match.group(1))
+            limit = self.server.max_request_bytes
+            if limit and length > limit:
+                self._refuse(f"a request of {length} bytes is more than this server takes "
+                             f"({limit}, limits.max_box_bytes)")
+                return
+            self._length = length
+            del buffer[:match.end()]
+        if len(buffer) < self._length:
+            return
+        if len(buffer) > self._length:
+            self._refuse(f"the request is longer than its header says ({self._length} bytes)")
+            return
+        body = bytes(buffer)
+        self._buffer = bytearray()
+        self._requested = True
+        self._stop_timeout()
+        self.server.registry.box_received(conn)
+        conn.pending += 1
+        d = defer.ensureDeferred(self.server.answer(conn, body))
+        d.addCallback(self._answered_with)
+
+    def _answered_with(self, answer: dict[str, Any] | bytes) -> None:
+        assert self.conn is not None
+        self.conn.pending -= 1
+        self._send(answer)
+
+    def _refuse(self, reason: str) -> None:
+        """Bad framing: an error answer, then the usual client-first close."""
+        conn = self.conn
+        assert conn is not None
+        log.warn("Afanasy request from {peer} refused: {reason}", peer=conn.label, reason=reason)
+        self._requested = True
+        self._stop_timeout()
+        self._buffer = bytearray()
+        self._send(error_answer(reason))
+
+    def _send(self, answer: dict[str, Any] | bytes) -> None:
+        conn = self.conn
+        if conn is None or conn.state is CloseState.CLOSED or self._answered:
+            return
+        self._answered = True
+        header, body = framed(answer)  # written as two pieces: a big answer is not copied
+        size = len(header) + len(body)
+        conn.bytes_out += size
+        self.server.registry.bytes_out += size
+        self.transport.writeSequence((header, body))
+        # The answer asks the client to close; reset it if it has not after close_wait.
+        self.server.registry.close(conn, "answered", quiet=True)
+
+
+class AfanasyFactory(Factory):
+    noisy = False
+
+    def __init__(self, server: AfanasyServer) -> None:
+        self.server = server
+
+    def buildProtocol(self, addr: Any) -> AfanasyProtocol:
+        proto = AfanasyProtocol(self.server)
+        proto.factory = self
+        return proto
