@@ -42,7 +42,7 @@ from cattrs.errors import (
     IterableValidationError,
     IterableValidationNote,
 )
-from cattrs.gen import make_dict_structure_fn
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
 from cattrs.strategies import configure_tagged_union
 
 from farmnet import messages
@@ -181,7 +181,17 @@ def _make() -> cattrs.Converter:
         return union_hook(value, cls)
 
     conv.register_structure_hook(messages.Order, structure_order)
+    # An event's ``kind`` is a field that __init__ does not take: written, and on the way in
+    # it picks the class.
+    for cls in messages.EVENT_CLASSES:
+        hook = make_dict_unstructure_fn(cls, conv, _cattrs_include_init_false=True)
+        conv.register_unstructure_hook(cls, hook)
+    configure_tagged_union(messages.Event, conv, tag_generator=_kind, tag_name="kind")
     return conv
+
+
+def _kind(cls: Any) -> str:
+    return attrs.fields(cls).kind.default
 
 
 def _with_checks(conv: cattrs.Converter, cls: Any) -> Any:

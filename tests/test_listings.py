@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from farmnet.protocol import commands as c
 from farmnet.server.actions import act
+from farmnet.server.monitors import events_json
 from farmnet.web.routing import json_dumps
 from tests.listing_scene import build
 
@@ -65,6 +66,11 @@ class PinnedWireTests(SynchronousTestCase):
         found, reset = self.events.since(0, 10_000)
         text = wire(c.PollEvents, {"events": found, "last": self.events.last, "reset": reset}, "events")
         self.assertEqual(text, self.pinned["poll_events"])
+
+    def test_web_events(self) -> None:
+        found, reset = self.events.since(0, 10_000)
+        text = json_dumps({"events": events_json(found), "last": self.events.last, "reset": reset}).decode()
+        self.assertEqual(text, self.pinned["web events"])
 
     def test_web_api(self) -> None:
         for item, action, filters in ACTS:
