@@ -128,7 +128,7 @@ def render_record(render: Render) -> RenderRecord:
         r.id, r.name, r.state, r.online, r.capacity, r.capacity_used, r.max_tasks, sorted(r.services),
         sorted(r.services_disabled), r.platform, r.cpus, r.memory_mb, list(r.tasks), r.time_seen, r.owner,
         r.nimby, r.NIMBY, r.paused, r.sick, dict(r.tickets_used), r.errors_in_row, list(r.macs), r.wol,
-        r.resources, render_errors(r))
+        dict(r.resources), render_errors(r))
 
 
 def render_errors(render: Render) -> list[RenderError]:
@@ -142,4 +142,5 @@ def user_record(user: User) -> UserRecord:
         u.name, len(u.jobs), u.running, u.running_capacity, u.priority, u.max_running_tasks,
         u.max_running_tasks_per_host, u.hosts_mask.pattern if u.hosts_mask else "",
         u.hosts_mask_exclude.pattern if u.hosts_mask_exclude else "", u.errors_retries, u.errors_avoid_host,
-        u.errors_task_same_host, u.errors_forgive_time, u.jobs_solving, u.custom_data, u.time_registered)
+        u.errors_task_same_host, u.errors_forgive_time, u.jobs_solving, dict(u.custom_data),
+        u.time_registered)
