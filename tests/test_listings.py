@@ -13,8 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
+from farmnet import messages as m
+from farmnet.convert import structure, unstructure
 from farmnet.protocol import commands as c
 from farmnet.server.actions import act
 from farmnet.server.monitors import events_json
@@ -76,3 +79,22 @@ class PinnedWireTests(SynchronousTestCase):
         for item, action, filters in ACTS:
             text = json_dumps({"result": act(self.farm, "root", item, action, filters)}).decode()
             self.assertEqual(text, self.pinned[f"act {item} {action}"], f"{item} {action}")
+
+
+class RecordClassTests(SynchronousTestCase):
+    """Each class names every key of its JSON: the pinned JSON read into the classes (which
+    ignore keys they do not know) and written again is the same text."""
+
+    def test_round_trip(self) -> None:
+        pinned = json.loads(PINNED.read_text(encoding="utf-8"))
+        for key, cls in (("list_jobs", list[m.JobRecord]), ("show_job", m.JobDetail),
+                         ("list_tasks", list[m.TaskRecord]), ("list_renders", list[m.RenderRecord]),
+                         ("list_users", list[m.UserRecord]), ("poll_events", list[m.Event])):
+            objects = structure(json.loads(pinned[key]), cls, key)
+            again = json.dumps(unstructure(objects, cls), separators=(",", ":"), ensure_ascii=False)
+            self.assertEqual(again, pinned[key], key)
+
+    def test_event_kinds(self) -> None:
+        self.assertEqual({attrs.fields(cls).kind.default for cls in m.EVENT_CLASSES}, EVENT_KINDS)
+        event = structure({"seq": 7, "kind": "job_deleted", "job_id": 3, "later": 1}, m.Event)
+        self.assertEqual(event, m.JobDeletedEvent(7, 3))
