@@ -28,6 +28,7 @@ from farmnet.server.netstats import StatisticsLogger
 from farmnet.server.outputs import OutputStore
 from farmnet.server.registry import raise_fd_limit
 from farmnet.server.store import Store
+from farmnet.server.storecheck import Backups, StoreRefused
 from farmnet.server.storelock import StoreLock
 from farmnet.stats.service import StatsService
 from farmnet.sysjob.job import SystemJob
@@ -75,6 +76,9 @@ class ServerService(service.MultiService):
         self.events = EventLog(self.farm)
         self.store = Store(reactor, store / "farm.sqlite", self.farm, events=self.events)
         self.store.setServiceParent(self)  # first: the farm is loaded before anyone connects
+        self.backups = Backups(reactor, store / "farm.sqlite", config.store.backup_interval,
+                               config.store.backups)
+        self.backups.setServiceParent(self)
         self.stats = StatsService(reactor, config.stats, store, self.farm)
         self.stats.setServiceParent(self)  # after the store, before the listeners
         self.outputs = OutputStore(store / "output", config.store.output_max_bytes)
@@ -138,7 +142,10 @@ class ServerService(service.MultiService):
         log.info("farmnet server: AMP on {listen}, web on {web}, state in {store}, up to {files} open files",
                  listen=self.config.listen, web=self.config.web.listen or "(off)",
                  store=self.config.store.path, files=soft)
-        super().startService()
+        try:
+            super().startService()
+        except StoreRefused as e:  # one line on stderr (and so in the log), no traceback
+            raise SystemExit(f"farmnet: {e}") from None
         # Once the reactor runs (signal handlers installed): what operators and tests wait for.
         self.reactor.callWhenRunning(self._running)
 

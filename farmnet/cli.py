@@ -38,6 +38,7 @@ from farmnet.client import (
     load_spec,
 )
 from farmnet.config import ClientConfig, ConfigError, default_config_path, load_config
+from farmnet.server.storeadmin import add_store_commands, run_store_command
 from farmnet.stats.admin import add_db_commands, run_db_command
 
 Handler = Callable[[FarmClient, argparse.Namespace], Awaitable[int]]
@@ -433,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"farmnet {farmnet.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_db_commands(sub)
+    add_store_commands(sub)
 
     def command(name: str, handler: Handler, help: str, lists: bool = False,
                 **defaults: Any) -> argparse.ArgumentParser:
@@ -581,6 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "db":
         return run_db_command(args)
+    if args.command == "store":
+        return run_store_command(args)
     try:
         config = _client_config(args)
     except ConfigError as e:

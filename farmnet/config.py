@@ -297,6 +297,11 @@ class StoreConfig:
                          env_default=_server_store)
     output_max_bytes: int = _setting(
         10 * 1024 * 1024, doc="Task output kept by the server per task run, in bytes.", check=_at_least(0))
+    backup_interval: float = _setting(
+        3600.0, doc="Seconds between online backups of the farm's state into <store>/backups; 0: none.",
+        check=_at_least(0))
+    backups: int = _setting(24, doc="Backups kept in <store>/backups (the oldest go first).",
+                            check=_at_least(1))
 
 
 @attrs.frozen

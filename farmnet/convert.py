@@ -10,7 +10,7 @@ the nearest known one::
     resources: expected a mapping, got [1, 2]
 
 A condition beyond the type goes in ``Annotated``: ``Annotated[int, in_range(0, 250)]``,
-``Annotated[str, REGEX]``, ``Annotated[str, one_of("order", "need")]``; its problem is
+``Annotated[str, one_of("order", "need")]``; its problem is
 reported like a type's, with the key path.
 
 The converter is built once, at import, and never changed afterwards: cattrs compiles a
@@ -21,7 +21,6 @@ calls, not reflection.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable, Iterator, Mapping
 from types import UnionType
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
@@ -49,7 +48,7 @@ from cattrs.strategies import configure_tagged_union
 
 from farmnet import messages
 
-__all__ = ["REGEX", "Check", "ConversionError", "converter", "in_range", "one_of", "structure", "unstructure"]
+__all__ = ["Check", "ConversionError", "converter", "in_range", "one_of", "structure", "unstructure"]
 
 T = TypeVar("T")
 
@@ -102,16 +101,6 @@ def one_of(*choices: str) -> Check:
     return Check(problem)
 
 
-def _regex_problem(value: Any) -> str | None:
-    try:
-        re.compile(value)
-    except re.error as e:
-        return f"invalid regular expression {_show(value)}: {e}"
-    return None
-
-
-#: A string that must be a valid regular expression.
-REGEX = Check(_regex_problem)
 
 
 def _checked_by(cls: Any) -> bool:

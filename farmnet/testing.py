@@ -8,7 +8,9 @@ farm's directory, to read when something fails.
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,10 @@ class ProcessFarm:
 
     async def start_server(self, *args: str, listen: str = "tcp:0:interface=127.0.0.1",
                            timeout: float = 30.0) -> FarmProcess:
+        if listen == "tcp:0:interface=127.0.0.1":
+            # Below the kernel's ephemeral range: a test that restarts the server on the same
+            # port must not find it taken by some client's outgoing connection meanwhile.
+            listen = f"tcp:{free_port()}:interface=127.0.0.1"
         store = self.base / "server-store"
         address = store / "amp.address"
         if address.exists():
@@ -154,6 +160,19 @@ class ProcessFarm:
 
     def kill(self, proc: FarmProcess) -> None:
         proc.signal(signal.SIGKILL)
+
+
+def free_port(low: int = 20000, high: int = 32000) -> int:
+    """A free TCP port on 127.0.0.1 outside the ephemeral range (32768 and up on Linux)."""
+    for _ in range(200):
+        port = random.randrange(low, high)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}..{high}")
 
 
 async def wait_until(reactor: Any, check: Any, timeout: float, what: str, interval: float = 0.05) -> Any:

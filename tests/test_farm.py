@@ -198,11 +198,55 @@ class RenderLifeTests(FarmTestCase):
         self.assertEqual((order.order, order.job_id), ("kill", 99))
 
     def test_undelivered_start_is_ready_again_on_loss(self) -> None:
+        """Ready again, and its run number stays used: the run may be committed already,
+        and a run number never repeats."""
         r1 = self.render("r1")
         job = self.submit(frames=1)
         self.farm.render_lost(r1)  # the start order was never taken
         task = job.blocks[0].tasks[0]
-        self.assertEqual((task.state, task.starts_count), (TaskState.RDY, 0))
+        self.assertEqual((task.state, task.starts_count), (TaskState.RDY, 1))
+        r2 = self.render("r2")
+        [order] = self.orders(r2)
+        self.assertEqual(order.run, 2)
+
+    def test_render_back_without_its_task_frees_it_at_once(self) -> None:
+        """A render that lost its task (it restarted, or the start never reached it)
+        re-registers without it: the task is ready again now, not after
+        task_reconnect_timeout."""
+        r1 = self.render("r1")
+        job = self.submit(frames=1)
+        self.orders(r1)
+        self.farm.render_lost(r1)
+        task = job.blocks[0].tasks[0]
+        self.assertEqual(task.state, TaskState.WRC)
+        self.assertEqual(r1.waiting, {task.key: task})
+        self.render("r1")  # running nothing
+        self.assertEqual(r1.waiting, {})
+        [order] = self.orders(r1)
+        self.assertEqual((task.state, order.run), (TaskState.RUN, 2))
+        self.clock.advance(60)  # no reconnect timer is left to fire
+        self.assertEqual((task.state, task.starts_count), (TaskState.RUN, 2))
+
+    def test_reconnect_wait_counts_from_time_lost(self) -> None:
+        r1 = self.render("r1")
+        job = self.submit(frames=1)
+        self.orders(r1)
+        self.clock.advance(100)
+        self.farm.render_lost(r1)
+        task = job.blocks[0].tasks[0]
+        self.assertEqual(task.time_lost, 100)
+        self.clock.advance(29)
+        self.assertEqual(task.state, TaskState.WRC)
+        self.clock.advance(1)
+        self.assertEqual((task.state, task.time_lost, task.render_id), (TaskState.RDY, 0.0, 0))
+
+    def test_deleting_a_render_frees_its_waiting_tasks(self) -> None:
+        r1 = self.render("r1")
+        job = self.submit(frames=1)
+        self.orders(r1)
+        self.farm.render_lost(r1)
+        self.farm.delete_renders("root", ["r1"])
+        self.assertEqual(job.blocks[0].tasks[0].state, TaskState.RDY)
 
 
 class ActionTests(FarmTestCase):

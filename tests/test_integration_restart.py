@@ -70,6 +70,11 @@ class RestartCase(TestCase):
         assert self.client is not None
         return sum(1 for r in await self.client.renders() if r["online"]) == count
 
+    async def _done(self, job_id: int) -> Any:
+        assert self.client is not None
+        job = await self.client.job(job_id)
+        return job if job["state"] in ("DON", "ERR") else None
+
 
 class ServerKilledTests(RestartCase):
     async def test_running_tasks_reattached_after_server_kill(self) -> None:
@@ -95,11 +100,6 @@ class ServerKilledTests(RestartCase):
         self.assertEqual(job["state"], "DON")
         self.assertEqual([(t["state"], t["starts_count"]) for t in tasks], [("DON", 1)] * 3)
         self.assertEqual({t["host"] for t in tasks}, {"alpha", "beta", "gamma"})
-
-    async def _done(self, job_id: int) -> Any:
-        assert self.client is not None
-        job = await self.client.job(job_id)
-        return job if job["state"] in ("DON", "ERR") else None
 
 
 class RenderKilledTests(RestartCase):
@@ -259,6 +259,37 @@ class DeletionsSurviveTests(RestartCase):
         users = {u["name"] for u in await self.client.users()}
         self.assertIn("anna", users)
         self.assertNotIn("bob", users)
+
+
+class RepeatedKillTests(RestartCase):
+    # A task that waited for task_reconnect_timeout would outlast the test's timeout.
+    server_config = "server:\n  stats:\n    enabled: false\n  scheduling:\n    task_reconnect_timeout: 600\n"
+
+    async def test_no_finished_task_runs_again_through_repeated_kills(self) -> None:
+        """200 short tasks on 3 renders, the server killed (-9) and restarted 3 times
+        while they run: every task's process starts exactly once, no run number is used
+        twice, and the job ends without any task waiting for task_reconnect_timeout."""
+        await self.start_server()
+        for name in ("alpha", "beta", "gamma"):
+            await self.farm.start_render(name)
+        await wait_until(reactor, lambda: self.online(3), 60, "three renders online")
+        assert self.client is not None
+        log = Path(self.base) / "runs.log"
+        log.touch()
+        key = "$FARMNET_JOB_ID.$FARMNET_BLOCK.$FARMNET_TASK"
+        job_id, _ = await self.client.submit({"job": {"name": "short", "blocks": [
+            {"name": "b", "frame_first": 1, "frame_last": 200, "parser": "none",
+             "command": f'echo "{key} $FARMNET_RUN" >> {log}; sleep 0.05'}]}})
+        for _ in range(3):
+            await deferLater(reactor, 1.0)
+            await self.restart_server_killed()
+        job = await wait_until(reactor, lambda: self._done(job_id), 120, "the job to finish")
+        self.assertEqual(job["state"], "DON")
+        starts = [tuple(line.split()) for line in log.read_text().splitlines()]
+        tasks = [task for task, _ in starts]
+        self.assertEqual(len(set(starts)), len(starts), "a run number was used twice")
+        self.assertEqual(sorted(tasks), sorted(set(tasks)), "a task ran twice")
+        self.assertEqual(len(tasks), 200)
 
 
 class ClientsRideRestartsTests(RestartCase):

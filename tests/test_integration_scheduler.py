@@ -88,14 +88,17 @@ class SchedulingIntegrationTests(TestCase):
     async def test_dependency_chain_completes_in_order(self) -> None:
         trace = os.path.join(self.base, "trace")
         note = f'echo "$FARMNET_BLOCK_NAME @#@ $(date +%s.%N)" >> {trace}'
+        go = os.path.join(self.base, "go")  # A runs until the test has asked why (a busy machine is slow)
         sim = await self.submit("anna", {"name": "A sim", "blocks": [
-            {"name": "A", "command": f"sleep 3; {note}", "frame_first": 1, "frame_last": 4}]}, "a")
+            {"name": "A", "command": f"while [ ! -e {go} ]; do sleep 0.05; done; sleep 0.2; {note}",
+             "frame_first": 1, "frame_last": 4}]}, "a")
         chain = await self.submit("anna", {"name": "chain", "depend_mask": "A sim", "blocks": [
             {"name": "B", "command": f"sleep 0.3; {note}", "frame_first": 1, "frame_last": 4},
             {"name": "C", "command": note, "frame_first": 1, "frame_last": 4, "tasks_depend_mask": "B"},
         ]}, "chain")
         why = await self.cli("why", str(chain))
         self.assertIn("A sim", why)  # waiting on job A, says the scheduler
+        open(go, "w").close()
         await self.cli("wait", str(chain))
         self.assertEqual((await self.client.job(sim))["state"], "DON")
         lines = [line.split() for line in open(trace).read().splitlines()]

@@ -114,8 +114,8 @@ class ActionValueTests(SynchronousTestCase):
                                {"prority": 5, "hosts_mask": "(", "jobs_solving": "fast", "priority": "high"})
         self.assertEqual(message.split("; "), [
             "user.priority: expected an integer, got 'high'",
-            "user.hosts_mask: invalid regular expression '(': missing ), unterminated subpattern at "
-            "position 0",
+            "user.hosts_mask: invalid regular expression '(': missing ): ( (masks are RE2 regular "
+            "expressions: no backreferences, no lookahead or lookbehind)",
             "user.jobs_solving: expected one of 'order', 'need', got 'fast'",
             "user.prority: unknown key (did you mean 'priority'?)",
         ])

@@ -2,7 +2,8 @@
 
 Hypothesis drives random sequences of submits, actions, render registrations, losses and
 deletions, user deletions and task finishes on a farm that a real SQLite store follows;
-then the farm is restarted from that store and every view is compared. The renders go
+then the farm is restarted from that store and every view is compared, and every task
+waiting for its render waits until the same time. The renders go
 offline first, as they do when a server stops (their running tasks wait: WRC).
 """
 
@@ -12,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
@@ -41,7 +42,7 @@ op = st.one_of(
               st.sampled_from(["nimby", "pause", "free", "heal", "eject", "reset_error_hosts"])),
     st.tuples(st.just("user_set"), st.sampled_from(USERS), st.integers(0, 250)),
     st.tuples(st.just("delete_user"), st.sampled_from(USERS)),
-    st.tuples(st.just("advance"), st.integers(1, 100)),
+    st.tuples(st.just("advance"), st.sampled_from([1, 5, 20, 100])),
 )
 
 
@@ -114,6 +115,14 @@ def views(farm: Farm) -> dict[str, Any]:
     }
 
 
+def waits(farm: Farm) -> dict[str, Any]:
+    """WRC tasks by render, each with when it began waiting and when it stops waiting:
+    a restart continues the wait."""
+    deadlines = {ident: call.getTime() for (kind, ident), call in farm._timers.items() if kind == "reconnect"}
+    return {r.name: sorted((key, t.time_lost, deadlines.get(id(t))) for key, t in r.waiting.items())
+            for r in farm.renders.values() if r.waiting}
+
+
 def restarted(path: Path, now: float) -> Farm:
     clock = Clock()
     clock.advance(now)
@@ -126,6 +135,8 @@ def restarted(path: Path, now: float) -> Farm:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=st.lists(op, max_size=40))
+@example(steps=[("submit", "anna", 2, 1, False), ("register", "r1", 2), ("solve",), ("finish", 0, 0),
+                ("lose", "r1"), ("advance", 20)])  # a task waits for its render from 20 s before the restart
 def test_views_survive_a_restart(steps: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "farm.sqlite"
@@ -145,9 +156,10 @@ def test_views_survive_a_restart(steps: list[tuple[Any, ...]]) -> None:
                 store.write_now()  # some histories write in between, as the store's batches do
         for render in list(farm.renders.values()):
             farm.render_lost(render)  # what a server's stop does to its renders
-        before = views(farm)
+        before, waiting = views(farm), waits(farm)
         store.write_now()
         store.close()
         farm.stop()
-        after = views(restarted(path, clock.seconds()))
-        assert after == before
+        again = restarted(path, clock.seconds())
+        assert views(again) == before
+        assert waits(again) == waiting

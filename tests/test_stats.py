@@ -14,6 +14,7 @@ import grp
 import os
 import pwd
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Collection
@@ -692,6 +693,33 @@ class EmbeddedTests(TestCase):
             mode = store.stat().st_mode & 0o777
             self.assertEqual((mode, store.stat().st_gid), (0o710, pwd.getpwnam("postgres").pw_gid))
 
+
+    async def test_embedded_postgres_gone_is_started_again(self) -> None:
+        """A server that finds its embedded PostgreSQL gone (killed under it) starts it again,
+        and the rows recorded meanwhile reach it."""
+        store = tmpdir(self, mode=0o700)
+        farm = Farm(reactor)
+        self.addCleanup(farm.stop)
+        config = StatsConfig(flush_interval=0.05, reconnect_max_delay=0.5)
+        service = StatsService(reactor, config, store, farm)
+        service.embedded_check_interval = 0.5
+        service.startService()
+        try:
+            await wait_until(reactor, lambda: service.db is not None and service.db.ready, 60, "embedded up")
+            assert service.embedded is not None and service.writer is not None
+            pid = int((store / "postgresql" / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)  # the postmaster, as the OOM killer would
+            await wait_until(reactor, lambda: service.db is not None and not service.db.ready, 30,
+                             "the writer to notice")
+            farm.register_render("r1", capacity=1000)  # recorded while the database is gone
+            await wait_until(reactor, lambda: service.db is not None and service.db.ready, 90,
+                             "the embedded PostgreSQL started again")
+            await wait_until(reactor, lambda: service.writer is not None and service.writer.rows_written >= 1,
+                             30, "the row recorded meanwhile written")
+            new_pid = int((store / "postgresql" / "postmaster.pid").read_text().split()[0])
+            self.assertNotEqual(new_pid, pid)
+        finally:
+            await service.stopService()
 
     def test_unreachable_directory_is_a_clear_error(self) -> None:
         if os.geteuid() != 0:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from farmnet.config import SchedulingConfig
@@ -131,3 +132,70 @@ class StoreTests(TestCase):
         again, store = await self.open()
         self.addCleanup(store.stopService)
         self.assertEqual([j.name for j in again.jobs.values()], ["kept"])
+
+
+class RestoredTimerTests(TestCase):
+    """task_reconnect_timeout continues across restarts: it counts from when the task
+    began waiting (kept in the store), not from each start of the server."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="farmnet-store-"))
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.path = self.dir / "farm.sqlite"
+
+    def open(self, now: float) -> tuple[Farm, Clock, Store]:
+        clock = Clock()
+        clock.advance(now)
+        farm = Farm(clock, SchedulingConfig(task_reconnect_timeout=30))
+        store = Store(reactor, self.path, farm, flush_interval=0.05)
+        store.startService()
+        self.addCleanup(farm.stop)
+        return farm, clock, store
+
+    async def test_a_waiting_task_goes_on_waiting_after_a_restart(self) -> None:
+        farm, clock, store = self.open(1000)
+        job = farm.submit(spec(frames=1), "anna")
+        render = farm.register_render("r1", capacity=1100)
+        farm.solve()
+        farm.take_orders(render)
+        clock.advance(5)
+        farm.render_lost(render)  # waits from 1005 until 1035
+        await store.sync()
+        await store.stopService()
+
+        again, clock, store = self.open(1025)
+        self.addCleanup(store.stopService)
+        task = again.jobs[job.id].blocks[0].tasks[0]
+        self.assertEqual((task.state, task.time_lost), (TaskState.WRC, 1005))
+        clock.advance(9.9)
+        self.assertEqual(task.state, TaskState.WRC)
+        clock.advance(0.1)
+        self.assertEqual(task.state, TaskState.RDY)
+
+    async def test_a_running_task_waits_from_the_first_restart_only(self) -> None:
+        """Loaded RUN (the server died under it), it waits from that start; the next
+        restarts continue that wait."""
+        farm, clock, store = self.open(1000)
+        job = farm.submit(spec(frames=1), "anna")
+        render = farm.register_render("r1", capacity=1100)
+        farm.solve()
+        farm.take_orders(render)
+        await store.sync()
+        await store.stopService()
+
+        again, clock, store = self.open(2000)
+        task = again.jobs[job.id].blocks[0].tasks[0]
+        self.assertEqual((task.state, task.time_lost), (TaskState.WRC, 2000))
+        await store.sync()  # written back as WRC since 2000
+        await store.stopService()
+
+        third, clock, store = self.open(2020)
+        self.addCleanup(store.stopService)
+        task = third.jobs[job.id].blocks[0].tasks[0]
+        self.assertEqual((task.state, task.time_lost), (TaskState.WRC, 2000))
+        clock.advance(9.9)
+        self.assertEqual(task.state, TaskState.WRC)
+        clock.advance(0.1)
+        self.assertEqual((task.state, task.starts_count), (TaskState.RDY, 1))

@@ -22,7 +22,6 @@ from farmnet.model.events import (
 )
 from farmnet.model.lifecycle import TaskLife
 from farmnet.model.policy import JOB_ACTIONS, RENDER_ACTIONS, TASK_ACTIONS, USER_ACTIONS, Policy
-from farmnet.model.state import compile_mask
 
 log = Logger()
 
@@ -73,8 +72,8 @@ class Actions(TaskLife, Policy):
             if job.counts[TaskState.RDY]:
                 self._ready_jobs_add(job)
         job.spec = attrs.evolve(job.spec, **changes)
-        job.hosts_mask = compile_mask(job.spec.hosts_mask)
-        job.hosts_mask_exclude = compile_mask(job.spec.hosts_mask_exclude)
+        job.hosts_mask = self.masks.compile(job.spec.hosts_mask)
+        job.hosts_mask_exclude = self.masks.compile(job.spec.hosts_mask_exclude)
         self._schedule_time_wait(job)
         self.jobs_generation += 1
         self.work_generation += 1
@@ -88,8 +87,8 @@ class Actions(TaskLife, Policy):
         block.spec = attrs.evolve(block.spec, **changes)
         if not block.finished:
             self._count_capacity(block.spec.capacity, +1)
-        block.hosts_mask = compile_mask(block.spec.hosts_mask)
-        block.hosts_mask_exclude = compile_mask(block.spec.hosts_mask_exclude)
+        block.hosts_mask = self.masks.compile(block.spec.hosts_mask)
+        block.hosts_mask_exclude = self.masks.compile(block.spec.hosts_mask_exclude)
         if "sequential" in changes:
             block.set_order(block.spec.sequential)
         self._link_blocks(job)
@@ -202,7 +201,7 @@ class Actions(TaskLife, Policy):
         changes = self._valid_user_changes(value)
         for u in users:
             for key, val in changes.items():
-                setattr(u, key, compile_mask(val) if key.startswith("hosts_mask") else val)
+                setattr(u, key, self.masks.compile(val) if key.startswith("hosts_mask") else val)
             self.bus.publish(UserChanged(u))
         self.work_generation += 1
         self.request_solve()
@@ -280,6 +279,8 @@ class Actions(TaskLife, Policy):
             if render.online:
                 raise errors.InvalidAction(f"render {render.name!r} is online: exit it first")
         for render in renders:
+            for task in list(render.waiting.values()):  # it will not come back for them
+                self._waited_in_vain(task)
             del self.renders[render.id]
             del self.renders_by_name[render.name]
             self.bus.publish(RenderDeleted(render))

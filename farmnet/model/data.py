@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import enum
 import heapq
-import re
 from collections import Counter, deque
 from typing import Any
 
 import attrs
 
 from farmnet.messages import Order
+from farmnet.model.masks import Mask
 from farmnet.model.spec import BlockSpec, JobSpec
 
 
@@ -87,6 +87,9 @@ class Task:
     host_errors: dict[str, list[float]] | None = None
     #: When the running task's progress last changed (progress change timeout).
     time_progress: float = 0.0
+    #: WRC: when it began waiting for its render (task_reconnect_timeout counts from here,
+    #: across server restarts); 0 otherwise.
+    time_lost: float = 0.0
 
     @property
     def key(self) -> TaskKey:
@@ -115,8 +118,8 @@ class Block:
     ready: list[int] = attrs.field(factory=list)
     running_capacity: int = 0
     running_per_host: Counter[int] = attrs.field(factory=Counter)
-    hosts_mask: re.Pattern[str] | None = None
-    hosts_mask_exclude: re.Pattern[str] | None = None
+    hosts_mask: Mask | None = None
+    hosts_mask_exclude: Mask | None = None
     #: Solving order when not plain forward: rank → task number, and its inverse.
     order: list[int] | None = None
     rank: list[int] | None = None
@@ -183,8 +186,8 @@ class Job:
     blocks: list[Block] = attrs.field(factory=list)
     counts: Counter[TaskState] = attrs.field(factory=Counter)
     running_per_host: Counter[int] = attrs.field(factory=Counter)
-    hosts_mask: re.Pattern[str] | None = None
-    hosts_mask_exclude: re.Pattern[str] | None = None
+    hosts_mask: Mask | None = None
+    hosts_mask_exclude: Mask | None = None
 
     @property
     def name(self) -> str:
@@ -235,8 +238,8 @@ class User:
     priority: int = 99
     max_running_tasks: int = -1
     max_running_tasks_per_host: int = -1
-    hosts_mask: re.Pattern[str] | None = None
-    hosts_mask_exclude: re.Pattern[str] | None = None
+    hosts_mask: Mask | None = None
+    hosts_mask_exclude: Mask | None = None
     errors_retries: int = -1
     errors_avoid_host: int = -1
     errors_task_same_host: int = -1
@@ -263,6 +266,8 @@ class Render:
     time_seen: float = 0.0
     capacity_used: int = 0
     tasks: dict[TaskKey, Task] = attrs.field(factory=dict)
+    #: Its tasks in WRC: they wait for it to come back and report them.
+    waiting: dict[TaskKey, Task] = attrs.field(factory=dict)
     #: Orders waiting for the render's next (or held) heartbeat.
     orders: list[Order] = attrs.field(factory=list)
     #: The farm's work generation when a solve last found nothing for this render.

@@ -202,7 +202,6 @@ class TaskLife(FarmState):
             log.debug("stale finish of {key} run {run} from {render}", key=key, run=run,
                       render=render.name)
             return None
-        self._cancel_timer("reconnect", id(task))
         self._release(task)
         task.time_started, task.time_done = time_started, time_done
         min_run = task.block.spec.task_min_run_time
@@ -263,7 +262,7 @@ class TaskLife(FarmState):
 
     def _stop_task(self, task: Task, reason: str) -> None:
         """Order the render to kill a running task and forget it here."""
-        self._cancel_timer("reconnect", id(task))
+        self._stop_waiting(task)
         render = self.renders.get(task.render_id)
         if render is not None and render.online and task.key in render.tasks:
             self._order(render, KillOrder(*task.key, run=task.starts_count, reason=reason))
@@ -380,6 +379,9 @@ class TaskLife(FarmState):
         return render
 
     def _reattach(self, render: Render, running: Iterable[TaskRef]) -> None:
+        """The render says what it runs (finished runs it has not had acknowledged
+        included). A task of this render that it does not list is not there: the render
+        restarted, or the start order never reached it. It is ready again at once."""
         reported = set()
         for item in running:
             key, run = item.key, item.run
@@ -391,16 +393,21 @@ class TaskLife(FarmState):
             if (task is not None and task.state in ACTIVE and task.starts_count == run
                     and task.render_id == render.id):
                 if task.state is TaskState.WRC:
-                    self._cancel_timer("reconnect", id(task))
+                    self._stop_waiting(task)
                     self._occupy(render, task)
                     self._set_state(task, TaskState.RUN)
                     self._arm_time_limits(task)
             else:  # deleted, restarted or run elsewhere meanwhile
                 self._order(render, KillOrder(*key, run=run, reason="not wanted by the server"))
         for key, task in list(render.tasks.items()):
-            if key not in reported:  # the render lost it (it restarted): run it again
+            if key not in reported:
                 self._release(task)
                 self._set_state(task, TaskState.RDY)
+        for key, task in list(render.waiting.items()):
+            if key not in reported:
+                log.info("task {key} is not on {render} any more: ready again", key=key,
+                         render=render.name)
+                self._waited_in_vain(task)
 
     def render_seen(self, render: Render, resources: HostResources | None = None) -> None:
         """A render spoke; ``resources`` (CPU, memory, swap, disk, load) are shown, not trusted."""
@@ -420,25 +427,46 @@ class TaskLife(FarmState):
         if zombie:
             log.warn("render {render} is a zombie: silent past zombie_time", render=render.name)
         self._drop_pending_orders(render)
+        now = self.clock.seconds()
         for task in list(render.tasks.values()):
             self._release(task, keep_render=True)
+            task.time_lost = now
             self._set_state(task, TaskState.WRC)
-            self._timer("reconnect", id(task), self.settings.task_reconnect_timeout,
-                        self._reconnect_timeout, task)
+            self._wait_for_render(task, render)
         render.tasks.clear()
         render.capacity_used = 0
         log.info("render {render} offline", render=render.name)
         self.bus.publish(RenderLost(render, zombie))
 
+    def _wait_for_render(self, task: Task, render: Render) -> None:
+        """A WRC task waits task_reconnect_timeout from ``task.time_lost`` (which a
+        restart keeps, so the wait continues instead of starting again)."""
+        render.waiting[task.key] = task
+        deadline = task.time_lost + self.settings.task_reconnect_timeout
+        self._timer("reconnect", id(task), deadline - self.clock.seconds(), self._reconnect_timeout, task)
+
+    def _stop_waiting(self, task: Task) -> None:
+        self._cancel_timer("reconnect", id(task))
+        render = self.renders.get(task.render_id)
+        if render is not None and render.waiting.get(task.key) is task:
+            del render.waiting[task.key]
+        task.time_lost = 0.0
+
     def _reconnect_timeout(self, task: Task) -> None:
         if task.state is TaskState.WRC:
             log.info("task {key} did not come back with its render: ready again", key=task.key)
-            task.render_id = 0
-            self._set_state(task, TaskState.RDY)
-            self.request_solve()
+            self._waited_in_vain(task)
+
+    def _waited_in_vain(self, task: Task) -> None:
+        """A WRC task's render will not run it: ready again."""
+        self._stop_waiting(task)
+        task.render_id = 0
+        self._set_state(task, TaskState.RDY)
+        self.request_solve()
 
     def _drop_pending_orders(self, render: Render) -> None:
-        """Undelivered start orders never reached the render: those tasks are ready again."""
+        """Undelivered start orders never reached the render: those tasks are ready again.
+        Their run number stays used (it may be committed already): run numbers never repeat."""
         orders, render.orders = render.orders, []
         for order in orders:
             if isinstance(order, StartOrder):
@@ -448,6 +476,5 @@ class TaskLife(FarmState):
                     continue  # its job was deleted meanwhile
                 if task.state is TaskState.RUN and task.starts_count == order.run:
                     self._release(task)
-                    task.starts_count -= 1
                     self._set_state(task, TaskState.RDY)
 

@@ -14,8 +14,9 @@ import attrs
 
 from farmnet import errors
 from farmnet.config import SchedulingConfig
-from farmnet.convert import REGEX, ConversionError, in_range, one_of, structure
+from farmnet.convert import Check, ConversionError, in_range, one_of, structure
 from farmnet.model.data import Job
+from farmnet.model.masks import check_mask
 from farmnet.model.spec import BLOCK_SETTABLE, JOB_SETTABLE, MAX_PRIORITY, validate_changes
 
 JOB_ACTIONS = ("pause", "resume", "stop", "delete", "restart", "restart_errors", "restart_running",
@@ -26,6 +27,18 @@ RENDER_ACTIONS = ("nimby", "NIMBY", "free", "pause", "resume", "eject", "exit", 
 USER_ACTIONS = ("set", "delete")
 
 
+def _mask_problem(value: Any) -> str | None:
+    try:
+        check_mask(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+#: A string that must be a mask (an RE2 regular expression, as the scheduler matches them).
+MASK = Check(_mask_problem)
+
+
 @attrs.frozen
 class UserChanges:
     """What an admin may set on a user (``set``); None: not given."""
@@ -33,8 +46,8 @@ class UserChanges:
     priority: Annotated[int, in_range(0, MAX_PRIORITY)] | None = None
     max_running_tasks: int | None = None
     max_running_tasks_per_host: int | None = None
-    hosts_mask: Annotated[str, REGEX] | None = None
-    hosts_mask_exclude: Annotated[str, REGEX] | None = None
+    hosts_mask: Annotated[str, MASK] | None = None
+    hosts_mask_exclude: Annotated[str, MASK] | None = None
     errors_retries: int | None = None
     errors_avoid_host: int | None = None
     errors_task_same_host: int | None = None

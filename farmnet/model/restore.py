@@ -9,7 +9,7 @@ from typing import Any
 from farmnet.model.data import Job, Render, Task, TaskState, User
 from farmnet.model.policy import USER_SETTABLE
 from farmnet.model.spec import JobSpec
-from farmnet.model.state import FarmState, compile_mask
+from farmnet.model.state import FarmState
 
 
 class Restore(FarmState):
@@ -18,7 +18,7 @@ class Restore(FarmState):
         user.time_registered = time_registered
         for key, value in settings.items():
             if key in USER_SETTABLE:
-                setattr(user, key, compile_mask(value) if key.startswith("hosts_mask") else value)
+                setattr(user, key, self.masks.compile(value) if key.startswith("hosts_mask") else value)
         self.users[name] = user
         return user
 
@@ -33,11 +33,17 @@ class Restore(FarmState):
 
     def restore_task(self, task: Task, *, state: str, errors_count: int, starts_count: int,
                      progress: int, time_started: float, time_done: float, host: str,
-                     render_id: int, host_errors: Mapping[str, list[float]] | None) -> None:
-        """A task as stored. One that was running waits for its render (WRC)."""
+                     render_id: int, host_errors: Mapping[str, list[float]] | None,
+                     time_lost: float = 0.0) -> None:
+        """A task as stored. One that was running waits for its render (WRC), from now
+        on; one that was waiting already goes on waiting from ``time_lost``."""
         new = TaskState(state)
+        if new is TaskState.RUN or not time_lost:  # (a store from before time_lost: from now)
+            time_lost = self.clock.seconds()
         if new is TaskState.RUN:
             new = TaskState.WRC
+        if new is TaskState.WRC and render_id not in self.renders:
+            new = TaskState.RDY  # its render was deleted: nobody will report it
         block, job = task.block, task.block.job
         for counts in (block.counts, job.counts):
             counts[task.state] -= 1
@@ -52,6 +58,7 @@ class Restore(FarmState):
                 entry[0] += count
                 entry[1] = max(entry[1], when)
         task.render_id = render_id if new is TaskState.WRC else 0
+        task.time_lost = time_lost if new is TaskState.WRC else 0.0
 
     def restore_render(self, render_id: int, name: str, fields: Mapping[str, Any]) -> Render:
         render = Render(id=render_id, name=name, capacity=int(fields.get("capacity", 1100)),
@@ -79,8 +86,7 @@ class Restore(FarmState):
                     self._count_capacity(block.spec.capacity, +1)
                 for task in block.tasks:
                     if task.state is TaskState.WRC:
-                        self._timer("reconnect", id(task), self.settings.task_reconnect_timeout,
-                                    self._reconnect_timeout, task)
+                        self._wait_for_render(task, self.renders[task.render_id])
             if job.counts[TaskState.RDY]:
                 self._ready_jobs_add(job)
             self._schedule_time_wait(job)

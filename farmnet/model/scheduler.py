@@ -20,7 +20,6 @@ farm's work generation), so finished work and idle renders cost nothing.
 from __future__ import annotations
 
 import enum
-import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
@@ -28,6 +27,7 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IReactorTime
 
 from farmnet.model.data import Block, Job, Render, Task, TaskState, User
+from farmnet.model.masks import Mask, Masks
 
 #: Tasks of one block looked at per pick before giving up on it (task-level refusals).
 SCAN = 256
@@ -68,10 +68,10 @@ def _limit_reached(running: int, limit: int) -> bool:
     return limit >= 0 and running >= limit
 
 
-def _mask_refuses(name: str, mask: re.Pattern[str] | None, exclude: re.Pattern[str] | None) -> bool:
+def _mask_refuses(name: str, mask: Mask | None, exclude: Mask | None) -> bool:
     if mask is not None and not mask.fullmatch(name):
         return True
-    return exclude is not None and bool(exclude.fullmatch(name))
+    return exclude is not None and exclude.fullmatch(name)
 
 
 def _need(priority: int, resources: int) -> float:
@@ -88,6 +88,7 @@ class FarmView(Protocol):
     work_generation: int
     jobs_generation: int
     tickets_used: Counter[str]
+    masks: Masks
 
     @property
     def settings(self) -> Any: ...
@@ -218,7 +219,8 @@ class Scheduler:
         for mask, global_ in ((job.spec.depend_mask, False), (job.spec.depend_mask_global, True)):
             if not mask:
                 continue
-            pattern = re.compile(mask)
+            pattern = self.farm.masks.compile(mask)
+            assert pattern is not None
             names += [other.name for other in self.farm.jobs.values()
                       if other is not job and not other.done
                       and (global_ or other.user_name == job.user_name)

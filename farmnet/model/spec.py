@@ -22,6 +22,7 @@ import attrs
 
 from farmnet.convert import did_you_mean
 from farmnet.errors import JobSpecError
+from farmnet.model.masks import check_mask
 
 _FRAME_PATTERN = re.compile(r"@(#+)@")
 
@@ -206,12 +207,7 @@ def _bool(value: Any) -> bool:
 
 
 def _regex(value: Any) -> str:
-    text = _str(value)
-    try:
-        re.compile(text)
-    except re.error as e:
-        raise ValueError(f"invalid regular expression {text!r}: {e}") from None
-    return text
+    return check_mask(_str(value))
 
 
 def _environment(value: Any) -> dict[str, str]:

@@ -11,7 +11,6 @@ from the store (restore.py).
 from __future__ import annotations
 
 import bisect
-import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -24,14 +23,11 @@ from farmnet.config import SchedulingConfig
 from farmnet.messages import Order
 from farmnet.model.data import Block, Job, Render, Task, TaskKey, TaskState, User
 from farmnet.model.events import Bus, JobChanged, OrdersQueued, RenderChanged, TaskStateChanged
+from farmnet.model.masks import Masks
 from farmnet.model.scheduler import Scheduler
 from farmnet.model.spec import JobSpec
 
 log = Logger()
-
-
-def compile_mask(pattern: str) -> re.Pattern[str] | None:
-    return re.compile(pattern) if pattern else None
 
 
 class FarmState:
@@ -40,6 +36,8 @@ class FarmState:
         self.settings = settings or SchedulingConfig()
         #: Every change is published here once (farmnet.model.events).
         self.bus = Bus(on_error=self._subscriber_failed)
+        #: Every mask compiled once, matched in linear time, answers remembered.
+        self.masks = Masks()
         self.jobs: dict[int, Job] = {}
         self.users: dict[str, User] = {}
         self.renders: dict[int, Render] = {}
@@ -203,11 +201,11 @@ class FarmState:
                    serial: int, paused: bool) -> Job:
         """A job with all its tasks ready, registered in the farm (no events)."""
         job = Job(id=job_id, spec=spec, user_name=owner, priority=priority, time_creation=created,
-                  serial=serial, paused=paused, hosts_mask=compile_mask(spec.hosts_mask),
-                  hosts_mask_exclude=compile_mask(spec.hosts_mask_exclude))
+                  serial=serial, paused=paused, hosts_mask=self.masks.compile(spec.hosts_mask),
+                  hosts_mask_exclude=self.masks.compile(spec.hosts_mask_exclude))
         for number, bspec in enumerate(spec.blocks):
-            block = Block(job=job, number=number, spec=bspec, hosts_mask=compile_mask(bspec.hosts_mask),
-                          hosts_mask_exclude=compile_mask(bspec.hosts_mask_exclude))
+            block = Block(job=job, number=number, spec=bspec, hosts_mask=self.masks.compile(bspec.hosts_mask),
+                          hosts_mask_exclude=self.masks.compile(bspec.hosts_mask_exclude))
             count = bspec.tasks_count
             block.tasks = [Task(block, n) for n in range(count)]
             block.counts[TaskState.RDY] = count
@@ -225,7 +223,7 @@ class FarmState:
         for block in job.blocks:
             for attr, mask in (("depends_on", block.spec.depend_mask),
                                ("tasks_depend_on", block.spec.tasks_depend_mask)):
-                pattern = compile_mask(mask)
+                pattern = self.masks.compile(mask)
                 matched = [b for b in job.blocks
                            if pattern is not None and b is not block and pattern.fullmatch(b.name)]
                 setattr(block, attr, matched)

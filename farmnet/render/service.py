@@ -203,7 +203,10 @@ class RenderService(service.MultiService):
             if proto is not None and not proto.lost and not self._stopping:
                 await self._close(proto)  # a session ends with our close: the next one reconnects
             if self.client.running and not self._stopping:
-                await deferLater(self.reactor, max(pause, self._quiet_until - self.reactor.seconds()))
+                try:
+                    await deferLater(self.reactor, max(pause, self._quiet_until - self.reactor.seconds()))
+                except defer.CancelledError:  # stopped while pausing before a reconnect
+                    return
 
     async def _session(self, proto: ServerConnection) -> None:
         await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render",
@@ -287,7 +290,14 @@ class RenderService(service.MultiService):
 
     def _start(self, order: StartOrder) -> None:
         key = order.key
-        if key in self.tasks:
+        old = self.tasks.get(key)
+        if old is not None and old.exit is not None and old.run < order.run:
+            # The server starts a newer run: it has closed the old one, whose report
+            # (still unacknowledged) it would only find stale.
+            log.info("task {key} run {run} is over for the server; starting run {new}", key=key,
+                     run=old.run, new=order.run)
+            del self.tasks[key]
+        elif old is not None:
             log.warn("task {key} is already here; start ignored", key=key)
             return
         fields = unstructure(order, StartOrder)

@@ -63,21 +63,32 @@ USER_KINDS = frozenset({"tool", "monitor"})
 
 
 class HeldAnswer:
-    """A Deferred answered early by `fire`, or with ``timeout_value`` after ``hold`` s."""
+    """A Deferred answered early by `fire`, or with ``timeout_value`` after ``hold`` s.
+    `reserve` keeps it for an answer on its way (orders waiting for their commit)."""
 
     def __init__(self, clock: IReactorTime, hold: float, timeout_value: Callable[[], Any]) -> None:
         self.deferred: defer.Deferred[Any] = defer.Deferred()
         self._timeout_value = timeout_value
         self._call: IDelayedCall | None = clock.callLater(hold, self._timeout)
+        self._reserved = False
 
     @property
     def waiting(self) -> bool:
+        """Still free to be answered (neither answered nor reserved)."""
         return self._call is not None
 
-    def fire(self, value: Any) -> None:
+    def reserve(self) -> None:
+        """This answer is taken: only `fire` answers it now, the hold time does not."""
         if self._call is not None:
             self._call.cancel()
             self._call = None
+            self._reserved = True
+
+    def fire(self, value: Any) -> None:
+        if self._call is not None or self._reserved:
+            if self._call is not None:
+                self._call.cancel()
+            self._call, self._reserved = None, False
             self.deferred.callback(value)
 
     def _timeout(self) -> None:
@@ -88,7 +99,7 @@ class HeldAnswer:
         """The connection is gone: nobody will read the answer."""
         if self._call is not None:
             self._call.cancel()
-            self._call = None
+        self._call, self._reserved = None, False
 
 
 class MalformedBox(Exception):
@@ -157,7 +168,15 @@ class FarmServer:
             return
         held = conn.held_heartbeat
         if held is not None and held.waiting:
-            held.fire({"orders": self.farm.take_orders(render)})  # `answered` clears it
+            held.reserve()
+            self._committed_orders(render).addCallback(held.fire)  # `answered` clears it
+
+    def _committed_orders(self, render: Render) -> defer.Deferred[dict[str, Any]]:
+        """Take the render's orders; the answer carrying them fires once the changes
+        they act on are committed (a start order leaves only after its run is on disk).
+        Every answer of a reactor turn waits for the same commit (group commit)."""
+        orders = self.farm.take_orders(render)
+        return self.durable().addCallback(lambda _: {"orders": orders})
 
     def _task_changed(self, event: TaskStateChanged) -> None:
         task = event.task
@@ -174,11 +193,11 @@ class FarmServer:
             registry.heartbeat_answered(conn)
             return {"orders": [_close_order(conn.close_order, conn.close_reason)]}
         old = conn.held_heartbeat
-        if old is not None:  # a render sends one heartbeat at a time; answer a leftover
-            old.fire({"orders": []})
+        if old is not None and old.waiting:  # one heartbeat at a time; answer a leftover
+            old.fire({"orders": []})  # (a reserved one keeps its orders)
         if render.orders:
             registry.heartbeat_answered(conn)
-            return {"orders": self.farm.take_orders(render)}
+            return self._committed_orders(render)
         held = HeldAnswer(self.reactor, self.heartbeat_hold, _no_orders)
         registry.heartbeat_held(conn, held)
 
@@ -528,7 +547,7 @@ class ServerProtocol(FarmAMP):
         return {}
 
     @c.TaskFinished.responder
-    def task_finished(self, render_id: int, job_id: int, block: int, task: int, run: int,
+    async def task_finished(self, render_id: int, job_id: int, block: int, task: int, run: int,
                       time_started: float, time_done: float, message: str,
                       exit_code: int | None = None, signal: int | None = None,
                       resources: RunResources | None = None) -> dict[str, Any]:
@@ -540,6 +559,9 @@ class ServerProtocol(FarmAMP):
                                 time_started=time_started, time_done=time_done, message=message,
                                 peak_memory_mb=resources.peak_memory_mb if resources is not None else None)
         self.server.outputs.close(key, run)
+        # Acknowledged once committed: the render forgets the run only when a restarted
+        # server cannot think it still runs. A repeated report is acknowledged the same way.
+        await self.server.durable()
         return {}
 
     # --- tools -------------------------------------------------------------------------

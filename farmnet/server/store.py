@@ -7,7 +7,9 @@ from "ready": a 100,000-task submit is one row.
 
 Durability: a submit and a delete are acknowledged only after their transaction is
 committed (`sync`); task changes are collected on the reactor (the latest state of each
-task wins) and written behind in batches every `flush_interval`, off the reactor thread.
+task wins) and written behind in batches every `flush_interval`, off the reactor thread,
+or at once when someone waits on `sync`: start orders and finish acknowledgements wait for
+it (doc/architecture.md, the ordering rules), all of a reactor turn in one transaction.
 WAL with ``synchronous=FULL``: a kill -9 at any instant leaves a store that opens, with
 every acknowledged submit and delete in it.
 """
@@ -31,6 +33,7 @@ from farmnet.model.data import Job, Render, Task, TaskState, User
 from farmnet.model.farm import Farm
 from farmnet.model.spec import job_to_document, parse_job
 from farmnet.server.monitors import EventLog
+from farmnet.server.storecheck import Guard, Quarantine, StoreRefused, damaged
 
 log = Logger()
 
@@ -61,9 +64,11 @@ _RENDER_FIELDS = ("capacity", "max_tasks", "owner", "nimby", "NIMBY", "paused", 
 
 
 def _task_row(t: Task) -> tuple[Any, ...]:
+    """A task's row. A WRC task has no time_done yet: the column holds its time_lost."""
     b = t.block
+    time_done = t.time_lost if t.state is TaskState.WRC else t.time_done
     return (b.job.id, b.number, t.number, t.state.value, t.errors_count, t.starts_count, t.progress,
-            t.time_started, t.time_done, t.host, t.render_id,
+            t.time_started, time_done, t.host, t.render_id,
             json.dumps(t.host_errors) if t.host_errors else None)
 
 
@@ -94,9 +99,13 @@ class Store(service.Service):
     """Loads the farm at start, then follows it as one of its observers."""
 
     def __init__(self, reactor: Any, path: str | Path, farm: Farm, flush_interval: float = 0.2,
-                 events: EventLog | None = None) -> None:
+                 events: EventLog | None = None, readonly: bool = False) -> None:
         self.reactor = reactor
         self.path = Path(path)
+        #: Checks at open, and the generation every commit makes (farmnet.server.storecheck);
+        #: read-only: `farmnet store check` (nothing is written, not even the quarantine).
+        self.guard = Guard(self.path, readonly=readonly)
+        #: The server holds the store's lock (a restore or a second server is refused).
         self.farm = farm
         #: The monitors' event log, whose sequence number survives a restart.
         self.events = events
@@ -120,62 +129,118 @@ class Store(service.Service):
         self._loop.clock = reactor
         #: Seconds the oldest unwritten change has waited (for the statistics line).
         self.lag = 0.0
+        #: What the last load could not load (moved to the quarantine table), with why.
+        self.quarantined: list[str] = []
         self._oldest_change = 0.0
         self.writes = 0
 
     # --- opening and loading -----------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        """Open and check the store; `StoreRefused` (one line: the file, what to do) when
+        it is missing, emptied, damaged, another store, or has lost transactions."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(SCHEMA)
-        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path}: store schema {row[0]} is newer than this farmnet "
-                               f"({SCHEMA_VERSION}); upgrade farmnet")
+        try:
+            self.guard.before_open()
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except BaseException:
+            self.close()
+            raise
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None and not self.guard.readonly:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif row is not None and int(row[0]) > SCHEMA_VERSION:
+                raise StoreRefused(f"{self.path}: store schema {row[0]} is newer than this farmnet "
+                                   f"({SCHEMA_VERSION}); upgrade farmnet")
+            self.guard.after_open(db)
+        except BaseException as e:
+            db.close()
+            self.close()
+            if isinstance(e, sqlite3.DatabaseError):
+                raise damaged(self.path, e) from None
+            raise
         return db
 
     def load(self) -> dict[str, int]:
         """Read the whole state into the farm (before anything connects)."""
         started = time.monotonic()
         db = self._db = self._connect()
-        farm = self.farm
-        for name, registered, settings in db.execute("SELECT name, time_registered, settings FROM users"):
-            farm.restore_user(name, registered, json.loads(settings))
-        for render_id, name, fields in db.execute("SELECT id, name, fields FROM renders"):
-            farm.restore_render(render_id, name, json.loads(fields))
+        try:
+            jobs, tasks, quarantine = self._load_rows(db)
+            if not self.guard.readonly:
+                quarantine.move(db)
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise damaged(self.path, e) from None
+        self.farm.restore_finished()
+        log.info("store {path} loaded: {jobs} jobs, {tasks} stored tasks, generation {generation}, "
+                 "{quarantined} rows quarantined, in {seconds:.2f} s", path=str(self.path), jobs=jobs,
+                 tasks=tasks, generation=self.guard.generation, quarantined=len(quarantine.rows),
+                 seconds=time.monotonic() - started)
+        self.quarantined = [f"{item}: {reason}" for _, item, _, _, reason, _ in quarantine.rows]
+        return {"jobs": jobs, "tasks": tasks, "quarantined": len(quarantine.rows)}
+
+    def _load_rows(self, db: sqlite3.Connection) -> tuple[int, int, Quarantine]:
+        """Every row into the farm; a row that cannot be loaded is quarantined, by name."""
+        farm, quarantine = self.farm, Quarantine(self.path)
+        for row in db.execute("SELECT name, time_registered, settings FROM users").fetchall():
+            try:
+                farm.restore_user(row[0], row[1], json.loads(row[2]))
+            except Exception as e:
+                quarantine.add("users", f"user {row[0]!r}", "name=?", (row[0],), e, row)
+        for row in db.execute("SELECT id, name, fields FROM renders").fetchall():
+            try:
+                farm.restore_render(row[0], row[1], json.loads(row[2]))
+            except Exception as e:
+                quarantine.add("renders", f"render {row[0]} {row[1]!r}", "id=?", (row[0],), e, row)
         jobs = 0
         for row in db.execute("SELECT id, user_name, priority, paused, time_creation, time_started, "
-                              "time_done, serial, spec FROM jobs ORDER BY id"):
+                              "time_done, serial, spec FROM jobs ORDER BY id").fetchall():
             job_id, user, priority, paused, created, started_at, done, serial, spec_text = row
-            spec, _ = parse_job(json.loads(spec_text))
-            job = farm.restore_job(job_id, spec, user_name=user, priority=priority, paused=bool(paused),
-                                   time_creation=created, time_started=started_at, time_done=done,
-                                   serial=serial)
+            try:
+                spec, _ = parse_job(json.loads(spec_text))
+                job = farm.restore_job(job_id, spec, user_name=user, priority=priority, paused=bool(paused),
+                                       time_creation=created, time_started=started_at, time_done=done,
+                                       serial=serial)
+            except Exception as e:
+                quarantine.add("jobs", f"job {job_id} of {user!r}", "id=?", (job_id,), e, row)
+                continue
             self._spec_written[job_id] = job.spec
             jobs += 1
         tasks = 0
+        quarantined_jobs = {key[0] for table, _, _, key, _, _ in quarantine.rows if table == "jobs"}
         for row in db.execute("SELECT * FROM tasks"):
             job_id, block, number, state, errs, starts, progress, t0, t1, host, render_id, herr = row
             job = farm.jobs.get(job_id)
             if job is None or block >= len(job.blocks) or number >= len(job.blocks[block].tasks):
-                continue  # left over from a job deleted in the same batch
-            farm.restore_task(job.blocks[block].tasks[number], state=state, errors_count=errs,
-                              starts_count=starts, progress=progress, time_started=t0, time_done=t1,
-                              host=host, render_id=render_id,
-                              host_errors=json.loads(herr) if herr else None)
+                continue  # left over from a job deleted in the same batch (or quarantined)
+            waiting = state == TaskState.WRC.value
+            task = job.blocks[block].tasks[number]
+            try:
+                farm.restore_task(task, state=state, errors_count=errs, starts_count=starts,
+                                  progress=progress, time_started=t0, time_done=0.0 if waiting else t1,
+                                  host=host, render_id=render_id,
+                                  host_errors=json.loads(herr) if herr else None,
+                                  time_lost=t1 if waiting else 0.0)
+            except Exception as e:
+                if job_id not in quarantined_jobs:
+                    quarantine.add("tasks", f"job {job_id} block {block} task {number}",
+                                   "job_id=? AND block=? AND task=?", (job_id, block, number), e, row)
+                continue
+            if task.state.value != state:  # RUN is WRC now, since this start: kept so
+                self._dirty_tasks[id(task)] = task  # that the next restart continues the wait
             tasks += 1
         last = db.execute("SELECT value FROM meta WHERE key='event_seq'").fetchone()
         if last is not None and self.events is not None:
-            self.events.last = int(last[0])
-        farm.restore_finished()
-        log.info("store {path} loaded: {jobs} jobs, {tasks} stored tasks in {seconds:.2f} s",
-                 path=str(self.path), jobs=jobs, tasks=tasks, seconds=time.monotonic() - started)
-        return {"jobs": jobs, "tasks": tasks}
+            try:
+                self.events.last = int(last[0])
+            except ValueError as e:
+                quarantine.add("meta", "the monitors' event sequence", "key=?", ("event_seq",), e, last)
+        return jobs, tasks, quarantine
 
     # --- following the farm --------------------------------------------------------------
 
@@ -343,10 +408,12 @@ class Store(service.Service):
                 db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
                 db.execute("DELETE FROM tasks WHERE job_id=?", (job_id,))
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
+            self.guard.stamp(db)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self.guard.committed()
 
     def _written(self, _: None, waiters: list[defer.Deferred[None]]) -> None:
         self._writing = None
@@ -394,9 +461,9 @@ class Store(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self._pool.start()
         if self._db is None:
-            self.load()
+            self.load()  # before the thread starts: a refused store leaves no thread running
+        self._pool.start()
         self.follow()
         self._loop.start(self.flush_interval, now=False)
 

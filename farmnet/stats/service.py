@@ -42,6 +42,8 @@ QUERY_TIMEOUT = 60
 STOP_TIMEOUT = 5.0
 #: Seconds between trims of the batch ledger (also trimmed at each connection).
 LEDGER_TRIM_INTERVAL = 6 * 3600.0
+#: Seconds between checks, while the writer is disconnected, that the embedded PostgreSQL runs.
+EMBEDDED_CHECK_INTERVAL = 10.0
 
 
 class StatsService(service.Service):
@@ -54,6 +56,9 @@ class StatsService(service.Service):
         self.farm = farm
         self.recorder = Recorder(reactor, full_rows=config.batch_rows)
         self.embedded: EmbeddedPostgres | None = None
+        #: Seconds between checks that the embedded PostgreSQL still runs (while disconnected).
+        self.embedded_check_interval = EMBEDDED_CHECK_INTERVAL
+        self._watch: task.LoopingCall | None = None
         self.dsn = config.dsn
         #: The writer's connection, and the web site's (so a long query never holds writes).
         self.db: Database | None = None
@@ -150,7 +155,27 @@ class StatsService(service.Service):
         self._trim = task.LoopingCall(lambda: defer.ensureDeferred(self._trim_ledger()))
         self._trim.clock = self.reactor
         self._trim.start(LEDGER_TRIM_INTERVAL, now=False)
+        if self.embedded is not None:
+            self._watch = task.LoopingCall(lambda: defer.ensureDeferred(self._keep_embedded_up()))
+            self._watch.clock = self.reactor
+            self._watch.start(self.embedded_check_interval, now=False)
         await self.db.start()
+
+    async def _keep_embedded_up(self) -> None:
+        """The embedded PostgreSQL is this server's: if it went away under us (killed, the
+        machine's OOM killer, a stray pg_ctl stop), start it again; the writer reconnects and
+        sends what the spool kept meanwhile."""
+        embedded = self.embedded
+        if embedded is None or not self.running or (self.db is not None and self.db.ready):
+            return
+        try:
+            if await embedded.cluster.is_running(self.reactor):
+                return
+            log.warn("statistics: the embedded PostgreSQL in {datadir} is gone; starting it again",
+                     datadir=str(embedded.cluster.datadir))
+            await embedded.start(self.reactor)
+        except Exception as e:
+            log.error("statistics: starting the embedded PostgreSQL again failed: {error}", error=e)
 
     async def _trim_ledger(self) -> None:
         if self.db is not None and self.db.ready:
@@ -200,6 +225,8 @@ class StatsService(service.Service):
             self._starting = None
         if self._trim is not None and self._trim.running:
             self._trim.stop()
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
         try:
             await self._stop_writing()
         except Exception:
