@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Annotated, Any, TypeVar, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import attrs
 import cattrs
@@ -41,7 +42,8 @@ from cattrs.errors import (
     IterableValidationError,
     IterableValidationNote,
 )
-from cattrs.gen import make_dict_structure_fn
+from cattrs.fns import identity
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.strategies import configure_tagged_union
 
 from farmnet import messages
@@ -170,7 +172,48 @@ def _make() -> cattrs.Converter:
         return union_hook(value, cls)
 
     conv.register_structure_hook(messages.Order, structure_order)
+    _listing_hooks(conv)
+    configure_tagged_union(messages.Event, conv, tag_generator=_kind, tag_name="kind")
     return conv
+
+
+def _listing_hooks(conv: cattrs.Converter) -> None:
+    """Listings and events are hot (10,000 jobs in one answer, an event per task state
+    change): their unstructuring functions are compiled here, once, and write a field that is
+    JSON already (numbers, strings, Any, lists and mappings of them) as it is, not copied: the
+    views build every record afresh. A list of attrs objects is a list comprehension (cattrs'
+    default feeds a generator to ``list``). An event's ``kind``, a field __init__ does not
+    take, is written; on the way in it picks the class."""
+
+    def list_of_objects(cls: Any) -> Any:
+        hook = conv.get_unstructure_hook(get_args(cls)[0])
+
+        def unstructure_list(rows: Any) -> list[Any]:
+            return [hook(row) for row in rows]
+
+        return unstructure_list
+
+    def is_list_of_objects(cls: Any) -> bool:
+        return get_origin(cls) is list and len(get_args(cls)) == 1 and attrs.has(get_args(cls)[0])
+
+    conv.register_unstructure_hook_factory(is_list_of_objects, list_of_objects)
+    for cls in (*messages.RECORD_CLASSES, *messages.EVENT_CLASSES):
+        attrs.resolve_types(cls)
+        same = {f.name: override(unstruct_hook=identity) for f in attrs.fields(cls) if _json_ready(f.type)}
+        hook = make_dict_unstructure_fn(cls, conv, _cattrs_include_init_false=True, **same)
+        conv.register_unstructure_hook(cls, hook)
+
+
+def _json_ready(cls: Any) -> bool:
+    if cls in (int, float, str, bool, type(None), Any) or get_origin(cls) is Literal:
+        return True
+    if get_origin(cls) in (list, tuple, dict, UnionType, Union):
+        return all(_json_ready(arg) for arg in get_args(cls) if arg is not Ellipsis)
+    return False
+
+
+def _kind(cls: Any) -> str:
+    return attrs.fields(cls).kind.default
 
 
 def _with_checks(conv: cattrs.Converter, cls: Any) -> Any:

@@ -1,9 +1,15 @@
-"""What crosses the wire besides plain AMP arguments: orders, running tasks, resources.
+"""What crosses the wire besides plain AMP arguments: orders, running tasks, resources,
+listings and monitor events.
 
 Frozen attrs classes, turned into JSON and back by the one converter of `farmnet.convert`
 (the AMP argument `farmnet.protocol.arguments.Typed` does it on both ends), so the server and
 the render read the same fields and a peer that sends something else gets a clear error
 naming the key. The JSON keys are those of protocol 1.
+
+Listings (`JobRecord`, `JobDetail` with its `BlockRecord`s, `TaskRecord`, `RenderRecord`,
+`UserRecord`) and monitor events (`Event`) are snapshots the farm's views and its event log
+build; their field order is the JSON's key order, so the bytes are those protocol 1 peers,
+the web's JavaScript and users' scripts read.
 
 An order is one of the classes of `Order`; on the wire it is a mapping whose ``"order"`` key
 names the kind (``{"order": "kill", "job_id": 3, ...}``): the class's ``order`` class
@@ -12,7 +18,7 @@ variable.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import attrs
 
@@ -131,7 +137,268 @@ class RunResources:
     peak_memory_mb: int | None = None
 
 
+
+
+# --- listings ------------------------------------------------------------------------------
+# Slotted and mutable (a listing of 10,000 jobs builds 10,000 of them: a frozen class's
+# __init__ costs twice as much); nothing changes one after it is built.
+
+
+@attrs.define
+class JobRecord:
+    """A job in a listing (`list_jobs`, the ``job`` event). ``state`` is the shown state
+    (WD while a depend mask waits); ``counts`` has the task states with at least one task."""
+
+    id: int
+    name: str
+    user_name: str
+    priority: int
+    state: str
+    paused: bool
+    tasks: int
+    counts: dict[str, int]
+    progress: int
+    time_creation: float
+    time_started: float
+    time_done: float
+    blocks: int
+    annotation: str
+
+
+@attrs.define
+class BlockRecord:
+    """A block of a `JobDetail`; ``avoided_hosts`` are the renders its errors avoid."""
+
+    block: int
+    name: str
+    service: str
+    capacity: int
+    tasks: int
+    numeric: bool
+    counts: dict[str, int]
+    progress: int
+    command: str
+    depend_mask: str
+    tasks_depend_mask: str
+    avoided_hosts: list[str]
+    state: str
+
+
+@attrs.define
+class JobDetail:
+    """One job with its blocks and settings (`show_job`): a `JobRecord`'s keys, ``blocks``
+    as the list of `BlockRecord`, then the job's settings."""
+
+    id: int
+    name: str
+    user_name: str
+    priority: int
+    state: str
+    paused: bool
+    tasks: int
+    counts: dict[str, int]
+    progress: int
+    time_creation: float
+    time_started: float
+    time_done: float
+    blocks: list[BlockRecord]
+    annotation: str
+    depend_mask: str
+    depend_mask_global: str
+    command_pre: str
+    command_post: str
+    max_running_tasks: int
+    max_running_tasks_per_host: int
+    hosts_mask: str
+    hosts_mask_exclude: str
+    time_wait: int
+    time_life: int
+    host_name: str
+    description: str
+    project: str
+    department: str
+    custom_data: dict[str, Any]
+
+
+@attrs.define
+class TaskRecord:
+    """A task in a listing (`list_tasks`, tasks show); times of its last run."""
+
+    job_id: int
+    block: int
+    task: int
+    name: str
+    state: str
+    progress: int
+    errors_count: int
+    starts_count: int
+    host: str
+    time_started: float
+    time_done: float
+
+
+@attrs.define
+class RenderError:
+    """One recent error on a render (its ``error_history``)."""
+
+    time: float
+    job_id: int
+    block: int
+    task: int
+    user: str
+
+
+@attrs.define
+class RenderRecord:
+    """A render in a listing (`list_renders`, the ``render`` event). ``tasks`` are the keys
+    (job id, block, task) it runs; ``resources`` what it last reported (`HostResources`'
+    keys, ``{}`` before its first heartbeat)."""
+
+    id: int
+    name: str
+    state: str
+    online: bool
+    capacity: int
+    capacity_used: int
+    max_tasks: int
+    services: list[str]
+    services_disabled: list[str]
+    platform: str
+    cpus: int
+    memory_mb: int
+    tasks: list[tuple[int, int, int]]
+    time_seen: float
+    owner: str
+    nimby: bool
+    NIMBY: bool
+    paused: bool
+    sick: bool
+    tickets_used: dict[str, int]
+    errors_in_row: int
+    macs: list[str]
+    wol: str
+    resources: dict[str, Any]
+    error_history: list[RenderError]
+
+
+@attrs.define
+class UserRecord:
+    """A user in a listing (`list_users`, the ``user`` event); masks as patterns, "" for none."""
+
+    name: str
+    jobs: int
+    running: int
+    running_capacity: int
+    priority: int
+    max_running_tasks: int
+    max_running_tasks_per_host: int
+    hosts_mask: str
+    hosts_mask_exclude: str
+    errors_retries: int
+    errors_avoid_host: int
+    errors_task_same_host: int
+    errors_forgive_time: int
+    jobs_solving: str
+    custom_data: dict[str, Any]
+    time_registered: float
+
+
+# --- monitor events ------------------------------------------------------------------------
+# ``seq`` (the event log's sequence number) and ``kind`` come first on the wire: ``kind`` is a
+# field that is not an argument of __init__, so each class has its one kind.
+
+
+@attrs.define
+class TaskEvent:
+    """A task changed state."""
+
+    seq: int
+    kind: Literal["task"] = attrs.field(default="task", init=False)
+    job_id: int
+    block: int
+    task: int
+    state: str
+    host: str
+    errors_count: int
+
+
+@attrs.define
+class ProgressEvent:
+    """A running task reported a new progress percentage."""
+
+    seq: int
+    kind: Literal["progress"] = attrs.field(default="progress", init=False)
+    job_id: int
+    block: int
+    task: int
+    progress: int
+
+
+@attrs.define
+class JobEvent:
+    """A job was submitted or changed (settings, flags, counters, state)."""
+
+    seq: int
+    kind: Literal["job"] = attrs.field(default="job", init=False)
+    job: JobRecord
+
+
+@attrs.define
+class JobDeletedEvent:
+    seq: int
+    kind: Literal["job_deleted"] = attrs.field(default="job_deleted", init=False)
+    job_id: int
+
+
+@attrs.define
+class UserEvent:
+    """A user was created (by its first job) or changed."""
+
+    seq: int
+    kind: Literal["user"] = attrs.field(default="user", init=False)
+    user: UserRecord
+
+
+@attrs.define
+class UserDeletedEvent:
+    seq: int
+    kind: Literal["user_deleted"] = attrs.field(default="user_deleted", init=False)
+    name: str
+
+
+@attrs.define
+class RenderEvent:
+    """A render registered, changed, fell sick or went offline."""
+
+    seq: int
+    kind: Literal["render"] = attrs.field(default="render", init=False)
+    render: RenderRecord
+
+
+@attrs.define
+class RenderZombieEvent:
+    """A render went silent past zombie_time (a ``render`` event follows)."""
+
+    seq: int
+    kind: Literal["render_zombie"] = attrs.field(default="render_zombie", init=False)
+    name: str
+
+
+@attrs.define
+class RenderDeletedEvent:
+    seq: int
+    kind: Literal["render_deleted"] = attrs.field(default="render_deleted", init=False)
+    name: str
+
+
+Event = (TaskEvent | ProgressEvent | JobEvent | JobDeletedEvent | UserEvent | UserDeletedEvent | RenderEvent
+         | RenderZombieEvent | RenderDeletedEvent)
+EVENT_CLASSES: tuple[type, ...] = (TaskEvent, ProgressEvent, JobEvent, JobDeletedEvent, UserEvent,
+                                   UserDeletedEvent, RenderEvent, RenderZombieEvent, RenderDeletedEvent)
+RECORD_CLASSES: tuple[type, ...] = (JobRecord, BlockRecord, JobDetail, TaskRecord, RenderError, RenderRecord,
+                                    UserRecord)
+
 #: Classes whose unknown keys are ignored: a render's reports (a newer render may measure
-#: more). Orders are checked for unknown keys, like user input: a key a render does not
-#: know is something it would fail to obey.
-LENIENT: tuple[type, ...] = (TaskRef, HostResources, RunResources)
+#: more), listings and events (a newer server may show more). Orders are checked for unknown
+#: keys, like user input: a key a render does not know is something it would fail to obey.
+LENIENT: tuple[type, ...] = (TaskRef, HostResources, RunResources, *RECORD_CLASSES, *EVENT_CLASSES)

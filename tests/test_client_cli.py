@@ -345,12 +345,12 @@ class ClientTests(ServerTestCase):
         job_id, _ = await client.submit(hello_job(frames=1))
         waiting = defer.ensureDeferred(client.wait(job_id))
         await sleep(0.1)
-        emit, self.server.events.emit = self.server.events.emit, lambda kind, **data: None
+        add, self.server.events.add = self.server.events.add, lambda event: None
         try:
             await self.run_tasks(self.render())
             job = await waiting
         finally:
-            self.server.events.emit = emit  # type: ignore[method-assign]
+            self.server.events.add = add  # type: ignore[method-assign]
         self.assertEqual(job["state"], "DON")
 
     async def test_unreachable_server(self) -> None:

@@ -308,9 +308,9 @@ class ActionTests(FarmTestCase):
         self.submit(frames=1)
         [order] = self.orders(render)
         self.finish(render, order)
-        kinds = [e["kind"] for e in self.events.since(0)[0]]
+        kinds = [e.kind for e in self.events.since(0)[0]]
         self.assertIn("job", kinds)
-        self.assertEqual([e["state"] for e in self.events.since(0)[0] if e["kind"] == "task"],
+        self.assertEqual([e.state for e in self.events.since(0)[0] if e.kind == "task"],
                          ["RUN", "DON"])
 
 
@@ -322,6 +322,6 @@ class ListingTests(FarmTestCase):
         job = self.farm.submit(spec, "anna")
         page, total = self.farm.list_tasks(job.id, None, 3, 4)
         self.assertEqual(total, 10)
-        self.assertEqual([(t["block"], t["name"]) for t in page],
+        self.assertEqual([(t.block, t.name) for t in page],
                          [(0, "frame 4"), (0, "frame 5"), (1, "t0"), (1, "t1")])
         self.assertRaises(errors.UnknownTask, self.farm.list_tasks, job.id, 7, 0, 10)

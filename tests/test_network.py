@@ -333,7 +333,7 @@ class ZombieTests(NetworkCase):
         silent_for = reactor.seconds() - answered
         self.assertGreaterEqual(silent_for, 0.6)
         self.assertLess(silent_for, 0.6 + 1.0)  # one sweep (zombie_time / 4) of slack, and some
-        kinds = [e["kind"] for e in self.server.events.since(0)[0]]
+        kinds = [e.kind for e in self.server.events.since(0)[0]]
         self.assertIn("render_zombie", kinds)
         self.assertEqual(self.server.registry.zombies, 1)
         await silent.gone  # nothing held to answer: reset after close_wait

@@ -105,12 +105,12 @@ def apply(farm: Farm, clock: Clock, step: tuple[Any, ...]) -> None:
 def views(farm: Farm) -> dict[str, Any]:
     """Everything a user can see of the farm."""
     return {
-        "jobs": sorted(farm.list_jobs(), key=lambda j: j["id"]),
+        "jobs": sorted(farm.list_jobs(), key=lambda j: j.id),
         "shown": {j: farm.show_job(j) for j in farm.jobs},
         "tasks": {j: farm.list_tasks(j, None, 0, 1 << 30) for j in farm.jobs},
         "why": {j: farm.explain(j) for j in farm.jobs},
-        "renders": sorted(farm.list_renders(), key=lambda r: r["name"]),
-        "users": sorted(farm.list_users(), key=lambda u: u["name"]),
+        "renders": sorted(farm.list_renders(), key=lambda r: r.name),
+        "users": sorted(farm.list_users(), key=lambda u: u.name),
         "counts": farm.counts(),
     }
 

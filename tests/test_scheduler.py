@@ -15,6 +15,7 @@ from farmnet.model.events import RenderSick
 from farmnet.model.farm import Farm
 from farmnet.model.scheduler import Why
 from farmnet.model.spec import parse_job
+from farmnet.model.views import render_errors
 
 
 def block(name: str = "b", frames: int = 10, **kw: Any) -> dict[str, Any]:
@@ -151,7 +152,7 @@ class DependencyTests(SchedulerTestCase):
         job = self.job(blocks=[block("render", frames=2), block("stitch", frames=1, depend_mask="render")])
         renders = self.renders(3, capacity=1000)
         self.assertEqual(job.blocks[1].counts[TaskState.RUN], 0)
-        self.assertEqual(self.farm.show_job(job.id)["blocks"][1]["state"], "WD")
+        self.assertEqual(self.farm.show_job(job.id).blocks[1].state, "WD")
         self.finish_all(renders)
         self.assertEqual(job.blocks[1].counts[TaskState.RUN], 1)
 
@@ -271,13 +272,13 @@ class ErrorRuleTests(SchedulerTestCase):
         self.clock.advance(0)
         [order] = self.orders(bad)
         self.assertEqual(order.block, 1)
-        self.assertEqual(self.farm.show_job(job.id)["blocks"][0]["avoided_hosts"], ["bad"])
-        self.assertEqual(self.farm.show_job(job.id)["blocks"][1]["avoided_hosts"], [])
+        self.assertEqual(self.farm.show_job(job.id).blocks[0].avoided_hosts, ["bad"])
+        self.assertEqual(self.farm.show_job(job.id).blocks[1].avoided_hosts, [])
 
         with self.assertRaises(errors.PermissionDenied):  # a render's errors are the admins' business
             self.farm.render_action("anna", ["bad"], "reset_error_hosts")
         self.farm.render_action("root", ["bad"], "reset_error_hosts")
-        self.assertEqual([b["avoided_hosts"] for b in self.farm.show_job(job.id)["blocks"]], [[], []])
+        self.assertEqual([b.avoided_hosts for b in self.farm.show_job(job.id).blocks], [[], []])
         self.assertTrue(all(t.host_errors is None for b in job.blocks for t in b.tasks))
 
     def test_task_avoids_its_failing_host(self) -> None:
@@ -312,7 +313,7 @@ class ErrorRuleTests(SchedulerTestCase):
             self.finish(render, order, exit_code=1)
         self.assertEqual((render.sick, sick), (True, ["r"]))
         self.assertEqual(self.orders(render), [])
-        self.assertEqual([e["job_id"] for e in render.to_dict()["error_history"]], [1, 2])
+        self.assertEqual([e.job_id for e in render_errors(render)], [1, 2])
         self.assertRaises(errors.PermissionDenied, self.farm.render_action, "anna", ["r"], "heal")
         self.farm.render_action("root", ["r"], "heal")
         self.clock.advance(0)

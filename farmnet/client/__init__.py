@@ -6,6 +6,11 @@ the farm's declared errors (`farmnet.errors`) arrive as their own classes. Failu
 this side of the wire (cannot connect, no answer in time, bad spec file) are
 `ClientError`s, so a caller can tell "the server said no" from "the server is not there".
 
+Listings and events come as the plain JSON the server sends (dicts and lists): their keys
+are the fields of the record and event classes of `farmnet.messages` (`JobRecord`,
+`JobDetail`, `TaskRecord`, `RenderRecord`, `UserRecord`, `Event`; see doc/protocol.md). A
+newer server's extra keys and event kinds pass through untouched.
+
 Everything here is ``async def`` on Twisted's reactor; `farmnet.client.sync` is the
 blocking face for scripts that run without a reactor (Maya, Houdini, Nuke).
 """

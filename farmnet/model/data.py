@@ -106,14 +106,6 @@ class Task:
     def __repr__(self) -> str:
         return f"<Task {self.key} {self.state}>"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.block.job.id, "block": self.block.number, "task": self.number,
-            "name": self.name, "state": self.state.value, "progress": self.progress,
-            "errors_count": self.errors_count, "starts_count": self.starts_count,
-            "host": self.host, "time_started": self.time_started, "time_done": self.time_done,
-        }
-
 
 @attrs.define(eq=False, repr=False)
 class Block:
@@ -178,19 +170,6 @@ class Block:
                 return task
         return None
 
-    def to_dict(self) -> dict[str, Any]:
-        total = len(self.tasks)
-        done = self.counts[TaskState.DON] + self.counts[TaskState.SKP]
-        return {
-            "block": self.number, "name": self.name, "service": self.spec.service,
-            "capacity": self.spec.capacity, "tasks": total, "numeric": self.spec.numeric,
-            "counts": {s.value: n for s, n in self.counts.items() if n},
-            "progress": done * 100 // total if total else 100,
-            "command": self.spec.command, "depend_mask": self.spec.depend_mask,
-            "tasks_depend_mask": self.spec.tasks_depend_mask,
-            "avoided_hosts": sorted(self.host_errors),
-        }
-
 
 @attrs.define(eq=False, repr=False)
 class Job:
@@ -246,19 +225,6 @@ class Job:
         """Solving by order: higher priority first, then older."""
         return (-self.priority, self.time_creation, self.serial)
 
-    def to_dict(self) -> dict[str, Any]:
-        total = self.tasks_total
-        done = self.counts[TaskState.DON] + self.counts[TaskState.SKP]
-        return {
-            "id": self.id, "name": self.name, "user_name": self.user_name,
-            "priority": self.priority, "state": self.state.value, "paused": self.paused,
-            "tasks": total, "counts": {s.value: n for s, n in self.counts.items() if n},
-            "progress": done * 100 // total if total else 100,
-            "time_creation": self.time_creation, "time_started": self.time_started,
-            "time_done": self.time_done, "blocks": len(self.blocks),
-            "annotation": self.spec.annotation,
-        }
-
 
 @attrs.define(eq=False, repr=False)
 class User:
@@ -285,19 +251,6 @@ class User:
     jobs_solving: str = "order"
     #: Merged under each job's custom data for events (e.g. {"emails": [...]}).
     custom_data: dict[str, Any] = attrs.field(factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "jobs": len(self.jobs), "running": self.running,
-                "running_capacity": self.running_capacity, "priority": self.priority,
-                "max_running_tasks": self.max_running_tasks,
-                "max_running_tasks_per_host": self.max_running_tasks_per_host,
-                "hosts_mask": self.hosts_mask.pattern if self.hosts_mask else "",
-                "hosts_mask_exclude": self.hosts_mask_exclude.pattern if self.hosts_mask_exclude else "",
-                "errors_retries": self.errors_retries, "errors_avoid_host": self.errors_avoid_host,
-                "errors_task_same_host": self.errors_task_same_host,
-                "errors_forgive_time": self.errors_forgive_time, "jobs_solving": self.jobs_solving,
-                "custom_data": self.custom_data,
-                "time_registered": self.time_registered}
 
 
 @attrs.define(eq=False, repr=False)
@@ -366,22 +319,6 @@ class Render:
                                        ("NIMBY", self.NIMBY), ("nimby", self.nimby)) if on]
         flags.append("busy" if self.tasks else "online")
         return " ".join(flags)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "name": self.name, "state": self.state, "online": self.online,
-            "capacity": self.capacity, "capacity_used": self.capacity_used,
-            "max_tasks": self.max_tasks, "services": sorted(self.services),
-            "services_disabled": sorted(self.services_disabled), "platform": self.platform,
-            "cpus": self.cpus, "memory_mb": self.memory_mb,
-            "tasks": [list(k) for k in self.tasks], "time_seen": self.time_seen,
-            "owner": self.owner, "nimby": self.nimby, "NIMBY": self.NIMBY, "paused": self.paused,
-            "sick": self.sick, "tickets_used": dict(self.tickets_used),
-            "errors_in_row": self.errors_in_row, "macs": list(self.macs), "wol": self.wol,
-            "resources": self.resources,
-            "error_history": [{"time": t, "job_id": j, "block": b, "task": n, "user": u}
-                              for t, j, b, n, u in self.error_history],
-        }
 
 
 def solving_order(spec: BlockSpec, count: int, sequential: int) -> list[int]:

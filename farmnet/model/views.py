@@ -1,12 +1,22 @@
-"""Read views: jobs, tasks, renders and users as the plain dicts that listings, monitors,
-the web site and the action API show. Reading never changes the farm."""
+"""Read views: jobs, blocks, tasks, renders and users as the records (`farmnet.messages`)
+that listings, monitor events, the web site and the action API show; the one converter
+turns them into JSON at the edges. Reading never changes the farm."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from farmnet import errors
-from farmnet.model.data import Block, Job, TaskState
+from farmnet.messages import (
+    BlockRecord,
+    JobDetail,
+    JobRecord,
+    RenderError,
+    RenderRecord,
+    TaskRecord,
+    UserRecord,
+)
+from farmnet.model.data import Block, Job, Render, Task, TaskState, User
 from farmnet.model.scheduler import Why
 from farmnet.model.state import FarmState
 
@@ -16,52 +26,70 @@ class Views(FarmState):
         """Why is my job waiting? (see `Scheduler.explain`)"""
         return self.scheduler.explain(self.job(job_id))
 
-    def job_dict(self, job: Job) -> dict[str, Any]:
-        data = job.to_dict()
-        data["state"] = self.scheduler.display_state(job).value
-        return data
+    def job_record(self, job: Job) -> JobRecord:
+        total = job.tasks_total
+        counts = job.counts
+        return JobRecord(
+            job.id, job.spec.name, job.user_name, job.priority, self.scheduler.display_state(job).value,
+            job.paused, total, {s.value: n for s, n in counts.items() if n},
+            (counts[TaskState.DON] + counts[TaskState.SKP]) * 100 // total if total else 100,
+            job.time_creation, job.time_started, job.time_done, len(job.blocks), job.spec.annotation)
 
-    def list_jobs(self, user: str | None = None) -> list[dict[str, Any]]:
-        return [self.job_dict(j) for j in self.jobs.values() if user is None or j.user_name == user]
+    def list_jobs(self, user: str | None = None) -> list[JobRecord]:
+        record = self.job_record
+        if user is None:
+            return [record(j) for j in self.jobs.values()]
+        return [record(j) for j in self.jobs.values() if j.user_name == user]
 
-    def show_job(self, job_id: int) -> dict[str, Any]:
+    def show_job(self, job_id: int) -> JobDetail:
         job = self.job(job_id)
-        data = self.job_dict(job)
-        data["blocks"] = [b.to_dict() for b in job.blocks]
-        for block, entry in zip(job.blocks, data["blocks"], strict=True):
-            waits = self.scheduler.block_waits(block) is Why.BLOCK_DEPENDS
-            entry["state"] = TaskState.WD.value if waits else block_state(block).value
-        for key in ("depend_mask", "depend_mask_global", "command_pre", "command_post", "max_running_tasks",
-                    "max_running_tasks_per_host", "hosts_mask", "hosts_mask_exclude", "time_wait",
-                    "time_life", "host_name", "description", "project", "department"):
-            data[key] = getattr(job.spec, key)
-        data["custom_data"] = dict(job.spec.custom_data)
-        return data
+        row = self.job_record(job)
+        spec = job.spec
+        return JobDetail(
+            row.id, row.name, row.user_name, row.priority, row.state, row.paused, row.tasks, row.counts,
+            row.progress, row.time_creation, row.time_started, row.time_done,
+            [self.block_record(b) for b in job.blocks], row.annotation, spec.depend_mask,
+            spec.depend_mask_global, spec.command_pre, spec.command_post, spec.max_running_tasks,
+            spec.max_running_tasks_per_host, spec.hosts_mask, spec.hosts_mask_exclude, spec.time_wait,
+            spec.time_life, spec.host_name, spec.description, spec.project, spec.department,
+            dict(spec.custom_data))
 
-    def list_tasks(self, job_id: int, block: int | None, offset: int, limit: int) -> tuple[list, int]:
+    def block_record(self, block: Block) -> BlockRecord:
+        total = len(block.tasks)
+        counts = block.counts
+        spec = block.spec
+        waits = self.scheduler.block_waits(block) is Why.BLOCK_DEPENDS
+        return BlockRecord(
+            block.number, spec.name, spec.service, spec.capacity, total, spec.numeric,
+            {s.value: n for s, n in counts.items() if n},
+            (counts[TaskState.DON] + counts[TaskState.SKP]) * 100 // total if total else 100,
+            spec.command, spec.depend_mask, spec.tasks_depend_mask, sorted(block.host_errors),
+            TaskState.WD.value if waits else block_state(block).value)
+
+    def list_tasks(self, job_id: int, block: int | None, offset: int,
+                   limit: int) -> tuple[list[TaskRecord], int]:
         job = self.job(job_id)
         if block is not None and not 0 <= block < len(job.blocks):
             raise errors.UnknownTask(f"job {job_id} has no block {block}")
         blocks = job.blocks if block is None else [job.blocks[block]]
         total = sum(len(b.tasks) for b in blocks)
-        out: list[dict[str, Any]] = []
+        out: list[TaskRecord] = []
         skip = max(0, offset)
         for b in blocks:
             if skip >= len(b.tasks):
                 skip -= len(b.tasks)
                 continue
-            for task in b.tasks[skip:skip + limit - len(out)]:
-                out.append(task.to_dict())
+            out.extend(task_record(task) for task in b.tasks[skip:skip + limit - len(out)])
             skip = 0
             if len(out) >= limit:
                 break
         return out, total
 
-    def list_renders(self) -> list[dict[str, Any]]:
-        return [r.to_dict() for r in self.renders.values()]
+    def list_renders(self) -> list[RenderRecord]:
+        return [render_record(r) for r in self.renders.values()]
 
-    def list_users(self) -> list[dict[str, Any]]:
-        return [u.to_dict() for u in self.users.values()]
+    def list_users(self) -> list[UserRecord]:
+        return [user_record(u) for u in self.users.values()]
 
     def counts(self) -> dict[str, Any]:
         tasks: dict[str, int] = {}
@@ -87,3 +115,33 @@ def block_state(block: Block) -> TaskState:
     return TaskState.ERR if c[TaskState.ERR] else TaskState.WD
 
 
+
+
+def task_record(task: Task) -> TaskRecord:
+    block = task.block
+    return TaskRecord(block.job.id, block.number, task.number, task.name, task.state.value, task.progress,
+                      task.errors_count, task.starts_count, task.host, task.time_started, task.time_done)
+
+
+def render_record(render: Render) -> RenderRecord:
+    r = render
+    return RenderRecord(
+        r.id, r.name, r.state, r.online, r.capacity, r.capacity_used, r.max_tasks, sorted(r.services),
+        sorted(r.services_disabled), r.platform, r.cpus, r.memory_mb, list(r.tasks), r.time_seen, r.owner,
+        r.nimby, r.NIMBY, r.paused, r.sick, dict(r.tickets_used), r.errors_in_row, list(r.macs), r.wol,
+        dict(r.resources), render_errors(r))
+
+
+def render_errors(render: Render) -> list[RenderError]:
+    """The render's recent errors, oldest first."""
+    return [RenderError(*entry) for entry in render.error_history]
+
+
+def user_record(user: User) -> UserRecord:
+    u = user
+    return UserRecord(
+        u.name, len(u.jobs), u.running, u.running_capacity, u.priority, u.max_running_tasks,
+        u.max_running_tasks_per_host, u.hosts_mask.pattern if u.hosts_mask else "",
+        u.hosts_mask_exclude.pattern if u.hosts_mask_exclude else "", u.errors_retries, u.errors_avoid_host,
+        u.errors_task_same_host, u.errors_forgive_time, u.jobs_solving, dict(u.custom_data),
+        u.time_registered)

@@ -83,17 +83,24 @@ class Typed(BigJSON):
     converter of `farmnet.convert`: the sender's objects are unstructured, the receiver's
     structured and checked, so a responder or caller gets typed objects. A value that does
     not fit raises `ConversionError` naming each bad key (the server resets such a peer;
-    a caller's Deferred fails with it)."""
+    a caller's Deferred fails with it).
 
-    def __init__(self, cls: Any, optional: bool = False) -> None:
+    ``structured=False`` (listings, events): the receiver gets the plain JSON. Their reader
+    is the client library, whose public API gives dicts, and which must keep reading what a
+    newer server adds (keys, event kinds) without an upgrade."""
+
+    def __init__(self, cls: Any, optional: bool = False, structured: bool = True) -> None:
         super().__init__(optional)
         self.cls = cls
+        self.structured = structured
 
     def encode(self, value: Any) -> bytes:
         return super().encode(unstructure(value, self.cls))
 
     def fromBox(self, name: bytes, strings: dict, objects: dict, proto: Any) -> None:
         super().fromBox(name, strings, objects, proto)
+        if not self.structured:
+            return
         key = name.decode("ascii")
         if objects[key] is not None or not self.optional:
             objects[key] = structure(objects[key], self.cls, key)

@@ -17,7 +17,18 @@ from __future__ import annotations
 from twisted.protocols import amp
 
 from farmnet import errors as err
-from farmnet.messages import HostResources, Order, RunResources, TaskRef
+from farmnet.messages import (
+    Event,
+    HostResources,
+    JobDetail,
+    JobRecord,
+    Order,
+    RenderRecord,
+    RunResources,
+    TaskRecord,
+    TaskRef,
+    UserRecord,
+)
 from farmnet.protocol.arguments import BigBytes, BigJSON, BigUnicode, Typed
 
 #: Bumped on any incompatible change of these commands.
@@ -161,7 +172,7 @@ class ListJobs(amp.Command):
 
     commandName = b"list_jobs"
     arguments = [(b"user", amp.Unicode(optional=True))]
-    response = [(b"jobs", BigJSON())]
+    response = [(b"jobs", Typed(list[JobRecord], structured=False))]
     errors = _COMMON
 
 
@@ -170,7 +181,7 @@ class ShowJob(amp.Command):
 
     commandName = b"show_job"
     arguments = [(b"job_id", amp.Integer())]
-    response = [(b"job", BigJSON())]
+    response = [(b"job", Typed(JobDetail, structured=False))]
     errors = _JOB
 
 
@@ -184,7 +195,7 @@ class ListTasks(amp.Command):
         (b"offset", amp.Integer()),
         (b"limit", amp.Integer()),
     ]
-    response = [(b"tasks", BigJSON()), (b"total", amp.Integer())]
+    response = [(b"tasks", Typed(list[TaskRecord], structured=False)), (b"total", amp.Integer())]
     errors = _JOB
 
 
@@ -215,7 +226,7 @@ class ListRenders(amp.Command):
 
     commandName = b"list_renders"
     arguments: list = []
-    response = [(b"renders", BigJSON())]
+    response = [(b"renders", Typed(list[RenderRecord], structured=False))]
     errors = _COMMON
 
 
@@ -224,7 +235,7 @@ class ListUsers(amp.Command):
 
     commandName = b"list_users"
     arguments: list = []
-    response = [(b"users", BigJSON())]
+    response = [(b"users", Typed(list[UserRecord], structured=False))]
     errors = _COMMON
 
 
@@ -272,7 +283,7 @@ class PollEvents(amp.Command):
     commandName = b"poll_events"
     arguments = [(b"after", amp.Integer()), (b"limit", amp.Integer(optional=True))]
     response = [
-        (b"events", BigJSON()),
+        (b"events", Typed(list[Event], structured=False)),
         (b"last", amp.Integer()),
         (b"reset", amp.Boolean()),
         # True when the server wants this connection closed (shutdown, idle): close it,

@@ -19,9 +19,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from farmnet import errors
-from farmnet.convert import ConversionError, structure
+from farmnet.convert import ConversionError, structure, unstructure
 from farmnet.model.farm import Farm
 from farmnet.model.policy import JOB_ACTIONS, RENDER_ACTIONS, TASK_ACTIONS
+from farmnet.model.views import render_record, task_record, user_record
 
 ITEMS = ("jobs", "blocks", "tasks", "renders", "users")
 #: Actions that change nothing.
@@ -65,13 +66,13 @@ def _check_keys(filters: Mapping[str, Any], known: tuple[str, ...], where: str) 
             raise errors.InvalidAction(f"filters.{key}: unknown for {where}{hint}; known: {', '.join(known)}")
 
 
-def _listed(item: str, rows: list[dict[str, Any]], filters: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _listed(item: str, rows: list[Any], filters: Mapping[str, Any]) -> list[Any]:
     fields = _LIST_FILTERS[item]
     _check_keys(filters, tuple(fields), f"{item} list")
     for key, value in filters.items():
         wanted = value if isinstance(value, list) else [value]
         field = fields[key]
-        rows = [row for row in rows if row.get(field) in wanted]
+        rows = [row for row in rows if getattr(row, field) in wanted]
     return rows
 
 
@@ -99,10 +100,10 @@ def _blocks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: An
     job_id = _one(f, "job_id", int)
     if action == "list":
         _check_keys(f, ("job_id",), "blocks list")
-        return farm.show_job(job_id)["blocks"]
+        return farm.show_job(job_id).blocks
     block = _one(f, "block", int)
     if action == "show":
-        blocks = farm.show_job(job_id)["blocks"]
+        blocks = farm.show_job(job_id).blocks
         if not 0 <= block < len(blocks):
             raise errors.UnknownTask(f"job {job_id} has no block {block}")
         return blocks[block]
@@ -126,7 +127,7 @@ def _tasks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any
         return {"tasks": tasks, "total": total}
     block = _one(f, "block", int)
     if action == "show":
-        return farm.task((job_id, block, _one(f, "task", int))).to_dict()
+        return task_record(farm.task((job_id, block, _one(f, "task", int))))
     if action in TASK_ACTIONS:
         return farm.task_action(user, job_id, block, _list_of(f, "task", int), action)
     raise errors.InvalidAction(f"tasks: unknown action {action!r}")
@@ -136,7 +137,7 @@ def _renders(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: A
     if action == "list":
         return _listed("renders", farm.list_renders(), f)
     if action == "show":
-        return farm.render_named(_one(f, "name", str)).to_dict()
+        return render_record(farm.render_named(_one(f, "name", str)))
     names = _list_of(f, "name", str)
     if action == "update":
         return farm.render_action(user, names, "set", values)
@@ -151,7 +152,7 @@ def _users(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any
     if action == "list":
         return _listed("users", farm.list_users(), f)
     if action == "show":
-        return farm.user(_one(f, "name", str)).to_dict()
+        return user_record(farm.user(_one(f, "name", str)))
     if action == "update":
         return farm.user_action(user, _list_of(f, "name", str), "set", values)
     if action == "delete":
@@ -164,7 +165,9 @@ _HANDLERS: Mapping[str, Callable[[Farm, str, str, Mapping[str, Any], Any], Any]]
 
 
 def act(farm: Farm, user: str, item: str, action: str, filters: Any = None, values: Any = None) -> Any:
-    """Do one action as ``user``; returns JSON-able data. Raises declared farm errors."""
+    """Do one action as ``user``; returns JSON-able data (records through the one converter:
+    this is the edge of both the AMP ``Act`` and the web's JSON API). Raises declared farm
+    errors."""
     handler = _HANDLERS.get(item)
     if handler is None:
         raise errors.InvalidAction(f"unknown item {item!r}; one of {', '.join(ITEMS)}")
@@ -172,4 +175,4 @@ def act(farm: Farm, user: str, item: str, action: str, filters: Any = None, valu
         filters = {}
     if not isinstance(filters, Mapping):
         raise errors.InvalidAction("filters: expected a mapping")
-    return handler(farm, user, action, filters, values)
+    return unstructure(handler(farm, user, action, filters, values))

@@ -700,7 +700,7 @@ class ServerProtocol(FarmAMP):
 
         def answer() -> dict[str, Any]:
             found, reset = events.since(after, limit)
-            last = found[-1]["seq"] if found else events.last
+            last = found[-1].seq if found else events.last
             return {"events": found, "last": last, "reset": reset}
 
         if after < 0:  # subscribing: where the log is now

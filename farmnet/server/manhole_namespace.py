@@ -15,6 +15,9 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
+from farmnet.convert import unstructure
+from farmnet.model.data import Job, Render, Task, User
+from farmnet.model.views import render_record, task_record, user_record
 from farmnet.server.netstats import server_statistics, statistics_line
 
 __all__ = ["HELPER_NAMES", "Helpers", "manhole_namespace", "session_namespace"]
@@ -44,11 +47,10 @@ class Helpers:
     def jobs(self) -> None:
         """Print a table of the jobs."""
         rows = []
-        for job in sorted(self.farm.list_jobs(), key=lambda j: j["id"]):
-            counts = " ".join(f"{state}:{n}" for state, n in sorted(job.get("counts", {}).items()))
-            rows.append([str(job["id"]), str(job.get("name", "")), str(job.get("user_name", "")),
-                         str(job.get("state", "")), str(job.get("priority", "")),
-                         f"{job.get('progress', 0)}%", str(job.get("tasks", "")), counts])
+        for job in sorted(self.farm.list_jobs(), key=lambda j: j.id):
+            counts = " ".join(f"{state}:{n}" for state, n in sorted(job.counts.items()))
+            rows.append([str(job.id), job.name, job.user_name, job.state, str(job.priority),
+                         f"{job.progress}%", str(job.tasks), counts])
         if not rows:
             print("(no jobs)")
             return
@@ -58,11 +60,10 @@ class Helpers:
         """Print a table of the renders."""
         now = self.farm.clock.seconds()
         rows = []
-        for render in sorted(self.farm.list_renders(), key=lambda r: r["id"]):
-            seen = render.get("time_seen") or 0.0
-            rows.append([str(render["id"]), str(render.get("name", "")), str(render.get("state", "")),
-                         f"{render.get('capacity_used', 0)}/{render.get('capacity', 0)}",
-                         str(len(render.get("tasks", ()))), str(render.get("platform", "")),
+        for render in sorted(self.farm.list_renders(), key=lambda r: r.id):
+            seen = render.time_seen
+            rows.append([str(render.id), render.name, render.state,
+                         f"{render.capacity_used}/{render.capacity}", str(len(render.tasks)), render.platform,
                          f"{now - seen:.0f}s ago" if seen else "never"])
         if not rows:
             print("(no renders)")
@@ -80,9 +81,14 @@ class Helpers:
         self.show(self.farm.explain(job_id))
 
     def show(self, obj: Any) -> None:
-        """Pretty-print ``obj`` (its ``to_dict()`` when it has one)."""
-        if callable(getattr(obj, "to_dict", None)):
-            obj = obj.to_dict()
+        """Pretty-print ``obj``: a job, task, render or user as its listing record (what the
+        tools show), another attrs object field by field."""
+        farm = self.farm
+        if isinstance(obj, Job):
+            obj = unstructure(farm.show_job(obj.id))
+        elif isinstance(obj, Task | Render | User):
+            record = {Task: task_record, Render: render_record, User: user_record}[type(obj)]
+            obj = unstructure(record(obj))
         elif attrs.has(type(obj)):
             obj = attrs.asdict(obj, recurse=False)
         pprint.pprint(obj, width=100, sort_dicts=False)

@@ -1,11 +1,12 @@
-"""The monitors' event log: the farm's events as the plain records that monitors
-long-poll for (`PollEvents`, the web site's ``/events``).
+"""The monitors' event log: the farm's events as the records (`farmnet.messages.Event`)
+that monitors long-poll for (`PollEvents`, the web site's ``/events``).
 
 It subscribes to the farm's bus and turns each event into a record with a ``kind``
 (the wire's names: task, progress, job, job_deleted, user, user_deleted, render,
-render_zombie, render_deleted). Every record gets the next sequence number. Only the
-most recent ``keep`` are kept; a monitor that asks for older ones is told to reload
-(``reset``). Waiters are plain callables so this stays free of Deferreds.
+render_zombie, render_deleted), a snapshot taken then. Every record gets the next sequence
+number. Only the most recent ``keep`` are kept; a monitor that asks for older ones is told
+to reload (``reset``). Waiters are plain callables so this stays free of Deferreds. The one
+converter turns records into JSON at the edges (`Typed`, the web's `events_json`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from farmnet import messages as m
+from farmnet.convert import unstructure
 from farmnet.model import events as ev
 from farmnet.model.farm import Farm
+from farmnet.model.views import render_record, user_record
 
-Event = dict[str, Any]
+Event = m.Event
 
 
 class EventLog:
@@ -31,43 +35,49 @@ class EventLog:
 
     def follow(self, farm: Farm) -> None:
         """Record what ``farm`` publishes from now on (one farm at a time)."""
-        emit, bus = self.emit, farm.bus
+
+        def add(event: Event) -> None:
+            self.add(event)  # looked up at each event: a test may stop the log's events
 
         def task(e: ev.TaskStateChanged) -> None:
             t = e.task
-            emit("task", job_id=t.block.job.id, block=t.block.number, task=t.number,
-                 state=t.state.value, host=t.host, errors_count=t.errors_count)
+            b = t.block
+            add(m.TaskEvent(self.last + 1, b.job.id, b.number, t.number, t.state.value, t.host,
+                            t.errors_count))
 
         def progress(e: ev.TaskProgressed) -> None:
             t = e.task
-            emit("progress", job_id=t.block.job.id, block=t.block.number, task=t.number,
-                 progress=t.progress)
+            add(m.ProgressEvent(self.last + 1, t.block.job.id, t.block.number, t.number, t.progress))
+
+        def render(e: Any) -> None:
+            add(m.RenderEvent(self.last + 1, render_record(e.render)))
 
         def render_lost(e: ev.RenderLost) -> None:
             if e.zombie:
-                emit("render_zombie", name=e.render.name)
-            emit("render", render=e.render.to_dict())
+                add(m.RenderZombieEvent(self.last + 1, e.render.name))
+            render(e)
 
-        self._unsubscribe = bus.subscribe_all({
+        self._unsubscribe = farm.bus.subscribe_all({
             ev.TaskStateChanged: task,
             ev.TaskProgressed: progress,
-            (ev.JobSubmitted, ev.JobChanged): lambda e: emit("job", job=farm.job_dict(e.job)),
-            ev.JobDeleted: lambda e: emit("job_deleted", job_id=e.job.id),
-            ev.UserChanged: lambda e: emit("user", user=e.user.to_dict()),
-            ev.UserDeleted: lambda e: emit("user_deleted", name=e.user.name),
-            (ev.RenderRegistered, ev.RenderChanged, ev.RenderSick):
-                lambda e: emit("render", render=e.render.to_dict()),
+            (ev.JobSubmitted, ev.JobChanged):
+                lambda e: add(m.JobEvent(self.last + 1, farm.job_record(e.job))),
+            ev.JobDeleted: lambda e: add(m.JobDeletedEvent(self.last + 1, e.job.id)),
+            ev.UserChanged: lambda e: add(m.UserEvent(self.last + 1, user_record(e.user))),
+            ev.UserDeleted: lambda e: add(m.UserDeletedEvent(self.last + 1, e.user.name)),
+            (ev.RenderRegistered, ev.RenderChanged, ev.RenderSick): render,
             ev.RenderLost: render_lost,
-            ev.RenderDeleted: lambda e: emit("render_deleted", name=e.render.name),
+            ev.RenderDeleted: lambda e: add(m.RenderDeletedEvent(self.last + 1, e.render.name)),
         })
 
     def close(self) -> None:
         """Stop following the farm."""
         self._unsubscribe()
 
-    def emit(self, kind: str, **data: Any) -> None:
-        self.last += 1
-        self._events.append({"seq": self.last, "kind": kind, **data})
+    def add(self, event: Event) -> None:
+        """Keep ``event``, whose ``seq`` is ``last + 1``, and wake the waiters."""
+        self.last = event.seq
+        self._events.append(event)
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for wake in waiters:
@@ -92,3 +102,8 @@ class EventLog:
                 self._waiters.remove(wake)
 
         return cancel
+
+
+def events_json(events: list[Event]) -> list[dict[str, Any]]:
+    """Events as JSON-ready data (the web's long-poll and stream), by the one converter."""
+    return unstructure(events, list[Event])

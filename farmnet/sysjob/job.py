@@ -28,10 +28,12 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from farmnet.config import SysJobConfig
+from farmnet.convert import unstructure
 from farmnet.model import events as ev
 from farmnet.model.data import Block, Job, Render, Task, TaskKey, TaskState
 from farmnet.model.farm import Farm
 from farmnet.model.spec import BlockSpec, JobSpec
+from farmnet.model.views import render_errors
 
 log = Logger()
 
@@ -264,7 +266,7 @@ class SystemJob(service.Service):
         if not self._wanted(data, event):
             return
         data.update({"event": event, "render": {"name": render.name, "state": render.state,
-                                                "error_history": render.to_dict()["error_history"]},
+                                                "error_history": unstructure(render_errors(render))},
                      "pools": []})
         self.add("events", f"{event} {render.name}", json.dumps(data, sort_keys=True))
 

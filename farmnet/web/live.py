@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.web import server
 from zope.interface import implementer
 
-from farmnet.server.monitors import EventLog
+from farmnet.server.monitors import EventLog, events_json
 from farmnet.web.routing import STREAMING, Call, HTTPError, Reply, json_reply
 
 __all__ = ["EventStream", "Streams", "long_poll", "sse"]
@@ -137,8 +137,9 @@ class EventStream:
             self.after = events.last
             self.request.write(_sse({"last": events.last}, events.last, "reset"))
         elif found:
-            self.after = found[-1]["seq"]
-            chunks = [_sse(e, e["seq"]) for e in found if self.kinds is None or e.get("kind") in self.kinds]
+            self.after = found[-1].seq
+            wanted = found if self.kinds is None else [e for e in found if e.kind in self.kinds]
+            chunks = [_sse(data, data["seq"]) for data in events_json(wanted)]
             if chunks:
                 self.request.write(b"".join(chunks))
         if self.closed:
@@ -222,8 +223,8 @@ def long_poll(reactor: Any, events: EventLog) -> Callable[[Call], Any]:
             if after > events.last:
                 return json_reply({"events": [], "last": events.last, "reset": True})
             found, reset = events.since(after, limit)
-            last = found[-1]["seq"] if found else events.last
-            return json_reply({"events": found, "last": last, "reset": reset})
+            last = found[-1].seq if found else events.last
+            return json_reply({"events": events_json(found), "last": last, "reset": reset})
 
         if after < 0:
             return json_reply({"events": [], "last": events.last, "reset": False})

@@ -17,6 +17,8 @@ from typing import Any
 from twisted.web.template import Tag, tags
 
 from farmnet import errors
+from farmnet.messages import BlockRecord, JobDetail, JobRecord, RenderRecord
+from farmnet.model.views import render_record, task_record
 from farmnet.web.context import WebContext
 from farmnet.web.layout import (
     JOB_STATES,
@@ -44,18 +46,17 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def resource_cells(render: dict[str, Any]) -> tuple[Any, Any, Any]:
+def resource_cells(render: RenderRecord) -> tuple[Any, Any, Any]:
     """CPU, memory and load/disk cells of a render: what it reported with its heartbeats
     (``cpu_percent``, ``mem_used_mb``, ``load_avg``, ...), else what it registered with."""
-    res = render.get("resources")
-    res = res if isinstance(res, dict) else {}
-    cores = _number(res.get("cpu_num")) or render.get("cpus") or 0
+    res = render.resources
+    cores = _number(res.get("cpu_num")) or render.cpus or 0
     percent = _number(res.get("cpu_percent"))
     cpu: Any = f"{int(cores)} cores" if cores else "–"
     if percent is not None:
         cpu = tags.span(tags.progress(value=f"{min(100.0, percent):.0f}", max="100"),
                         f" {percent:.0f}% of {int(cores)}" if cores else f" {percent:.0f}%")
-    total = _number(res.get("mem_total_mb")) or render.get("memory_mb") or 0
+    total = _number(res.get("mem_total_mb")) or render.memory_mb or 0
     used = _number(res.get("mem_used_mb"))
     memory: Any = f"{total / 1024:.0f} GB" if total else "–"
     if used is not None and total:
@@ -94,14 +95,14 @@ class LivePages:
 
     # --- shared pieces -------------------------------------------------------------------
 
-    def job_actions(self, job: dict[str, Any], compact: bool = False) -> Tag:
-        ids = {"id": [job["id"]]}
+    def job_actions(self, job: JobRecord | JobDetail, compact: bool = False) -> Tag:
+        ids = {"id": [job.id]}
         buttons = [
-            action_button("resume", "jobs", "resume", ids) if job["paused"]
+            action_button("resume", "jobs", "resume", ids) if job.paused
             else action_button("pause", "jobs", "pause", ids),
             action_button("restart errors", "jobs", "restart_errors", ids)
-            if job["counts"].get("ERR") else "",
-            action_button("delete", "jobs", "delete", ids, confirm=f"Delete job {job['id']} {job['name']}?",
+            if job.counts.get("ERR") else "",
+            action_button("delete", "jobs", "delete", ids, confirm=f"Delete job {job.id} {job.name}?",
                           danger=True),
         ]
         if not compact:
@@ -110,27 +111,27 @@ class LivePages:
                 action_button("restart", "jobs", "restart", ids, confirm="Restart every task of the job?"),
                 action_button("skip", "jobs", "skip", ids, confirm="Skip every unfinished task?"),
                 action_button("reset error hosts", "jobs", "reset_error_hosts", ids)
-                if any(b.get("avoided_hosts") for b in job.get("blocks", ())) else "",
+                if any(b.avoided_hosts for b in job.blocks) else "",
                 action_button("priority…", "jobs", "set_priority", ids, prompt="New priority (0-250)",
-                              default=job["priority"]),
+                              default=job.priority),
             ]
         return tags.span(buttons, class_="actions")
 
-    def jobs_table(self, jobs: list[dict[str, Any]], *, actions: bool) -> Tag:
+    def jobs_table(self, jobs: list[JobRecord], *, actions: bool) -> Tag:
         rows = []
         for job in jobs:
-            counts = job["counts"]
+            counts = job.counts
             row = [
-                tags.a(str(job["id"]), href=f"/jobs/{job['id']}"),
-                tags.a(job["name"], href=f"/jobs/{job['id']}", class_="job-name"),
-                user_link(job["user_name"]),
-                state_badge(job["state"]),
-                progress(job["progress"]),
-                f"{counts.get('DON', 0) + counts.get('SKP', 0)} / {job['tasks']}",
+                tags.a(str(job.id), href=f"/jobs/{job.id}"),
+                tags.a(job.name, href=f"/jobs/{job.id}", class_="job-name"),
+                user_link(job.user_name),
+                state_badge(job.state),
+                progress(job.progress),
+                f"{counts.get('DON', 0) + counts.get('SKP', 0)} / {job.tasks}",
                 str(counts.get("RUN", 0)),
                 str(counts.get("ERR", 0)),
-                str(job["priority"]),
-                fmt_time(job["time_creation"]),
+                str(job.priority),
+                fmt_time(job.time_creation),
             ]
             if actions:
                 row.append(self.job_actions(job, compact=True))
@@ -167,9 +168,9 @@ class LivePages:
             card(f"{used * 100 // capacity if capacity else 0}%", "capacity in use"),
             card(len(farm.users), "users", "/users"),
         ], class_="cards")
-        unfinished = [j for j in farm.list_jobs() if j["state"] != "DON"]
-        unfinished.sort(key=lambda j: (-j["priority"], j["time_creation"]))
-        busy = [r.to_dict() for r in farm.renders.values() if r.online and r.tasks]
+        unfinished = [j for j in farm.list_jobs() if j.state != "DON"]
+        unfinished.sort(key=lambda j: (-j.priority, j.time_creation))
+        busy = [render_record(r) for r in farm.renders.values() if r.online and r.tasks]
         body = tags.div(tags.h1("Farm"), cards, tags.h2("Unfinished jobs"),
                         self.jobs_table(unfinished[:100], actions=self.ctx.logins),
                         tags.h2("Busy renders"), self.renders_table(busy, actions=False))
@@ -182,8 +183,8 @@ class LivePages:
             raise HTTPError(400, f"state: one of {', '.join(JOB_STATES)}")
         jobs = self.ctx.farm.list_jobs(user)
         if state is not None:
-            jobs = [j for j in jobs if j["state"] == state]
-        jobs.sort(key=lambda j: -j["id"])
+            jobs = [j for j in jobs if j.state == state]
+        jobs.sort(key=lambda j: -j.id)
 
         def select(name: str, choices: Any, current: str | None) -> Tag:
             options = [tags.option(c, value=c, **attributes(selected=c == current and "selected"))
@@ -203,26 +204,26 @@ class LivePages:
         job = farm.show_job(job_id)
         offset = call.int_arg("offset", 0, 0, farm.settings.max_tasks_per_job) or 0
         info = info_list((
-            ("user", user_link(job["user_name"])),
-            ("state", state_badge(job["state"])),
-            ("progress", progress(job["progress"])),
-            ("tasks", counts_text(job["counts"])),
-            ("priority", str(job["priority"])),
-            ("created", fmt_time(job["time_creation"])),
-            ("started", fmt_time(job["time_started"])),
-            ("done", fmt_time(job["time_done"])),
-            ("annotation", job.get("annotation") or "–"),
-            ("depends on jobs", job.get("depend_mask") or "–"),
-            ("hosts mask", job.get("hosts_mask") or "–"),
+            ("user", user_link(job.user_name)),
+            ("state", state_badge(job.state)),
+            ("progress", progress(job.progress)),
+            ("tasks", counts_text(job.counts)),
+            ("priority", str(job.priority)),
+            ("created", fmt_time(job.time_creation)),
+            ("started", fmt_time(job.time_started)),
+            ("done", fmt_time(job.time_done)),
+            ("annotation", job.annotation or "–"),
+            ("depends on jobs", job.depend_mask or "–"),
+            ("hosts mask", job.hosts_mask or "–"),
         ))
-        blocks_rows = [[str(b["block"]), b["name"], state_badge(b["state"]), progress(b["progress"]),
-                        counts_text(b["counts"]), b["service"], str(b["capacity"]), str(b["tasks"]),
-                        b.get("depend_mask") or "–", ", ".join(b.get("avoided_hosts") or ()) or "–",
-                        tags.code(b["command"])] for b in job["blocks"]]
+        blocks_rows = [[str(b.block), b.name, state_badge(b.state), progress(b.progress),
+                        counts_text(b.counts), b.service, str(b.capacity), str(b.tasks),
+                        b.depend_mask or "–", ", ".join(b.avoided_hosts or ()) or "–",
+                        tags.code(b.command)] for b in job.blocks]
         blocks = table([("#", "num"), "name", "state", "progress", "tasks", "service", ("capacity", "num"),
                         ("count", "num"), "depends on", "avoided hosts", "command"], blocks_rows,
                        class_="blocks")
-        grids = [self.grid(job_id, b, offset) for b in job["blocks"]]
+        grids = [self.grid(job_id, b, offset) for b in job.blocks]
         legend = tags.p([[state_badge(s), " "] for s in JOB_STATES], class_="legend")
         explain: Any = ""
         if call.arg("explain") == "1":
@@ -235,34 +236,34 @@ class LivePages:
                         "; ".join(f"{n} renders: {why_}" for why_, n in b["renders"].items()) or "–",
                         ", ".join(b["can_run_on"][:20]) or "–"] for b in why["blocks"]]))
         body = tags.div(
-            tags.h1(f"Job {job_id}: ", tags.span(job["name"], class_="job-name")),
+            tags.h1(f"Job {job_id}: ", tags.span(job.name, class_="job-name")),
             tags.p(self.job_actions(job) if self.ctx.logins else "", " ",
                    tags.a("why is it waiting?", href=f"/jobs/{job_id}?explain=1")),
             info, explain, tags.h2("Blocks"), blocks, legend, grids)
         return live_page(self.ctx, call, f"Job {job_id}", body, watch=f"job:{job_id}", current="/jobs")
 
-    def grid(self, job_id: int, block: dict[str, Any], offset: int) -> Tag:
+    def grid(self, job_id: int, block: BlockRecord, offset: int) -> Tag:
         """A block's tasks as cells coloured by state, GRID_MAX at a time."""
-        tasks, total = self.ctx.farm.list_tasks(job_id, block["block"], offset, GRID_MAX)
-        cells = [tags.a(href=f"/jobs/{job_id}/{block['block']}/{t['task']}", class_=f"t s-{t['state']}",
-                        title=f"{t['name']}: {t['state']}" + (f" on {t['host']}" if t["host"] else "")
-                        + (f", {t['progress']}%" if t["state"] == "RUN" else ""),
-                        **{"data-state": t["state"]}) for t in tasks]
+        tasks, total = self.ctx.farm.list_tasks(job_id, block.block, offset, GRID_MAX)
+        cells = [tags.a(href=f"/jobs/{job_id}/{block.block}/{t.task}", class_=f"t s-{t.state}",
+                        title=f"{t.name}: {t.state}" + (f" on {t.host}" if t.host else "")
+                        + (f", {t.progress}%" if t.state == "RUN" else ""),
+                        **{"data-state": t.state}) for t in tasks]
         pager = []
         if offset > 0:
             pager.append(tags.a("« earlier tasks", href=f"?offset={max(0, offset - GRID_MAX)}"))
         if offset + GRID_MAX < total:
             pager.append(tags.a("later tasks »", href=f"?offset={offset + GRID_MAX}"))
         shown = f" tasks {offset + 1 if tasks else 0}–{offset + len(tasks)} of {total}"
-        heading = tags.h2(f"Block {block['block']}: {block['name']}", tags.span(shown, class_="muted"))
+        heading = tags.h2(f"Block {block.block}: {block.name}", tags.span(shown, class_="muted"))
         return tags.div(heading,
-                        tags.div(cells, class_="grid", **{"data-block": str(block["block"])}), tags.p(pager))
+                        tags.div(cells, class_="grid", **{"data-block": str(block.block)}), tags.p(pager))
 
     async def task(self, call: Call) -> Reply:
         job_id, block, number = int(call.groups["job"]), int(call.groups["block"]), int(call.groups["task"])
         farm = self.ctx.farm
         task = farm.task((job_id, block, number))
-        data = task.to_dict()
+        data = task_record(task)
         job = farm.job(job_id)
         spec = task.block.spec
         runs = task.starts_count
@@ -271,14 +272,14 @@ class LivePages:
         info = info_list((
             ("job", tags.a(f"{job_id}: {job.name}", href=f"/jobs/{job_id}")),
             ("block", f"{block}: {task.block.name}"),
-            ("state", state_badge(data["state"])),
-            ("progress", progress(data["progress"])),
+            ("state", state_badge(data.state)),
+            ("progress", progress(data.progress)),
             ("frames", f"{frames[0]}–{frames[1]}" if frames else "–"),
-            ("host", data["host"] or "–"),
+            ("host", data.host or "–"),
             ("runs", str(runs)),
-            ("errors", str(data["errors_count"])),
-            ("started", fmt_time(data["time_started"])),
-            ("done", fmt_time(data["time_done"])),
+            ("errors", str(data.errors_count)),
+            ("started", fmt_time(data.time_started)),
+            ("done", fmt_time(data.time_done)),
             ("command", tags.code(task.command)),
         ))
         actions: Any = ""
@@ -293,7 +294,7 @@ class LivePages:
                                                  **attributes(class_="current" if r == run else None)), " "]
                                          for r in range(1, runs + 1)])
             output = self.output(call, (job_id, block, number), run)
-        running = data["state"] in ("RUN", "WRC") and run == runs
+        running = data.state in ("RUN", "WRC") and run == runs
         body = tags.div(tags.h1(f"Task {task.name}"), actions, info, tags.h2(f"Output of run {run}"),
                         run_links, output)
         return live_page(self.ctx, call, f"Task {job_id}/{block}/{number}", body,
@@ -324,20 +325,20 @@ class LivePages:
         return tags.div(tags.p(note, " ", pager, class_="muted"),
                         tags.pre(data.decode("utf-8", "replace"), class_="output"))
 
-    def renders_table(self, renders: list[dict[str, Any]], *, actions: bool) -> Tag:
+    def renders_table(self, renders: list[RenderRecord], *, actions: bool) -> Tag:
         rows = []
-        for r in sorted(renders, key=lambda r: r["name"]):
+        for r in sorted(renders, key=lambda r: r.name):
             tasks = [[tags.a(f"{k[0]}/{k[1]}/{k[2]}", href=f"/jobs/{k[0]}/{k[1]}/{k[2]}"), " "]
-                     for k in r["tasks"]]
-            used = r["capacity_used"] * 100 // r["capacity"] if r["capacity"] else 0
+                     for k in r.tasks]
+            used = r.capacity_used * 100 // r.capacity if r.capacity else 0
             cpu, memory, load = resource_cells(r)
-            row = [tags.a(r["name"], href=f"/renders#{r['name']}", id=r["name"]),
-                   state_badge(r["state"], "r"), tasks or "–",
+            row = [tags.a(r.name, href=f"/renders#{r.name}", id=r.name),
+                   state_badge(r.state, "r"), tasks or "–",
                    tags.span(tags.progress(value=str(used), max="100"),
-                             f" {r['capacity_used']} / {r['capacity']}"),
-                   str(r["max_tasks"] or "–"), cpu, memory, load, r["platform"] or "–",
-                   ", ".join(r["services"]) or "all", r["owner"] or "–", fmt_time(r["time_seen"]),
-                   str(r["errors_in_row"])]
+                             f" {r.capacity_used} / {r.capacity}"),
+                   str(r.max_tasks or "–"), cpu, memory, load, r.platform or "–",
+                   ", ".join(r.services) or "all", r.owner or "–", fmt_time(r.time_seen),
+                   str(r.errors_in_row)]
             if actions:
                 row.append(self.render_actions(r))
             rows.append(row)
@@ -349,18 +350,18 @@ class LivePages:
         return table(heads, rows, empty="no renders", class_="renders")
 
     @staticmethod
-    def render_actions(r: dict[str, Any]) -> Tag:
-        names = {"name": [r["name"]]}
+    def render_actions(r: RenderRecord) -> Tag:
+        names = {"name": [r.name]}
         return tags.span(
-            action_button("resume", "renders", "resume", names) if r["paused"]
+            action_button("resume", "renders", "resume", names) if r.paused
             else action_button("pause", "renders", "pause", names),
-            action_button("free", "renders", "free", names) if (r["nimby"] or r["NIMBY"])
+            action_button("free", "renders", "free", names) if (r.nimby or r.NIMBY)
             else action_button("nimby", "renders", "nimby", names),
             action_button("eject", "renders", "eject", names, confirm="Return its tasks to ready?")
-            if r["tasks"] else "",
-            action_button("heal", "renders", "heal", names) if r["sick"] else "",
+            if r.tasks else "",
+            action_button("heal", "renders", "heal", names) if r.sick else "",
             action_button("reset error hosts", "renders", "reset_error_hosts", names)
-            if r.get("error_history") else "",
+            if r.error_history else "",
             class_="actions")
 
     async def renders(self, call: Call) -> Reply:
@@ -371,10 +372,10 @@ class LivePages:
                          poll_ms=RESOURCES_POLL_MS)
 
     async def users(self, call: Call) -> Reply:
-        rows = [[user_link(u["name"]), str(u["jobs"]), str(u["running"]), str(u["running_capacity"]),
-                 str(u["priority"]), str(u["max_running_tasks"]) if u["max_running_tasks"] >= 0 else "–",
-                 u["jobs_solving"], u["hosts_mask"] or "–", fmt_time(u["time_registered"])]
-                for u in sorted(self.ctx.farm.list_users(), key=lambda u: u["name"])]
+        rows = [[user_link(u.name), str(u.jobs), str(u.running), str(u.running_capacity),
+                 str(u.priority), str(u.max_running_tasks) if u.max_running_tasks >= 0 else "–",
+                 u.jobs_solving, u.hosts_mask or "–", fmt_time(u.time_registered)]
+                for u in sorted(self.ctx.farm.list_users(), key=lambda u: u.name)]
         body = tags.div(tags.h1("Users"),
                         table(["name", ("jobs", "num"), ("running", "num"), ("running capacity", "num"),
                                ("priority", "num"), ("max running", "num"), "jobs solving", "hosts mask",
