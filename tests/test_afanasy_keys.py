@@ -379,7 +379,7 @@ class ShownKeysTests(FarmTestCase):
         job = self.submit(host_name="ws07", annotation="for review", description="fx pass",
                           project="film", department="fx")
         shown = self.farm.show_job(job.id)
-        self.assertEqual({k: shown[k] for k in ("host_name", "annotation", "description", "project",
+        self.assertEqual({k: getattr(shown, k) for k in ("host_name", "annotation", "description", "project",
                                                 "department")},
                          {"host_name": "ws07", "annotation": "for review", "description": "fx pass",
                           "project": "film", "department": "fx"})
