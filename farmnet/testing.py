@@ -46,6 +46,24 @@ class _Watch(ProcessProtocol):
         self.ended.callback(reason.value)
 
 
+class ChildOutput(ProcessProtocol):
+    """A child whose stdout and stderr are kept while it runs; ``ended`` fires with its exit code."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.ended: defer.Deferred[int] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
 @attrs.define(eq=False)
 class FarmProcess:
     name: str

@@ -22,7 +22,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
@@ -43,6 +43,7 @@ from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.outputs import OutputStore
+from farmnet.testing import ChildOutput
 
 ROOT = str(Path(farmnet.__file__).resolve().parent.parent)
 EXAMPLES = Path(ROOT) / "examples"
@@ -474,24 +475,6 @@ def child_env() -> dict[str, str]:
     return env
 
 
-class _Lines(ProcessProtocol):
-    """A child whose stdout is read line by line while it runs."""
-
-    def __init__(self) -> None:
-        self.out = b""
-        self.err = b""
-        self.ended: defer.Deferred[int] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value.exitCode)
-
-
 class CLITests(ServerTestCase):
     async def cli(self, *args: str, user: str = "anna") -> tuple[int, bytes, bytes]:
         out, err, code = await getProcessOutputAndValue(
@@ -670,7 +653,7 @@ class CLITests(ServerTestCase):
         self.assertIn(f"farmnet: job {job_id} ended in error: ERR 2".encode(), err)
 
     async def test_watch_prints_events_until_interrupted(self) -> None:
-        lines = _Lines()
+        lines = ChildOutput()
         before = len(self.server.connections)
         process = reactor.spawnProcess(
             lines, sys.executable,
@@ -689,7 +672,7 @@ class CLITests(ServerTestCase):
         self.assertEqual(lines.err, b"")
 
 
-def _kill(process: Any, lines: _Lines) -> defer.Deferred[int]:
+def _kill(process: Any, lines: ChildOutput) -> defer.Deferred[int]:
     process.signalProcess(signal.SIGKILL)
     return lines.ended
 

@@ -18,7 +18,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from farmnet.client import FarmClient, connect
-from farmnet.testing import ProcessFarm, wait_until
+from farmnet.testing import ChildOutput, ProcessFarm, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_RENDERS = ROOT / "bench" / "fake_renders.py"
@@ -303,7 +303,7 @@ class ClientsRideRestartsTests(RestartCase):
         job_id, _ = await self.client.submit(sleep_job(8, 1))
         env = {**self.farm.environ, "FARMNET_SERVER": self.farm.endpoint, "FARMNET_USER": "anna",
                "PYTHONPATH": str(ROOT)}
-        waiting, watching, script = _Child(), _Child(), _Child()
+        waiting, watching, script = ChildOutput(), ChildOutput(), ChildOutput()
         for proto, args in ((waiting, ["-m", "farmnet.cli", "wait", str(job_id)]),
                             (watching, ["-m", "farmnet.cli", "watch", "--json"]),
                             (script, ["-c", SYNC_WAIT, str(job_id)])):
@@ -348,24 +348,6 @@ with SyncFarmClient() as farm:
     print("ready", flush=True)
     print(farm.wait(int(sys.argv[1]))["state"], flush=True)
 """
-
-
-class _Child(ProcessProtocol):
-    """A child whose output is kept and whose exit code ``ended`` gives."""
-
-    def __init__(self) -> None:
-        self.out = b""
-        self.err = b""
-        self.ended: defer.Deferred[int] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value.exitCode)
 
 
 def _stop(transport: Any, proto: Any) -> Any:
