@@ -370,6 +370,7 @@ class IdleTests(NetworkCase):
         poll.addErrback(lambda _: None)  # fails when the monitor closes at cleanup
         await until(lambda: client._proto.lost, 5, "the idle tool to be closed")
         self.assertEqual(client._proto.close_reason, "idle for 0.5 s")
+        await until(lambda: conn.ended_by, 5, "the server to see the connection end")
         self.assertEqual(conn.ended_by, "peer")  # it closed first, when asked
         # The tool's next call connects again (it was only idle) and is answered.
         self.assertEqual(await client.jobs(), [])
