@@ -57,6 +57,8 @@ class StartOrder:
     frame_start: int = 0
     frame_end: int = 0
     max_run_time: int = 0
+    #: A multi-host task's primary: its hosts, for the command's ``@AF_HOSTS@`` (the service formats them).
+    hosts: list[str] = attrs.field(factory=list)
 
     @property
     def key(self) -> tuple[int, int, int]:

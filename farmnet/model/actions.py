@@ -54,6 +54,7 @@ class Actions(TaskLife, Policy):
 
     def _job_pause(self, job: Job, value: Any) -> None:
         job.paused = True
+        self._multihost_end_job(job, "job paused")  # type: ignore[attr-defined]  # MultiHost, mixed in
         self._job_changed(job)
 
     def _job_resume(self, job: Job, value: Any) -> None:
@@ -63,6 +64,7 @@ class Actions(TaskLife, Policy):
 
     def _job_stop(self, job: Job, value: Any) -> None:
         job.paused = True
+        self._multihost_end_job(job, "job stopped")  # type: ignore[attr-defined]
         self._restart_tasks(job, lambda t: t.state in ACTIVE, "job stopped")
 
     def _job_set(self, job: Job, changes: dict[str, Any]) -> None:
@@ -154,6 +156,7 @@ class Actions(TaskLife, Policy):
             for task in block.tasks:
                 if task.state in ACTIVE:
                     self._stop_task(task, "job deleted")
+        self._multihost_end_job(job, "job deleted")  # type: ignore[attr-defined]
         self._ready_jobs_remove(job)
         self._cancel_timer("wait", job.id)
         self._cancel_timer("life", job.id)

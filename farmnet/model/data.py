@@ -68,6 +68,8 @@ class TaskRun:
     errors_count: int
     message: str
     peak_memory_mb: int | None = None
+    #: A multi-host run's hosts, its primary first (``host``); empty for other runs.
+    hosts: tuple[str, ...] = ()
 
 
 @attrs.define(slots=True, eq=False, repr=False)
@@ -292,6 +294,9 @@ class Render:
     wol: str = ""
     #: The latest resources the render reported (CPU, memory, swap, disk, load).
     resources: dict[str, Any] = attrs.field(factory=dict)
+    #: Multi-host tasks this render is a host of, other than as their primary (captured while
+    #: the task gathers hosts, then a secondary): farmnet/model/multihost.py.
+    multihost: dict[TaskKey, Task] = attrs.field(factory=dict)
 
     def usable(self) -> bool:
         """Online, not sick, not asleep: a paused or NIMBY render still runs the jobs that ignore
@@ -301,7 +306,7 @@ class Render:
     def has_room(self) -> bool:
         if not self.usable() or self.capacity_used >= self.capacity:
             return False
-        return self.max_tasks <= 0 or len(self.tasks) < self.max_tasks
+        return self.max_tasks <= 0 or len(self.tasks) + len(self.multihost) < self.max_tasks
 
     def allows(self, service: str) -> bool:
         if service in self.services_disabled:
@@ -319,6 +324,26 @@ class Render:
                                        ("NIMBY", self.NIMBY), ("nimby", self.nimby)) if on]
         flags.append("busy" if self.tasks else "online")
         return " ".join(flags)
+
+
+@attrs.define(eq=False, repr=False)
+class MultiRun:
+    """A multi-host task's hosts (farmnet/model/multihost.py): captured while it gathers, then
+    its primary and secondaries for one run."""
+
+    task: Task
+    #: Captured renders in the order they came; once started, the secondaries.
+    hosts: list[Render] = attrs.field(factory=list)
+    #: The render that runs the task's command (the first captured); None while gathering.
+    master: Render | None = None
+    #: When the last host was captured (multihost_max_wait counts from there).
+    time_last_added: float = 0.0
+    #: Secondaries named by the store that have not re-registered since the server started.
+    pending: set[str] = attrs.field(factory=set)
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.hosts] + sorted(self.pending)
 
 
 def solving_order(spec: BlockSpec, count: int, sequential: int) -> list[int]:

@@ -4,6 +4,7 @@
 
 - a task's life — submit, start, output, finish, retry, time limits, lost, re-attached:
   lifecycle.py (`TaskLife`)
+- multi-host tasks (hosts gathered, primary and secondaries): multihost.py
 - actions on jobs, tasks, users, renders: actions.py
 - permissions, settings and input checks: policy.py
 - read views (listings, dicts): views.py
@@ -16,11 +17,12 @@ clock passed in.
 from __future__ import annotations
 
 from farmnet.model.actions import Actions
+from farmnet.model.multihost import MultiHost
 from farmnet.model.restore import Restore
 from farmnet.model.views import Views
 
 
-class Farm(Actions, Views, Restore):
+class Farm(Actions, MultiHost, Views, Restore):
     pass
 
 

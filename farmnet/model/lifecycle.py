@@ -89,18 +89,31 @@ class TaskLife(FarmState):
             self.request_solve()
 
     def start_task(self, task: Task, render: Render) -> None:
-        """Hand a ready task to a render (the scheduler decided)."""
-        block, job = task.block, task.block.job
+        """Hand a ready task to a render (the scheduler decided); a multi-host task captures
+        the render as one of its hosts instead (farmnet/model/multihost.py)."""
+        if task.block.spec.multihost_min:
+            self._multihost_capture(task, render)  # type: ignore[attr-defined]  # MultiHost, mixed in
+            return
+        self._begin_run(task, render)
+        self._order(render, self._start_order(task))
+
+    def _begin_run(self, task: Task, render: Render, host: str = "") -> None:
+        """A new run of ``task`` on ``render``: counted, RUN, time limits armed (no order yet)."""
+        job = task.block.job
         now = self.clock.seconds()
         task.starts_count += 1
         task.progress = 0
-        task.host = render.name
+        task.host = host or render.name
         task.time_started, task.time_done, task.time_progress = now, 0.0, now
         if not job.time_started:
             job.time_started = now
         self._occupy(render, task)
         self._set_state(task, TaskState.RUN)
         self._arm_time_limits(task)
+
+    def _start_order(self, task: Task) -> StartOrder:
+        """The order that starts the task's current run."""
+        block, job = task.block, task.block.job
         spec = block.spec
         frame_start, frame_end = spec.frames(task.number) if spec.numeric else (0, 0)
         env = dict(spec.environment)
@@ -114,12 +127,12 @@ class TaskLife(FarmState):
             "FARMNET_USER": job.user_name, "FARMNET_RUN": str(task.starts_count),
             "FARMNET_FRAME_START": str(frame_start), "FARMNET_FRAME_END": str(frame_end),
         })
-        self._order(render, StartOrder(
+        return StartOrder(
             job_id=job.id, block=block.number, task=task.number, run=task.starts_count,
             name=task.name, command=task.command, working_directory=spec.working_directory,
             environment=env, service=spec.service, parser=spec.parser, capacity=spec.capacity,
             frame_start=frame_start, frame_end=frame_end, max_run_time=spec.task_max_run_time,
-        ))
+        )
 
     def _arm_time_limits(self, task: Task) -> None:
         """task_max_run_time and task_progress_change_timeout: the server kills, the run
@@ -225,6 +238,7 @@ class TaskLife(FarmState):
         is counted once."""
         task = self.current_task(render, key, run)
         if task is None:
+            self._multihost_service_ended(render, key, run, exit_code, signal)  # type: ignore[attr-defined]
             log.debug("stale finish of {key} run {run} from {render}", key=key, run=run,
                       render=render.name)
             return None
@@ -277,10 +291,14 @@ class TaskLife(FarmState):
                     peak_memory_mb: int | None) -> TaskRun:
         block, job = task.block, task.block.job
         frames = block.spec.frames(task.number) if block.spec.numeric else (0, 0)
+        host, hosts = task.host, ()
+        if block.spec.multihost_min:  # "primary: secondary ...", as Afanasy shows a multi-host run
+            host, _, others = task.host.partition(": ")
+            hosts = tuple(dict.fromkeys([host, *others.split()]))
         return TaskRun(
             job_id=job.id, block=block.number, task=task.number, run=task.starts_count,
             job_name=job.name, block_name=block.name, task_name=task.name, user_name=job.user_name,
-            host=task.host, service=block.spec.service, capacity=block.spec.capacity,
+            host=host, hosts=hosts, service=block.spec.service, capacity=block.spec.capacity,
             command=task.command, frame_start=frames[0], frame_end=frames[1],
             time_started=task.time_started, time_done=task.time_done, exit_code=exit_code,
             signal=signal, state=task.state.value, errors_count=task.errors_count,
@@ -288,6 +306,8 @@ class TaskLife(FarmState):
 
     def _stop_task(self, task: Task, reason: str) -> None:
         """Order the render to kill a running task and forget it here."""
+        if task.block.spec.multihost_min:
+            self._multihost_end(task, reason)  # type: ignore[attr-defined]
         self._stop_waiting(task)
         render = self.renders.get(task.render_id)
         if render is not None and render.online and task.key in render.tasks:
@@ -423,6 +443,8 @@ class TaskLife(FarmState):
                     self._occupy(render, task)
                     self._set_state(task, TaskState.RUN)
                     self._arm_time_limits(task)
+            elif task is not None and self._multihost_reattach(render, task, run):  # type: ignore[attr-defined]
+                pass  # a secondary host of a multi-host task, still running its service
             else:  # deleted, restarted or run elsewhere meanwhile
                 self._order(render, KillOrder(*key, run=run, reason="not wanted by the server"))
         for key, task in list(render.tasks.items()):
@@ -434,6 +456,7 @@ class TaskLife(FarmState):
                 log.info("task {key} is not on {render} any more: ready again", key=key,
                          render=render.name)
                 self._waited_in_vain(task)
+        self._multihost_registered(render, reported)  # type: ignore[attr-defined]
 
     def render_seen(self, render: Render, resources: HostResources | None = None) -> None:
         """A render spoke; ``resources`` (CPU, memory, swap, disk, load) are shown, not trusted."""
@@ -453,6 +476,7 @@ class TaskLife(FarmState):
         if zombie:
             log.warn("render {render} is a zombie: silent past zombie_time", render=render.name)
         self._drop_pending_orders(render)
+        self._multihost_render_lost(render)  # type: ignore[attr-defined]
         now = self.clock.seconds()
         for task in list(render.tasks.values()):
             self._release(task, keep_render=True)
@@ -500,7 +524,8 @@ class TaskLife(FarmState):
                     task = self.task(order.key)
                 except (errors.UnknownJob, errors.UnknownTask):
                     continue  # its job was deleted meanwhile
-                if task.state is TaskState.RUN and task.starts_count == order.run:
+                if (task.state is TaskState.RUN and task.starts_count == order.run
+                        and task.render_id == render.id):  # (not a multi-host secondary's service)
                     self._release(task)
                     self._set_state(task, TaskState.RDY)
 

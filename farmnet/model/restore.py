@@ -87,6 +87,8 @@ class Restore(FarmState):
                 for task in block.tasks:
                     if task.state is TaskState.WRC:
                         self._wait_for_render(task, self.renders[task.render_id])
+                        if block.spec.multihost_min:
+                            self._multihost_restore(task)  # type: ignore[attr-defined]  # MultiHost
             if job.counts[TaskState.RDY]:
                 self._ready_jobs_add(job)
             self._schedule_time_wait(job)

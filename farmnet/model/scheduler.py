@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 
-from farmnet.model.data import Block, Job, Render, Task, TaskState, User
+from farmnet.model.data import Block, Job, MultiRun, Render, Task, TaskKey, TaskState, User
 from farmnet.model.masks import Mask, Masks
 
 #: Tasks of one block looked at per pick before giving up on it (task-level refusals).
@@ -64,6 +64,8 @@ class Why(enum.StrEnum):
     HOST_TICKETS = "render's tickets exhausted"
     AVOIDED = "block avoids the render after errors there (errors_avoid_host)"
     TASK_AVOIDED = "ready tasks avoid the render after errors there (errors_task_same_host)"
+    MULTIHOST_HOST = "render is already a host of a task of this multi-host block"
+    MULTIHOST_GATHERING = "multi-host task gathers hosts"
 
 
 def _limit_reached(running: int, limit: int) -> bool:
@@ -93,6 +95,10 @@ class FarmView(Protocol):
     jobs_ignoring_states: int
     tickets_used: Counter[str]
     masks: Masks
+    #: (job id, block number) → the multi-host task of that block gathering hosts.
+    multihost_gathering: Mapping[tuple[int, int], Task]
+    #: Multi-host tasks' hosts, gathering or running.
+    multihost: Mapping[TaskKey, MultiRun]
 
     @property
     def settings(self) -> Any: ...
@@ -171,6 +177,10 @@ class Scheduler:
 
     def take_task(self, block: Block, render: Render, now: float) -> Task | None:
         """The block's next ready task this render may run; tasks passed over stay ready."""
+        if block.spec.multihost_min:
+            gathering = self.multihost_task(block)
+            if gathering is not None:
+                return None if self.task_refuses(gathering, render, now) else gathering
         if not block.tasks_depend_on and not block.host_errors:  # the fast path
             return block.pop_ready()
         passed: list[Task] = []
@@ -271,7 +281,7 @@ class Scheduler:
         if spec.capacity > render.capacity:
             return Why.TOO_SMALL
         if render.capacity_used + spec.capacity > render.capacity or (
-                render.max_tasks > 0 and len(render.tasks) >= render.max_tasks):
+                render.max_tasks > 0 and len(render.tasks) + len(render.multihost) >= render.max_tasks):
             return Why.BUSY
         if _limit_reached(block.running_per_host[render.id], spec.max_running_tasks_per_host):
             return Why.BLOCK_HOST_LIMIT
@@ -285,7 +295,31 @@ class Scheduler:
         errors = block.host_errors.get(render.name)
         if errors is not None and self._avoids(block, errors, "errors_avoid_host", now):
             return Why.AVOIDED
+        if spec.multihost_min:
+            return self.multihost_refuses(block, render)
         return None
+
+    def multihost_refuses(self, block: Block, render: Render) -> Why | None:
+        """A multi-host block's task wants distinct hosts: a render serving one of its tasks
+        (primary, captured or secondary) takes no other."""
+        return Why.MULTIHOST_HOST if block.running_per_host[render.id] else None
+
+    def multihost_task(self, block: Block) -> Task | None:
+        """The block's task that gathers hosts: it takes every render that fits before another
+        task of the block starts gathering (two half-gathered tasks would wait for each other)."""
+        return self.farm.multihost_gathering.get((block.job.id, block.number))
+
+    def multihost_waiting(self, block: Block) -> str | None:
+        """"multi-host task gathers hosts: task 3 has 2 of multihost_min 3 (max 4)", or None."""
+        task = self.multihost_task(block)
+        if task is None:
+            return None
+        spec, hosts = block.spec, len(self.farm.multihost[task.key].hosts)
+        text = (f"{Why.MULTIHOST_GATHERING}: task {task.number} has {hosts} of multihost_min "
+                f"{spec.multihost_min} (max {spec.multihost_max})")
+        if hosts >= spec.multihost_min:
+            text += f", starts when no host came for multihost_max_wait {spec.multihost_max_wait} s"
+        return text
 
     def task_refuses(self, task: Task, render: Render, now: float) -> Why | None:
         if task.block.tasks_depend_on and not self.task_dependencies_done(task):
@@ -346,6 +380,9 @@ class Scheduler:
                 entry["reasons"].append(f"{blocked}: {self._tickets_text(block)}")
             elif blocked is not None:
                 entry["reasons"].append(str(blocked))
+            gathering = self.multihost_waiting(block) if block.spec.multihost_min else None
+            if gathering is not None:
+                entry["reasons"].append(gathering)
             if blocked is None and waits is None:
                 refusals: Counter[str] = Counter()
                 for render in renders:

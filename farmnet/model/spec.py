@@ -31,16 +31,19 @@ _FRAME_PATTERN = re.compile(r"@(#+)@")
 
 #: Afanasy block flag bits.
 FLAG_NUMERIC = 1 << 0
+#: Afanasy's multi-host flags (`af.Block.setMultiHost`, `setSlaveLostIgnore`).
+FLAG_MULTIHOST = 1 << 2
+FLAG_MASTER_ON_SLAVE = 1 << 3
+FLAG_SLAVE_LOST_IGNORE = 1 << 8
+#: Afanasy's TASK_MULTIHOSTMAXHOSTS.
+MULTIHOST_MAX_HOSTS = 100
 
 #: Afanasy block flag bits that farmnet does not act on, with why (a warning names them).
 _FLAGS_WITHOUT_EFFECT = {
     1 << 1: ("varcapacity", "variable capacity is issue 14, later"),
-    1 << 2: ("multihost", "multi-host tasks are issue 14, later"),
-    1 << 3: ("masteronslave", "multi-host tasks are issue 14, later"),
     1 << 4: ("dependsubtask", "tasks_depend_mask waits for whole tasks"),
     1 << 6: ("skipexistingfiles", "renders do not check task files"),
     1 << 7: ("checkrenderedfiles", "renders do not check task files"),
-    1 << 8: ("slavelostignore", "multi-host tasks are issue 14, later"),
     1 << 9: ("appendedtasks", "set by Afanasy's server only"),
     1 << 10: ("suspendnewtasks", "new tasks are ready, never suspended"),
 }
@@ -62,11 +65,6 @@ NO_EFFECT_JOB = {
 NO_EFFECT_BLOCK = {
     "capacity_coeff_min": f"variable capacity (capacity_coeff) {_ISSUE_14}",
     "capacity_coeff_max": f"variable capacity (capacity_coeff) {_ISSUE_14}",
-    "multihost_min": f"multi-host tasks {_ISSUE_14}",
-    "multihost_max": f"multi-host tasks {_ISSUE_14}",
-    "multihost_max_wait": f"multi-host tasks {_ISSUE_14}",
-    "multihost_service": f"multi-host tasks {_ISSUE_14}",
-    "multihost_service_wait": f"multi-host tasks {_ISSUE_14}",
     "need_memory": f"needs (need_memory) {_ISSUE_14}",
     "need_hdd": f"needs (need_hdd) {_ISSUE_14}",
     "need_power": f"needs (need_power) {_ISSUE_14}",
@@ -135,6 +133,17 @@ class BlockSpec:
     tickets: Mapping[str, int] = attrs.field(factory=dict)
     #: Tasks are appended while the farm runs (the system job's blocks); may be empty.
     dynamic: bool = False
+    #: Multi-host tasks (Afanasy's ``setMultiHost``): each task takes multihost_min..max renders
+    #: (0: an ordinary block); doc/scheduling.md.
+    multihost_min: int = 0
+    multihost_max: int = 0
+    multihost_max_wait: int = 0
+    multihost_service: str = ""
+    multihost_service_wait: int = 0
+    #: Flag ``masteronslave``: the primary's host is in its own hosts list.
+    multihost_master_on_slave: bool = False
+    #: Flag ``slavelostignore``: a lost secondary does not restart the task while one is left.
+    multihost_slave_lost_ignore: bool = False
 
     @property
     def numeric(self) -> bool:
@@ -355,6 +364,9 @@ _BLOCK_FIELDS: dict[str, Callable[[Any], Any]] = {
     "errors_forgive_time": _int, "task_max_run_time": _at_least(0),
     "task_min_run_time": _at_least(0), "task_progress_change_timeout": _at_least(0),
     "tickets": _tickets, "dynamic": _bool,
+    "multihost_min": _at_least(0), "multihost_max": _at_least(0), "multihost_max_wait": _at_least(0),
+    "multihost_service": _str, "multihost_service_wait": _at_least(0),
+    "multihost_master_on_slave": _bool, "multihost_slave_lost_ignore": _bool,
 }
 _JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "user_name": _str, "host_name": _str, "priority": _at_least(0), "depend_mask": _regex,
@@ -478,6 +490,7 @@ def _parse_block(c: _Collector, raw: Any, path: str) -> BlockSpec | None:
     for bit, (flag, why) in _FLAGS_WITHOUT_EFFECT.items():
         if flags & bit:
             c.warnings.append(f"{path}.flags: {flag} accepted but has no effect in farmnet ({why})")
+    _multihost(c, values, flags, path)
     known = [*_BLOCK_FIELDS, *NO_EFFECT_BLOCK, "flags", "name", "tasks"]
     for key in raw:
         if key not in known:
@@ -487,6 +500,38 @@ def _parse_block(c: _Collector, raw: Any, path: str) -> BlockSpec | None:
         return None
     given = {k: v for k, v in values.items() if v is not None}
     return BlockSpec(name=name, tasks=tasks, **given)
+
+
+def _multihost(c: _Collector, values: dict[str, Any], flags: int, path: str) -> None:
+    """Afanasy's multi-host settings: the ``multihost`` flag (af.py's ``setMultiHost``) or, in a
+    YAML job, ``multihost_min`` alone makes a block multi-host; checked as ``setMultiHost`` does."""
+    if flags & FLAG_MASTER_ON_SLAVE:
+        values["multihost_master_on_slave"] = True
+    if flags & FLAG_SLAVE_LOST_IGNORE:
+        values["multihost_slave_lost_ignore"] = True
+    low, high = values["multihost_min"] or 0, values["multihost_max"]
+    if not flags & FLAG_MULTIHOST and not low:
+        for key in ("multihost_max", "multihost_max_wait", "multihost_service", "multihost_service_wait",
+                    "multihost_master_on_slave", "multihost_slave_lost_ignore"):
+            if values[key]:
+                c.warnings.append(f"{path}.{key}: the block is not multi-host (no multihost flag, no "
+                                  f"multihost_min): ignored")
+                values[key] = None
+        return
+    if low < 1:
+        c.errors.append(f"{path}.multihost_min: a multi-host block needs at least 1 host, got {low}")
+        return
+    high = low if high is None else high
+    if high < low:
+        c.errors.append(f"{path}.multihost_max: {high} is less than multihost_min {low}")
+    elif high > MULTIHOST_MAX_HOSTS:
+        c.errors.append(f"{path}.multihost_max: at most {MULTIHOST_MAX_HOSTS} hosts (Afanasy's limit), "
+                        f"got {high}")
+    values["multihost_max"] = high
+    if values["multihost_master_on_slave"] and values["multihost_service"]:
+        c.warnings.append(f"{path}.flags: masteronslave is dropped: a block with a multihost_service "
+                          f"cannot run its primary on a secondary host, as in Afanasy")
+        values["multihost_master_on_slave"] = None
 
 
 def _parse_tasks(c: _Collector, raw: Any, path: str) -> tuple[TaskSpec, ...]:

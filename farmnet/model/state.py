@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from farmnet import errors
 from farmnet.config import SchedulingConfig
 from farmnet.messages import Order
-from farmnet.model.data import Block, Job, Render, Task, TaskKey, TaskState, User
+from farmnet.model.data import Block, Job, MultiRun, Render, Task, TaskKey, TaskState, User
 from farmnet.model.events import Bus, JobChanged, OrdersQueued, RenderChanged, TaskStateChanged
 from farmnet.model.masks import Masks
 from farmnet.model.scheduler import Scheduler
@@ -62,7 +62,10 @@ class FarmState:
         self._next_render_id = 1
         self._serial = 0
         self._solve_call: IDelayedCall | None = None
-        #: Pending timers: ("reconnect"|"limits"|"wait"|"life", id) → call.
+        #: Multi-host tasks' hosts, and per block the task gathering them (model/multihost.py).
+        self.multihost: dict[TaskKey, MultiRun] = {}
+        self.multihost_gathering: dict[tuple[int, int], Task] = {}
+        #: Pending timers: ("reconnect"|"limits"|"wait"|"life"|"multihost", id) → call.
         self._timers: dict[tuple[str, int], IDelayedCall] = {}
 
     def _set_state(self, task: Task, state: TaskState) -> None:
@@ -83,6 +86,8 @@ class FarmState:
                 self._ready_jobs_add(job)
         elif old is TaskState.RDY and job.counts[TaskState.RDY] == 0:
             self._ready_jobs_remove(job)
+        if block.spec.multihost_min and state is not TaskState.RUN and state is not TaskState.WRC:
+            self._multihost_end(task, f"task {state.value}")  # type: ignore[attr-defined]
         if block.finished != block_was_finished:
             self._count_capacity(block.spec.capacity, -1 if block_was_finished is False else +1)
             if block.depends_on_me or job.spec.depend_mask:

@@ -127,9 +127,9 @@ def render_record(render: Render) -> RenderRecord:
     r = render
     return RenderRecord(
         r.id, r.name, r.state, r.online, r.capacity, r.capacity_used, r.max_tasks, sorted(r.services),
-        sorted(r.services_disabled), r.platform, r.cpus, r.memory_mb, list(r.tasks), r.time_seen, r.owner,
-        r.nimby, r.NIMBY, r.paused, r.sick, dict(r.tickets_used), r.errors_in_row, list(r.macs), r.wol,
-        dict(r.resources), render_errors(r))
+        sorted(r.services_disabled), r.platform, r.cpus, r.memory_mb, [*r.tasks, *r.multihost], r.time_seen,
+        r.owner, r.nimby, r.NIMBY, r.paused, r.sick, dict(r.tickets_used), r.errors_in_row, list(r.macs),
+        r.wol, dict(r.resources), render_errors(r))
 
 
 def render_errors(render: Render) -> list[RenderError]:

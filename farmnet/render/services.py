@@ -44,7 +44,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -427,12 +427,24 @@ def prepare(
     name = str(order.get("service") or "generic")
     try:
         service = service_for(name, registry)
-        return Prepared(service.command(order, config), service.environment(order, env), service.name)
+        command = apply_hosts(service, service.command(order, config), order.get("hosts") or ())
+        return Prepared(command, service.environment(order, env), service.name)
     except Exception as e:
         _logger.failure("service {service!r} failed to prepare task {order}", service=name,
                         order={k: order.get(k) for k in ("job_id", "block", "task", "run")})
         message = f"farmnet: service {name!r} failed on this render: {type(e).__name__}: {e}"
         return Prepared(f"printf '%s\\n' {shlex.quote(message)} >&2; exit 1", dict(env), name)
+
+
+def apply_hosts(service: Service, command: str, hosts: Iterable[str]) -> str:
+    """A multi-host task's primary: Afanasy's ``@AF_HOSTS@`` becomes its hosts, as the service
+    formats them (``hosts_prefix``, ``hosts_separator``; Afanasy's default ``-H a,b``)."""
+    hosts = list(hosts)
+    if not hosts:
+        return command
+    prefix = getattr(service, "hosts_prefix", "-H ")
+    separator = getattr(service, "hosts_separator", ",")
+    return command.replace("@AF_HOSTS@", prefix + separator.join(hosts))
 
 
 def cleanup(order: Mapping[str, Any], config: RenderConfig) -> None:
