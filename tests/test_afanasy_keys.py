@@ -241,14 +241,14 @@ class CommandPreTests(SystemJobTestCase):
 class NoEffectWarningTests(FarmTestCase):
     def test_a_key_without_effect_gets_a_warning_naming_it(self) -> None:
         _, warnings = parse_job({"name": "j", "ppa": True, "pools": {"fast": 100}, "blocks": [
-            {"name": "b", "command": "x", "need_memory": 4096, "flags": 1 | 1 << 2,
+            {"name": "b", "command": "x", "need_memory": 4096, "flags": 1 | 1 << 4,
              "tasks": [{"name": "t", "command": "y", "files": ["a.exr"]}]}]})
         self.assertEqual(sorted(warnings), sorted([
             "job.ppa: accepted but has no effect in farmnet (no preview-pending-approval)",
             "job.pools: accepted but has no effect in farmnet (render pools is issue 14, later)",
             "job.blocks[0].flags: numeric flag set on a block with explicit tasks; tasks win",
-            "job.blocks[0].flags: multihost accepted but has no effect in farmnet "
-            "(multi-host tasks are issue 14, later)",
+            "job.blocks[0].flags: dependsubtask accepted but has no effect in farmnet "
+            "(tasks_depend_mask waits for whole tasks)",
             "job.blocks[0].need_memory: accepted but has no effect in farmnet "
             "(needs (need_memory) is issue 14, later)",
             "job.blocks[0].tasks[0].files: accepted but has no effect in farmnet "
@@ -289,8 +289,9 @@ AF_PY_BLOCK_KEYS = {
     "hosts_mask": "test_scheduler.py", "hosts_mask_exclude": "test_scheduler.py",
     "depend_mask": "test_scheduler.py", "tasks_depend_mask": "test_scheduler.py; FrameTests",
     "file_size_min": None, "file_size_max": None,
-    "multihost_min": None, "multihost_max": None, "multihost_max_wait": None,
-    "multihost_service": None, "multihost_service_wait": None,
+    "multihost_min": "test_multihost.py", "multihost_max": "test_multihost.py",
+    "multihost_max_wait": "test_multihost.py", "multihost_service": "test_multihost.py",
+    "multihost_service_wait": "test_multihost.py",
     "tasks": "TaskEnvironmentTests, CommandTests",
 }
 AF_PY_JOB_KEYS = {
@@ -310,13 +311,16 @@ AF_PY_JOB_KEYS = {
 }
 #: Block flag bits af.py sets (afcommon.BlockFlags), None when a warning says it has no effect.
 AF_PY_BLOCK_FLAGS = {
-    "numeric": "FrameTests", "varcapacity": None, "multihost": None, "masteronslave": None,
+    "numeric": "FrameTests", "varcapacity": None, "multihost": "test_multihost.py",
+    "masteronslave": "test_multihost.py",
     "dependsubtask": None, "skipthumbnails": "farmnet makes no thumbnails", "skipexistingfiles": None,
-    "checkrenderedfiles": None, "slavelostignore": None, "suspendnewtasks": None,
+    "checkrenderedfiles": None, "slavelostignore": "test_multihost.py", "suspendnewtasks": None,
 }
 FLAG_BITS = {"numeric": 0, "varcapacity": 1, "multihost": 2, "masteronslave": 3, "dependsubtask": 4,
              "skipthumbnails": 5, "skipexistingfiles": 6, "checkrenderedfiles": 7, "slavelostignore": 8,
              "suspendnewtasks": 10}
+#: Flags af.py sets with setMultiHost (with multihost_min), or on a multi-host block.
+MULTIHOST_FLAGS = ("multihost", "masteronslave", "slavelostignore")
 #: A value af.py could write for each key without an effect (not Afanasy's default).
 SAMPLE = {"pools": {"fast": 10}, "try_this_tasks_num": [0], "try_this_blocks_num": [0], "branch": "/p",
           "need_os": "linux", "need_properties": "gpu", "ppa": True, "maintenance": True,
@@ -337,6 +341,8 @@ class KeyWalkTests(FarmTestCase):
             block[key] = value
         else:
             block["tasks"] = [{"name": "t", "command": "y", key: value}]
+        if key.startswith("multihost_"):  # af.py writes them on a multi-host block only
+            block.setdefault("multihost_min", 1)
         _, warnings = parse_job(job)
         return warnings
 
@@ -367,8 +373,9 @@ class KeyWalkTests(FarmTestCase):
     def test_block_flags(self) -> None:
         for flag, tested in AF_PY_BLOCK_FLAGS.items():
             with self.subTest(flag=flag):
+                multihost = {"multihost_min": 2} if flag in MULTIHOST_FLAGS else {}
                 _, warnings = parse_job({"name": "j", "blocks": [
-                    {"name": "b", "command": "x", "flags": 1 | 1 << FLAG_BITS[flag]}]})
+                    {"name": "b", "command": "x", "flags": 1 | 1 << FLAG_BITS[flag], **multihost}]})
                 said = [w for w in warnings if f"flags: {flag} accepted but has no effect in farmnet (" in w]
                 self.assertEqual(len(said), 0 if tested else 1, warnings)
 

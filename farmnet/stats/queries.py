@@ -244,7 +244,7 @@ class StatsQueries:
             SELECT job_id, job_name, block, block_name, task, task_name, run, user_name, host, service,
                    capacity, command, frame_start, frame_end, {_epoch("time_started")} AS time_started,
                    {_epoch("time_done")} AS time_done, run_time, exit_code, signal, state, errors_count,
-                   message, peak_memory_mb, folder
+                   message, peak_memory_mb, folder, hosts
             FROM tasks {w.sql()} ORDER BY id DESC LIMIT %s OFFSET %s"""
         return await self._rows(sql, [*w.params, limit, offset])
 

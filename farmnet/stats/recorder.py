@@ -185,6 +185,7 @@ class Recorder:
             run.user_name, run.host, run.service, run.capacity, run.command, run.frame_start,
             run.frame_end, run.time_started or None, run.time_done or None, run.exit_code, run.signal,
             run.state, run.errors_count, run.message, run.peak_memory_mb, job_folder(job, run.block),
+            " ".join(run.hosts) or None,
         ))
         self._added()
 

@@ -97,6 +97,7 @@ errors_count integer
 message text
 peak_memory_mb bigint
 folder text
+hosts text
 """)
 
 JOB_COLUMNS = _columns("""
@@ -201,6 +202,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE TABLE stats_batches (id text PRIMARY KEY, rows integer NOT NULL,"
         " time timestamptz NOT NULL DEFAULT now())",
         "CREATE INDEX stats_batches_time ON stats_batches (time)",
+    )),
+    Migration(3, "tasks.hosts: every host of a multi-host run", (
+        "ALTER TABLE tasks ADD COLUMN hosts text",
     )),
 )
 

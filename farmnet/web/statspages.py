@@ -316,7 +316,8 @@ class StatsPages:
         runs_table = table(["ended", "job", "block", "task", "user", "host", "service", "state",
                             ("run time", "num"), ("exit", "num"), "message"],
                            [[fmt_time(r["time_done"]), f"{r['job_id']}: {r['job_name']}", r["block_name"],
-                             r["task_name"], r["user_name"], r["host"], r["service"], r["state"],
+                             r["task_name"], r["user_name"], r["hosts"] or r["host"], r["service"],
+                             r["state"],
                              duration(r["run_time"]), "–" if r["exit_code"] is None else str(r["exit_code"]),
                              r["message"] or ""] for r in runs], empty="no task runs", class_="runs")
         form = self.filters_form("/stats/tasks", params, {"group": (TASK_GROUPS, group),
