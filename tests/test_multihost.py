@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from test_farm import FarmTestCase
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
 
+from farmnet.config import SchedulingConfig
 from farmnet.messages import KillOrder, StartOrder
 from farmnet.model.data import Render, TaskRun, TaskState
 from farmnet.model.events import RunEnded
+from farmnet.model.farm import Farm
 from farmnet.model.scheduler import Why
 from farmnet.model.spec import FLAG_MASTER_ON_SLAVE, FLAG_MULTIHOST, FLAG_SLAVE_LOST_IGNORE, parse_job
 from farmnet.render.services import GenericService, apply_hosts
+from farmnet.server.store import Store
 
 
 def multihost_block(low: int, high: int, frames: int = 1, **kw: Any) -> dict[str, Any]:
@@ -53,7 +62,8 @@ class GatheringTests(MultiHostTestCase):
                          "mpirun -H r1,r2 render 1")
         for secondary in (r1, r2):
             [service] = self.start_orders(secondary)
-            self.assertEqual((service.key, service.run, service.command), (master.key, 1, "serve --port 5000"))
+            self.assertEqual((service.key, service.run, service.command),
+                             (master.key, 1, "serve --port 5000"))
             self.assertEqual(service.hosts, [])
         task = job.blocks[0].tasks[0]
         self.assertEqual((task.state, task.host), (TaskState.RUN, "r0: r1 r2"))
@@ -114,7 +124,8 @@ class GatheringTests(MultiHostTestCase):
         small = self.render("small", capacity=1000)
         [master] = self.start_orders(big)
         self.assertEqual((master.task, master.hosts), (0, ["small"]))
-        self.assertEqual([t.state for t in job.blocks[0].tasks], [TaskState.RUN, TaskState.RDY, TaskState.RDY])
+        self.assertEqual([t.state for t in job.blocks[0].tasks],
+                         [TaskState.RUN, TaskState.RDY, TaskState.RDY])
         self.assertEqual(self.farm.multihost_gathering, {})  # big is the primary: no second host for task 1
         self.finish(big, master)
         [master] = self.start_orders(big)
@@ -147,7 +158,8 @@ class SecondaryLostTests(MultiHostTestCase):
     def test_a_secondary_service_ending_restarts_the_whole_task(self) -> None:
         job = self.job(multihost_block(2, 2, multihost_service="serve"))
         r0, r1 = self.renders(2)
-        [master], [service] = self.start_orders(r0), self.start_orders(r1)
+        self.start_orders(r0)
+        [service] = self.start_orders(r1)
         self.farm.task_finished(r1, service.key, service.run, exit_code=3, signal=None, time_started=1.0,
                                 time_done=2.0)
         self.clock.advance(0)
@@ -169,7 +181,8 @@ class SecondaryLostTests(MultiHostTestCase):
         self.clock.advance(0)
         task = job.blocks[0].tasks[0]
         self.assertEqual([type(o) for o in self.orders(r0)], [KillOrder])
-        self.assertEqual((task.state, r1.capacity_used, r1.multihost), (TaskState.RDY, 1000, {task.key: task}))
+        self.assertEqual((task.state, r1.capacity_used, r1.multihost),
+                         (TaskState.RDY, 1000, {task.key: task}))
         self.assertIn(f"{Why.MULTIHOST_GATHERING}: task 0 has 2 of multihost_min 3", self.why(job)[0])
 
     def test_slavelostignore_goes_on_while_a_secondary_is_left(self) -> None:
@@ -189,7 +202,7 @@ class SecondaryLostTests(MultiHostTestCase):
     def test_primary_lost_waits_with_its_secondaries_then_frees_them(self) -> None:
         job = self.job(multihost_block(2, 2, multihost_service="serve"))
         r0, r1 = self.renders(2)
-        [master], [service] = self.start_orders(r0), self.start_orders(r1)
+        [master], [_service] = self.start_orders(r0), self.start_orders(r1)
         task = job.blocks[0].tasks[0]
         self.farm.render_lost(r0)
         self.assertEqual((task.state, r1.capacity_used), (TaskState.WRC, 1000))
@@ -222,7 +235,8 @@ class SpecTests(MultiHostTestCase):
                           block.multihost_service, block.multihost_service_wait), (2, 4, 10, "s", 3))
         self.assertFalse(block.multihost_master_on_slave)
         self.assertEqual(warnings, ["job.blocks[0].flags: masteronslave is dropped: a block with a "
-                                    "multihost_service cannot run its primary on a secondary host, as in Afanasy"])
+                                    "multihost_service cannot run its primary on a secondary host, as in "
+                                    "Afanasy"])
         with self.assertRaisesRegex(Exception, r"multihost_max: 1 is less than multihost_min 2"):
             parse_job({"name": "j", "blocks": [{"name": "b", "command": "c", "multihost_min": 2,
                                                 "multihost_max": 1}]})
@@ -232,3 +246,68 @@ class SpecTests(MultiHostTestCase):
                                                           "multihost_service": "s"}]})
         self.assertEqual(warnings, ["job.blocks[0].multihost_service: the block is not multi-host (no "
                                     "multihost flag, no multihost_min): ignored"])
+
+
+class RestartTests(TestCase):
+    """The store keeps a multi-host run ("primary: secondary ..."): after a server restart
+    its secondaries re-attach like its primary (a real Store on a temporary file)."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="farmnet-multihost-"))
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def open(self, now: float) -> tuple[Farm, Clock, Store]:
+        clock = Clock()
+        clock.advance(now)
+        farm = Farm(clock, SchedulingConfig(task_reconnect_timeout=30))
+        store = Store(reactor, self.dir / "farm.sqlite", farm, flush_interval=0.05)
+        store.startService()
+        self.addCleanup(farm.stop)
+        return farm, clock, store
+
+    async def running_three_host_task(self, service: str) -> tuple[int, StartOrder]:
+        farm, clock, store = self.open(1000)
+        spec, _ = parse_job({"name": "mh", "blocks": [multihost_block(3, 3, multihost_service=service)]})
+        job = farm.submit(spec, "anna")
+        renders = [farm.register_render(f"r{i}", capacity=1000) for i in range(3)]
+        farm.solve()
+        [master] = farm.take_orders(renders[0])
+        await store.sync()
+        await store.stopService()
+        return job.id, master
+
+    async def test_secondaries_running_their_service_re_attach(self) -> None:
+        job_id, master = await self.running_three_host_task("serve")
+        farm, clock, store = self.open(1010)
+        self.addCleanup(store.stopService)
+        task = farm.jobs[job_id].blocks[0].tasks[0]
+        self.assertEqual((task.state, task.host), (TaskState.WRC, "r0: r1 r2"))
+        r0 = farm.register_render("r0", capacity=1000, running=[master.ref()])
+        r1 = farm.register_render("r1", capacity=1000, running=[master.ref()])
+        self.assertEqual((task.state, r0.tasks, r1.multihost),
+                         (TaskState.RUN, {task.key: task}, {task.key: task}))
+        self.assertEqual((farm.take_orders(r0), farm.take_orders(r1)), ([], []))  # nothing killed
+        # r2 comes back without the service: it is lost, the whole task restarts.
+        r2 = farm.register_render("r2", capacity=1000, running=[])
+        self.assertEqual(task.state, TaskState.RDY)
+        self.assertEqual([type(o) for o in farm.take_orders(r0)], [KillOrder])
+        self.assertEqual([type(o) for o in farm.take_orders(r1)], [KillOrder])
+        self.assertEqual((r1.multihost, r2.multihost), ({}, {}))
+
+    async def test_secondaries_without_service_come_back_or_are_lost_after_reconnect_timeout(self) -> None:
+        job_id, master = await self.running_three_host_task("")
+        farm, clock, store = self.open(1010)
+        self.addCleanup(store.stopService)
+        task = farm.jobs[job_id].blocks[0].tasks[0]
+        farm.register_render("r0", capacity=1000, running=[master.ref()])
+        r1 = farm.register_render("r1", capacity=1000)
+        self.assertEqual((task.state, r1.multihost, r1.capacity_used),
+                         (TaskState.RUN, {task.key: task}, 1000))
+        clock.advance(29)
+        self.assertEqual(task.state, TaskState.RUN)
+        clock.advance(1)  # r2 did not come back within task_reconnect_timeout: the run is over
+        self.assertEqual((task.state, task.starts_count), (TaskState.RDY, 1))
+        run = farm.multihost[task.key]  # r0 and r1 are free: the task gathers them anew
+        self.assertEqual((run.master, task.host), (None, "r0 r1"))

@@ -262,6 +262,17 @@ class RecorderTests(PgTestCase):
         self.assertEqual((second["task_name"], second["command"], second["frame_start"], second["frame_end"]),
                          ("frame 2", "render -f 0002", 2, 2))
 
+    async def test_a_multi_host_run_keeps_every_host(self) -> None:
+        r1, r2 = await self.driver.render("r1"), await self.driver.render("r2")
+        await self.driver.submit(job_doc(frames=1, block={"multihost_min": 2}))
+        self.assertEqual(await self.driver.play(r2), 0)  # r2 is a secondary: no start order
+        self.assertEqual(await self.driver.play(r1), 1)
+        [row] = await self.written("tasks", 1)
+        self.assertEqual((row["host"], row["hosts"], row["state"]), ("r1", "r1 r2", "DON"))
+        queries = StatsQueries(self.database)
+        [shown] = await queries.tasks()
+        self.assertEqual((shown["host"], shown["hosts"]), ("r1", "r1 r2"))
+
     async def test_folder_falls_back_to_working_directory(self) -> None:
         render = await self.driver.render("r1")
         await self.driver.submit(job_doc(frames=1))

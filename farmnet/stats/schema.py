@@ -154,6 +154,8 @@ def name_index(columns: tuple[Column, ...], name: str) -> int:
 
 
 _T_STARTED = name_index(TASK_COLUMNS, "time_started")
+#: Migration 3 appended ``hosts``: version 1 created the columns before it.
+_T_HOSTS = name_index(TASK_COLUMNS, "hosts")
 _T_DONE = name_index(TASK_COLUMNS, "time_done")
 
 #: Writes one or more batches in one statement. Its only parameter is a JSON array of
@@ -184,7 +186,7 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tasks, jobs and logs tables", (
-        _create("tasks", TASK_COLUMNS, ",\n  run_time double precision"),
+        _create("tasks", TASK_COLUMNS[:_T_HOSTS], ",\n  run_time double precision"),
         _create("jobs", JOB_COLUMNS),
         _create("logs", LOG_COLUMNS),
     )),
