@@ -5,7 +5,8 @@ default (need = 1.1^priority / (running + 1), running being the user's running
 capacity, or its running tasks when the farm counts tasks), so each priority point is
 worth about 10 % more of the farm; a user's jobs by order (higher priority first, then
 older) unless the user asks for need. Blocks in order; tasks in their block's
-``sequential`` order.
+``sequential`` order; in a multi-host block, the task gathering hosts first
+(farmnet/model/multihost.py).
 
 Every rule is a check that returns why it refuses (a `Why`), or None. `pick` uses the
 checks to solve; `explain` runs the same checks and reports their answers, so "why is

@@ -134,7 +134,7 @@ class BlockSpec:
     #: Tasks are appended while the farm runs (the system job's blocks); may be empty.
     dynamic: bool = False
     #: Multi-host tasks (Afanasy's ``setMultiHost``): each task takes multihost_min..max renders
-    #: (0: an ordinary block); doc/scheduling.md.
+    #: (0: an ordinary block); doc/jobs.md "Multi-host tasks".
     multihost_min: int = 0
     multihost_max: int = 0
     multihost_max_wait: int = 0
