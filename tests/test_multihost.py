@@ -311,3 +311,29 @@ class RestartTests(TestCase):
         self.assertEqual((task.state, task.starts_count), (TaskState.RDY, 1))
         run = farm.multihost[task.key]  # r0 and r1 are free: the task gathers them anew
         self.assertEqual((run.master, task.host), (None, "r0 r1"))
+
+
+class EjectTests(MultiHostTestCase):
+    def test_eject_drops_a_captured_host_and_kills_a_secondarys_service(self) -> None:
+        job = self.job(multihost_block(3, 3, multihost_service="serve"))
+        r0, r1 = self.renders(2, owner="olga")
+        self.farm.render_action("olga", ["r1"], "eject")
+        task = job.blocks[0].tasks[0]
+        self.assertEqual((task.host, r1.multihost), ("r0", {}))
+        self.clock.advance(0)  # free again: the scheduler gives r1 back to the task
+        self.assertEqual((task.host, r1.multihost), ("r0 r1", {task.key: task}))
+        self.render("r2")
+        self.assertEqual(task.state, TaskState.RUN)
+        self.orders(r0), self.orders(r1)
+        self.farm.render_action("olga", ["r1"], "eject")
+        self.assertEqual([type(o) for o in self.orders(r1)], [KillOrder])
+        self.assertEqual([type(o) for o in self.orders(r0)], [KillOrder])  # the whole task restarts
+        self.assertEqual(task.errors_count, 0)
+
+    def test_a_secondary_without_service_is_not_ejected_alone(self) -> None:
+        job = self.job(multihost_block(2, 2))
+        r0, r1 = self.renders(2, owner="olga")
+        self.farm.render_action("olga", ["r1"], "eject")
+        task = job.blocks[0].tasks[0]
+        self.assertEqual((task.state, task.host, self.orders(r1)), (TaskState.RUN, "r0: r1", []))
+        self.assertEqual(r1.state, "busy")

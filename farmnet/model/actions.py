@@ -244,10 +244,11 @@ class Actions(TaskLife, Policy):
                 for task in list(render.tasks.values()):
                     self._stop_task(task, f"ejected by {user}")
                     self._set_state(task, TaskState.RDY)
+                self._multihost_eject(render, f"ejected by {user}")  # type: ignore[attr-defined]
             elif action == "exit":
                 self._order(render, ExitOrder())
             elif action == "sleep":
-                if not render.online or render.tasks:
+                if not render.online or render.tasks or render.multihost:
                     raise errors.InvalidAction(f"render {render.name!r} must be online and idle to sleep")
                 render.wol = "falling"
                 self._order(render, SleepOrder())

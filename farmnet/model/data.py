@@ -322,7 +322,7 @@ class Render:
             return "offline"
         flags = [name for name, on in (("sick", self.sick), ("paused", self.paused),
                                        ("NIMBY", self.NIMBY), ("nimby", self.nimby)) if on]
-        flags.append("busy" if self.tasks else "online")
+        flags.append("busy" if self.tasks or self.multihost else "online")
         return " ".join(flags)
 
 

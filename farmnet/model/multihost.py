@@ -189,6 +189,22 @@ class MultiHost(TaskLife):
             if run is not None:
                 self._multihost_secondary_gone(run, render.name, "render lost")
 
+    def _multihost_eject(self, render: Render, why: str) -> None:
+        """Its owner ejects a captured or secondary host. As in Afanasy, a running secondary
+        without a service is not freed alone (stop the task to free it); with a service, its
+        service is killed and it is lost; a captured host is dropped."""
+        for key in list(render.multihost):
+            run = self.multihost.get(key)
+            if run is None:
+                continue
+            if run.master is not None and not run.task.block.spec.multihost_service:
+                log.info("multi-host task {key}: secondary {render} not ejected alone ({why}): it runs "
+                         "no service; stop the task to free it", key=key, render=render.name, why=why)
+                continue
+            if run.master is not None:
+                self._order(render, KillOrder(*key, run=run.task.starts_count, reason=why))
+            self._multihost_secondary_gone(run, render.name, why)
+
     def _multihost_reattach(self, render: Render, task: Task, run_number: int) -> bool:
         """A render re-registers running ``task``'s run but is not its primary: a secondary
         running its service (the server restarted, or the render reconnected)."""

@@ -99,7 +99,7 @@ class Views(FarmState):
                     continue
                 tasks[state.value] = tasks.get(state.value, 0) + n
         online = sum(1 for r in self.renders.values() if r.online)
-        busy = sum(1 for r in self.renders.values() if r.online and r.tasks)
+        busy = sum(1 for r in self.renders.values() if r.online and (r.tasks or r.multihost))
         return {"jobs": len(self.jobs), "tasks": tasks, "renders_online": online,
                 "renders_busy": busy, "renders_offline": len(self.renders) - online}
 
