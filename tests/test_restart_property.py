@@ -30,6 +30,8 @@ SETTINGS = SchedulingConfig(admins=("root",), task_reconnect_timeout=30)
 
 op = st.one_of(
     st.tuples(st.just("submit"), st.sampled_from(USERS), st.integers(1, 4), st.integers(1, 2), st.booleans()),
+    st.tuples(st.just("submit_multihost"), st.sampled_from(USERS), st.integers(1, 3), st.integers(0, 1),
+              st.booleans()),
     st.tuples(st.just("register"), st.sampled_from(RENDERS), st.integers(1, 3)),
     st.tuples(st.just("solve")),
     st.tuples(st.just("finish"), st.integers(0, 50), st.sampled_from([0, 0, 1])),
@@ -58,6 +60,12 @@ def apply(farm: Farm, clock: Clock, step: tuple[Any, ...]) -> None:
     if kind == "submit":
         user, frames, blocks, paused = args
         farm.submit(parse_job(job(user, frames, blocks, paused))[0], user)
+    elif kind == "submit_multihost":  # tasks on 1..4 renders, with or without a service
+        user, low, extra, service = args
+        doc = job(user, 2, 1, False)
+        doc["job"]["blocks"][0].update(multihost_min=low, multihost_max=low + extra, multihost_max_wait=5,
+                                       multihost_service="serve" if service else "")
+        farm.submit(parse_job(doc)[0], user)
     elif kind == "register":
         name, capacity = args
         render = farm.renders_by_name.get(name)
@@ -68,10 +76,10 @@ def apply(farm: Farm, clock: Clock, step: tuple[Any, ...]) -> None:
         farm.solve()
     elif kind == "finish":
         index, exit_code = args
-        running = [t for r in farm.renders.values() for t in r.tasks.values()]
+        # A multi-host task's secondary reports its service ended (or a stale run) too.
+        running = [(t, r) for r in farm.renders.values() for t in [*r.tasks.values(), *r.multihost.values()]]
         if running:
-            task = running[index % len(running)]
-            render = farm.renders[task.render_id]
+            task, render = running[index % len(running)]
             now = clock.seconds()
             farm.take_orders(render)
             farm.task_finished(render, task.key, task.starts_count, exit_code=exit_code, signal=None,
