@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
@@ -96,3 +97,57 @@ class MultiHostIntegrationTests(TestCase):
             return all(r["capacity_used"] == 0 and not r["tasks"] for r in await self.client.renders())
 
         await wait_until(reactor, freed, 30, "the three renders free")
+
+    async def test_a_running_multi_host_task_survives_a_server_kill(self) -> None:
+        """kill -9 the server while a 3-host task runs: restarted on the same port and store,
+        the primary and both secondaries re-attach; nothing runs twice, and the services are
+        stopped when the primary ends."""
+        out, go = self.base / "out", self.base / "go"
+        out.mkdir()
+        service = (f'trap "echo >> {out}/stopped-$FARMNET_RENDER; exit 0" TERM; '
+                   f'echo >> {out}/service-$FARMNET_RENDER; while :; do sleep 0.05; done')
+        primary = f'echo >> {out}/primary-$FARMNET_RENDER; while [ ! -e {go} ]; do sleep 0.05; done'
+        job_file = self.base / "job.yaml"
+        job_file.write_text(yaml.safe_dump({"name": "mpi", "blocks": [{
+            "name": "solve", "command": primary, "multihost_min": 3, "multihost_service": service}]}))
+        for node in NODES:
+            await self.farm.start_render(node)
+        await self.online(3)
+        job_id = int((await self.cli("submit", str(job_file))).strip())
+
+        async def everyone_started() -> bool:
+            return len(list(out.iterdir())) == 3
+
+        await wait_until(reactor, everyone_started, 30, "the primary and both services running")
+        await deferLater(reactor, 0.6, lambda: None)  # the store writes every 0.2 s
+        listen = f"tcp:{self.farm.endpoint.rsplit(':', 1)[1]}:interface=127.0.0.1"
+        self.client.close()
+        assert self.farm.server is not None
+        ended = self.farm.server.watch.ended
+        self.farm.kill(self.farm.server)
+        await ended
+        await self.farm.start_server(listen=listen)
+        self.client = await connect(reactor, self.farm.endpoint, "anna", timeout=20)
+        self.addCleanup(self.client.close)
+        await self.online(3)
+
+        async def reattached() -> dict | None:
+            [task] = await self.client.tasks(job_id)
+            renders = await self.client.renders()
+            held = all(any(key[0] == job_id for key in r["tasks"]) for r in renders)
+            return task if task["state"] == "RUN" and held else None
+
+        task = await wait_until(reactor, reattached, 30, "the task and its three hosts re-attached")
+        go.touch()
+        await self.cli("wait", str(job_id))
+        [task] = await self.client.tasks(job_id)
+        self.assertEqual((task["state"], task["starts_count"]), ("DON", 1))
+        master, _, others = task["host"].partition(": ")
+
+        async def stopped() -> bool:
+            return all((out / f"stopped-{name}").exists() for name in others.split())
+
+        await wait_until(reactor, stopped, 30, "both services stopped")
+        started = {p.name: p.read_text().count("\n") for p in out.iterdir()
+                   if not p.name.startswith("stopped")}
+        self.assertEqual(started, {f"primary-{master}": 1, **{f"service-{n}": 1 for n in others.split()}})
