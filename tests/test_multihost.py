@@ -101,6 +101,14 @@ class GatheringTests(MultiHostTestCase):
         self.assertEqual(self.start_orders(r2), [])  # no service: secondaries are held, run nothing
         self.assertEqual(r2.capacity_used, 1000)
 
+    def test_without_max_wait_it_takes_every_free_render_of_one_solve(self) -> None:
+        self.renders(3)
+        job = self.job(multihost_block(2, 4))
+        task = job.blocks[0].tasks[0]
+        self.assertEqual((task.state, task.host), (TaskState.RUN, "r0: r1 r2"))
+        [master] = self.start_orders(self.farm.render_named("r0"))
+        self.assertEqual(master.hosts, ["r1", "r2"])
+
     def test_fewer_than_min_keeps_the_hosts_and_waits_as_afanasy_does(self) -> None:
         job = self.job(multihost_block(3, 3, multihost_max_wait=5))
         r0, r1 = self.renders(2)

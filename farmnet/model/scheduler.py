@@ -296,8 +296,8 @@ class Scheduler:
         errors = block.host_errors.get(render.name)
         if errors is not None and self._avoids(block, errors, "errors_avoid_host", now):
             return Why.AVOIDED
-        if spec.multihost_min:
-            return self.multihost_refuses(block, render)
+        if spec.multihost_min and self.multihost_refuses(block, render):
+            return Why.MULTIHOST_HOST
         return None
 
     def multihost_refuses(self, block: Block, render: Render) -> Why | None:
