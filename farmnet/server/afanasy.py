@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from farmnet import errors
 from farmnet.config import AfanasyConfig, ConnectionsConfig, LimitsConfig
 from farmnet.model import events as ev
+from farmnet.model.catalog import known_names
 from farmnet.model.data import Block, Job, Render, Task, TaskState, User
 from farmnet.model.farm import Farm
 from farmnet.model.masks import Mask
@@ -507,7 +508,8 @@ class AfanasyServer:
         """Answered as Afanasy answers a job: its id and serial, with ``error`` if refused."""
         try:
             user = self.user_for_change(conn, data, "submitting a job")
-            spec, warnings = parse_job(data, self.farm.settings.max_tasks_per_job)
+            spec, warnings = parse_job(data, self.farm.settings.max_tasks_per_job,
+                                       **known_names(self.farm.settings))
             job = self.farm.submit(spec, user)
         except AfanasyError as e:
             return {"id": 0, "serial": 0, "error": str(e)}

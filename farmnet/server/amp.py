@@ -39,6 +39,7 @@ import farmnet
 from farmnet import errors
 from farmnet.config import AuthConfig, ConnectionsConfig, LimitsConfig
 from farmnet.messages import CloseOrder, HostResources, Order, ReconnectOrder, RunResources, TaskRef
+from farmnet.model.catalog import known_names
 from farmnet.model.data import ACTIVE, Render, TaskKey
 from farmnet.model.events import JobDeleted, OrdersQueued, TaskStateChanged
 from farmnet.model.farm import Farm
@@ -624,7 +625,8 @@ class ServerProtocol(FarmAMP):
     async def submit_job(self, spec: Any) -> dict[str, Any]:
         """Acknowledged once the job is on disk."""
         self._need_user()
-        job_spec, warnings = parse_job(spec, self.farm.settings.max_tasks_per_job)
+        job_spec, warnings = parse_job(spec, self.farm.settings.max_tasks_per_job,
+                                       **known_names(self.farm.settings))
         job = self.farm.submit(job_spec, self.user, names_verified=self.server.passwords is not None)
         await self.server.durable()
         return {"job_id": job.id, "warnings": warnings}
