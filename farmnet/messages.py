@@ -57,6 +57,8 @@ class StartOrder:
     frame_start: int = 0
     frame_end: int = 0
     max_run_time: int = 0
+    #: The step between the task's frames (its parser counts ``(end - start) // inc + 1`` frames).
+    frames_inc: int = 1
 
     @property
     def key(self) -> tuple[int, int, int]:
@@ -235,6 +237,11 @@ class TaskRecord:
     host: str
     time_started: float
     time_done: float
+    #: The first line its parser flagged as a warning in its last run ("": none; Afanasy's WRN).
+    warning: str = ""
+    #: Frames of the running task done, and percent of the current frame, as its parser reads them.
+    frame: int = 0
+    percent_frame: int = 0
 
 
 @attrs.define

@@ -94,6 +94,7 @@ class TaskLife(FarmState):
         now = self.clock.seconds()
         task.starts_count += 1
         task.progress = 0
+        task.warning, task.frame, task.percent_frame = "", 0, 0
         task.host = render.name
         task.time_started, task.time_done, task.time_progress = now, 0.0, now
         if not job.time_started:
@@ -119,6 +120,7 @@ class TaskLife(FarmState):
             name=task.name, command=task.command, working_directory=spec.working_directory,
             environment=env, service=spec.service, parser=spec.parser, capacity=spec.capacity,
             frame_start=frame_start, frame_end=frame_end, max_run_time=spec.task_max_run_time,
+            frames_inc=spec.frames_inc if spec.numeric else 1,
         ))
 
     def _arm_time_limits(self, task: Task) -> None:
@@ -209,12 +211,31 @@ class TaskLife(FarmState):
             return None
         return task
 
-    def task_output(self, render: Render, key: TaskKey, run: int, progress: int | None) -> Task | None:
-        """A running task reported output; returns the task if the report is current."""
+    def task_output(self, render: Render, key: TaskKey, run: int, progress: int | None, *,
+                    frame: int | None = None, percent_frame: int | None = None,
+                    warning: str | None = None) -> Task | None:
+        """A running task reported output; returns the task if the report is current.
+
+        ``frame`` / ``percent_frame``: where its parser reads it is in its frames; ``warning``: a line
+        its parser flagged (the task keeps the first of the run, as Afanasy's WRN)."""
         task = self.current_task(render, key, run)
-        if task is not None and progress is not None and progress != task.progress:
+        if task is None:
+            return None
+        changed = False
+        if progress is not None and progress != task.progress:
             task.progress = max(0, min(100, progress))
             task.time_progress = self.clock.seconds()
+            changed = True
+        if frame is not None and percent_frame is not None:
+            where = (max(0, frame), max(0, min(100, percent_frame)))
+            changed = changed or where != (task.frame, task.percent_frame)
+            task.frame, task.percent_frame = where
+        if warning and not task.warning:
+            task.warning = warning
+            log.info("task {key} on {render}: parser warning: {warning}", key=key, render=render.name,
+                     warning=warning)
+            changed = True
+        if changed:
             self.bus.publish(TaskProgressed(task))
         return task
 

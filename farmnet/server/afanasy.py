@@ -57,7 +57,8 @@ _HEADER_MAX = len(b"AFANASY  JSON") + 12
 #: Afanasy's state bits (``st``) and the names its JSON writes, in its order.
 _STATE_BITS: tuple[tuple[str, int], ...] = (
     ("RDY", 1 << 0), ("RUN", 1 << 1), ("DON", 1 << 4), ("ERR", 1 << 5), ("SKP", 1 << 8),
-    ("OFF", 1 << 9), ("WDP", 1 << 2), ("WTM", 1 << 3), ("RER", 1 << 17), ("WRC", 1 << 18))
+    ("OFF", 1 << 9), ("WDP", 1 << 2), ("WTM", 1 << 3), ("RER", 1 << 17), ("WRC", 1 << 18),
+    ("WRN", 1 << 10))
 _BIT = dict(_STATE_BITS)
 #: A task's farmnet state → Afanasy's state names.
 _TASK_STATES: Mapping[TaskState, tuple[str, ...]] = {
@@ -230,10 +231,15 @@ def task_progress(task: Task) -> dict[str, Any]:
     names = _TASK_STATES[task.state]
     if task.state is TaskState.RDY and task.errors_count:
         names = ("RDY", "RER")
+    if task.warning:  # its parser flagged a warning (Afanasy's WRN)
+        names = (*names, "WRN")
     st, state = _states(names)
     out: dict[str, Any] = {"state": state, "st": st}
     progress = 100 if task.state in (TaskState.DON, TaskState.SKP) else task.progress
     _put(out, "per", progress, 0)
+    if task.state is TaskState.RUN:
+        _put(out, "frm", task.frame, 0)
+        _put(out, "pfr", task.percent_frame, 0)
     _put(out, "str", task.starts_count, 0)
     _put(out, "err", task.errors_count, 0)
     _put(out, "tst", _int_time(task.time_started), 0)

@@ -594,10 +594,13 @@ class ServerProtocol(FarmAMP):
 
     @c.TaskOutput.responder
     def task_output(self, render_id: int, job_id: int, block: int, task: int, run: int,
-                    data: bytes, progress: int | None = None) -> dict[str, Any]:
+                    data: bytes, progress: int | None = None, frame: int | None = None,
+                    percent_frame: int | None = None, warning: str | None = None) -> dict[str, Any]:
         render = self._need_render(render_id)
         key = self._key(job_id, block, task)
-        if self.farm.task_output(render, key, run, progress) is not None and data:
+        found = self.farm.task_output(render, key, run, progress, frame=frame, percent_frame=percent_frame,
+                                      warning=warning)
+        if found is not None and data:
             self.server.outputs.append(key, run, data)
         return {}
 
