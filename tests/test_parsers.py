@@ -5,7 +5,6 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from farmnet.model.catalog import PARSERS
-
 from farmnet.render.parsers import (
     BlenderParser,
     GenericParser,

@@ -43,6 +43,7 @@ from farmnet.messages import (
     StartOrder,
     TaskRef,
 )
+from farmnet.model.catalog import SERVICE_PARSERS
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
 from farmnet.protocol.endpoints import set_keepalive
@@ -327,8 +328,9 @@ class RenderService(service.MultiService):
             on_output=lambda data: self._output(holder[0], data), log_max=self.config.tasks.log_max,
             kill_grace=self.config.tasks.kill_grace,
             memory_limit_mb=self.config.tasks.memory_limit_mb, limiter=self.limiter)
-        task = RunningTask(order, fields, process,
-                           parser_by_name(order.parser or "generic", self.parser_classes, fields))
+        # A block that names no parser gets its service's, as af.py gives it (CGRU's table).
+        parser = order.parser or SERVICE_PARSERS.get(order.service) or "generic"
+        task = RunningTask(order, fields, process, parser_by_name(parser, self.parser_classes, fields))
         holder.append(task)
         self.tasks[key] = task
         log.debug("starting {key} run {run}: {command}", key=key, run=task.run, command=prepared.command)
