@@ -42,6 +42,18 @@ def frames_of_order(order: Mapping[str, Any]) -> int:
     return (end - start) // inc + 1
 
 
+_BLANKS = re.compile(r"\s+")
+
+
+def _fold(text: str) -> str:
+    """Lower case, blanks collapsed: Arnold pads ``ERROR   |`` where CGRU's strings say ``ERROR |``."""
+    return _BLANKS.sub(" ", text.lower())
+
+
+def _folded(strings: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_fold(s) for s in strings)
+
+
 class LineParser:
     """The base of CGRU-named parsers: whole lines in, Afanasy's progress and flags out.
 
@@ -69,10 +81,8 @@ class LineParser:
         self.finished = False
         self._carry = b""
         self._skipping = False
-        self._lowered = (tuple(s.lower() for s in self.error_strings),
-                         tuple(s.lower() for s in self.warning_strings),
-                         tuple(s.lower() for s in self.bad_result_strings),
-                         tuple(s.lower() for s in self.finished_strings))
+        self._lowered = (_folded(self.error_strings), _folded(self.warning_strings),
+                         _folded(self.bad_result_strings), _folded(self.finished_strings))
 
     @classmethod
     def from_order(cls, order: Mapping[str, Any]) -> LineParser:
@@ -107,7 +117,7 @@ class LineParser:
         """Called once at the end; a subclass may flag a bad result here."""
 
     def _read(self, text: str) -> None:
-        lower = text.lower()
+        lower = _fold(text)
         errors, warnings, bad, finished = self._lowered
         if any(s in lower for s in errors) or any(p.search(text) for p in self.error_patterns):
             self._keep(self.errors, text)
@@ -405,6 +415,7 @@ class RedshiftParser(LineParser):
         self._block = self._blocks = 0
 
     def line(self, text: str) -> None:
+        before = (self.frame, self.percent_frame)
         if self._START.search(text):
             self._block = self._blocks = 0
             self.percent_frame = 0
@@ -423,7 +434,8 @@ class RedshiftParser(LineParser):
         elif self._FRAME_DONE.search(text):
             self.frame += 1
             self.percent_frame = 0
-        self.frame_progress()
+        if match or (self.frame, self.percent_frame) != before:
+            self.frame_progress()
 
 
 class HbatchRedshiftParser(RedshiftParser):
@@ -622,14 +634,15 @@ class FfmpegParser(LineParser):
         match = self._DURATION.search(text)
         if match and not self._duration:  # the first input's
             self._duration = self._seconds(match)
+        # A status line may hold several updates when the terminal's \r was lost: the last counts.
         if self._total_frames:
-            match = self._FRAME.search(text)
-            if match:
-                self.task_progress(min(100.0, 100.0 * int(match.group(1)) / self._total_frames))
+            frames = self._FRAME.findall(text)
+            if frames:
+                self.task_progress(min(100.0, 100.0 * int(frames[-1]) / self._total_frames))
             return
-        match = self._TIME.search(text)
-        if match and self._duration > 0:
-            self.task_progress(min(100.0, 100.0 * self._seconds(match) / self._duration))
+        times = list(self._TIME.finditer(text))
+        if times and self._duration > 0:
+            self.task_progress(min(100.0, 100.0 * self._seconds(times[-1]) / self._duration))
 
 
 class RvioParser(LineParser):
@@ -663,25 +676,22 @@ class FusionParser(LineParser):
 
 
 class AfterFxParser(LineParser):
-    """aerender: ``PROGRESS:  0:00:00:05 (6): 1 Seconds`` per frame; a run that never printed a
-    ``PROGRESS`` line rendered nothing: a bad result."""
+    """aerender: ``PROGRESS:  0:00:00:05 (6): 1 Seconds`` once a frame is rendered (its timecode,
+    number and time); a run that never printed a ``PROGRESS`` line rendered nothing: a bad result."""
 
     name = "afterfx"
     error_strings = ("aerender Error", "After Effects error", "Unable to Render")
-    _FRAME = re.compile(r"PROGRESS: .* (.*): .* Seconds")
+    _FRAME = re.compile(r"PROGRESS:\s+[0-9:;]+ \(-?[0-9]+\): [0-9]+ Seconds")
 
     def __init__(self, frames: int = 1) -> None:
         super().__init__(frames)
-        self._first_frame = True
         self._any_progress = False
 
     def line(self, text: str) -> None:
         if "PROGRESS" in text:
             self._any_progress = True
         if self._FRAME.search(text):
-            if not self._first_frame:
-                self.frame += 1
-            self._first_frame = False
+            self.frame += 1
             self.frame_progress()
 
     def ended(self) -> None:
@@ -711,7 +721,8 @@ class C4dParser(LineParser):
             number = int(match.group(1))
             if self._first is None:
                 self._first = number
-            self.frame = number - self._first
+            if number - self._first != self.frame:
+                self.frame, self.percent_frame = number - self._first, 0  # a new frame starts at 0 %
             self.frame_progress()
 
 
@@ -765,10 +776,11 @@ class LightwaveParser(LineParser):
         match = self._PROGRESS.search(text)
         if match:
             self.percent_frame = max(self.percent_frame, int(match.group(1)))
+            self.frame_progress()
         if self._DONE.search(text):
             self.frame += 1
             self.percent_frame = 0
-        self.frame_progress()
+            self.frame_progress()
 
 
 class XsiParser(LineParser):
