@@ -133,6 +133,19 @@ class ParserFarmTests(TestCase):
         self.assertIn(b"afterfx parser found a bad result: aerender printed no PROGRESS line",
                       await self.client.output(job_id, 0, 0))
 
+    async def test_finished_success_stops_the_task_done(self) -> None:
+        """Fusion's render node may stay up after rendering: "Closing outstanding documents" ends the
+        task, done, without waiting for it (as Afanasy's "parser finished success")."""
+        job_id, _ = await self.client.submit({"job": {"name": "fu", "blocks": [{
+            "name": "fu", "service": "fusion", "parser": "", "errors_retries": 0,
+            "tasks": [{"name": "all", "command": f"{prints('fusion_done.txt')}; sleep 60; exit 3"}]}]}})
+        code, _, err = await self.cli("wait", str(job_id))
+        self.assertEqual(code, 0, err)
+        task = await self.task(job_id)
+        self.assertEqual((task["state"], task["progress"]), ("DON", 100))
+        self.assertLess(task["time_done"] - task["time_started"], 30)
+        self.assertIn(b"fusion parser read that the work is done", await self.client.output(job_id, 0, 0))
+
     async def test_unknown_service_and_parser_warn_the_submitter(self) -> None:
         """Unknown names run with the generic service and parser, and every submit path says so;
         a name in the server's known_services does not warn."""
