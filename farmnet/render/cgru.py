@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+import attrs
+
 __all__ = ["CGRU_PARSERS", "LineParser", "frames_of_order"]
 
 # Longest line kept whole; the rest of a longer line is skipped.
@@ -42,23 +44,43 @@ def frames_of_order(order: Mapping[str, Any]) -> int:
     return (end - start) // inc + 1
 
 
-_BLANKS = re.compile(r"\s+")
+_BLANKS = re.compile(r"[ \t]+")
 
 
-def _fold(text: str) -> str:
-    """Lower case, blanks collapsed: Arnold pads ``ERROR   |`` where CGRU's strings say ``ERROR |``."""
-    return _BLANKS.sub(" ", text.lower())
+@attrs.frozen
+class _Flag:
+    """One of Afanasy's flag strings: a blank-free piece of it to find fast in lower-cased output,
+    and the expression a line holding that piece must match (any run of blanks matching a blank:
+    Arnold pads ``ERROR   |`` where CGRU's strings say ``ERROR |``)."""
+
+    kind: str
+    key: str
+    pattern: re.Pattern[str]
 
 
-def _folded(strings: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(_fold(s) for s in strings)
+def _flags(kind: str, strings: tuple[str, ...]) -> tuple[_Flag, ...]:
+    flags = []
+    for text in strings:
+        words = [w for w in _BLANKS.split(text.lower()) if w]
+        flexible = r"[ \t]+".join(re.escape(w) for w in _BLANKS.split(text))
+        flags.append(_Flag(kind, max(words, key=len), re.compile(flexible, re.IGNORECASE)))
+    return tuple(flags)
+
+
+def _line_at(text: str, position: int) -> tuple[int, str]:
+    """The start and the text of the line of ``text`` (line ends: ``\n``) holding ``position``."""
+    start = text.rfind("\n", 0, position) + 1
+    end = text.find("\n", position)
+    return start, text[start:] if end < 0 else text[start:end]
 
 
 class LineParser:
     """The base of CGRU-named parsers: whole lines in, Afanasy's progress and flags out.
 
     A subclass sets the string lists and overrides :meth:`line` to move ``frame`` / ``percent_frame``
-    (then :meth:`frame_progress`) or to set the task's percentage (:meth:`task_progress`).
+    (then :meth:`frame_progress`) or to set the task's percentage (:meth:`task_progress`).  Only the
+    lines holding one of its ``progress_keys`` go to :meth:`line`, and only lines holding a piece of a
+    flag string are matched against it: a chatty log is scanned by ``str.find``, not line by line.
     """
 
     name: ClassVar[str] = "lines"
@@ -69,6 +91,16 @@ class LineParser:
     finished_strings: ClassVar[tuple[str, ...]] = ()
     #: Regular expressions: a line matching one is an error.
     error_patterns: ClassVar[tuple[re.Pattern[str], ...]] = ()
+    #: Only lines holding one of these (as written) may tell progress; () for none.
+    progress_keys: ClassVar[tuple[str, ...]] = ()
+    # Built from the strings when the class is made.
+    _all_flags: ClassVar[tuple[_Flag, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._all_flags = (*_flags("errors", cls.error_strings), *_flags("warnings", cls.warning_strings),
+                          *_flags("bad_results", cls.bad_result_strings),
+                          *_flags("finished", cls.finished_strings))
 
     def __init__(self, frames: int = 1) -> None:
         self.frames = max(1, frames)
@@ -81,8 +113,6 @@ class LineParser:
         self.finished = False
         self._carry = b""
         self._skipping = False
-        self._lowered = (_folded(self.error_strings), _folded(self.warning_strings),
-                         _folded(self.bad_result_strings), _folded(self.finished_strings))
 
     @classmethod
     def from_order(cls, order: Mapping[str, Any]) -> LineParser:
@@ -94,14 +124,15 @@ class LineParser:
         if not data:
             return None
         before = self.progress
-        lines = re.split(rb"[\r\n]", self._carry + data)
-        self._carry = lines.pop()
-        for raw in lines:
-            if self._skipping:  # the end of an over-long line
-                self._skipping = False
-                continue
-            if raw:
-                self._read(raw.decode("utf-8", "replace"))
+        buf = self._carry + data
+        cut = max(buf.rfind(b"\n"), buf.rfind(b"\r")) + 1
+        complete, self._carry = buf[:cut], buf[cut:]
+        if complete and self._skipping:  # the end of an over-long line
+            self._skipping = False
+            ends = [i for i in (complete.find(b"\n"), complete.find(b"\r")) if i >= 0]
+            complete = complete[min(ends) + 1:]
+        if complete:
+            self._read(complete.decode("utf-8", "replace"))
         if len(self._carry) > _LINE_MAX:
             self._carry, self._skipping = b"", True
         return self.progress if self.progress != before else None
@@ -117,17 +148,41 @@ class LineParser:
         """Called once at the end; a subclass may flag a bad result here."""
 
     def _read(self, text: str) -> None:
-        lower = _fold(text)
-        errors, warnings, bad, finished = self._lowered
-        if any(s in lower for s in errors) or any(p.search(text) for p in self.error_patterns):
-            self._keep(self.errors, text)
-        if any(s in lower for s in warnings):
-            self._keep(self.warnings, text)
-        if any(s in lower for s in bad):
-            self._keep(self.bad_results, text)
-        if any(s in lower for s in finished):
-            self.finished = True
-        self.line(text)
+        """Complete lines: the flagged ones kept, the ones that may tell progress given to line()."""
+        text = text.replace("\r", "\n")
+        if self._all_flags or self.error_patterns:
+            self._read_flags(text)
+        if not self.progress_keys:
+            return
+        lines: dict[int, str] = {}
+        for key in self.progress_keys:
+            at = text.find(key)
+            while at >= 0:
+                start, line = _line_at(text, at)
+                lines[start] = line
+                at = text.find(key, start + len(line))
+        for start in sorted(lines):
+            self.line(lines[start])
+
+    def _read_flags(self, text: str) -> None:
+        lower = text.lower()  # the same length and line ends as text
+        flagged: dict[tuple[int, str], str] = {}
+        for flag in self._all_flags:
+            at = lower.find(flag.key)
+            while at >= 0:
+                start, line = _line_at(text, at)
+                if flag.pattern.search(line):
+                    flagged[(start, flag.kind)] = line
+                at = lower.find(flag.key, start + len(line))
+        for pattern in self.error_patterns:
+            for match in pattern.finditer(text):
+                start, line = _line_at(text, match.start())
+                flagged[(start, "errors")] = line
+        for (_, kind), line in sorted(flagged.items()):
+            if kind == "finished":
+                self.finished = True
+            else:
+                self._keep(getattr(self, kind), line)
 
     @staticmethod
     def _keep(kept: list[str], text: str) -> None:
@@ -161,6 +216,7 @@ class AfanasyMarkers(LineParser):
     """CGRU's render scripts' ``FRAME: N`` and ``PROGRESS: N%`` lines (mayatomr, and the generic rules)."""
 
     name = "mayatomr"
+    progress_keys = ("FRAME: ", "PROGRESS: ")
     _FRAME = re.compile(r"FRAME: ")
     _PROGRESS = re.compile(r"PROGRESS: *(-?[0-9]+(?:\.[0-9]+)?) *%")
 
@@ -194,6 +250,7 @@ class NukeParser(LineParser):
     """
 
     name = "nuke"
+    progress_keys = ("Writing ", "Frame ")
     error_strings = ("Worker process failed", "Segmentation fault", "Node execution error:")
     error_patterns = (re.compile(r"Invalid .* license key\."),)
     _WRITING = re.compile(r"\bWriting (\S+)")
@@ -230,6 +287,7 @@ class NatronParser(LineParser):
     """NatronRenderer: ``Frame rendered: N`` per frame done."""
 
     name = "natron"
+    progress_keys = ("Frame rendered:",)
     error_strings = ("Worker process failed",)
     error_patterns = (re.compile(r"Invalid .* license key\."),)
     _DONE = re.compile(r"Frame rendered: *-?[0-9]+")
@@ -266,6 +324,7 @@ class MantraParser(LineParser):
     """mantra: ``ALF_PROGRESS N%`` (with ``-a``) is the frame's percentage."""
 
     name = "mantra"
+    progress_keys = ("ALF_PROGRESS",)
     error_strings = (*_LICENCE_ERRORS, "Failed to create file")
     warning_strings = (*_MANTRA_WARNINGS, "mantra: No velocity attribute found for motion blur",
                        "mantra: WARNING:")
@@ -288,6 +347,7 @@ class HbatchParser(LineParser):
     ``ABC_PROGRESS N`` (Alembic export) as the frame's percentage."""
 
     name = "hbatch"
+    progress_keys = ("RopNode.render: frame ", "ABC_PROGRESS")
     error_strings = _LICENCE_ERRORS
     warning_strings = ("OpenCL Exception", "Failed to create")
     _FRAME = "RopNode.render: frame "
@@ -318,6 +378,7 @@ class HbatchMantraParser(HbatchParser):
     """hbatch rendering with mantra: both programs' lines (mantra's errors and warnings)."""
 
     name = "hbatch_mantra"
+    progress_keys = ("RopNode.render: frame ", "ABC_PROGRESS", "ALF_PROGRESS")
     error_strings = MantraParser.error_strings
     warning_strings = MantraParser.warning_strings
     error_patterns = MantraParser.error_patterns
@@ -341,6 +402,7 @@ class ArnoldParser(LineParser):
     """kick: ``|    45% done - 23 rays/pixel`` is the task's percentage (one frame per kick run)."""
 
     name = "arnold"
+    progress_keys = ("% done",)
     error_strings = ("Error reading pixel data from image file", "ERROR | [ass] can't open",
                      "ERROR | [ass] can't read in", "ERROR | [texturesys] unspecified OIIO error ",
                      "can't create file", "ERROR   | signal caught: SIGABRT -- Abnormal process abort",
@@ -358,6 +420,7 @@ class HoudiniToArnoldParser(HbatchParser):
     """hbatch rendering with HtoA: Arnold's percentage, hbatch's frames; both programs' flags."""
 
     name = "houdinitoarnold"
+    progress_keys = ("RopNode.render: frame ", "ABC_PROGRESS", "% done")
     error_strings = (*ArnoldParser.error_strings, *HbatchParser.error_strings)
     warning_strings = (*HbatchParser.warning_strings, *ArnoldParser.warning_strings)
 
@@ -372,6 +435,7 @@ class PrmanParser(LineParser):
     """prman ``-Progress``: ``R90000  45%`` lines, the task's percentage."""
 
     name = "prman"
+    progress_keys = ("%",)
     _PROGRESS = re.compile(r"(?<![0-9.])([0-9]{1,3})%\s*$")
 
     def line(self, text: str) -> None:
@@ -384,6 +448,7 @@ class HbatchPrmanParser(HbatchParser):
     """hbatch rendering with RenderMan: prman's percentage, hbatch's frames and flags."""
 
     name = "hbatch_prman"
+    progress_keys = ("RopNode.render: frame ", "ABC_PROGRESS", "%")
 
     def line(self, text: str) -> None:
         match = PrmanParser._PROGRESS.search(text)
@@ -404,6 +469,7 @@ class RedshiftParser(LineParser):
     ``Rendering done`` ends the task."""
 
     name = "redshift"
+    progress_keys = ("Rendering", "Block", "Frame", "Skipping frame")
     error_strings = _REDSHIFT_ERRORS
     _BLOCK = re.compile(r"Block\s*([0-9]+)/([0-9]+)\s*\S*\s*rendered by GPU")
     _START = re.compile(r"Rendering.*frame -?[0-9]+\.\.\.")
@@ -450,6 +516,7 @@ class VrayParser(LineParser):
     """V-Ray standalone: ``Rendering image...:  45.32%`` is the task's percentage."""
 
     name = "vray"
+    progress_keys = ("Rendering image",)
     _PROGRESS = re.compile(r"Rendering image.*:\s+([0-9]{1,3}(?:\.[0-9]+)?)\s*%")
 
     def line(self, text: str) -> None:
@@ -462,6 +529,7 @@ class MentalrayParser(LineParser):
     """mental ray: ``JOB 0.3 progr:  45.3% rendered on host`` is the task's percentage."""
 
     name = "mentalray"
+    progress_keys = ("progr:",)
     _PROGRESS = re.compile(r"JOB.*progr:\s*([0-9]{1,3}(?:\.[0-9]+)?)\s*%\s*rendered on")
 
     def line(self, text: str) -> None:
@@ -480,6 +548,7 @@ class MayaParser(LineParser):
     """Maya's ``Render``: no progress (as in Afanasy), its errors."""
 
     name = "maya"
+    progress_keys = ()
     error_strings = _MAYA_ERRORS
 
 
@@ -487,6 +556,7 @@ class MayaArnoldParser(MayaParser):
     """Maya with MtoA: Arnold's ``N% done`` is the frame's part; 100 % ends a frame."""
 
     name = "maya_arnold"
+    progress_keys = ("% done",)
     error_strings = (*_MAYA_ERRORS, "[mtoa] Failed batch render")
 
     def line(self, text: str) -> None:
@@ -511,6 +581,7 @@ class MayaMentalParser(MayaParser):
     mental ray's ``progr: N% rendered on`` is its part."""
 
     name = "maya_mental"
+    progress_keys = ("SCEN", "progr:")
     _FRAME = re.compile(r"SCEN.*progr: begin scene preprocessing for frame (-?[0-9]+)")
 
     def __init__(self, frames: int = 1) -> None:
@@ -535,6 +606,7 @@ class MayaDelightParser(MayaParser):
     """Maya with 3Delight: ``Frame N: caching geometry:`` starts a frame."""
 
     name = "maya_delight"
+    progress_keys = ("caching geometry:",)
     _FRAME = re.compile(r"Frame -?[0-9]+: caching geometry:")
 
     def __init__(self, frames: int = 1) -> None:
@@ -553,6 +625,7 @@ class MayaFumeFxParser(MayaParser):
     """Maya simulating FumeFX: ``FumeFX: Frame: N`` starts a frame."""
 
     name = "mayafumefx"
+    progress_keys = ("FumeFX: Frame: ",)
     error_strings = (*_MAYA_ERRORS, "Error: FumeFX is not authorized")
 
     def __init__(self, frames: int = 1) -> None:
@@ -571,6 +644,7 @@ class MayaToArnoldParser(MayaParser):
     """Maya exporting .ass files: ``writing scene to FILE`` per frame; Maya's and Arnold's errors."""
 
     name = "mayatoarnold"
+    progress_keys = ("writing scene to",)
     error_strings = (*_MAYA_ERRORS, *ArnoldParser.error_strings)
     warning_strings = ArnoldParser.warning_strings
 
@@ -585,6 +659,7 @@ class MayaToVrayParser(AfanasyMarkers):
     (frames count again), CGRU's ``PROGRESS: N%``."""
 
     name = "mayatovray"
+    progress_keys = ("FRAME: ", "PROGRESS: ", "Appending ", "Render complete")
 
     def line(self, text: str) -> None:
         if "Appending " in text:
@@ -610,6 +685,7 @@ class FfmpegParser(LineParser):
     An empty output is a bad result; a file it cannot open an error; ``invalid`` a warning."""
 
     name = "ffmpeg"
+    progress_keys = ("Frames:", "Duration:", "frame=", "time=")
     error_strings = ("impossible to open", "no such file or directory")
     warning_strings = ("invalid",)
     bad_result_strings = ("output file is empty",)
@@ -649,6 +725,7 @@ class RvioParser(LineParser):
     """RV's rvio: ``Writing frame 12 (45.23% done)``."""
 
     name = "rvio"
+    progress_keys = ("Writing frame",)
     _PROGRESS = re.compile(r"Writing frame -?[0-9]+ \(([0-9]+(?:\.[0-9]+)?)% done\)")
 
     def line(self, text: str) -> None:
@@ -662,6 +739,7 @@ class FusionParser(LineParser):
     documents`` means the render is over (Fusion may not exit by itself): the task is done."""
 
     name = "fusion"
+    progress_keys = ("Rendered frame",)
     error_strings = ("Error ",)
     finished_strings = ("Closing outstanding documents",)
     _FRAME = re.compile(r"Rendered frame -?[0-9]+ \(([0-9]+) of ([0-9]+)\)")
@@ -680,6 +758,7 @@ class AfterFxParser(LineParser):
     number and time); a run that never printed a ``PROGRESS`` line rendered nothing: a bad result."""
 
     name = "afterfx"
+    progress_keys = ("PROGRESS",)
     error_strings = ("aerender Error", "After Effects error", "Unable to Render")
     _FRAME = re.compile(r"PROGRESS:\s+[0-9:;]+ \(-?[0-9]+\): [0-9]+ Seconds")
 
@@ -703,6 +782,7 @@ class C4dParser(LineParser):
     """Cinema 4D's command line: ``Rendering frame N`` and ``Progress: N%``."""
 
     name = "c4d"
+    progress_keys = ("Progress: ", "Rendering frame")
     error_strings = ("Files cannot be written - please check output paths!", "Error rendering project")
     _PROGRESS = re.compile(r"Progress: ([0-9]+)%")
     _FRAME = re.compile(r"Rendering frame (-?[0-9]+)")
@@ -730,6 +810,7 @@ class ClarisseParser(LineParser):
     """Clarisse's cnode: ``Progress for IMAGE: N%`` and ``Saving Image:`` per frame."""
 
     name = "clarisse"
+    progress_keys = ("Progress for ", "Saving Image:")
     _PROGRESS = re.compile(r"Progress for .*: ([0-9]+)%")
 
     def line(self, text: str) -> None:
@@ -747,6 +828,7 @@ class MaxParser(LineParser):
     """3ds Max's 3dsmaxcmd: ``Frame N completed`` per frame, ``progr: N% rendered`` within it."""
 
     name = "max"
+    progress_keys = ("completed", "progr:")
     error_strings = ("Error occured while rendering job.",)
     _DONE = re.compile(r"Frame -?[0-9]+ completed")
     _PROGRESS = re.compile(r"progr:\s*([0-9]{1,3})(?:\.[0-9]+)?\s*%\s*rendered")
@@ -767,6 +849,7 @@ class LightwaveParser(LineParser):
     """LightWave's LWSN: ``Render Complete N%`` within a frame, ``Finished frame: N`` ends it."""
 
     name = "lightwave"
+    progress_keys = ("Beginning frame:", "Render Complete", "Finished frame:")
     _PROGRESS = re.compile(r"Render Complete ([0-9]{1,3})%")
     _DONE = re.compile(r"Finished frame: -?[0-9]+")
 
@@ -787,6 +870,7 @@ class XsiParser(LineParser):
     """Softimage XSI batch: ``Rendering frame N`` per frame, mental ray's ``progr: N% rendered``."""
 
     name = "xsi"
+    progress_keys = ("Rendering frame", "progr:")
     _FRAME = re.compile(r"Rendering frame -?[0-9]+")
     _PROGRESS = re.compile(r"progr:\s*([0-9]{1,3})(?:\.[0-9]+)?\s*%\s*rendered")
 
@@ -813,6 +897,7 @@ class XsiArnoldParser(XsiParser):
     ``Render completed`` (the task is at 100 %)."""
 
     name = "xsi_arnold"
+    progress_keys = ("Rendering frame", "progr:", "Skipping Frame", "% done", "Render completed ")
     _SKIP = re.compile(r"Skipping Frame -?[0-9]+")
 
     def line(self, text: str) -> None:
@@ -836,6 +921,7 @@ class XsiRedshiftParser(XsiParser):
     """XSI with Redshift: ``: Rendering frame N``, ``N skipped``, Redshift's blocks, ``Render completed``."""
 
     name = "xsi_redshift"
+    progress_keys = ("Rendering frame", "progr:", "skipped", "Block", "Render completed ")
     _SKIP = re.compile(r"[0-9]+ skipped")
 
     def line(self, text: str) -> None:
@@ -858,6 +944,7 @@ class YafrayParser(LineParser):
     """YafaRay: ``Render pass: [#####        ]``: the share of ``#`` is the percentage."""
 
     name = "yafray"
+    progress_keys = ("Render pass:",)
     _BAR = re.compile(r"Render pass: \[([# ]*)\]?")
 
     def line(self, text: str) -> None:
@@ -876,6 +963,7 @@ class RsyncParser(LineParser):
     """rsync ``--progress``: ``  1,234,567  45%  1.23MB/s    0:00:01``."""
 
     name = "rsync"
+    progress_keys = ("%",)
     _PERCENT = re.compile(r"(?<![0-9.])([0-9]{1,3})%")
 
     def line(self, text: str) -> None:
@@ -889,6 +977,7 @@ class CurlParser(LineParser):
     """curl's progress meter: twelve columns, the first the percentage (`` 45 1234k   45  556k ...``)."""
 
     name = "curl"
+    progress_keys = (":",)
     _COLUMN = re.compile(r"(?:[0-9.:]+[kMGTP]?|--:--:--)$")
 
     def line(self, text: str) -> None:
@@ -902,6 +991,7 @@ class AwscliParser(LineParser):
     """aws s3 cp: ``Completed 3 of 10 part(s) with 1 file(s) remaining``."""
 
     name = "awscli"
+    progress_keys = (" part",)
     _PARTS = re.compile(r"([0-9]+) of ([0-9]+) part")
 
     def line(self, text: str) -> None:
@@ -915,6 +1005,7 @@ class RedlineParser(LineParser):
     """RED's REDline: `` 0.45`` is 45 % of the frame."""
 
     name = "redline"
+    progress_keys = ("0.",)
     _FRACTION = re.compile(r"(?:^|\s)0\.([0-9]{2})\b")
 
     def line(self, text: str) -> None:
@@ -928,6 +1019,7 @@ class FtrackParser(LineParser):
     """CGRU's ftrack upload script: ``FTRACK ERROR`` lines."""
 
     name = "ftrack"
+    progress_keys = ()
     error_strings = ("FTRACK ERROR",)
 
 
@@ -935,6 +1027,7 @@ class ShotgunParser(LineParser):
     """CGRU's Shotgun upload script: ``SHOTGUN ERROR`` lines."""
 
     name = "shotgun"
+    progress_keys = ()
     error_strings = ("SHOTGUN ERROR",)
 
 

@@ -51,7 +51,9 @@ class Parser(Protocol):
 
 # A percentage: an integer or decimal number, optionally followed by blanks, then "%".  The look-behind
 # stops us from reading "1.50%" as "50%" or "1050%" as "50%".
-_PERCENT = re.compile(rb"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)[ \t]*%")
+_PERCENT = re.compile(rb"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)[ \t]*%$")
+# How far before a "%" its number may start (blanks included); a longer number is no percentage.
+_NUMBER_MAX = 64
 # CGRU's generic markers (a line holding one flags the run; fatal errors are errors here).
 _MARKER = re.compile(
     rb"[^\r\n]*\[ PARSER (WARNING|ERROR|FATAL ERROR|BAD RESULT|FINISHED SUCCESS) \][^\r\n]*", re.IGNORECASE)
@@ -87,13 +89,14 @@ class GenericParser:
         buf = self._carry + data
         skip = len(self._carry)
         found: int | None = None
-        for match in _PERCENT.finditer(buf):
-            # Matches that ended inside the carry were already reported with the previous chunk.
-            if match.end() <= skip:
-                continue
-            value = float(match.group(1))
-            if value <= 100.0:
-                found = int(value)  # truncate: 99.9 % is not done yet
+        # The last percentage wins: look back from each "%" (a fast scan; most output has none), the
+        # last first.  A "%" in the carry was read with the previous chunk.
+        sign = buf.rfind(b"%", skip)
+        while sign >= 0 and found is None:
+            match = _PERCENT.search(buf, max(0, sign - _NUMBER_MAX), sign + 1)
+            if match is not None and float(match.group(1)) <= 100.0:
+                found = int(float(match.group(1)))  # truncate: 99.9 % is not done yet
+            sign = buf.rfind(b"%", skip, sign)
         if _MARKER_HINT in buf:
             self._markers(buf[: max(buf.rfind(b"\n"), buf.rfind(b"\r")) + 1])
         self._carry = _unfinished_line(buf)
