@@ -245,8 +245,8 @@ class NukeParser(LineParser):
     """``nuke -x``: ``Writing FILE ... took N seconds`` per file, ``Frame N (i of n)`` per frame.
 
     A new file name written means the frame before it is done (Afanasy's rule); ``Frame N (i of n)``
-    says ``i`` of the command's ``n`` frames are done; a line ending ``.N`` (Nuke's dotted progress,
-    ``.1.2.3``) is N tenths of the frame.
+    says ``i`` of the command's ``n`` frames are done.  (Afanasy also reads Nuke's dotted tenths,
+    ``.1.2.3``, from the unfinished line; farmnet reads whole lines.)
     """
 
     name = "nuke"
@@ -255,7 +255,6 @@ class NukeParser(LineParser):
     error_patterns = (re.compile(r"Invalid .* license key\."),)
     _WRITING = re.compile(r"\bWriting (\S+)")
     _FRAME_OF = re.compile(r"^Frame -?[0-9]+ \(([0-9]+) of ([0-9]+)\)")
-    _DOTS = re.compile(r"\.([0-9])\s*$")
 
     def __init__(self, frames: int = 1) -> None:
         super().__init__(frames)
@@ -276,10 +275,6 @@ class NukeParser(LineParser):
                 self.frame += 1
                 self.percent_frame = 0
             self._file = name
-            self.frame_progress()
-        dots = self._DOTS.search(text)
-        if dots and "took" not in text:
-            self.percent_frame = int(dots.group(1)) * 10
             self.frame_progress()
 
 
