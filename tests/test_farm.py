@@ -356,3 +356,18 @@ class ParserReportTests(FarmTestCase):
         self.submit(frames=20, block={"frames_per_task": 6, "frames_inc": 3})
         [order] = self.orders(render)
         self.assertEqual((order.frame_start, order.frame_end, order.frames_inc), (1, 16, 3))
+
+    def test_fatal_parser_error_is_not_retried(self) -> None:
+        render = self.render()
+        self.submit(frames=2, block={"errors_retries": 3})
+        [first] = self.orders(render)
+        self.farm.task_finished(render, first.key, first.run, exit_code=None, signal=None, time_started=1.0,
+                                time_done=2.0, fatal=True,
+                                message="generic parser found an error: [ PARSER FATAL ERROR ]")
+        self.clock.advance(0)
+        task = self.farm.task(first.key)
+        self.assertEqual((task.state, task.errors_count), (TaskState.ERR, 1))
+        [second] = self.orders(render)  # an ordinary failure is retried
+        self.farm.task_finished(render, second.key, second.run, exit_code=1, signal=None, time_started=1.0,
+                                time_done=2.0)
+        self.assertEqual(self.farm.task(second.key).state, TaskState.RDY)

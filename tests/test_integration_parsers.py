@@ -133,6 +133,16 @@ class ParserFarmTests(TestCase):
         self.assertIn(b"afterfx parser found a bad result: aerender printed no PROGRESS line",
                       await self.client.output(job_id, 0, 0))
 
+    async def test_fatal_error_is_not_retried(self) -> None:
+        """CGRU's [ PARSER FATAL ERROR ] marker: the task errs at once, its retries unused."""
+        job_id, _ = await self.client.submit({"job": {"name": "fatal", "blocks": [{
+            "name": "b", "errors_retries": 3,
+            "tasks": [{"name": "t", "command": "echo '[ PARSER FATAL ERROR ] scene is corrupt'"}]}]}})
+        code, _, _ = await self.cli("wait", str(job_id))
+        self.assertEqual(code, 1)
+        task = await self.task(job_id)
+        self.assertEqual((task["state"], task["errors_count"], task["starts_count"]), ("ERR", 1, 1))
+
     async def test_finished_success_stops_the_task_done(self) -> None:
         """Fusion's render node may stay up after rendering: "Closing outstanding documents" ends the
         task, done, without waiting for it (as Afanasy's "parser finished success")."""

@@ -18,6 +18,7 @@ from farmnet.render.parsers import (
     parser_by_name,
     parser_end,
     parser_errors,
+    parser_fatal,
     parser_finished,
     parser_frame,
     parser_warnings,
@@ -138,6 +139,10 @@ class SampleTests(unittest.SynchronousTestCase):
         generic.feed(b"[ PARSER FINISHED SUCCESS ]\n")
         self.assertEqual((parser_errors(generic), parser_bad_results(generic), parser_finished(generic)),
                          (["[ PARSER ERROR ] no licence"], ["[ PARSER BAD RESULT ] empty"], True))
+        self.assertFalse(parser_fatal(generic))
+        generic.feed(b"[ parser fatal error ] scene is corrupt\n")  # an error that is not retried
+        self.assertEqual((parser_fatal(generic), parser_errors(generic)[-1]),
+                         (True, "[ parser fatal error ] scene is corrupt"))
 
 
 class RuleTests(unittest.SynchronousTestCase):

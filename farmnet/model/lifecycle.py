@@ -241,9 +241,10 @@ class TaskLife(FarmState):
 
     def task_finished(self, render: Render, key: TaskKey, run: int, *, exit_code: int | None,
                       signal: int | None, time_started: float, time_done: float,
-                      message: str = "", peak_memory_mb: int | None = None) -> Task | None:
+                      message: str = "", peak_memory_mb: int | None = None,
+                      fatal: bool = False) -> Task | None:
         """A task's process ended. A stale or repeated report changes nothing, so a finish
-        is counted once."""
+        is counted once. ``fatal``: its parser found a fatal error, so a failure is not retried."""
         task = self.current_task(render, key, run)
         if task is None:
             log.debug("stale finish of {key} run {run} from {render}", key=key, run=run,
@@ -261,12 +262,12 @@ class TaskLife(FarmState):
             render.error_jobs_in_row.clear()
             self._set_state(task, TaskState.DON)
         else:
-            self._task_failed(task, render, message or f"exit {exit_code} signal {signal}")
+            self._task_failed(task, render, message or f"exit {exit_code} signal {signal}", retry=not fatal)
         self.bus.publish(RunEnded(self._run_record(task, exit_code, signal, message, peak_memory_mb)))
         self.request_solve()
         return task
 
-    def _task_failed(self, task: Task, render: Render, why: str) -> None:
+    def _task_failed(self, task: Task, render: Render, why: str, retry: bool = True) -> None:
         """An error: count it against the task, the block and the host; retry or ERR."""
         block, job = task.block, task.block.job
         now = self.clock.seconds()
@@ -287,7 +288,7 @@ class TaskLife(FarmState):
                      render=render.name, count=render.errors_in_row)
             self.bus.publish(RenderSick(render))
         retries = self.setting(block, "errors_retries")
-        state = TaskState.RDY if task.errors_count <= retries else TaskState.ERR
+        state = TaskState.RDY if retry and task.errors_count <= retries else TaskState.ERR
         log.info("task {key} failed on {render} ({why}): {state}", key=task.key, render=render.name,
                  why=why, state=state.value)
         self._set_state(task, state)

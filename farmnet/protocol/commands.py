@@ -154,6 +154,8 @@ class TaskFinished(amp.Command):
         (b"message", BigUnicode()),
         # {"peak_memory_mb": N, ...} where the render measured it
         (b"resources", Typed(RunResources, optional=True)),
+        # The task's parser found a fatal error: a failed run is not retried (Afanasy's PFE).
+        (b"fatal", amp.Boolean(optional=True)),
     ]
     response: list = []
     errors = {**_COMMON, err.NotRegistered: b"NOT_REGISTERED"}

@@ -31,6 +31,7 @@ __all__ = [
     "parser_by_name",
     "parser_end",
     "parser_errors",
+    "parser_fatal",
     "parser_finished",
     "parser_frame",
     "parser_warnings",
@@ -79,6 +80,7 @@ class GenericParser:
         self.warnings: list[str] = []
         self.bad_results: list[str] = []
         self.finished = False
+        self.fatal = False  # a fatal error: the task is not retried
         # The unfinished last line of the previous chunk, so "5" + "0%" reads as 50 %.
         self._carry = b""
 
@@ -113,6 +115,7 @@ class GenericParser:
             if kind == b"FINISHED SUCCESS":
                 self.finished = True
                 continue
+            self.fatal = self.fatal or kind == b"FATAL ERROR"
             kept = self.warnings if kind == b"WARNING" else (
                 self.bad_results if kind == b"BAD RESULT" else self.errors)
             if len(kept) < _ERRORS_MAX:
@@ -288,6 +291,11 @@ def parser_bad_results(parser: Parser) -> list[str]:
 def parser_finished(parser: Parser) -> bool:
     """The parser read that the work is done (the render stops the task and reports it done)."""
     return getattr(parser, "finished", False) is True
+
+
+def parser_fatal(parser: Parser) -> bool:
+    """The parser found a fatal error: the task fails without being retried (Afanasy's PFE)."""
+    return getattr(parser, "fatal", False) is True
 
 
 def parser_frame(parser: Parser) -> tuple[int, int] | None:

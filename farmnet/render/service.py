@@ -55,6 +55,7 @@ from farmnet.render.parsers import (
     parser_by_name,
     parser_end,
     parser_errors,
+    parser_fatal,
     parser_finished,
     parser_frame,
     parser_warnings,
@@ -427,7 +428,7 @@ class RenderService(service.MultiService):
         d = self.proto.callRemote(
             c.TaskFinished, render_id=self.render_id, **task.reference(),
             exit_code=exit_code, signal=signal, time_started=result.time_started,
-            time_done=result.time_done, message=message,
+            time_done=result.time_done, message=message, fatal=parser_fatal(task.parser) or None,
             resources=None if result.peak_memory_mb is None else RunResources(result.peak_memory_mb))
 
         def acknowledged(_: Any) -> None:

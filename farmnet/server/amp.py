@@ -608,14 +608,15 @@ class ServerProtocol(FarmAMP):
     async def task_finished(self, render_id: int, job_id: int, block: int, task: int, run: int,
                       time_started: float, time_done: float, message: str,
                       exit_code: int | None = None, signal: int | None = None,
-                      resources: RunResources | None = None) -> dict[str, Any]:
+                      resources: RunResources | None = None, fatal: bool | None = None) -> dict[str, Any]:
         render = self._need_render(render_id)
         key = self._key(job_id, block, task)
         if message and self.farm.current_task(render, key, run) is not None:
             self.server.outputs.append(key, run, f"\n[farmnet: {message}]\n".encode())
         self.farm.task_finished(render, key, run, exit_code=exit_code, signal=signal,
                                 time_started=time_started, time_done=time_done, message=message,
-                                peak_memory_mb=resources.peak_memory_mb if resources is not None else None)
+                                peak_memory_mb=resources.peak_memory_mb if resources is not None else None,
+                                fatal=bool(fatal))
         self.server.outputs.close(key, run)
         # Acknowledged once committed: the render forgets the run only when a restarted
         # server cannot think it still runs. A repeated report is acknowledged the same way.
