@@ -174,9 +174,13 @@ async def cmd_tasks(client: FarmClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     now = time.time()
     _table(["BLOCK", "TASK", "NAME", "STATE", "DONE", "ERRORS", "STARTS", "HOST", "STARTED", "TIME"],
-           [[t["block"], t["task"], t["name"], t["state"], f"{t['progress']}%", t["errors_count"],
-             t["starts_count"], t["host"] or "-", _when(t["time_started"]), _ran(t, now)]
+           [[t["block"], t["task"], t["name"], t["state"] + (" WRN" if t.get("warning") else ""),
+             f"{t['progress']}%", t["errors_count"], t["starts_count"], t["host"] or "-",
+             _when(t["time_started"]), _ran(t, now)]
             for t in tasks])
+    for t in tasks:  # what its parser flagged, as Afanasy shows WRN and the line in the task's log
+        if t.get("warning"):
+            print(f"warning: task {t['block']}.{t['task']}: {t['warning']}")
     return EXIT_OK
 
 

@@ -288,6 +288,12 @@ class SchedulingConfig:
         attrs.Factory(dict), doc="Licence tickets farm-wide, e.g. {NUKE: 20}: no task starts past them.")
     tickets_per_host: dict[str, int] = _setting(
         attrs.Factory(dict), doc="Licence tickets per render, e.g. {NUKE: 1}.")
+    known_services: tuple[str, ...] = _setting(
+        (), doc="Service names the renders' own classes (render service_classes) add to CGRU's: "
+                "a block naming a service known to neither is submitted with a warning.")
+    known_parsers: tuple[str, ...] = _setting(
+        (), doc="Parser names the renders' own classes (render parser_classes) add to CGRU's: "
+                "a block naming a parser known to neither is submitted with a warning.")
 
 
 @attrs.frozen

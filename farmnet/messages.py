@@ -59,6 +59,8 @@ class StartOrder:
     max_run_time: int = 0
     #: A multi-host task's primary: its hosts, for the command's ``@AF_HOSTS@`` (the service formats them).
     hosts: list[str] = attrs.field(factory=list)
+    #: The step between the task's frames (its parser counts ``(end - start) // inc + 1`` frames).
+    frames_inc: int = 1
 
     @property
     def key(self) -> tuple[int, int, int]:
@@ -237,6 +239,11 @@ class TaskRecord:
     host: str
     time_started: float
     time_done: float
+    #: The first line its parser flagged as a warning in its last run ("": none; Afanasy's WRN).
+    warning: str = ""
+    #: Frames of the running task done, and percent of the current frame, as its parser reads them.
+    frame: int = 0
+    percent_frame: int = 0
 
 
 @attrs.define

@@ -325,3 +325,49 @@ class ListingTests(FarmTestCase):
         self.assertEqual([(t.block, t.name) for t in page],
                          [(0, "frame 4"), (0, "frame 5"), (1, "t0"), (1, "t1")])
         self.assertRaises(errors.UnknownTask, self.farm.list_tasks, job.id, 7, 0, 10)
+
+
+class ParserReportTests(FarmTestCase):
+    """What a render's parser reports besides output: per-frame progress and warnings."""
+
+    def test_frame_and_warning_kept_per_run(self) -> None:
+        render = self.render()
+        self.submit(frames=4, block={"frames_per_task": 4, "frames_inc": 1, "errors_retries": 1})
+        [order] = self.orders(render)
+        self.assertEqual((order.frame_start, order.frame_end, order.frames_inc), (1, 4, 1))
+        key = order.key
+        self.farm.task_output(render, key, order.run, 37, frame=1, percent_frame=50)
+        self.farm.task_output(render, key, order.run, None, warning="Unable to load texture a.rat")
+        self.farm.task_output(render, key, order.run, None, warning="a later warning")  # the first stays
+        task = self.farm.task(key)
+        self.assertEqual((task.progress, task.frame, task.percent_frame, task.warning),
+                         (37, 1, 50, "Unable to load texture a.rat"))
+        [record] = self.farm.list_tasks(order.job_id, 0, 0, 10)[0]
+        self.assertEqual((record.warning, record.frame, record.percent_frame),
+                         ("Unable to load texture a.rat", 1, 50))
+        self.farm.task_output(render, key, order.run + 1, 90, warning="stale run")  # not current: ignored
+        self.assertEqual((task.progress, task.warning), (37, "Unable to load texture a.rat"))
+        self.finish(render, order, exit_code=1)  # retried: the next run starts clean
+        [again] = self.orders(render)
+        self.assertEqual((again.run, task.warning, task.frame, task.percent_frame), (2, "", 0, 0))
+
+    def test_frames_inc_in_the_start_order(self) -> None:
+        render = self.render()
+        self.submit(frames=20, block={"frames_per_task": 6, "frames_inc": 3})
+        [order] = self.orders(render)
+        self.assertEqual((order.frame_start, order.frame_end, order.frames_inc), (1, 16, 3))
+
+    def test_fatal_parser_error_is_not_retried(self) -> None:
+        render = self.render()
+        self.submit(frames=2, block={"errors_retries": 3})
+        [first] = self.orders(render)
+        self.farm.task_finished(render, first.key, first.run, exit_code=None, signal=None, time_started=1.0,
+                                time_done=2.0, fatal=True,
+                                message="generic parser found an error: [ PARSER FATAL ERROR ]")
+        self.clock.advance(0)
+        task = self.farm.task(first.key)
+        self.assertEqual((task.state, task.errors_count), (TaskState.ERR, 1))
+        [second] = self.orders(render)  # an ordinary failure is retried
+        self.farm.task_finished(render, second.key, second.run, exit_code=1, signal=None, time_started=1.0,
+                                time_done=2.0)
+        self.assertEqual(self.farm.task(second.key).state, TaskState.RDY)

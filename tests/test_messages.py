@@ -22,7 +22,7 @@ from farmnet.server.actions import act
 START = {"order": "start", "job_id": 3, "block": 1, "task": 7, "run": 2, "name": "f7",
          "command": "render 7", "working_directory": "/w", "environment": {"A": "1"},
          "service": "generic", "parser": "", "capacity": 1000, "frame_start": 7, "frame_end": 7,
-         "max_run_time": 60}
+         "max_run_time": 60, "frames_inc": 1}
 
 
 class WireShapeTests(SynchronousTestCase):

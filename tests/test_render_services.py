@@ -17,6 +17,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from farmnet.config import RenderConfig, RenderSysJobConfig
+from farmnet.model.catalog import SERVICES
 from farmnet.plugins import import_object
 from farmnet.render import services
 from farmnet.render.parsers import BlenderParser, GenericParser, parser_by_name
@@ -74,8 +75,19 @@ class BuiltinServiceTests(unittest.SynchronousTestCase):
         self.config = RenderConfig(name="r1", state_dir=self.mktemp())
 
     def test_names(self) -> None:
-        self.assertEqual(sorted(builtin_services()),
-                         ["blender", "events", "generic", "postcmd", "wakeonlan"])
+        # farmnet's own and every other CGRU service name (those only pick a parser: generic, named).
+        own = {"blender", "events", "generic", "postcmd", "wakeonlan", "htracker"}
+        names = set(builtin_services())
+        self.assertLessEqual(own | {"nuke", "hbatch_mantra", "movgen", "ffmpeg", "maya"}, names)
+        self.assertEqual(names - own, {n for n in SERVICES if not n.startswith("blender")} - own)
+        nuke = service_for("nuke")
+        self.assertIsInstance(nuke, GenericService)
+        self.assertEqual((nuke.name, nuke.command(order("nuke", "nuke -x a.nk 1-3"), self.config)),
+                         ("nuke", "nuke -x a.nk 1-3"))
+
+    def test_htracker(self) -> None:
+        prepared = prepare({**order("htracker", "htracker.py --port 5000"), "job_id": 42}, self.config, {})
+        self.assertEqual(prepared.command.splitlines()[1], "htracker.py --port 5000 -J 42")
 
     def test_generic(self) -> None:
         service = service_for("generic")
@@ -214,7 +226,7 @@ class CustomClassTests(unittest.SynchronousTestCase):
                     return {**env, "SHOUT": "1"}
             """)
         registry = service_registry(self.config(service_classes={"shout": "farmnet_test_plugin_ok:Shout"}))
-        self.assertEqual(sorted(registry), ["blender", "events", "generic", "postcmd", "shout", "wakeonlan"])
+        self.assertEqual(set(registry) - set(builtin_services()), {"shout"})
         prepared = prepare(order("shout", "echo hi"), self.config(), {"A": "b"}, registry)
         self.assertEqual((prepared.command, prepared.environment, prepared.service),
                          ("ECHO HI # r1", {"A": "b", "SHOUT": "1"}, "shout"))
@@ -230,8 +242,8 @@ class CustomClassTests(unittest.SynchronousTestCase):
             "houdini": "farmnet_test_plugin_odd:Absent",
             "bad": "no_colon_or_dot",
         }))
-        self.assertIs(registry["maya"], GenericService)
-        self.assertIs(registry["nuke"], GenericService)
+        self.assertIs(registry["maya"], builtin_services()["maya"])  # the built-in of that name
+        self.assertIs(registry["nuke"], builtin_services()["nuke"])
         self.assertIs(registry["houdini"], GenericService)
         self.assertIs(registry["blender"], BlenderService)  # the built-in of that name
         self.assertIsInstance(service_for("maya", registry), GenericService)
@@ -304,6 +316,16 @@ class RunPreparedTests(unittest.TestCase):
         out, err, code = await self.run_shell(prepared.command, prepared.environment)
         self.assertEqual((out.decode().strip(), code), (directory, 0), err)
         self.assertFalse(os.path.exists(os.path.join(directory, "scene.tmp")))
+
+    async def test_htracker_exit_status_one_is_success(self) -> None:
+        config = RenderConfig(name="r1", state_dir=self.mktemp())
+        results = []
+        for status in (0, 1, 2):
+            prepared = prepare({**order("htracker", f"echo args; exit {status}; :"), "job_id": 7}, config,
+                               dict(os.environ))
+            out, err, code = await self.run_shell(prepared.command, prepared.environment)
+            results.append((out, code))
+        self.assertEqual(results, [(b"args\n", 0), (b"args\n", 0), (b"args\n", 2)])
 
     async def test_postcmd_missing_directory(self) -> None:
         config = RenderConfig(name="r1", state_dir=self.mktemp())

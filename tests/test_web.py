@@ -197,6 +197,21 @@ class PageTests(WebTestCase):
         self.assertIn("anna", body)
         self.assertIn("bob", body)
 
+    async def test_task_page_shows_its_parser_frame_and_warning(self) -> None:
+        await self.some_work()
+        await self.player.tick()  # the scheduler hands r1 its next task
+        [task] = [t for t in self.farm.list_tasks(1, 0, 0, 100)[0] if t.state == "RUN"]
+        render = self.r1 if task.host == "r1" else self.r2
+        key = (1, 0, task.task)
+        self.farm.task_output(render, key, task.starts_count, 70, frame=1, percent_frame=40,
+                              warning="mantra: Unable to load texture '/tex/<missing>.rat'")
+        _, body = await self.get(f"/jobs/1/0/{task.task}", headers=basic("anna"))
+        self.assertIn("1 done, 40% of the next", body)
+        self.assertIn('<span class="warning">mantra: Unable to load texture '
+                      "'/tex/&lt;missing&gt;.rat'</span>", body)
+        _, body = await self.get("/jobs/1")
+        self.assertIn(f"{task.name}: RUN WRN on {task.host}, 70%", body)
+
     async def test_partial_is_the_live_part_only(self) -> None:
         await self.some_work()
         response, body = await self.get("/jobs/1?partial=1")

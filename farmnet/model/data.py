@@ -92,6 +92,11 @@ class Task:
     #: WRC: when it began waiting for its render (task_reconnect_timeout counts from here,
     #: across server restarts); 0 otherwise.
     time_lost: float = 0.0
+    #: The first warning its parser found in the current or last run ("": none); not stored.
+    warning: str = ""
+    #: Frames done and percent of the current frame in the current run, as its parser reads them.
+    frame: int = 0
+    percent_frame: int = 0
 
     @property
     def key(self) -> TaskKey:

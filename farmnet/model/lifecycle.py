@@ -103,6 +103,7 @@ class TaskLife(FarmState):
         now = self.clock.seconds()
         task.starts_count += 1
         task.progress = 0
+        task.warning, task.frame, task.percent_frame = "", 0, 0
         task.host = host or render.name
         task.time_started, task.time_done, task.time_progress = now, 0.0, now
         if not job.time_started:
@@ -132,6 +133,7 @@ class TaskLife(FarmState):
             name=task.name, command=task.command, working_directory=spec.working_directory,
             environment=env, service=spec.service, parser=spec.parser, capacity=spec.capacity,
             frame_start=frame_start, frame_end=frame_end, max_run_time=spec.task_max_run_time,
+            frames_inc=spec.frames_inc if spec.numeric else 1,
         )
 
     def _arm_time_limits(self, task: Task) -> None:
@@ -222,20 +224,40 @@ class TaskLife(FarmState):
             return None
         return task
 
-    def task_output(self, render: Render, key: TaskKey, run: int, progress: int | None) -> Task | None:
-        """A running task reported output; returns the task if the report is current."""
+    def task_output(self, render: Render, key: TaskKey, run: int, progress: int | None, *,
+                    frame: int | None = None, percent_frame: int | None = None,
+                    warning: str | None = None) -> Task | None:
+        """A running task reported output; returns the task if the report is current.
+
+        ``frame`` / ``percent_frame``: where its parser reads it is in its frames; ``warning``: a line
+        its parser flagged (the task keeps the first of the run, as Afanasy's WRN)."""
         task = self.current_task(render, key, run)
-        if task is not None and progress is not None and progress != task.progress:
+        if task is None:
+            return None
+        changed = False
+        if progress is not None and progress != task.progress:
             task.progress = max(0, min(100, progress))
             task.time_progress = self.clock.seconds()
+            changed = True
+        if frame is not None and percent_frame is not None:
+            where = (max(0, frame), max(0, min(100, percent_frame)))
+            changed = changed or where != (task.frame, task.percent_frame)
+            task.frame, task.percent_frame = where
+        if warning and not task.warning:
+            task.warning = warning
+            log.info("task {key} on {render}: parser warning: {warning}", key=key, render=render.name,
+                     warning=warning)
+            changed = True
+        if changed:
             self.bus.publish(TaskProgressed(task))
         return task
 
     def task_finished(self, render: Render, key: TaskKey, run: int, *, exit_code: int | None,
                       signal: int | None, time_started: float, time_done: float,
-                      message: str = "", peak_memory_mb: int | None = None) -> Task | None:
+                      message: str = "", peak_memory_mb: int | None = None,
+                      fatal: bool = False) -> Task | None:
         """A task's process ended. A stale or repeated report changes nothing, so a finish
-        is counted once."""
+        is counted once. ``fatal``: its parser found a fatal error, so a failure is not retried."""
         task = self.current_task(render, key, run)
         if task is None:
             self._multihost_service_ended(render, key, run, exit_code, signal)  # type: ignore[attr-defined]
@@ -254,12 +276,12 @@ class TaskLife(FarmState):
             render.error_jobs_in_row.clear()
             self._set_state(task, TaskState.DON)
         else:
-            self._task_failed(task, render, message or f"exit {exit_code} signal {signal}")
+            self._task_failed(task, render, message or f"exit {exit_code} signal {signal}", retry=not fatal)
         self.bus.publish(RunEnded(self._run_record(task, exit_code, signal, message, peak_memory_mb)))
         self.request_solve()
         return task
 
-    def _task_failed(self, task: Task, render: Render, why: str) -> None:
+    def _task_failed(self, task: Task, render: Render, why: str, retry: bool = True) -> None:
         """An error: count it against the task, the block and the host; retry or ERR."""
         block, job = task.block, task.block.job
         now = self.clock.seconds()
@@ -280,7 +302,7 @@ class TaskLife(FarmState):
                      render=render.name, count=render.errors_in_row)
             self.bus.publish(RenderSick(render))
         retries = self.setting(block, "errors_retries")
-        state = TaskState.RDY if task.errors_count <= retries else TaskState.ERR
+        state = TaskState.RDY if retry and task.errors_count <= retries else TaskState.ERR
         log.info("task {key} failed on {render} ({why}): {state}", key=task.key, render=render.name,
                  why=why, state=state.value)
         self._set_state(task, state)

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import attrs
 
 from farmnet.convert import did_you_mean
 from farmnet.errors import JobSpecError
+from farmnet.model.catalog import unknown_name_warning
 from farmnet.model.masks import check_mask
 
 _FRAME_PATTERN = re.compile(r"@(#+)@")
@@ -411,10 +412,13 @@ def validate_changes(changes: Any, settable: frozenset[str], path: str) -> dict[
     return out
 
 
-def parse_job(document: Any, max_tasks: int = 1_000_000) -> tuple[JobSpec, list[str]]:
+def parse_job(document: Any, max_tasks: int = 1_000_000, *, known_services: Collection[str] | None = None,
+              known_parsers: Collection[str] | None = None) -> tuple[JobSpec, list[str]]:
     """Validate a job description; return the spec and its warnings.
 
-    Raises `JobSpecError` naming every invalid key at once.
+    Raises `JobSpecError` naming every invalid key at once.  With ``known_services`` /
+    ``known_parsers`` (what the farm's renders run), a block naming another gets a warning: its
+    tasks run with the generic service or parser.
     """
     c = _Collector()
     if isinstance(document, Mapping) and set(document) == {"job"}:
@@ -447,12 +451,24 @@ def parse_job(document: Any, max_tasks: int = 1_000_000) -> tuple[JobSpec, list[
         if key not in known:
             c.warnings.append(f"job.{key}: unknown key, ignored{did_you_mean(str(key), known)}")
     _no_effect(c, document, NO_EFFECT_JOB, "job")
+    for i, block in enumerate(blocks):
+        _unknown_names(c, block, f"job.blocks[{i}]", known_services, known_parsers)
     if c.errors:
         raise JobSpecError("invalid job: " + "; ".join(c.errors))
 
     extra = {k: document[k] for k in (*NO_EFFECT_JOB, *_KEPT_JOB) if k in document}
     given = {k: v for k, v in values.items() if v is not None}
     return JobSpec(name=name, blocks=tuple(blocks), extra=extra, **given), c.warnings
+
+
+def _unknown_names(c: _Collector, block: BlockSpec, path: str, services: Collection[str] | None,
+                   parsers: Collection[str] | None) -> None:
+    for kind, name, known in (("service", block.service, services), ("parser", block.parser, parsers)):
+        if known is None:
+            continue
+        warning = unknown_name_warning(block.name, kind, name, known, did_you_mean(name, sorted(known)))
+        if warning is not None:
+            c.warnings.append(f"{path}.{kind}: {warning}")
 
 
 def _parse_block(c: _Collector, raw: Any, path: str) -> BlockSpec | None:

@@ -120,7 +120,8 @@ def block_state(block: Block) -> TaskState:
 def task_record(task: Task) -> TaskRecord:
     block = task.block
     return TaskRecord(block.job.id, block.number, task.number, task.name, task.state.value, task.progress,
-                      task.errors_count, task.starts_count, task.host, task.time_started, task.time_done)
+                      task.errors_count, task.starts_count, task.host, task.time_started, task.time_done,
+                      task.warning, task.frame, task.percent_frame)
 
 
 def render_record(render: Render) -> RenderRecord:

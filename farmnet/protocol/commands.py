@@ -132,7 +132,11 @@ class TaskOutput(amp.Command):
     """A chunk of a running task's output, and its progress when the parser saw one."""
 
     commandName = b"task_output"
-    arguments = [*_TASK_ARGS, (b"data", BigBytes()), (b"progress", amp.Integer(optional=True))]
+    arguments = [*_TASK_ARGS, (b"data", BigBytes()), (b"progress", amp.Integer(optional=True)),
+                 # Where the task's parser reads it is: frames done, percent of the current frame.
+                 (b"frame", amp.Integer(optional=True)), (b"percent_frame", amp.Integer(optional=True)),
+                 # A line the task's parser flagged as a warning (sent once per run).
+                 (b"warning", amp.Unicode(optional=True))]
     response: list = []
     errors = {**_COMMON, err.NotRegistered: b"NOT_REGISTERED"}
 
@@ -150,6 +154,8 @@ class TaskFinished(amp.Command):
         (b"message", BigUnicode()),
         # {"peak_memory_mb": N, ...} where the render measured it
         (b"resources", Typed(RunResources, optional=True)),
+        # The task's parser found a fatal error: a failed run is not retried (Afanasy's PFE).
+        (b"fatal", amp.Boolean(optional=True)),
     ]
     response: list = []
     errors = {**_COMMON, err.NotRegistered: b"NOT_REGISTERED"}

@@ -19,14 +19,22 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from farmnet.render.cgru import CGRU_PARSERS
+
 __all__ = [
     "BlenderParser",
     "GenericParser",
     "NoneParser",
     "Parser",
     "builtin_parsers",
+    "parser_bad_results",
     "parser_by_name",
+    "parser_end",
     "parser_errors",
+    "parser_fatal",
+    "parser_finished",
+    "parser_frame",
+    "parser_warnings",
 ]
 
 _logger = Logger(namespace="farmnet.render.parsers")
@@ -44,7 +52,13 @@ class Parser(Protocol):
 
 # A percentage: an integer or decimal number, optionally followed by blanks, then "%".  The look-behind
 # stops us from reading "1.50%" as "50%" or "1050%" as "50%".
-_PERCENT = re.compile(rb"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)[ \t]*%")
+_PERCENT = re.compile(rb"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)[ \t]*%$")
+# How far before a "%" its number may start (blanks included); a longer number is no percentage.
+_NUMBER_MAX = 64
+# CGRU's generic markers (a line holding one flags the run; fatal errors are errors here).
+_MARKER = re.compile(
+    rb"[^\r\n]*\[ PARSER (WARNING|ERROR|FATAL ERROR|BAD RESULT|FINISHED SUCCESS) \][^\r\n]*", re.IGNORECASE)
+_MARKER_HINT = b"[ "  # cheap test before the regular expression
 # How much of an unfinished line is kept to catch a percentage split across two chunks.  Progress
 # lines are short; anything longer is cut (at a non-digit, so no number is truncated into a new one).
 _CARRY_MAX = 128
@@ -62,6 +76,11 @@ class GenericParser:
 
     def __init__(self) -> None:
         self.progress: int | None = None
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+        self.bad_results: list[str] = []
+        self.finished = False
+        self.fatal = False  # a fatal error: the task is not retried
         # The unfinished last line of the previous chunk, so "5" + "0%" reads as 50 %.
         self._carry = b""
 
@@ -72,18 +91,35 @@ class GenericParser:
         buf = self._carry + data
         skip = len(self._carry)
         found: int | None = None
-        for match in _PERCENT.finditer(buf):
-            # Matches that ended inside the carry were already reported with the previous chunk.
-            if match.end() <= skip:
-                continue
-            value = float(match.group(1))
-            if value <= 100.0:
-                found = int(value)  # truncate: 99.9 % is not done yet
+        # The last percentage wins: look back from each "%" (a fast scan; most output has none), the
+        # last first.  A "%" in the carry was read with the previous chunk.
+        sign = buf.rfind(b"%", skip)
+        while sign >= 0 and found is None:
+            match = _PERCENT.search(buf, max(0, sign - _NUMBER_MAX), sign + 1)
+            if match is not None and float(match.group(1)) <= 100.0:
+                found = int(float(match.group(1)))  # truncate: 99.9 % is not done yet
+            sign = buf.rfind(b"%", skip, sign)
+        if _MARKER_HINT in buf:
+            self._markers(buf[: max(buf.rfind(b"\n"), buf.rfind(b"\r")) + 1])
         self._carry = _unfinished_line(buf)
         if found is None or found == self.progress:
             return None
         self.progress = found
         return found
+
+
+    def _markers(self, lines: bytes) -> None:
+        """CGRU's ``[ PARSER ERROR ]``-style markers a script prints to flag its run."""
+        for match in _MARKER.finditer(lines):
+            kind = match.group(1).upper()
+            if kind == b"FINISHED SUCCESS":
+                self.finished = True
+                continue
+            self.fatal = self.fatal or kind == b"FATAL ERROR"
+            kept = self.warnings if kind == b"WARNING" else (
+                self.bad_results if kind == b"BAD RESULT" else self.errors)
+            if len(kept) < _ERRORS_MAX:
+                kept.append(match.group(0).decode("utf-8", "replace").strip()[:_ERROR_CHARS])
 
 
 def _unfinished_line(buf: bytes) -> bytes:
@@ -232,14 +268,54 @@ class BlenderParser:
         return found
 
 
+def _lines(parser: Parser, attribute: str) -> list[str]:
+    found = getattr(parser, attribute, None)
+    return list(found) if isinstance(found, list) else []
+
+
 def parser_errors(parser: Parser) -> list[str]:
     """The error lines ``parser`` found ([] for parsers that look for none)."""
-    errors = getattr(parser, "errors", None)
-    return list(errors) if isinstance(errors, list) else []
+    return _lines(parser, "errors")
+
+
+def parser_warnings(parser: Parser) -> list[str]:
+    """The warning lines ``parser`` found: the task is flagged (Afanasy's WRN), its run may succeed."""
+    return _lines(parser, "warnings")
+
+
+def parser_bad_results(parser: Parser) -> list[str]:
+    """Lines that make a run which exited 0 an error (Afanasy's "bad result")."""
+    return _lines(parser, "bad_results")
+
+
+def parser_finished(parser: Parser) -> bool:
+    """The parser read that the work is done (the render stops the task and reports it done)."""
+    return getattr(parser, "finished", False) is True
+
+
+def parser_fatal(parser: Parser) -> bool:
+    """The parser found a fatal error: the task fails without being retried (Afanasy's PFE)."""
+    return getattr(parser, "fatal", False) is True
+
+
+def parser_frame(parser: Parser) -> tuple[int, int] | None:
+    """(frames of the task done, percent of the current frame), for parsers that count frames."""
+    frame, percent = getattr(parser, "frame", None), getattr(parser, "percent_frame", None)
+    if isinstance(frame, int) and isinstance(percent, int):
+        return frame, percent
+    return None
+
+
+def parser_end(parser: Parser) -> None:
+    """Tell ``parser`` the task's output is over (some judge the whole run then)."""
+    end = getattr(parser, "end", None)
+    if callable(end):
+        end()
 
 
 _BUILTIN: Mapping[str, Callable[[], Parser]] = MappingProxyType(
     {
+        **CGRU_PARSERS,
         BlenderParser.name: BlenderParser,
         GenericParser.name: GenericParser,
         NoneParser.name: NoneParser,

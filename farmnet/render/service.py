@@ -43,12 +43,23 @@ from farmnet.messages import (
     StartOrder,
     TaskRef,
 )
+from farmnet.model.catalog import SERVICE_PARSERS
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
 from farmnet.protocol.endpoints import set_keepalive
 from farmnet.render import resources, services
 from farmnet.render.limits import TaskLimiter
-from farmnet.render.parsers import Parser, parser_by_name, parser_errors
+from farmnet.render.parsers import (
+    Parser,
+    parser_bad_results,
+    parser_by_name,
+    parser_end,
+    parser_errors,
+    parser_fatal,
+    parser_finished,
+    parser_frame,
+    parser_warnings,
+)
 from farmnet.render.process import TaskExit, TaskProcess
 
 log = Logger()
@@ -92,6 +103,14 @@ class RunningTask:
     #: Bytes sent in TaskOutputs the server has not answered yet.
     in_flight: int = 0
     progress: int | None = None
+    #: (frames done, percent of the frame) not sent yet, and the last sent.
+    frame: tuple[int, int] | None = None
+    frame_sent: tuple[int, int] | None = None
+    #: The parser's first warning line, until sent (once per run).
+    warning: str | None = None
+    warning_sent: bool = False
+    #: Why the render stopped the task for its parser: "error" or "finished"; None if it did not.
+    parser_stop: str | None = None
     flush_call: IDelayedCall | None = None
     timeout_call: IDelayedCall | None = None
     exit: TaskExit | None = None
@@ -310,8 +329,9 @@ class RenderService(service.MultiService):
             on_output=lambda data: self._output(holder[0], data), log_max=self.config.tasks.log_max,
             kill_grace=self.config.tasks.kill_grace,
             memory_limit_mb=self.config.tasks.memory_limit_mb, limiter=self.limiter)
-        task = RunningTask(order, fields, process,
-                           parser_by_name(order.parser or "generic", self.parser_classes, fields))
+        # A block that names no parser gets its service's, as af.py gives it (CGRU's table).
+        parser = order.parser or SERVICE_PARSERS.get(order.service) or "generic"
+        task = RunningTask(order, fields, process, parser_by_name(parser, self.parser_classes, fields))
         holder.append(task)
         self.tasks[key] = task
         log.debug("starting {key} run {run}: {command}", key=key, run=task.run, command=prepared.command)
@@ -328,27 +348,57 @@ class RenderService(service.MultiService):
         progress = task.parser.feed(data)
         if progress is not None:
             task.progress = progress
+        self._read_parser(task)
         task.pending += data
         if len(task.pending) + task.in_flight >= BACKLOG:
             task.process.pause_output()  # resumed by _sent once the server caught up
         if task.flush_call is None:
             task.flush_call = self.reactor.callLater(self.config.tasks.output_flush, self._flush, task)
 
+    def _read_parser(self, task: RunningTask) -> None:
+        """What the parser found besides progress: where in its frames the task is, its first warning,
+        and the lines that stop it (an error, as Afanasy's render stops a task at once; the end of
+        the work, for programs that do not exit by themselves)."""
+        parser = task.parser
+        where = parser_frame(parser)
+        if where is not None and where != task.frame_sent:
+            task.frame = where
+        if not task.warning_sent and task.warning is None:
+            warnings = parser_warnings(parser)
+            if warnings:
+                task.warning = warnings[0]
+        if task.exit is not None or task.parser_stop is not None:
+            return
+        errors = parser_errors(parser)
+        if errors:
+            task.parser_stop = "error"
+            task.process.kill(f"{parser.name} parser found an error: {errors[0]}")
+        elif parser_finished(parser):
+            task.parser_stop = "finished"
+            task.process.kill(f"{parser.name} parser read that the work is done")
+
     def _flush(self, task: RunningTask) -> None:
         if task.flush_call is not None and task.flush_call.active():
             task.flush_call.cancel()
         task.flush_call = None
         proto = self.proto
-        if proto is None or (not task.pending and task.progress is None):
+        if proto is None or not (task.pending or task.progress is not None or task.frame is not None
+                                 or task.warning is not None):
             return
-        while task.pending or task.progress is not None:
+        while task.pending or task.progress is not None or task.frame is not None or task.warning is not None:
             data = bytes(task.pending[:CHUNK])
             del task.pending[:CHUNK]
             task.in_flight += len(data)
+            frame, percent_frame = task.frame if task.frame is not None else (None, None)
             d = proto.callRemote(c.TaskOutput, render_id=self.render_id, **task.reference(), data=data,
-                                 progress=task.progress)
+                                 progress=task.progress, frame=frame, percent_frame=percent_frame,
+                                 warning=task.warning)
             d.addBoth(self._sent, task, len(data)).addErrback(self._report_failed, "output")
             task.progress = None
+            if task.frame is not None:
+                task.frame_sent, task.frame = task.frame, None
+            if task.warning is not None:
+                task.warning, task.warning_sent = None, True
 
     def _sent(self, result: Any, task: RunningTask, size: int) -> Any:
         """A TaskOutput answered (or lost with its connection): read the task's output again
@@ -363,6 +413,8 @@ class RenderService(service.MultiService):
         if task.timeout_call is not None and task.timeout_call.active():
             task.timeout_call.cancel()
         task.exit = result
+        parser_end(task.parser)  # its last unfinished line, and a judgement of the whole run
+        self._read_parser(task)
         log.debug("task {key} run {run} ended: exit {code} signal {signal}", key=task.key,
                  run=task.run, code=result.exit_code, signal=result.signal)
         self._flush(task)
@@ -372,23 +424,11 @@ class RenderService(service.MultiService):
     def _report_finished(self, task: RunningTask) -> None:
         result = task.exit
         assert result is not None
-        message = ""
-        if result.killed:
-            message = f"killed: {result.killed}"
-        elif result.reason:
-            message = result.reason
-        elif result.signal is not None:
-            message = f"ended by signal {signals.Signals(result.signal).name}"
-        elif result.exit_code:
-            message = f"exit status {result.exit_code}"
-        found = parser_errors(task.parser)
-        if found and not message:
-            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-            message = f"{task.parser.name} parser found errors: {found[0]}{more}"
+        exit_code, signal, message = self._verdict(task, result)
         d = self.proto.callRemote(
             c.TaskFinished, render_id=self.render_id, **task.reference(),
-            exit_code=result.exit_code, signal=result.signal, time_started=result.time_started,
-            time_done=result.time_done, message=message,
+            exit_code=exit_code, signal=signal, time_started=result.time_started,
+            time_done=result.time_done, message=message, fatal=parser_fatal(task.parser) or None,
             resources=None if result.peak_memory_mb is None else RunResources(result.peak_memory_mb))
 
         def acknowledged(_: Any) -> None:
@@ -396,6 +436,41 @@ class RenderService(service.MultiService):
                 del self.tasks[task.key]
 
         d.addCallbacks(acknowledged, self._report_failed, errbackArgs=("finish",))
+
+    @staticmethod
+    def _verdict(task: RunningTask, result: TaskExit) -> tuple[int | None, int | None, str]:
+        """The exit code, signal and message reported for a run, its parser's findings included.
+
+        As Afanasy's render: an error line fails the run whatever its exit status; a bad result fails
+        a run that exited 0; a parser that read the end of the work makes the run it stopped done.
+        A run the parser fails is reported without exit code when its process exited 0.
+        """
+        parser = task.parser
+        name = parser.name
+        errors, bad = parser_errors(parser), parser_bad_results(parser)
+        exit_code, signal = result.exit_code, result.signal
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            return (None if exit_code == 0 else exit_code), signal, \
+                f"{name} parser found an error: {errors[0]}{more}"
+        if task.parser_stop == "finished" and result.killed is not None:
+            return 0, None, f"{name} parser read that the work is done"
+        message = ""
+        if result.killed:
+            message = f"killed: {result.killed}"
+        elif result.reason:
+            message = result.reason
+        elif signal is not None:
+            message = f"ended by signal {signals.Signals(signal).name}"
+        elif exit_code:
+            message = f"exit status {exit_code}"
+        elif bad:
+            return None, None, f"{name} parser found a bad result: {bad[0]}"
+        else:
+            warnings = parser_warnings(parser)
+            if warnings:
+                message = f"{name} parser found a warning: {warnings[0]}"
+        return exit_code, signal, message
 
     def _report_failed(self, failure: Any, what: str) -> None:
         # A lost connection is retried after reconnecting; anything else is logged.

@@ -24,6 +24,13 @@ just before the task starts.  The built-ins, with Afanasy's names:
     is ``python -m farmnet.sysjob.wol --broadcast ADDR --port PORT MAC1 MAC2 ...``
     (``render.sysjob.wol_broadcast``, ``render.sysjob.wol_port``).  The MACs are checked by that
     program, so a bad one is a task error that says so.
+``htracker``
+    CGRU's Houdini tracker: `` -J JOB_ID`` appended to the command, and exit status 1 counted a success.
+Every other CGRU service name (``nuke``, ``hbatch_mantra``, ``maya``, ``movgen``, ``ffmpeg``, ``rsync``,
+...; :data:`farmnet.model.catalog.SERVICES`)
+    The command as is, as CGRU's service of that name runs it.  When the block names no parser, the
+    render uses the parser CGRU's service sets (``nuke`` → ``nuke``;
+    :data:`~farmnet.model.catalog.SERVICE_PARSERS`).
 ``blender``
     Blender's command line: ``-b`` (background) is made the first argument, and ``-t N`` (render threads,
     N = this machine's CPU count) is added before the first ``-a``/``-f`` when the command sets no thread
@@ -52,6 +59,7 @@ import attrs
 from twisted.logger import Logger
 
 from farmnet.config import RenderConfig
+from farmnet.model.catalog import SERVICES
 from farmnet.plugins import import_object
 from farmnet.render.parsers import Parser, builtin_parsers
 from farmnet.sysjob.wol import normalize_mac
@@ -62,6 +70,7 @@ __all__ = [
     "BlenderService",
     "EventsService",
     "GenericService",
+    "HtrackerService",
     "PostCmdService",
     "Prepared",
     "Service",
@@ -334,15 +343,38 @@ class BlenderService(GenericService):
         return text
 
 
-_BUILTIN: Mapping[str, ServiceFactory] = MappingProxyType(
-    {
-        GenericService.name: GenericService,
-        PostCmdService.name: PostCmdService,
-        EventsService.name: EventsService,
-        WakeOnLanService.name: WakeOnLanService,
-        BlenderService.name: BlenderService,
-    }
-)
+# --- CGRU's other services ------------------------------------------------------------------
+
+
+class HtrackerService(GenericService):
+    """CGRU's Houdini tracker: the job's id is passed (``-J ID``), and exit status 1 is a success too."""
+
+    name = "htracker"
+
+    def command(self, order: Mapping[str, Any], config: RenderConfig) -> str:
+        command = f"{order.get('command') or ''} -J {int(order.get('job_id') or 0)}"
+        # In a subshell on lines of its own, so its own "exit" or a trailing comment cannot skip the check.
+        return f"(\n{command}\n)\nstatus=$?; [ $status -eq 1 ] && exit 0; exit $status"
+
+
+def _generic_named(name: str) -> ServiceFactory:
+    """A CGRU service that runs the command as it is (it only picks the block's parser in af.py)."""
+    return type(f"GenericService_{name}", (GenericService,),
+                {"name": name, "__doc__": GenericService.__doc__})
+
+
+_OWN: Mapping[str, ServiceFactory] = {
+    GenericService.name: GenericService,
+    PostCmdService.name: PostCmdService,
+    EventsService.name: EventsService,
+    WakeOnLanService.name: WakeOnLanService,
+    BlenderService.name: BlenderService,
+    HtrackerService.name: HtrackerService,
+}
+_BUILTIN: Mapping[str, ServiceFactory] = MappingProxyType({
+    **{name: _generic_named(name) for name in sorted(SERVICES) if not name.startswith("blender")},
+    **_OWN,
+})
 
 
 def builtin_services() -> Mapping[str, ServiceFactory]:

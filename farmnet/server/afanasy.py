@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from farmnet import errors
 from farmnet.config import AfanasyConfig, ConnectionsConfig, LimitsConfig
 from farmnet.model import events as ev
+from farmnet.model.catalog import known_names
 from farmnet.model.data import Block, Job, Render, Task, TaskState, User
 from farmnet.model.farm import Farm
 from farmnet.model.masks import Mask
@@ -56,7 +57,8 @@ _HEADER_MAX = len(b"AFANASY  JSON") + 12
 #: Afanasy's state bits (``st``) and the names its JSON writes, in its order.
 _STATE_BITS: tuple[tuple[str, int], ...] = (
     ("RDY", 1 << 0), ("RUN", 1 << 1), ("DON", 1 << 4), ("ERR", 1 << 5), ("SKP", 1 << 8),
-    ("OFF", 1 << 9), ("WDP", 1 << 2), ("WTM", 1 << 3), ("RER", 1 << 17), ("WRC", 1 << 18))
+    ("OFF", 1 << 9), ("WDP", 1 << 2), ("WTM", 1 << 3), ("RER", 1 << 17), ("WRC", 1 << 18),
+    ("WRN", 1 << 10))
 _BIT = dict(_STATE_BITS)
 #: A task's farmnet state → Afanasy's state names.
 _TASK_STATES: Mapping[TaskState, tuple[str, ...]] = {
@@ -229,10 +231,15 @@ def task_progress(task: Task) -> dict[str, Any]:
     names = _TASK_STATES[task.state]
     if task.state is TaskState.RDY and task.errors_count:
         names = ("RDY", "RER")
+    if task.warning:  # its parser flagged a warning (Afanasy's WRN)
+        names = (*names, "WRN")
     st, state = _states(names)
     out: dict[str, Any] = {"state": state, "st": st}
     progress = 100 if task.state in (TaskState.DON, TaskState.SKP) else task.progress
     _put(out, "per", progress, 0)
+    if task.state is TaskState.RUN:
+        _put(out, "frm", task.frame, 0)
+        _put(out, "pfr", task.percent_frame, 0)
     _put(out, "str", task.starts_count, 0)
     _put(out, "err", task.errors_count, 0)
     _put(out, "tst", _int_time(task.time_started), 0)
@@ -507,7 +514,8 @@ class AfanasyServer:
         """Answered as Afanasy answers a job: its id and serial, with ``error`` if refused."""
         try:
             user = self.user_for_change(conn, data, "submitting a job")
-            spec, warnings = parse_job(data, self.farm.settings.max_tasks_per_job)
+            spec, warnings = parse_job(data, self.farm.settings.max_tasks_per_job,
+                                       **known_names(self.farm.settings))
             job = self.farm.submit(spec, user)
         except AfanasyError as e:
             return {"id": 0, "serial": 0, "error": str(e)}

@@ -39,6 +39,7 @@ import farmnet
 from farmnet import errors
 from farmnet.config import AuthConfig, ConnectionsConfig, LimitsConfig
 from farmnet.messages import CloseOrder, HostResources, Order, ReconnectOrder, RunResources, TaskRef
+from farmnet.model.catalog import known_names
 from farmnet.model.data import ACTIVE, Render, TaskKey
 from farmnet.model.events import JobDeleted, OrdersQueued, TaskStateChanged
 from farmnet.model.farm import Farm
@@ -593,10 +594,13 @@ class ServerProtocol(FarmAMP):
 
     @c.TaskOutput.responder
     def task_output(self, render_id: int, job_id: int, block: int, task: int, run: int,
-                    data: bytes, progress: int | None = None) -> dict[str, Any]:
+                    data: bytes, progress: int | None = None, frame: int | None = None,
+                    percent_frame: int | None = None, warning: str | None = None) -> dict[str, Any]:
         render = self._need_render(render_id)
         key = self._key(job_id, block, task)
-        if self.farm.task_output(render, key, run, progress) is not None and data:
+        found = self.farm.task_output(render, key, run, progress, frame=frame, percent_frame=percent_frame,
+                                      warning=warning)
+        if found is not None and data:
             self.server.outputs.append(key, run, data)
         return {}
 
@@ -604,14 +608,15 @@ class ServerProtocol(FarmAMP):
     async def task_finished(self, render_id: int, job_id: int, block: int, task: int, run: int,
                       time_started: float, time_done: float, message: str,
                       exit_code: int | None = None, signal: int | None = None,
-                      resources: RunResources | None = None) -> dict[str, Any]:
+                      resources: RunResources | None = None, fatal: bool | None = None) -> dict[str, Any]:
         render = self._need_render(render_id)
         key = self._key(job_id, block, task)
         if message and self.farm.current_task(render, key, run) is not None:
             self.server.outputs.append(key, run, f"\n[farmnet: {message}]\n".encode())
         self.farm.task_finished(render, key, run, exit_code=exit_code, signal=signal,
                                 time_started=time_started, time_done=time_done, message=message,
-                                peak_memory_mb=resources.peak_memory_mb if resources is not None else None)
+                                peak_memory_mb=resources.peak_memory_mb if resources is not None else None,
+                                fatal=bool(fatal))
         self.server.outputs.close(key, run)
         # Acknowledged once committed: the render forgets the run only when a restarted
         # server cannot think it still runs. A repeated report is acknowledged the same way.
@@ -624,7 +629,8 @@ class ServerProtocol(FarmAMP):
     async def submit_job(self, spec: Any) -> dict[str, Any]:
         """Acknowledged once the job is on disk."""
         self._need_user()
-        job_spec, warnings = parse_job(spec, self.farm.settings.max_tasks_per_job)
+        job_spec, warnings = parse_job(spec, self.farm.settings.max_tasks_per_job,
+                                       **known_names(self.farm.settings))
         job = self.farm.submit(job_spec, self.user, names_verified=self.server.passwords is not None)
         await self.server.durable()
         return {"job_id": job.id, "warnings": warnings}

@@ -246,7 +246,8 @@ class LivePages:
         """A block's tasks as cells coloured by state, GRID_MAX at a time."""
         tasks, total = self.ctx.farm.list_tasks(job_id, block.block, offset, GRID_MAX)
         cells = [tags.a(href=f"/jobs/{job_id}/{block.block}/{t.task}", class_=f"t s-{t.state}",
-                        title=f"{t.name}: {t.state}" + (f" on {t.host}" if t.host else "")
+                        title=f"{t.name}: {t.state}" + (" WRN" if t.warning else "")
+                        + (f" on {t.host}" if t.host else "")
                         + (f", {t.progress}%" if t.state == "RUN" else ""),
                         **{"data-state": t.state}) for t in tasks]
         pager = []
@@ -275,6 +276,11 @@ class LivePages:
             ("state", state_badge(data.state)),
             ("progress", progress(data.progress)),
             ("frames", f"{frames[0]}–{frames[1]}" if frames else "–"),
+            # Where its parser reads the running task is (Afanasy's frame and percent of frame).
+            ("frame", f"{data.frame} done, {data.percent_frame}% of the next"
+             if data.state == "RUN" and (data.frame or data.percent_frame) else "–"),
+            # The first line its parser flagged (Afanasy's WRN): the run's outcome stands.
+            ("warning", tags.span(data.warning, class_="warning") if data.warning else "–"),
             ("host", data.host or "–"),
             ("runs", str(runs)),
             ("errors", str(data.errors_count)),
