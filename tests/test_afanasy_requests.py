@@ -461,3 +461,23 @@ class AfanasyRequestsTests(TestCase):
         ]:
             self.assertIn(text, await self.error(request), request)
         self.assertEqual(self.farm.users["anna"].priority, 150)  # the refused ones changed nothing
+
+    async def test_progress_answers_follow_every_change(self) -> None:
+        """getJobProgress() is answered from a kept answer: a state or a percentage shows."""
+        job_id = await self.submit(job("shot", user="anna", frames=2))
+        ask = get("jobs", ids=[job_id], mode="progress")
+
+        async def tasks() -> list[tuple[str, int]]:
+            progress = (await self.ask(ask))["job_progress"]["progress"][0]
+            return [(t["state"], t.get("per", 0)) for t in progress]
+
+        self.assertEqual(await tasks(), [(" RDY", 0), (" RDY", 0)])
+        self.assertEqual(await tasks(), [(" RDY", 0), (" RDY", 0)])  # kept
+        render = self.farm.register_render("r1", capacity=1000)
+        [order] = self.starts(render)
+        self.farm.render_action("boss", ["r1"], "pause")
+        self.assertEqual(await tasks(), [(" RUN", 0), (" RDY", 0)])
+        self.farm.task_output(render, order.key, order.run, 40)
+        self.assertEqual(await tasks(), [(" RUN", 40), (" RDY", 0)])
+        self.finish(render, order)
+        self.assertEqual(await tasks(), [(" DON", 100), (" RDY", 0)])

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -139,6 +140,17 @@ _REFUSED_ACTIONS = {
     "pools": "pools are not served on farmnet's Afanasy port yet",
     "branches": "branches are not served on farmnet's Afanasy port yet",
 }
+
+
+@attrs.frozen(slots=True)
+class Framed:
+    """An answer already framed (header and JSON), as bytes to write."""
+
+    data: bytes
+
+
+#: What a request is answered with: JSON data, or an answer framed already.
+Answer = dict[str, Any] | Framed
 
 
 class AfanasyError(Exception):
@@ -441,19 +453,31 @@ class JobListCache:
         self.farm = farm
         self._jobs: dict[int, bytes] = {}
         #: The whole unfiltered answer, while nothing changed and no job is written afresh.
-        self._whole: bytes | None = None
+        self._whole: Framed | None = None
+        #: Each job's ``job_progress`` answer (af.Cmd().getJobProgress(), what a submitter
+        #: polls while it waits), framed, until a task of the job changes.
+        self._progress: dict[int, Framed] = {}
         self.close = farm.bus.subscribe_all({
             ev.TaskStateChanged: lambda e: self._changed(e.task.block.job),
+            ev.TaskProgressed: lambda e: self._progress.pop(e.task.block.job.id, None),
             (ev.TasksRestarted, ev.ErrorHostsReset, ev.TasksRenumbered): lambda e: self._changed(e.block.job),
             (ev.JobSubmitted, ev.JobChanged, ev.JobDeleted): lambda e: self._changed(e.job),
         })
 
     def _changed(self, job: Job) -> None:
         self._jobs.pop(job.id, None)
+        self._progress.pop(job.id, None)
         self._whole = None
 
-    def answer(self, jobs: list[Job] | None) -> bytes:
-        """``{"jobs": [...]}`` of ``jobs`` (None: every job), encoded."""
+    def progress(self, job: Job) -> Framed:
+        answer = self._progress.get(job.id)
+        if answer is None:
+            header, body = framed(job_progress(job))
+            answer = self._progress[job.id] = Framed(header + body)
+        return answer
+
+    def answer(self, jobs: list[Job] | None) -> Framed:
+        """``{"jobs": [...]}`` of ``jobs`` (None: every job), encoded and framed."""
         if jobs is None and self._whole is not None:
             return self._whole
         every = jobs is None
@@ -469,7 +493,8 @@ class JobListCache:
             if part is None:
                 part = self._jobs[job.id] = _encode(job_json(self.farm, job, False))
             parts.append(part)
-        whole = b'{"jobs":[' + b",".join(parts) + b"]}"
+        body = b'{"jobs":[' + b",".join(parts) + b"]}"
+        whole = Framed(b"AFANASY %d JSON" % len(body) + body)
         if every and not fresh:
             self._whole = whole
         return whole
@@ -635,7 +660,7 @@ class AfanasyServer:
         self.monitors = monitors
         #: Connections without a whole request are timed by their protocol (request_timeout).
         self.registry = Registry(reactor, limits=limits, close_wait=connections.close_wait,
-                                 idle_timeout=0, zombie_time=connections.zombie_time)
+                                 idle_timeout=0, zombie_time=connections.zombie_time, keepalive=False)
 
     @property
     def max_request_bytes(self) -> int:
@@ -679,19 +704,32 @@ class AfanasyServer:
 
     # --- requests ------------------------------------------------------------------------
 
-    async def answer(self, conn: Connection, body: bytes) -> dict[str, Any] | bytes:
-        """The answer to one request; never raises."""
+    def answer(self, conn: Connection, body: bytes) -> Answer | defer.Deferred[Answer]:
+        """The answer to one request: at once for a ``get`` (what tools poll: no Deferred
+        on that path), a Deferred for a submit or an action (they wait for the store).
+        Never raises, never fails."""
         try:
-            return await self._answer(conn, body)
-        except AfanasyError as e:
-            return error_answer(str(e))
-        except errors.FarmError as e:
-            return error_answer(e.message)
-        except Exception:
-            log.failure("Afanasy request from {peer} failed", peer=conn.label)
-            return error_answer("internal error: see the server's log")
+            kind, data = self._request(body)
+            if kind == "get":
+                if not (self.public_reads or self.config.trust_user_names):
+                    raise AfanasyError("reading refused: this farm shows itself to logged-in users only "
+                                       "(web.public: false) and Afanasy's protocol has no passwords")
+                return self._get(conn, data)
+        except Exception as e:
+            return self._error(conn, e)
+        change = self._submit(conn, data) if kind == "job" else self._action(conn, data)
+        return defer.ensureDeferred(change).addErrback(lambda f: self._error(conn, f.value))
 
-    async def _answer(self, conn: Connection, body: bytes) -> dict[str, Any] | bytes:
+    def _error(self, conn: Connection, e: BaseException) -> dict[str, Any]:
+        if isinstance(e, AfanasyError):
+            return error_answer(str(e))
+        if isinstance(e, errors.FarmError):
+            return error_answer(e.message)
+        log.failure("Afanasy request from {peer} failed", Failure(e), peer=conn.label)
+        return error_answer("internal error: see the server's log")
+
+    def _request(self, body: bytes) -> tuple[str, dict[str, Any]]:
+        """The request's one key and its object."""
         if body.startswith(b"\xef\xbb\xbf"):  # a BOM, as Windows editors write
             body = body[3:]
         try:
@@ -712,14 +750,7 @@ class AfanasyServer:
             raise AfanasyError(f'unknown request {kind!r}: farmnet serves "job", "get" and "action"')
         if not isinstance(data, dict):
             raise AfanasyError(f'"{kind}" must be an object')
-        if kind == "get":
-            if not (self.public_reads or self.config.trust_user_names):
-                raise AfanasyError("reading refused: this farm shows itself to logged-in users only "
-                                   "(web.public: false) and Afanasy's protocol has no passwords")
-            return self._get(conn, data)
-        if kind == "job":
-            return await self._submit(conn, data)
-        return await self._action(conn, data)
+        return kind, data
 
     async def _submit(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         """Answered as Afanasy answers a job: its id and serial, with ``error`` if refused."""
@@ -739,7 +770,7 @@ class AfanasyServer:
 
     # --- get -----------------------------------------------------------------------------
 
-    def _get(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any] | bytes:
+    def _get(self, conn: Connection, data: dict[str, Any]) -> Answer:
         kind = _string(data, "type")
         mode = data.get("mode", "")
         if isinstance(mode, list) and kind == "jobs" and data.get("block_ids"):
@@ -766,7 +797,7 @@ class AfanasyServer:
             raise AfanasyError("Invalid ID")
         return job
 
-    def _get_jobs(self, conn: Connection, data: dict[str, Any], mode: str) -> dict[str, Any] | bytes:
+    def _get_jobs(self, conn: Connection, data: dict[str, Any], mode: str) -> Answer:
         if data.get("uids") not in (None, []):
             raise AfanasyError('get jobs by "uids" is not supported by farmnet: its users have no ids, '
                                'ask by "users" (user names)')
@@ -787,7 +818,7 @@ class AfanasyServer:
         if mode in _JOB_MODES:
             job = self._one_job(ids, f"mode {mode!r}")
             if mode == "progress":
-                return job_progress(job)
+                return self.job_lists.progress(job)
             if mode == "log":
                 return _message("log", job.name, self.logs.job_lines(job.id))
             if mode == "error_hosts":
@@ -1276,10 +1307,13 @@ class AfanasyProtocol(Protocol):
         self._stop_timeout()
         self.server.registry.box_received(conn)
         conn.pending += 1
-        d = defer.ensureDeferred(self.server.answer(conn, body))
-        d.addCallback(self._answered_with)
+        answer = self.server.answer(conn, body)
+        if isinstance(answer, defer.Deferred):
+            answer.addCallback(self._answered_with)
+        else:
+            self._answered_with(answer)
 
-    def _answered_with(self, answer: dict[str, Any] | bytes) -> None:
+    def _answered_with(self, answer: Answer) -> None:
         assert self.conn is not None
         self.conn.pending -= 1
         self._send(answer)
@@ -1294,16 +1328,25 @@ class AfanasyProtocol(Protocol):
         self._buffer = bytearray()
         self._send(error_answer(reason))
 
-    def _send(self, answer: dict[str, Any] | bytes) -> None:
+    def _send(self, answer: Answer) -> None:
         conn = self.conn
         if conn is None or conn.state is CloseState.CLOSED or self._answered:
             return
         self._answered = True
-        header, body = framed(answer)  # written as two pieces: a big answer is not copied
-        size = len(header) + len(body)
+        if isinstance(answer, Framed):
+            data = answer.data  # framed once, kept: written without a copy
+        else:
+            header, body = framed(answer)
+            data = header + body
+        size = len(data)
         conn.bytes_out += size
         self.server.registry.bytes_out += size
-        self.transport.writeSequence((header, body))
+        transport = getattr(self.transport, "transport", self.transport)  # under ClientFirstConnection
+        if size > getattr(transport, "SEND_LIMIT", size):
+            # One send call for the whole answer (the kernel takes what its buffer holds), not
+            # one reactor turn per 128 KiB: a job list is hundreds of kB.
+            transport.SEND_LIMIT = size
+        self.transport.write(data)
         # The answer asks the client to close; reset it if it has not after close_wait.
         self.server.registry.close(conn, "answered", quiet=True)
 
