@@ -77,8 +77,9 @@ class AfanasyRequestsTests(TestCase):
         return [o for o in self.farm.take_orders(render) if isinstance(o, StartOrder)]
 
     def finish(self, render: Render, order: StartOrder, exit_code: int = 0) -> None:
+        started = self.farm.task(order.key).time_started
         self.farm.task_finished(render, order.key, order.run, exit_code=exit_code, signal=None,
-                                time_started=reactor.seconds() - 3, time_done=reactor.seconds(),
+                                time_started=started, time_done=started + 3,
                                 message="" if exit_code == 0 else "it failed")
 
     def states(self, job_id: int, block: int = 0) -> list[str]:

@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from farmnet import errors
 from farmnet.config import AfanasyConfig, ConnectionsConfig, LimitsConfig
 from farmnet.model import events as ev
-from farmnet.model.data import Block, Job, Render, Task, TaskState, User
+from farmnet.model.data import Block, Job, Render, Task, TaskRun, TaskState, User
 from farmnet.model.farm import Farm
 from farmnet.model.masks import Mask
 from farmnet.model.scheduler import Why
@@ -525,15 +525,16 @@ class ObjectLogs:
     def __init__(self, farm: Farm, keep: int = 200) -> None:
         self.farm = farm
         self.keep = keep
-        #: job id → (time, block, task, text); block and task -1 for the job itself.
-        self.jobs: dict[int, deque[tuple[float, int, int, str]]] = {}
+        #: job id → (time, block, task, what); block and task -1 for the job itself. A run's
+        #: end is kept as it came (its start is in it) and written out when asked: runs end
+        #: all the time, the reading is rare. A running task's start is read from the task.
+        self.jobs: dict[int, deque[tuple[float, int, int, str | TaskRun]]] = {}
         self.renders: dict[str, deque[str]] = {}
-        self.render_tasks: dict[str, deque[str]] = {}
+        self.render_tasks: dict[str, deque[TaskRun]] = {}
         self.users: dict[str, deque[str]] = {}
         self.close = farm.bus.subscribe_all({
             ev.JobSubmitted: self._submitted,
             ev.JobDeleted: self._deleted,
-            ev.TaskStateChanged: self._task_state,
             ev.RunEnded: self._run_ended,
             ev.TasksRestarted: lambda e: self.job(e.block.job.id, f"block[{e.block.name}]: tasks restarted"),
             ev.ErrorHostsReset: lambda e: self.job(e.block.job.id,
@@ -548,24 +549,21 @@ class ObjectLogs:
             ev.UserDeleted: lambda e: self.users.pop(e.user.name, None),
         })
 
-    def _now(self) -> float:
-        return self.farm.clock.seconds()
-
     def _lines(self, table: dict[Any, deque[Any]], key: Any) -> deque[Any]:
         lines = table.get(key)
         if lines is None:
             lines = table[key] = deque(maxlen=self.keep)
         return lines
 
-    def job(self, job_id: int, text: str, block: int = -1, task: int = -1) -> None:
+    def job(self, job_id: int, what: str | TaskRun, block: int = -1, task: int = -1) -> None:
         if job_id in self.farm.jobs:
-            self._lines(self.jobs, job_id).append((self._now(), block, task, text))
+            self._lines(self.jobs, job_id).append((self.farm.clock.seconds(), block, task, what))
 
     def render(self, name: str, text: str) -> None:
-        self._lines(self.renders, name).append(f"{_when(self._now())}: {text}")
+        self._lines(self.renders, name).append(f"{_when(self.farm.clock.seconds())}: {text}")
 
     def user(self, name: str, text: str) -> None:
-        self._lines(self.users, name).append(f"{_when(self._now())}: {text}")
+        self._lines(self.users, name).append(f"{_when(self.farm.clock.seconds())}: {text}")
 
     def _submitted(self, e: ev.JobSubmitted) -> None:
         job = e.job
@@ -576,32 +574,62 @@ class ObjectLogs:
         self.jobs.pop(e.job.id, None)
         self.user(e.job.user_name, f"job {e.job.id} {e.job.name!r} deleted")
 
-    def _task_state(self, e: ev.TaskStateChanged) -> None:
-        task = e.task
-        if task.state is TaskState.RUN:
-            block = task.block
-            self.job(block.job.id, f"started on {task.host} (run {task.starts_count})", block.number,
-                     task.number)
-
     def _run_ended(self, e: ev.RunEnded) -> None:
+        """At every run's end: kept as it came, two appends."""
         run = e.run
-        how = f"exit code {run.exit_code}" if run.exit_code is not None else (
-            f"signal {run.signal}" if run.signal is not None else "no exit code")
-        text = f"run {run.run} on {run.host}: {run.state}, {how}"
-        if run.message:
-            text += f": {run.message}"
-        self.job(run.job_id, text, run.block, run.task)
-        took = max(0, int(run.time_done - run.time_started))
-        self._lines(self.render_tasks, run.host).append(
-            f"{_when(run.time_done)}: {run.job_name}[{run.block_name}][{run.task_name}] ({run.user_name}) "
-            f"run {run.run}: {run.state} after {took} s, {how}")
+        lines = self.jobs.get(run.job_id)
+        if lines is None:
+            if run.job_id not in self.farm.jobs:
+                return
+            lines = self._lines(self.jobs, run.job_id)
+        lines.append((self.farm.clock.seconds(), run.block, run.task, run))
+        runs = self.render_tasks.get(run.host)
+        if runs is None:
+            runs = self._lines(self.render_tasks, run.host)
+        runs.append(run)
 
-    def job_lines(self, job_id: int) -> list[str]:
-        return [f"{_when(t)}: {_where(b, n)}{text}" for t, b, n, text in self.jobs.get(job_id, ())]
+    def job_lines(self, job: Job) -> list[str]:
+        running = [t for b in job.blocks if b.counts[TaskState.RUN]
+                   for t in b.tasks if t.state is TaskState.RUN]
+        return self._written(self.jobs.get(job.id, ()), running, True)
 
-    def task_lines(self, job_id: int, block: int, task: int) -> list[str]:
-        return [f"{_when(t)}: {text}" for t, b, n, text in self.jobs.get(job_id, ())
-                if (b, n) == (block, task)]
+    def task_lines(self, task: Task) -> list[str]:
+        block, number = task.block.number, task.number
+        lines = [line for line in self.jobs.get(task.block.job.id, ())
+                 if (line[1], line[2]) == (block, number)]
+        return self._written(lines, [task] if task.state is TaskState.RUN else [], False)
+
+    @staticmethod
+    def _written(lines: Iterable[tuple[float, int, int, str | TaskRun]], running: list[Task],
+                 where: bool) -> list[str]:
+        """Log lines in the order the server saw them: each ended run's start (as the render
+        timed it) and end, then the starts of the tasks running now."""
+        timed: list[tuple[float, int, int, str]] = []
+        for t, b, n, what in lines:
+            if isinstance(what, str):
+                timed.append((t, b, n, what))
+            else:
+                timed.append((what.time_started, b, n, f"started on {what.host} (run {what.run})"))
+                text = f"run {what.run} on {what.host}: {what.state}, {_how(what)}"
+                timed.append((t, b, n, f"{text}: {what.message}" if what.message else text))
+        for task in running:
+            timed.append((task.time_started, task.block.number, task.number,
+                          f"started on {task.host} (run {task.starts_count})"))
+        return [f"{_when(t)}: {_where(b, n) if where else ''}{text}" for t, b, n, text in timed]
+
+    def render_task_lines(self, name: str) -> list[str]:
+        lines = []
+        for run in self.render_tasks.get(name, ()):
+            took = max(0, int(run.time_done - run.time_started))
+            lines.append(f"{_when(run.time_done)}: {run.job_name}[{run.block_name}][{run.task_name}] "
+                         f"({run.user_name}) run {run.run}: {run.state} after {took} s, {_how(run)}")
+        return lines
+
+
+def _how(run: TaskRun) -> str:
+    if run.exit_code is not None:
+        return f"exit code {run.exit_code}"
+    return f"signal {run.signal}" if run.signal is not None else "no exit code"
 
 
 # --- reading requests ----------------------------------------------------------------
@@ -820,7 +848,7 @@ class AfanasyServer:
             if mode == "progress":
                 return self.job_lists.progress(job)
             if mode == "log":
-                return _message("log", job.name, self.logs.job_lines(job.id))
+                return _message("log", job.name, self.logs.job_lines(job))
             if mode == "error_hosts":
                 return _message("error_hosts", job.name, _error_hosts(job.blocks))
             raise AfanasyError('get jobs mode "thumbnail" is not supported by farmnet: '
@@ -853,7 +881,7 @@ class AfanasyServer:
             out["exec"] = task_exec_json(task)
             out["data"] = ""
         elif mode == "log":
-            out["data"] = "\n".join(self.logs.task_lines(job.id, block, number))
+            out["data"] = "\n".join(self.logs.task_lines(task))
         elif mode == "error_hosts":
             out["data"] = "\n".join(_task_error_hosts(task))
         else:
@@ -922,7 +950,7 @@ class AfanasyServer:
         if mode == "tasks_log":
             render = self._one_render(data, mode)
             return _message("tasks_log", render.name,
-                            self.logs.render_tasks.get(render.name) or ["No tasks execution."])
+                            self.logs.render_task_lines(render.name) or ["No tasks execution."])
         if mode not in ("", "resources"):
             raise AfanasyError(f"get renders mode {mode!r} is not supported by farmnet: "
                                "it serves the list, full, resources, log and tasks_log")
