@@ -482,3 +482,23 @@ class AfanasyRequestsTests(TestCase):
         self.assertEqual(await tasks(), [(" RUN", 40), (" RDY", 0)])
         self.finish(render, order)
         self.assertEqual(await tasks(), [(" DON", 100), (" RDY", 0)])
+
+    async def test_job_lists_narrowed_by_ids_users_serials_and_mask(self) -> None:
+        first = await self.submit(job("shot010", user="anna"))
+        second = await self.submit(job("shot020", user="bob"))
+        third = await self.submit(job("comp030", user="anna"))
+
+        async def names(**narrow: Any) -> list[str]:
+            return [j["name"] for j in (await self.ask(get("jobs", **narrow)))["jobs"]]
+
+        self.assertEqual(await names(), ["shot010", "shot020", "comp030"])
+        self.assertEqual(await names(ids=[third, first, 999]), ["comp030", "shot010"])
+        self.assertEqual(await names(users=["anna"]), ["shot010", "comp030"])
+        self.assertEqual(await names(users=["anna"], mask="shot.*"), ["shot010"])
+        serial = self.farm.jobs[second].serial
+        self.assertEqual(await names(serials=[serial]), ["shot020"])
+        self.assertEqual(await names(mask="nothing"), [])
+        full = (await self.ask(get("jobs", users=["bob"], mode="full")))["jobs"]
+        self.assertEqual([(j["name"], j["blocks"][0]["command"]) for j in full], [("shot020", "sleep 30")])
+        self.assertIn('"users" must be a list of user names', await self.error(get("jobs", users="anna")))
+        self.assertIn('"ids" must be a list of integers', await self.error(get("jobs", ids=["1"])))
