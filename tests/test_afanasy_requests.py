@@ -376,7 +376,7 @@ class AfanasyRequestsTests(TestCase):
             self.assertIn(text, await self.error(request), request)
         self.assertEqual(len(self.farm.jobs[job_id].blocks), 3)  # nothing of the refused ones stayed
 
-    async def test_appended_blocks_and_tasks_survive_a_restart(self) -> None:
+    async def test_appended_blocks_tasks_and_block_parameters_survive_a_restart(self) -> None:
         store = Store(reactor, self.dir / "farm.sqlite", self.farm, flush_interval=0.05)
         store.startService()
         self.server.durable = store.sync
@@ -386,6 +386,7 @@ class AfanasyRequestsTests(TestCase):
                               operation={"type": "append_blocks", "blocks": [more]}))
         await self.ask(action("jobs", user="anna", ids=[job_id], block_ids=[1], operation={
             "type": "append_tasks", "tasks": [{"name": "centre", "command": "centre.nk"}]}))
+        await self.ask(action("jobs", user="anna", ids=[job_id], block_ids=[0], params={"capacity": 250}))
         await store.stopService()
 
         again = Farm(reactor, SchedulingConfig(admins=("boss",)))
@@ -399,6 +400,7 @@ class AfanasyRequestsTests(TestCase):
         self.assertEqual((loaded.blocks[1].tasks[2].name, loaded.blocks[1].tasks[2].command),
                          ("centre", "nuke -x centre.nk"))
         self.assertEqual(loaded.counts[TaskState.RDY], 10)
+        self.assertEqual(loaded.blocks[0].spec.capacity, 250)  # a block's parameters are kept too
 
     async def test_render_operations_and_params(self) -> None:
         anna_job = await self.submit(job("anna's", user="anna", frames=1))
