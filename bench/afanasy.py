@@ -1,10 +1,11 @@
 """Requests per second on the Afanasy port: `get jobs` (af.Cmd().getJobList()) with 1,000
 jobs on a real server process on 127.0.0.1.
 
-    python bench/afanasy.py [--jobs 1000] [--tasks 10] [--clients 4] [--seconds 10]
+    python bench/afanasy.py [--jobs 1000] [--tasks 10] [--clients 4] [--seconds 10] [--progress]
 
 The jobs are submitted through the Afanasy port itself (af.py's JSON, one connection each:
-that rate is printed too). Then --clients processes ask `get jobs` for --seconds, each
+that rate is printed too). Then --clients processes ask `get jobs` (--progress: one job's
+progress, af.Cmd().getJobProgress(), instead) for --seconds, each
 request on its own connection as CGRU's afnetwork does: send, read the framed answer,
 close first (blocking sockets, so the clients cost little next to the server).
 Prints requests/s, the answer's size, the server's CPU milliseconds per request and the
@@ -129,9 +130,15 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             assert answer.get("id"), answer
         submit_s = time.perf_counter() - started
 
-        request = framed({"get": {"type": "jobs", "user_name": "bench", "host_name": "ws1"}})
+        get = {"type": "jobs", "user_name": "bench", "host_name": "ws1"}
+        if args.progress:
+            get.update(mode="progress", ids=[args.jobs // 2])
+        request = framed({"get": get})
         first = json.loads(await ask(reactor, port, request))
-        assert len(first["jobs"]) == args.jobs + 1, len(first["jobs"])  # and the system job
+        if args.progress:
+            assert len(first["job_progress"]["progress"][0]) == args.tasks, first
+        else:
+            assert len(first["jobs"]) == args.jobs + 1, len(first["jobs"])  # and the system job
         size = len(json.dumps(first, separators=(",", ":")))
         with ProcessPoolExecutor(args.clients) as pool:
             list(pool.map(int, range(args.clients)))  # the processes are up before timing
@@ -147,8 +154,9 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         await task.deferLater(reactor, 0.2)
         print(json.dumps({
             "jobs": args.jobs, "tasks_per_job": args.tasks, "clients": args.clients,
+            "request": "get jobs mode progress" if args.progress else "get jobs",
             "submits_per_s": round(args.jobs / submit_s, 1),
-            "get_jobs_per_s": round(done / elapsed, 1), "requests": done,
+            "requests_per_s": round(done / elapsed, 1), "requests": done,
             "answer_bytes": size, "server_cpu_ms_per_request": round(1000 * server_cpu / max(done, 1), 2),
             "server_time_wait": server_time_wait(port),
             "when": time.strftime("%Y-%m-%d %H:%M"),
@@ -163,4 +171,5 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--progress", action="store_true", help="ask one job's progress, not the list")
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, parser.parse_args())))

@@ -132,7 +132,10 @@ class ServerService(service.MultiService):
         if config.afanasy.listen:
             self.afanasy = AfanasyServer(reactor, self.farm, config.afanasy, connections=config.connections,
                                          limits=config.limits, users_file=config.auth.users_file,
-                                         public=config.web.public, durable=self.store.sync)
+                                         public=config.web.public, durable=self.store.sync,
+                                         outputs=self.outputs, output_readers=self.server.output_readers,
+                                         monitors=lambda: [c for c in self.server.registry
+                                                           if c.kind == "monitor"])
             self.afanasy_listener = Listener(reactor, config.afanasy.listen, AfanasyFactory(self.afanasy),
                                              store / "afanasy.address", name="afanasy",
                                              budget=ConnectionBudget(close_wait=close_wait))

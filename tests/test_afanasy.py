@@ -18,10 +18,12 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from farmnet.client import connect
 from farmnet.config import AfanasyConfig, ConnectionsConfig, LimitsConfig, SchedulingConfig
 from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
 from farmnet.server.afanasy import AfanasyFactory, AfanasyServer
+from farmnet.server.outputs import OutputStore
 from farmnet.testing import ProcessFarm, wait_until
 
 ME = getpass.getuser()  # the server's owner: an admin of a private farm
@@ -218,17 +220,49 @@ class RealServerTests(TestCase):
         answer = await self.ask(action("renders", mask="nobody", params={"nimby": True}))
         self.assertEqual(answer["info"]["text"], "renders: No node matches 'nobody' found.")
 
+    async def test_task_output_info_and_log_from_a_real_render_and_the_monitors(self) -> None:
+        job_id = (await self.ask(job("echo", frames=1, command="echo hello-@#@")))["id"]
+        await self.farm.start_render("r1")
+
+        async def done() -> Any:
+            answer = await self.ask(get("jobs", ids=[job_id], mode="progress"))
+            return answer["job_progress"]["progress"][0][0]["state"] == " DON"
+
+        await wait_until(reactor, done, 30, "the task done on r1")
+        where = {"ids": [job_id], "block_ids": [0], "task_ids": [0]}
+        task = (await self.ask(get("jobs", mode="output", **where)))["task"]
+        self.assertEqual((task["type"], task["pos"]["number"], task["progress"]["hst"]), ("TOutput", 1, "r1"))
+        self.assertIn("hello-1", task["data"])
+        task = (await self.ask(get("jobs", mode="info", **where)))["task"]
+        self.assertEqual((task["exec"]["command"], task["exec"]["frame_start"]), ("echo hello-1", 1))
+        lines = (await self.ask(get("jobs", mode="log", **where)))["task"]["data"].split("\n")
+        self.assertTrue(lines[0].endswith(": started on r1 (run 1)"), lines)
+        self.assertTrue(lines[1].endswith(": run 1 on r1: DON, exit code 0"), lines)
+
+        amp = (self.base / "server-store" / "amp.address").read_text().strip()
+        monitor = await connect(reactor, amp, ME, kind="monitor")
+        self.addCleanup(lambda: defer.ensureDeferred(monitor.aclose()))
+        [listed] = (await self.ask(get("monitors")))["monitors"]
+        self.assertEqual((listed["user_name"], listed["host_name"], listed["engine"]),
+                         (ME, "127.0.0.1", "farmnet"))
+
     async def test_unsupported_requests_are_errors(self) -> None:
         for request, text in [
             ({"monitor": {"engine": "python"}}, "farmnet does not support Afanasy's 'monitor' request"),
             ({"reload_config": True}, "farmnet does not support Afanasy's 'reload_config' request"),
             ({"frobnicate": {}}, "unknown request 'frobnicate'"),
             (get("pools"), "Invalid get type = 'pools'"),
-            (get("jobs", mode="log", ids=[1]), "get jobs mode 'log' is not supported"),
+            (get("jobs", mode="thumbnail", ids=[1]), "it keeps no thumbnails"),
             (action("jobs", ids=[1], operation={"type": "restart_warnings"}),
-             "Unknown operation: 'restart_warnings'"),
+             "job operation 'restart_warnings' is not supported by farmnet"),
             (action("renders", mask=".*", params={"user_name": "x"}), "render parameter 'user_name' is not"),
-            (action("monitors", ids=[1], operation={"type": "exit"}), "Action has unknown type: 'monitors'"),
+            (action("monitors", ids=[1], operation={"type": "exit"}),
+             "Action type 'monitors' is not supported"),
+            (action("jobs", ids=[1], operation={"type": "delete"}), "the system job cannot be deleted"),
+            (action("jobs", ids=[1],
+                    operation={"type": "append_blocks", "blocks": [{"name": "b", "command": "true"}]}),
+             "the system job takes no appended blocks"),
+            (action("renderz", ids=[1], operation={"type": "exit"}), "Action has unknown type: 'renderz'"),
             (action("jobs", operation={"type": "pause"}), "should have nodes ids or mask"),
             (action("jobs", user="", ids=[1], operation={"type": "pause"}), 'needs a non-empty "user_name"'),
             (get("jobs", mask="(a)\\1"), "masks are RE2 regular expressions: no backreferences"),
@@ -300,12 +334,18 @@ class RealServerTests(TestCase):
 class TrustTests(TestCase):
     """Who may do what on this port: the service in this reactor, a real listener."""
 
-    async def serve(self, *, users_file: str = "", public: bool = True, trust: bool = False) -> int:
+    async def serve(self, *, users_file: str = "", public: bool = True, trust: bool = False,
+                    output_readers: str = "public") -> int:
         self.farm = Farm(reactor, SchedulingConfig(admins=("boss",)))
         self.addCleanup(self.farm.stop)
+        outputs = Path(tempfile.mkdtemp(prefix="farmnet-afanasy-outputs-"))
+        self.addCleanup(shutil.rmtree, outputs, True)
+        self.outputs = OutputStore(outputs)
+        self.addCleanup(self.outputs.close_all)
         self.server = AfanasyServer(reactor, self.farm, AfanasyConfig(trust_user_names=trust),
                                     connections=ConnectionsConfig(close_wait=0.5), limits=LimitsConfig(),
-                                    users_file=users_file, public=public)
+                                    users_file=users_file, public=public, outputs=self.outputs,
+                                    output_readers=output_readers)
         endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
         port = await endpoint.listen(AfanasyFactory(self.server))
         self.addCleanup(port.stopListening)
@@ -335,6 +375,27 @@ class TrustTests(TestCase):
         port = await self.serve(users_file="/nonexistent/users", public=False)
         answer, _ = await send(port, get("jobs"))
         self.assertIn("reading refused", answer["info"]["text"])
+
+    async def test_task_output_is_read_by_whom_server_auth_outputs_says(self) -> None:
+        port = await self.serve(users_file="/nonexistent/users", trust=True, output_readers="owner")
+        spec, _ = parse_job(job("anna's", user="anna", frames=1)["job"])
+        job_id = self.farm.submit(spec, "anna").id
+        render = self.farm.register_render("r1", capacity=1000)
+        self.farm.solve()
+        self.outputs.append((job_id, 0, 0), 1, b"secret frame\n")
+        where = {"ids": [job_id], "block_ids": [0], "task_ids": [0], "mode": "output"}
+        answer, _ = await send(port, {"get": {"type": "jobs", "user_name": "bob", **where}})
+        self.assertIn("user 'bob' may not read the output of job", answer["info"]["text"])
+        answer, _ = await send(port, {"get": {"type": "jobs", "user_name": "anna", **where}})
+        self.assertEqual(answer["task"]["data"], "secret frame\n")
+        self.assertEqual(render.tasks[(job_id, 0, 0)].host, "r1")
+
+    async def test_without_trust_a_farm_with_passwords_keeps_outputs(self) -> None:
+        port = await self.serve(users_file="/nonexistent/users", output_readers="users")
+        spec, _ = parse_job(job("anna's", user="anna", frames=1)["job"])
+        job_id = self.farm.submit(spec, "anna").id
+        answer, _ = await send(port, get("jobs", ids=[job_id], block_ids=[0], task_ids=[0], mode="output"))
+        self.assertIn("reading task output refused: this farm has passwords", answer["info"]["text"])
 
     async def test_trust_takes_user_names_as_afanasy_does(self) -> None:
         port = await self.serve(users_file="/nonexistent/users", trust=True)

@@ -11,19 +11,25 @@ from twisted.logger import Logger
 
 from farmnet import errors
 from farmnet.messages import ExitOrder, SleepOrder
-from farmnet.model.data import ACTIVE, Block, Job, Task, TaskState
+from farmnet.model.data import ACTIVE, FINISHED, Block, Job, Task, TaskState
 from farmnet.model.events import (
     ErrorHostsReset,
     JobDeleted,
     RenderDeleted,
+    TasksRenumbered,
     TasksRestarted,
     UserChanged,
     UserDeleted,
 )
 from farmnet.model.lifecycle import TaskLife
 from farmnet.model.policy import JOB_ACTIONS, RENDER_ACTIONS, TASK_ACTIONS, USER_ACTIONS, Policy
+from farmnet.model.spec import BlockSpec, TaskSpec
 
 log = Logger()
+
+#: Task actions that restart only the chosen tasks in these states.
+_RESTART_WHICH = {"restart_errors": frozenset({TaskState.ERR}), "restart_running": ACTIVE,
+                  "restart_skipped": frozenset({TaskState.SKP}), "restart_done": FINISHED}
 
 
 class Actions(TaskLife, Policy):
@@ -94,8 +100,14 @@ class Actions(TaskLife, Policy):
         if "sequential" in changes:
             block.set_order(block.spec.sequential)
         self._link_blocks(job)
+        self._blocks_to_spec(job)
         self.work_generation += 1
         self._job_changed(job)
+
+    def _blocks_to_spec(self, job: Job) -> None:
+        """The job's spec takes its blocks' specs again: the store keeps the job's spec, so a
+        block's changed parameters or appended tasks survive a restart."""
+        job.spec = attrs.evolve(job.spec, blocks=tuple(b.spec for b in job.blocks))
 
     def _job_restart(self, job: Job, value: Any) -> None:
         self._restart_tasks(job, lambda t: True, "job restarted")
@@ -105,6 +117,13 @@ class Actions(TaskLife, Policy):
 
     def _job_restart_running(self, job: Job, value: Any) -> None:
         self._restart_tasks(job, lambda t: t.state in ACTIVE, "running tasks restarted")
+
+    def _job_restart_skipped(self, job: Job, value: Any) -> None:
+        self._restart_tasks(job, lambda t: t.state is TaskState.SKP, "skipped tasks restarted")
+
+    def _job_restart_done(self, job: Job, value: Any) -> None:
+        """Afanasy's "done" includes skipped tasks (a skipped task is done and skipped)."""
+        self._restart_tasks(job, lambda t: t.state in FINISHED, "done tasks restarted")
 
     def _job_reset_error_hosts(self, job: Job, value: Any) -> None:
         """Afanasy's "reset error hosts": the job's blocks (or block ``value["block"]``)
@@ -172,21 +191,107 @@ class Actions(TaskLife, Policy):
         self.bus.publish(JobDeleted(job))
 
     def task_action(self, user: str, job_id: int, block: int, tasks: Iterable[int], action: str) -> list[int]:
-        """restart or skip some tasks of one block."""
+        """restart, skip or set done some tasks of one block; restart_errors, restart_running,
+        restart_skipped and restart_done restart those of them in that state (Afanasy's
+        block operations). Returns the tasks acted on."""
         if action not in TASK_ACTIONS:
             raise errors.InvalidAction(f"unknown task action {action!r}; one of {', '.join(TASK_ACTIONS)}")
         job = self.job(job_id)
         self.check_may_change(user, job)
         chosen = [self.task((job_id, block, n)) for n in tasks]
+        wanted = _RESTART_WHICH.get(action)
+        if wanted is not None:
+            chosen = [t for t in chosen if t.state in wanted]
+        restarted = False
         for task in chosen:
-            if action == "restart":
-                self._restart_task(task, "task restarted")
-                self.bus.publish(TasksRestarted(task.block))
+            if action == "skip":
+                if task.state is not TaskState.DON:
+                    self._skip_task(task)
+            elif action == "done":
+                self._task_done(task, user)
             else:
-                self._skip_task(task)
+                self._restart_task(task, "task restarted")
+                restarted = True
+        if restarted:
+            self.bus.publish(TasksRestarted(chosen[0].block))
         self._job_changed(job)
         self.request_solve()
         return [t.number for t in chosen]
+
+    def _task_done(self, task: Task, user: str) -> None:
+        """Afanasy's "set done": the task counts as done without (more) running."""
+        if task.state is TaskState.DON:
+            return
+        if task.state in ACTIVE:
+            self._stop_task(task, f"set done by {user}")
+        task.progress = 100
+        task.time_done = self.clock.seconds()
+        self._set_state(task, TaskState.DON)
+
+    def append_tasks(self, user: str, job_id: int, block: int, tasks: Iterable[TaskSpec]) -> list[int]:
+        """Afanasy's append_tasks: new ready tasks at the end of an explicit block."""
+        job = self.job(job_id)
+        self.check_may_change(user, job)
+        if job.id == self.system_job_id:
+            raise errors.InvalidAction("the system job takes no appended tasks")
+        if not 0 <= block < len(job.blocks):
+            raise errors.UnknownTask(f"job {job_id} has no block {block}")
+        chosen = job.blocks[block]
+        tasks = list(tasks)
+        if chosen.spec.numeric:
+            raise errors.InvalidAction(
+                f"block {chosen.name!r} is numeric: tasks are appended to explicit blocks")
+        if not tasks:
+            raise errors.InvalidAction("no tasks to append")
+        if job.tasks_total + len(tasks) > self.settings.max_tasks_per_job:
+            raise errors.InvalidAction(f"{job.tasks_total + len(tasks)} tasks is more than this farm's limit "
+                                       f"of {self.settings.max_tasks_per_job} per job")
+        first = len(chosen.tasks)
+        for spec in tasks:
+            self._append_task(chosen, spec)
+        self._blocks_to_spec(job)
+        log.info("{user} appended {count} tasks to job {job_id} block {block}", user=user, count=len(tasks),
+                 job_id=job_id, block=block)
+        self._job_changed(job)
+        return list(range(first, len(chosen.tasks)))
+
+    def append_blocks(self, user: str, job_id: int, blocks: Iterable[BlockSpec]) -> list[int]:
+        """Afanasy's append_blocks: new blocks, all their tasks ready, at the end of a job."""
+        job = self.job(job_id)
+        self.check_may_change(user, job)
+        if job.id == self.system_job_id:
+            raise errors.InvalidAction("the system job takes no appended blocks")
+        specs = list(blocks)
+        if not specs:
+            raise errors.InvalidAction("no blocks to append")
+        total = job.tasks_total + sum(b.tasks_count for b in specs)
+        if total > self.settings.max_tasks_per_job:
+            raise errors.InvalidAction(f"{total} tasks is more than this farm's limit of "
+                                       f"{self.settings.max_tasks_per_job} per job")
+        first = len(job.blocks)
+        job.spec = attrs.evolve(job.spec, blocks=(*job.spec.blocks, *specs))
+        for number, bspec in enumerate(specs, start=first):
+            block = Block(job=job, number=number, spec=bspec, hosts_mask=self.masks.compile(bspec.hosts_mask),
+                          hosts_mask_exclude=self.masks.compile(bspec.hosts_mask_exclude))
+            count = bspec.tasks_count
+            block.tasks = [Task(block, n) for n in range(count)]
+            block.counts[TaskState.RDY] = count
+            block.set_order(bspec.sequential)
+            job.counts[TaskState.RDY] += count
+            job.blocks.append(block)
+            self._count_capacity(bspec.capacity, +1)
+        self._link_blocks(job)
+        if job.time_done:
+            job.time_done = 0.0
+        self._ready_jobs_add(job)
+        self.jobs_generation += 1
+        self.work_generation += 1
+        for block in job.blocks[first:]:
+            self.bus.publish(TasksRenumbered(block))  # the store writes the new blocks' tasks
+        log.info("{user} appended {count} blocks to job {job_id}", user=user, count=len(specs), job_id=job_id)
+        self._job_changed(job)
+        self.request_solve()
+        return list(range(first, len(job.blocks)))
 
     def user_action(self, user: str, names: Iterable[str], action: str, value: Any = None) -> list[str]:
         """Admins set a user's priority, limits, hosts masks, error settings and solving, or
@@ -222,7 +327,7 @@ class Actions(TaskLife, Policy):
             raise errors.InvalidAction(
                 f"unknown render action {action!r}; one of {', '.join(RENDER_ACTIONS)}")
         renders = [self.render_named(n) for n in names]
-        owner_may = action in ("nimby", "NIMBY", "free", "pause", "resume", "eject", "sleep")
+        owner_may = action in ("nimby", "NIMBY", "free", "pause", "resume", "eject", "eject_others", "sleep")
         for render in renders:
             if not (self.is_admin(user) or (owner_may and render.owner and render.owner == user)):
                 raise errors.PermissionDenied(f"user {user!r} may not {action} render {render.name!r}")
@@ -240,8 +345,10 @@ class Actions(TaskLife, Policy):
             elif action == "heal":
                 render.sick, render.errors_in_row = False, 0
                 render.error_jobs_in_row.clear()
-            elif action == "eject":
+            elif action in ("eject", "eject_others"):  # eject_others keeps the acting user's tasks
                 for task in list(render.tasks.values()):
+                    if action == "eject_others" and task.block.job.user_name == user:
+                        continue
                     self._stop_task(task, f"ejected by {user}")
                     self._set_state(task, TaskState.RDY)
                 self._multihost_eject(render, f"ejected by {user}")  # type: ignore[attr-defined]

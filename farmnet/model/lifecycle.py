@@ -367,14 +367,20 @@ class TaskLife(FarmState):
         """A new ready task at the end of an explicit block (the system job's way)."""
         if not block.spec.dynamic:
             raise errors.InvalidAction(f"block {block.name!r} does not take appended tasks")
+        return self._append_task(block, TaskSpec(name, command))
+
+    def _append_task(self, block: Block, spec: TaskSpec) -> Task:
         was_finished = block.finished
         job = block.job
-        block.spec = attrs.evolve(block.spec, tasks=(*block.spec.tasks, TaskSpec(name, command)))
+        block.spec = attrs.evolve(block.spec, tasks=(*block.spec.tasks, spec))
         task = Task(block, len(block.tasks))
         block.tasks.append(task)
         block.counts[TaskState.RDY] += 1
         job.counts[TaskState.RDY] += 1
-        block.push_ready(task)
+        if block.rank is None:
+            block.push_ready(task)
+        else:  # a solving order other than forward: worked out again for the new count
+            block.set_order(block.spec.sequential)
         if was_finished:
             self._count_capacity(block.spec.capacity, +1)
         if job.time_done:

@@ -20,10 +20,12 @@ from farmnet.model.masks import check_mask
 from farmnet.model.spec import BLOCK_SETTABLE, JOB_SETTABLE, MAX_PRIORITY, validate_changes
 
 JOB_ACTIONS = ("pause", "resume", "stop", "delete", "restart", "restart_errors", "restart_running",
-               "reset_error_hosts", "skip", "set_priority", "set", "set_block")
-TASK_ACTIONS = ("restart", "skip")
+               "reset_error_hosts", "skip", "set_priority", "set", "set_block", "restart_skipped",
+               "restart_done")
+TASK_ACTIONS = ("restart", "skip", "done", "restart_errors", "restart_running", "restart_skipped",
+                "restart_done")
 RENDER_ACTIONS = ("nimby", "NIMBY", "free", "pause", "resume", "eject", "exit", "heal", "set", "sleep",
-                  "wake", "reset_error_hosts")
+                  "wake", "reset_error_hosts", "eject_others")
 USER_ACTIONS = ("set", "delete")
 
 

@@ -3,7 +3,8 @@
 Every read and every mutation a tool, the web site or an admin script can ask for goes
 through `act`, over AMP (`Act`) and over HTTP JSON alike, so there is one path and one
 set of permission checks (the farm's). Items: jobs, blocks, tasks, renders, users.
-Actions: list, show, update, delete, and each item's own actions.
+Actions: list, show, update, delete, and each item's own actions (jobs ``append_blocks``
+with a list of blocks as af.py writes them; blocks ``append_tasks`` with a list of tasks).
 
 Filters name what to act on: jobs ``{"id": 3}`` or ``{"id": [3, 4]}`` (list: any of
 ``id``, ``user``, ``state``, ``name``, each a value or a list; renders: ``id``, ``name``,
@@ -22,6 +23,7 @@ from farmnet import errors
 from farmnet.convert import ConversionError, structure, unstructure
 from farmnet.model.farm import Farm
 from farmnet.model.policy import JOB_ACTIONS, RENDER_ACTIONS, TASK_ACTIONS
+from farmnet.model.spec import parse_job
 from farmnet.model.views import render_record, task_record, user_record
 
 ITEMS = ("jobs", "blocks", "tasks", "renders", "users")
@@ -88,6 +90,9 @@ def _jobs(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any)
         return farm.show_job(_one(f, "id", int))
     if action == "explain":
         return farm.explain(_one(f, "id", int))
+    if action == "append_blocks":
+        spec, warnings = parse_job({"name": "appended", "blocks": values}, farm.settings.max_tasks_per_job)
+        return {"block_ids": farm.append_blocks(user, _one(f, "id", int), spec.blocks), "warnings": warnings}
     ids = _list_of(f, "id", int)
     if action == "update":
         return farm.job_action(user, ids, "set", values)
@@ -113,6 +118,12 @@ def _blocks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: An
         return farm.job_action(user, [job_id], "set_block", {**values, "block": block})
     if action == "reset_error_hosts":
         return farm.job_action(user, [job_id], "reset_error_hosts", {"block": block})
+    if action == "append_tasks":
+        if not isinstance(values, list):
+            raise errors.InvalidAction("values: expected a list of tasks ({name, command, environment})")
+        spec, _ = parse_job({"name": "appended", "blocks": [{"name": "appended", "tasks": values}]},
+                            farm.settings.max_tasks_per_job)
+        return {"task_ids": farm.append_tasks(user, job_id, block, spec.blocks[0].tasks)}
     raise errors.InvalidAction(f"blocks: unknown action {action!r}")
 
 

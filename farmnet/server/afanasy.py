@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -37,12 +40,13 @@ from farmnet import errors
 from farmnet.config import AfanasyConfig, ConnectionsConfig, LimitsConfig
 from farmnet.model import events as ev
 from farmnet.model.catalog import known_names
-from farmnet.model.data import Block, Job, Render, Task, TaskState, User
+from farmnet.model.data import Block, Job, Render, Task, TaskRun, TaskState, User
 from farmnet.model.farm import Farm
 from farmnet.model.masks import Mask
 from farmnet.model.scheduler import Why
 from farmnet.model.spec import parse_job
 from farmnet.server.actions import act
+from farmnet.server.outputs import OutputStore
 from farmnet.server.registry import CloseState, Connection, Registry
 
 __all__ = ["AfanasyFactory", "AfanasyServer", "framed", "job_state"]
@@ -80,12 +84,75 @@ _UNSUPPORTED_REQUESTS = {
     "announce": "farmnet has no announcements",
     "save": "farmnet does not write files for clients",
 }
+#: ``get`` types farmnet answers with an error that says why.
+_REFUSED_GETS = {
+    "pools": "pools are not served on farmnet's Afanasy port yet",
+    "branches": "branches are not served on farmnet's Afanasy port yet",
+    "files": "farmnet does not list its server's files to clients",
+    "config": "farmnet's configuration is the server's file (etc/farmnet.yaml); it is not served",
+}
+#: ``get jobs`` modes of one job (``ids`` with one id).
+_JOB_MODES = ("progress", "log", "error_hosts", "thumbnail")
+#: ``get jobs`` modes of one task (``block_ids`` and ``task_ids``) and the type Afanasy names them by.
+_TASK_TYPES = {"info": "TExec", "output": "TOutput", "log": "TLog", "error_hosts": "TErrorHosts"}
+_TASK_MODES = tuple(_TASK_TYPES)
 _JOB_OPERATIONS = {"delete": "delete", "start": "resume", "pause": "pause", "stop": "stop",
                    "restart": "restart", "restart_errors": "restart_errors",
-                   "restart_running": "restart_running", "reset_error_hosts": "reset_error_hosts",
+                   "restart_running": "restart_running", "restart_skipped": "restart_skipped",
+                   "restart_done": "restart_done", "reset_error_hosts": "reset_error_hosts",
                    "skip": "skip"}
-_RENDER_OPERATIONS = {"exit": "exit", "eject_tasks": "eject", "heal_sick": "heal", "wol_sleep": "sleep",
-                      "wol_wake": "wake"}
+_REFUSED_JOB_OPERATIONS = {
+    "restart_warnings": "farmnet's tasks have no warning state",
+    "reset_trying_next_tasks": "farmnet has no tasks to try next",
+}
+#: Block operations on tasks (``task_ids``; none: every task) → the task action.
+_BLOCK_OPERATIONS = {"skip": "skip", "done": "done", "restart": "restart",
+                     "restart_errors": "restart_errors",
+                     "restart_running": "restart_running", "restart_skipped": "restart_skipped",
+                     "restart_done": "restart_done", "reset_error_hosts": "", "append_tasks": "",
+                     "tickets": ""}
+_REFUSED_BLOCK_OPERATIONS = {
+    "suspend": "farmnet's tasks have no suspended state (pause the job, or skip the tasks)",
+    "continue": "farmnet's tasks have no suspended state",
+    "trynext": "farmnet has no tasks to try next (restart them; solving takes them in order)",
+}
+_RENDER_OPERATIONS = {"exit": "exit", "eject_tasks": "eject", "eject_tasks_keep_my": "eject_others",
+                      "heal_sick": "heal", "wol_sleep": "sleep", "wol_wake": "wake", "delete": "delete"}
+_REFUSED_RENDER_OPERATIONS = {
+    "reboot": "farmnet's server does not power hosts off or reboot them (exit the render, then use the "
+              "host's own tools)",
+    "shutdown": "farmnet's server does not power hosts off or reboot them",
+    "launch_cmd": "farmnet's server does not run commands on render hosts outside jobs",
+    "farm": "a render's services are in its own configuration (render.services)",
+    "set_pool": "pools are not served on farmnet's Afanasy port yet",
+    "reassign_pool": "pools are not served on farmnet's Afanasy port yet",
+    "tickets": "a render's tickets are in its own configuration",
+}
+#: Render parameters (Afanasy's names, and farmnet's) → farmnet's render setting.
+_RENDER_PARAMS = {"capacity_host": "capacity", "max_tasks_host": "max_tasks", "capacity": "capacity",
+                  "max_tasks": "max_tasks"}
+_REFUSED_RENDER_PARAMS = {
+    "user_name": "a render's owner is in its own configuration (render.owner)",
+    "services": "a render's services are in its own configuration (render.services)",
+    "services_disabled": "a render's services are in its own configuration",
+    "power_host": "farmnet has no host power", "properties_host": "farmnet has no host properties",
+}
+_REFUSED_ACTIONS = {
+    "monitors": "farmnet's monitors follow its events over AMP or the web site's /events",
+    "pools": "pools are not served on farmnet's Afanasy port yet",
+    "branches": "branches are not served on farmnet's Afanasy port yet",
+}
+
+
+@attrs.frozen(slots=True)
+class Framed:
+    """An answer already framed (header and JSON), as bytes to write."""
+
+    data: bytes
+
+
+#: What a request is answered with: JSON data, or an answer framed already.
+Answer = dict[str, Any] | Framed
 
 
 class AfanasyError(Exception):
@@ -253,6 +320,56 @@ def job_progress(job: Job) -> dict[str, Any]:
                              "progress": [[task_progress(t) for t in b.tasks] for b in job.blocks]}}
 
 
+def task_exec_json(task: Task) -> dict[str, Any]:
+    """What a task runs, as Afanasy's task ``info`` (its ``exec``) writes it."""
+    block, job = task.block, task.block.job
+    spec = block.spec
+    out: dict[str, Any] = {"name": task.name, "service": spec.service, "capacity": spec.capacity,
+                           "time_start": _int_time(task.time_started), "user_name": job.user_name,
+                           "block_name": block.name, "job_name": job.name, "job_id": job.id,
+                           "block_num": block.number, "task_num": task.number,
+                           "command_block": spec.command,
+                           "command_task": "" if spec.numeric else spec.tasks[task.number].command,
+                           "command": task.command}
+    if spec.numeric:
+        first, last = spec.frames(task.number)
+        out.update(frame_start=first, frame_finish=last, frames_inc=spec.frames_inc,
+                   frames_num=last - first + 1)
+    _put(out, "parser", spec.parser, "")
+    _put(out, "working_directory", spec.working_directory, "")
+    environment = dict(spec.environment)
+    if not spec.numeric:
+        environment.update(spec.tasks[task.number].environment)
+    if environment:
+        out["environment"] = environment
+    if spec.tickets:
+        out["tickets"] = dict(spec.tickets)
+    return out
+
+
+def _error_hosts(blocks: Iterable[Block]) -> list[str]:
+    """Afanasy's job ``error_hosts``: each block's renders that failed it."""
+    lines = []
+    for block in blocks:
+        for host, (count, last) in block.host_errors.items():
+            lines.append(f"{block.name}: {host}: {count} errors, last {_when(last)}")
+    return lines
+
+
+def _task_error_hosts(task: Task) -> list[str]:
+    if not task.host_errors:
+        return ["The task has no error hosts."]
+    return [f"{host}: {count} errors, last {_when(last)}" for host, (count, last) in task.host_errors.items()]
+
+
+def monitor_json(conn: Connection) -> dict[str, Any]:
+    """One of farmnet's connected monitors, with Afanasy's monitor keys."""
+    return {"name": f"{conn.identity}@{conn.address}", "id": conn.id, "user_name": conn.identity,
+            "host_name": conn.address, "engine": "farmnet", "time_launch": _int_time(conn.opened),
+            "time_register": _int_time(conn.opened), "time_activity": _int_time(conn.last_active),
+            "address": {"ip": conn.address, "port": conn.port}}
+
+
 def render_state(render: Render) -> tuple[int, str]:
     names = ["ONL"] if render.online else []
     if render.nimby:
@@ -343,19 +460,31 @@ class JobListCache:
         self.farm = farm
         self._jobs: dict[int, bytes] = {}
         #: The whole unfiltered answer, while nothing changed and no job is written afresh.
-        self._whole: bytes | None = None
+        self._whole: Framed | None = None
+        #: Each job's ``job_progress`` answer (af.Cmd().getJobProgress(), what a submitter
+        #: polls while it waits), framed, until a task of the job changes.
+        self._progress: dict[int, Framed] = {}
         self.close = farm.bus.subscribe_all({
             ev.TaskStateChanged: lambda e: self._changed(e.task.block.job),
+            ev.TaskProgressed: lambda e: self._progress.pop(e.task.block.job.id, None),
             (ev.TasksRestarted, ev.ErrorHostsReset, ev.TasksRenumbered): lambda e: self._changed(e.block.job),
             (ev.JobSubmitted, ev.JobChanged, ev.JobDeleted): lambda e: self._changed(e.job),
         })
 
     def _changed(self, job: Job) -> None:
         self._jobs.pop(job.id, None)
+        self._progress.pop(job.id, None)
         self._whole = None
 
-    def answer(self, jobs: list[Job] | None) -> bytes:
-        """``{"jobs": [...]}`` of ``jobs`` (None: every job), encoded."""
+    def progress(self, job: Job) -> Framed:
+        answer = self._progress.get(job.id)
+        if answer is None:
+            header, body = framed(job_progress(job))
+            answer = self._progress[job.id] = Framed(header + body)
+        return answer
+
+    def answer(self, jobs: list[Job] | None) -> Framed:
+        """``{"jobs": [...]}`` of ``jobs`` (None: every job), encoded and framed."""
         if jobs is None and self._whole is not None:
             return self._whole
         every = jobs is None
@@ -371,10 +500,143 @@ class JobListCache:
             if part is None:
                 part = self._jobs[job.id] = _encode(job_json(self.farm, job, False))
             parts.append(part)
-        whole = b'{"jobs":[' + b",".join(parts) + b"]}"
+        body = b'{"jobs":[' + b",".join(parts) + b"]}"
+        whole = Framed(b"AFANASY %d JSON" % len(body) + body)
         if every and not fresh:
             self._whole = whole
         return whole
+
+
+def _when(seconds: float) -> str:
+    """A log line's time as Afanasy writes it (local time)."""
+    return time.strftime("%a %d %b %H:%M.%S %Y", time.localtime(seconds))
+
+
+def _where(block: int, task: int) -> str:
+    if block < 0:
+        return ""
+    return f"block[{block}]: " if task < 0 else f"task[{block}][{task}]: "
+
+
+def _message(kind: str, name: str, lines: Iterable[str]) -> dict[str, Any]:
+    """Afanasy's answer carrying lines of text: ``{"message": {name, type, list}}``."""
+    return {"message": {"name": name, "type": kind, "list": list(lines)}}
+
+
+class ObjectLogs:
+    """Afanasy's ``log`` of each job, render and user, and each render's ``tasks_log``:
+    what farmnet's events said about it, newest last, the last ``keep`` lines each (the
+    lines of a task's log are its job's lines about that task). Kept while the object
+    is; actions asked on the Afanasy port add who asked."""
+
+    def __init__(self, farm: Farm, keep: int = 200) -> None:
+        self.farm = farm
+        self.keep = keep
+        #: job id → (time, block, task, what); block and task -1 for the job itself. A run's
+        #: end is kept as it came (its start is in it) and written out when asked: runs end
+        #: all the time, the reading is rare. A running task's start is read from the task.
+        self.jobs: dict[int, deque[tuple[float, int, int, str | TaskRun]]] = {}
+        self.renders: dict[str, deque[str]] = {}
+        self.render_tasks: dict[str, deque[TaskRun]] = {}
+        self.users: dict[str, deque[str]] = {}
+        self.close = farm.bus.subscribe_all({
+            ev.JobSubmitted: self._submitted,
+            ev.JobDeleted: self._deleted,
+            ev.RunEnded: self._run_ended,
+            ev.TasksRestarted: lambda e: self.job(e.block.job.id, f"block[{e.block.name}]: tasks restarted"),
+            ev.ErrorHostsReset: lambda e: self.job(e.block.job.id,
+                                                   f"block[{e.block.name}]: error hosts reset"),
+            ev.RenderRegistered: lambda e: self.render(e.render.name, "registered (online)"),
+            ev.RenderLost: lambda e: self.render(e.render.name, "zombie: silent past zombie_time" if e.zombie
+                                                 else "offline"),
+            ev.RenderSick: lambda e: self.render(e.render.name, "SICK: errors in a row from different jobs"),
+            ev.RenderDeleted: lambda e: (self.renders.pop(e.render.name, None),
+                                         self.render_tasks.pop(e.render.name, None)),
+            ev.UserChanged: lambda e: self.user(e.user.name, "settings changed"),
+            ev.UserDeleted: lambda e: self.users.pop(e.user.name, None),
+        })
+
+    def _lines(self, table: dict[Any, deque[Any]], key: Any) -> deque[Any]:
+        lines = table.get(key)
+        if lines is None:
+            lines = table[key] = deque(maxlen=self.keep)
+        return lines
+
+    def job(self, job_id: int, what: str | TaskRun, block: int = -1, task: int = -1) -> None:
+        if job_id in self.farm.jobs:
+            self._lines(self.jobs, job_id).append((self.farm.clock.seconds(), block, task, what))
+
+    def render(self, name: str, text: str) -> None:
+        self._lines(self.renders, name).append(f"{_when(self.farm.clock.seconds())}: {text}")
+
+    def user(self, name: str, text: str) -> None:
+        self._lines(self.users, name).append(f"{_when(self.farm.clock.seconds())}: {text}")
+
+    def _submitted(self, e: ev.JobSubmitted) -> None:
+        job = e.job
+        self.job(job.id, f"submitted by {job.user_name}: {job.tasks_total} tasks in {len(job.blocks)} blocks")
+        self.user(job.user_name, f"job {job.id} {job.name!r} submitted")
+
+    def _deleted(self, e: ev.JobDeleted) -> None:
+        self.jobs.pop(e.job.id, None)
+        self.user(e.job.user_name, f"job {e.job.id} {e.job.name!r} deleted")
+
+    def _run_ended(self, e: ev.RunEnded) -> None:
+        """At every run's end: kept as it came, two appends."""
+        run = e.run
+        lines = self.jobs.get(run.job_id)
+        if lines is None:
+            if run.job_id not in self.farm.jobs:
+                return
+            lines = self._lines(self.jobs, run.job_id)
+        lines.append((self.farm.clock.seconds(), run.block, run.task, run))
+        runs = self.render_tasks.get(run.host)
+        if runs is None:
+            runs = self._lines(self.render_tasks, run.host)
+        runs.append(run)
+
+    def job_lines(self, job: Job) -> list[str]:
+        running = [t for b in job.blocks if b.counts[TaskState.RUN]
+                   for t in b.tasks if t.state is TaskState.RUN]
+        return self._written(self.jobs.get(job.id, ()), running, True)
+
+    def task_lines(self, task: Task) -> list[str]:
+        block, number = task.block.number, task.number
+        lines = [line for line in self.jobs.get(task.block.job.id, ())
+                 if (line[1], line[2]) == (block, number)]
+        return self._written(lines, [task] if task.state is TaskState.RUN else [], False)
+
+    @staticmethod
+    def _written(lines: Iterable[tuple[float, int, int, str | TaskRun]], running: list[Task],
+                 where: bool) -> list[str]:
+        """Log lines in the order the server saw them: each ended run's start (as the render
+        timed it) and end, then the starts of the tasks running now."""
+        timed: list[tuple[float, int, int, str]] = []
+        for t, b, n, what in lines:
+            if isinstance(what, str):
+                timed.append((t, b, n, what))
+            else:
+                timed.append((what.time_started, b, n, f"started on {what.host} (run {what.run})"))
+                text = f"run {what.run} on {what.host}: {what.state}, {_how(what)}"
+                timed.append((t, b, n, f"{text}: {what.message}" if what.message else text))
+        for task in running:
+            timed.append((task.time_started, task.block.number, task.number,
+                          f"started on {task.host} (run {task.starts_count})"))
+        return [f"{_when(t)}: {_where(b, n) if where else ''}{text}" for t, b, n, text in timed]
+
+    def render_task_lines(self, name: str) -> list[str]:
+        lines = []
+        for run in self.render_tasks.get(name, ()):
+            took = max(0, int(run.time_done - run.time_started))
+            lines.append(f"{_when(run.time_done)}: {run.job_name}[{run.block_name}][{run.task_name}] "
+                         f"({run.user_name}) run {run.run}: {run.state} after {took} s, {_how(run)}")
+        return lines
+
+
+def _how(run: TaskRun) -> str:
+    if run.exit_code is not None:
+        return f"exit code {run.exit_code}"
+    return f"signal {run.signal}" if run.signal is not None else "no exit code"
 
 
 # --- reading requests ----------------------------------------------------------------
@@ -413,7 +675,9 @@ class AfanasyServer:
     def __init__(self, reactor: IReactorTime, farm: Farm, config: AfanasyConfig | None = None, *,
                  connections: ConnectionsConfig | None = None, limits: LimitsConfig | None = None,
                  users_file: str = "", public: bool = True,
-                 durable: Callable[[], defer.Deferred[None]] | None = None) -> None:
+                 durable: Callable[[], defer.Deferred[None]] | None = None,
+                 outputs: OutputStore | None = None, output_readers: str = "public",
+                 monitors: Callable[[], Iterable[Connection]] = tuple) -> None:
         connections = connections or ConnectionsConfig()
         self.reactor = reactor
         self.farm = farm
@@ -423,9 +687,15 @@ class AfanasyServer:
         self.public_reads = public or not users_file
         self.durable = durable or (lambda: defer.succeed(None))
         self.job_lists = JobListCache(farm)
+        self.logs = ObjectLogs(farm)
+        #: Task output as the AMP server keeps it, and who may read it (server.auth.outputs).
+        self.outputs = outputs
+        self.output_readers = output_readers
+        #: farmnet's connected monitors (the AMP server's), for ``get monitors``.
+        self.monitors = monitors
         #: Connections without a whole request are timed by their protocol (request_timeout).
         self.registry = Registry(reactor, limits=limits, close_wait=connections.close_wait,
-                                 idle_timeout=0, zombie_time=connections.zombie_time)
+                                 idle_timeout=0, zombie_time=connections.zombie_time, keepalive=False)
 
     @property
     def max_request_bytes(self) -> int:
@@ -435,6 +705,7 @@ class AfanasyServer:
         """Refuse new connections, ask the open ones to close; returns once all are gone."""
         self.registry.accepting = False
         self.job_lists.close()
+        self.logs.close()
         await self.registry.close_all(reason)
 
     def _mask(self, pattern: str) -> Mask:
@@ -468,19 +739,32 @@ class AfanasyServer:
 
     # --- requests ------------------------------------------------------------------------
 
-    async def answer(self, conn: Connection, body: bytes) -> dict[str, Any] | bytes:
-        """The answer to one request; never raises."""
+    def answer(self, conn: Connection, body: bytes) -> Answer | defer.Deferred[Answer]:
+        """The answer to one request: at once for a ``get`` (what tools poll: no Deferred
+        on that path), a Deferred for a submit or an action (they wait for the store).
+        Never raises, never fails."""
         try:
-            return await self._answer(conn, body)
-        except AfanasyError as e:
-            return error_answer(str(e))
-        except errors.FarmError as e:
-            return error_answer(e.message)
-        except Exception:
-            log.failure("Afanasy request from {peer} failed", peer=conn.label)
-            return error_answer("internal error: see the server's log")
+            kind, data = self._request(body)
+            if kind == "get":
+                if not (self.public_reads or self.config.trust_user_names):
+                    raise AfanasyError("reading refused: this farm shows itself to logged-in users only "
+                                       "(web.public: false) and Afanasy's protocol has no passwords")
+                return self._get(conn, data)
+        except Exception as e:
+            return self._error(conn, e)
+        change = self._submit(conn, data) if kind == "job" else self._action(conn, data)
+        return defer.ensureDeferred(change).addErrback(lambda f: self._error(conn, f.value))
 
-    async def _answer(self, conn: Connection, body: bytes) -> dict[str, Any] | bytes:
+    def _error(self, conn: Connection, e: BaseException) -> dict[str, Any]:
+        if isinstance(e, AfanasyError):
+            return error_answer(str(e))
+        if isinstance(e, errors.FarmError):
+            return error_answer(e.message)
+        log.failure("Afanasy request from {peer} failed", Failure(e), peer=conn.label)
+        return error_answer("internal error: see the server's log")
+
+    def _request(self, body: bytes) -> tuple[str, dict[str, Any]]:
+        """The request's one key and its object."""
         if body.startswith(b"\xef\xbb\xbf"):  # a BOM, as Windows editors write
             body = body[3:]
         try:
@@ -501,14 +785,7 @@ class AfanasyServer:
             raise AfanasyError(f'unknown request {kind!r}: farmnet serves "job", "get" and "action"')
         if not isinstance(data, dict):
             raise AfanasyError(f'"{kind}" must be an object')
-        if kind == "get":
-            if not (self.public_reads or self.config.trust_user_names):
-                raise AfanasyError("reading refused: this farm shows itself to logged-in users only "
-                                   "(web.public: false) and Afanasy's protocol has no passwords")
-            return self._get(data)
-        if kind == "job":
-            return await self._submit(conn, data)
-        return await self._action(conn, data)
+        return kind, data
 
     async def _submit(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         """Answered as Afanasy answers a job: its id and serial, with ``error`` if refused."""
@@ -529,39 +806,113 @@ class AfanasyServer:
 
     # --- get -----------------------------------------------------------------------------
 
-    def _get(self, data: dict[str, Any]) -> dict[str, Any] | bytes:
-        kind, mode = _string(data, "type"), _string(data, "mode")
+    def _get(self, conn: Connection, data: dict[str, Any]) -> Answer:
+        kind = _string(data, "type")
+        mode = data.get("mode", "")
+        if isinstance(mode, list) and kind == "jobs" and data.get("block_ids"):
+            mode = ""  # the web GUI's blocks request: one mode per block, all answered in full
+        elif not isinstance(mode, str):
+            raise AfanasyError(f'"mode" must be a string, got {json.dumps(mode)[:100]}')
         if kind == "jobs":
-            return self._get_jobs(data, mode)
+            return self._get_jobs(conn, data, mode)
         if kind == "renders":
             return self._get_renders(data, mode)
         if kind == "users":
             return self._get_users(data, mode)
-        if kind in ("monitors", "branches", "pools", "files", "config"):
-            raise AfanasyError(f"Invalid get type = {kind!r}: farmnet has no {kind} on its Afanasy port")
-        raise AfanasyError(f"Invalid get type = {kind!r}: farmnet serves jobs, renders and users")
+        if kind == "monitors":
+            return self._get_monitors(data, mode)
+        if kind in _REFUSED_GETS:
+            raise AfanasyError(f"Invalid get type = {kind!r}: {_REFUSED_GETS[kind]}")
+        raise AfanasyError(f"Invalid get type = {kind!r}: farmnet serves jobs, renders, users and monitors")
 
-    def _get_jobs(self, data: dict[str, Any], mode: str) -> dict[str, Any] | bytes:
-        for key in ("block_ids", "task_ids", "uids"):
-            if data.get(key) not in (None, []):
-                raise AfanasyError(f'get jobs with "{key}" is not supported by farmnet: '
-                                   "ask for the whole job (mode full) or its progress")
-        if mode not in ("", "full", "progress"):
-            raise AfanasyError(f"get jobs mode {mode!r} is not supported by farmnet: "
-                               "it serves the list, full and progress (see farmnet output for task logs)")
+    def _one_job(self, ids: list[int] | None, what: str) -> Job:
+        if ids is None or len(ids) != 1:
+            raise AfanasyError(f'get jobs {what} needs "ids" with one job id')
+        job = self.farm.jobs.get(ids[0])
+        if job is None:
+            raise AfanasyError("Invalid ID")
+        return job
+
+    def _get_jobs(self, conn: Connection, data: dict[str, Any], mode: str) -> Answer:
+        if data.get("uids") not in (None, []):
+            raise AfanasyError('get jobs by "uids" is not supported by farmnet: its users have no ids, '
+                               'ask by "users" (user names)')
         ids = _ids(data)
         farm = self.farm
-        if mode == "progress":
-            if ids is None or len(ids) != 1:
-                raise AfanasyError('get jobs mode "progress" needs "ids" with one job id')
-            job = farm.jobs.get(ids[0])
-            if job is None:
-                raise AfanasyError("Invalid ID")
-            return job_progress(job)
+        block_ids = _ids(data, "block_ids")
+        if block_ids is not None and block_ids[0] != -1:
+            job = self._one_job(ids, "of blocks or tasks")
+            for number in block_ids:
+                if not 0 <= number < len(job.blocks):
+                    raise AfanasyError(f"Invalid block number: {number}")
+            task_ids = _ids(data, "task_ids")
+            if task_ids is not None and task_ids[0] != -1:
+                return self._get_task(conn, data, job, block_ids[0], task_ids[0], mode)
+            return {"blocks": [block_json(farm, job.blocks[b], True) for b in block_ids]}
+        if mode == "output":
+            raise AfanasyError('get jobs mode "output" needs "ids", "block_ids" and "task_ids" with one each')
+        if mode in _JOB_MODES:
+            job = self._one_job(ids, f"mode {mode!r}")
+            if mode == "progress":
+                return self.job_lists.progress(job)
+            if mode == "log":
+                return _message("log", job.name, self.logs.job_lines(job))
+            if mode == "error_hosts":
+                return _message("error_hosts", job.name, _error_hosts(job.blocks))
+            raise AfanasyError('get jobs mode "thumbnail" is not supported by farmnet: '
+                               "it keeps no thumbnails")
+        if mode not in ("", "full"):
+            raise AfanasyError(f"get jobs mode {mode!r} is not supported by farmnet: it serves the list, "
+                               f"full, {', '.join(_JOB_MODES[:-1])}, and for a task (block_ids, task_ids) "
+                               f"{', '.join(_TASK_MODES)}")
         jobs = self._jobs_asked(data, ids)
         if mode == "full":
             return {"jobs": [job_json(farm, j, True) for j in (farm.jobs.values() if jobs is None else jobs)]}
         return self.job_lists.answer(jobs)
+
+    def _get_task(self, conn: Connection, data: Mapping[str, Any], job: Job, block: int, number: int,
+                  mode: str) -> dict[str, Any]:
+        """One task in Afanasy's ``{"task": {...}}`` (info, log, error_hosts, output)."""
+        tasks = job.blocks[block].tasks
+        if not 0 <= number < len(tasks):
+            raise AfanasyError("Invalid block/task number.")
+        task = tasks[number]
+        if mode not in _TASK_MODES:
+            raise AfanasyError(f"get jobs of a task: mode {mode!r} is not supported by farmnet: it serves "
+                               f"{', '.join(_TASK_MODES)} (no stored task files: farmnet keeps none)")
+        out: dict[str, Any] = {"type": _TASK_TYPES[mode], "render_id": task.render_id, "job_name": job.name,
+                               "block_name": task.block.name, "task_name": task.name,
+                               "service": task.block.spec.service, "parser": task.block.spec.parser,
+                               "pos": {"job": job.id, "block": block, "task": number, "number": 0},
+                               "progress": task_progress(task)}
+        if mode == "info":
+            out["exec"] = task_exec_json(task)
+            out["data"] = ""
+        elif mode == "log":
+            out["data"] = "\n".join(self.logs.task_lines(task))
+        elif mode == "error_hosts":
+            out["data"] = "\n".join(_task_error_hosts(task))
+        else:
+            run = data.get("number", 0)
+            if not isinstance(run, int) or isinstance(run, bool) or run < 0:
+                raise AfanasyError('"number" (the run whose output to read) must be a non-negative integer')
+            run = run or task.starts_count
+            out["pos"]["number"] = run
+            out["data"] = self._task_output(conn, data, task, run)
+        return {"task": out}
+
+    def _task_output(self, conn: Connection, data: Mapping[str, Any], task: Task, run: int) -> str:
+        """A run's output as the server keeps it (a running task's too: it streams in)."""
+        if self.outputs is None:
+            raise AfanasyError("this server keeps no task output")
+        if self.output_readers != "public":
+            user = self.user_for_change(conn, data, "reading task output")
+            self.farm.check_may_read_output(user, task.block.job, self.output_readers)
+        if not task.starts_count:
+            return "ERROR: the task has not run yet"
+        if run > task.starts_count:
+            return f"ERROR: the task has run {task.starts_count} times: no run {run}"
+        return self.outputs.read(task.key, run, 0, self.outputs.max_bytes + 1024).decode("utf-8", "replace")
 
     def _jobs_asked(self, data: dict[str, Any], ids: list[int] | None) -> list[Job] | None:
         """The jobs ``ids``, ``serials``, ``users`` and ``mask`` ask for; None: every job."""
@@ -584,16 +935,37 @@ class AfanasyServer:
             jobs = [j for j in (farm.jobs.values() if jobs is None else jobs) if pattern.fullmatch(j.name)]
         return jobs
 
+    def _one_render(self, data: Mapping[str, Any], mode: str) -> Render:
+        ids = _ids(data)
+        if ids is None or len(ids) != 1:
+            raise AfanasyError(f'get renders mode {mode!r} needs "ids" with one render id')
+        render = self.farm.renders.get(ids[0])
+        if render is None:
+            raise AfanasyError("Invalid ID")
+        return render
+
     def _get_renders(self, data: dict[str, Any], mode: str) -> dict[str, Any]:
-        if mode not in ("", "full", "resources"):
+        if mode == "full":
+            render = self._one_render(data, mode)
+            full: dict[str, Any] = {"name": render.name, "id": render.id, "render": render_json(render, ""),
+                                    "custom_data": ""}
+            if render.online:
+                full["host_resources"] = _host_resources(render.resources)
+            return {"object": full}
+        if mode == "log":
+            render = self._one_render(data, mode)
+            return _message("log", render.name, self.logs.renders.get(render.name, ()))
+        if mode == "tasks_log":
+            render = self._one_render(data, mode)
+            return _message("tasks_log", render.name,
+                            self.logs.render_task_lines(render.name) or ["No tasks execution."])
+        if mode not in ("", "resources"):
             raise AfanasyError(f"get renders mode {mode!r} is not supported by farmnet: "
-                               "it serves the list, full and resources")
+                               "it serves the list, full, resources, log and tasks_log")
         ids = _ids(data)
         renders = list(self.farm.renders.values())
         if ids is not None:
             renders = [self.farm.renders[i] for i in ids if i in self.farm.renders]
-            if mode == "full" and not renders:
-                raise AfanasyError("Invalid ID")
         else:
             mask = _string(data, "mask")
             if mask:
@@ -602,8 +974,6 @@ class AfanasyServer:
         return {"renders": [render_json(r, mode) for r in renders]}
 
     def _get_users(self, data: dict[str, Any], mode: str) -> dict[str, Any]:
-        if mode:
-            raise AfanasyError(f"get users mode {mode!r} is not supported by farmnet")
         if _ids(data) is not None:
             raise AfanasyError('farmnet\'s users have no ids: ask by "mask" (a user name pattern)')
         users = list(self.farm.users.values())
@@ -611,7 +981,30 @@ class AfanasyServer:
         if mask:
             pattern = self._mask(mask)
             users = [u for u in users if pattern.fullmatch(u.name)]
+        if mode == "log":
+            if len(users) != 1:
+                raise AfanasyError(f'get users mode "log" needs a "mask" naming one user '
+                                   f"({len(users)} match)")
+            return _message("log", users[0].name, self.logs.users.get(users[0].name, ()))
+        if mode:
+            raise AfanasyError(f"get users mode {mode!r} is not supported by farmnet: it serves the list "
+                               "and log (jobs_order: farmnet orders a user's jobs by priority and age, "
+                               "not by hand)")
         return {"users": [user_json(u) for u in users]}
+
+    def _get_monitors(self, data: dict[str, Any], mode: str) -> dict[str, Any]:
+        if mode:
+            raise AfanasyError(f"get monitors mode {mode!r} is not supported by farmnet: its monitors follow "
+                               "the farm's events over AMP (PollEvents) or the web site's /events")
+        connections = list(self.monitors())
+        ids = _ids(data)
+        if ids is not None:
+            connections = [c for c in connections if c.id in ids]
+        mask = _string(data, "mask")
+        if mask:
+            pattern = self._mask(mask)
+            connections = [c for c in connections if pattern.fullmatch(f"{c.identity}@{c.address}")]
+        return {"monitors": [monitor_json(c) for c in connections]}
 
     # --- action --------------------------------------------------------------------------
 
@@ -619,6 +1012,8 @@ class AfanasyServer:
         kind = _string(data, "type")
         if not kind:
             raise AfanasyError('an action needs a "type": jobs, renders or users')
+        if kind in _REFUSED_ACTIONS:
+            raise AfanasyError(f"Action type {kind!r} is not supported by farmnet: {_REFUSED_ACTIONS[kind]}")
         if kind not in ("jobs", "renders", "users"):
             raise AfanasyError(f"Action has unknown type: {kind!r}: farmnet acts on jobs, renders and users")
         ids, mask = _ids(data), _string(data, "mask")
@@ -628,13 +1023,16 @@ class AfanasyServer:
         if operation is None and not params:
             raise AfanasyError('an action needs an "operation" or "params"')
         user = self.user_for_change(conn, data, "an action")
+        who = f"{user}@{_string(data, 'host_name') or conn.address}"
         if kind == "jobs":
-            done = self._act_jobs(user, ids, mask, data, operation, params)
+            done = self._act_jobs(user, who, ids, mask, data, operation, params)
         elif kind == "renders":
-            done = self._act_renders(user, ids, mask, operation, params)
+            done = self._act_renders(user, who, ids, mask, operation, params)
         else:
-            done = self._act_users(user, ids, mask, operation, params)
+            done = self._act_users(user, who, ids, mask, operation, params)
         await self.durable()
+        if isinstance(done, dict):
+            return {"object": done}
         return {"info": {"kind": "log", "text": done}}
 
     def _job_ids(self, ids: list[int] | None, mask: str) -> list[int]:
@@ -646,61 +1044,136 @@ class AfanasyServer:
             raise AfanasyError(f"jobs: No node matches {mask!r} found.")
         return found
 
-    def _act_jobs(self, user: str, ids: list[int] | None, mask: str, data: Mapping[str, Any],
-                  operation: Mapping[str, Any] | None, params: Mapping[str, Any] | None) -> str:
+    def _act_jobs(self, user: str, who: str, ids: list[int] | None, mask: str, data: Mapping[str, Any],
+                  operation: Mapping[str, Any] | None, params: Mapping[str, Any] | None
+                  ) -> str | dict[str, Any]:
         job_ids = self._job_ids(ids, mask)
         if "block_ids" in data or "block_mask" in data:
-            return self._act_blocks(user, job_ids, data, operation, params)
+            return self._act_blocks(user, who, job_ids, data, operation, params)
         farm = self.farm
         if operation is not None:
             op = _string(operation, "type")
+            if op == "append_blocks":
+                return self._append_blocks(user, who, job_ids, operation)
             if op == "restart_pause":
                 act(farm, user, "jobs", "restart", {"id": job_ids})
                 act(farm, user, "jobs", "pause", {"id": job_ids})
             elif op in _JOB_OPERATIONS:
                 act(farm, user, "jobs", _JOB_OPERATIONS[op], {"id": job_ids})
+            elif op in _REFUSED_JOB_OPERATIONS:
+                raise AfanasyError(f"job operation {op!r} is not supported by farmnet: "
+                                   f"{_REFUSED_JOB_OPERATIONS[op]}")
             else:
+                known = sorted([*_JOB_OPERATIONS, "restart_pause", "append_blocks"])
                 raise AfanasyError(f"Unknown operation: {op!r}: farmnet's job operations are "
-                                   f"{', '.join(sorted([*_JOB_OPERATIONS, 'restart_pause']))}")
+                                   f"{', '.join(known)}")
+            self._note_jobs(job_ids, f"{who}: {op}")
             return f"jobs {_list(job_ids)}: {op}"
         assert params is not None
         act(farm, user, "jobs", "update", {"id": job_ids}, dict(params))
+        self._note_jobs(job_ids, f"{who}: set {', '.join(params)}")
         return f"jobs {_list(job_ids)}: set {', '.join(params)}"
 
-    def _act_blocks(self, user: str, job_ids: list[int], data: Mapping[str, Any],
-                    operation: Mapping[str, Any] | None, params: Mapping[str, Any] | None) -> str:
-        if "block_mask" in data:
-            raise AfanasyError('"block_mask" is not supported by farmnet: give "block_ids"')
-        block_ids = _ids(data, "block_ids")
-        if block_ids is None:
-            raise AfanasyError('"block_ids" array does not contain any integers')
+    def _note_jobs(self, job_ids: Iterable[int], text: str, block: int = -1) -> None:
+        for job_id in job_ids:
+            self.logs.job(job_id, text, block)
+
+    def _append_blocks(self, user: str, who: str, job_ids: list[int], operation: Mapping[str, Any]
+                       ) -> dict[str, Any]:
+        """af.Cmd().appendBlocks(): answered as Afanasy does, ``{"object": {"block_ids": [...]}}``."""
+        if len(job_ids) != 1:
+            raise AfanasyError("append_blocks acts on one job: give one id")
+        blocks = operation.get("blocks")
+        if not isinstance(blocks, list):
+            raise AfanasyError("Operation requires blocks array.")
+        if not blocks:
+            raise AfanasyError("Operation blocks array has zero size.")
+        answer = act(self.farm, user, "jobs", "append_blocks", {"id": job_ids[0]}, blocks)
+        self._note_jobs(job_ids, f"{who}: appended blocks {_list(answer['block_ids'])}")
+        out = {"block_ids": answer["block_ids"]}
+        if answer["warnings"]:
+            out["warnings"] = answer["warnings"]
+        return out
+
+    def _act_blocks(self, user: str, who: str, job_ids: list[int], data: Mapping[str, Any],
+                    operation: Mapping[str, Any] | None, params: Mapping[str, Any] | None
+                    ) -> str | dict[str, Any]:
         farm, done = self.farm, []
+        block_ids = _ids(data, "block_ids")
+        block_mask = _string(data, "block_mask")
+        pattern = self._mask(block_mask) if block_mask else None
+        op = _string(operation, "type") if operation is not None else ""
+        if operation is not None and op not in _BLOCK_OPERATIONS:
+            if op in _REFUSED_BLOCK_OPERATIONS:
+                raise AfanasyError(f"block operation {op!r} is not supported by farmnet: "
+                                   f"{_REFUSED_BLOCK_OPERATIONS[op]}")
+            raise AfanasyError(f"Unknown operation: {op!r}: farmnet's block operations are "
+                               f"{', '.join(sorted(_BLOCK_OPERATIONS))}")
+        if operation is not None and _string(operation, "mode"):
+            raise AfanasyError(f"block operation mode {_string(operation, 'mode')!r} is not supported by "
+                               "farmnet (affect_depends: act on the tasks depended on by their own ids)")
+        chosen: list[tuple[int, int]] = []
         for job_id in job_ids:
             job = farm.job(job_id)
-            numbers = list(range(len(job.blocks))) if block_ids == [-1] else block_ids
+            if pattern is not None:
+                numbers = [b.number for b in job.blocks if pattern.fullmatch(b.name)]
+            elif block_ids is None:
+                numbers = []
+            else:
+                numbers = list(range(len(job.blocks))) if block_ids == [-1] else block_ids
+            if not numbers:
+                raise AfanasyError('"block_ids" array does not contain any integers or invalid "block_mask"')
             for number in numbers:
                 if not 0 <= number < len(job.blocks):
                     raise AfanasyError(f"Invalid block number: {number}")
-            for number in numbers:
-                where = {"job_id": job_id, "block": number}
-                if operation is not None:
-                    op = _string(operation, "type")
-                    if op in ("skip", "restart"):
-                        task_ids = _ids(operation, "task_ids")
-                        every = list(range(len(job.blocks[number].tasks)))
-                        tasks = task_ids if task_ids is not None else every
-                        act(farm, user, "tasks", op, {**where, "task": tasks})
-                    elif op == "reset_error_hosts":
-                        act(farm, user, "blocks", "reset_error_hosts", where)
-                    else:
-                        raise AfanasyError(f"Unknown operation: {op!r}: farmnet's block operations are "
-                                           "skip, restart and reset_error_hosts")
-                else:
-                    assert params is not None
-                    act(farm, user, "blocks", "update", where, dict(params))
-                done.append(f"{job_id}.{number}")
-        what = _string(operation, "type") if operation is not None else "set " + ", ".join(params or {})
+            chosen.extend((job_id, number) for number in numbers)
+        if op == "append_tasks":
+            if len(chosen) != 1:
+                raise AfanasyError("append_tasks acts on one block of one job")
+            tasks = operation.get("tasks") if operation is not None else None
+            if not isinstance(tasks, list):
+                raise AfanasyError("Operation requires tasks array.")
+            [(job_id, number)] = chosen
+            answer = act(farm, user, "blocks", "append_tasks", {"job_id": job_id, "block": number}, tasks)
+            self._note_jobs([job_id], f"{who}: appended tasks {_list(answer['task_ids'])}", number)
+            return {"task_ids": answer["task_ids"]}
+        for job_id, number in chosen:
+            where = {"job_id": job_id, "block": number}
+            if operation is None:
+                assert params is not None
+                act(farm, user, "blocks", "update", where, dict(params))
+            elif op == "reset_error_hosts":
+                act(farm, user, "blocks", "reset_error_hosts", where)
+            elif op == "tickets":
+                tickets = self._tickets(job_id, number, operation)
+                act(farm, user, "blocks", "update", where, {"tickets": tickets})
+            else:
+                block = farm.job(job_id).blocks[number]
+                task_ids = _ids(operation, "task_ids")  # type: ignore[arg-type]
+                tasks = task_ids if task_ids is not None else list(range(len(block.tasks)))
+                for t in tasks:
+                    if not 0 <= t < len(block.tasks):
+                        raise AfanasyError(f"Invalid operation task numer = {t}")
+                act(farm, user, "tasks", _BLOCK_OPERATIONS[op], {**where, "task": tasks})
+            done.append(f"{job_id}.{number}")
+        what = op or "set " + ", ".join(params or {})
+        for job_id, number in chosen:
+            self.logs.job(job_id, f"{who}: {what}", number)
         return f"blocks {', '.join(done)}: {what}"
+
+    def _tickets(self, job_id: int, number: int, operation: Mapping[str, Any]) -> dict[str, int]:
+        """Afanasy's block ``tickets`` operation: one ticket's count set (-1: removed)."""
+        name, count = operation.get("name"), operation.get("count")
+        if not isinstance(name, str) or not name:
+            raise AfanasyError("Ticket 'name' string is not specified.")
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise AfanasyError("Ticket 'count' integer is not specified.")
+        tickets = dict(self.farm.job(job_id).blocks[number].spec.tickets)
+        if count < 0:
+            tickets.pop(name, None)
+        else:
+            tickets[name] = count
+        return tickets
 
     def _render_names(self, ids: list[int] | None, mask: str) -> list[str]:
         renders = self.farm.renders
@@ -715,7 +1188,7 @@ class AfanasyServer:
             raise AfanasyError(f"renders: No node matches {mask!r} found.")
         return names
 
-    def _act_renders(self, user: str, ids: list[int] | None, mask: str,
+    def _act_renders(self, user: str, who: str, ids: list[int] | None, mask: str,
                      operation: Mapping[str, Any] | None, params: Mapping[str, Any] | None) -> str:
         farm, done = self.farm, []
         steps: list[tuple[str, Any]] = []  # checked whole before anything is done
@@ -728,29 +1201,35 @@ class AfanasyServer:
                     steps.append(("pause" if value else "resume", None))
                 else:
                     steps.append((key if value else "free", None))
-            elif key in ("capacity", "max_tasks"):
-                settable[key] = value
+            elif key in _RENDER_PARAMS:
+                settable[_RENDER_PARAMS[key]] = value
+            elif key in _REFUSED_RENDER_PARAMS:
+                raise AfanasyError(f"render parameter {key!r} is not supported by farmnet: "
+                                   f"{_REFUSED_RENDER_PARAMS[key]}")
             else:
                 raise AfanasyError(f"render parameter {key!r} is not supported by farmnet: it sets nimby, "
-                                   "NIMBY, paused, capacity and max_tasks")
+                                   f"NIMBY, paused, {', '.join(_RENDER_PARAMS)}")
         if settable:
             steps.append(("update", settable))
         if operation is not None:
             op = _string(operation, "type")
-            if op == "delete":
-                steps.append(("delete", None))
-            elif op in _RENDER_OPERATIONS:
+            if op in _RENDER_OPERATIONS:
                 steps.append((_RENDER_OPERATIONS[op], None))
+            elif op in _REFUSED_RENDER_OPERATIONS:
+                raise AfanasyError(f"render operation {op!r} is not supported by farmnet: "
+                                   f"{_REFUSED_RENDER_OPERATIONS[op]}")
             else:
                 raise AfanasyError(f"Unknown operation: {op!r}: farmnet's render operations are "
-                                   f"{', '.join(sorted([*_RENDER_OPERATIONS, 'delete']))}")
+                                   f"{', '.join(sorted(_RENDER_OPERATIONS))}")
         names = self._render_names(ids, mask)
         for action, values in steps:
             act(farm, user, "renders", action, {"name": names}, values)
             done.append(action)
+        for name in names:
+            self.logs.render(name, f"{who}: {', '.join(done)}")
         return f"renders {', '.join(names)}: {', '.join(done)}"
 
-    def _act_users(self, user: str, ids: list[int] | None, mask: str,
+    def _act_users(self, user: str, who: str, ids: list[int] | None, mask: str,
                    operation: Mapping[str, Any] | None, params: Mapping[str, Any] | None) -> str:
         if ids is not None:
             raise AfanasyError('farmnet\'s users have no ids: name them by "mask"')
@@ -760,11 +1239,16 @@ class AfanasyServer:
             raise AfanasyError(f"users: No node matches {mask!r} found.")
         if operation is not None:
             op = _string(operation, "type")
+            if op.startswith("move_jobs_"):
+                raise AfanasyError(f"user operation {op!r} is not supported by farmnet: it orders a user's "
+                                   "jobs by priority and age (set a job's priority to move it)")
             if op != "delete":
                 raise AfanasyError(f"Unknown operation: {op!r}: farmnet's user operation is delete")
             act(self.farm, user, "users", "delete", {"name": names})
             return f"users {', '.join(names)}: delete"
         act(self.farm, user, "users", "update", {"name": names}, dict(params or {}))
+        for name in names:
+            self.logs.user(name, f"{who}: set {', '.join(params or {})}")
         return f"users {', '.join(names)}: set {', '.join(params or {})}"
 
 
@@ -859,10 +1343,13 @@ class AfanasyProtocol(Protocol):
         self._stop_timeout()
         self.server.registry.box_received(conn)
         conn.pending += 1
-        d = defer.ensureDeferred(self.server.answer(conn, body))
-        d.addCallback(self._answered_with)
+        answer = self.server.answer(conn, body)
+        if isinstance(answer, defer.Deferred):
+            answer.addCallback(self._answered_with)
+        else:
+            self._answered_with(answer)
 
-    def _answered_with(self, answer: dict[str, Any] | bytes) -> None:
+    def _answered_with(self, answer: Answer) -> None:
         assert self.conn is not None
         self.conn.pending -= 1
         self._send(answer)
@@ -877,16 +1364,25 @@ class AfanasyProtocol(Protocol):
         self._buffer = bytearray()
         self._send(error_answer(reason))
 
-    def _send(self, answer: dict[str, Any] | bytes) -> None:
+    def _send(self, answer: Answer) -> None:
         conn = self.conn
         if conn is None or conn.state is CloseState.CLOSED or self._answered:
             return
         self._answered = True
-        header, body = framed(answer)  # written as two pieces: a big answer is not copied
-        size = len(header) + len(body)
+        if isinstance(answer, Framed):
+            data = answer.data  # framed once, kept: written without a copy
+        else:
+            header, body = framed(answer)
+            data = header + body
+        size = len(data)
         conn.bytes_out += size
         self.server.registry.bytes_out += size
-        self.transport.writeSequence((header, body))
+        transport = getattr(self.transport, "transport", self.transport)  # under ClientFirstConnection
+        if size > getattr(transport, "SEND_LIMIT", size):
+            # One send call for the whole answer (the kernel takes what its buffer holds), not
+            # one reactor turn per 128 KiB: a job list is hundreds of kB.
+            transport.SEND_LIMIT = size
+        self.transport.write(data)
         # The answer asks the client to close; reset it if it has not after close_wait.
         self.server.registry.close(conn, "answered", quiet=True)
 

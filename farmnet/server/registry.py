@@ -164,6 +164,8 @@ def is_local(address: Any) -> bool:
     host = getattr(address, "host", None)
     if not isinstance(host, str):
         return False
+    if host == "127.0.0.1":  # the common case, without parsing
+        return True
     try:
         return ipaddress.ip_address(host.split("%")[0]).is_loopback
     except ValueError:
@@ -189,8 +191,11 @@ class Registry:
 
     def __init__(self, clock: IReactorTime, *, limits: LimitsConfig | None = None,
                  close_wait: float = 2.0, idle_timeout: float = 300.0, zombie_time: float = 16.0,
-                 on_zombie: Callable[[Connection, Render], None] | None = None) -> None:
+                 on_zombie: Callable[[Connection, Render], None] | None = None,
+                 keepalive: bool = True) -> None:
         self.clock = clock
+        #: TCP keepalive on each connection (off for one-request connections: Afanasy's).
+        self.keepalive = keepalive
         self.limits = limits or LimitsConfig()
         self.close_wait = close_wait
         self.idle_timeout = idle_timeout
@@ -251,7 +256,8 @@ class Registry:
         self._users.add(conn)
         self._per_address[host] += 1
         self.opened += 1
-        set_keepalive(peer.transport, self.zombie_time / 2, self.zombie_time / 8, KEEPALIVE_COUNT)
+        if self.keepalive:
+            set_keepalive(peer.transport, self.zombie_time / 2, self.zombie_time / 8, KEEPALIVE_COUNT)
         if self._sweeper is None:
             self._sweeper = LoopingCall(self.sweep)
             self._sweeper.clock = self.clock
@@ -341,12 +347,12 @@ class Registry:
               quiet: bool = False) -> defer.Deferred[None]:
         """Ask the peer to close (a render gets ``order``: close or reconnect), reset the
         connection if it is still there after close_wait; fires once it is gone. ``quiet``:
-        the ordinary end of a one-request connection (Afanasy's), logged at debug level."""
+        the ordinary end of a one-request connection (Afanasy's), not logged."""
         if conn.state is CloseState.OPEN and conn.id in self.connections:
             conn.move(CloseState.CLOSING)
             conn.close_reason, conn.close_order = reason, order
-            (log.debug if quiet else log.info)(
-                "asking {peer} to close: {reason}", peer=conn.label, kind=conn.kind, reason=reason)
+            if not quiet:  # not a line per request on a busy Afanasy port
+                log.info("asking {peer} to close: {reason}", peer=conn.label, kind=conn.kind, reason=reason)
             conn._close_call = self.clock.callLater(self.close_wait, self._close_wait_over, conn)
             try:
                 conn.peer.ask_to_close(order, reason)
