@@ -96,6 +96,8 @@ class JobQuery:
     descending: bool = True
     offset: int = 0
     limit: int = 50
+    #: Shown states left out (the farm page's unfinished jobs: DON).
+    without_states: frozenset[str] = frozenset()
 
     def __attrs_post_init__(self) -> None:
         if self.sort not in JOB_SORTS:
@@ -236,6 +238,8 @@ class JobListing:
         rows = self.rows
         tests: list[Callable[[JobRow], bool]] = [
             (lambda r, f=FACETS[name], a=accepted: f(r) in a) for name, accepted in q.filters.items()]
+        if q.without_states:
+            tests.append(lambda r: r.record.state not in q.without_states)
         if q.text:
             text = q.text.lower()
             tests.append(lambda r: text in r.folded)
