@@ -258,17 +258,14 @@ class JobListing:
             else:
                 keys = order[start:start + q.limit]
             return [rows[ident(k)] for k in keys], total
-        page: list[JobRow] = []
-        matched = 0
-        end = q.offset + q.limit
+        if len(tests) == 1:
+            test = tests[0]
+        else:
+            def test(row: JobRow) -> bool:
+                return all(t(row) for t in tests)
         walk: Iterable[Any] = reversed(order) if q.descending else order
-        for key in walk:
-            row = rows[ident(key)]
-            if all(t(row) for t in tests):
-                if q.offset <= matched < end:
-                    page.append(row)
-                matched += 1
-        return page, matched
+        found = [row for row in (rows[ident(key)] for key in walk) if test(row)]
+        return found[q.offset:q.offset + q.limit], len(found)
 
     def _candidates(self, q: JobQuery) -> set[int] | None:
         """Job ids a filter narrows the search to at once (a user's jobs, given ids)."""

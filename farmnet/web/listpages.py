@@ -172,10 +172,9 @@ class ListPages:
         return list_row(f"job:{job.id}", cells, frozenset({0, 7, 8, 9, 10}), selectable)
 
     def jobs_listing(self, rows: list[JobRow], view: ListView, total: int, *, bulk: bool) -> Tag:
-        heads = list(self.JOB_HEADS)
-        if self.ctx.logins:
-            heads.append(("", None, False))
-        body = [self.job_row(r, selectable=bulk, actions=self.ctx.logins) for r in rows]
+        # Checked rows and the bulk bar act: no buttons on every row (fewer tags to draw).
+        body = [self.job_row(r, selectable=bulk, actions=False) for r in rows]
+        heads = self.JOB_HEADS
         return tags.div(pager(view, total, len(rows)),
                         list_table(view, heads, body, selectable=bulk, empty="no jobs", class_="jobs"),
                         pager(view, total, len(rows)))
@@ -194,7 +193,7 @@ class ListPages:
         if wanted is not None:
             ids = frozenset(int(k) for k in wanted if k.isdigit())
             rows, _ = farm.query_jobs(JobQuery({"id": ids}, limit=len(ids)))
-            return Reply(rows_only(self.job_row(r, selectable=bulk, actions=bulk) for r in rows))
+            return Reply(rows_only(self.job_row(r, selectable=bulk, actions=False) for r in rows))
         rows, total = farm.query_jobs(query)
         listing = farm.job_listing()
         title = f"Jobs of {f['user']}" if "user" in f else "Jobs"
