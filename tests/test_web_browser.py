@@ -3,6 +3,9 @@
 - The statistics graph page is screenshotted (``chromium --headless --screenshot``) and the
   PNG is decoded here (zlib and struct: no imaging library) to check it is a real picture
   with the charts' colours in it; ``--dump-dom`` shows the SVG bars the browser built.
+- The console (lists that scale): a search, a sort and a page through the URL, three jobs
+  checked and paused in one go (rows patched, no reload), a task's grid cell following
+  the farm from the event stream.
 - A login and an action are done by clicking, through the DevTools protocol over a pipe
   (``--remote-debugging-pipe``: no port, no websocket): the page's pause button sends the
   user to the login form, the form logs in, the button pauses the job, and the page
@@ -478,3 +481,88 @@ class LoginAndActionTests(BrowserTestCase):
         self.assertIn("may not change job 2", message)
         await task.deferLater(reactor, 0.2, lambda: None)
         self.assertFalse(self.farm.jobs[2].paused)
+
+
+class ConsoleTests(BrowserTestCase):
+    """The wrangler's console (issue 15): search, sort and page a list whose state is in
+    the URL; check three jobs and pause them in one go; a task's cell follows the farm."""
+
+    async def log_in(self, page: Page, site: SiteUnderTest, next_path: str) -> None:
+        await page.goto(site.url + "/login?next=" + next_path.replace("/", "%2F"))
+        await page.type("input[name=user]", "anna")
+        await page.type("input[name=password]", PASSWORD)
+        await page.click("#login-submit")
+        await page.wait_for(f"location.pathname === {json.dumps(next_path)}"
+                            " && document.readyState === 'complete'")
+
+    async def names(self, page: Page) -> list[str]:
+        return await page.evaluate(
+            "Array.from(document.querySelectorAll('#live tr[data-key] .job-name')).map(e => e.textContent)")
+
+    async def test_search_sort_page_select_three_and_pause_them_then_follow_a_task(self) -> None:
+        for n in range(60):
+            await self.player.submit(job_doc(f"shot{n:03d}", frames=4), "anna")
+        for n in range(10):
+            await self.player.submit(job_doc(f"comp{n:03d}", frames=4), "bob")
+        site = await self.serve()
+        browser = Chromium.start(self.chromium, self.base)
+        self.addCleanup(browser.close)
+        page = await browser.new_page()
+        await self.log_in(page, site, "/jobs")
+
+        # Search: the box's text goes into the URL; only matching jobs come back.
+        await page.type("form.filters input[name=q]", "shot01")
+        await page.click("form.filters button[type=submit]")
+        await page.wait_for("new URL(location.href).searchParams.get('q') === 'shot01'"
+                            " && document.readyState === 'complete'")
+        self.assertEqual(sorted(await self.names(page)), [f"shot{n:03d}" for n in range(10, 20)])
+
+        # Sort: the name column's head, ascending, the search kept.
+        await page.click("th[data-sort=name] a")
+        await page.wait_for("new URL(location.href).searchParams.get('sort') === 'name'"
+                            " && document.readyState === 'complete'")
+        self.assertEqual(await self.names(page), [f"shot{n:03d}" for n in range(10, 20)])
+        self.assertEqual(await page.evaluate("new URL(location.href).searchParams.get('q')"), "shot01")
+
+        # Page: 25 a page, the next one.
+        await page.goto(site.url + "/jobs?user=anna&per=25")
+        await page.click("a[rel=next]")
+        await page.wait_for("new URL(location.href).searchParams.get('page') === '2'"
+                            " && document.readyState === 'complete'")
+        self.assertEqual(await self.names(page), [f"shot{n:03d}" for n in range(34, 9, -1)])
+        self.assertIn("26–50 of 60", await page.evaluate("document.querySelector('.pager').textContent"))
+
+        # Three checked, paused in one go; the rows follow without a reload.
+        await page.goto(site.url + "/jobs?user=anna")
+        await page.wait_for("document.getElementById('live-status').textContent === 'live'")
+        await page.evaluate("window.notReloaded = true")
+        for n in range(3):
+            await page.click(f"#live tbody tr:nth-child({n + 1}) input.pick")
+        await page.wait_for("document.querySelector('.bulk .picked').textContent === '3 selected'")
+        await page.click(".bulk button[data-bulk*='\"pause\"']")
+        await wait_until(reactor, lambda: [j.id for j in self.farm.jobs.values() if j.paused] ==
+                         [58, 59, 60], 15, "three jobs paused")
+        message = await page.wait_for("(document.querySelector('#bulk-results .ok') || {}).textContent")
+        self.assertEqual(message, "jobs pause: done for 60, 59, 58")
+        await page.wait_for("Array.from(document.querySelectorAll('#live tbody tr')).slice(0, 3)"
+                            ".every(r => r.querySelector('.state').textContent === 'OFF')")
+        self.assertEqual(await page.evaluate("document.querySelector('#live tbody tr:nth-child(4) .state')"
+                                             ".textContent"), "RDY")
+        self.assertTrue(await page.evaluate("window.notReloaded === true"))
+        # Still checked after the rows were drawn again.
+        checked = "document.querySelectorAll('#live input.pick:checked').length"
+        self.assertEqual(await page.evaluate(checked), 3)
+
+        # A task's cell on its job's page turns RUN, then DON, as a render takes it: no reload.
+        await page.goto(site.url + "/jobs/1")
+        await page.wait_for("document.getElementById('live-status').textContent === 'live'")
+        await page.evaluate("window.notReloaded = true")
+        cell = "document.querySelector('#grids [data-key=\"task:1:0:0\"]')"
+        self.assertEqual(await page.evaluate(f"{cell}.className"), "t s-RDY")
+        self.assertEqual(await page.evaluate(f"{cell}.textContent"), "1")  # labelled with its frame
+        render = await self.player.render("r1")
+        await page.wait_for(f"{cell}.className === 't s-RUN'")
+        await self.player.play(render, count=1)
+        await page.wait_for(f"{cell}.className === 't s-DON'")
+        await page.wait_for("document.querySelector('#live .info .state').textContent === 'RUN'")
+        self.assertTrue(await page.evaluate("window.notReloaded === true"))
