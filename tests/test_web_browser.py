@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -39,6 +40,7 @@ from farmnet.stats import pgtest
 from farmnet.stats.service import StatsService
 from farmnet.testing import wait_until
 from farmnet.web.charts import PALETTE
+from farmnet.web.site import make_site
 from farmnet.web.testing import FarmPlayer, SiteUnderTest, job_doc, serve, write_users_file
 
 PASSWORD = "correct horse battery"
@@ -566,3 +568,59 @@ class ConsoleTests(BrowserTestCase):
         await page.wait_for(f"{cell}.className === 't s-DON'")
         await page.wait_for("document.querySelector('#live .info .state').textContent === 'RUN'")
         self.assertTrue(await page.evaluate("window.notReloaded === true"))
+
+    async def test_a_restarted_server_is_caught_up_without_a_reload(self) -> None:
+        for n in range(5):
+            await self.player.submit(job_doc(f"shot{n:03d}", frames=4), "anna")
+        site = make_site(reactor, self.farm, None, self.outputs, users_file=str(self.users_file))
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+        number = port.getHost().port
+        first = SiteUnderTest(site, port)
+        browser = Chromium.start(self.chromium, self.base)
+        self.addCleanup(browser.close)
+        page = await browser.new_page()
+        await page.goto(first.url + "/jobs")
+        await page.wait_for("document.getElementById('live-status').textContent === 'live'")
+        await page.evaluate("window.notReloaded = true")
+        await first.stop()  # the server goes; its events stream ends
+        await page.wait_for("document.getElementById('live-status').textContent.startsWith('reconnecting')")
+        self.farm.job_action("boss", [2], "pause")  # missed while away
+        # A new server (its event log starts again from nothing) on the same port.
+        again = make_site(reactor, self.farm, None, self.outputs, users_file=str(self.users_file))
+        port = await TCP4ServerEndpoint(reactor, number, interface="127.0.0.1").listen(again)
+        self.addCleanup(SiteUnderTest(again, port).stop)
+        await page.wait_for("document.getElementById('live-status').textContent === 'live'", timeout=20)
+        await page.wait_for("document.querySelector('#live tr[data-key=\"job:2\"] .state').textContent"
+                            " === 'OFF'")
+        self.assertTrue(await page.evaluate("window.notReloaded === true"))
+
+    async def test_layout_from_a_phone_to_a_wide_screen(self) -> None:
+        render = await self.player.render("r1", owner="anna")
+        for n in range(50):
+            await self.player.submit(job_doc(f"a_rather_long_shot_name_{n:03d}", frames=4,
+                                             project="feature", department="lighting"), "anna")
+        await self.player.play(render, count=1, fail=[0])
+        site = await self.serve()
+        browser = Chromium.start(self.chromium, self.base)
+        self.addCleanup(browser.close)
+        page = await browser.new_page()
+        await self.log_in(page, site, "/jobs")
+        fits = "document.documentElement.scrollWidth <= window.innerWidth"
+        for width, mobile in ((1024, False), (1400, False), (1920, False), (390, True)):
+            await page.send("Emulation.setDeviceMetricsOverride",
+                            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": mobile})
+            for path in ("/jobs", "/renders", "/renders/r1", "/jobs/1"):
+                await page.goto(site.url + path)
+                self.assertTrue(await page.evaluate(fits), f"{path} wider than {width} px")
+                # Every button can be seen (wrapped, not cut off).
+                cut = await page.evaluate(
+                    "Array.from(document.querySelectorAll('main button')).filter(b => b.offsetParent"
+                    " && b.getBoundingClientRect().right > window.innerWidth"
+                    " && !b.closest('.table-wrap')).length")
+                self.assertEqual(cut, 0, f"{path} at {width} px: buttons cut off")
+            if not mobile:
+                await page.goto(site.url + "/jobs")
+                tallest = await page.evaluate(
+                    "Math.max(...Array.from(document.querySelectorAll('#live tbody tr'))"
+                    ".map(r => r.offsetHeight))")
+                self.assertLess(tallest, 40, f"job rows wrap at {width} px")

@@ -87,7 +87,7 @@ BLOCK_EDITS = (("capacity", "number"), ("max_running_tasks", "number"),
                ("service", "text"))
 
 
-def block_editor(job_id: int, block: int, spec: BlockSpec) -> Tag:
+def block_editor(job_id: int, block: int, name: str, spec: BlockSpec) -> Tag:
     """A form changing a block's parameters through ``blocks update`` (its owner and admins;
     the farm checks again)."""
     fields = [tags.label(name.replace("_", " "),
@@ -95,7 +95,7 @@ def block_editor(job_id: int, block: int, spec: BlockSpec) -> Tag:
                                     **attributes(data_kind=kind)))
               for name, kind in BLOCK_EDITS]
     target = json.dumps({"item": "blocks", "action": "update", "filters": {"job_id": job_id, "block": block}})
-    return tags.details(tags.summary("edit"),
+    return tags.details(tags.summary(f"edit block {block}: {name}"),
                         tags.form(fields, tags.button("save", type="submit"), class_="block-edit",
                                   **{"data-edit": target}))
 
@@ -220,12 +220,13 @@ class LivePages:
         blocks_rows = [[str(b.block), b.name, state_badge(b.state), progress(b.progress),
                         counts_text(b.counts), b.service, str(b.capacity), str(b.tasks),
                         b.depend_mask or "–", ", ".join(b.avoided_hosts or ()) or "–",
-                        tags.code(b.command),
-                        block_editor(job_id, b.block, model.blocks[b.block].spec) if editable else ""]
-                       for b in job.blocks]
-        blocks = table([("#", "num"), "name", "state", "progress", "tasks", "service", ("capacity", "num"),
-                        ("count", "num"), "depends on", "avoided hosts", "command", ""], blocks_rows,
-                       class_="blocks")
+                        tags.code(b.command)] for b in job.blocks]
+        blocks = tags.div(table([("#", "num"), "name", "state", "progress", "tasks", "service",
+                                 ("capacity", "num"), ("count", "num"), "depends on", "avoided hosts",
+                                 "command"],
+                                blocks_rows, class_="blocks"), class_="table-wrap")
+        editors = [block_editor(job_id, b.block, b.name, model.blocks[b.block].spec)
+                   for b in job.blocks] if editable else []
         grids = [self.grid(job_id, b, offset) for b in job.blocks]
         legend = tags.p([[state_badge(s), " "] for s in JOB_STATES], class_="legend")
         explain: Any = ""
@@ -243,7 +244,7 @@ class LivePages:
             tags.p(self.job_actions(job) if self.ctx.logins else "", " ",
                    tags.a("why is it waiting?", href=f"/jobs/{job_id}?explain=1"), " · ",
                    tags.a("tasks as a list", href=f"/jobs/{job_id}/tasks")),
-            info, explain, tags.h2("Blocks"), blocks)
+            info, explain, tags.h2("Blocks"), blocks, editors)
         # The grids follow task events cell by cell (the script); the head is fetched again
         # on the job's own events only.
         return live_page(self.ctx, call, f"Job {job_id}", head, watch=f"job:{job_id}", current="/jobs",
