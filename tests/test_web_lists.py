@@ -68,6 +68,10 @@ class JobListingTests(SynchronousTestCase):
         for n in range(40):
             submit(self.farm, f"shot{n:03d}" if n % 3 else f"comp{n:03d}", f"u{n % 3}", frames=3 + n % 5,
                    project=f"p{n % 2}", department=("comp", "fx")[n % 2], priority=n % 7 * 10)
+        # Jobs whose shown state changes with no event about them: a time_wait, depend masks.
+        submit(self.farm, "shot-later", "u1", project="p1", time_wait=int(self.clock.seconds()) + 3)
+        submit(self.farm, "shot-after", "u2", project="p1", depend_mask="comp0.*")
+        submit(self.farm, "shot-after-all", "u0", project="p1", depend_mask_global="shot00.*")
         self.check_all()  # made now, kept up to date from here on
         for _ in range(6):
             self.clock.advance(1)

@@ -10,7 +10,8 @@ bisection), then walks one order, counting what matches and keeping the page. It
 from the first query on (a farm nobody lists pays nothing).
 
 A job's shown state can change without an event about it (a time_wait passing, a job it
-depends on finishing): jobs that can wait that way are looked at again on every query.
+depends on finishing): jobs that can wait that way are looked at again when a job came,
+went, finished or came back (the farm's ``jobs_generation``) or a time_wait passed.
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ class JobListing:
         self.running: dict[int, dict[tuple[int, int, int], int]] = {}
         self._dirty: set[int] = set(farm.jobs)
         self._waiting: set[int] = set()
+        self._generation = -1
+        self._wake = float("-inf")
         self._orders: dict[str, list[Any]] = {}
         self._keys: dict[str, dict[int, Any]] = {}
         #: Jobs per (project, department): the projects view and the filters' choices.
@@ -165,9 +168,24 @@ class JobListing:
                 if not running:
                     del self.running[job_id]
 
+    def _others_moved(self) -> bool:
+        """Whether jobs waiting on others may show another state now: a job came, went,
+        finished or came back (``jobs_generation``), or a time_wait passed."""
+        farm = self.farm
+        now = farm.clock.seconds()
+        moved = farm.jobs_generation != self._generation or now >= self._wake
+        if moved:
+            self._generation = farm.jobs_generation
+            jobs = farm.jobs
+            waits = [t for t in (jobs[i].spec.time_wait for i in self._waiting if i in jobs) if t > now]
+            self._wake = min(waits, default=float("inf"))
+        return moved
+
     def refresh(self) -> None:
-        """Bring the dirty rows (and the jobs that may wait on others) up to date."""
-        dirty, self._dirty = self._dirty | self._waiting, set()
+        """Bring the dirty rows (and, when others moved, the jobs that wait on them) up to date."""
+        dirty, self._dirty = self._dirty, set()
+        if self._waiting and self._others_moved():
+            dirty |= self._waiting
         jobs = self.farm.jobs
         for job_id in dirty:
             job = jobs.get(job_id)
@@ -182,6 +200,8 @@ class JobListing:
             self.rows[job_id] = row
             if _waits_on_others(job):
                 self._waiting.add(job_id)
+                if job.spec.time_wait > self.farm.clock.seconds():
+                    self._wake = min(self._wake, job.spec.time_wait)
             else:
                 self._waiting.discard(job_id)
             for column, order in self._orders.items():
