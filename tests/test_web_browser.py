@@ -551,6 +551,13 @@ class ConsoleTests(BrowserTestCase):
         self.assertEqual(await page.evaluate("document.querySelector('#live tbody tr:nth-child(4) .state')"
                                              ".textContent"), "RDY")
         self.assertTrue(await page.evaluate("window.notReloaded === true"))
+        # Only the changed rows were asked for, not the page.
+        fetched = await page.evaluate("performance.getEntriesByType('resource').map(e => e.name)"
+                                      ".filter(n => n.includes('/jobs?'))")
+        self.assertTrue(fetched, "rows fetched")
+        self.assertTrue(all("rows=" in url and "partial" not in url for url in fetched), fetched)
+        self.assertEqual(sorted({n for url in fetched for n in url.split("rows=")[1].split("&")[0]
+                                 .replace("%2C", ",").split(",")}), ["58", "59", "60"])
         # Still checked after the rows were drawn again.
         checked = "document.querySelectorAll('#live input.pick:checked').length"
         self.assertEqual(await page.evaluate(checked), 3)

@@ -139,7 +139,7 @@ header { flex-wrap: wrap; }
 JS = r"""
 (function () {
   "use strict";
-  var REFRESH_MS = 700, ROWS_MS = 250, MEMBERS_MS = 3000, TAIL_MS = 1500;
+  var REFRESH_MS = 700, ROWS_MS = 250, MEMBERS_MS = 3000, MOVED_MS = 15000, TAIL_MS = 1500;
   function $(id) { return document.getElementById(id); }
   function live() { return $("live"); }
 
@@ -174,16 +174,19 @@ JS = r"""
       holder.innerHTML = text;
       var fresh = holder.querySelector("#live");
       var current = live();
-      if (fresh && current) { current.replaceWith(fresh); applySelection(); }
+      if (fresh && current) { current.replaceWith(fresh); applySelection(); remember(); }
     }).catch(function () {}).then(function () {
       refreshing = false;
       if (again) { again = false; schedule(); }
     });
   }
 
-  function schedule(wait) {
-    if (timer) return;
+  var due = 0;
+  function schedule(wait) {  // the live part again, at the earliest time asked for
     var delay = Math.max(0, (wait || REFRESH_MS) - (Date.now() - lastRefresh));
+    if (timer && Date.now() + delay >= due) return;
+    if (timer) clearTimeout(timer);
+    due = Date.now() + delay;
     timer = setTimeout(function () { timer = null; refresh(); }, delay);
   }
 
@@ -279,14 +282,22 @@ JS = r"""
       if (relevant(current.dataset.watch, e)) schedule();
       return;
     }
-    var keys = eventKeys(e), members = false;
+    var keys = eventKeys(e), members = false, moved = false;
     keys.forEach(function (key) {
       if (key.indexOf(rows + ":") !== 0) return;
-      if (onScreen(key)) patchRow(key);
-      else if (e.kind !== "task" && e.kind !== "progress") members = true;  // may join the page
+      if (onScreen(key)) { patchRow(key); return; }
+      if (e.kind === "task" || e.kind === "progress") return;
+      if (known[key]) moved = true;  // changed elsewhere: may move into this page's order
+      else { known[key] = true; members = true; }  // new: may join the page
     });
     if (e.kind.indexOf("deleted") > 0) members = true;
     if (members) schedule(MEMBERS_MS);
+    else if (moved) schedule(MOVED_MS);
+  }
+
+  var known = {};  // rows seen (on screen or in events): a new one may join the page
+  function remember() {
+    document.querySelectorAll("#live tr[data-key]").forEach(function (r) { known[r.dataset.key] = true; });
   }
 
   function setStatus(text, on) {
@@ -506,6 +517,7 @@ JS = r"""
     if (form.dataset && form.dataset.edit) { ev.preventDefault(); saveBlock(form); }
   });
 
+  remember();
   watchEvents();
   poll();
   setInterval(followTail, TAIL_MS);
