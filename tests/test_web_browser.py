@@ -34,6 +34,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, TestCase
 
 from farmnet.config import SchedulingConfig, StatsConfig
+from farmnet.model.data import TaskState
 from farmnet.model.farm import Farm
 from farmnet.server.outputs import OutputStore
 from farmnet.stats import pgtest
@@ -631,3 +632,30 @@ class ConsoleTests(BrowserTestCase):
                     "Math.max(...Array.from(document.querySelectorAll('#live tbody tr'))"
                     ".map(r => r.offsetHeight))")
                 self.assertLess(tallest, 40, f"job rows wrap at {width} px")
+
+    async def test_edit_a_block_and_follow_a_running_tasks_output(self) -> None:
+        await self.player.render("r1")
+        await self.player.submit(job_doc("shot010", frames=3), "anna")
+        await self.player.tick()
+        [task] = [t for t in self.farm.jobs[1].blocks[0].tasks if t.state is TaskState.RUN]
+        self.outputs.append(task.key, task.starts_count, b"first line\n")
+        site = await self.serve()
+        browser = Chromium.start(self.chromium, self.base)
+        self.addCleanup(browser.close)
+        page = await browser.new_page()
+        await self.log_in(page, site, "/jobs/1")
+        await page.click("details summary")
+        await page.evaluate("document.querySelector('form.block-edit input[name=capacity]').value = ''")
+        await page.type("form.block-edit input[name=capacity]", "250")
+        await page.click("form.block-edit button[type=submit]")
+        await wait_until(reactor, lambda: self.farm.jobs[1].blocks[0].spec.capacity == 250, 15,
+                         "capacity set")
+        await page.wait_for("(document.querySelector('#flash .ok') || {}).textContent === 'block 0 updated'")
+
+        await page.goto(site.url + f"/jobs/1/0/{task.number}")
+        await page.evaluate("window.notReloaded = true")
+        output = "document.querySelector('pre.output').textContent"
+        self.assertEqual(await page.evaluate(output), "first line\n")
+        self.outputs.append(task.key, task.starts_count, b"second line\n")
+        await page.wait_for(f"{output} === 'first line\\nsecond line\\n'")
+        self.assertTrue(await page.evaluate("window.notReloaded === true"))

@@ -294,3 +294,37 @@ class ActionApiTests(WebTestCase):
         _, text = await self.get("/jobs?state=OFF")
         self.assertEqual(len(ROW.findall(text)), 4)
         self.assertNotIn(TaskState.RUN.value + "</span>", text)
+
+
+class JobAndTaskPageTests(WebTestCase):
+    async def test_block_editors_for_owners_and_admins_only(self) -> None:
+        await self.player.submit(job_doc("shot", frames=3), "anna")
+        for user, editors in (("anna", 1), ("boss", 1), ("bob", 0)):
+            _, text = await self.get("/jobs/1", headers=await self.login(user))
+            self.assertEqual(text.count("data-edit="), editors, user)
+        _, text = await self.get("/jobs/1")
+        self.assertNotIn("data-edit=", text)
+        self.assertIn('class="t s-RDY"', text)
+        self.assertEqual(re.findall(r'data-key="task:1:0:\d+">([^<]*)</a>', text), ["1", "2", "3"])
+
+    async def test_progress_time_left_runs_and_the_tail_of_a_running_task(self) -> None:
+        render = await self.player.render("r1", capacity=2000)
+        await self.player.submit(job_doc("shot", frames=4, block={"capacity": 1000}), "anna")
+        await self.player.play(render, count=2, seconds=100.0)  # two runs of 100 s each
+        await self.player.tick()
+        running = sorted(t.number for t in self.farm.jobs[1].blocks[0].tasks if t.state is TaskState.RUN)
+        self.assertEqual(len(running), 2)
+        task = self.farm.task((1, 0, running[0]))
+        self.farm.task_output(render, task.key, task.starts_count, 50)
+        self.outputs.append(task.key, task.starts_count, b"rendering tile 1 of 2\n")
+        _, text = await self.get("/jobs/1")
+        self.assertIn("62%", text)  # two done, one at half of four: (200 + 50) / 4
+        self.assertIn("about 1m 40s", text)  # two left, two at once, 100 s each
+        anna = await self.login("anna")
+        _, text = await self.get(f"/jobs/1/0/{running[0]}", headers=anna)
+        self.assertIn(f'data-tail="/api/jobs/1/0/{running[0]}/output?run=1"', text)
+        self.assertIn("rendering tile 1 of 2", text)
+        self.assertIn("r1", text)
+        _, text = await self.get("/jobs/1/0/0", headers=anna)
+        self.assertNotIn("data-tail", text)  # done: nothing more to follow
+        self.assertIn('<a href="?run=1" class="current">1</a>', text)
