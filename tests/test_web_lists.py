@@ -328,3 +328,19 @@ class JobAndTaskPageTests(WebTestCase):
         _, text = await self.get("/jobs/1/0/0", headers=anna)
         self.assertNotIn("data-tail", text)  # done: nothing more to follow
         self.assertIn('<a href="?run=1" class="current">1</a>', text)
+
+    async def test_a_grid_of_thousands_of_tasks_is_paged_and_labelled(self) -> None:
+        await self.player.submit(job_doc("long", frames=2500), "anna")
+        cell = re.compile(r'data-key="task:1:0:(\d+)">([^<]*)</a>')
+        _, text = await self.get("/jobs/1")
+        cells = cell.findall(text)
+        self.assertEqual(len(cells), 1000)
+        self.assertEqual(cells[-1], ("999", "1000"))
+        self.assertIn('name="offset"', text)  # straight to any task
+        _, text = await self.get("/jobs/1?offset=2000")
+        cells = cell.findall(text)
+        self.assertEqual((len(cells), cells[0]), (500, ("2000", "2001")))
+        self.assertIn("tasks 2001–2500 of 2500", text)
+        _, text = await self.get("/jobs")
+        self.assertIn('href="/jobs?sort=name"', text)  # text A to Z first,
+        self.assertIn('href="/jobs?sort=-priority"', text)  # figures largest first

@@ -104,7 +104,8 @@ dl.info dt { color: var(--muted); } dl.info dd { margin: 0; }
 table.list td, table.list th { white-space: nowrap; }
 table.list td a.job-name { white-space: normal; }
 table.blocks code { display: inline-block; max-width: 420px; word-break: break-all; }
-details { margin: 6px 0; } details summary { cursor: pointer; color: var(--link); }
+details { margin: 6px 0; } form.inline { display: inline; } form.inline input { width: 80px; }
+details summary { cursor: pointer; color: var(--link); }
 th a.sorted { color: var(--fg); }
 td.pick, th.pick { width: 24px; }
 .pager { display: flex; flex-wrap: wrap; justify-content: space-between; gap: 8px; margin: 6px 0;

@@ -24,6 +24,9 @@ from farmnet.web.routing import Call, HTTPError
 __all__ = ["BulkAction", "ListView", "bulk_bar", "list_table", "pager", "rows_only"]
 
 PER_PAGE = (25, 50, 100, 200, 500)
+#: Columns sorted A to Z at first.
+TEXT_COLUMNS = frozenset({"name", "user", "project", "department", "state", "host", "platform", "owner",
+                          "task", "solving"})
 #: Rows asked for by key at once, at most (``?rows=``).
 MAX_ROWS = 500
 
@@ -76,7 +79,8 @@ class ListView:
         cls = "num" if numeric else None
         if column is None:
             return tags.th(label, **attributes(class_=cls))
-        descending = not self.descending if column == self.sort else column not in ("name", "user")
+        # A first click sorts text A to Z and figures largest first; the next, the other way.
+        descending = not self.descending if column == self.sort else column not in TEXT_COLUMNS
         arrow = ""
         if column == self.sort:
             arrow = " ▼" if self.descending else " ▲"

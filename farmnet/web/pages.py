@@ -261,11 +261,15 @@ class LivePages:
                         + (f", {t.progress}%" if t.state == "RUN" else ""),
                         **{"data-state": t.state, "data-key": f"task:{job_id}:{block.block}:{t.task}"})
                  for t in tasks]
-        pager = []
+        pager: list[Any] = []
         if offset > 0:
-            pager.append(tags.a("« earlier tasks", href=f"?offset={max(0, offset - GRID_MAX)}"))
+            pager += [tags.a("« earlier tasks", href=f"?offset={max(0, offset - GRID_MAX)}"), " "]
         if offset + GRID_MAX < total:
-            pager.append(tags.a("later tasks »", href=f"?offset={offset + GRID_MAX}"))
+            pager += [tags.a("later tasks »", href=f"?offset={offset + GRID_MAX}"), " "]
+        if total > GRID_MAX:  # thousands of tasks: go straight to one
+            pager.append(tags.form(tags.label("from task ", tags.input(
+                type="number", name="offset", min="0", max=str(total - 1), value=str(offset))),
+                tags.button("show", type="submit"), method="get", class_="inline"))
         shown = f" tasks {offset + 1 if tasks else 0}–{offset + len(tasks)} of {total}"
         heading = tags.h2(f"Block {block.block}: {block.name}", tags.span(shown, class_="muted"))
         return tags.div(heading,
