@@ -13,6 +13,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.web.template import Tag, tags
 
 from farmnet import errors
@@ -20,6 +21,7 @@ from farmnet.messages import RenderRecord, TaskRecord, UserRecord
 from farmnet.model.listing import JOB_SORTS, JobQuery, JobRow
 from farmnet.model.views import render_record, task_record
 from farmnet.server.actions import TASK_SORTS, list_tasks_sorted
+from farmnet.stats.queries import Filter
 from farmnet.web.charts import duration
 from farmnet.web.context import WebContext
 from farmnet.web.layout import (
@@ -46,7 +48,9 @@ from farmnet.web.lists import (
 )
 from farmnet.web.routing import Call, HTTPError, Reply
 
-__all__ = ["ListPages", "job_actions_compact", "resource_cells"]
+__all__ = ["ListPages", "job_actions_compact", "recorded_runs", "resource_cells"]
+
+log = Logger()
 
 JOB_FILTERS = ("q", "user", "state", "project", "department")
 JOB_BULK = (BulkAction("pause", "pause"), BulkAction("resume", "resume"), BulkAction("stop", "stop"),
@@ -414,6 +418,9 @@ class ListPages:
         ctx.samples.start()
         history = ctx.samples.chart(r.name)
         runs, log = self.render_log(r.name)
+        recorded = await recorded_runs(ctx, lambda q: q.tasks(Filter(host=r.name), limit=50))
+        if recorded:
+            runs = recorded_runs_table(recorded)
         failures = [tags.li(fmt_time(e.time), " ", tags.a(f"task {e.job_id}/{e.block}/{e.task}",
                                                           href=f"/jobs/{e.job_id}/{e.block}/{e.task}"),
                             f" of {e.user}") for e in r.error_history]
@@ -448,6 +455,30 @@ class ListPages:
                            tags.tbody(runs or [tags.tr(tags.td("none lately", colspan="3", class_="muted"))]),
                            class_="list") if runs else tags.p("none lately", class_="muted"),
                 tags.ul(log) if log else tags.p("none lately", class_="muted"))
+
+
+async def recorded_runs(ctx: WebContext, ask: Any) -> list[dict[str, Any]] | None:
+    """Rows from the statistics database (``ask(queries)``), or None when statistics are
+    off or do not answer (the page then shows what the farm knows)."""
+    queries = getattr(ctx.stats, "queries", None)
+    if queries is None:
+        return None
+    try:
+        return list(await ask(queries))
+    except Exception as e:
+        log.info("web: statistics did not answer for a page: {error}", error=str(e))
+        return None
+
+
+def recorded_runs_table(rows: list[dict[str, Any]]) -> Tag:
+    """A render's latest runs as the statistics recorded them."""
+    body = [tags.tr(tags.td(tags.a(f"{r['job_id']}/{r['block']}/{r['task']}",
+                                   href=f"/jobs/{r['job_id']}/{r['block']}/{r['task']}")),
+                    tags.td(r["job_name"]), tags.td(str(r["run"]), class_="num"),
+                    tags.td(fmt_time(r["time_started"])), tags.td(duration(r["run_time"])),
+                    tags.td(state_badge(r["state"])), tags.td(r.get("message") or "–")) for r in rows]
+    heads = tags.tr([tags.th(h) for h in ("task", "job", "run", "started", "run time", "state", "message")])
+    return tags.table(tags.thead(heads), tags.tbody(body), class_="list runs")
 
 
 def task_or_none(farm: Any, key: tuple[int, ...]) -> TaskRecord | None:

@@ -35,7 +35,7 @@ from farmnet.web.layout import (
     state_badge,
     table,
 )
-from farmnet.web.listpages import ListPages, resource_cells
+from farmnet.web.listpages import ListPages, recorded_runs, resource_cells
 from farmnet.web.lists import ListView, list_table
 from farmnet.web.routing import Call, Reply
 
@@ -312,15 +312,19 @@ class LivePages:
         run_table: Any = ""
         running = data.state in ("RUN", "WRC") and run == runs
         if runs:
-            run_table = self.runs_table((job_id, block, number), runs, run, data)
+            recorded = await recorded_runs(self.ctx, lambda q: q.task_runs(job_id, block, number))
+            run_table = self.runs_table((job_id, block, number), runs, run, data,
+                                        {r["run"]: r for r in reversed(recorded or [])})
             output = self.output(call, (job_id, block, number), run, follow=running)
         body = tags.div(tags.h1(f"Task {task.name}"), actions, info, tags.h2("Runs"), run_table)
         return live_page(self.ctx, call, f"Task {job_id}/{block}/{number}", body,
                          watch=f"task:{job_id}:{block}:{number}", current="/jobs",
                          after=tags.div(tags.h2(f"Output of run {run}"), output))
 
-    def runs_table(self, key: tuple[int, int, int], runs: int, current: int, data: Any) -> Tag:
-        """Each run with its output's size; the last with its host and times."""
+    def runs_table(self, key: tuple[int, int, int], runs: int, current: int, data: Any,
+                   recorded: dict[int, dict[str, Any]]) -> Tag:
+        """Each run: its host, times and end as the statistics recorded them (else, for the
+        last run, as the farm knows it now), and its output's size."""
         outputs = self.ctx.outputs
         rows = []
         for r in range(runs, 0, -1):
@@ -330,15 +334,26 @@ class LivePages:
                     size = f"{outputs.path(key, r).stat().st_size:,} B"
                 except OSError:
                     size = "–"
-            last = r == runs
+            row = recorded.get(r)
+            if r == runs and (row is None or data.state in ("RUN", "WRC")):
+                host, started, done = data.host, data.time_started, data.time_done
+                state, ended = state_badge(data.state), ""
+            elif row is not None:
+                host, started, done, state = row["host"], row["time_started"], row["time_done"], \
+                    state_badge(row["state"])
+                ended = ("exit " + str(row["exit_code"]) if row["exit_code"] is not None else "") + (
+                    f" signal {row['signal']}" if row.get("signal") else "") + (
+                    f": {row['message']}" if row.get("message") else "")
+            else:
+                host, started, done, state, ended = "", 0.0, 0.0, "–", "not recorded"
             rows.append([tags.a(str(r), href=f"?run={r}",
                                 **attributes(class_="current" if r == current else None)),
-                         tags.a(data.host, href=f"/renders/{data.host}") if last and data.host else "–",
-                         fmt_time(data.time_started) if last else "–",
-                         fmt_time(data.time_done) if last else "–", state_badge(data.state) if last else "–",
+                         tags.a(host, href=f"/renders/{host}") if host else "–",
+                         fmt_time(started), fmt_time(done),
+                         duration(done - started) if done >= started > 0 else "–", state, ended or "–",
                          size])
-        return table([("run", "num"), "host", "started", "done", "state", ("output", "num")], rows,
-                     class_="runs")
+        return table([("run", "num"), "host", "started", "done", "run time", "state", "end",
+                      ("output", "num")], rows, class_="runs")
 
     def output(self, call: Call, key: tuple[int, int, int], run: int, follow: bool = False) -> Tag:
         outputs = self.ctx.outputs
