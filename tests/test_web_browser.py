@@ -659,3 +659,38 @@ class ConsoleTests(BrowserTestCase):
         self.outputs.append(task.key, task.starts_count, b"second line\n")
         await page.wait_for(f"{output} === 'first line\\nsecond line\\n'")
         self.assertTrue(await page.evaluate("window.notReloaded === true"))
+
+    async def test_bulk_actions_on_renders_and_tasks(self) -> None:
+        await self.player.render("r1", owner="anna")
+        await self.player.render("r2", owner="anna")
+        await self.player.render("r3", owner="bob")
+        await self.player.submit(job_doc("shot010", frames=6, block={"capacity": 5000}), "anna")
+        site = await self.serve()
+        browser = Chromium.start(self.chromium, self.base)
+        self.addCleanup(browser.close)
+        page = await browser.new_page()
+        await self.log_in(page, site, "/renders")
+        for name in ("r1", "r2"):
+            await page.click(f'#live tr[data-key="render:{name}"] input.pick')
+        await page.click(".bulk button[data-bulk*='\"pause\"']")
+        await wait_until(reactor, lambda: [r.paused for r in self.farm.renders.values()]
+                         == [True, True, False], 15, "r1 and r2 paused")
+        await page.wait_for("(document.querySelector('#bulk-results .ok') || {}).textContent"
+                            " === 'renders pause: done for r1, r2'")
+        # Not hers: the farm says no, the page says why, nothing changes.
+        await page.click('#live tr[data-key="render:r3"] input.pick')
+        await page.click(".bulk button[data-bulk*='\"resume\"']")
+        message = await page.wait_for("(document.querySelector('#bulk-results .error') || {}).textContent")
+        self.assertIn("may not resume render 'r3'", message)
+        self.assertTrue(self.farm.renders_by_name["r1"].paused)
+
+        await page.goto(site.url + "/jobs/1/tasks")
+        await page.evaluate("window.asked = []; window.confirm = t => { window.asked.push(t); return true; }")
+        for number in (1, 4):
+            await page.click(f'#live tr[data-key="task:1:0:{number}"] input.pick')
+        await page.click(".bulk button[data-bulk*='\"skip\"']")
+        await wait_until(reactor, lambda: [t.state.value for t in self.farm.jobs[1].blocks[0].tasks]
+                         == ["RDY", "SKP", "RDY", "RDY", "SKP", "RDY"], 15, "tasks 1 and 4 skipped")
+        self.assertEqual(await page.evaluate("window.asked"), ["Skip the 2 selected tasks?"])
+        await page.wait_for("document.querySelector('#live tr[data-key=\"task:1:0:4\"] .state').textContent"
+                            " === 'SKP'")
