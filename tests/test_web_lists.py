@@ -6,6 +6,7 @@ one action API, and bulk actions with the farm's permission checks."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from typing import Any
@@ -344,3 +345,17 @@ class JobAndTaskPageTests(WebTestCase):
         _, text = await self.get("/jobs")
         self.assertIn('href="/jobs?sort=name"', text)  # text A to Z first,
         self.assertIn('href="/jobs?sort=-priority"', text)  # figures largest first
+
+    async def test_get_conveniences_take_the_same_filters(self) -> None:
+        for n in range(6):
+            doc = job_doc(f"shot{n}", frames=3, project=f"p{n % 2}")
+            await self.player.submit(doc, ("anna", "bob")[n % 2])
+        _, text = await self.get("/api/jobs?project=p0&sort=-id&limit=2")
+        self.assertEqual([j["id"] for j in json.loads(text)["result"]], [5, 3])
+        _, text = await self.get("/api/jobs?user=bob&q=SHOT5")
+        self.assertEqual([j["id"] for j in json.loads(text)["result"]], [6])
+        _, text = await self.get("/api/jobs/1/tasks?sort=-task&limit=2")
+        result = json.loads(text)["result"]
+        self.assertEqual(([t["task"] for t in result["tasks"]], result["total"]), ([2, 1], 3))
+        response, _ = await self.get("/api/jobs?sort=colour")
+        self.assertEqual(response.code, 400)
