@@ -15,7 +15,8 @@ One process, the real site on 127.0.0.1 (twisted.web, the real reactor), the far
   (c) --streams clients follow ``/events`` (server-sent events) while renders finish tasks
       (a task state change stream of a few thousand events per second) for --seconds;
       a 5 ms timer measures the reactor's longest stall and its 99th percentile; the
-      events sent and every stream's bytes are counted.
+      events sent and every stream's bytes are counted;
+  and the longest garbage collection of each generation over the whole run.
 
 Old code (no paging: every job on one page) runs the same way:
 PYTHONPATH=/path/to/old/checkout python bench/web.py.
@@ -24,6 +25,7 @@ PYTHONPATH=/path/to/old/checkout python bench/web.py.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 from typing import Any
@@ -76,6 +78,26 @@ class Follow(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.bytes += len(data)
         self.events += data.count(b"\nid: ") + data.startswith(b"id: ")
+
+
+class Collections:
+    """The longest garbage collection of each generation (gc.callbacks): with a million
+    tasks in memory a full collection is a stall of its own, whatever the site does."""
+
+    def __init__(self) -> None:
+        self.longest = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.longest[generation] = max(self.longest[generation], time.perf_counter() - self._started)
+
+    def report(self) -> str:
+        return ", ".join(f"gen {g} {t * 1000:.0f} ms" for g, t in enumerate(self.longest))
 
 
 class Stalls:
@@ -160,6 +182,7 @@ async def main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     farm = build(args.jobs, args.tasks)
     print(f"farm: {args.jobs:,} jobs x {args.tasks} tasks built in {time.perf_counter() - started:.1f} s")
+    collections = Collections()
     site = make_site(reactor, farm)
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
     number = port.getHost().port
@@ -195,6 +218,7 @@ async def main(args: argparse.Namespace) -> None:
           f"({ended[0] / elapsed:,.0f}/s), each stream got >= {events:,} events "
           f"({sum(f.bytes for f in followers) / elapsed / 1024 / 1024:.1f} MiB/s in all); reactor stall: "
           f"longest {late[-1] * 1000:.0f} ms, 99th percentile {late[int(len(late) * 0.99)] * 1000:.1f} ms")
+    print(f"longest garbage collections (the whole run): {collections.report()}")
     await defer.maybeDeferred(port.stopListening)
     await site.close()
 
