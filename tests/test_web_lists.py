@@ -104,6 +104,19 @@ class JobListingTests(SynchronousTestCase):
         self.assertEqual(row.progress, 15)  # 60 % of one task in four
         self.assertEqual(row.record.progress, 0)  # the wire's record still counts finished tasks only
 
+    def test_jobs_that_came_without_an_event_are_listed(self) -> None:
+        submit(self.farm, "before", "u1")
+        self.assertEqual(self.farm.query_jobs(JobQuery())[1], 1)
+        # A restore builds jobs and publishes nothing.
+        spec, _ = parse_job({"job": {"name": "restored", "blocks": [
+            {"name": "b", "command": "true @#@", "frame_first": 1, "frame_last": 2}]}})
+        job = self.farm._build_job(7, spec, "u2", 50, 0.0, 7, False)
+        self.assertIn(7, self.farm.jobs)
+        rows, total = self.farm.query_jobs(JobQuery(sort="name", descending=False))
+        self.assertEqual(([r.record.name for r in rows], total), (["before", "restored"], 2))
+        del self.farm.jobs[job.id]
+        self.assertEqual(self.farm.query_jobs(JobQuery())[1], 1)
+
     def test_unknown_sort_and_filter_are_refused(self) -> None:
         with self.assertRaises(errors.InvalidAction):
             JobQuery(sort="colour")

@@ -187,6 +187,9 @@ class JobListing:
         if self._waiting and self._others_moved():
             dirty |= self._waiting
         jobs = self.farm.jobs
+        if len(self.rows) + len(dirty - self.rows.keys()) != len(jobs):
+            # Jobs that came or went without an event (a restore publishes none).
+            dirty |= jobs.keys() ^ self.rows.keys()
         for job_id in dirty:
             job = jobs.get(job_id)
             if job is None:
