@@ -184,7 +184,8 @@ JS = r"""
 
   var due = 0;
   function schedule(wait) {  // the live part again, at the earliest time asked for
-    var delay = Math.max(0, (wait || REFRESH_MS) - (Date.now() - lastRefresh));
+    var current = live(), least = current && current.dataset.refresh ? Number(current.dataset.refresh) : 0;
+    var delay = Math.max(0, Math.max(wait || REFRESH_MS, least) - (Date.now() - lastRefresh));
     if (timer && Date.now() + delay >= due) return;
     if (timer) clearTimeout(timer);
     due = Date.now() + delay;

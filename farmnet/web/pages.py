@@ -188,7 +188,8 @@ class LivePages:
             more = tags.p(tags.a(f"all {count:,} unfinished jobs", href="/jobs?sort=-priority"))
         body = tags.div(tags.h1("Farm"), cards, tags.h2("Unfinished jobs"), jobs, more,
                         tags.h2("Busy renders"), renders)
-        return live_page(self.ctx, call, "Farm", body, watch="all", current="/")
+        # Every event is about the farm: its page is drawn again at most every 3 s.
+        return live_page(self.ctx, call, "Farm", body, watch="all", current="/", refresh_ms=3000)
 
     async def job(self, call: Call) -> Reply:
         job_id = int(call.groups["job"])
