@@ -27,6 +27,7 @@ from farmnet import errors
 from farmnet.messages import JobRecord
 from farmnet.model import events as ev
 from farmnet.model.data import Job, TaskState
+from farmnet.model.spec import JobSpec
 
 if TYPE_CHECKING:
     from farmnet.model.farm import Farm
@@ -39,6 +40,8 @@ class JobRow:
     """What a listing shows of a job, as of its last change."""
 
     record: JobRecord
+    #: The job's description as of this row (a facet may read any of its keys).
+    spec: JobSpec
     project: str
     department: str
     #: The job's name in lower case (the text search).
@@ -75,7 +78,8 @@ JOB_SORTS: Mapping[str, Callable[[JobRow], Any]] = {
 }
 
 #: Filters by one of a row's values (the value shown, compared exactly; one or a list).
-#: A new grouping of jobs (a pool, a branch) is one more entry here.
+#: A new grouping of jobs (a pool, a branch) is one more entry here, e.g.
+#: ``"pool": lambda r: r.spec.pool`` (and a select on the jobs page, listpages.py).
 FACETS: Mapping[str, Callable[[JobRow], Any]] = {
     "id": lambda r: r.record.id,
     "user": lambda r: r.record.user_name,
@@ -242,7 +246,7 @@ class JobListing:
         running = sum(self.running.get(job.id, {}).values())
         live = min(100, (finished * 100 + running) // total) if total else 100
         spec = job.spec
-        return JobRow(record, spec.project, spec.department, spec.name.lower(), live)
+        return JobRow(record, spec, spec.project, spec.department, spec.name.lower(), live)
 
     def _order(self, column: str) -> list[Any]:
         order = self._orders.get(column)
