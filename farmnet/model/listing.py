@@ -48,8 +48,6 @@ class JobRow:
     folded: str
     #: Percent done, counting running tasks' own progress (finished tasks count whole).
     progress: int
-    #: Seconds left by the job's finished runs' average, None when nothing finished yet.
-    eta: float | None = None
 
     @property
     def id(self) -> int:

@@ -144,10 +144,6 @@ def job_actions_compact(job: Any) -> Tag:
         class_="actions")
 
 
-def eta_text(seconds: float | None) -> str:
-    return "–" if seconds is None else duration(seconds)
-
-
 class ListPages:
     def __init__(self, ctx: WebContext) -> None:
         self.ctx = ctx

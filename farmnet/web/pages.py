@@ -18,7 +18,7 @@ from typing import Any
 from twisted.web.template import Tag, tags
 
 from farmnet import errors
-from farmnet.messages import BlockRecord, JobDetail, JobRecord
+from farmnet.messages import BlockRecord, JobDetail
 from farmnet.model.data import Job, TaskState
 from farmnet.model.listing import JobQuery
 from farmnet.model.spec import BlockSpec
@@ -120,27 +120,22 @@ class LivePages:
 
     # --- shared pieces -------------------------------------------------------------------
 
-    def job_actions(self, job: JobRecord | JobDetail, compact: bool = False) -> Tag:
+    def job_actions(self, job: JobDetail) -> Tag:
         ids = {"id": [job.id]}
-        buttons = [
+        return tags.span(
             action_button("resume", "jobs", "resume", ids) if job.paused
             else action_button("pause", "jobs", "pause", ids),
-            action_button("restart errors", "jobs", "restart_errors", ids)
-            if job.counts.get("ERR") else "",
+            action_button("restart errors", "jobs", "restart_errors", ids) if job.counts.get("ERR") else "",
+            action_button("stop", "jobs", "stop", ids),
+            action_button("restart", "jobs", "restart", ids, confirm="Restart every task of the job?"),
+            action_button("skip", "jobs", "skip", ids, confirm="Skip every unfinished task?"),
+            action_button("reset error hosts", "jobs", "reset_error_hosts", ids)
+            if any(b.avoided_hosts for b in job.blocks) else "",
+            action_button("priority…", "jobs", "set_priority", ids, prompt="New priority (0-250)",
+                          default=job.priority),
             action_button("delete", "jobs", "delete", ids, confirm=f"Delete job {job.id} {job.name}?",
                           danger=True),
-        ]
-        if not compact:
-            buttons[2:2] = [
-                action_button("stop", "jobs", "stop", ids),
-                action_button("restart", "jobs", "restart", ids, confirm="Restart every task of the job?"),
-                action_button("skip", "jobs", "skip", ids, confirm="Skip every unfinished task?"),
-                action_button("reset error hosts", "jobs", "reset_error_hosts", ids)
-                if any(b.avoided_hosts for b in job.blocks) else "",
-                action_button("priority…", "jobs", "set_priority", ids, prompt="New priority (0-250)",
-                              default=job.priority),
-            ]
-        return tags.span(buttons, class_="actions")
+            class_="actions")
 
     # --- pages ---------------------------------------------------------------------------
 
