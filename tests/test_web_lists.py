@@ -372,3 +372,28 @@ class JobAndTaskPageTests(WebTestCase):
         self.assertEqual(([t["task"] for t in result["tasks"]], result["total"]), ([2, 1], 3))
         response, _ = await self.get("/api/jobs?sort=colour")
         self.assertEqual(response.code, 400)
+
+
+class SharedEventBytesTests(SynchronousTestCase):
+    """Each event is made into its SSE message once, however many streams send it."""
+
+    def test_encoded_once_and_kept_bounded(self) -> None:
+        from farmnet.server.monitors import EventLog, events_json
+        from farmnet.web.live import Streams, _sse
+
+        farm = Farm(Clock())
+        log = EventLog(farm)
+        for n in range(10):
+            submit(farm, f"shot{n}", "u1")
+        events, _ = log.since(0)
+        streams = Streams()
+        first = streams.encoded(events)
+        self.assertEqual(first, [_sse(data, data["seq"]) for data in events_json(events)])
+        again = streams.encoded(events[3:])
+        self.assertTrue(all(a is b for a, b in zip(again, first[3:], strict=True)))
+        for n in range(3 * Streams.KEEP):
+            farm.job_action("u1", [1], "pause" if n % 2 == 0 else "resume")
+        latest, _ = log.since(log.last - 10)
+        streams.encoded(log.since(events[-1].seq, 10 * Streams.KEEP)[0])
+        self.assertLessEqual(len(streams._encoded), 2 * Streams.KEEP)
+        self.assertEqual(streams.encoded(latest), [_sse(d, d["seq"]) for d in events_json(latest)])

@@ -73,14 +73,16 @@ class Streams:
         """``events`` as SSE messages, each converted at most once while it is recent."""
         cache = self._encoded
         missing = [e for e in events if e.seq not in cache]
-        if missing:
-            for data in events_json(missing):
-                cache[data["seq"]] = _sse(data, data["seq"])
-            if len(cache) > 2 * self.KEEP:
-                newest = max(cache)
-                for seq in [s for s in cache if s <= newest - self.KEEP]:
-                    del cache[seq]
-        return [cache[e.seq] for e in events]
+        if not missing:
+            return [cache[e.seq] for e in events]
+        for data in events_json(missing):
+            cache[data["seq"]] = _sse(data, data["seq"])
+        found = [cache[e.seq] for e in events]  # before old ones go: a slow stream may ask for them
+        if len(cache) > 2 * self.KEEP:
+            newest = max(cache)
+            for seq in [s for s in cache if s <= newest - self.KEEP]:
+                del cache[seq]
+        return found
 
     def close_all(self) -> None:
         for stream in list(self.open):
