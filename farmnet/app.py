@@ -120,7 +120,7 @@ class ServerService(service.MultiService):
                                       users_file=config.auth.users_file, durable=self.store.sync,
                                       amp=self.server, events=self.events, login_link=self.login_link,
                                       output_readers=self.server.output_readers,
-                                      throttle=self.server.throttle)
+                                      throttle=self.server.throttle, sample_resources=True)
             self.web = Listener(reactor, config.web.listen, self.web_site, store / "web.address", name="web",
                                 budget=ConnectionBudget(
                                     close_wait=close_wait, max_connections=config.web.max_connections,

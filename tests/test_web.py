@@ -36,6 +36,7 @@ from farmnet.model.farm import Farm
 from farmnet.server.monitors import EventLog
 from farmnet.server.outputs import OutputStore
 from farmnet.stats import pgtest
+from farmnet.stats.queries import Filter
 from farmnet.stats.service import StatsService
 from farmnet.testing import wait_until
 from farmnet.web import charts
@@ -712,6 +713,22 @@ class StatsPagesTests(WebTestCase):
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"image/svg+xml; charset=utf-8"])
         runs = sum(float(v) for k, v in re.findall(r'data-key="([^"]*)" data-value="([^"]*)"', body))
         self.assertEqual(runs, 24)
+
+    async def test_task_and_render_pages_show_recorded_runs(self) -> None:
+        # Task 2 of each job failed (errors_retries=0): its one run, recorded with its host.
+        [row] = await self.stats.queries.task_runs(1, 0, 2)  # type: ignore[union-attr]
+        _, body = await self.get("/jobs/1/0/2")
+        runs = body.split('class="runs"')[1].split("</table>")[0]
+        self.assertIn(f'<a href="/renders/{row["host"]}">{row["host"]}</a>', runs)
+        self.assertIn(">2m 00s<", runs)  # 120 s runs
+        self.assertIn("exit 1", runs)
+        self.assertIn("ERR", runs)
+        _, body = await self.get(f"/renders/{row['host']}")
+        recent = body.split("Recent runs")[1].split("<h2>")[0]
+        queries: Any = self.stats.queries
+        host_rows = await queries.tasks(Filter(host=row["host"]), limit=50)
+        self.assertEqual(recent.count("<tr>") - 1, len(host_rows))  # a head, then each run
+        self.assertIn('href="/jobs/1/0/2"', recent)
 
     async def test_tables_and_filters(self) -> None:
         _, body = await self.get("/stats/tasks?group=service&since=1d")

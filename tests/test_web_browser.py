@@ -3,6 +3,9 @@
 - The statistics graph page is screenshotted (``chromium --headless --screenshot``) and the
   PNG is decoded here (zlib and struct: no imaging library) to check it is a real picture
   with the charts' colours in it; ``--dump-dom`` shows the SVG bars the browser built.
+- The console (lists that scale): a search, a sort and a page through the URL, three jobs
+  checked and paused in one go (rows patched, no reload), a task's grid cell following
+  the farm from the event stream.
 - A login and an action are done by clicking, through the DevTools protocol over a pipe
   (``--remote-debugging-pipe``: no port, no websocket): the page's pause button sends the
   user to the login form, the form logs in, the button pauses the job, and the page
@@ -26,16 +29,19 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, TestCase
 
 from farmnet.config import SchedulingConfig, StatsConfig
+from farmnet.model.data import TaskState
 from farmnet.model.farm import Farm
 from farmnet.server.outputs import OutputStore
 from farmnet.stats import pgtest
 from farmnet.stats.service import StatsService
 from farmnet.testing import wait_until
 from farmnet.web.charts import PALETTE
+from farmnet.web.site import make_site
 from farmnet.web.testing import FarmPlayer, SiteUnderTest, job_doc, serve, write_users_file
 
 PASSWORD = "correct horse battery"
@@ -478,3 +484,213 @@ class LoginAndActionTests(BrowserTestCase):
         self.assertIn("may not change job 2", message)
         await task.deferLater(reactor, 0.2, lambda: None)
         self.assertFalse(self.farm.jobs[2].paused)
+
+
+class ConsoleTests(BrowserTestCase):
+    """The wrangler's console (issue 15): search, sort and page a list whose state is in
+    the URL; check three jobs and pause them in one go; a task's cell follows the farm."""
+
+    async def log_in(self, page: Page, site: SiteUnderTest, next_path: str) -> None:
+        await page.goto(site.url + "/login?next=" + next_path.replace("/", "%2F"))
+        await page.type("input[name=user]", "anna")
+        await page.type("input[name=password]", PASSWORD)
+        await page.click("#login-submit")
+        await page.wait_for(f"location.pathname === {json.dumps(next_path)}"
+                            " && document.readyState === 'complete'")
+
+    async def names(self, page: Page) -> list[str]:
+        return await page.evaluate(
+            "Array.from(document.querySelectorAll('#live tr[data-key] .job-name')).map(e => e.textContent)")
+
+    async def test_search_sort_page_select_three_and_pause_them_then_follow_a_task(self) -> None:
+        for n in range(60):
+            await self.player.submit(job_doc(f"shot{n:03d}", frames=4), "anna")
+        for n in range(10):
+            await self.player.submit(job_doc(f"comp{n:03d}", frames=4), "bob")
+        site = await self.serve()
+        browser = Chromium.start(self.chromium, self.base)
+        self.addCleanup(browser.close)
+        page = await browser.new_page()
+        await self.log_in(page, site, "/jobs")
+
+        # Search: the box's text goes into the URL; only matching jobs come back.
+        await page.type("form.filters input[name=q]", "shot01")
+        await page.click("form.filters button[type=submit]")
+        await page.wait_for("new URL(location.href).searchParams.get('q') === 'shot01'"
+                            " && document.readyState === 'complete'")
+        self.assertEqual(sorted(await self.names(page)), [f"shot{n:03d}" for n in range(10, 20)])
+
+        # Sort: the name column's head, ascending, the search kept.
+        await page.click("th[data-sort=name] a")
+        await page.wait_for("new URL(location.href).searchParams.get('sort') === 'name'"
+                            " && document.readyState === 'complete'")
+        self.assertEqual(await self.names(page), [f"shot{n:03d}" for n in range(10, 20)])
+        self.assertEqual(await page.evaluate("new URL(location.href).searchParams.get('q')"), "shot01")
+
+        # Page: 25 a page, the next one.
+        await page.goto(site.url + "/jobs?user=anna&per=25")
+        await page.click("a[rel=next]")
+        await page.wait_for("new URL(location.href).searchParams.get('page') === '2'"
+                            " && document.readyState === 'complete'")
+        self.assertEqual(await self.names(page), [f"shot{n:03d}" for n in range(34, 9, -1)])
+        self.assertIn("26–50 of 60", await page.evaluate("document.querySelector('.pager').textContent"))
+
+        # Three checked, paused in one go; the rows follow without a reload.
+        await page.goto(site.url + "/jobs?user=anna")
+        await page.wait_for("document.getElementById('live-status').textContent === 'live'")
+        await page.evaluate("window.notReloaded = true")
+        for n in range(3):
+            await page.click(f"#live tbody tr:nth-child({n + 1}) input.pick")
+        await page.wait_for("document.querySelector('.bulk .picked').textContent === '3 selected'")
+        await page.click(".bulk button[data-bulk*='\"pause\"']")
+        await wait_until(reactor, lambda: [j.id for j in self.farm.jobs.values() if j.paused] ==
+                         [58, 59, 60], 15, "three jobs paused")
+        message = await page.wait_for("(document.querySelector('#bulk-results .ok') || {}).textContent")
+        self.assertEqual(message, "jobs pause: done for 60, 59, 58")
+        await page.wait_for("Array.from(document.querySelectorAll('#live tbody tr')).slice(0, 3)"
+                            ".every(r => r.querySelector('.state').textContent === 'OFF')")
+        self.assertEqual(await page.evaluate("document.querySelector('#live tbody tr:nth-child(4) .state')"
+                                             ".textContent"), "RDY")
+        self.assertTrue(await page.evaluate("window.notReloaded === true"))
+        # Only the changed rows were asked for, not the page.
+        fetched = await page.evaluate("performance.getEntriesByType('resource').map(e => e.name)"
+                                      ".filter(n => n.includes('/jobs?'))")
+        self.assertTrue(fetched, "rows fetched")
+        self.assertTrue(all("rows=" in url and "partial" not in url for url in fetched), fetched)
+        self.assertEqual(sorted({n for url in fetched for n in url.split("rows=")[1].split("&")[0]
+                                 .replace("%2C", ",").split(",")}), ["58", "59", "60"])
+        # Still checked after the rows were drawn again.
+        checked = "document.querySelectorAll('#live input.pick:checked').length"
+        self.assertEqual(await page.evaluate(checked), 3)
+
+        # A task's cell on its job's page turns RUN, then DON, as a render takes it: no reload.
+        await page.goto(site.url + "/jobs/1")
+        await page.wait_for("document.getElementById('live-status').textContent === 'live'")
+        await page.evaluate("window.notReloaded = true")
+        cell = "document.querySelector('#grids [data-key=\"task:1:0:0\"]')"
+        self.assertEqual(await page.evaluate(f"{cell}.className"), "t s-RDY")
+        self.assertEqual(await page.evaluate(f"{cell}.textContent"), "1")  # labelled with its frame
+        render = await self.player.render("r1")
+        await page.wait_for(f"{cell}.className === 't s-RUN'")
+        await self.player.play(render, count=1)
+        await page.wait_for(f"{cell}.className === 't s-DON'")
+        await page.wait_for("document.querySelector('#live .info .state').textContent === 'RUN'")
+        self.assertTrue(await page.evaluate("window.notReloaded === true"))
+
+    async def test_a_restarted_server_is_caught_up_without_a_reload(self) -> None:
+        for n in range(5):
+            await self.player.submit(job_doc(f"shot{n:03d}", frames=4), "anna")
+        site = make_site(reactor, self.farm, None, self.outputs, users_file=str(self.users_file))
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+        number = port.getHost().port
+        first = SiteUnderTest(site, port)
+        browser = Chromium.start(self.chromium, self.base)
+        self.addCleanup(browser.close)
+        page = await browser.new_page()
+        await page.goto(first.url + "/jobs")
+        await page.wait_for("document.getElementById('live-status').textContent === 'live'")
+        await page.evaluate("window.notReloaded = true")
+        await first.stop()  # the server goes; its events stream ends
+        await page.wait_for("document.getElementById('live-status').textContent.startsWith('reconnecting')")
+        self.farm.job_action("boss", [2], "pause")  # missed while away
+        # A new server (its event log starts again from nothing) on the same port.
+        again = make_site(reactor, self.farm, None, self.outputs, users_file=str(self.users_file))
+        port = await TCP4ServerEndpoint(reactor, number, interface="127.0.0.1").listen(again)
+        self.addCleanup(SiteUnderTest(again, port).stop)
+        await page.wait_for("document.getElementById('live-status').textContent === 'live'", timeout=20)
+        await page.wait_for("document.querySelector('#live tr[data-key=\"job:2\"] .state').textContent"
+                            " === 'OFF'")
+        self.assertTrue(await page.evaluate("window.notReloaded === true"))
+
+    async def test_layout_from_a_phone_to_a_wide_screen(self) -> None:
+        render = await self.player.render("r1", owner="anna")
+        for n in range(50):
+            await self.player.submit(job_doc(f"a_rather_long_shot_name_{n:03d}", frames=4,
+                                             project="feature", department="lighting"), "anna")
+        await self.player.play(render, count=1, fail=[0])
+        site = await self.serve()
+        browser = Chromium.start(self.chromium, self.base)
+        self.addCleanup(browser.close)
+        page = await browser.new_page()
+        await self.log_in(page, site, "/jobs")
+        fits = "document.documentElement.scrollWidth <= window.innerWidth"
+        for width, mobile in ((1024, False), (1400, False), (1920, False), (390, True)):
+            await page.send("Emulation.setDeviceMetricsOverride",
+                            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": mobile})
+            for path in ("/jobs", "/renders", "/renders/r1", "/jobs/1"):
+                await page.goto(site.url + path)
+                self.assertTrue(await page.evaluate(fits), f"{path} wider than {width} px")
+                # Every button can be seen (wrapped, not cut off).
+                cut = await page.evaluate(
+                    "Array.from(document.querySelectorAll('main button')).filter(b => b.offsetParent"
+                    " && b.getBoundingClientRect().right > window.innerWidth"
+                    " && !b.closest('.table-wrap')).length")
+                self.assertEqual(cut, 0, f"{path} at {width} px: buttons cut off")
+            if not mobile:
+                await page.goto(site.url + "/jobs")
+                tallest = await page.evaluate(
+                    "Math.max(...Array.from(document.querySelectorAll('#live tbody tr'))"
+                    ".map(r => r.offsetHeight))")
+                self.assertLess(tallest, 40, f"job rows wrap at {width} px")
+
+    async def test_edit_a_block_and_follow_a_running_tasks_output(self) -> None:
+        await self.player.render("r1")
+        await self.player.submit(job_doc("shot010", frames=3), "anna")
+        await self.player.tick()
+        [task] = [t for t in self.farm.jobs[1].blocks[0].tasks if t.state is TaskState.RUN]
+        self.outputs.append(task.key, task.starts_count, b"first line\n")
+        site = await self.serve()
+        browser = Chromium.start(self.chromium, self.base)
+        self.addCleanup(browser.close)
+        page = await browser.new_page()
+        await self.log_in(page, site, "/jobs/1")
+        await page.click("details summary")
+        await page.evaluate("document.querySelector('form.block-edit input[name=capacity]').value = ''")
+        await page.type("form.block-edit input[name=capacity]", "250")
+        await page.click("form.block-edit button[type=submit]")
+        await wait_until(reactor, lambda: self.farm.jobs[1].blocks[0].spec.capacity == 250, 15,
+                         "capacity set")
+        await page.wait_for("(document.querySelector('#flash .ok') || {}).textContent === 'block 0 updated'")
+
+        await page.goto(site.url + f"/jobs/1/0/{task.number}")
+        await page.evaluate("window.notReloaded = true")
+        output = "document.querySelector('pre.output').textContent"
+        self.assertEqual(await page.evaluate(output), "first line\n")
+        self.outputs.append(task.key, task.starts_count, b"second line\n")
+        await page.wait_for(f"{output} === 'first line\\nsecond line\\n'")
+        self.assertTrue(await page.evaluate("window.notReloaded === true"))
+
+    async def test_bulk_actions_on_renders_and_tasks(self) -> None:
+        await self.player.render("r1", owner="anna")
+        await self.player.render("r2", owner="anna")
+        await self.player.render("r3", owner="bob")
+        await self.player.submit(job_doc("shot010", frames=6, block={"capacity": 5000}), "anna")
+        site = await self.serve()
+        browser = Chromium.start(self.chromium, self.base)
+        self.addCleanup(browser.close)
+        page = await browser.new_page()
+        await self.log_in(page, site, "/renders")
+        for name in ("r1", "r2"):
+            await page.click(f'#live tr[data-key="render:{name}"] input.pick')
+        await page.click(".bulk button[data-bulk*='\"pause\"']")
+        await wait_until(reactor, lambda: [r.paused for r in self.farm.renders.values()]
+                         == [True, True, False], 15, "r1 and r2 paused")
+        await page.wait_for("(document.querySelector('#bulk-results .ok') || {}).textContent"
+                            " === 'renders pause: done for r1, r2'")
+        # Not hers: the farm says no, the page says why, nothing changes.
+        await page.click('#live tr[data-key="render:r3"] input.pick')
+        await page.click(".bulk button[data-bulk*='\"resume\"']")
+        message = await page.wait_for("(document.querySelector('#bulk-results .error') || {}).textContent")
+        self.assertIn("may not resume render 'r3'", message)
+        self.assertTrue(self.farm.renders_by_name["r1"].paused)
+
+        await page.goto(site.url + "/jobs/1/tasks")
+        await page.evaluate("window.asked = []; window.confirm = t => { window.asked.push(t); return true; }")
+        for number in (1, 4):
+            await page.click(f'#live tr[data-key="task:1:0:{number}"] input.pick')
+        await page.click(".bulk button[data-bulk*='\"skip\"']")
+        await wait_until(reactor, lambda: [t.state.value for t in self.farm.jobs[1].blocks[0].tasks]
+                         == ["RDY", "SKP", "RDY", "RDY", "SKP", "RDY"], 15, "tasks 1 and 4 skipped")
+        self.assertEqual(await page.evaluate("window.asked"), ["Skip the 2 selected tasks?"])
+        await page.wait_for("document.querySelector('#live tr[data-key=\"task:1:0:4\"] .state').textContent"
+                            " === 'SKP'")

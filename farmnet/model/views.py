@@ -17,6 +17,7 @@ from farmnet.messages import (
     UserRecord,
 )
 from farmnet.model.data import Block, Job, Render, Task, TaskState, User
+from farmnet.model.listing import JobListing, JobQuery, JobRow
 from farmnet.model.scheduler import Why
 from farmnet.model.state import FarmState
 
@@ -40,6 +41,17 @@ class Views(FarmState):
         if user is None:
             return [record(j) for j in self.jobs.values()]
         return [record(j) for j in self.jobs.values() if j.user_name == user]
+
+    def job_listing(self) -> JobListing:
+        """The jobs' sorted, filtered pages (made at the first call, then kept up to date)."""
+        listing: JobListing | None = getattr(self, "_job_listing", None)
+        if listing is None:
+            listing = self._job_listing = JobListing(self)  # type: ignore[arg-type]
+        return listing
+
+    def query_jobs(self, query: JobQuery) -> tuple[list[JobRow], int]:
+        """A page of jobs, sorted and filtered, and how many match (`JobListing.query`)."""
+        return self.job_listing().query(query)
 
     def show_job(self, job_id: int) -> JobDetail:
         job = self.job(job_id)

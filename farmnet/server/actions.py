@@ -7,10 +7,13 @@ Actions: list, show, update, delete, and each item's own actions (jobs ``append_
 with a list of blocks as af.py writes them; blocks ``append_tasks`` with a list of tasks).
 
 Filters name what to act on: jobs ``{"id": 3}`` or ``{"id": [3, 4]}`` (list: any of
-``id``, ``user``, ``state``, ``name``, each a value or a list; renders: ``id``, ``name``,
-``state``; users: ``name``; an unknown filter is refused); blocks ``{"job_id": 3,
-"block": 0}``; tasks ``{"job_id": 3, "block": 0, "task": [1, 2]}`` (list: ``offset``/
-``limit``); renders and users ``{"name": "r1"}`` or a list of names.
+``id``, ``user``, ``state``, ``name``, ``project``, ``department``, each a value or a
+list, ``q`` a part of the name, ``sort`` a column (``-created``: descending), ``offset``,
+``limit``; renders: ``id``, ``name``, ``state``; users: ``name``; an unknown filter is
+refused); blocks ``{"job_id": 3, "block": 0}``; tasks ``{"job_id": 3, "block": 0,
+"task": [1, 2]}`` (list: ``state``, ``host``, ``q``, ``sort``, ``offset``/``limit``);
+renders and users ``{"name": "r1"}`` or a list of names. ``jobs create`` submits
+``values``: a job description (a mapping, or its JSON or YAML text), as ``farmnet submit``.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import yaml
+
 from farmnet import errors
 from farmnet.convert import ConversionError, structure, unstructure
+from farmnet.messages import TaskRecord
 from farmnet.model.farm import Farm
+from farmnet.model.listing import FACETS, JobQuery
 from farmnet.model.policy import JOB_ACTIONS, RENDER_ACTIONS, TASK_ACTIONS
 from farmnet.model.spec import parse_job
 from farmnet.model.views import render_record, task_record, user_record
@@ -53,7 +60,6 @@ def _list_of(filters: Mapping[str, Any], key: str, kind: type) -> list[Any]:
 #: What a list can be narrowed by: filter key → the listed record's field. A filter's value is
 #: one value or a list of them; records matching any of them are kept.
 _LIST_FILTERS: Mapping[str, Mapping[str, str]] = {
-    "jobs": {"id": "id", "user": "user_name", "state": "state", "name": "name"},
     "renders": {"id": "id", "name": "name", "state": "state"},
     "users": {"name": "name"},
 }
@@ -82,10 +88,47 @@ def _one(filters: Mapping[str, Any], key: str, kind: type) -> Any:
     return _structured(filters.get(key), kind, f"filters.{key}")
 
 
-def _jobs(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
+#: What ``jobs list`` takes besides the FACETS: a part of the name, the order, a page.
+JOB_LIST_KEYS = (*FACETS, "q", "sort", "offset", "limit")
+
+
+def job_query(f: Mapping[str, Any], *, limit: int | None = None) -> JobQuery:
+    """The JobQuery of ``jobs list`` filters: FACETS (a value or a list), ``q``, ``sort``
+    (a column, ``-column`` for descending; default ``id``), ``offset``, ``limit``."""
+    _check_keys(f, JOB_LIST_KEYS, "jobs list")
+    facets = {name: frozenset(_list_of(f, name, int if name == "id" else str))
+              for name in FACETS if name in f}
+    sort = _structured(f.get("sort", "id"), str, "filters.sort")
+    offset = _structured(f.get("offset", 0), int, "filters.offset")
+    count = _structured(f.get("limit", limit if limit is not None else MAX_PAGE), int, "filters.limit")
+    return JobQuery(facets, _structured(f.get("q", ""), str, "filters.q"), sort.lstrip("-"),
+                    sort.startswith("-"), max(0, offset), max(0, min(count, MAX_PAGE)))
+
+
+def _create(farm: Farm, user: str, values: Any, names_verified: bool) -> dict[str, Any]:
+    """Submit a job: ``values`` is its description (as ``farmnet submit`` reads a file:
+    a mapping, or JSON or YAML text); the same validation and warnings."""
+    if isinstance(values, str):
+        try:
+            values = yaml.safe_load(values)  # JSON is YAML too
+        except yaml.YAMLError as e:
+            raise errors.JobSpecError(f"job: not JSON or YAML: {e}") from None
+    spec, warnings = parse_job(values, farm.settings.max_tasks_per_job)
+    job = farm.submit(spec, user, names_verified=names_verified)
+    return {"job_id": job.id, "warnings": warnings}
+
+
+def _jobs(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any,
+          names_verified: bool = True) -> Any:
     if action == "list":
-        user_filter = f.get("user")
-        return _listed("jobs", farm.list_jobs(user_filter if isinstance(user_filter, str) else None), f)
+        if not f:  # every job, as they are kept: no listing to make
+            return farm.list_jobs()
+        query = job_query(f, limit=len(farm.jobs))
+        return [row.record for row in farm.query_jobs(query)[0]]
+    if action == "create":
+        if not user:
+            raise errors.NotAuthenticated("jobs create: who submits? log in first")
+        return _create(farm, user, values, names_verified)
     if action == "show":
         return farm.show_job(_one(f, "id", int))
     if action == "explain":
@@ -127,15 +170,53 @@ def _blocks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: An
     raise errors.InvalidAction(f"blocks: unknown action {action!r}")
 
 
+TASK_LIST_KEYS = ("job_id", "block", "state", "host", "q", "sort", "offset", "limit")
+#: Task columns ``tasks list`` sorts by.
+TASK_SORTS: Mapping[str, Callable[[TaskRecord], Any]] = {
+    "task": lambda t: (t.block, t.task),
+    "name": lambda t: (t.name, t.block, t.task),
+    "state": lambda t: (t.state, t.block, t.task),
+    "progress": lambda t: (t.progress, t.block, t.task),
+    "host": lambda t: (t.host, t.block, t.task),
+    "errors": lambda t: (t.errors_count, t.block, t.task),
+    "runs": lambda t: (t.starts_count, t.block, t.task),
+    "started": lambda t: (t.time_started, t.block, t.task),
+    "done": lambda t: (t.time_done, t.block, t.task),
+}
+
+
+def list_tasks_sorted(farm: Farm, job_id: int, block: int | None,
+                      f: Mapping[str, Any]) -> list[TaskRecord]:
+    """A job's tasks (or a block's) filtered by ``state``/``host`` (a value or a list) and
+    ``q`` (a part of the name), in ``sort`` order (``-`` first: descending). One job's
+    tasks only: bounded by max_tasks_per_job, never the farm's."""
+    sort = _structured(f.get("sort", "task"), str, "filters.sort")
+    key = TASK_SORTS.get(sort.lstrip("-"))
+    if key is None:
+        raise errors.InvalidAction(f"filters.sort: one of {', '.join(TASK_SORTS)}; got {sort!r}")
+    states = set(_list_of(f, "state", str)) if "state" in f else None
+    hosts = set(_list_of(f, "host", str)) if "host" in f else None
+    text = _structured(f.get("q", ""), str, "filters.q").lower()
+    tasks, _ = farm.list_tasks(job_id, block, 0, farm.settings.max_tasks_per_job)
+    tasks = [t for t in tasks if (states is None or t.state in states) and (hosts is None or t.host in hosts)
+             and (not text or text in t.name.lower())]
+    tasks.sort(key=key, reverse=sort.startswith("-"))
+    return tasks
+
+
 def _tasks(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
     job_id = _one(f, "job_id", int)
     if action == "list":
-        _check_keys(f, ("job_id", "block", "offset", "limit"), "tasks list")
+        _check_keys(f, TASK_LIST_KEYS, "tasks list")
         block = _structured(f.get("block"), int | None, "filters.block")
-        offset = _structured(f.get("offset", 0), int, "filters.offset")
-        limit = _structured(f.get("limit", MAX_PAGE), int, "filters.limit")
-        tasks, total = farm.list_tasks(job_id, block, max(0, offset), max(0, min(limit, MAX_PAGE)))
-        return {"tasks": tasks, "total": total}
+        offset = max(0, _structured(f.get("offset", 0), int, "filters.offset"))
+        limit = max(0, min(_structured(f.get("limit", MAX_PAGE), int, "filters.limit"), MAX_PAGE))
+        narrowed = {k: f[k] for k in ("state", "host", "q", "sort") if k in f}
+        if not narrowed:
+            tasks, total = farm.list_tasks(job_id, block, offset, limit)
+            return {"tasks": tasks, "total": total}
+        tasks = list_tasks_sorted(farm, job_id, block, narrowed)
+        return {"tasks": tasks[offset:offset + limit], "total": len(tasks)}
     block = _one(f, "block", int)
     if action == "show":
         return task_record(farm.task((job_id, block, _one(f, "task", int))))
@@ -175,10 +256,12 @@ _HANDLERS: Mapping[str, Callable[[Farm, str, str, Mapping[str, Any], Any], Any]]
     "jobs": _jobs, "blocks": _blocks, "tasks": _tasks, "renders": _renders, "users": _users}
 
 
-def act(farm: Farm, user: str, item: str, action: str, filters: Any = None, values: Any = None) -> Any:
+def act(farm: Farm, user: str, item: str, action: str, filters: Any = None, values: Any = None, *,
+        names_verified: bool = True) -> Any:
     """Do one action as ``user``; returns JSON-able data (records through the one converter:
     this is the edge of both the AMP ``Act`` and the web's JSON API). Raises declared farm
-    errors."""
+    errors. ``names_verified``: the user proved their name (a password), so only admins
+    may ``create`` jobs for others (`Lifecycle.submit`)."""
     handler = _HANDLERS.get(item)
     if handler is None:
         raise errors.InvalidAction(f"unknown item {item!r}; one of {', '.join(ITEMS)}")
@@ -186,4 +269,6 @@ def act(farm: Farm, user: str, item: str, action: str, filters: Any = None, valu
         filters = {}
     if not isinstance(filters, Mapping):
         raise errors.InvalidAction("filters: expected a mapping")
+    if item == "jobs":
+        return unstructure(_jobs(farm, user, action, filters, values, names_verified))
     return unstructure(handler(farm, user, action, filters, values))

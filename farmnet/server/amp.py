@@ -689,7 +689,8 @@ class ServerProtocol(FarmAMP):
     async def act(self, item: str, action: str, filters: Any = None, values: Any = None) -> dict[str, Any]:
         """The one action API; a change is acknowledged once it is on disk."""
         self._need_user()
-        result = act(self.farm, self.user, item, action, filters, values)
+        result = act(self.farm, self.user, item, action, filters, values,
+                     names_verified=self.server.passwords is not None)
         if action not in READ_ACTIONS:
             await self.server.durable()
         return {"result": result}

@@ -12,7 +12,7 @@ converter turns records into JSON at the edges (`Typed`, the web's `events_json`
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from farmnet import messages as m
@@ -92,6 +92,12 @@ class EventLog:
             return [], True
         start = after + 1 - first
         return [self._events[i] for i in range(start, min(start + limit, len(self._events)))], False
+
+    def recent(self, most: int) -> Iterator[Event]:
+        """The last ``most`` events kept, newest first."""
+        events = self._events
+        for i in range(len(events) - 1, max(-1, len(events) - 1 - most), -1):
+            yield events[i]
 
     def wait(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake`` once at the next event; returns a function that cancels it."""

@@ -248,6 +248,17 @@ class StatsQueries:
             FROM tasks {w.sql()} ORDER BY id DESC LIMIT %s OFFSET %s"""
         return await self._rows(sql, [*w.params, limit, offset])
 
+    async def task_runs(self, job_id: int, block: int, task: int, *,
+                        limit: int = 100) -> list[dict[str, Any]]:
+        """One task's runs, the latest first (its page's runs table)."""
+        limit = _int("limit", limit, 1, MAX_LIMIT)
+        sql = f"""
+            SELECT run, host, {_epoch("time_started")} AS time_started, {_epoch("time_done")} AS time_done,
+                   run_time, exit_code, signal, state, message, peak_memory_mb
+            FROM tasks WHERE job_id = %s AND block = %s AND task = %s ORDER BY run DESC, id DESC LIMIT %s"""
+        return await self._rows(sql, [_int("job_id", job_id, 0, 2**62), _int("block", block, 0, 2**31),
+                                      _int("task", task, 0, 2**31), limit])
+
     # --- graphs and summaries ----------------------------------------------------------
 
     async def tasks_per_interval(self, interval: str, f: Filter = Filter(), *, by: str = "service",

@@ -12,10 +12,11 @@ the browser asking first (and the cookie is SameSite=Strict anyway). A change is
 once it is on disk, as over AMP.
 
 GET conveniences answer ``{"result": ...}`` the same way: ``/api/farm``, ``/api/jobs``
-(``?user=``), ``/api/jobs/ID``, ``/api/jobs/ID/explain``, ``/api/jobs/ID/tasks``
-(``?block=&offset=&limit=``), ``/api/jobs/ID/B/T``, ``/api/jobs/ID/B/T/output``
-(``?run=&offset=&limit=``), ``/api/renders``, ``/api/renders/NAME``, ``/api/users``,
-``/api/users/NAME``, ``/api/whoami``; ``/api/events`` is the event log's long-poll.
+(``?user=&state=&project=&department=&name=&q=&sort=&offset=&limit=``), ``/api/jobs/ID``,
+``/api/jobs/ID/explain``, ``/api/jobs/ID/tasks`` (``?block=&state=&host=&q=&sort=&offset=&limit=``),
+``/api/jobs/ID/B/T``, ``/api/jobs/ID/B/T/output`` (``?run=&offset=&limit=``), ``/api/renders``,
+``/api/renders/NAME``, ``/api/users``, ``/api/users/NAME``, ``/api/whoami``; ``/api/events`` is
+the event log's long-poll.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from farmnet import errors
-from farmnet.server.actions import ITEMS, MAX_PAGE, READ_ACTIONS, act
+from farmnet.server.actions import ITEMS, JOB_LIST_KEYS, MAX_PAGE, READ_ACTIONS, act
 from farmnet.web.context import WebContext
 from farmnet.web.routing import Call, HTTPError, Reply, json_reply
 
@@ -80,8 +81,10 @@ class JsonApi:
         return json_reply({"result": {
             "act": "POST /api/act {item, action, filters, values}",
             "items": list(ITEMS),
-            "get": ["/api/farm", "/api/jobs?user=", "/api/jobs/ID", "/api/jobs/ID/explain",
-                    "/api/jobs/ID/tasks?block=&offset=&limit=", "/api/jobs/ID/BLOCK/TASK",
+            "get": ["/api/farm", "/api/jobs?user=&state=&project=&department=&q=&sort=&offset=&limit=",
+                    "/api/jobs/ID", "/api/jobs/ID/explain",
+                    "/api/jobs/ID/tasks?block=&state=&host=&q=&sort=&offset=&limit=",
+                    "/api/jobs/ID/BLOCK/TASK",
                     "/api/jobs/ID/BLOCK/TASK/output?run=&offset=&limit=", "/api/renders", "/api/renders/NAME",
                     "/api/users", "/api/users/NAME", "/api/events?after=&timeout=", "/api/whoami",
                     "/api/stats/QUERY?...", "/events (server-sent events)", "/metrics (Prometheus)"],
@@ -103,8 +106,15 @@ class JsonApi:
                                       "public": self.ctx.public, "logins": self.ctx.logins}})
 
     async def jobs(self, call: Call) -> Reply:
-        user = call.arg("user")
-        filters = {"user": user} if user is not None else {}
+        """``jobs list`` with the query's filters (``?user=&state=&project=&department=&name=
+        &q=&sort=&offset=&limit=``)."""
+        filters: dict[str, Any] = {}
+        for key in JOB_LIST_KEYS:
+            if key == "id":
+                continue
+            value = call.int_arg(key, None, 0, 1 << 40) if key in ("offset", "limit") else call.arg(key)
+            if value is not None:
+                filters[key] = value
         return json_reply({"result": await self._act(call, "jobs", "list", filters)})
 
     async def job(self, call: Call) -> Reply:
@@ -122,6 +132,10 @@ class JsonApi:
             filters["block"] = block
         filters["offset"] = call.int_arg("offset", 0, 0, 1 << 40)
         filters["limit"] = call.int_arg("limit", MAX_PAGE, 0, MAX_PAGE)
+        for key in ("state", "host", "q", "sort"):
+            value = call.arg(key)
+            if value is not None:
+                filters[key] = value
         return json_reply({"result": await self._act(call, "tasks", "list", filters)})
 
     async def task(self, call: Call) -> Reply:

@@ -50,7 +50,11 @@ tr:hover td { background: #f8fafc; }
 .state.r-offline { background: var(--OFF); } .state.r-busy { background: var(--RUN); }
 .state.r-online, .state.r-idle { background: #5b9bd5; } .state.r-sick { background: var(--ERR); }
 .state.r-paused, .state.r-NIMBY, .state.r-nimby { background: #b58b00; }
-progress { width: 140px; height: 12px; accent-color: var(--RUN); vertical-align: middle; }
+progress { width: 110px; height: 12px; vertical-align: middle; -webkit-appearance: none; appearance: none;
+  border: 1px solid #c5ccd3; border-radius: 3px; background: #eef1f4; }
+progress::-webkit-progress-bar { background: #eef1f4; border-radius: 3px; }
+progress::-webkit-progress-value { background: var(--RUN); border-radius: 3px; }
+progress::-moz-progress-bar { background: var(--RUN); }
 .cards { display: flex; flex-wrap: wrap; gap: 10px; margin-bottom: 14px; }
 .card { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px;
   min-width: 120px; }
@@ -58,7 +62,10 @@ progress { width: 140px; height: 12px; accent-color: var(--RUN); vertical-align:
 .card .l { color: var(--muted); font-size: 12px; }
 .grid { display: flex; flex-wrap: wrap; gap: 2px; max-width: 1100px; background: #fff; padding: 6px;
   border: 1px solid var(--line); }
-.grid a { display: block; width: 14px; height: 14px; border-radius: 2px; background: var(--RDY); }
+.grid a { display: block; min-width: 30px; height: 18px; padding: 0 3px; border-radius: 2px;
+  background: var(--RDY); color: #223; font-size: 10px; line-height: 18px; text-align: center;
+  font-variant-numeric: tabular-nums; }
+.grid a.s-RUN, .grid a.s-DON, .grid a.s-ERR, .grid a.s-OFF { color: #fff; }
 .grid a.s-RUN { background: var(--RUN); } .grid a.s-DON { background: var(--DON); }
 .grid a.s-ERR { background: var(--ERR); } .grid a.s-SKP { background: var(--SKP); }
 .grid a.s-WD { background: var(--WD); } .grid a.s-WT { background: var(--WT); }
@@ -93,13 +100,49 @@ nav.sub a.current { font-weight: 700; }
 dl.info { display: grid; grid-template-columns: max-content auto; gap: 2px 14px; background: #fff;
   border: 1px solid var(--line); padding: 8px 12px; }
 dl.info dt { color: var(--muted); } dl.info dd { margin: 0; }
+.table-wrap { max-width: 100%; overflow-x: auto; }
+table.list td, table.list th { white-space: nowrap; }
+table.list td a.job-name { white-space: normal; }
+table.blocks code { display: inline-block; max-width: 420px; word-break: break-all; }
+details { margin: 6px 0; } form.inline { display: inline; } form.inline input { width: 80px; }
+details summary { cursor: pointer; color: var(--link); }
+th a.sorted { color: var(--fg); }
+td.pick, th.pick { width: 24px; }
+.pager { display: flex; flex-wrap: wrap; justify-content: space-between; gap: 8px; margin: 6px 0;
+  font-size: 13px; }
+.pager a.current { font-weight: 700; color: var(--fg); }
+.bulk { position: sticky; top: 0; z-index: 2; background: var(--bg); padding: 6px 0; align-items: center; }
+.bulk .picked { font-size: 12px; color: var(--muted); margin-right: 6px; min-width: 74px; }
+.bulk button:disabled { opacity: .45; cursor: default; }
+#bulk-results div { font-size: 12px; } #bulk-results .error { color: #b3261e; }
+#bulk-results .ok { color: #2d6a35; }
+#live-status.off { color: #f0a020; }
+form.block-edit { display: grid; grid-template-columns: repeat(2, max-content); gap: 4px 10px;
+  padding: 6px; background: #f8fafc; }
+form.block-edit label { display: contents; font-size: 12px; }
+form.block-edit input { width: 150px; }
+header { flex-wrap: wrap; }
+@media (max-width: 1280px) { table.list td, table.list th { padding: 3px 6px; } progress { width: 70px; } }
+@media (max-width: 1100px) {
+  table.jobs th:nth-child(5), table.jobs td:nth-child(5), table.jobs th:nth-child(13),
+  table.jobs td:nth-child(13) { display: none; }
+}
+@media (max-width: 700px) {
+  body { font-size: 13px; } main { padding: 8px; } header { gap: 8px; padding: 6px 8px; }
+  .card { min-width: 90px; padding: 6px 8px; }
+  table.jobs th:nth-child(n+4):nth-child(-n+5), table.jobs td:nth-child(n+4):nth-child(-n+5),
+  table.jobs th:nth-child(n+9), table.jobs td:nth-child(n+9),
+  table.renders th:nth-child(n+6), table.renders td:nth-child(n+6) { display: none; }
+  form.filters input { width: 100px; }
+}
 """
 
 JS = r"""
 (function () {
   "use strict";
-  var REFRESH_MS = 700;
+  var REFRESH_MS = 700, ROWS_MS = 250, MEMBERS_MS = 3000, MOVED_MS = 15000, TAIL_MS = 1500;
   function $(id) { return document.getElementById(id); }
+  function live() { return $("live"); }
 
   function flash(text, kind) {
     var box = $("flash");
@@ -108,40 +151,110 @@ JS = r"""
     item.className = kind || "";
     item.textContent = text;
     box.appendChild(item);
-    setTimeout(function () { item.remove(); }, kind === "error" ? 9000 : 3000);
+    setTimeout(function () { item.remove(); }, kind === "error" ? 9000 : 4000);
   }
 
+  function get(url) {
+    return fetch(url, { credentials: "same-origin", headers: { "X-Requested-With": "farmnet" } })
+      .then(function (r) { return r.ok ? r.text() : null; });
+  }
+
+  // --- the live part fetched again whole (a page's head, a small page) ---------------
   var refreshing = false, again = false, timer = null, lastRefresh = 0;
 
   function refresh() {
-    var live = $("live");
-    if (!live) return;
+    if (!live()) return;
     if (refreshing) { again = true; return; }
     refreshing = true;
     lastRefresh = Date.now();
     var url = new URL(window.location.href);
     url.searchParams.set("partial", "1");
-    fetch(url.toString(), { credentials: "same-origin", headers: { "X-Requested-With": "farmnet" } })
-      .then(function (r) { return r.ok ? r.text() : null; })
-      .then(function (text) {
-        if (text === null) return;
-        var holder = document.createElement("div");
-        holder.innerHTML = text;
-        var fresh = holder.querySelector("#live");
-        var current = $("live");
-        if (fresh && current) current.replaceWith(fresh);
-      })
-      .catch(function () {})
-      .then(function () {
-        refreshing = false;
-        if (again) { again = false; schedule(); }
-      });
+    get(url.toString()).then(function (text) {
+      if (text === null) return;
+      var holder = document.createElement("div");
+      holder.innerHTML = text;
+      var fresh = holder.querySelector("#live");
+      var current = live();
+      if (fresh && current) { current.replaceWith(fresh); applySelection(); remember(); }
+    }).catch(function () {}).then(function () {
+      refreshing = false;
+      if (again) { again = false; schedule(); }
+    });
   }
 
-  function schedule() {
-    if (timer) return;
-    var wait = Math.max(0, REFRESH_MS - (Date.now() - lastRefresh));
-    timer = setTimeout(function () { timer = null; refresh(); }, wait);
+  var due = 0;
+  function schedule(wait) {  // the live part again, at the earliest time asked for
+    var current = live(), least = current && current.dataset.refresh ? Number(current.dataset.refresh) : 0;
+    var delay = Math.max(0, Math.max(wait || REFRESH_MS, least) - (Date.now() - lastRefresh));
+    if (timer && Date.now() + delay >= due) return;
+    if (timer) clearTimeout(timer);
+    due = Date.now() + delay;
+    timer = setTimeout(function () { timer = null; refresh(); }, delay);
+  }
+
+  // --- rows patched one by one (lists) ------------------------------------------------
+  var pending = {}, rowsTimer = null;
+
+  function rowParam(key) {  // job:7 -> 7, task:7:0:3 -> 0:3, render:r1 -> r1
+    var parts = key.split(":");
+    return parts[0] === "task" ? parts[2] + ":" + parts[3] : parts.slice(1).join(":");
+  }
+
+  function onScreen(key) {
+    return document.querySelector('#live tr[data-key="' + CSS.escape(key) + '"]');
+  }
+
+  function fetchRows() {
+    rowsTimer = null;
+    var keys = Object.keys(pending);
+    pending = {};
+    if (!keys.length) return;
+    var url = new URL(window.location.href);
+    url.searchParams.set("rows", keys.map(rowParam).join(","));
+    get(url.toString()).then(function (text) {
+      if (text === null) return;
+      var holder = document.createElement("div");
+      holder.innerHTML = text;
+      holder.querySelectorAll("tr[data-key]").forEach(function (row) {
+        var old = onScreen(row.dataset.key);
+        if (old) old.replaceWith(row);
+      });
+      applySelection();
+    }).catch(function () {});
+  }
+
+  function patchRow(key) {
+    pending[key] = true;
+    if (!rowsTimer) rowsTimer = setTimeout(fetchRows, ROWS_MS);
+  }
+
+  function eventKeys(e) {
+    switch (e.kind) {
+      case "job": return ["job:" + e.job.id];
+      case "job_deleted": return ["job:" + e.job_id];
+      case "task": case "progress":
+        var keys = ["job:" + e.job_id, "task:" + e.job_id + ":" + e.block + ":" + e.task];
+        if (e.host) keys.push("render:" + e.host);
+        return keys;
+      case "render": return ["render:" + e.render.name];
+      case "render_deleted": case "render_zombie": return ["render:" + e.name];
+      case "user": return ["user:" + e.user.name];
+      case "user_deleted": return ["user:" + e.name];
+      default: return [];
+    }
+  }
+
+  function patchCell(e) {  // a job's grid: the cell of the task, from the event itself
+    var key = "task:" + e.job_id + ":" + e.block + ":" + e.task;
+    var cell = document.querySelector('#grids [data-key="' + key + '"]');
+    if (!cell) return;
+    if (e.kind === "task") {
+      cell.className = "t s-" + e.state;
+      cell.dataset.state = e.state;
+      cell.title = cell.title.split(":")[0] + ": " + e.state + (e.host ? " on " + e.host : "");
+    } else {
+      cell.title = cell.title.replace(/, \d+%$/, "") + ", " + e.progress + "%";
+    }
   }
 
   function relevant(watch, e) {
@@ -155,48 +268,77 @@ JS = r"""
       case "task": return String(jobId) === parts[1] && (e.kind === "job" ||
         (String(e.block) === parts[2] && String(e.task) === parts[3]));
       case "renders": return e.kind.indexOf("render") === 0 || e.kind === "task";
+      case "render": return (e.render && e.render.name === parts[1]) || e.name === parts[1] ||
+        (e.kind === "task" && e.host === parts[1]);
       case "users": return e.kind === "user" || e.kind === "job" || e.kind === "task";
       default: return false;
     }
   }
 
-  function watchEvents() {
-    var live = $("live");
+  function onEvent(e) {
+    var current = live();
+    if (!current) return;
+    if (e.kind === "task" || e.kind === "progress") patchCell(e);
+    var rows = current.dataset.rows;
+    if (!rows) {
+      if (relevant(current.dataset.watch, e)) schedule();
+      return;
+    }
+    var keys = eventKeys(e), members = false, moved = false;
+    keys.forEach(function (key) {
+      if (key.indexOf(rows + ":") !== 0) return;
+      if (onScreen(key)) { patchRow(key); return; }
+      if (e.kind === "task" || e.kind === "progress") return;
+      if (known[key]) moved = true;  // changed elsewhere: may move into this page's order
+      else { known[key] = true; members = true; }  // new: may join the page
+    });
+    if (e.kind.indexOf("deleted") > 0) members = true;
+    if (members) schedule(MEMBERS_MS);
+    else if (moved) schedule(MOVED_MS);
+  }
+
+  var known = {};  // rows seen (on screen or in events): a new one may join the page
+  function remember() {
+    document.querySelectorAll("#live tr[data-key]").forEach(function (r) { known[r.dataset.key] = true; });
+  }
+
+  function setStatus(text, on) {
     var status = $("live-status");
-    if (!live || !live.dataset.watch || !window.EventSource) return;
-    var source = new EventSource("/events?after=" + encodeURIComponent(live.dataset.seq || "-1"));
-    source.onopen = function () { if (status) { status.textContent = "live"; status.className = "on"; } };
+    if (status) { status.textContent = text; status.className = on ? "on" : "off"; }
+  }
+
+  function watchEvents() {
+    var current = live();
+    if (!current || !current.dataset.watch || !window.EventSource) return;
+    var source = new EventSource("/events?after=" + encodeURIComponent(current.dataset.seq || "-1"));
+    var down = null;
+    source.onopen = function () {
+      setStatus("live", true);
+      if (down) { down = null; schedule(); }  // back after a gap: catch up
+    };
     source.onerror = function () {
-      if (status) { status.textContent = "reconnecting…"; status.className = ""; }
+      if (!down) down = new Date();
+      setStatus("reconnecting… (since " + down.toLocaleTimeString() + ")", false);
     };
     source.onmessage = function (m) {
       var e;
       try { e = JSON.parse(m.data); } catch (err) { return; }
-      var current = $("live");
-      if (current && relevant(current.dataset.watch, e)) schedule();
+      onEvent(e);
     };
-    source.addEventListener("reset", schedule);
+    source.addEventListener("reset", function () { schedule(); });  // the server forgot: reload the part
   }
 
   function poll() {
     setInterval(function () {
-      var live = $("live");
-      if (live && live.dataset.poll && Date.now() - lastRefresh >= Number(live.dataset.poll)) refresh();
+      var current = live();
+      var every = current && current.dataset.poll ? Number(current.dataset.poll) : 0;
+      if (every && Date.now() - lastRefresh >= every) refresh();
     }, 1000);
   }
 
-  function act(button) {
-    var body;
-    try { body = JSON.parse(button.dataset.act); } catch (err) { flash("bad action", "error"); return; }
-    if (button.dataset.confirm && !window.confirm(button.dataset.confirm)) return;
-    if (button.dataset.prompt) {
-      var answer = window.prompt(button.dataset.prompt, button.dataset.default || "");
-      if (answer === null) return;
-      var n = Number(answer);
-      body.values = (answer.trim() !== "" && !isNaN(n)) ? n : answer;
-    }
-    button.disabled = true;
-    fetch("/api/act", {
+  // --- actions ------------------------------------------------------------------------
+  function post(body) {
+    return fetch("/api/act", {
       method: "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/json", "X-Requested-With": "farmnet" },
       body: JSON.stringify(body)
@@ -204,29 +346,185 @@ JS = r"""
       return r.json().catch(function () { return {}; }).then(function (data) {
         if (r.status === 401) {
           window.location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
-          return;
+          return null;
         }
-        if (!r.ok) {
-          flash((data.error && data.error.message) || r.statusText, "error");
-        } else {
-          flash(body.item + " " + body.action + ": done", "ok");
-          schedule();
-        }
+        if (!r.ok) throw new Error((data.error && data.error.message) || r.statusText);
+        return data.result;
       });
-    }).catch(function (err) { flash(String(err), "error"); })
+    });
+  }
+
+  function describe(result) {
+    if (Array.isArray(result)) return result.length ? ": done for " + result.join(", ") : ": nothing to do";
+    if (result && result.job_id !== undefined) return ": job " + result.job_id;
+    return ": done";
+  }
+
+  function ask(element, n, body) {
+    var confirmText = element.dataset.confirm;
+    if (confirmText && !window.confirm(confirmText.replace("{n}", n))) return false;
+    if (element.dataset.prompt) {
+      var answer = window.prompt(element.dataset.prompt.replace("{n}", n), element.dataset.default || "");
+      if (answer === null) return false;
+      var number = Number(answer);
+      body.values = (answer.trim() !== "" && !isNaN(number)) ? number : answer;
+    }
+    return true;
+  }
+
+  function act(button) {
+    var body;
+    try { body = JSON.parse(button.dataset.act); } catch (err) { flash("bad action", "error"); return; }
+    if (!ask(button, 1, body)) return;
+    button.disabled = true;
+    post(body).then(function (result) {
+      if (result !== null) { flash(body.item + " " + body.action + describe(result), "ok"); schedule(); }
+    }).catch(function (err) { flash(err.message || String(err), "error"); })
       .then(function () { button.disabled = false; });
   }
 
+  // --- selection and bulk actions -----------------------------------------------------
+  var selected = {};
+
+  function selectedKeys() { return Object.keys(selected); }
+
+  function applySelection() {
+    document.querySelectorAll("#live tr[data-key] input.pick").forEach(function (box) {
+      box.checked = !!selected[box.closest("tr").dataset.key];
+    });
+    var bar = document.querySelector(".bulk");
+    if (!bar) return;
+    var n = selectedKeys().length;
+    bar.querySelector(".picked").textContent = n + " selected";
+    bar.querySelectorAll("button[data-bulk]").forEach(function (b) { b.disabled = n === 0; });
+  }
+
+  function pick(box) {
+    var key = box.closest("tr").dataset.key;
+    if (box.checked) selected[key] = true; else delete selected[key];
+    applySelection();
+  }
+
+  function pickAll(box) {
+    document.querySelectorAll("#live tr[data-key] input.pick").forEach(function (other) {
+      var key = other.closest("tr").dataset.key;
+      if (box.checked) selected[key] = true; else delete selected[key];
+    });
+    applySelection();
+  }
+
+  function bulkBodies(item, action, keys) {
+    if (item === "jobs") {
+      var ids = keys.map(function (k) { return Number(k.split(":")[1]); });
+      return [{ item: item, action: action, filters: { id: ids } }];
+    }
+    if (item === "renders") {
+      var names = keys.map(function (k) { return k.slice("render:".length); });
+      return [{ item: item, action: action, filters: { name: names } }];
+    }
+    var groups = {};
+    keys.forEach(function (k) {
+      var p = k.split(":"), g = p[1] + ":" + p[2];
+      groups[g] = groups[g] || { job_id: Number(p[1]), block: Number(p[2]), task: [] };
+      groups[g].task.push(Number(p[3]));
+    });
+    return Object.keys(groups).map(function (g) {
+      return { item: item, action: action, filters: groups[g] };
+    });
+  }
+
+  function bulk(button) {
+    var spec = JSON.parse(button.dataset.bulk), keys = selectedKeys();
+    if (!keys.length) return;
+    var probe = {};
+    if (!ask(button, keys.length, probe)) return;
+    var bodies = bulkBodies(spec.item, spec.action, keys);
+    button.disabled = true;
+    var results = $("bulk-results");
+    Promise.all(bodies.map(function (body) {
+      if (probe.values !== undefined) body.values = probe.values;
+      return post(body).then(function (result) {
+        var text = spec.item + " " + spec.action + describe(result);
+        flash(text, "ok");
+        return { ok: true, text: text };
+      }).catch(function (err) {
+        var text = spec.item + " " + spec.action + ": " + (err.message || String(err));
+        flash(text, "error");
+        return { ok: false, text: text };
+      });
+    })).then(function (outcomes) {
+      if (results) {
+        results.textContent = "";
+        outcomes.forEach(function (o) {
+          var line = document.createElement("div");
+          line.className = o.ok ? "ok" : "error";
+          line.textContent = o.text;
+          results.appendChild(line);
+        });
+      }
+      button.disabled = false;
+      Object.keys(pending).length || keys.forEach(patchRow);
+      if (spec.action === "delete") { selected = {}; schedule(); }
+      applySelection();
+    });
+  }
+
+  function saveBlock(form) {
+    var body = JSON.parse(form.dataset.edit), values = {}, any = false;
+    form.querySelectorAll("input[name]").forEach(function (input) {
+      if (input.value === input.defaultValue) return;
+      any = true;
+      var number = input.dataset.kind === "number" && input.value.trim() !== "";
+      values[input.name] = number ? Number(input.value) : input.value;
+    });
+    if (!any) { flash("nothing changed", "ok"); return; }
+    body.values = values;
+    post(body).then(function (result) {
+      if (result !== null) { flash("block " + body.filters.block + " updated", "ok"); schedule(); }
+    }).catch(function (err) { flash(err.message || String(err), "error"); });
+  }
+
+  // --- a running task's output, followed ----------------------------------------------
+  function followTail() {
+    var pre = document.querySelector("pre.output[data-tail]");
+    if (!pre) return;
+    var url = pre.dataset.tail + "&offset=" + pre.dataset.offset;
+    fetch(url, { credentials: "same-origin", headers: { "X-Requested-With": "farmnet" } })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (answer) {
+        if (!answer) return;
+        var result = answer.result, atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+        if (result.data) pre.appendChild(document.createTextNode(result.data));
+        pre.dataset.offset = result.next_offset;
+        if (atEnd) pre.scrollTop = pre.scrollHeight;
+        if (result.complete) delete pre.dataset.tail;
+      }).catch(function () {});
+  }
+
   document.addEventListener("click", function (ev) {
-    var button = ev.target.closest ? ev.target.closest("[data-act]") : null;
-    if (!button) return;
-    ev.preventDefault();
-    act(button);
+    var target = ev.target;
+    if (!target.closest) return;
+    var button = target.closest("[data-act]");
+    if (button) { ev.preventDefault(); act(button); return; }
+    var many = target.closest("[data-bulk]");
+    if (many) { ev.preventDefault(); bulk(many); }
+  });
+  document.addEventListener("change", function (ev) {
+    var t = ev.target;
+    if (t.classList && t.classList.contains("pick")) pick(t);
+    else if (t.classList && t.classList.contains("pick-all")) pickAll(t);
+  });
+  document.addEventListener("submit", function (ev) {
+    var form = ev.target;
+    if (form.dataset && form.dataset.edit) { ev.preventDefault(); saveBlock(form); }
   });
 
+  remember();
   watchEvents();
   poll();
-  window.farmnet = { refresh: refresh, flash: flash };
+  setInterval(followTail, TAIL_MS);
+  applySelection();
+  window.farmnet = { refresh: refresh, flash: flash, selected: selectedKeys };
 })();
 """
 

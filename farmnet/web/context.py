@@ -41,3 +41,5 @@ class WebContext:
     streams: Streams = attrs.field(factory=Streams)
     #: Failed logins back off per address (`farmnet.server.throttle`).
     throttle: LoginThrottle | None = None
+    #: Renders' resources sampled over time (their pages' charts); made by make_site.
+    samples: Any = None

@@ -23,8 +23,8 @@ from farmnet.web.routing import Call, Reply, html_reply
 __all__ = ["Page", "action_button", "attributes", "fmt_time", "live_page", "progress", "state_badge",
            "table"]
 
-NAV = (("/", "Farm"), ("/jobs", "Jobs"), ("/renders", "Renders"), ("/users", "Users"),
-       ("/stats", "Statistics"))
+NAV = (("/", "Farm"), ("/jobs", "Jobs"), ("/projects", "Projects"), ("/renders", "Renders"),
+       ("/users", "Users"), ("/stats", "Statistics"))
 JOB_STATES = tuple(s.value for s in TaskState)
 CSS_URL = f"/static/farmnet.css?v={asset_version(CSS)}"
 JS_URL = f"/static/farmnet.js?v={asset_version(JS)}"
@@ -133,11 +133,17 @@ def page_reply(ctx: WebContext, call: Call, title: str, content: Tag, *, current
 
 
 def live_page(ctx: WebContext, call: Call, title: str, body: Tag, *, watch: str | None, current: str,
-              poll_ms: int | None = None, status: int = 200) -> Reply:
+              poll_ms: int | None = None, status: int = 200, rows: str | None = None,
+              before: Tag | str = "", after: Tag | str = "", refresh_ms: int | None = None) -> Reply:
     """A page whose ``#live`` part follows the farm (the site's script fetches it again when
-    an event about ``watch`` comes); ``?partial=1`` gives only that part."""
+    an event about ``watch`` comes); ``?partial=1`` gives only that part. With ``rows``
+    (job, task, render, user), an event about a row on screen fetches just that row
+    (``?rows=KEY``); ``before`` (filters, the bulk bar) and ``after`` (a job's grids, patched
+    cell by cell; a task's output, its tail followed) stay put around the live part.
+    ``refresh_ms``: at most one fetch of the live part that often (a page of the whole farm)."""
     live = tags.div(body, id="live", **attributes(data_seq=ctx.events.last, data_watch=watch,
-                                                   data_poll=poll_ms or None))
+                                                   data_poll=poll_ms or None, data_rows=rows,
+                                                   data_refresh=refresh_ms))
     if call.arg("partial") == "1":
         return Reply(live, status)
-    return page_reply(ctx, call, title, live, current=current, status=status)
+    return page_reply(ctx, call, title, tags.div(before, live, after), current=current, status=status)

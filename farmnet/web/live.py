@@ -58,10 +58,31 @@ def _sse(event: dict[str, Any] | None, seq: int, kind: str | None = None) -> byt
 
 
 class Streams:
-    """The site's open event streams (to count them and to end them at shutdown)."""
+    """The site's open event streams (to count them and to end them at shutdown), and the
+    recent events as SSE messages: each event is made into JSON once, however many browsers
+    follow (twenty streams otherwise convert the same burst twenty times, on the one thread)."""
+
+    #: Encoded events kept (a burst's worth: every stream reads close to the log's end).
+    KEEP = 4 * BATCH
 
     def __init__(self) -> None:
         self.open: set[EventStream] = set()
+        self._encoded: dict[int, bytes] = {}
+
+    def encoded(self, events: list[Any]) -> list[bytes]:
+        """``events`` as SSE messages, each converted at most once while it is recent."""
+        cache = self._encoded
+        missing = [e for e in events if e.seq not in cache]
+        if not missing:
+            return [cache[e.seq] for e in events]
+        for data in events_json(missing):
+            cache[data["seq"]] = _sse(data, data["seq"])
+        found = [cache[e.seq] for e in events]  # before old ones go: a slow stream may ask for them
+        if len(cache) > 2 * self.KEEP:
+            newest = max(cache)
+            for seq in [s for s in cache if s <= newest - self.KEEP]:
+                del cache[seq]
+        return found
 
     def close_all(self) -> None:
         for stream in list(self.open):
@@ -139,7 +160,7 @@ class EventStream:
         elif found:
             self.after = found[-1].seq
             wanted = found if self.kinds is None else [e for e in found if e.kind in self.kinds]
-            chunks = [_sse(data, data["seq"]) for data in events_json(wanted)]
+            chunks = self.streams.encoded(wanted)
             if chunks:
                 self.request.write(b"".join(chunks))
         if self.closed:

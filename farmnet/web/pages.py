@@ -11,14 +11,19 @@ action as ``{item, action, filters}`` JSON for ``POST /api/act``.
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 from typing import Any
 
 from twisted.web.template import Tag, tags
 
 from farmnet import errors
-from farmnet.messages import BlockRecord, JobDetail, JobRecord, RenderRecord
+from farmnet.messages import BlockRecord, JobDetail
+from farmnet.model.data import Job, TaskState
+from farmnet.model.listing import JobQuery
+from farmnet.model.spec import BlockSpec
 from farmnet.model.views import render_record, task_record
+from farmnet.web.charts import duration
 from farmnet.web.context import WebContext
 from farmnet.web.layout import (
     JOB_STATES,
@@ -30,49 +35,69 @@ from farmnet.web.layout import (
     state_badge,
     table,
 )
-from farmnet.web.routing import Call, HTTPError, Reply
+from farmnet.web.listpages import ListPages, recorded_runs, resource_cells
+from farmnet.web.lists import ListView, list_table
+from farmnet.web.routing import Call, Reply
 
 __all__ = ["LivePages", "resource_cells"]
 
 #: Task cells drawn per block at once (more are paged with ?offset=).
-GRID_MAX = 2500
+GRID_MAX = 1000
 #: How often the renders page looks at the renders' resources again, in ms.
 RESOURCES_POLL_MS = 10_000
 #: Output shown at once, in bytes (the tail by default).
 OUTPUT_PAGE = 128 * 1024
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+def frame_label(spec: BlockSpec, number: int) -> str:
+    """What a grid cell says: its frame (``12``), its frames (``12-15``) or its number."""
+    if not spec.numeric:
+        return str(number)
+    first, last = spec.frames(number)
+    return str(first) if first == last else f"{first}-{last}"
 
 
-def resource_cells(render: RenderRecord) -> tuple[Any, Any, Any]:
-    """CPU, memory and load/disk cells of a render: what it reported with its heartbeats
-    (``cpu_percent``, ``mem_used_mb``, ``load_avg``, ...), else what it registered with."""
-    res = render.resources
-    cores = _number(res.get("cpu_num")) or render.cpus or 0
-    percent = _number(res.get("cpu_percent"))
-    cpu: Any = f"{int(cores)} cores" if cores else "–"
-    if percent is not None:
-        cpu = tags.span(tags.progress(value=f"{min(100.0, percent):.0f}", max="100"),
-                        f" {percent:.0f}% of {int(cores)}" if cores else f" {percent:.0f}%")
-    total = _number(res.get("mem_total_mb")) or render.memory_mb or 0
-    used = _number(res.get("mem_used_mb"))
-    memory: Any = f"{total / 1024:.0f} GB" if total else "–"
-    if used is not None and total:
-        memory = tags.span(tags.progress(value=f"{min(used, total):.0f}", max=f"{total:.0f}"),
-                           f" {used / 1024:.1f} / {total / 1024:.0f} GB")
-    parts = []
-    load = res.get("load_avg")
-    if isinstance(load, list) and load:
-        parts.append("load " + " ".join(str(x) for x in load[:3]))
-    swap = _number(res.get("swap_used_mb"))
-    if swap:
-        parts.append(f"swap {swap:.0f} MB")
-    disk = _number(res.get("hdd_free_gb"))
-    if disk is not None:
-        parts.append(f"disk {disk:.0f} GB free")
-    return cpu, memory, ", ".join(parts) or "–"
+def time_left(job: Job) -> str:
+    """The job's time left: its finished runs' average run time times the tasks left, over
+    the tasks running at once (at least one); one job's tasks, read when its page is made."""
+    finished, total_time, left, running = 0, 0.0, 0, 0
+    for block in job.blocks:
+        for task in block.tasks:
+            state = task.state
+            if state is TaskState.DON:
+                if task.time_done > task.time_started > 0:
+                    finished += 1
+                    total_time += task.time_done - task.time_started
+            elif state is not TaskState.SKP:
+                left += 1
+                running += state in (TaskState.RUN, TaskState.WRC)
+    if not left:
+        return "–"
+    if not finished:
+        return "unknown until a task finishes"
+    average = total_time / finished
+    return f"about {duration(average * left / max(1, running))} (runs take {duration(average)} on average)"
+
+
+#: Block parameters the job page edits (a subset of BLOCK_SETTABLE): name → input type.
+BLOCK_EDITS = (("capacity", "number"), ("max_running_tasks", "number"),
+               ("max_running_tasks_per_host", "number"),
+               ("errors_retries", "number"), ("errors_avoid_host", "number"), ("task_max_run_time", "number"),
+               ("hosts_mask", "text"), ("hosts_mask_exclude", "text"), ("depend_mask", "text"),
+               ("service", "text"))
+
+
+def block_editor(job_id: int, block: int, name: str, spec: BlockSpec) -> Tag:
+    """A form changing a block's parameters through ``blocks update`` (its owner and admins;
+    the farm checks again)."""
+    fields = [tags.label(name.replace("_", " "),
+                         tags.input(type=kind, name=name, value=str(getattr(spec, name, "") or ""),
+                                    **attributes(data_kind=kind)))
+              for name, kind in BLOCK_EDITS]
+    target = json.dumps({"item": "blocks", "action": "update", "filters": {"job_id": job_id, "block": block}})
+    return tags.details(tags.summary(f"edit block {block}: {name}"),
+                        tags.form(fields, tags.button("save", type="submit"), class_="block-edit",
+                                  **{"data-edit": target}))
 
 
 def counts_text(counts: dict[str, int]) -> Tag:
@@ -95,52 +120,22 @@ class LivePages:
 
     # --- shared pieces -------------------------------------------------------------------
 
-    def job_actions(self, job: JobRecord | JobDetail, compact: bool = False) -> Tag:
+    def job_actions(self, job: JobDetail) -> Tag:
         ids = {"id": [job.id]}
-        buttons = [
+        return tags.span(
             action_button("resume", "jobs", "resume", ids) if job.paused
             else action_button("pause", "jobs", "pause", ids),
-            action_button("restart errors", "jobs", "restart_errors", ids)
-            if job.counts.get("ERR") else "",
+            action_button("restart errors", "jobs", "restart_errors", ids) if job.counts.get("ERR") else "",
+            action_button("stop", "jobs", "stop", ids),
+            action_button("restart", "jobs", "restart", ids, confirm="Restart every task of the job?"),
+            action_button("skip", "jobs", "skip", ids, confirm="Skip every unfinished task?"),
+            action_button("reset error hosts", "jobs", "reset_error_hosts", ids)
+            if any(b.avoided_hosts for b in job.blocks) else "",
+            action_button("priority…", "jobs", "set_priority", ids, prompt="New priority (0-250)",
+                          default=job.priority),
             action_button("delete", "jobs", "delete", ids, confirm=f"Delete job {job.id} {job.name}?",
                           danger=True),
-        ]
-        if not compact:
-            buttons[2:2] = [
-                action_button("stop", "jobs", "stop", ids),
-                action_button("restart", "jobs", "restart", ids, confirm="Restart every task of the job?"),
-                action_button("skip", "jobs", "skip", ids, confirm="Skip every unfinished task?"),
-                action_button("reset error hosts", "jobs", "reset_error_hosts", ids)
-                if any(b.avoided_hosts for b in job.blocks) else "",
-                action_button("priority…", "jobs", "set_priority", ids, prompt="New priority (0-250)",
-                              default=job.priority),
-            ]
-        return tags.span(buttons, class_="actions")
-
-    def jobs_table(self, jobs: list[JobRecord], *, actions: bool) -> Tag:
-        rows = []
-        for job in jobs:
-            counts = job.counts
-            row = [
-                tags.a(str(job.id), href=f"/jobs/{job.id}"),
-                tags.a(job.name, href=f"/jobs/{job.id}", class_="job-name"),
-                user_link(job.user_name),
-                state_badge(job.state),
-                progress(job.progress),
-                f"{counts.get('DON', 0) + counts.get('SKP', 0)} / {job.tasks}",
-                str(counts.get("RUN", 0)),
-                str(counts.get("ERR", 0)),
-                str(job.priority),
-                fmt_time(job.time_creation),
-            ]
-            if actions:
-                row.append(self.job_actions(job, compact=True))
-            rows.append(row)
-        heads: list[Any] = [("id", "num"), "name", "user", "state", "progress", ("done", "num"),
-                            ("running", "num"), ("errors", "num"), ("priority", "num"), "created"]
-        if actions:
-            heads.append("")
-        return table(heads, rows, empty="no jobs", class_="jobs")
+            class_="actions")
 
     # --- pages ---------------------------------------------------------------------------
 
@@ -168,47 +163,48 @@ class LivePages:
             card(f"{used * 100 // capacity if capacity else 0}%", "capacity in use"),
             card(len(farm.users), "users", "/users"),
         ], class_="cards")
-        unfinished = [j for j in farm.list_jobs() if j.state != "DON"]
-        unfinished.sort(key=lambda j: (-j.priority, j.time_creation))
-        busy = [render_record(r) for r in farm.renders.values() if r.online and r.tasks]
-        body = tags.div(tags.h1("Farm"), cards, tags.h2("Unfinished jobs"),
-                        self.jobs_table(unfinished[:100], actions=self.ctx.logins),
-                        tags.h2("Busy renders"), self.renders_table(busy, actions=False))
-        return live_page(self.ctx, call, "Farm", body, watch="all", current="/")
-
-    async def jobs(self, call: Call) -> Reply:
-        user = call.arg("user")
-        state = call.arg("state")
-        if state is not None and state not in JOB_STATES:
-            raise HTTPError(400, f"state: one of {', '.join(JOB_STATES)}")
-        jobs = self.ctx.farm.list_jobs(user)
-        if state is not None:
-            jobs = [j for j in jobs if j.state == state]
-        jobs.sort(key=lambda j: -j.id)
-
-        def select(name: str, choices: Any, current: str | None) -> Tag:
-            options = [tags.option(c, value=c, **attributes(selected=c == current and "selected"))
-                       for c in choices]
-            return tags.label(name, tags.select(tags.option("(all)", value=""), options, name=name))
-
-        filters = tags.form(select("user", sorted(self.ctx.farm.users), user),
-                            select("state", JOB_STATES, state),
-                            tags.button("show", type="submit"), method="get", class_="filters")
-        title = f"Jobs of {user}" if user else "Jobs"
-        body = tags.div(tags.h1(title), filters, self.jobs_table(jobs, actions=self.ctx.logins))
-        return live_page(self.ctx, call, title, body, watch="jobs", current="/jobs")
+        # The 100 unfinished jobs first in the farm's order: a page of the listing, not every job.
+        jobs_view = ListView("/jobs", "priority", True, 1, 100, {})
+        unfinished, count = farm.query_jobs(JobQuery(sort="priority", limit=100,
+                                                     without_states=frozenset({"DON"})))
+        lists = ListPages(self.ctx)
+        heads = [*lists.JOB_HEADS, ("", None, False)] if self.ctx.logins else lists.JOB_HEADS
+        jobs = list_table(jobs_view, heads, [lists.job_row(r, selectable=False, actions=self.ctx.logins)
+                                             for r in unfinished], selectable=False, empty="no jobs",
+                          class_="jobs")
+        busy = sorted((render_record(r) for r in farm.renders.values() if r.online and r.tasks),
+                      key=lambda r: r.name)
+        renders_view = ListView("/renders", "name", False, 1, 50, {})
+        renders = list_table(renders_view, lists.RENDER_HEADS,
+                             [lists.render_row(r, selectable=False) for r in busy[:100]], selectable=False,
+                             empty="no renders", class_="renders")
+        more: Any = ""
+        if count > 100:
+            more = tags.p(tags.a(f"all {count:,} unfinished jobs", href="/jobs?sort=-priority"))
+        body = tags.div(tags.h1("Farm"), cards, tags.h2("Unfinished jobs"), jobs, more,
+                        tags.h2("Busy renders"), renders)
+        # Every event is about the farm: its page is drawn again at most every 3 s.
+        return live_page(self.ctx, call, "Farm", body, watch="all", current="/", refresh_ms=3000)
 
     async def job(self, call: Call) -> Reply:
         job_id = int(call.groups["job"])
         farm = self.ctx.farm
         job = farm.show_job(job_id)
+        model = farm.job(job_id)
         offset = call.int_arg("offset", 0, 0, farm.settings.max_tasks_per_job) or 0
+        listing = farm.job_listing()
+        listing.refresh()
+        row = listing.rows.get(job_id)
+        live_progress = row.progress if row is not None else job.progress
         info = info_list((
             ("user", user_link(job.user_name)),
             ("state", state_badge(job.state)),
-            ("progress", progress(job.progress)),
+            ("progress", progress(live_progress)),
+            ("time left", time_left(model)),
             ("tasks", counts_text(job.counts)),
             ("priority", str(job.priority)),
+            ("project", job.project or "–"),
+            ("department", job.department or "–"),
             ("created", fmt_time(job.time_creation)),
             ("started", fmt_time(job.time_started)),
             ("done", fmt_time(job.time_done)),
@@ -216,13 +212,17 @@ class LivePages:
             ("depends on jobs", job.depend_mask or "–"),
             ("hosts mask", job.hosts_mask or "–"),
         ))
+        editable = bool(call.user) and (call.user == job.user_name or farm.is_admin(call.user or ""))
         blocks_rows = [[str(b.block), b.name, state_badge(b.state), progress(b.progress),
                         counts_text(b.counts), b.service, str(b.capacity), str(b.tasks),
                         b.depend_mask or "–", ", ".join(b.avoided_hosts or ()) or "–",
                         tags.code(b.command)] for b in job.blocks]
-        blocks = table([("#", "num"), "name", "state", "progress", "tasks", "service", ("capacity", "num"),
-                        ("count", "num"), "depends on", "avoided hosts", "command"], blocks_rows,
-                       class_="blocks")
+        blocks = tags.div(table([("#", "num"), "name", "state", "progress", "tasks", "service",
+                                 ("capacity", "num"), ("count", "num"), "depends on", "avoided hosts",
+                                 "command"],
+                                blocks_rows, class_="blocks"), class_="table-wrap")
+        editors = [block_editor(job_id, b.block, b.name, model.blocks[b.block].spec)
+                   for b in job.blocks] if editable else []
         grids = [self.grid(job_id, b, offset) for b in job.blocks]
         legend = tags.p([[state_badge(s), " "] for s in JOB_STATES], class_="legend")
         explain: Any = ""
@@ -235,26 +235,38 @@ class LivePages:
                       [[b["name"], str(b["ready"]), str(b["running"]), "; ".join(b["reasons"]) or "–",
                         "; ".join(f"{n} renders: {why_}" for why_, n in b["renders"].items()) or "–",
                         ", ".join(b["can_run_on"][:20]) or "–"] for b in why["blocks"]]))
-        body = tags.div(
+        head = tags.div(
             tags.h1(f"Job {job_id}: ", tags.span(job.name, class_="job-name")),
             tags.p(self.job_actions(job) if self.ctx.logins else "", " ",
-                   tags.a("why is it waiting?", href=f"/jobs/{job_id}?explain=1")),
-            info, explain, tags.h2("Blocks"), blocks, legend, grids)
-        return live_page(self.ctx, call, f"Job {job_id}", body, watch=f"job:{job_id}", current="/jobs")
+                   tags.a("why is it waiting?", href=f"/jobs/{job_id}?explain=1"), " · ",
+                   tags.a("tasks as a list", href=f"/jobs/{job_id}/tasks")),
+            info, explain, tags.h2("Blocks"), blocks, editors)
+        # The grids follow task events cell by cell (the script); the head is fetched again
+        # on the job's own events only.
+        return live_page(self.ctx, call, f"Job {job_id}", head, watch=f"job:{job_id}", current="/jobs",
+                         after=tags.div(legend, grids, id="grids"))
 
     def grid(self, job_id: int, block: BlockRecord, offset: int) -> Tag:
-        """A block's tasks as cells coloured by state, GRID_MAX at a time."""
+        """A block's tasks as cells labelled with their frames and coloured by state,
+        GRID_MAX at a time."""
         tasks, total = self.ctx.farm.list_tasks(job_id, block.block, offset, GRID_MAX)
-        cells = [tags.a(href=f"/jobs/{job_id}/{block.block}/{t.task}", class_=f"t s-{t.state}",
+        spec = self.ctx.farm.job(job_id).blocks[block.block].spec
+        cells = [tags.a(frame_label(spec, t.task), href=f"/jobs/{job_id}/{block.block}/{t.task}",
+                        class_=f"t s-{t.state}",
                         title=f"{t.name}: {t.state}" + (" WRN" if t.warning else "")
                         + (f" on {t.host}" if t.host else "")
                         + (f", {t.progress}%" if t.state == "RUN" else ""),
-                        **{"data-state": t.state}) for t in tasks]
-        pager = []
+                        **{"data-state": t.state, "data-key": f"task:{job_id}:{block.block}:{t.task}"})
+                 for t in tasks]
+        pager: list[Any] = []
         if offset > 0:
-            pager.append(tags.a("« earlier tasks", href=f"?offset={max(0, offset - GRID_MAX)}"))
+            pager += [tags.a("« earlier tasks", href=f"?offset={max(0, offset - GRID_MAX)}"), " "]
         if offset + GRID_MAX < total:
-            pager.append(tags.a("later tasks »", href=f"?offset={offset + GRID_MAX}"))
+            pager += [tags.a("later tasks »", href=f"?offset={offset + GRID_MAX}"), " "]
+        if total > GRID_MAX:  # thousands of tasks: go straight to one
+            pager.append(tags.form(tags.label("from task ", tags.input(
+                type="number", name="offset", min="0", max=str(total - 1), value=str(offset))),
+                tags.button("show", type="submit"), method="get", class_="inline"))
         shown = f" tasks {offset + 1 if tasks else 0}–{offset + len(tasks)} of {total}"
         heading = tags.h2(f"Block {block.block}: {block.name}", tags.span(shown, class_="muted"))
         return tags.div(heading,
@@ -270,6 +282,10 @@ class LivePages:
         runs = task.starts_count
         run = call.int_arg("run", runs, 0, max(runs, 0)) or runs
         frames = spec.frames(number) if spec.numeric else None
+        elapsed = None
+        if data.time_started:
+            elapsed = (data.time_done if data.time_done >= data.time_started else farm.clock.seconds()) \
+                - data.time_started
         info = info_list((
             ("job", tags.a(f"{job_id}: {job.name}", href=f"/jobs/{job_id}")),
             ("block", f"{block}: {task.block.name}"),
@@ -281,11 +297,13 @@ class LivePages:
              if data.state == "RUN" and (data.frame or data.percent_frame) else "–"),
             # The first line its parser flagged (Afanasy's WRN): the run's outcome stands.
             ("warning", tags.span(data.warning, class_="warning") if data.warning else "–"),
-            ("host", data.host or "–"),
+            # A multi-host run's host reads "primary: secondary ...": the link is the primary's page.
+            ("host", tags.a(data.host, href=f"/renders/{data.host.split(':')[0]}") if data.host else "–"),
             ("runs", str(runs)),
             ("errors", str(data.errors_count)),
             ("started", fmt_time(data.time_started)),
             ("done", fmt_time(data.time_done)),
+            ("run time", duration(elapsed) if elapsed is not None else "–"),
             ("command", tags.code(task.command)),
         ))
         actions: Any = ""
@@ -294,20 +312,53 @@ class LivePages:
             actions = tags.p(tags.span([action_button("restart", "tasks", "restart", f),
                                         action_button("skip", "tasks", "skip", f)], class_="actions"))
         output: Any = tags.p("no output yet", class_="muted")
-        run_links: Any = ""
-        if runs:
-            run_links = tags.p("run: ", [[tags.a(str(r), href=f"?run={r}",
-                                                 **attributes(class_="current" if r == run else None)), " "]
-                                         for r in range(1, runs + 1)])
-            output = self.output(call, (job_id, block, number), run)
+        run_table: Any = ""
         running = data.state in ("RUN", "WRC") and run == runs
-        body = tags.div(tags.h1(f"Task {task.name}"), actions, info, tags.h2(f"Output of run {run}"),
-                        run_links, output)
+        if runs:
+            recorded = await recorded_runs(self.ctx, lambda q: q.task_runs(job_id, block, number))
+            run_table = self.runs_table((job_id, block, number), runs, run, data,
+                                        {r["run"]: r for r in reversed(recorded or [])})
+            output = self.output(call, (job_id, block, number), run, follow=running)
+        body = tags.div(tags.h1(f"Task {task.name}"), actions, info, tags.h2("Runs"), run_table)
         return live_page(self.ctx, call, f"Task {job_id}/{block}/{number}", body,
                          watch=f"task:{job_id}:{block}:{number}", current="/jobs",
-                         poll_ms=2000 if running else None)
+                         after=tags.div(tags.h2(f"Output of run {run}"), output))
 
-    def output(self, call: Call, key: tuple[int, int, int], run: int) -> Tag:
+    def runs_table(self, key: tuple[int, int, int], runs: int, current: int, data: Any,
+                   recorded: dict[int, dict[str, Any]]) -> Tag:
+        """Each run: its host, times and end as the statistics recorded them (else, for the
+        last run, as the farm knows it now), and its output's size."""
+        outputs = self.ctx.outputs
+        rows = []
+        for r in range(runs, 0, -1):
+            size: Any = "–"
+            if outputs is not None:
+                try:
+                    size = f"{outputs.path(key, r).stat().st_size:,} B"
+                except OSError:
+                    size = "–"
+            row = recorded.get(r)
+            if r == runs and (row is None or data.state in ("RUN", "WRC")):
+                host, started, done = data.host, data.time_started, data.time_done
+                state, ended = state_badge(data.state), ""
+            elif row is not None:
+                host, started, done, state = row["host"], row["time_started"], row["time_done"], \
+                    state_badge(row["state"])
+                ended = ("exit " + str(row["exit_code"]) if row["exit_code"] is not None else "") + (
+                    f" signal {row['signal']}" if row.get("signal") else "") + (
+                    f": {row['message']}" if row.get("message") else "")
+            else:
+                host, started, done, state, ended = "", 0.0, 0.0, "–", "not recorded"
+            rows.append([tags.a(str(r), href=f"?run={r}",
+                                **attributes(class_="current" if r == current else None)),
+                         tags.a(host, href=f"/renders/{host}") if host else "–",
+                         fmt_time(started), fmt_time(done),
+                         duration(done - started) if done >= started > 0 else "–", state, ended or "–",
+                         size])
+        return table([("run", "num"), "host", "started", "done", "run time", "state", "end",
+                      ("output", "num")], rows, class_="runs")
+
+    def output(self, call: Call, key: tuple[int, int, int], run: int, follow: bool = False) -> Tag:
         outputs = self.ctx.outputs
         if outputs is None:
             return tags.p("task output is not kept here", class_="muted")
@@ -328,62 +379,9 @@ class LivePages:
         if offset + len(data) < size:
             pager.append(tags.a("later »", href=f"?run={run}&offset={offset + len(data)}"))
         note = f"bytes {offset}–{offset + len(data)} of {size}" if size else "empty"
+        # A running task's tail is followed by the script from where this page ends.
+        tail_url = f"/api/jobs/{key[0]}/{key[1]}/{key[2]}/output?run={run}"
         return tags.div(tags.p(note, " ", pager, class_="muted"),
-                        tags.pre(data.decode("utf-8", "replace"), class_="output"))
-
-    def renders_table(self, renders: list[RenderRecord], *, actions: bool) -> Tag:
-        rows = []
-        for r in sorted(renders, key=lambda r: r.name):
-            tasks = [[tags.a(f"{k[0]}/{k[1]}/{k[2]}", href=f"/jobs/{k[0]}/{k[1]}/{k[2]}"), " "]
-                     for k in r.tasks]
-            used = r.capacity_used * 100 // r.capacity if r.capacity else 0
-            cpu, memory, load = resource_cells(r)
-            row = [tags.a(r.name, href=f"/renders#{r.name}", id=r.name),
-                   state_badge(r.state, "r"), tasks or "–",
-                   tags.span(tags.progress(value=str(used), max="100"),
-                             f" {r.capacity_used} / {r.capacity}"),
-                   str(r.max_tasks or "–"), cpu, memory, load, r.platform or "–",
-                   ", ".join(r.services) or "all", r.owner or "–", fmt_time(r.time_seen),
-                   str(r.errors_in_row)]
-            if actions:
-                row.append(self.render_actions(r))
-            rows.append(row)
-        heads: list[Any] = ["name", "state", "tasks", "capacity", ("max tasks", "num"), "CPU", "memory",
-                            "load, disk", "platform", "services", "owner", "last seen",
-                            ("errors in a row", "num")]
-        if actions:
-            heads.append("")
-        return table(heads, rows, empty="no renders", class_="renders")
-
-    @staticmethod
-    def render_actions(r: RenderRecord) -> Tag:
-        names = {"name": [r.name]}
-        return tags.span(
-            action_button("resume", "renders", "resume", names) if r.paused
-            else action_button("pause", "renders", "pause", names),
-            action_button("free", "renders", "free", names) if (r.nimby or r.NIMBY)
-            else action_button("nimby", "renders", "nimby", names),
-            action_button("eject", "renders", "eject", names, confirm="Return its tasks to ready?")
-            if r.tasks else "",
-            action_button("heal", "renders", "heal", names) if r.sick else "",
-            action_button("reset error hosts", "renders", "reset_error_hosts", names)
-            if r.error_history else "",
-            class_="actions")
-
-    async def renders(self, call: Call) -> Reply:
-        renders = self.ctx.farm.list_renders()
-        body = tags.div(tags.h1("Renders"), self.renders_table(renders, actions=self.ctx.logins))
-        # Resources come with heartbeats, which are not events: look again now and then.
-        return live_page(self.ctx, call, "Renders", body, watch="renders", current="/renders",
-                         poll_ms=RESOURCES_POLL_MS)
-
-    async def users(self, call: Call) -> Reply:
-        rows = [[user_link(u.name), str(u.jobs), str(u.running), str(u.running_capacity),
-                 str(u.priority), str(u.max_running_tasks) if u.max_running_tasks >= 0 else "–",
-                 u.jobs_solving, u.hosts_mask or "–", fmt_time(u.time_registered)]
-                for u in sorted(self.ctx.farm.list_users(), key=lambda u: u.name)]
-        body = tags.div(tags.h1("Users"),
-                        table(["name", ("jobs", "num"), ("running", "num"), ("running capacity", "num"),
-                               ("priority", "num"), ("max running", "num"), "jobs solving", "hosts mask",
-                               "registered"], rows, empty="no users", class_="users"))
-        return live_page(self.ctx, call, "Users", body, watch="users", current="/users")
+                        tags.pre(data.decode("utf-8", "replace"), class_="output", **attributes(
+                            data_tail=tail_url if follow and offset + len(data) >= size else None,
+                            data_offset=offset + len(data))))

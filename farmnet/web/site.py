@@ -6,10 +6,14 @@ script engine; each path is a resource of the tree :func:`site_tree` builds (see
 
 ======================================  ==========================================================
 ``/``                                   the farm: counts, unfinished jobs, busy renders (live)
-``/jobs`` (``?user=&state=``)           jobs with progress, state, owner; actions (live)
-``/jobs/ID`` (``?offset=&explain=1``)   a job: blocks, a grid of its tasks coloured by state
-``/jobs/ID/BLOCK/TASK`` (``?run=``)     a task and its output (live; polled while it runs)
-``/renders``, ``/users``                renders (state, tasks, capacity, CPUs, memory), users
+``/jobs`` (``?q=&user=&state=&project=``  jobs a page at a time, sorted (``sort=-id``), filtered,
+``department=&sort=&page=&per=``)       checked rows acted on in bulk; rows patched live
+``/jobs/ID`` (``?offset=&explain=1``)   a job: blocks (editable), a grid of its tasks by frame
+``/jobs/ID/tasks`` (``?state=&host=``)  the job's tasks as a paged, sorted, filtered list
+``/jobs/ID/BLOCK/TASK`` (``?run=``)     a task, its runs and output (its tail followed live)
+``/renders``, ``/renders/NAME``         renders (paged, sorted, bulk actions); one render: tasks,
+                                        resources over time, recent runs, events, actions
+``/users``, ``/projects``               users; jobs grouped by project and department
 ``/stats``, ``/stats/tasks``,           statistics from PostgreSQL: SVG graphs, tables grouped by
 ``/stats/jobs``, ``/stats/logs``,       user/service/folder/host/..., time filters, the farm log
 ``/stats/graph.svg``
@@ -48,10 +52,12 @@ from farmnet.web import auth, live, metrics
 from farmnet.web.api import JsonApi
 from farmnet.web.assets import CSS, JS
 from farmnet.web.context import WebContext
+from farmnet.web.listpages import ListPages
 from farmnet.web.login import LoginPages
 from farmnet.web.pages import LivePages
 from farmnet.web.resources import Gate, Node, Route
 from farmnet.web.routing import Call, Handler, Reply
+from farmnet.web.samples import ResourceSamples
 from farmnet.web.statspages import StatsPages
 
 __all__ = ["FarmSite", "make_site", "site_tree"]
@@ -70,12 +76,15 @@ def get(handler: Handler, access: str = "read", api: bool = False) -> dict[str, 
 def site_tree(gate: Gate, ctx: WebContext, registry: Any) -> Node:
     """Every path of the site, as a tree of resources."""
     pages, login, api, stats = LivePages(ctx), LoginPages(ctx), JsonApi(ctx), StatsPages(ctx)
+    lists = ListPages(ctx)
     root = Node(gate, get(pages.index))
-    jobs = root.child("jobs", get(pages.jobs))
+    jobs = root.child("jobs", get(lists.jobs))
     job = jobs.variable_child("job", ID, get(pages.job))
+    job.child("tasks", get(lists.tasks))
     job.variable_child("block", NUMBER).variable_child("task", ID, get(pages.task))
-    root.child("renders", get(pages.renders))
-    root.child("users", get(pages.users))
+    root.child("renders", get(lists.renders)).variable_child("name", NAME, get(lists.render))
+    root.child("users", get(lists.users))
+    root.child("projects", get(lists.projects))
     statistics = root.child("stats", get(stats.guarded("/stats", stats.graphs)))
     for name, handler in (("tasks", stats.tasks), ("jobs", stats.jobs), ("logs", stats.logs)):
         statistics.child(name, get(stats.guarded(f"/stats/{name}", handler)))
@@ -196,6 +205,7 @@ class FarmSite(server.Site):
         """End event streams and expire sessions; the open connections are the listener's
         to close, client first (``Listener.close_connections``)."""
         self.ctx.streams.close_all()
+        self.ctx.samples.stop()
         if self.ctx.throttle is not None:
             self.ctx.throttle.stop()
         for session in list(self.sessions.values()):
@@ -246,7 +256,7 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
               durable: Callable[[], defer.Deferred[Any]] | None = None, amp: Any = None,
               portal: Portal | None = None, events: EventLog | None = None,
               login_link: auth.TokenChecker | None = None, output_readers: str | None = None,
-              throttle: LoginThrottle | None = None) -> FarmSite:
+              throttle: LoginThrottle | None = None, sample_resources: bool = False) -> FarmSite:
     """The site for ``farm``. ``config`` is the server's ``web`` section (``public``);
     ``users_file`` the logins' password file (``server.auth.users_file``); ``stats`` the
     StatsService (or None); ``durable`` waits until the farm's changes are on disk (actions
@@ -256,7 +266,8 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
     of the server's printed link log in (a farm without a password file);
     ``output_readers`` who reads task outputs (``server.auth.outputs``; default: "owner"
     when there are passwords, else "public"); ``throttle`` backs failed logins off per
-    address (shared with the AMP side).
+    address (shared with the AMP side); ``sample_resources`` samples the renders' resources
+    from now on (else from the first render page), for their charts.
 
     The older ``make_site(farm)`` still works (read-only, no outputs, no statistics)."""
     if farm is None and isinstance(reactor, Farm):
@@ -273,7 +284,10 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
         output_readers = "owner" if auth.passwords_accepted(portal) else "public"
     ctx = WebContext(reactor=reactor, farm=farm, events=events, outputs=outputs, portal=portal, stats=stats,
                      public=public, logins=logins, output_readers=output_readers, durable=durable, amp=amp,
-                     throttle=throttle if throttle is not None else LoginThrottle(reactor))
+                     throttle=throttle if throttle is not None else LoginThrottle(reactor),
+                     samples=ResourceSamples(reactor, farm))
+    if sample_resources:
+        ctx.samples.start()
     site_box: list[FarmSite] = []
 
     def extra() -> dict[str, tuple[str, float]]:
