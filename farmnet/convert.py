@@ -161,6 +161,9 @@ def _make() -> cattrs.Converter:
         tag = value.get("order") if isinstance(value, Mapping) else None
         raise _UnknownOrder(f"unknown order {_show(tag)} (known: {', '.join(sorted(orders))})")
 
+    omitted = {name: override(omit_if_default=True) for name in messages.StartOrder.SENT_WHEN_SET}
+    conv.register_unstructure_hook(messages.StartOrder, make_dict_unstructure_fn(
+        messages.StartOrder, conv, **omitted))
     configure_tagged_union(messages.Order, conv, tag_generator=lambda cls: cls.order, tag_name="order")
     union_hook = conv.get_structure_hook(messages.Order)
 

@@ -90,6 +90,9 @@ class Task:
     #: WRC: when it began waiting for its render (task_reconnect_timeout counts from here,
     #: across server restarts); 0 otherwise.
     time_lost: float = 0.0
+    #: The capacity the current run holds on its render (variable capacity: the block's times
+    #: the coefficient); 0: the block's capacity.
+    capacity: int = 0
 
     @property
     def key(self) -> TaskKey:
@@ -292,6 +295,24 @@ class Render:
     wol: str = ""
     #: The latest resources the render reported (CPU, memory, swap, disk, load).
     resources: dict[str, Any] = attrs.field(factory=dict)
+    #: What block and job needs are checked against (Afanasy's units); None: not reported.
+    #: From the registration: its OS words, properties and power (config), CPU MHz.
+    os: str = ""
+    properties: str = ""
+    power: int = -1
+    cpu_mhz: int | None = None
+    #: From its resources: free memory MB, free disk GB, free GPU memory MB.
+    mem_free_mb: int | None = None
+    hdd_free_gb: float | None = None
+    gpu_mem_free_mb: int | None = None
+
+    @property
+    def cpu_num(self) -> int | None:
+        return self.cpus or None
+
+    @property
+    def cpu_freq_cores(self) -> int | None:
+        return None if self.cpu_mhz is None or not self.cpus else self.cpu_mhz * self.cpus
 
     def usable(self) -> bool:
         """Online, not sick, not asleep: a paused or NIMBY render still runs the jobs that ignore
