@@ -304,7 +304,8 @@ AF_PY_JOB_KEYS = {
     "max_running_tasks": "test_scheduler.py", "max_running_tasks_per_host": "test_scheduler.py",
     "hosts_mask": "test_scheduler.py", "hosts_mask_exclude": "test_scheduler.py",
     "depend_mask": "test_scheduler.py", "depend_mask_global": "test_scheduler.py",
-    "need_os": "test_needs.py NeedsTests", "need_properties": "test_needs.py NeedsTests", "ppa": None, "maintenance": None,
+    "need_os": "test_needs.py NeedsTests", "need_properties": "test_needs.py NeedsTests",
+    "ppa": None, "maintenance": None,
     "ignorenimby": "RenderStateTests", "ignorepaused": "RenderStateTests", "offline": "test_farm.py",
     "time_life": "TimeTests",
 }
@@ -312,7 +313,8 @@ AF_PY_JOB_KEYS = {
 AF_PY_BLOCK_FLAGS = {
     "numeric": "FrameTests", "varcapacity": "test_needs.py VariableCapacityTests", "multihost": None,
     "masteronslave": None, "dependsubtask": None, "skipthumbnails": "farmnet makes no thumbnails",
-    "skipexistingfiles": "test_needs.py FileCheckTests", "checkrenderedfiles": "test_needs.py FileCheckTests", "slavelostignore": None, "suspendnewtasks": None,
+    "skipexistingfiles": "test_needs.py FileCheckTests", "checkrenderedfiles": "test_needs.py FileCheckTests",
+    "slavelostignore": None, "suspendnewtasks": None,
 }
 FLAG_BITS = {"numeric": 0, "varcapacity": 1, "multihost": 2, "masteronslave": 3, "dependsubtask": 4,
              "skipthumbnails": 5, "skipexistingfiles": 6, "checkrenderedfiles": 7, "slavelostignore": 8,
