@@ -6,10 +6,13 @@ from the same checks."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Any
 
 from test_farm import FarmTestCase
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
 
 from farmnet.config import SchedulingConfig
 from farmnet.messages import HostFacts, HostResources, StartOrder
@@ -290,3 +293,38 @@ class ReservationTests(NeedsTestCase):
         self.farm.job_action("anna", [big.id], "pause")
         self.step(render)
         self.assertEqual(self.farm.scheduler.reserved, {})
+
+
+class GpuReaderTests(TestCase):
+    """nvidia-smi as a real child process (a script standing in for it): read, summed over
+    GPUs; a failing or missing one is no GPU, never an error."""
+
+    def fake(self, script: str) -> str:
+        directory = tempfile.mkdtemp(prefix="farmnet-gpu-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "nvidia-smi")
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\n" + script + "\n")
+        os.chmod(path, 0o755)
+        return path
+
+    async def test_two_gpus_are_summed(self) -> None:
+        reader = resources.GpuReader(reactor, 30, self.fake('printf "24576, 1000\\n8192, 24\\n"'))
+        await reader.read()
+        self.assertEqual(reader.latest, (32768, 1024))
+        self.assertEqual(resources.sample("/", reader.latest).gpu_mem_used_mb, 1024)
+
+    async def test_a_failing_or_missing_nvidia_smi_is_no_gpu(self) -> None:
+        reader = resources.GpuReader(reactor, 30, self.fake("echo 'NVIDIA-SMI has failed'; exit 9"))
+        await reader.read()
+        self.assertIsNone(reader.latest)
+        missing = resources.GpuReader(reactor, 30, "/nonexistent/nvidia-smi")
+        await missing.read()
+        self.assertIsNone(missing.latest)
+        self.assertIsNone(resources.parse_nvidia_smi(b"[N/A], [N/A]\n"))
+
+    def test_no_nvidia_smi_no_loop(self) -> None:
+        reader = resources.GpuReader(reactor, 30, None)
+        reader.executable = None
+        reader.start()
+        self.assertIsNone(reader._loop)
