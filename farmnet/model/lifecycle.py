@@ -9,6 +9,7 @@ the bus, never sent from here.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 from twisted.logger import Logger
@@ -27,10 +28,26 @@ from farmnet.model.events import (
     TaskStateChanged,
     UserChanged,
 )
-from farmnet.model.spec import FLAG_CHECK_RENDERED_FILES, FLAG_SKIP_EXISTING_FILES, JobSpec, TaskSpec
+from farmnet.model.spec import (
+    FLAG_CHECK_RENDERED_FILES,
+    FLAG_SKIP_EXISTING_FILES,
+    BlockSpec,
+    JobSpec,
+    TaskSpec,
+)
 from farmnet.model.state import FarmState
 
 log = Logger()
+
+
+def _start_extras(spec: BlockSpec, task: Task, coeff: int) -> dict[str, Any]:
+    """A start order's keys for variable capacity, parser_coeff and file checks."""
+    checks = spec.flags & (FLAG_CHECK_RENDERED_FILES | FLAG_SKIP_EXISTING_FILES)
+    return {"capacity_coeff": coeff, "parser_coeff": spec.parser_coeff,
+            "files": spec.task_files(task.number) if checks else [],
+            "file_size_min": spec.file_size_min, "file_size_max": spec.file_size_max,
+            "check_rendered_files": bool(spec.flags & FLAG_CHECK_RENDERED_FILES),
+            "skip_existing_files": bool(spec.flags & FLAG_SKIP_EXISTING_FILES)}
 
 
 class TaskLife(FarmState):
@@ -99,7 +116,7 @@ class TaskLife(FarmState):
         if not job.time_started:
             job.time_started = now
         spec = block.spec
-        coeff = spec.capacity_coeff(render.capacity - render.capacity_used)
+        coeff = spec.capacity_coeff(render.capacity - render.capacity_used) if spec.flags else 0
         task.capacity = spec.capacity * coeff if coeff else 0
         self._occupy(render, task)
         self._set_state(task, TaskState.RUN)
@@ -112,7 +129,7 @@ class TaskLife(FarmState):
             "AF_JOB_ID": str(job.id), "AF_BLOCK_ID": str(block.number), "AF_TASK_ID": str(task.number),
             "FARMNET_JOB_ID": str(job.id), "FARMNET_JOB_NAME": job.name,
             "FARMNET_BLOCK": str(block.number), "FARMNET_BLOCK_NAME": block.name,
-            "FARMNET_TASK": str(task.number), "FARMNET_TASK_NAME": task.name,
+            "FARMNET_TASK": str(task.number), "FARMNET_TASK_NAME": (name := task.name),
             "FARMNET_USER": job.user_name, "FARMNET_RUN": str(task.starts_count),
             "FARMNET_FRAME_START": str(frame_start), "FARMNET_FRAME_END": str(frame_end),
         })
@@ -120,18 +137,14 @@ class TaskLife(FarmState):
         if coeff:  # Afanasy's service puts the coefficient in the command
             command = command.replace("@AF_CAPACITY@", str(coeff))
             env["FARMNET_CAPACITY_COEFF"] = str(coeff)
-        checks = spec.flags & (FLAG_CHECK_RENDERED_FILES | FLAG_SKIP_EXISTING_FILES)
+        extras = _start_extras(spec, task, coeff) if spec.flags or spec.parser_coeff != 1 else {}
         self._order(render, StartOrder(
             job_id=job.id, block=block.number, task=task.number, run=task.starts_count,
-            name=task.name, command=command, working_directory=spec.working_directory,
+            name=name, command=command, working_directory=spec.working_directory,
             environment=env, service=spec.service, parser=spec.parser,
             capacity=task.capacity or spec.capacity,
             frame_start=frame_start, frame_end=frame_end, max_run_time=spec.task_max_run_time,
-            capacity_coeff=coeff, parser_coeff=spec.parser_coeff,
-            files=spec.task_files(task.number) if checks else [],
-            file_size_min=spec.file_size_min, file_size_max=spec.file_size_max,
-            check_rendered_files=bool(spec.flags & FLAG_CHECK_RENDERED_FILES),
-            skip_existing_files=bool(spec.flags & FLAG_SKIP_EXISTING_FILES),
+            **extras,
         ))
 
     def _arm_time_limits(self, task: Task) -> None:
