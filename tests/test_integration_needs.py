@@ -100,3 +100,11 @@ class NeedsIntegrationTests(TestCase):
         self.assertEqual(task["state"], "ERR")
         output = await self.client.output(small, 0, 0)
         self.assertIn(b"rendered file size less than minimum (1 < 2)", output)
+        # skipexistingfiles: frame 1's file is there (3 bytes), frame 3's is not
+        skip = await self.submit("skip", blocks=[{
+            "name": "b", "command": "echo ran @#@ >> ran.txt", "frame_first": 1, "frame_last": 3,
+            "frames_inc": 2, "working_directory": self.base, "files": ["out.@#@.txt"], "flags": 1 << 6}])
+        await self.cli("wait", str(skip))
+        with open(os.path.join(self.base, "ran.txt")) as f:
+            self.assertEqual(f.read(), "ran 3\n")
+        self.assertIn(b"command skipped (skipexistingfiles)", await self.client.output(skip, 0, 0))

@@ -114,6 +114,15 @@ class NeedsTests(NeedsTestCase):
         self.assertEqual(self.why(other.id)["renders"],
                          {str(Why.JOB_NEED_PROPERTIES): 2})
 
+    def test_needs_may_be_changed_on_a_waiting_job(self) -> None:
+        render = self.host(mem_free_mb=4000)
+        job = self.submit(need_os="windows", block={"need_memory": 8000})
+        self.assertEqual(self.starts(render), [])
+        self.farm.job_action("anna", [job.id], "set", {"need_os": "linux"})
+        self.farm.job_action("anna", [job.id], "set_block", {"block": 0, "need_memory": 2000})
+        self.clock.advance(0)
+        self.assertEqual(len(self.starts(render)), 1)
+
     def test_needs_of_a_job_round_trip_through_its_document(self) -> None:
         spec, warnings = parse_job({"name": "j", "need_os": "windows", "blocks": [
             {"name": "b", "command": "x", "need_memory": 100, "need_properties": "gpu"}]})

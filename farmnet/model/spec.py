@@ -451,7 +451,7 @@ BLOCK_SETTABLE = frozenset(
     {"capacity", "max_running_tasks", "max_running_tasks_per_host", "hosts_mask", "hosts_mask_exclude",
      "depend_mask", "tasks_depend_mask", "errors_retries", "errors_avoid_host", "errors_task_same_host",
      "errors_forgive_time", "task_max_run_time", "task_min_run_time", "task_progress_change_timeout",
-     "service", "parser", "tickets", "sequential"})
+     "service", "parser", "tickets", "sequential", *NEED_KEYS, "need_properties"})
 
 
 def validate_changes(changes: Any, settable: frozenset[str], path: str) -> dict[str, Any]:
