@@ -147,13 +147,16 @@ class Scheduler:
         ignoring = farm.jobs_ignoring_states > 0
         if self.capacity_waits or self.reserved:
             self.reserve(farm.clock.seconds())
+        # Taken once a solve: blocks finishing meanwhile only make it grow, and work added
+        # meanwhile (the system job's tasks) asks for another solve.
+        smallest = farm.smallest_block_capacity()
         for render in list(farm.renders.values()):
             if render.solved_empty_at == farm.work_generation:
                 continue
             if not ignoring and (render.paused or render.NIMBY):
                 continue  # no job may use it: not worth a pick
             while render.has_room():
-                if render.capacity - render.capacity_used < farm.smallest_block_capacity():
+                if render.capacity - render.capacity_used < smallest:
                     break  # nothing unfinished fits in what is left
                 task = self.pick(render)
                 if task is None:

@@ -150,6 +150,14 @@ class BlockSpec:
     parser_coeff: int = 1
 
     @functools.cached_property
+    def _command_parts(self) -> FrameParts:
+        return frame_parts(self.command)
+
+    @functools.cached_property
+    def _tasks_name_parts(self) -> FrameParts:
+        return frame_parts(self.tasks_name)
+
+    @functools.cached_property
     def needs(self) -> tuple[tuple[str, int], ...]:
         """The numeric needs that are set, as (key, value): what the scheduler checks."""
         return tuple((key, value) for key in NEED_KEYS if (value := getattr(self, key)) > 0)
@@ -234,7 +242,7 @@ class BlockSpec:
             return self.tasks_name.replace("@#@", name) if self.tasks_name else name
         start, end = self.frames(number)
         if self.tasks_name:
-            return fill_frames(self.tasks_name, start, end)
+            return fill_parts(self._tasks_name_parts, start, end)
         if start == end:
             return f"frame {start}"
         return f"frame {start}-{end}" + (f" / {self.frames_inc}" if self.frames_inc > 1 else "")
@@ -247,7 +255,7 @@ class BlockSpec:
             if "@#@" in self.command:
                 return self.command.replace("@#@", task_command)
             return self.command + task_command  # Afanasy appends, with no space between
-        return fill_frames(self.command, *self.frames(number))
+        return fill_parts(self._command_parts, *self.frames(number))
 
 
 @attrs.frozen
@@ -297,8 +305,28 @@ class JobSpec:
 
 def fill_frames(pattern: str, start: int, end: int) -> str:
     """Afanasy's fillNumbers: first ``@#@`` → start, second → end, then alternate."""
-    numbers = iter([start, end] * (pattern.count("@") // 2 + 1))
-    return _FRAME_PATTERN.sub(lambda m: str(next(numbers)).zfill(len(m.group(1))), pattern)
+    return fill_parts(frame_parts(pattern), start, end)
+
+
+FrameParts = tuple[tuple[str, ...], tuple[int, ...]]
+
+
+def frame_parts(pattern: str) -> FrameParts:
+    """A pattern cut at its ``@#@``: the text around them and the padding of each (a block
+    keeps its command's, so filling a task's frames costs no regular expression)."""
+    pieces = _FRAME_PATTERN.split(pattern)
+    return tuple(pieces[0::2]), tuple(len(hashes) for hashes in pieces[1::2])
+
+
+def fill_parts(parts: FrameParts, start: int, end: int) -> str:
+    texts, pads = parts
+    if not pads:
+        return texts[0]
+    out = [texts[0]]
+    for i, pad in enumerate(pads):
+        out.append(str(end if i % 2 else start).zfill(pad))
+        out.append(texts[i + 1])
+    return "".join(out)
 
 
 # --- parsing ---------------------------------------------------------------------------
