@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from farmnet.model.data import Block, Job, Render, Task, TaskState, User
 from farmnet.model.masks import Mask, Masks
-from farmnet.model.spec import BlockSpec, afanasy_find
+from farmnet.model.spec import BlockSpec, words_found
 
 #: Tasks of one block looked at per pick before giving up on it (task-level refusals).
 SCAN = 256
@@ -280,9 +280,9 @@ class Scheduler:
     def job_needs_refuse(self, job: Job, render: Render) -> Why | None:
         """Afanasy's job needs: need_os against the render's OS words, need_properties
         against its properties (any word of the need found in them)."""
-        if not afanasy_find(job.spec.need_os, render.os):
+        if not words_found(job.spec.need_os_words, render.os):
             return Why.JOB_NEED_OS
-        if not afanasy_find(job.spec.need_properties, render.properties):
+        if not words_found(job.spec.need_properties_words, render.properties):
             return Why.JOB_NEED_PROPERTIES
         return None
 
@@ -294,7 +294,7 @@ class Scheduler:
             have = getattr(render, attribute)
             if have is None or have < need:
                 return why
-        if not afanasy_find(spec.need_properties, render.properties):
+        if not words_found(spec.need_properties_words, render.properties):
             return Why.NEED_PROPERTIES
         return None
 

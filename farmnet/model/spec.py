@@ -158,6 +158,10 @@ class BlockSpec:
         return frame_parts(self.tasks_name)
 
     @functools.cached_property
+    def need_properties_words(self) -> tuple[str, ...]:
+        return find_words(self.need_properties)
+
+    @functools.cached_property
     def needs(self) -> tuple[tuple[str, int], ...]:
         """The numeric needs that are set, as (key, value): what the scheduler checks."""
         return tuple((key, value) for key in NEED_KEYS if (value := getattr(self, key)) > 0)
@@ -302,6 +306,14 @@ class JobSpec:
     def tasks_count(self) -> int:
         return sum(b.tasks_count for b in self.blocks)
 
+    @functools.cached_property
+    def need_os_words(self) -> tuple[str, ...]:
+        return find_words(self.need_os)
+
+    @functools.cached_property
+    def need_properties_words(self) -> tuple[str, ...]:
+        return find_words(self.need_properties)
+
 
 def fill_frames(pattern: str, start: int, end: int) -> str:
     """Afanasy's fillNumbers: first ``@#@`` → start, second → end, then alternate."""
@@ -412,8 +424,20 @@ def _files(value: Any) -> tuple[str, ...]:
 def afanasy_find(pattern: str, text: str) -> bool:
     """Afanasy's "find, contain" masks (need_os, need_properties): true when the pattern is empty
     or any of its words (split on ``|;,: ``) is in ``text``."""
-    words = [word for word in _FIND_SEPARATORS.split(pattern) if word]
-    return not words or any(word in text for word in words)
+    return words_found(find_words(pattern), text)
+
+
+def find_words(pattern: str) -> tuple[str, ...]:
+    return tuple(word for word in _FIND_SEPARATORS.split(pattern) if word)
+
+
+def words_found(words: tuple[str, ...], text: str) -> bool:
+    if not words:
+        return True
+    for word in words:  # a loop, not any(): it runs for every job and render a solve looks at
+        if word in text:
+            return True
+    return False
 
 
 _FIND_SEPARATORS = re.compile(r"[|;,: ]")
