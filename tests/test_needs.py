@@ -293,6 +293,25 @@ class ReservationTests(NeedsTestCase):
         self.step(render)
         self.assertEqual(self.farm.scheduler.reserved, {})
 
+    def test_a_kept_render_that_goes_offline_is_replaced(self) -> None:
+        renders = [self.host(name, capacity=1000) for name in ("r1", "r2")]
+        small = self.submit(name="small", frames=1000, priority=10, block={"capacity": 500})
+        running = {r.name: self.starts(r) for r in renders}
+        big = self.submit(name="big", frames=2, priority=200, block={"capacity": 1000})
+        for step in range(8):  # each render in turn ends a small task, and takes a small one
+            self.clock.advance(10)
+            render = renders[step % 2]
+            self.finish(render, running[render.name].pop(0))
+            running[render.name] += self.starts(render)
+        [kept] = self.farm.scheduler.reserved
+        self.farm.render_lost(self.farm.renders[kept])
+        self.clock.advance(1)
+        self.farm.solve()
+        [other] = [r for r in renders if r.id != kept]
+        self.assertEqual(self.farm.scheduler.reserved, {other.id: big.blocks[0]})
+        # the first kept render did not take a small task after it was kept: 3 of 4 places
+        self.assertEqual(small.counts[TaskState.RUN] + small.counts[TaskState.WRC], 3)
+
     def test_a_paused_or_deleted_block_gives_its_renders_back(self) -> None:
         render, (small, big) = self.stream()
         self.small_id = small.id

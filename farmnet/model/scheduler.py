@@ -11,6 +11,9 @@ Every rule is a check that returns why it refuses (a `Why`), or None. `pick` use
 checks to solve; `explain` runs the same checks and reports their answers, so "why is
 my job waiting?" is answered from the scheduler's own state, exactly.
 
+Needs (what a block or job asks of a render), variable capacity and the reservation that keeps
+a block waiting for free capacity from starving are described in doc/scheduling.md.
+
 Solving runs when something changed (the farm coalesces requests into one solve per
 reactor turn), never as a periodic scan. A user's finished jobs are not in its ready
 list, and a render for which nothing fitted is skipped until new work appears (the
@@ -88,7 +91,6 @@ NEEDS: dict[str, tuple[Why, str, str]] = {
     "need_hdd": (Why.NEED_HDD, "hdd_free_gb", "GB free"),
     "need_power": (Why.NEED_POWER, "power", "power"),
 }
-_NEED_OF_WHY = {why: key for key, (why, _, _) in NEEDS.items()}
 
 
 def _limit_reached(running: int, limit: int) -> bool:
@@ -134,7 +136,7 @@ class Scheduler:
         #: Blocks the scheduler found refused for free capacity only, since when (the
         #: reservation's candidates; see `reserve`).
         self.capacity_waits: dict[Block, float] = {}
-        #: Render id → the block it is kept for, and that block.
+        #: Render id → the block it is kept for (`reserve_target`).
         self.reserved: dict[int, Block] = {}
         self.reserve_target: Block | None = None
 
@@ -329,36 +331,35 @@ class Scheduler:
                 del self.capacity_waits[block]
         starving = [b for b, since in self.capacity_waits.items() if now - since >= after]
         target = min(starving, key=lambda b: (-b.job.priority, self.capacity_waits[b]), default=None)
-        if target is not self.reserve_target:
-            self.reserved.clear()
-            self.reserve_target = target
+        renders = self.farm.renders
+        for render_id, kept_for in list(self.reserved.items()):
+            render = renders.get(render_id)
+            if render is None or kept_for is not target or not self._reservable(target, render, now):
+                del self.reserved[render_id]
+                if render is not None:
+                    render.solved_empty_at = -1  # free for other work again
+        self.reserve_target = target
         if target is None:
             return
-        renders = self.farm.renders
-        for render_id in list(self.reserved):
-            render = renders.get(render_id)
-            if render is None or self._reservable(target, render, now) is None:
-                del self.reserved[render_id]
         wanted = settings.capacity_reserve_renders - len(self.reserved)
         if wanted <= 0:
             return
-        candidates = [r for r in renders.values() if r.id not in self.reserved]
-        free = [(render.capacity - render.capacity_used, render.id, render) for render in candidates
-                if self._reservable(target, render, now) is not None]
+        free = [(render.capacity - render.capacity_used, render.id, render) for render in renders.values()
+                if render.id not in self.reserved and self._reservable(target, render, now)]
         free.sort(key=lambda item: (-item[0], item[1]))
         for _, _, render in free[:wanted]:
             self.reserved[render.id] = target
             render.solved_empty_at = -1
 
-    def _reservable(self, block: Block, render: Render, now: float) -> Render | None:
-        """The render, if it could run the block but for its free capacity (or runs it now)."""
+    def _reservable(self, block: Block, render: Render, now: float) -> bool:
+        """The render could run the block but for its free capacity (or runs it now)."""
         if not render.online or not render.usable():
-            return None
+            return False
         job = block.job
         user = self.farm.users[job.user_name]
         why = (self.render_state_refuses(job, render) or self.user_refuses(user, render)
                or self.job_refuses(job, render) or self.block_refuses(block, render, now))
-        return render if why is None or why is Why.BUSY else None
+        return why is None or why is Why.BUSY
 
     def job_depends_on(self, job: Job) -> list[str]:
         """Names of unfinished jobs this job waits for (cached until jobs change)."""
