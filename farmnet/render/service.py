@@ -68,6 +68,8 @@ HEARTBEAT_MARGIN = 15.0
 SLEEP_QUIET = 30.0
 #: Seconds to wait for our own close to complete before aborting the connection.
 CLOSE_TIMEOUT = 5.0
+#: Seconds after a task ends before the resources are reported (tasks ending together: one report).
+REPORT_AFTER_TASK = 0.5
 #: TCP keepalive to the server (idle s, interval s, probes): a server gone without a
 #: word is found out in about a minute even while a long heartbeat is held.
 KEEPALIVE = (30, 10, 3)
@@ -138,6 +140,7 @@ class RenderService(service.MultiService):
         self.gpu = resources.GpuReader(reactor, config.resources.gpu_interval)
         self._reports = LoopingCall(self._report_resources)
         self._reports.clock = reactor
+        self._report_call: IDelayedCall | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -156,6 +159,8 @@ class RenderService(service.MultiService):
         self.gpu.stop()
         if self._reports.running:
             self._reports.stop()
+        if self._report_call is not None and self._report_call.active():
+            self._report_call.cancel()
         ending = [t.process.done for t in self.tasks.values() if t.exit is None]
         for task in list(self.tasks.values()):
             if task.exit is None:
@@ -293,6 +298,11 @@ class RenderService(service.MultiService):
         d = proto.callRemote(c.ReportResources, render_id=render_id, resources=self._sample())
         d.addErrback(self._report_failed, "resources")
 
+    def _report_soon(self) -> None:
+        """One report for tasks ending together, once the memory they held is given back."""
+        if self._report_call is None or not self._report_call.active():
+            self._report_call = self.reactor.callLater(REPORT_AFTER_TASK, self._report_resources)
+
     def _running(self) -> list[TaskRef]:
         return [t.order.ref() for t in self.tasks.values()]
 
@@ -397,7 +407,7 @@ class RenderService(service.MultiService):
         self._flush(task)
         if self.proto is not None:
             self._report_finished(task)
-            self._report_resources()  # what the task held is free again
+            self._report_soon()  # what the task held is free again
 
     def _report_finished(self, task: RunningTask) -> None:
         result = task.exit
