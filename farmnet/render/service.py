@@ -141,6 +141,9 @@ class RenderService(service.MultiService):
         self._reports = LoopingCall(self._report_resources)
         self._reports.clock = reactor
         self._report_call: IDelayedCall | None = None
+        #: False while connected to a server without report_resources (older): resources then
+        #: go with heartbeats only.
+        self._server_takes_reports = True
 
     def startService(self) -> None:
         super().startService()
@@ -235,6 +238,7 @@ class RenderService(service.MultiService):
             facts=resources.facts(self.config.resources.properties, self.config.resources.power,
                                   self.config.resources.disk_path))
         self.render_id, self.proto = answer["render_id"], proto
+        self._server_takes_reports = True
         self.heartbeat_hold = answer["heartbeat_hold"]
         log.info("registered as render {render_id} with {count} task(s) running",
                  render_id=self.render_id, count=len(self.tasks))
@@ -293,10 +297,16 @@ class RenderService(service.MultiService):
         """Fresh resources between held heartbeats (every resources.interval, and when a task
         ends), so that a block's needs see memory and disk as they are."""
         proto, render_id = self.proto, self.render_id
-        if proto is None or render_id is None:
+        if proto is None or render_id is None or not self._server_takes_reports:
             return
         d = proto.callRemote(c.ReportResources, render_id=render_id, resources=self._sample())
+        d.addErrback(self._reports_refused)
         d.addErrback(self._report_failed, "resources")
+
+    def _reports_refused(self, failure: Any) -> None:
+        failure.trap(amp.UnhandledCommand)
+        log.info("the server takes no report_resources (an older server): resources go with heartbeats")
+        self._server_takes_reports = False
 
     def _report_soon(self) -> None:
         """One report for tasks ending together, once the memory they held is given back."""
