@@ -166,7 +166,6 @@ class HostFacts:
     cpu_mhz: int | None = None
     properties: str = ""
     power: int = -1
-    disk_path: str = ""
 
 
 @attrs.frozen

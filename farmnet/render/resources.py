@@ -76,10 +76,9 @@ def _cpu_mhz() -> int | None:
     return int(mhz) if mhz > 0 else None
 
 
-def facts(properties: str = "", power: int = -1, disk_path: str = "/") -> HostFacts:
+def facts(properties: str = "", power: int = -1) -> HostFacts:
     """What this render tells once, at registration."""
-    return HostFacts(os=os_words(), cpu_mhz=_cpu_mhz(), properties=properties, power=power,
-                     disk_path=disk_path)
+    return HostFacts(os=os_words(), cpu_mhz=_cpu_mhz(), properties=properties, power=power)
 
 
 def sample(disk_path: str = "/", gpu: tuple[int, int] | None = None) -> HostResources:

@@ -235,8 +235,7 @@ class RenderService(service.MultiService):
             services_disabled=list(self.config.services_disabled), platform=platform.platform(),
             cpus=os.cpu_count() or 1, memory_mb=psutil.virtual_memory().total >> 20,
             running=self._running(), owner=self.config.owner or None, macs=mac_addresses(),
-            facts=resources.facts(self.config.resources.properties, self.config.resources.power,
-                                  self.config.resources.disk_path))
+            facts=resources.facts(self.config.resources.properties, self.config.resources.power))
         self.render_id, self.proto = answer["render_id"], proto
         self._server_takes_reports = True
         self.heartbeat_hold = answer["heartbeat_hold"]
