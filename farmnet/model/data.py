@@ -303,7 +303,7 @@ class Render:
     cpu_mhz: int | None = None
     #: From its resources: free memory MB, free disk GB, free GPU memory MB.
     mem_free_mb: int | None = None
-    hdd_free_gb: float | None = None
+    hdd_free_gb: int | None = None
     gpu_mem_free_mb: int | None = None
 
     @property
