@@ -294,6 +294,12 @@ class SchedulingConfig:
     known_parsers: tuple[str, ...] = _setting(
         (), doc="Parser names the renders' own classes (render parser_classes) add to CGRU's: "
                 "a block naming a parser known to neither is submitted with a warning.")
+    capacity_reserve_after: float = _setting(
+        60.0, doc="Seconds a block may wait for free capacity before renders are kept for it "
+                  "(no starvation by capacity; doc/scheduling.md); 0: never.", check=_at_least(0))
+    capacity_reserve_renders: int = _setting(
+        1, doc="Renders kept at once for the block that waited longest for free capacity.",
+        check=_above(0))
 
 
 @attrs.frozen
@@ -544,6 +550,16 @@ class ResourcesConfig:
 
     disk_path: str = _setting("/", doc="The disk whose free space the render reports.", check=_not_empty)
     every: int = _setting(5, doc="Send the resources with every Nth heartbeat; 0: never.", check=_at_least(0))
+    interval: float = _setting(
+        15.0, doc="Seconds between resource reports between heartbeats (block needs read them); 0: never.",
+        check=_at_least(0))
+    gpu_interval: float = _setting(
+        30.0, doc="Seconds between readings of the GPU's memory (nvidia-smi, when there is one); 0: never.",
+        check=_at_least(0))
+    properties: str = _setting(
+        "", doc="This render's properties (Afanasy's), words blocks' and jobs' need_properties look for.")
+    power: int = _setting(
+        -1, doc="This render's power (Afanasy's): blocks' need_power is at most it; -1: none.")
 
 
 @attrs.frozen

@@ -161,10 +161,9 @@ def _make() -> cattrs.Converter:
         tag = value.get("order") if isinstance(value, Mapping) else None
         raise _UnknownOrder(f"unknown order {_show(tag)} (known: {', '.join(sorted(orders))})")
 
-    # A start order's ``hosts`` (multi-host tasks only) is left out when empty: other orders keep
-    # protocol 1's keys, and an older render, which refuses unknown keys, still takes them.
+    omitted = {name: override(omit_if_default=True) for name in messages.StartOrder.SENT_WHEN_SET}
     conv.register_unstructure_hook(messages.StartOrder, make_dict_unstructure_fn(
-        messages.StartOrder, conv, hosts=override(omit_if_default=True)))
+        messages.StartOrder, conv, **omitted))
     configure_tagged_union(messages.Order, conv, tag_generator=lambda cls: cls.order, tag_name="order")
     union_hook = conv.get_structure_hook(messages.Order)
 

@@ -43,6 +43,11 @@ class StartOrder:
     kills the run at that age, and the render does too should the server be away."""
 
     order: ClassVar[str] = "start"
+    #: Keys sent only when they differ from their defaults, so that a render that does not know
+    #: them (it refuses unknown keys) still runs every task that does not use them.
+    SENT_WHEN_SET: ClassVar[tuple[str, ...]] = (
+        "hosts", "capacity_coeff", "parser_coeff", "files", "file_size_min", "file_size_max",
+        "check_rendered_files", "skip_existing_files")
     job_id: int
     block: int
     task: int
@@ -61,6 +66,17 @@ class StartOrder:
     hosts: list[str] = attrs.field(factory=list)
     #: The step between the task's frames (its parser counts ``(end - start) // inc + 1`` frames).
     frames_inc: int = 1
+    #: Variable capacity: the coefficient the task got (``capacity`` is the block's times it); 0: none.
+    capacity_coeff: int = 0
+    #: The block's parser_coeff, for the parser (Afanasy hands it over; built-in parsers ignore it).
+    parser_coeff: int = 1
+    #: The task's output files (paths relative to working_directory) and the render's checks of
+    #: them: after a successful run (checkrenderedfiles), before it (skipexistingfiles).
+    files: list[str] = attrs.field(factory=list)
+    file_size_min: int = -1
+    file_size_max: int = -1
+    check_rendered_files: bool = False
+    skip_existing_files: bool = False
 
     @property
     def key(self) -> tuple[int, int, int]:
@@ -125,6 +141,9 @@ class HostResources:
     """A render's snapshot of its machine (Heartbeat.resources), names after Afanasy's; shown,
     not trusted. A key the render could not measure is None."""
 
+    #: Keys listings show only when measured (listings before them stay as they were).
+    SHOWN_WHEN_SET: ClassVar[tuple[str, ...]] = (
+        "mem_free_mb", "swap_total_mb", "gpu_mem_total_mb", "gpu_mem_used_mb")
     cpu_num: int | None = None
     cpu_percent: float | None = None
     mem_total_mb: int | None = None
@@ -132,6 +151,25 @@ class HostResources:
     swap_used_mb: int | None = None
     hdd_free_gb: float | None = None
     load_avg: list[float] | None = None
+    #: Memory available to new processes (Afanasy's mem_free_mb: MemAvailable); need_memory reads it.
+    mem_free_mb: int | None = None
+    swap_total_mb: int | None = None
+    #: The GPU (nvidia-smi; None without one): total and used memory, summed over its GPUs.
+    gpu_mem_total_mb: int | None = None
+    gpu_mem_used_mb: int | None = None
+
+
+@attrs.frozen
+class HostFacts:
+    """What a render tells once, when it registers (RegisterRender.facts): what does not change
+    while it runs. ``os`` is Afanasy's platform words ("unix linux 64 debian 12"); ``properties``
+    and ``power`` come from the render's config (need_properties, need_power read them);
+    ``cpu_mhz`` is the CPU's highest frequency."""
+
+    os: str = ""
+    cpu_mhz: int | None = None
+    properties: str = ""
+    power: int = -1
 
 
 @attrs.frozen
@@ -410,4 +448,4 @@ RECORD_CLASSES: tuple[type, ...] = (JobRecord, BlockRecord, JobDetail, TaskRecor
 #: Classes whose unknown keys are ignored: a render's reports (a newer render may measure
 #: more), listings and events (a newer server may show more). Orders are checked for unknown
 #: keys, like user input: a key a render does not know is something it would fail to obey.
-LENIENT: tuple[type, ...] = (TaskRef, HostResources, RunResources, *RECORD_CLASSES, *EVENT_CLASSES)
+LENIENT: tuple[type, ...] = (TaskRef, HostResources, HostFacts, RunResources, *RECORD_CLASSES, *EVENT_CLASSES)

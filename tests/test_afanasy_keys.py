@@ -249,8 +249,6 @@ class NoEffectWarningTests(FarmTestCase):
             "job.blocks[0].flags: numeric flag set on a block with explicit tasks; tasks win",
             "job.blocks[0].flags: dependsubtask accepted but has no effect in farmnet "
             "(tasks_depend_mask waits for whole tasks)",
-            "job.blocks[0].need_memory: accepted but has no effect in farmnet "
-            "(needs (need_memory) is issue 14, later)",
             "job.blocks[0].tasks[0].files: accepted but has no effect in farmnet "
             "(no previews and no file checks)",
         ]))
@@ -275,20 +273,22 @@ AF_PY_BLOCK_KEYS = {
     "parser": "test_parsers.py", "capacity": "test_farm.py test_capacity_bounds_parallel_tasks",
     "working_directory": "test_integration.py", "frame_first": "FrameTests", "frame_last": "FrameTests",
     "frames_per_task": "FrameTests", "frames_inc": "FrameTests", "sequential": "test_scheduler.py",
-    "capacity_coeff_min": None, "capacity_coeff_max": None, "command": "CommandTests",
+    "capacity_coeff_min": "test_needs.py VariableCapacityTests",
+    "capacity_coeff_max": "test_needs.py VariableCapacityTests", "command": "CommandTests",
     "command_pre": "CommandPreTests", "command_post": "test_sysjob.py PostCommandTests",
-    "files": None, "environment": "TaskEnvironmentTests", "tickets": "test_scheduler.py (tickets)",
-    "tasks_name": "test_farm.py", "parser_coeff": None,
+    "files": "test_needs.py FileCheckTests (a warning without checkrenderedfiles / skipexistingfiles)",
+    "environment": "TaskEnvironmentTests", "tickets": "test_scheduler.py (tickets)",
+    "tasks_name": "test_farm.py", "parser_coeff": "test_needs.py FileCheckTests (handed to the parser)",
     "errors_avoid_host": "test_farm.py", "errors_forgive_time": "test_farm.py",
     "errors_retries": "test_farm.py", "errors_task_same_host": "test_farm.py",
-    "need_hdd": None, "need_memory": None, "need_gpu_mem_mb": None, "need_cpu_freq_mgz": None,
-    "need_cpu_cores": None, "need_cpu_freq_cores": None, "need_power": None, "need_properties": None,
+    **dict.fromkeys(("need_hdd", "need_memory", "need_gpu_mem_mb", "need_cpu_freq_mgz", "need_cpu_cores",
+                     "need_cpu_freq_cores", "need_power", "need_properties"), "test_needs.py NeedsTests"),
     "task_max_run_time": "test_farm.py", "task_min_run_time": "test_farm.py",
     "task_progress_change_timeout": "test_farm.py",
     "max_running_tasks": "test_scheduler.py", "max_running_tasks_per_host": "test_scheduler.py",
     "hosts_mask": "test_scheduler.py", "hosts_mask_exclude": "test_scheduler.py",
     "depend_mask": "test_scheduler.py", "tasks_depend_mask": "test_scheduler.py; FrameTests",
-    "file_size_min": None, "file_size_max": None,
+    "file_size_min": "test_needs.py FileCheckTests", "file_size_max": "test_needs.py FileCheckTests",
     "multihost_min": "test_multihost.py", "multihost_max": "test_multihost.py",
     "multihost_max_wait": "test_multihost.py", "multihost_service": "test_multihost.py",
     "multihost_service_wait": "test_multihost.py",
@@ -305,16 +305,18 @@ AF_PY_JOB_KEYS = {
     "max_running_tasks": "test_scheduler.py", "max_running_tasks_per_host": "test_scheduler.py",
     "hosts_mask": "test_scheduler.py", "hosts_mask_exclude": "test_scheduler.py",
     "depend_mask": "test_scheduler.py", "depend_mask_global": "test_scheduler.py",
-    "need_os": None, "need_properties": None, "ppa": None, "maintenance": None,
+    "need_os": "test_needs.py NeedsTests", "need_properties": "test_needs.py NeedsTests",
+    "ppa": None, "maintenance": None,
     "ignorenimby": "RenderStateTests", "ignorepaused": "RenderStateTests", "offline": "test_farm.py",
     "time_life": "TimeTests",
 }
 #: Block flag bits af.py sets (afcommon.BlockFlags), None when a warning says it has no effect.
 AF_PY_BLOCK_FLAGS = {
-    "numeric": "FrameTests", "varcapacity": None, "multihost": "test_multihost.py",
-    "masteronslave": "test_multihost.py",
-    "dependsubtask": None, "skipthumbnails": "farmnet makes no thumbnails", "skipexistingfiles": None,
-    "checkrenderedfiles": None, "slavelostignore": "test_multihost.py", "suspendnewtasks": None,
+    "numeric": "FrameTests", "varcapacity": "test_needs.py VariableCapacityTests",
+    "multihost": "test_multihost.py", "masteronslave": "test_multihost.py", "dependsubtask": None,
+    "skipthumbnails": "farmnet makes no thumbnails",
+    "skipexistingfiles": "test_needs.py FileCheckTests", "checkrenderedfiles": "test_needs.py FileCheckTests",
+    "slavelostignore": "test_multihost.py", "suspendnewtasks": None,
 }
 FLAG_BITS = {"numeric": 0, "varcapacity": 1, "multihost": 2, "masteronslave": 3, "dependsubtask": 4,
              "skipthumbnails": 5, "skipexistingfiles": 6, "checkrenderedfiles": 7, "slavelostignore": 8,
@@ -348,7 +350,9 @@ class KeyWalkTests(FarmTestCase):
 
     def walk(self, level: str, keys: dict[str, str | None], no_effect: dict[str, str]) -> None:
         structural = {"name", "blocks", "tasks", "command", "flags", "environment", "frame_first",
-                      "frame_last", "frames_per_task", "frames_inc", "tickets", "user_name", "folders"}
+                      "frame_last", "frames_per_task", "frames_inc", "tickets", "user_name", "folders",
+                      # warned about without the checkrenderedfiles / skipexistingfiles flag
+                      "files", "file_size_min", "file_size_max"}
         for key, tested in keys.items():
             with self.subTest(level=level, key=key):
                 if tested is None:

@@ -380,7 +380,9 @@ class ResourcesTests(unittest.SynchronousTestCase):
         first = attrs.asdict(sample("/"))
         self.assertEqual(sorted(first), sorted([
             "cpu_num", "cpu_percent", "mem_total_mb", "mem_used_mb", "swap_used_mb", "hdd_free_gb",
-            "load_avg"]))
+            "load_avg", "mem_free_mb", "swap_total_mb", "gpu_mem_total_mb", "gpu_mem_used_mb"]))
+        self.assertTrue(0 < first["mem_free_mb"] <= first["mem_total_mb"])
+        self.assertEqual((first["gpu_mem_total_mb"], first["gpu_mem_used_mb"]), (None, None))
         self.assertEqual(first["cpu_num"], os.cpu_count())
         self.assertTrue(0.0 <= first["cpu_percent"] <= 100.0)
         self.assertGreater(first["mem_total_mb"], 64)

@@ -97,6 +97,9 @@ class Task:
     #: Frames done and percent of the current frame in the current run, as its parser reads them.
     frame: int = 0
     percent_frame: int = 0
+    #: The capacity the current run holds on its render (variable capacity: the block's times
+    #: the coefficient); 0: the block's capacity.
+    capacity: int = 0
 
     @property
     def key(self) -> TaskKey:
@@ -302,6 +305,24 @@ class Render:
     #: Multi-host tasks this render is a host of, other than as their primary (captured while
     #: the task gathers hosts, then a secondary): farmnet/model/multihost.py.
     multihost: dict[TaskKey, Task] = attrs.field(factory=dict)
+    #: What block and job needs are checked against (Afanasy's units); None: not reported.
+    #: From the registration: its OS words, properties and power (config), CPU MHz.
+    os: str = ""
+    properties: str = ""
+    power: int = -1
+    cpu_mhz: int | None = None
+    #: From its resources: free memory MB, free disk GB, free GPU memory MB.
+    mem_free_mb: int | None = None
+    hdd_free_gb: int | None = None
+    gpu_mem_free_mb: int | None = None
+
+    @property
+    def cpu_num(self) -> int | None:
+        return self.cpus or None
+
+    @property
+    def cpu_freq_cores(self) -> int | None:
+        return None if self.cpu_mhz is None or not self.cpus else self.cpu_mhz * self.cpus
 
     def usable(self) -> bool:
         """Online, not sick, not asleep: a paused or NIMBY render still runs the jobs that ignore

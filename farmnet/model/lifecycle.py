@@ -9,12 +9,13 @@ the bus, never sent from here.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 from twisted.logger import Logger
 
 from farmnet import errors
-from farmnet.messages import HostResources, KillOrder, StartOrder, TaskRef
+from farmnet.messages import HostFacts, HostResources, KillOrder, StartOrder, TaskRef
 from farmnet.model.data import ACTIVE, FINISHED, Block, Job, Render, Task, TaskKey, TaskRun, TaskState, User
 from farmnet.model.events import (
     JobSubmitted,
@@ -27,10 +28,26 @@ from farmnet.model.events import (
     TaskStateChanged,
     UserChanged,
 )
-from farmnet.model.spec import JobSpec, TaskSpec
+from farmnet.model.spec import (
+    FLAG_CHECK_RENDERED_FILES,
+    FLAG_SKIP_EXISTING_FILES,
+    BlockSpec,
+    JobSpec,
+    TaskSpec,
+)
 from farmnet.model.state import FarmState
 
 log = Logger()
+
+
+def _start_extras(spec: BlockSpec, task: Task, coeff: int) -> dict[str, Any]:
+    """A start order's keys for variable capacity, parser_coeff and file checks."""
+    checks = spec.flags & (FLAG_CHECK_RENDERED_FILES | FLAG_SKIP_EXISTING_FILES)
+    return {"capacity_coeff": coeff, "parser_coeff": spec.parser_coeff,
+            "files": spec.task_files(task.number) if checks else [],
+            "file_size_min": spec.file_size_min, "file_size_max": spec.file_size_max,
+            "check_rendered_files": bool(spec.flags & FLAG_CHECK_RENDERED_FILES),
+            "skip_existing_files": bool(spec.flags & FLAG_SKIP_EXISTING_FILES)}
 
 
 class TaskLife(FarmState):
@@ -108,6 +125,9 @@ class TaskLife(FarmState):
         task.time_started, task.time_done, task.time_progress = now, 0.0, now
         if not job.time_started:
             job.time_started = now
+        spec = task.block.spec
+        coeff = spec.capacity_coeff(render.capacity - render.capacity_used) if spec.flags else 0
+        task.capacity = spec.capacity * coeff if coeff else 0
         self._occupy(render, task)
         self._set_state(task, TaskState.RUN)
         self._arm_time_limits(task)
@@ -116,6 +136,7 @@ class TaskLife(FarmState):
         """The order that starts the task's current run."""
         block, job = task.block, task.block.job
         spec = block.spec
+        coeff = task.capacity // spec.capacity if task.capacity else 0  # variable capacity
         frame_start, frame_end = spec.frames(task.number) if spec.numeric else (0, 0)
         env = dict(spec.environment)
         if spec.tasks:  # Afanasy lays the task's variables over the block's
@@ -124,16 +145,23 @@ class TaskLife(FarmState):
             "AF_JOB_ID": str(job.id), "AF_BLOCK_ID": str(block.number), "AF_TASK_ID": str(task.number),
             "FARMNET_JOB_ID": str(job.id), "FARMNET_JOB_NAME": job.name,
             "FARMNET_BLOCK": str(block.number), "FARMNET_BLOCK_NAME": block.name,
-            "FARMNET_TASK": str(task.number), "FARMNET_TASK_NAME": task.name,
+            "FARMNET_TASK": str(task.number), "FARMNET_TASK_NAME": (name := task.name),
             "FARMNET_USER": job.user_name, "FARMNET_RUN": str(task.starts_count),
             "FARMNET_FRAME_START": str(frame_start), "FARMNET_FRAME_END": str(frame_end),
         })
+        command = task.command
+        if coeff:  # Afanasy's service puts the coefficient in the command
+            command = command.replace("@AF_CAPACITY@", str(coeff))
+            env["FARMNET_CAPACITY_COEFF"] = str(coeff)
+        extras = _start_extras(spec, task, coeff) if spec.flags or spec.parser_coeff != 1 else {}
         return StartOrder(
             job_id=job.id, block=block.number, task=task.number, run=task.starts_count,
-            name=task.name, command=task.command, working_directory=spec.working_directory,
-            environment=env, service=spec.service, parser=spec.parser, capacity=spec.capacity,
+            name=name, command=command, working_directory=spec.working_directory,
+            environment=env, service=spec.service, parser=spec.parser,
+            capacity=task.capacity or spec.capacity,
             frame_start=frame_start, frame_end=frame_end, max_run_time=spec.task_max_run_time,
             frames_inc=spec.frames_inc if spec.numeric else 1,
+            **extras,
         )
 
     def _arm_time_limits(self, task: Task) -> None:
@@ -176,14 +204,15 @@ class TaskLife(FarmState):
     def _occupy(self, render: Render, task: Task) -> None:
         block, job = task.block, task.block.job
         user = self.users[job.user_name]
+        capacity = task.capacity or block.spec.capacity
         task.render_id = render.id
         render.tasks[task.key] = task
-        render.capacity_used += block.spec.capacity
-        block.running_capacity += block.spec.capacity
+        render.capacity_used += capacity
+        block.running_capacity += capacity
         block.running_per_host[render.id] += 1
         job.running_per_host[render.id] += 1
         user.running += 1
-        user.running_capacity += block.spec.capacity
+        user.running_capacity += capacity
         user.running_per_host[render.id] += 1
         for name, count in block.spec.tickets.items():
             self.tickets_used[name] += count
@@ -194,18 +223,19 @@ class TaskLife(FarmState):
         block, job = task.block, task.block.job
         user = self.users[job.user_name]
         self._cancel_timer("limits", id(task))
+        capacity = task.capacity or block.spec.capacity
         render = self.renders.get(task.render_id)
         if render is not None and render.tasks.pop(task.key, None) is not None:
-            render.capacity_used -= block.spec.capacity
+            render.capacity_used -= capacity
             render.solved_empty_at = -1
         if render is not None:
             for name, count in block.spec.tickets.items():
                 render.tickets_used[name] -= count
         for name, count in block.spec.tickets.items():
             self.tickets_used[name] -= count
-        block.running_capacity -= block.spec.capacity
+        block.running_capacity -= capacity
         user.running -= 1
-        user.running_capacity -= block.spec.capacity
+        user.running_capacity -= capacity
         for counter in (block.running_per_host, job.running_per_host, user.running_per_host):
             counter[task.render_id] -= 1
             if counter[task.render_id] <= 0:
@@ -320,7 +350,7 @@ class TaskLife(FarmState):
         return TaskRun(
             job_id=job.id, block=block.number, task=task.number, run=task.starts_count,
             job_name=job.name, block_name=block.name, task_name=task.name, user_name=job.user_name,
-            host=host, hosts=hosts, service=block.spec.service, capacity=block.spec.capacity,
+            host=host, hosts=hosts, service=block.spec.service, capacity=task.capacity or block.spec.capacity,
             command=task.command, frame_start=frames[0], frame_end=frames[1],
             time_started=task.time_started, time_done=task.time_done, exit_code=exit_code,
             signal=signal, state=task.state.value, errors_count=task.errors_count,
@@ -421,7 +451,8 @@ class TaskLife(FarmState):
     def register_render(self, name: str, *, capacity: int, max_tasks: int = 0,
                         services: Iterable[str] = (), services_disabled: Iterable[str] = (),
                         platform: str = "", cpus: int = 0, memory_mb: int = 0, owner: str = "",
-                        macs: Iterable[str] = (), running: Iterable[TaskRef] = ()) -> Render:
+                        macs: Iterable[str] = (), running: Iterable[TaskRef] = (),
+                        facts: HostFacts | None = None) -> Render:
         """A render (re)connects. Tasks it still runs are re-attached, not re-run; tasks
         it runs that the farm no longer wants there are killed."""
         if capacity <= 0:
@@ -440,6 +471,9 @@ class TaskLife(FarmState):
         render.capacity, render.max_tasks = capacity, max_tasks
         render.services, render.services_disabled = frozenset(services), frozenset(services_disabled)
         render.platform, render.cpus, render.memory_mb = platform, cpus, memory_mb
+        facts = facts or HostFacts()
+        render.os, render.properties, render.power = facts.os, facts.properties, facts.power
+        render.cpu_mhz = facts.cpu_mhz
         render.owner = owner
         render.macs = tuple(macs) or render.macs
         render.wol = ""  # whatever it was, it is awake now
@@ -490,7 +524,25 @@ class TaskLife(FarmState):
         """A render spoke; ``resources`` (CPU, memory, swap, disk, load) are shown, not trusted."""
         render.time_seen = self.clock.seconds()
         if resources is not None:
-            render.resources = attrs.asdict(resources)
+            shown = attrs.asdict(resources)
+            for key in HostResources.SHOWN_WHEN_SET:
+                if shown[key] is None:
+                    del shown[key]
+            render.resources = shown
+            self._needs_values(render, resources)
+
+    def _needs_values(self, render: Render, resources: HostResources) -> None:
+        """Keep what needs are checked against; when it changed, look at the render again (a
+        task that waited for its memory or disk may fit now)."""
+        gpu_free = (None if resources.gpu_mem_total_mb is None or resources.gpu_mem_used_mb is None
+                    else resources.gpu_mem_total_mb - resources.gpu_mem_used_mb)
+        hdd = None if resources.hdd_free_gb is None else int(resources.hdd_free_gb)
+        values = (resources.mem_free_mb, hdd, gpu_free)
+        if values != (render.mem_free_mb, render.hdd_free_gb, render.gpu_mem_free_mb):
+            render.mem_free_mb, render.hdd_free_gb, render.gpu_mem_free_mb = values
+            if render.solved_empty_at != -1 and render.has_room():
+                render.solved_empty_at = -1
+                self.request_solve()
 
     def render_lost(self, render: Render, zombie: bool = False) -> None:
         """The render's connection is gone, or it went silent past zombie_time (Afanasy's

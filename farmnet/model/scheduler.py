@@ -12,6 +12,9 @@ Every rule is a check that returns why it refuses (a `Why`), or None. `pick` use
 checks to solve; `explain` runs the same checks and reports their answers, so "why is
 my job waiting?" is answered from the scheduler's own state, exactly.
 
+Needs (what a block or job asks of a render), variable capacity and the reservation that keeps
+a block waiting for free capacity from starving are described in doc/scheduling.md.
+
 Solving runs when something changed (the farm coalesces requests into one solve per
 reactor turn), never as a periodic scan. A user's finished jobs are not in its ready
 list, and a render for which nothing fitted is skipped until new work appears (the
@@ -29,6 +32,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from farmnet.model.data import Block, Job, MultiRun, Render, Task, TaskKey, TaskState, User
 from farmnet.model.masks import Mask, Masks
+from farmnet.model.spec import BlockSpec, words_found
 
 #: Tasks of one block looked at per pick before giving up on it (task-level refusals).
 SCAN = 256
@@ -67,6 +71,29 @@ class Why(enum.StrEnum):
     TASK_AVOIDED = "ready tasks avoid the render after errors there (errors_task_same_host)"
     MULTIHOST_HOST = "render is already a host of a task of this multi-host block"
     MULTIHOST_GATHERING = "multi-host task gathers hosts"
+    NEED_MEMORY = "render has less free memory than the block's need_memory"
+    NEED_GPU_MEM = "render has less free GPU memory than the block's need_gpu_mem_mb"
+    NEED_CPU_FREQ = "render's CPU is slower than the block's need_cpu_freq_mgz"
+    NEED_CPU_CORES = "render has fewer CPU cores than the block's need_cpu_cores"
+    NEED_CPU_FREQ_CORES = "render's CPU MHz x cores is less than the block's need_cpu_freq_cores"
+    NEED_HDD = "render has less free disk than the block's need_hdd"
+    NEED_POWER = "render's power is less than the block's need_power"
+    NEED_PROPERTIES = "render's properties do not match the block's need_properties"
+    JOB_NEED_OS = "render's OS does not match the job's need_os"
+    JOB_NEED_PROPERTIES = "render's properties do not match the job's need_properties"
+    RESERVED = "render reserved for a block that waits for free capacity"
+
+
+#: A block's numeric need → what refuses it, the render's value it is checked against, its unit.
+NEEDS: dict[str, tuple[Why, str, str]] = {
+    "need_memory": (Why.NEED_MEMORY, "mem_free_mb", "MB free"),
+    "need_gpu_mem_mb": (Why.NEED_GPU_MEM, "gpu_mem_free_mb", "MB GPU memory free"),
+    "need_cpu_freq_mgz": (Why.NEED_CPU_FREQ, "cpu_mhz", "MHz"),
+    "need_cpu_cores": (Why.NEED_CPU_CORES, "cpu_num", "cores"),
+    "need_cpu_freq_cores": (Why.NEED_CPU_FREQ_CORES, "cpu_freq_cores", "MHz x cores"),
+    "need_hdd": (Why.NEED_HDD, "hdd_free_gb", "GB free"),
+    "need_power": (Why.NEED_POWER, "power", "power"),
+}
 
 
 def _limit_reached(running: int, limit: int) -> bool:
@@ -113,6 +140,12 @@ class Scheduler:
     def __init__(self, farm: FarmView) -> None:
         self.farm = farm
         self._depends_cache: dict[int, tuple[int, list[str]]] = {}
+        #: Blocks the scheduler found refused for free capacity only, since when (the
+        #: reservation's candidates; see `reserve`).
+        self.capacity_waits: dict[Block, float] = {}
+        #: Render id → the block it is kept for (`reserve_target`).
+        self.reserved: dict[int, Block] = {}
+        self.reserve_target: Block | None = None
 
     # --- solving -----------------------------------------------------------------------
 
@@ -121,13 +154,18 @@ class Scheduler:
         asking for the next, so each pick sees the previous ones."""
         farm = self.farm
         ignoring = farm.jobs_ignoring_states > 0
+        if self.capacity_waits or self.reserved:
+            self.reserve(farm.clock.seconds())
+        # Taken once a solve: blocks finishing meanwhile only make it grow, and work added
+        # meanwhile (the system job's tasks) asks for another solve.
+        smallest = farm.smallest_block_capacity()
         for render in list(farm.renders.values()):
             if render.solved_empty_at == farm.work_generation:
                 continue
             if not ignoring and (render.paused or render.NIMBY):
                 continue  # no job may use it: not worth a pick
             while render.has_room():
-                if render.capacity - render.capacity_used < farm.smallest_block_capacity():
+                if render.capacity - render.capacity_used < smallest:
                     break  # nothing unfinished fits in what is left
                 task = self.pick(render)
                 if task is None:
@@ -147,10 +185,17 @@ class Scheduler:
                 if restricted and self.render_state_refuses(job, render):
                     continue
                 for block in job.blocks:
-                    if self.block_waits(block) or self.block_refuses(block, render, now):
+                    if self.block_waits(block):
+                        continue
+                    why = self.block_refuses(block, render, now)
+                    if why is not None:
+                        if why is Why.BUSY and block not in self.capacity_waits:
+                            self._note_capacity_wait(block, render, now)
                         continue
                     task = self.take_task(block, render, now)
                     if task is not None:
+                        if self.capacity_waits and self.reserved.get(render.id) is not block:
+                            self.capacity_waits.pop(block, None)  # it gets work: not starving
                         return task
         return None
 
@@ -241,7 +286,91 @@ class Scheduler:
             return Why.JOB_HOST_LIMIT
         if _mask_refuses(render.name, job.hosts_mask, job.hosts_mask_exclude):
             return Why.JOB_MASK
+        if job.spec.need_os or job.spec.need_properties:
+            return self.job_needs_refuse(job, render)
         return None
+
+    def job_needs_refuse(self, job: Job, render: Render) -> Why | None:
+        """Afanasy's job needs: need_os against the render's OS words, need_properties
+        against its properties (any word of the need found in them)."""
+        if not words_found(job.spec.need_os_words, render.os):
+            return Why.JOB_NEED_OS
+        if not words_found(job.spec.need_properties_words, render.properties):
+            return Why.JOB_NEED_PROPERTIES
+        return None
+
+    def needs_refuse(self, spec: BlockSpec, render: Render) -> Why | None:
+        """Afanasy's block needs: each set need is at most what the render has (free memory
+        and disk as last reported; a value the render did not report refuses)."""
+        for key, need in spec.needs:
+            why, attribute, _ = NEEDS[key]
+            have = getattr(render, attribute)
+            if have is None or have < need:
+                return why
+        if not words_found(spec.need_properties_words, render.properties):
+            return Why.NEED_PROPERTIES
+        return None
+
+    # --- no starvation by capacity --------------------------------------------------------
+
+    def _note_capacity_wait(self, block: Block, render: Render, now: float) -> None:
+        """A block refused on a render with room because its free capacity is too small."""
+        if self.farm.settings.capacity_reserve_after <= 0:
+            return
+        capacity = block.spec.capacity_min if block.spec.flags else block.spec.capacity
+        if render.capacity_used + capacity > render.capacity:
+            self.capacity_waits[block] = now
+
+    def reservation_refuses(self, block: Block, render: Render) -> Why | None:
+        kept_for = self.reserved.get(render.id)
+        if kept_for is not None and kept_for is not block:
+            return Why.RESERVED
+        return None
+
+    def reserve(self, now: float) -> None:
+        """The reservation policy (doc/scheduling.md): once a block has waited
+        ``capacity_reserve_after`` seconds for free capacity, the highest-priority such block
+        gets ``capacity_reserve_renders`` renders kept for it — those that could run it but
+        for their free capacity, the emptiest first: they take no other task until it runs."""
+        settings = self.farm.settings
+        after = settings.capacity_reserve_after
+        jobs = self.farm.jobs
+        for block in list(self.capacity_waits):
+            job = block.job
+            if (after <= 0 or jobs.get(job.id) is not job or not block.counts[TaskState.RDY]
+                    or self.job_waits(job, now) or self.block_waits(block)):
+                del self.capacity_waits[block]
+        starving = [b for b, since in self.capacity_waits.items() if now - since >= after]
+        target = min(starving, key=lambda b: (-b.job.priority, self.capacity_waits[b]), default=None)
+        renders = self.farm.renders
+        for render_id, kept_for in list(self.reserved.items()):
+            render = renders.get(render_id)
+            if render is None or kept_for is not target or not self._reservable(target, render, now):
+                del self.reserved[render_id]
+                if render is not None:
+                    render.solved_empty_at = -1  # free for other work again
+        self.reserve_target = target
+        if target is None:
+            return
+        wanted = settings.capacity_reserve_renders - len(self.reserved)
+        if wanted <= 0:
+            return
+        free = [(render.capacity - render.capacity_used, render.id, render) for render in renders.values()
+                if render.id not in self.reserved and self._reservable(target, render, now)]
+        free.sort(key=lambda item: (-item[0], item[1]))
+        for _, _, render in free[:wanted]:
+            self.reserved[render.id] = target
+            render.solved_empty_at = -1
+
+    def _reservable(self, block: Block, render: Render, now: float) -> bool:
+        """The render could run the block but for its free capacity (or runs it now)."""
+        if not render.online or not render.usable():
+            return False
+        job = block.job
+        user = self.farm.users[job.user_name]
+        why = (self.render_state_refuses(job, render) or self.user_refuses(user, render)
+               or self.job_refuses(job, render) or self.block_refuses(block, render, now))
+        return why is None or why is Why.BUSY
 
     def job_depends_on(self, job: Job) -> list[str]:
         """Names of unfinished jobs this job waits for (cached until jobs change)."""
@@ -279,9 +408,18 @@ class Scheduler:
         spec = block.spec
         if not render.allows(spec.service):
             return Why.SERVICE
-        if spec.capacity > render.capacity:
+        capacity = spec.capacity_min if spec.flags else spec.capacity
+        if capacity > render.capacity:
             return Why.TOO_SMALL
-        if render.capacity_used + spec.capacity > render.capacity or (
+        if spec.needs or spec.need_properties:
+            why = self.needs_refuse(spec, render)
+            if why is not None:
+                return why
+        if self.reserved:
+            why = self.reservation_refuses(block, render)
+            if why is not None:
+                return why
+        if render.capacity_used + capacity > render.capacity or (
                 render.max_tasks > 0 and len(render.tasks) + len(render.multihost) >= render.max_tasks):
             return Why.BUSY
         if _limit_reached(block.running_per_host[render.id], spec.max_running_tasks_per_host):
@@ -390,11 +528,16 @@ class Scheduler:
                     why = self._refusal(user, job, block, render, now)
                     if why is None:
                         entry["can_run_on"].append(render.name)
+                    elif why is Why.RESERVED:
+                        kept_for = self.reserved[render.id]
+                        refusals[f"{why}: job {kept_for.job.id} block {kept_for.number} {kept_for.name}"] += 1
                     else:
                         refusals[str(why)] += 1
                 entry["renders"] = dict(refusals)
                 if not renders:
                     entry["reasons"].append("no renders are registered")
+                entry["reasons"] += self._needs_text(job, block, refusals, renders)
+                entry["reasons"] += self._reservation_text(block, now)
             blocks.append(entry)
         return {"job_id": job.id, "name": job.name, "state": self.display_state(job).value,
                 "reasons": job_reasons, "blocks": blocks}
@@ -413,6 +556,44 @@ class Scheduler:
         if None in refusals or not refusals:
             return None
         return Why.TASKS_DEPEND if Why.TASKS_DEPEND in refusals else Why.TASK_AVOIDED
+
+    def _needs_text(self, job: Job, block: Block, refusals: Counter[str], renders: list[Render]) -> list[str]:
+        """For each need that refused a render: the need and the best value among the online
+        renders (the one closest to meeting it)."""
+        online = [r for r in renders if r.online]
+        lines = []
+        for key, need in block.spec.needs:
+            why, attribute, unit = NEEDS[key]
+            if not refusals.get(str(why)):
+                continue
+            values = [(v, r.name) for r in online if (v := getattr(r, attribute)) is not None]
+            best = max(values, default=None)
+            have = f"the best render, {best[1]}, has {best[0]:g} {unit}" if best else "no render reported it"
+            lines.append(f"{key} {need} {unit}: {have}")
+        for why, pattern, attribute in (
+                (Why.NEED_PROPERTIES, block.spec.need_properties, "properties"),
+                (Why.JOB_NEED_OS, job.spec.need_os, "os"),
+                (Why.JOB_NEED_PROPERTIES, job.spec.need_properties, "properties")):
+            if refusals.get(str(why)):
+                seen = sorted({getattr(r, attribute) for r in online}) or ["none online"]
+                name = "need_os" if attribute == "os" else "need_properties"
+                lines.append(f"{name} {pattern!r}: renders have " + "; ".join(repr(v) for v in seen[:5]))
+        return lines
+
+    def _reservation_text(self, block: Block, now: float) -> list[str]:
+        since = self.capacity_waits.get(block)
+        if since is None:
+            return []
+        waited = now - since
+        if block is self.reserve_target:
+            names = sorted(self.farm.renders[i].name for i in self.reserved if i in self.farm.renders)
+            return [f"waits for free capacity ({waited:.0f} s): renders kept for it, taking no other "
+                    f"task until it runs: {', '.join(names) or 'none can run it yet'}"]
+        after = self.farm.settings.capacity_reserve_after
+        if waited < after:
+            return [f"waits for free capacity ({waited:.0f} s); renders are kept for it after {after:g} s"]
+        return [f"waits for free capacity ({waited:.0f} s); renders are kept for a block of higher "
+                "priority first"]
 
     def _tickets_text(self, block: Block) -> str:
         used, limits = self.farm.tickets_used, self.farm.settings.tickets

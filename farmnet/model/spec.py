@@ -16,6 +16,7 @@ without ``@#@`` (an empty block command runs the task's command as is).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -38,17 +39,21 @@ FLAG_MASTER_ON_SLAVE = 1 << 3
 FLAG_SLAVE_LOST_IGNORE = 1 << 8
 #: Afanasy's TASK_MULTIHOSTMAXHOSTS.
 MULTIHOST_MAX_HOSTS = 100
+FLAG_VARCAPACITY = 1 << 1
+FLAG_SKIP_EXISTING_FILES = 1 << 6
+FLAG_CHECK_RENDERED_FILES = 1 << 7
 
 #: Afanasy block flag bits that farmnet does not act on, with why (a warning names them).
 _FLAGS_WITHOUT_EFFECT = {
-    1 << 1: ("varcapacity", "variable capacity is issue 14, later"),
     1 << 4: ("dependsubtask", "tasks_depend_mask waits for whole tasks"),
-    1 << 6: ("skipexistingfiles", "renders do not check task files"),
-    1 << 7: ("checkrenderedfiles", "renders do not check task files"),
     1 << 9: ("appendedtasks", "set by Afanasy's server only"),
     1 << 10: ("suspendnewtasks", "new tasks are ready, never suspended"),
 }
 _ISSUE_14 = "is issue 14, later"
+
+#: A block's numeric needs, in the order the scheduler checks them (Afanasy's Block::canRunOn).
+NEED_KEYS = ("need_memory", "need_gpu_mem_mb", "need_cpu_freq_mgz", "need_cpu_cores", "need_cpu_freq_cores",
+             "need_hdd", "need_power")
 
 #: Keys CGRU's af.py writes that farmnet keeps (the job round-trips) but does not act on:
 #: key → why. Submitting one with a value other than Afanasy's default gives a warning
@@ -56,28 +61,12 @@ _ISSUE_14 = "is issue 14, later"
 NO_EFFECT_JOB = {
     "pools": f"render pools {_ISSUE_14}",
     "branch": f"branches {_ISSUE_14}",
-    "need_os": f"needs (need_os) {_ISSUE_14}",
-    "need_properties": f"needs (need_properties) {_ISSUE_14}",
     "try_this_tasks_num": "no 'try this task first'; restart the task instead",
     "try_this_blocks_num": "no 'try this task first'; restart the task instead",
     "ppa": "no preview-pending-approval",
     "maintenance": "no maintenance jobs",
 }
 NO_EFFECT_BLOCK = {
-    "capacity_coeff_min": f"variable capacity (capacity_coeff) {_ISSUE_14}",
-    "capacity_coeff_max": f"variable capacity (capacity_coeff) {_ISSUE_14}",
-    "need_memory": f"needs (need_memory) {_ISSUE_14}",
-    "need_hdd": f"needs (need_hdd) {_ISSUE_14}",
-    "need_power": f"needs (need_power) {_ISSUE_14}",
-    "need_properties": f"needs (need_properties) {_ISSUE_14}",
-    "need_gpu_mem_mb": f"needs (need_gpu_mem_mb) {_ISSUE_14}",
-    "need_cpu_freq_mgz": f"needs (need_cpu_freq_mgz) {_ISSUE_14}",
-    "need_cpu_cores": f"needs (need_cpu_cores) {_ISSUE_14}",
-    "need_cpu_freq_cores": f"needs (need_cpu_freq_cores) {_ISSUE_14}",
-    "files": "no previews and no file checks",
-    "file_size_min": "renders do not check task files",
-    "file_size_max": "renders do not check task files",
-    "parser_coeff": "progress is taken from the parser as it is",
     "custom_data": "only a job's custom_data is read (events)",
 }
 NO_EFFECT_TASK = {"files": "no previews and no file checks"}
@@ -145,6 +134,77 @@ class BlockSpec:
     multihost_master_on_slave: bool = False
     #: Flag ``slavelostignore``: a lost secondary does not restart the task while one is left.
     multihost_slave_lost_ignore: bool = False
+    #: Afanasy's block flags (numeric, varcapacity, skipexistingfiles, checkrenderedfiles, ...).
+    flags: int = 0
+    #: Needs (Afanasy's units): free memory MB, free disk GB (the render's disk_path), the render's
+    #: power, free GPU memory MB, CPU MHz, CPU cores, MHz x cores; -1: none. need_properties: any
+    #: of its words (split on ``|;,: ``) is in the render's properties.
+    need_memory: int = -1
+    need_hdd: int = -1
+    need_power: int = -1
+    need_gpu_mem_mb: int = -1
+    need_cpu_freq_mgz: int = -1
+    need_cpu_cores: int = -1
+    need_cpu_freq_cores: int = -1
+    need_properties: str = ""
+    #: Variable capacity (the varcapacity flag): a task takes capacity x coeff, coeff the render's
+    #: free capacity // capacity, at least capacity_coeff_min, at most capacity_coeff_max (0: no bound).
+    capacity_coeff_min: int = 0
+    capacity_coeff_max: int = 0
+    #: Output files (``@#@`` filled per frame), relative to working_directory; their size bounds
+    #: in bytes (-1: none), checked by the render with checkrenderedfiles / skipexistingfiles.
+    files: tuple[str, ...] = ()
+    file_size_min: int = -1
+    file_size_max: int = -1
+    #: Handed to the task's parser (Afanasy's parser_coeff); the built-in parsers do not use it.
+    parser_coeff: int = 1
+
+    @functools.cached_property
+    def _command_parts(self) -> FrameParts:
+        return frame_parts(self.command)
+
+    @functools.cached_property
+    def _tasks_name_parts(self) -> FrameParts:
+        return frame_parts(self.tasks_name)
+
+    @functools.cached_property
+    def need_properties_words(self) -> tuple[str, ...]:
+        return find_words(self.need_properties)
+
+    @functools.cached_property
+    def needs(self) -> tuple[tuple[str, int], ...]:
+        """The numeric needs that are set, as (key, value): what the scheduler checks."""
+        return tuple((key, value) for key in NEED_KEYS if (value := getattr(self, key)) > 0)
+
+    @property
+    def variable_capacity(self) -> bool:
+        return bool(self.flags & FLAG_VARCAPACITY)
+
+    @property
+    def capacity_min(self) -> int:
+        """The least capacity a task of this block takes (Afanasy's getCapMinResult)."""
+        if self.variable_capacity and self.capacity_coeff_min > 0:
+            return self.capacity * self.capacity_coeff_min
+        return self.capacity
+
+    def capacity_coeff(self, free: int) -> int:
+        """The coefficient a task takes on a render with ``free`` capacity (0: not variable)."""
+        if not self.variable_capacity:
+            return 0
+        coeff = free // self.capacity
+        if self.capacity_coeff_max > 0:
+            coeff = min(coeff, self.capacity_coeff_max)
+        return max(coeff, self.capacity_coeff_min, 1)
+
+    def task_files(self, number: int) -> list[str]:
+        """The task's output files: every block file with ``@#@`` filled for each of its
+        frames (Afanasy's processFilesPattern)."""
+        if not self.files:
+            return []
+        start, end = self.frames(number)
+        step = self.frames_inc if self.numeric else 1
+        return [fill_frames(pattern, frame, frame) for pattern in self.files
+                for frame in range(start, end + 1, step)]
 
     @property
     def numeric(self) -> bool:
@@ -196,7 +256,7 @@ class BlockSpec:
             return self.tasks_name.replace("@#@", name) if self.tasks_name else name
         start, end = self.frames(number)
         if self.tasks_name:
-            return fill_frames(self.tasks_name, start, end)
+            return fill_parts(self._tasks_name_parts, start, end)
         if start == end:
             return f"frame {start}"
         return f"frame {start}-{end}" + (f" / {self.frames_inc}" if self.frames_inc > 1 else "")
@@ -209,7 +269,7 @@ class BlockSpec:
             if "@#@" in self.command:
                 return self.command.replace("@#@", task_command)
             return self.command + task_command  # Afanasy appends, with no space between
-        return fill_frames(self.command, *self.frames(number))
+        return fill_parts(self._command_parts, *self.frames(number))
 
 
 @attrs.frozen
@@ -240,6 +300,10 @@ class JobSpec:
     #: Afanasy's job flags: run on nimby / NIMBY renders, on paused renders.
     ignorenimby: bool = False
     ignorepaused: bool = False
+    #: Afanasy's job needs: any word of need_os (split on ``|;,: ``) is in the render's OS
+    #: ("unix linux 64 debian 12"); any word of need_properties is in its properties.
+    need_os: str = ""
+    need_properties: str = ""
     errors_retries: int = -1
     errors_avoid_host: int = -1
     errors_task_same_host: int = -1
@@ -252,11 +316,39 @@ class JobSpec:
     def tasks_count(self) -> int:
         return sum(b.tasks_count for b in self.blocks)
 
+    @functools.cached_property
+    def need_os_words(self) -> tuple[str, ...]:
+        return find_words(self.need_os)
+
+    @functools.cached_property
+    def need_properties_words(self) -> tuple[str, ...]:
+        return find_words(self.need_properties)
+
 
 def fill_frames(pattern: str, start: int, end: int) -> str:
     """Afanasy's fillNumbers: first ``@#@`` → start, second → end, then alternate."""
-    numbers = iter([start, end] * (pattern.count("@") // 2 + 1))
-    return _FRAME_PATTERN.sub(lambda m: str(next(numbers)).zfill(len(m.group(1))), pattern)
+    return fill_parts(frame_parts(pattern), start, end)
+
+
+FrameParts = tuple[tuple[str, ...], tuple[int, ...]]
+
+
+def frame_parts(pattern: str) -> FrameParts:
+    """A pattern cut at its ``@#@``: the text around them and the padding of each (a block
+    keeps its command's, so filling a task's frames costs no regular expression)."""
+    pieces = _FRAME_PATTERN.split(pattern)
+    return tuple(pieces[0::2]), tuple(len(hashes) for hashes in pieces[1::2])
+
+
+def fill_parts(parts: FrameParts, start: int, end: int) -> str:
+    texts, pads = parts
+    if not pads:
+        return texts[0]
+    out = [texts[0]]
+    for i, pad in enumerate(pads):
+        out.append(str(end if i % 2 else start).zfill(pad))
+        out.append(texts[i + 1])
+    return "".join(out)
 
 
 # --- parsing ---------------------------------------------------------------------------
@@ -331,6 +423,36 @@ def _tickets(value: Any) -> dict[str, int]:
     return {_str(k): _int(v) for k, v in value.items()}
 
 
+def _files(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):  # one file
+        return (value,) if value else ()
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"expected a list of file names, got {type(value).__name__}")
+    return tuple(_str(item) for item in value)
+
+
+def afanasy_find(pattern: str, text: str) -> bool:
+    """Afanasy's "find, contain" masks (need_os, need_properties): true when the pattern is empty
+    or any of its words (split on ``|;,: ``) is in ``text``."""
+    return words_found(find_words(pattern), text)
+
+
+def find_words(pattern: str) -> tuple[str, ...]:
+    return tuple(word for word in _FIND_SEPARATORS.split(pattern) if word)
+
+
+def words_found(words: tuple[str, ...], text: str) -> bool:
+    if not words:
+        return True
+    for word in words:  # a loop, not any(): it runs for every job and render a solve looks at
+        if word in text:
+            return True
+    return False
+
+
+_FIND_SEPARATORS = re.compile(r"[|;,: ]")
+
+
 def _custom_data(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         if not value.strip():
@@ -364,10 +486,13 @@ _BLOCK_FIELDS: dict[str, Callable[[Any], Any]] = {
     "errors_retries": _int, "errors_avoid_host": _int, "errors_task_same_host": _int,
     "errors_forgive_time": _int, "task_max_run_time": _at_least(0),
     "task_min_run_time": _at_least(0), "task_progress_change_timeout": _at_least(0),
-    "tickets": _tickets, "dynamic": _bool,
+    "tickets": _tickets, "dynamic": _bool, "flags": _int,
     "multihost_min": _at_least(0), "multihost_max": _at_least(0), "multihost_max_wait": _at_least(0),
     "multihost_service": _str, "multihost_service_wait": _at_least(0),
     "multihost_master_on_slave": _bool, "multihost_slave_lost_ignore": _bool,
+    **dict.fromkeys(NEED_KEYS, _int), "need_properties": _str,
+    "capacity_coeff_min": _int, "capacity_coeff_max": _int, "files": _files,
+    "file_size_min": _int, "file_size_max": _int, "parser_coeff": _int,
 }
 _JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "user_name": _str, "host_name": _str, "priority": _at_least(0), "depend_mask": _regex,
@@ -376,6 +501,7 @@ _JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "time_creation": _int, "command_pre": _str, "command_post": _str,
     "annotation": _str, "description": _str, "project": _str, "department": _str,
     "offline": _bool, "ignorenimby": _bool, "ignorepaused": _bool, "custom_data": _custom_data,
+    "need_os": _str, "need_properties": _str,
     "errors_retries": _int,
     "errors_avoid_host": _int, "errors_task_same_host": _int, "errors_forgive_time": _int,
 }
@@ -390,7 +516,7 @@ BLOCK_SETTABLE = frozenset(
     {"capacity", "max_running_tasks", "max_running_tasks_per_host", "hosts_mask", "hosts_mask_exclude",
      "depend_mask", "tasks_depend_mask", "errors_retries", "errors_avoid_host", "errors_task_same_host",
      "errors_forgive_time", "task_max_run_time", "task_min_run_time", "task_progress_change_timeout",
-     "service", "parser", "tickets", "sequential"})
+     "service", "parser", "tickets", "sequential", *NEED_KEYS, "need_properties"})
 
 
 def validate_changes(changes: Any, settable: frozenset[str], path: str) -> dict[str, Any]:
@@ -503,6 +629,7 @@ def _parse_block(c: _Collector, raw: Any, path: str) -> BlockSpec | None:
         values["frame_first"], values["frame_last"] = first, last
     elif flags & FLAG_NUMERIC:
         c.warnings.append(f"{path}.flags: numeric flag set on a block with explicit tasks; tasks win")
+    _variable_capacity_and_files(c, values, flags, path)
     for bit, (flag, why) in _FLAGS_WITHOUT_EFFECT.items():
         if flags & bit:
             c.warnings.append(f"{path}.flags: {flag} accepted but has no effect in farmnet ({why})")
@@ -548,6 +675,28 @@ def _multihost(c: _Collector, values: dict[str, Any], flags: int, path: str) -> 
         c.warnings.append(f"{path}.flags: masteronslave is dropped: a block with a multihost_service "
                           f"cannot run its primary on a secondary host, as in Afanasy")
         values["multihost_master_on_slave"] = None
+
+
+def _variable_capacity_and_files(c: _Collector, values: dict[str, Any], flags: int, path: str) -> None:
+    """Afanasy turns variable capacity on when either coefficient is given (negatives taken as
+    0), and checks files only with the checkrenderedfiles or skipexistingfiles flag."""
+    given = [values[k] for k in ("capacity_coeff_min", "capacity_coeff_max") if values[k] is not None]
+    if any(v != -1 for v in given):
+        flags |= FLAG_VARCAPACITY
+        for key in ("capacity_coeff_min", "capacity_coeff_max"):
+            values[key] = max(0, values[key] or 0)
+    values["flags"] = flags
+    checking = flags & (FLAG_CHECK_RENDERED_FILES | FLAG_SKIP_EXISTING_FILES)
+    if checking and not values["files"]:
+        c.warnings.append(f"{path}.flags: checkrenderedfiles/skipexistingfiles without files check nothing")
+    if not checking:
+        if values["files"]:
+            c.warnings.append(f"{path}.files: accepted but has no effect in farmnet (no previews; files are "
+                              "checked only with the checkrenderedfiles or skipexistingfiles flag)")
+        for key in ("file_size_min", "file_size_max"):
+            if values[key] not in (None, -1, 0):
+                c.warnings.append(f"{path}.{key}: accepted but has no effect in farmnet (sizes are checked "
+                                  "only with the checkrenderedfiles or skipexistingfiles flag)")
 
 
 def _parse_tasks(c: _Collector, raw: Any, path: str) -> tuple[TaskSpec, ...]:

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from farmnet import errors
 from farmnet.config import SchedulingConfig
 from farmnet.messages import Order
-from farmnet.model.data import Block, Job, MultiRun, Render, Task, TaskKey, TaskState, User
+from farmnet.model.data import FINISHED, Block, Job, MultiRun, Render, Task, TaskKey, TaskState, User
 from farmnet.model.events import Bus, JobChanged, OrdersQueued, RenderChanged, TaskStateChanged
 from farmnet.model.masks import Masks
 from farmnet.model.scheduler import Scheduler
@@ -94,7 +94,7 @@ class FarmState:
                 self.work_generation += 1  # blocks or jobs waiting on it may run now
         self.bus.publish(TaskStateChanged(task, old))
         was_done = job.time_done
-        if job.done and not was_done:
+        if not was_done and state in FINISHED and job.done:  # only a finish can make it done
             job.time_done = self.clock.seconds()
             self.jobs_generation += 1
             self.work_generation += 1

@@ -19,6 +19,7 @@ from twisted.protocols import amp
 from farmnet import errors as err
 from farmnet.messages import (
     Event,
+    HostFacts,
     HostResources,
     JobDetail,
     JobRecord,
@@ -95,6 +96,8 @@ class RegisterRender(amp.Command):
         (b"owner", amp.Unicode(optional=True)),
         # MAC addresses, for wake-on-LAN
         (b"macs", amp.ListOf(amp.Unicode(), optional=True)),
+        # What does not change while it runs: OS, properties, power, CPU MHz (block needs)
+        (b"facts", Typed(HostFacts, optional=True)),
     ]
     response = [(b"render_id", amp.Integer()), (b"heartbeat_hold", amp.Float())]
     errors = {**_COMMON, err.InvalidAction: b"INVALID_ACTION"}
@@ -116,6 +119,17 @@ class Heartbeat(amp.Command):
         (b"resources", Typed(HostResources, optional=True)),
     ]
     response = [(b"orders", Typed(list[Order]))]
+    errors = {**_COMMON, err.NotRegistered: b"NOT_REGISTERED"}
+
+
+class ReportResources(amp.Command):
+    """A render's resources (free memory, disk, GPU memory, ...), sent every
+    ``resources.interval`` seconds and when a task ends, so block needs see fresh values
+    while heartbeats are held."""
+
+    commandName = b"report_resources"
+    arguments = [(b"render_id", amp.Integer()), (b"resources", Typed(HostResources))]
+    response: list = []
     errors = {**_COMMON, err.NotRegistered: b"NOT_REGISTERED"}
 
 

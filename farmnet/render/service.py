@@ -24,7 +24,7 @@ from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.protocols import amp
 
@@ -35,6 +35,7 @@ from farmnet.convert import ConversionError, unstructure
 from farmnet.messages import (
     CloseOrder,
     ExitOrder,
+    HostResources,
     KillOrder,
     Order,
     ReconnectOrder,
@@ -47,7 +48,7 @@ from farmnet.model.catalog import SERVICE_PARSERS
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
 from farmnet.protocol.endpoints import set_keepalive
-from farmnet.render import resources, services
+from farmnet.render import files, resources, services
 from farmnet.render.limits import TaskLimiter
 from farmnet.render.parsers import (
     Parser,
@@ -78,6 +79,8 @@ HEARTBEAT_MARGIN = 15.0
 SLEEP_QUIET = 30.0
 #: Seconds to wait for our own close to complete before aborting the connection.
 CLOSE_TIMEOUT = 5.0
+#: Seconds after a task ends before the resources are reported (tasks ending together: one report).
+REPORT_AFTER_TASK = 0.5
 #: TCP keepalive to the server (idle s, interval s, probes): a server gone without a
 #: word is found out in about a minute even while a long heartbeat is held.
 KEEPALIVE = (30, 10, 3)
@@ -153,11 +156,21 @@ class RenderService(service.MultiService):
         self.client.setServiceParent(self)
         self._loop: defer.Deferred[None] | None = None
         self._stopping = False
+        self.gpu = resources.GpuReader(reactor, config.resources.gpu_interval)
+        self._reports = LoopingCall(self._report_resources)
+        self._reports.clock = reactor
+        self._report_call: IDelayedCall | None = None
+        #: False while connected to a server without report_resources (older): resources then
+        #: go with heartbeats only.
+        self._server_takes_reports = True
 
     def startService(self) -> None:
         super().startService()
         self._stopping = False
         self.limiter.resolve()  # settles the memory-limit method and logs it, once
+        self.gpu.start()
+        if self.config.resources.interval > 0:
+            self._reports.start(self.config.resources.interval, now=False)
         self._loop = defer.ensureDeferred(self._run())
 
     def stopService(self) -> defer.Deferred[None]:
@@ -165,6 +178,11 @@ class RenderService(service.MultiService):
         disconnect: the render closes its side first (the ClientService's stop), so the
         TIME-WAIT socket is the render's, not the server's."""
         self._stopping = True
+        self.gpu.stop()
+        if self._reports.running:
+            self._reports.stop()
+        if self._report_call is not None and self._report_call.active():
+            self._report_call.cancel()
         ending = [t.process.done for t in self.tasks.values() if t.exit is None]
         for task in list(self.tasks.values()):
             if task.exit is None:
@@ -235,8 +253,10 @@ class RenderService(service.MultiService):
             max_tasks=self.config.max_tasks, services=list(self.config.services),
             services_disabled=list(self.config.services_disabled), platform=platform.platform(),
             cpus=os.cpu_count() or 1, memory_mb=psutil.virtual_memory().total >> 20,
-            running=self._running(), owner=self.config.owner or None, macs=mac_addresses())
+            running=self._running(), owner=self.config.owner or None, macs=mac_addresses(),
+            facts=resources.facts(self.config.resources.properties, self.config.resources.power))
         self.render_id, self.proto = answer["render_id"], proto
+        self._server_takes_reports = True
         self.heartbeat_hold = answer["heartbeat_hold"]
         log.info("registered as render {render_id} with {count} task(s) running",
                  render_id=self.render_id, count=len(self.tasks))
@@ -247,7 +267,7 @@ class RenderService(service.MultiService):
         while True:
             self._heartbeats += 1
             every = self.config.resources.every
-            sample = (resources.sample(self.config.resources.disk_path)
+            sample = (self._sample()
                       if every and (self._heartbeats - 1) % every == 0 else None)
             d = proto.callRemote(c.Heartbeat, render_id=self.render_id, running=self._running(),
                                  resources=sample)
@@ -288,6 +308,29 @@ class RenderService(service.MultiService):
         self._quiet_until = self.reactor.seconds() + SLEEP_QUIET
         await self._close(proto)
 
+    def _sample(self) -> HostResources:
+        return resources.sample(self.config.resources.disk_path, self.gpu.latest)
+
+    def _report_resources(self) -> None:
+        """Fresh resources between held heartbeats (every resources.interval, and when a task
+        ends), so that a block's needs see memory and disk as they are."""
+        proto, render_id = self.proto, self.render_id
+        if proto is None or render_id is None or not self._server_takes_reports:
+            return
+        d = proto.callRemote(c.ReportResources, render_id=render_id, resources=self._sample())
+        d.addErrback(self._reports_refused)
+        d.addErrback(self._report_failed, "resources")
+
+    def _reports_refused(self, failure: Any) -> None:
+        failure.trap(amp.UnhandledCommand)
+        log.info("the server takes no report_resources (an older server): resources go with heartbeats")
+        self._server_takes_reports = False
+
+    def _report_soon(self) -> None:
+        """One report for tasks ending together, once the memory they held is given back."""
+        if self._report_call is None or not self._report_call.active():
+            self._report_call = self.reactor.callLater(REPORT_AFTER_TASK, self._report_resources)
+
     def _running(self) -> list[TaskRef]:
         return [t.order.ref() for t in self.tasks.values()]
 
@@ -322,6 +365,11 @@ class RenderService(service.MultiService):
         env = {**self.environ, **order.environment}
         env["FARMNET_RENDER"] = self.config.name
         prepared = services.prepare(fields, self.config, env, self.service_classes)  # the service's command
+        directory = order.working_directory or os.getcwd()
+        if order.skip_existing_files and files.all_exist(
+                order.files, directory, order.file_size_min, order.file_size_max):
+            prepared = attrs.evolve(
+                prepared, command="echo 'farmnet: the task files exist: command skipped (skipexistingfiles)'")
         holder: list[RunningTask] = []
         process = TaskProcess(
             self.reactor, prepared.command, env=prepared.environment,
@@ -420,11 +468,18 @@ class RenderService(service.MultiService):
         self._flush(task)
         if self.proto is not None:
             self._report_finished(task)
+            self._report_soon()  # what the task held is free again
 
     def _report_finished(self, task: RunningTask) -> None:
         result = task.exit
         assert result is not None
         exit_code, signal, message = self._verdict(task, result)
+        order = task.order
+        if exit_code == 0 and signal is None and order.check_rendered_files:
+            problem = files.rendered_files_problem(order.files, order.working_directory or os.getcwd(),
+                                                   order.file_size_min, order.file_size_max)
+            if problem is not None:  # an error, as Afanasy's checkrenderedfiles makes it
+                message, exit_code = f"exit status 0, but {problem}", None
         d = self.proto.callRemote(
             c.TaskFinished, render_id=self.render_id, **task.reference(),
             exit_code=exit_code, signal=signal, time_started=result.time_started,

@@ -38,7 +38,15 @@ from twisted.python.failure import Failure
 import farmnet
 from farmnet import errors
 from farmnet.config import AuthConfig, ConnectionsConfig, LimitsConfig
-from farmnet.messages import CloseOrder, HostResources, Order, ReconnectOrder, RunResources, TaskRef
+from farmnet.messages import (
+    CloseOrder,
+    HostFacts,
+    HostResources,
+    Order,
+    ReconnectOrder,
+    RunResources,
+    TaskRef,
+)
 from farmnet.model.catalog import known_names
 from farmnet.model.data import ACTIVE, Render, TaskKey
 from farmnet.model.events import JobDeleted, OrdersQueued, TaskStateChanged
@@ -560,7 +568,7 @@ class ServerProtocol(FarmAMP):
     def register_render(self, name: str, capacity: int, max_tasks: int, services: list[str],
                         services_disabled: list[str], platform: str, cpus: int, memory_mb: int,
                         running: list[TaskRef], owner: str | None = None,
-                        macs: list[str] | None = None) -> dict[str, Any]:
+                        macs: list[str] | None = None, facts: HostFacts | None = None) -> dict[str, Any]:
         self._need("render")
         conn = self.conn
         assert conn is not None
@@ -571,7 +579,7 @@ class ServerProtocol(FarmAMP):
         render = self.farm.register_render(
             name, capacity=capacity, max_tasks=max_tasks, services=services,
             services_disabled=services_disabled, platform=platform, cpus=cpus,
-            memory_mb=memory_mb, owner=owner or "", macs=macs or (), running=running)
+            memory_mb=memory_mb, owner=owner or "", macs=macs or (), running=running, facts=facts)
         self.server.registry.bind_render(conn, render)
         return {"render_id": render.id, "heartbeat_hold": self.server.heartbeat_hold}
 
@@ -587,6 +595,11 @@ class ServerProtocol(FarmAMP):
         if resources is not None:
             self.farm.render_seen(render, resources)
         return self.server.heartbeat(conn, render)
+
+    @c.ReportResources.responder
+    def report_resources(self, render_id: int, resources: HostResources) -> dict[str, Any]:
+        self.farm.render_seen(self._need_render(render_id), resources)
+        return {}
 
     @staticmethod
     def _key(job_id: int, block: int, task: int) -> TaskKey:
