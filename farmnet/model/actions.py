@@ -163,6 +163,7 @@ class Actions(TaskLife, Policy):
             if not block.finished:
                 self._count_capacity(block.spec.capacity, -1)
         del self.jobs[job.id]
+        self._forget_job(job)  # type: ignore[attr-defined]  # PoolActions, in the Farm
         self.users[job.user_name].jobs.discard(job.id)
         self.jobs_generation += 1
         self.work_generation += 1

@@ -191,6 +191,8 @@ class Job:
     #: The job's and its blocks' command_pre still running (on the system job): the job
     #: waits for them, as Afanasy runs them before the job is first solved.
     commands_pre_pending: int = 0
+    #: Its branch (farmnet.model.pools.Branch), set when the farm places it.
+    branch: Any = None
 
     @property
     def name(self) -> str:
@@ -292,6 +294,8 @@ class Render:
     wol: str = ""
     #: The latest resources the render reported (CPU, memory, swap, disk, load).
     resources: dict[str, Any] = attrs.field(factory=dict)
+    #: Its pool (farmnet.model.pools.Pool), set when it first registers or is restored.
+    pool: Any = None
 
     def usable(self) -> bool:
         """Online, not sick, not asleep: a paused or NIMBY render still runs the jobs that ignore

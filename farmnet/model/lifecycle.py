@@ -52,6 +52,7 @@ class TaskLife(FarmState):
         job = self._build_job(self._next_job_id, spec, owner, spec.priority, created, self._serial,
                               spec.offline)
         self._next_job_id += 1
+        self._place_job(job)  # type: ignore[attr-defined]  # PoolActions, in the Farm
         for block in job.blocks:
             self._count_capacity(block.spec.capacity, +1)
         u = self.users.get(owner)
@@ -173,6 +174,7 @@ class TaskLife(FarmState):
         for name, count in block.spec.tickets.items():
             self.tickets_used[name] += count
             render.tickets_used[name] += count
+        self.trees.occupy(render, task)
 
     def _release(self, task: Task, keep_render: bool = False) -> None:
         """Free what a running task held on its render."""
@@ -188,6 +190,7 @@ class TaskLife(FarmState):
                 render.tickets_used[name] -= count
         for name, count in block.spec.tickets.items():
             self.tickets_used[name] -= count
+        self.trees.release(render, task)
         block.running_capacity -= block.spec.capacity
         user.running -= 1
         user.running_capacity -= block.spec.capacity
@@ -380,6 +383,7 @@ class TaskLife(FarmState):
             raise errors.InvalidAction(f"render capacity must be positive, got {capacity}")
         now = self.clock.seconds()
         render = self.renders_by_name.get(name)
+        new = render is None
         if render is None:
             render = Render(id=self._next_render_id, name=name, capacity=capacity,
                             max_tasks=max_tasks, services=frozenset(services),
@@ -393,6 +397,7 @@ class TaskLife(FarmState):
         render.services, render.services_disabled = frozenset(services), frozenset(services_disabled)
         render.platform, render.cpus, render.memory_mb = platform, cpus, memory_mb
         render.owner = owner
+        self._place_render(render, new)  # type: ignore[attr-defined]  # PoolActions, in the Farm
         render.macs = tuple(macs) or render.macs
         render.wol = ""  # whatever it was, it is awake now
         render.online, render.time_registered, render.time_seen = True, now, now

@@ -64,6 +64,18 @@ class Why(enum.StrEnum):
     HOST_TICKETS = "render's tickets exhausted"
     AVOIDED = "block avoids the render after errors there (errors_avoid_host)"
     TASK_AVOIDED = "ready tasks avoid the render after errors there (errors_task_same_host)"
+    POOL_OFF = "render's pool is paused or has priority 0"
+    POOL_SERVICE = "render's pool does not allow the block's service"
+    POOL_MAX_TASKS = "render's pool max_tasks_host reached on the render"
+    POOL_LIMIT = "render's pool max_running_tasks reached"
+    POOL_TICKETS = "render's pool tickets exhausted (tickets_host or tickets_pool)"
+    BRANCH_PAUSED = "job's branch is paused"
+    BRANCH_LIMIT = "job's branch max_running_tasks reached"
+    BRANCH_HOST_LIMIT = "job's branch max_running_tasks_per_host reached on the render"
+
+
+#: Refusals that name the render's pool in `explain`.
+_POOL_WHYS = frozenset({Why.POOL_OFF, Why.POOL_SERVICE, Why.POOL_MAX_TASKS, Why.POOL_LIMIT, Why.POOL_TICKETS})
 
 
 def _limit_reached(running: int, limit: int) -> bool:
@@ -93,6 +105,7 @@ class FarmView(Protocol):
     jobs_ignoring_states: int
     tickets_used: Counter[str]
     masks: Masks
+    trees: Any  # farmnet.model.pools.Trees
 
     @property
     def settings(self) -> Any: ...
@@ -114,7 +127,7 @@ class Scheduler:
         asking for the next, so each pick sees the previous ones."""
         farm = self.farm
         ignoring = farm.jobs_ignoring_states > 0
-        for render in list(farm.renders.values()):
+        for render in self.renders_in_order():
             if render.solved_empty_at == farm.work_generation:
                 continue
             if not ignoring and (render.paused or render.NIMBY):
@@ -135,12 +148,14 @@ class Scheduler:
             if self.user_refuses(user, render):
                 continue
             for job in self.jobs_in_order(user):
-                if self.job_waits(job, now) or self.job_refuses(job, render):
+                if (self.job_waits(job, now) or self.job_refuses(job, render) or self.branch_waits(job)
+                        or self.branch_refuses(job, render)):
                     continue
                 if restricted and self.render_state_refuses(job, render):
                     continue
                 for block in job.blocks:
-                    if self.block_waits(block) or self.block_refuses(block, render, now):
+                    if (self.block_waits(block) or self.block_refuses(block, render, now)
+                            or self.pool_refuses(block, render)):
                         continue
                     task = self.take_task(block, render, now)
                     if task is not None:
@@ -157,7 +172,25 @@ class Scheduler:
             users.sort(key=lambda u: (-u.priority, u.time_registered))
         return users
 
+    def renders_in_order(self) -> list[Render]:
+        """Renders as they are offered work: those of higher-priority pools first (Afanasy's
+        pool priority), otherwise as they registered."""
+        renders = list(self.farm.renders.values())
+        if self.farm.trees.pools_ranked:
+            priority = {pool: pool.solve_priority() for pool in self.farm.trees.pools.values()}
+            renders.sort(key=lambda r: -priority.get(r.pool, 0))
+        return renders
+
+    def jobs_by_branch(self, user: User) -> list[Job]:
+        """A user's jobs ordered through the branch tree: at each level the branch's jobs and
+        sub-branches by its solving (order or need)."""
+        by_capacity = self.farm.settings.solve_by_capacity
+        trees = self.farm.trees
+        return sorted(user.ready_jobs, key=lambda j: trees.job_key(j, by_capacity))
+
     def jobs_in_order(self, user: User) -> list[Job]:
+        if self.farm.trees.branches_ordering:
+            return self.jobs_by_branch(user)
         if user.jobs_solving != "need":
             return user.ready_jobs  # kept in order by the farm
         use_capacity = self.farm.settings.solve_by_capacity
@@ -287,6 +320,55 @@ class Scheduler:
             return Why.AVOIDED
         return None
 
+    def pool_refuses(self, block: Block, render: Render) -> Why | None:
+        """The render's pool (and the pools above it): paused, services, max tasks per
+        host, max running tasks, host and pool tickets."""
+        pool = render.pool
+        if pool is None or not self.farm.trees.pools_active:
+            return None
+        if not pool.ready():
+            return Why.POOL_OFF
+        spec = block.spec
+        if not pool.can_run(spec.service):
+            return Why.POOL_SERVICE
+        max_tasks = pool.inherited("max_tasks_host")
+        if max_tasks >= 0 and len(render.tasks) >= max_tasks:
+            return Why.POOL_MAX_TASKS
+        for p in pool.chain():
+            if _limit_reached(p.running, p.max_running_tasks):
+                return Why.POOL_LIMIT
+        for name, count in spec.tickets.items():
+            limit = pool.host_ticket(name)
+            if limit is not None and render.tickets_used[name] + count > limit:
+                return Why.POOL_TICKETS
+            for p in pool.chain():
+                limit = p.tickets_pool.get(name)
+                if limit is not None and p.tickets_used[name] + count > limit:
+                    return Why.POOL_TICKETS
+        return None
+
+    def branch_waits(self, job: Job) -> Why | None:
+        """Render-independent: the job's branch (or one above it) is paused or at its
+        max_running_tasks."""
+        branch = job.branch
+        if branch is None or not branch.guarded:
+            return None
+        for b in branch.chain():
+            if b.paused:
+                return Why.BRANCH_PAUSED
+            if _limit_reached(b.running, b.max_running_tasks):
+                return Why.BRANCH_LIMIT
+        return None
+
+    def branch_refuses(self, job: Job, render: Render) -> Why | None:
+        branch = job.branch
+        if branch is None or not branch.guarded:
+            return None
+        for b in branch.chain():
+            if _limit_reached(b.running_per_host[render.id], b.max_running_tasks_per_host):
+                return Why.BRANCH_HOST_LIMIT
+        return None
+
     def task_refuses(self, task: Task, render: Render, now: float) -> Why | None:
         if task.block.tasks_depend_on and not self.task_dependencies_done(task):
             return Why.TASKS_DEPEND
@@ -331,6 +413,10 @@ class Scheduler:
             job_reasons.append(f"{waits} ({job.spec.time_wait - now:.0f} s from now)")
         elif waits is not None:
             job_reasons.append(str(waits))
+        if waits is None:
+            waits = self.branch_waits(job)
+            if waits is not None:
+                job_reasons.append(f"{waits} ({job.branch.path})")
         renders = [r for r in farm.renders.values()]
         blocks = []
         for block in job.blocks:
@@ -352,6 +438,10 @@ class Scheduler:
                     why = self._refusal(user, job, block, render, now)
                     if why is None:
                         entry["can_run_on"].append(render.name)
+                    elif why in _POOL_WHYS:
+                        refusals[f"{why} ({render.pool.path})"] += 1
+                    elif why is Why.BRANCH_HOST_LIMIT:
+                        refusals[f"{why} ({job.branch.path})"] += 1
                     else:
                         refusals[str(why)] += 1
                 entry["renders"] = dict(refusals)
@@ -367,8 +457,8 @@ class Scheduler:
         if not render.usable():
             return Why.RENDER_OFF
         why = (self.render_state_refuses(job, render) or self.user_refuses(user, render)
-               or self.job_refuses(job, render)
-               or self.block_refuses(block, render, now))
+               or self.job_refuses(job, render) or self.branch_refuses(job, render)
+               or self.block_refuses(block, render, now) or self.pool_refuses(block, render))
         if why is not None:
             return why
         refusals = {self.task_refuses(t, render, now) for t in block.tasks if t.state is TaskState.RDY}

@@ -51,7 +51,6 @@ _ISSUE_14 = "is issue 14, later"
 #: "KEY: accepted but has no effect in farmnet (why)" — nothing is silently ignored.
 NO_EFFECT_JOB = {
     "pools": f"render pools {_ISSUE_14}",
-    "branch": f"branches {_ISSUE_14}",
     "need_os": f"needs (need_os) {_ISSUE_14}",
     "need_properties": f"needs (need_properties) {_ISSUE_14}",
     "try_this_tasks_num": "no 'try this task first'; restart the task instead",
@@ -371,8 +370,9 @@ MAX_PRIORITY = 250  # Afanasy's range is 0..250
 #: What `set` may change on a running job / block, with the same validation as a submit.
 JOB_SETTABLE = frozenset(_JOB_FIELDS) - {"user_name", "host_name", "offline", "custom_data", "time_life",
                                          "time_creation", "command_pre", "ignorenimby", "ignorepaused"}
-#: Job keys kept in `JobSpec.extra` that do have an effect: ``folders`` (statistics group by it).
-_KEPT_JOB = frozenset({"folders"})
+#: Job keys kept in `JobSpec.extra` that do have an effect: ``folders`` (statistics group by it),
+#: ``branch`` (the job's branch, farmnet.model.pools).
+_KEPT_JOB = frozenset({"folders", "branch"})
 BLOCK_SETTABLE = frozenset(
     {"capacity", "max_running_tasks", "max_running_tasks_per_host", "hosts_mask", "hosts_mask_exclude",
      "depend_mask", "tasks_depend_mask", "errors_retries", "errors_avoid_host", "errors_task_same_host",
