@@ -156,7 +156,8 @@ class PoolTests(SchedulerTestCase):
         act(self.farm, "root", "pools", "create", {"path": "/gpu"}, {"pattern": "gpu.*", "priority": 120})
         self.render("gpu1")
         listed = act(self.farm, "anna", "pools", "list", {"path": "/gpu"})
-        self.assertEqual([(p["path"], p["renders"], p["priority"]) for p in listed], [("/gpu", ["gpu1"], 120)])
+        self.assertEqual([(p["path"], p["renders"], p["priority"]) for p in listed],
+                         [("/gpu", ["gpu1"], 120)])
         with self.assertRaises(errors.InvalidAction):
             act(self.farm, "root", "pools", "explode", {"path": "/gpu"})
         self.assertIn("/gpu", seen)

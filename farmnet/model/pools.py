@@ -563,6 +563,8 @@ class PoolActions:
         if value is None and allow_all:
             return sorted(self.renders_by_name)
         names = value.get("renders") if isinstance(value, Mapping) else value
+        if isinstance(names, str):  # the web's prompt: "r1 r2" or "r1,r2"
+            names = names.replace(",", " ").split()
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise errors.InvalidAction('values: expected {"renders": ["NAME", ...]}')
         return names

@@ -23,7 +23,7 @@ from farmnet.web.routing import Call, Reply, html_reply
 __all__ = ["Page", "action_button", "attributes", "fmt_time", "live_page", "progress", "state_badge",
            "table"]
 
-NAV = (("/", "Farm"), ("/jobs", "Jobs"), ("/renders", "Renders"), ("/users", "Users"),
+NAV = (("/", "Farm"), ("/jobs", "Jobs"), ("/renders", "Renders"), ("/users", "Users"), ("/pools", "Pools"),
        ("/stats", "Statistics"))
 JOB_STATES = tuple(s.value for s in TaskState)
 CSS_URL = f"/static/farmnet.css?v={asset_version(CSS)}"

@@ -76,6 +76,7 @@ def site_tree(gate: Gate, ctx: WebContext, registry: Any) -> Node:
     job.variable_child("block", NUMBER).variable_child("task", ID, get(pages.task))
     root.child("renders", get(pages.renders))
     root.child("users", get(pages.users))
+    root.child("pools", get(pages.pools))
     statistics = root.child("stats", get(stats.guarded("/stats", stats.graphs)))
     for name, handler in (("tasks", stats.tasks), ("jobs", stats.jobs), ("logs", stats.logs)):
         statistics.child(name, get(stats.guarded(f"/stats/{name}", handler)))
