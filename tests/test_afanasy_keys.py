@@ -298,7 +298,7 @@ AF_PY_JOB_KEYS = {
     "priority": "test_scheduler.py", "time_creation": "TimeTests",
     "command_pre": "CommandPreTests", "command_post": "test_sysjob.py PostCommandTests",
     "folders": "test_stats.py (job_folder)", "pools": None,
-    "try_this_tasks_num": None, "try_this_blocks_num": None, "branch": None,
+    "try_this_tasks_num": None, "try_this_blocks_num": None, "branch": "test_pools.py BranchTests",
     "blocks": "test_farm.py", "annotation": "ShownKeysTests", "description": "ShownKeysTests",
     "project": "ShownKeysTests", "department": "ShownKeysTests", "time_wait": "test_scheduler.py",
     "max_running_tasks": "test_scheduler.py", "max_running_tasks_per_host": "test_scheduler.py",
