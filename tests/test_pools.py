@@ -209,6 +209,19 @@ class BranchTests(SchedulerTestCase):
         self.assertEqual(self.farm.explain(job.id)["blocks"][0]["renders"],
                          {f"{Why.BRANCH_HOST_LIMIT} (/p)": 1})
 
+    def test_host_limit_set_while_tasks_run(self) -> None:
+        """Running tasks per render are counted afresh when a per-host limit is set."""
+        job = self.job(blocks=[block(frames=6)], branch="/p")
+        render = self.render("r1", capacity=3000)
+        self.assertEqual(len(render.tasks), 3)
+        self.farm.branch_action("root", "/", "set", {"max_running_tasks_per_host": 2})
+        self.assertEqual(self.farm.trees.root_branch.running_per_host[render.id], 3)
+        [first, *_] = self.orders(render)
+        self.finish(render, first)
+        self.assertEqual(len(render.tasks), 2)  # 2 running: at the limit, nothing new
+        self.assertEqual(self.farm.explain(job.id)["blocks"][0]["renders"],
+                         {f"{Why.BRANCH_HOST_LIMIT} (/p)": 1})
+
     def test_solving_through_the_tree(self) -> None:
         """Branch priority orders sibling branches; a branch solving by need shares its
         renders between its jobs."""

@@ -95,9 +95,25 @@ class Pool:
     running: int = 0
     running_capacity: int = 0
     tickets_used: Counter[str] = attrs.field(factory=Counter)
+    #: Derived from the pool and those above it when any pool changes (`Trees.pools_changed`),
+    #: so a pick reads them without walking up: ready, max tasks per host, the pools on the way
+    #: up with a running limit, whether any has tickets, services answered so far.
+    up: tuple[Pool, ...] = ()
+    is_ready: bool = True
+    max_tasks: int = -1
+    limited: tuple[Pool, ...] = ()
+    ticketed: bool = False
+    service_answers: dict[str, bool] = attrs.field(factory=dict)
 
     def __repr__(self) -> str:
         return f"<Pool {self.path}>"
+
+    def allows(self, service: str) -> bool:
+        """`can_run`, remembered until a pool changes."""
+        answer = self.service_answers.get(service)
+        if answer is None:
+            answer = self.service_answers[service] = self.can_run(service)
+        return answer
 
     def chain(self) -> Iterator[Pool]:
         """This pool, then its parents up to the root."""
@@ -125,9 +141,6 @@ class Pool:
             if value >= 0:
                 return value
         return -1
-
-    def ready(self) -> bool:
-        return all(p.priority > 0 and not p.paused for p in self.chain())
 
     def solve_priority(self) -> int:
         """Afanasy's pool priority: the mean of its own and its parent's (recursively)."""
@@ -180,6 +193,8 @@ class Branch:
     running_per_host: Counter[int] = attrs.field(factory=Counter)
     #: This branch or one above it pauses or limits: the scheduler must look.
     guarded: bool = False
+    #: This branch and those above it (set by `Trees.branches_changed`).
+    up: tuple[Branch, ...] = ()
 
     def __repr__(self) -> str:
         return f"<Branch {self.path}>"
@@ -235,6 +250,10 @@ class Trees:
         self.pools_ranked = False
         #: Some branch solves by need or has a priority: jobs are ordered through the tree.
         self.branches_ordering = False
+        #: Bumped when pools change or renders move (the scheduler's render order is kept until).
+        self.generation = 0
+        self.pools_changed()
+        self.branches_changed()
 
     @property
     def root_pool(self) -> Pool:
@@ -264,6 +283,7 @@ class Trees:
         parent.children.append(pool)
         parent.children.sort(key=lambda p: p.path)
         self.pools[path] = pool
+        self.pools_changed()
         return pool
 
     def remove_pool(self, pool: Pool) -> None:
@@ -293,6 +313,14 @@ class Trees:
             p.services or p.services_disabled or p.tickets_host or p.tickets_pool or p.max_tasks_host >= 0
             or p.max_running_tasks >= 0 or p.paused or p.priority == 0 for p in pools)
         self.pools_ranked = len({p.solve_priority() for p in pools}) > 1
+        for p in pools:
+            chain = p.up = tuple(p.chain())
+            p.is_ready = all(x.priority > 0 and not x.paused for x in chain)
+            p.max_tasks = p.inherited("max_tasks_host")
+            p.limited = tuple(x for x in chain if x.max_running_tasks >= 0)
+            p.ticketed = any(x.tickets_host or x.tickets_pool for x in chain)
+            p.service_answers.clear()
+        self.generation += 1
 
     def place(self, render: Render) -> Pool:
         """The deepest pool whose pattern matches the render's name (Afanasy's assignRender)."""
@@ -316,6 +344,7 @@ class Trees:
                 self._pool_count(old, task, -1)
         pool.renders.add(render)
         render.pool = pool
+        self.generation += 1
         for task in render.tasks.values():
             self._pool_count(pool, task, +1)
 
@@ -333,11 +362,13 @@ class Trees:
 
     def _pool_count(self, pool: Pool, task: Task, sign: int) -> None:
         spec = task.block.spec
-        for p in pool.chain():
+        tickets = spec.tickets
+        for p in pool.up:
             p.running += sign
             p.running_capacity += sign * spec.capacity
-            for name, count in spec.tickets.items():
-                p.tickets_used[name] += sign * count
+            if tickets:
+                for name, count in tickets.items():
+                    p.tickets_used[name] += sign * count
 
     # --- branches ------------------------------------------------------------------------
 
@@ -378,14 +409,30 @@ class Trees:
     def set_branch(self, branch: Branch, changes: Mapping[str, Any]) -> None:
         for key, value in changes.items():
             setattr(branch, key, value)
+        if "max_running_tasks_per_host" in changes:
+            self._count_per_host(branch)
         self.branches_changed()
+
+    def _count_per_host(self, branch: Branch) -> None:
+        """Running tasks per render are counted only under a per-host limit: counted
+        afresh, from the jobs of the branch and its sub-branches, when one is set."""
+        branch.running_per_host.clear()
+        if branch.max_running_tasks_per_host < 0:
+            return
+        todo = [branch]
+        while todo:
+            b = todo.pop()
+            todo.extend(b.children)
+            for job in b.jobs:
+                branch.running_per_host.update(job.running_per_host)
 
     def branches_changed(self) -> None:
         branches = self.branches.values()
         self.branches_ordering = any(b.solving == "need" or b.priority != 99 for b in branches)
         for b in branches:
+            b.up = tuple(b.chain())
             b.guarded = any(x.paused or x.max_running_tasks >= 0 or x.max_running_tasks_per_host >= 0
-                            for x in b.chain())
+                            for x in b.up)
 
     def put_job(self, job: Job, branch: Branch) -> None:
         old: Branch | None = job.branch
@@ -403,12 +450,13 @@ class Trees:
 
     def _branch_count(self, branch: Branch, task: Task, render_id: int, sign: int) -> None:
         capacity = task.block.spec.capacity
-        for b in branch.chain():
+        for b in branch.up:
             b.running += sign
             b.running_capacity += sign * capacity
-            b.running_per_host[render_id] += sign
-            if b.running_per_host[render_id] <= 0:
-                del b.running_per_host[render_id]
+            if b.max_running_tasks_per_host >= 0:
+                b.running_per_host[render_id] += sign
+                if b.running_per_host[render_id] <= 0:
+                    del b.running_per_host[render_id]
 
     def job_key(self, job: Job, by_capacity: bool) -> list[tuple[Any, ...]]:
         """Solving order through the branch tree: at each level, siblings (branches and

@@ -119,6 +119,7 @@ class Scheduler:
     def __init__(self, farm: FarmView) -> None:
         self.farm = farm
         self._depends_cache: dict[int, tuple[int, list[str]]] = {}
+        self._renders_order: tuple[tuple[int, int, int], list[Render]] | None = None
 
     # --- solving -----------------------------------------------------------------------
 
@@ -175,11 +176,16 @@ class Scheduler:
     def renders_in_order(self) -> list[Render]:
         """Renders as they are offered work: those of higher-priority pools first (Afanasy's
         pool priority), otherwise as they registered."""
-        renders = list(self.farm.renders.values())
-        if self.farm.trees.pools_ranked:
-            priority = {pool: pool.solve_priority() for pool in self.farm.trees.pools.values()}
-            renders.sort(key=lambda r: -priority.get(r.pool, 0))
-        return renders
+        trees = self.farm.trees
+        if not trees.pools_ranked:
+            return list(self.farm.renders.values())
+        renders_now = self.farm.renders
+        key = (trees.generation, len(renders_now), next(reversed(renders_now), 0))
+        if self._renders_order is None or self._renders_order[0] != key:  # pools or renders changed
+            priority = {pool: pool.solve_priority() for pool in trees.pools.values()}
+            renders = sorted(renders_now.values(), key=lambda r: -priority.get(r.pool, 0))
+            self._renders_order = (key, renders)
+        return self._renders_order[1]
 
     def jobs_by_branch(self, user: User) -> list[Job]:
         """A user's jobs ordered through the branch tree: at each level the branch's jobs and
@@ -326,22 +332,23 @@ class Scheduler:
         pool = render.pool
         if pool is None or not self.farm.trees.pools_active:
             return None
-        if not pool.ready():
+        if not pool.is_ready:
             return Why.POOL_OFF
         spec = block.spec
-        if not pool.can_run(spec.service):
+        if not pool.allows(spec.service):
             return Why.POOL_SERVICE
-        max_tasks = pool.inherited("max_tasks_host")
-        if max_tasks >= 0 and len(render.tasks) >= max_tasks:
+        if pool.max_tasks >= 0 and len(render.tasks) >= pool.max_tasks:
             return Why.POOL_MAX_TASKS
-        for p in pool.chain():
-            if _limit_reached(p.running, p.max_running_tasks):
+        for p in pool.limited:
+            if p.running >= p.max_running_tasks:
                 return Why.POOL_LIMIT
+        if not pool.ticketed:
+            return None
         for name, count in spec.tickets.items():
             limit = pool.host_ticket(name)
             if limit is not None and render.tickets_used[name] + count > limit:
                 return Why.POOL_TICKETS
-            for p in pool.chain():
+            for p in pool.up:
                 limit = p.tickets_pool.get(name)
                 if limit is not None and p.tickets_used[name] + count > limit:
                     return Why.POOL_TICKETS
@@ -353,7 +360,7 @@ class Scheduler:
         branch = job.branch
         if branch is None or not branch.guarded:
             return None
-        for b in branch.chain():
+        for b in branch.up:
             if b.paused:
                 return Why.BRANCH_PAUSED
             if _limit_reached(b.running, b.max_running_tasks):
@@ -364,7 +371,7 @@ class Scheduler:
         branch = job.branch
         if branch is None or not branch.guarded:
             return None
-        for b in branch.chain():
+        for b in branch.up:
             if _limit_reached(b.running_per_host[render.id], b.max_running_tasks_per_host):
                 return Why.BRANCH_HOST_LIMIT
         return None
