@@ -285,7 +285,7 @@ class StoredTreesTests(SchedulerTestCase):
         self.addCleanup(again.close)
         self.assertEqual(sorted(farm.trees.pools), ["/", "/gpu", "/gpu/big"])
         gpu = farm.trees.pool("/gpu")
-        self.assertEqual((gpu.pattern.pattern, gpu.services, gpu.tickets_pool, gpu.priority),
+        self.assertEqual((gpu.pattern, gpu.services, gpu.tickets_pool, gpu.priority),
                          ("gpu.*", ("blender",), {"GPU": 4}, 150))
         self.assertEqual(farm.trees.pool("/gpu/big").max_running_tasks, 7)
         self.assertIs(farm.renders_by_name["gpu1"].pool, farm.trees.pool("/gpu/big"))

@@ -287,6 +287,7 @@ class Actions(TaskLife, Policy):
                 self._waited_in_vain(task)
             del self.renders[render.id]
             del self.renders_by_name[render.name]
+            self._forget_render(render)  # type: ignore[attr-defined]  # PoolActions, in the Farm
             self.bus.publish(RenderDeleted(render))
         return [r.name for r in renders]
 

@@ -45,7 +45,7 @@ from farmnet.model.events import (
     PoolChanged,
     PoolDeleted,
 )
-from farmnet.model.masks import Mask, Masks
+from farmnet.model.masks import _compile as compile_mask
 from farmnet.model.policy import MASK, MAX_PRIORITY, changes_of
 
 log = Logger()
@@ -78,7 +78,9 @@ class Pool:
     parent: Pool | None = None
     children: list[Pool] = attrs.field(factory=list)
     renders: set[Render] = attrs.field(factory=set)
-    pattern: Mask | None = None
+    #: RE2 over the whole host name; matched once per new render, so not remembered (`Masks`).
+    pattern: str = ""
+    regex: Any = None
     services: tuple[str, ...] = ()
     services_disabled: tuple[str, ...] = ()
     tickets_host: dict[str, int] = attrs.field(factory=dict)
@@ -240,10 +242,9 @@ class Trees:
     ``pools_active`` / ``branches_ordering`` stay False while the trees are as a new farm
     has them, so a farm that does not use pools or branches pays nothing in solving."""
 
-    def __init__(self, masks: Masks, now: float = 0.0) -> None:
-        self.masks = masks
-        self.pools: dict[str, Pool] = {ROOT: Pool(ROOT, time_creation=now)}
-        self.branches: dict[str, Branch] = {ROOT: Branch(ROOT, create_childs=True, time_creation=now)}
+    def __init__(self) -> None:
+        self.pools: dict[str, Pool] = {ROOT: Pool(ROOT)}
+        self.branches: dict[str, Branch] = {ROOT: Branch(ROOT, create_childs=True)}
         #: Some pool has a setting the scheduler must check.
         self.pools_active = False
         #: Renders are offered work by pool priority (some pools differ).
@@ -299,7 +300,7 @@ class Trees:
     def set_pool(self, pool: Pool, changes: Mapping[str, Any]) -> None:
         for key, value in changes.items():
             if key == "pattern":
-                value = self.masks.compile(value)
+                pool.regex = compile_mask(value) if value else None
             elif key in ("services", "services_disabled"):
                 value = tuple(value)
             elif key in ("tickets_host", "tickets_pool"):
@@ -327,7 +328,7 @@ class Trees:
         pool = self.root_pool
         while True:
             for child in pool.children:
-                if child.pattern is not None and child.pattern.fullmatch(render.name):
+                if child.regex is not None and child.regex.fullmatch(render.name):
                     pool = child
                     break
             else:
@@ -503,7 +504,7 @@ class Trees:
             pools=[c.path for c in pool.children], renders=[r.name for r in renders],
             renders_online=sum(1 for r in renders if r.online),
             renders_busy=sum(1 for r in renders if r.tasks),
-            pattern=pool.pattern.pattern if pool.pattern else "", services=list(pool.services),
+            pattern=pool.pattern, services=list(pool.services),
             services_disabled=list(pool.services_disabled), tickets_host=dict(pool.tickets_host),
             tickets_pool=dict(pool.tickets_pool), max_tasks_host=pool.max_tasks_host,
             capacity_host=pool.capacity_host, max_running_tasks=pool.max_running_tasks,
@@ -524,7 +525,6 @@ class Trees:
 
     def pool_fields(self, pool: Pool) -> dict[str, Any]:
         fields = {k: getattr(pool, k) for k in POOL_SETTINGS}
-        fields["pattern"] = pool.pattern.pattern if pool.pattern else ""
         fields["services"], fields["services_disabled"] = list(pool.services), list(pool.services_disabled)
         fields["time_creation"] = pool.time_creation
         return fields
@@ -686,6 +686,15 @@ class PoolActions:
         if len(trees.branches) != created:
             for b in branch.chain():
                 self.bus.publish(BranchChanged(b))
+
+    def _forget_render(self, render: Render) -> None:
+        """A render was deleted: out of its pool."""
+        pool: Pool | None = render.pool
+        if pool is not None:
+            pool.renders.discard(render)
+            render.pool = None
+            self.trees.generation += 1
+            self.bus.publish(PoolChanged(pool))
 
     def _forget_job(self, job: Job) -> None:
         branch: Branch | None = job.branch

@@ -40,7 +40,7 @@ class FarmState:
         #: Every mask compiled once, matched in linear time, answers remembered.
         self.masks = Masks()
         #: The pool tree (renders) and the branch tree (jobs), farmnet.model.pools.
-        self.trees = Trees(self.masks, clock.seconds())
+        self.trees = Trees()
         self.jobs: dict[int, Job] = {}
         self.users: dict[str, User] = {}
         self.renders: dict[int, Render] = {}
