@@ -74,12 +74,15 @@ class PoolsIntegrationTests(TestCase):
         pools = await wait_until(reactor, placed, 60, "both renders placed by their names")
         self.assertEqual((pools["/ws"], pools["/farm"], pools["/"]), (["ws-1"], ["farm-1"], []))
 
-        # A render in a pool that disables a service never gets that service's tasks.
+        # A render in a pool that disables a service never gets that service's tasks. They run
+        # until the test has asked why (a busy machine is slow to start the command).
+        go = os.path.join(self.base, "go")
         nuke = await self.submit({"name": "comp", "blocks": [
-            {"name": "comp", "service": "nuke", "command": "sleep 0.3", "frame_first": 1, "frame_last": 6}]},
-            "nuke")
+            {"name": "comp", "service": "nuke", "command": f"while [ ! -e {go} ]; do sleep 0.05; done",
+             "frame_first": 1, "frame_last": 6}]}, "nuke")
         why = await self.cli("why", str(nuke))
-        self.assertIn("render's pool does not allow the block's service (/ws)", why)
+        self.assertIn("1 render: render's pool does not allow the block's service (/ws)", why)
+        open(go, "w").close()
         # A job of the limited branch runs one task at a time, on either render.
         shots = await self.submit({"name": "shots", "branch": "/proj", "blocks": [
             {"name": "b", "command": "sleep 0.2", "frame_first": 1, "frame_last": 3}]}, "shots")
