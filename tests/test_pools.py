@@ -11,7 +11,7 @@ from farmnet import errors
 from farmnet.model.data import TaskState
 from farmnet.model.events import BranchChanged, PoolChanged
 from farmnet.model.farm import Farm
-from farmnet.model.pools import clean_path, job_branch_path
+from farmnet.model.pools import clean_path, job_branch_path, job_may_run_in
 from farmnet.model.scheduler import Why
 from farmnet.server.actions import act
 from farmnet.server.store import Store
@@ -161,6 +161,29 @@ class PoolTests(SchedulerTestCase):
         with self.assertRaises(errors.InvalidAction):
             act(self.farm, "root", "pools", "explode", {"path": "/gpu"})
         self.assertIn("/gpu", seen)
+
+
+class JobPoolsTests(SchedulerTestCase):
+    def test_afanasys_matching(self) -> None:
+        self.assertTrue(job_may_run_in({}, "/farm"))
+        self.assertFalse(job_may_run_in({"/farm": -100}, "/farm/gpu"))
+        self.assertTrue(job_may_run_in({"/farm": -100}, "/ws"))
+        self.assertTrue(job_may_run_in({"gpu": 100}, "/farm/gpu"))  # a key without "/": part of the path
+        self.assertFalse(job_may_run_in({"gpu": 100}, "/farm/cpu"))
+        self.assertTrue(job_may_run_in({"/farm": 10}, "/ws"))  # a priority alone restricts nothing
+
+    def test_job_pools_route_the_job(self) -> None:
+        self.farm.pool_action("root", "/gpu", "create", {"pattern": "gpu.*"})
+        only_gpu = self.job(blocks=[block(frames=4)], pools={"/gpu": 100}, name="gpu only")
+        self.render("cpu1", capacity=10_000)
+        self.assertEqual(only_gpu.counts[TaskState.RUN], 0)
+        self.assertEqual(self.farm.explain(only_gpu.id)["blocks"][0]["renders"], {f"{Why.JOB_POOLS} (/)": 1})
+        self.render("gpu1", capacity=10_000)
+        self.assertEqual(running_hosts(only_gpu), {"gpu1"})
+        not_gpu = self.job(blocks=[block(frames=2)], pools={"/gpu": -100}, name="not gpu")
+        self.assertEqual(running_hosts(not_gpu), {"cpu1"})
+        with self.assertRaises(errors.JobSpecError):
+            self.job(pools=["/gpu"])
 
 
 class BranchTests(SchedulerTestCase):

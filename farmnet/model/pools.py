@@ -223,6 +223,22 @@ class BranchChanges:
 BRANCH_SETTINGS = tuple(a.name for a in attrs.fields(BranchChanges))
 
 
+def job_may_run_in(pools: Mapping[str, int], path: str) -> bool:
+    """Afanasy's job ``pools``: a key starting with "/" matches the pool paths it begins,
+    another key those it is part of. A matched value of -100 or less: not in that pool; any
+    value of 100 or more: only in the pools matched."""
+    matched = only_matched = False
+    for key, value in pools.items():
+        if not key:
+            continue
+        if path.startswith(key) if key.startswith("/") else key in path:
+            if value <= -100:
+                return False
+            matched = True
+        only_matched = only_matched or value >= 100
+    return matched or not only_matched
+
+
 def job_branch_path(job_spec_extra: Mapping[str, Any], first_working_directory: str) -> str:
     """Where a job goes: its ``branch``, else the folder af.py would put there."""
     branch = job_spec_extra.get("branch")

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from farmnet.model.data import Block, Job, Render, Task, TaskState, User
 from farmnet.model.masks import Mask, Masks
+from farmnet.model.pools import job_may_run_in
 
 #: Tasks of one block looked at per pick before giving up on it (task-level refusals).
 SCAN = 256
@@ -69,13 +70,15 @@ class Why(enum.StrEnum):
     POOL_MAX_TASKS = "render's pool max_tasks_host reached on the render"
     POOL_LIMIT = "render's pool max_running_tasks reached"
     POOL_TICKETS = "render's pool tickets exhausted (tickets_host or tickets_pool)"
+    JOB_POOLS = "job's pools keep it off the render's pool"
     BRANCH_PAUSED = "job's branch is paused"
     BRANCH_LIMIT = "job's branch max_running_tasks reached"
     BRANCH_HOST_LIMIT = "job's branch max_running_tasks_per_host reached on the render"
 
 
 #: Refusals that name the render's pool in `explain`.
-_POOL_WHYS = frozenset({Why.POOL_OFF, Why.POOL_SERVICE, Why.POOL_MAX_TASKS, Why.POOL_LIMIT, Why.POOL_TICKETS})
+_POOL_WHYS = frozenset({Why.JOB_POOLS, Why.POOL_OFF, Why.POOL_SERVICE, Why.POOL_MAX_TASKS, Why.POOL_LIMIT,
+                        Why.POOL_TICKETS})
 
 
 def _limit_reached(running: int, limit: int) -> bool:
@@ -150,7 +153,7 @@ class Scheduler:
                 continue
             for job in self.jobs_in_order(user):
                 if (self.job_waits(job, now) or self.job_refuses(job, render) or self.branch_waits(job)
-                        or self.branch_refuses(job, render)):
+                        or self.branch_refuses(job, render) or self.job_pools_refuse(job, render)):
                     continue
                 if restricted and self.render_state_refuses(job, render):
                     continue
@@ -354,6 +357,13 @@ class Scheduler:
                     return Why.POOL_TICKETS
         return None
 
+    def job_pools_refuse(self, job: Job, render: Render) -> Why | None:
+        """The job's ``pools`` (Afanasy's per-pool job settings) keep it off the render's pool."""
+        pools = job.spec.pools
+        if not pools or render.pool is None or job_may_run_in(pools, render.pool.path):
+            return None
+        return Why.JOB_POOLS
+
     def branch_waits(self, job: Job) -> Why | None:
         """Render-independent: the job's branch (or one above it) is paused or at its
         max_running_tasks."""
@@ -465,6 +475,7 @@ class Scheduler:
             return Why.RENDER_OFF
         why = (self.render_state_refuses(job, render) or self.user_refuses(user, render)
                or self.job_refuses(job, render) or self.branch_refuses(job, render)
+               or self.job_pools_refuse(job, render)
                or self.block_refuses(block, render, now) or self.pool_refuses(block, render))
         if why is not None:
             return why

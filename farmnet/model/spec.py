@@ -50,7 +50,6 @@ _ISSUE_14 = "is issue 14, later"
 #: key → why. Submitting one with a value other than Afanasy's default gives a warning
 #: "KEY: accepted but has no effect in farmnet (why)" — nothing is silently ignored.
 NO_EFFECT_JOB = {
-    "pools": f"render pools {_ISSUE_14}",
     "need_os": f"needs (need_os) {_ISSUE_14}",
     "need_properties": f"needs (need_properties) {_ISSUE_14}",
     "try_this_tasks_num": "no 'try this task first'; restart the task instead",
@@ -234,6 +233,9 @@ class JobSpec:
     errors_task_same_host: int = -1
     errors_forgive_time: int = -1
     custom_data: Mapping[str, Any] = attrs.field(factory=dict)
+    #: Afanasy's per-pool job settings: pool path (or part of one) → value; -100 or less keeps
+    #: the job out of the pools it matches, 100 or more keeps it in them (farmnet.model.pools).
+    pools: Mapping[str, int] = attrs.field(factory=dict)
     #: The accepted, not yet effective keys, kept so the job round-trips.
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 
@@ -320,6 +322,12 @@ def _tickets(value: Any) -> dict[str, int]:
     return {_str(k): _int(v) for k, v in value.items()}
 
 
+def _pools(value: Any) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a mapping of pool paths to numbers, got {type(value).__name__}")
+    return {_str(k): _int(v) for k, v in value.items()}
+
+
 def _custom_data(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         if not value.strip():
@@ -364,6 +372,7 @@ _JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "offline": _bool, "ignorenimby": _bool, "ignorepaused": _bool, "custom_data": _custom_data,
     "errors_retries": _int,
     "errors_avoid_host": _int, "errors_task_same_host": _int, "errors_forgive_time": _int,
+    "pools": _pools,
 }
 MAX_PRIORITY = 250  # Afanasy's range is 0..250
 
