@@ -127,6 +127,19 @@ class PoolTests(SchedulerTestCase):
         self.farm.pool_action("root", "/", "reassign", {"renders": ["r1"]})
         self.assertIs(render.pool, self.farm.trees.root_pool)
 
+    def test_priority_zero_runs_nothing_and_the_webs_move_prompt(self) -> None:
+        self.pool("/off", priority=0)
+        job = self.job(blocks=[block(frames=2)])
+        self.render("r1", capacity=10_000)
+        self.render("r2", capacity=10_000)
+        self.assertEqual(job.counts[TaskState.RUN], 2)  # in the root pool, they run
+        self.farm.job_action("root", [job.id], "stop")
+        self.farm.pool_action("root", "/off", "move", "r1, r2")  # the web's prompt: names as text
+        self.farm.job_action("root", [job.id], "resume")
+        self.clock.advance(0)
+        self.assertEqual(job.counts[TaskState.RUN], 0)
+        self.assertEqual(self.farm.explain(job.id)["blocks"][0]["renders"], {f"{Why.POOL_OFF} (/off)": 2})
+
     def test_actions_check_input_and_rights(self) -> None:
         with self.assertRaises(errors.PermissionDenied):
             self.farm.pool_action("anna", "/x", "create")
