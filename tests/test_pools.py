@@ -111,6 +111,10 @@ class PoolTests(SchedulerTestCase):
         self.farm.render_lost(ws)
         self.render("ws1", capacity=4000)  # registers again: not new, stays as set
         self.assertEqual((ws.capacity, ws.nimby), (500, False))
+        self.pool("/ws/big", pattern="ws1")
+        self.farm.pool_action("root", "/ws/big", "move", {"renders": ["ws1"]})
+        self.farm.pool_action("root", "/ws", "set", {"capacity_host": 800})  # inherited below
+        self.assertEqual(ws.capacity, 800)
 
     def test_move_render_carries_its_running_tasks(self) -> None:
         self.pool("/a", max_running_tasks=5)

@@ -365,6 +365,15 @@ class Trees:
         for task in render.tasks.values():
             self._pool_count(pool, task, +1)
 
+    def renders_under(self, pool: Pool) -> list[Render]:
+        """The renders of a pool and of its sub-pools."""
+        renders, todo = [], [pool]
+        while todo:
+            p = todo.pop()
+            todo.extend(p.children)
+            renders.extend(p.renders)
+        return renders
+
     def apply_defaults(self, render: Render, new: bool) -> None:
         """The pool's settings for its renders: capacity, and for a new render nimby/paused."""
         pool: Pool = render.pool
@@ -589,7 +598,7 @@ class PoolActions:
             pool = trees.pool(path)
             trees.set_pool(pool, changes_of(value, PoolChanges, "pool"))
             self.bus.publish(PoolChanged(pool))
-            for render in pool.renders:  # capacity_host may have changed
+            for render in trees.renders_under(pool):  # capacity_host may have changed
                 trees.apply_defaults(render, new=False)
                 self._render_changed(render)  # type: ignore[attr-defined]
             done = [pool.path]
