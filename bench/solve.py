@@ -1,12 +1,13 @@
 """Solving speed of the farm model: 1,000 jobs × 100 tasks on 1,000 in-process renders.
 
-    python bench/solve.py [--jobs 1000] [--tasks 100] [--renders 1000] [--users 10] [--needs]
+    python bench/solve.py [--jobs 1000] [--tasks 100] [--renders 1000] [--users 10] [--needs] [--pools 0]
 
 With ``--needs`` the renders report what needs read (OS, properties on every other render,
 power, CPU MHz, free memory and disk, GPU memory on every fourth) and a third of the jobs ask
 for some (job need_os; block need_memory, need_hdd, need_cpu_cores, need_properties "gpu",
 need_gpu_mem_mb), and a tenth have variable capacity (capacity_coeff 1..2); every task still
 fits somewhere.  The issue's figure: ``--renders 10000 --needs``.
+With ``--pools N`` the renders are spread over N pools under /farm (services, limits, priorities).
 
 Renders are in-process (the model's own API, no sockets); every task finishes the
 moment it is handed out, so the figure is the scheduler's and the model's cost per
@@ -14,6 +15,10 @@ assignment: pick, start, finish, counters, events. Prints task assignments per s
 and the process's RSS with the whole queue loaded.
 Anchors: Tractor claims "over 500 tasks per second"; OpenCue's stress sample 975 frames/s.
 Targets: >= 5,000 assignments/s and <= 300 MB RSS.
+
+``--pools N`` puts the renders in N render pools (placed by their names' patterns, each with
+its own priority, a disabled service and a running-tasks limit, so every pool rule is checked
+on every pick); issue 14 asks for 10,000 renders in 20 pools: ``--renders 10000 --pools 20``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import time
 import psutil
 from twisted.internet.task import Clock
 
+from farmnet.config import SchedulingConfig
 from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
 
@@ -40,6 +46,16 @@ def needs(i: int) -> dict[str, object]:
             {"need_cpu_freq_mgz": 3500, "need_power": 12}][choice]
 
 
+def add_pools(farm: Farm, count: int) -> None:
+    """``count`` pools under /farm; a render goes in one by the last two digits of its name."""
+    farm.pool_action("root", "/farm", "create", {"pattern": "render.*"})
+    for k in range(count):
+        suffixes = "|".join(f"{n:02d}" for n in range(100) if n % count == k)
+        farm.pool_action("root", f"/farm/p{k:02d}", "create", {
+            "pattern": f"render\\d*({suffixes})", "priority": 50 + 5 * k, "services_disabled": ["nuke"],
+            "max_running_tasks": 100_000, "max_tasks_host": 4})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,12 +64,15 @@ def main() -> None:
     parser.add_argument("--renders", type=int, default=1000)
     parser.add_argument("--users", type=int, default=10)
     parser.add_argument("--needs", action="store_true", help="renders report resources; jobs have needs")
+    parser.add_argument("--pools", type=int, default=0, help="render pools (0: the root pool only)")
     args = parser.parse_args()
 
     process = psutil.Process()
     base_rss = process.memory_info().rss
     clock = Clock()
-    farm = Farm(clock)
+    farm = Farm(clock, SchedulingConfig(admins=("root",)))
+    if args.pools:
+        add_pools(farm, args.pools)
     started = time.perf_counter()
     for i in range(args.jobs):
         block = {"name": "render", "command": "render -f @####@", "frame_first": 1, "frame_last": args.tasks}
@@ -105,6 +124,9 @@ def main() -> None:
           f"{farm.assignments / cpu:,.0f} assignments/s in {cpu:.2f} s of CPU")
     print(f"RSS at the end {peak / 2**20:.0f} MB   (target <= 300 MB)")
     assert all(job.done for job in farm.jobs.values())
+    if args.pools:
+        placed = sorted(len(p.renders) for p in farm.trees.pools.values() if p.path.startswith("/farm/"))
+        print(f"{args.pools} pools of {placed[0]}..{placed[-1]} renders")
 
 
 if __name__ == "__main__":

@@ -320,6 +320,83 @@ async def cmd_user(client: FarmClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _limit(value: int) -> str:
+    return "-" if value < 0 else str(value)
+
+
+async def cmd_pools(client: FarmClient, args: argparse.Namespace) -> int:
+    pools = await client.act("pools", "list")
+    if args.json:
+        _json(pools)
+        return EXIT_OK
+    _table(["POOL", "PATTERN", "PRI", "RENDERS", "BUSY", "RUN", "MAX", "SERVICES", "DISABLED", "STATE"],
+           [[p["path"], p["pattern"] or "-", p["priority"], len(p["renders"]), p["renders_busy"],
+             p["running"], _limit(p["max_running_tasks"]), ",".join(p["services"]) or "-",
+             ",".join(p["services_disabled"]) or "-", "paused" if p["paused"] else "-"] for p in pools])
+    return EXIT_OK
+
+
+async def cmd_branches(client: FarmClient, args: argparse.Namespace) -> int:
+    branches = await client.act("branches", "list")
+    if args.json:
+        _json(branches)
+        return EXIT_OK
+    _table(["BRANCH", "PRI", "SOLVING", "JOBS", "RUN", "MAX", "MAX/HOST", "CHILDS", "STATE"],
+           [[b["path"], b["priority"], b["solving"], len(b["jobs"]), b["running"],
+             _limit(b["max_running_tasks"]), _limit(b["max_running_tasks_per_host"]),
+             "create" if b["create_childs"] else "-", "paused" if b["paused"] else "-"] for b in branches])
+    return EXIT_OK
+
+
+async def cmd_pool(client: FarmClient, args: argparse.Namespace) -> int:
+    """create/set/delete a pool, move renders into it, reassign renders by the patterns."""
+    words, action = args.words, args.action
+    if action in ("create", "set"):
+        values = _assignments(words) if words else None
+        for key in ("services", "services_disabled"):  # services=nuke,maya
+            if values and isinstance(values.get(key), str):
+                values[key] = [name for name in values[key].split(",") if name]
+        if action == "set" and not values:
+            raise ValueError("farmnet pool set PATH KEY=VALUE...: give at least one KEY=VALUE")
+        done = await client.act("pools", "create" if action == "create" else "update", {"path": args.path},
+                                values)
+    elif action == "delete":
+        if words:
+            raise ValueError("farmnet pool delete PATH: takes nothing more")
+        done = await client.act("pools", "delete", {"path": args.path})
+    else:  # move / reassign: render names
+        if action == "move" and not words:
+            raise ValueError("farmnet pool move PATH RENDER...: name the renders to move")
+        done = await client.act("pools", action, {"path": args.path}, {"renders": words} if words else None)
+    print(f"{action}: {' '.join(done)}")
+    return EXIT_OK
+
+
+async def cmd_branch(client: FarmClient, args: argparse.Namespace) -> int:
+    """create/set/delete a branch, move jobs into it."""
+    words, action = args.words, args.action
+    if action in ("create", "set"):
+        values = _assignments(words) if words else None
+        if action == "set" and not values:
+            raise ValueError("farmnet branch set PATH KEY=VALUE...: give at least one KEY=VALUE")
+        done = await client.act("branches", "create" if action == "create" else "update",
+                                {"path": args.path}, values)
+    elif action == "delete":
+        if words:
+            raise ValueError("farmnet branch delete PATH: takes nothing more")
+        done = await client.act("branches", "delete", {"path": args.path})
+    else:
+        try:
+            ids = [int(w) for w in words]
+        except ValueError:
+            raise ValueError("farmnet branch move PATH JOB_ID...: job ids are numbers") from None
+        if not ids:
+            raise ValueError("farmnet branch move PATH JOB_ID...: name the jobs to move")
+        done = await client.act("branches", "move", {"path": args.path}, {"jobs": ids})
+    print(f"{action}: {' '.join(map(str, done))}")
+    return EXIT_OK
+
+
 async def cmd_act(client: FarmClient, args: argparse.Namespace) -> int:
     """The one action API, raw: for scripts."""
     _json(await client.act(args.item, args.action, json.loads(args.filters or "{}"),
@@ -510,8 +587,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["set", "delete"])
     p.add_argument("names", nargs=1, metavar="NAME")
     p.add_argument("values", nargs="*", metavar="KEY=VALUE")
+    command("pools", cmd_pools, "list render pools", lists=True)
+    p = command("pool", cmd_pool, "change render pools (admins): create PATH [KEY=VALUE...], set PATH "
+                "KEY=VALUE..., delete PATH, move PATH RENDER..., reassign PATH [RENDER...] (by the patterns)")
+    p.add_argument("action", choices=["create", "set", "delete", "move", "reassign"])
+    p.add_argument("path", metavar="PATH", help="the pool, e.g. /farm/gpu")
+    p.add_argument("words", nargs="*", metavar="KEY=VALUE|RENDER",
+                   help="settings (pattern, services, services_disabled, tickets_host, tickets_pool, "
+                        "max_tasks_host, capacity_host, max_running_tasks, priority, paused, new_nimby, "
+                        "new_paused), or render names")
+    command("branches", cmd_branches, "list job branches", lists=True)
+    p = command("branch", cmd_branch, "change job branches (admins): create PATH [KEY=VALUE...], set PATH "
+                "KEY=VALUE..., delete PATH, move PATH JOB_ID...")
+    p.add_argument("action", choices=["create", "set", "delete", "move"])
+    p.add_argument("path", metavar="PATH", help="the branch, e.g. /projects/film")
+    p.add_argument("words", nargs="*", metavar="KEY=VALUE|JOB_ID",
+                   help="settings (priority, max_running_tasks, max_running_tasks_per_host, solving, "
+                        "create_childs, paused), or job ids")
     p = command("act", cmd_act, "the one action API: ITEM ACTION [--filters JSON] [--values JSON]")
-    p.add_argument("item", choices=["jobs", "blocks", "tasks", "renders", "users"])
+    p.add_argument("item", choices=["jobs", "blocks", "tasks", "renders", "users", "pools", "branches"])
     p.add_argument("action")
     p.add_argument("--filters", help='e.g. \'{"id": 3}\'')
     p.add_argument("--values", help="JSON")

@@ -449,3 +449,52 @@ RECORD_CLASSES: tuple[type, ...] = (JobRecord, BlockRecord, JobDetail, TaskRecor
 #: more), listings and events (a newer server may show more). Orders are checked for unknown
 #: keys, like user input: a key a render does not know is something it would fail to obey.
 LENIENT: tuple[type, ...] = (TaskRef, HostResources, HostFacts, RunResources, *RECORD_CLASSES, *EVENT_CLASSES)
+
+
+@attrs.define
+class PoolRecord:
+    """A render pool in a listing (`list_pools`): its settings (Afanasy's keys; -1: from the
+    parent), its sub-pools and renders, and what runs on them now."""
+
+    path: str
+    parent: str
+    pools: list[str]
+    renders: list[str]
+    renders_online: int
+    renders_busy: int
+    pattern: str
+    services: list[str]
+    services_disabled: list[str]
+    tickets_host: dict[str, int]
+    tickets_pool: dict[str, int]
+    max_tasks_host: int
+    capacity_host: int
+    max_running_tasks: int
+    priority: int
+    paused: bool
+    new_nimby: bool
+    new_paused: bool
+    running: int
+    running_capacity: int
+    tickets_used: dict[str, int]
+    time_creation: float
+
+
+@attrs.define
+class BranchRecord:
+    """A job branch in a listing (`list_branches`): settings, sub-branches, job ids, and the
+    tasks its jobs (and its sub-branches' jobs) run now."""
+
+    path: str
+    parent: str
+    branches: list[str]
+    jobs: list[int]
+    priority: int
+    max_running_tasks: int
+    max_running_tasks_per_host: int
+    solving: str
+    create_childs: bool
+    paused: bool
+    running: int
+    running_capacity: int
+    time_creation: float

@@ -240,12 +240,11 @@ class CommandPreTests(SystemJobTestCase):
 
 class NoEffectWarningTests(FarmTestCase):
     def test_a_key_without_effect_gets_a_warning_naming_it(self) -> None:
-        _, warnings = parse_job({"name": "j", "ppa": True, "pools": {"fast": 100}, "blocks": [
+        _, warnings = parse_job({"name": "j", "ppa": True, "blocks": [
             {"name": "b", "command": "x", "need_memory": 4096, "flags": 1 | 1 << 4,
              "tasks": [{"name": "t", "command": "y", "files": ["a.exr"]}]}]})
         self.assertEqual(sorted(warnings), sorted([
             "job.ppa: accepted but has no effect in farmnet (no preview-pending-approval)",
-            "job.pools: accepted but has no effect in farmnet (render pools is issue 14, later)",
             "job.blocks[0].flags: numeric flag set on a block with explicit tasks; tasks win",
             "job.blocks[0].flags: dependsubtask accepted but has no effect in farmnet "
             "(tasks_depend_mask waits for whole tasks)",
@@ -298,8 +297,8 @@ AF_PY_JOB_KEYS = {
     "name": "test_farm.py", "user_name": "UserNameTests", "host_name": "ShownKeysTests",
     "priority": "test_scheduler.py", "time_creation": "TimeTests",
     "command_pre": "CommandPreTests", "command_post": "test_sysjob.py PostCommandTests",
-    "folders": "test_stats.py (job_folder)", "pools": None,
-    "try_this_tasks_num": None, "try_this_blocks_num": None, "branch": None,
+    "folders": "test_stats.py (job_folder)", "pools": "test_pools.py JobPoolsTests",
+    "try_this_tasks_num": None, "try_this_blocks_num": None, "branch": "test_pools.py BranchTests",
     "blocks": "test_farm.py", "annotation": "ShownKeysTests", "description": "ShownKeysTests",
     "project": "ShownKeysTests", "department": "ShownKeysTests", "time_wait": "test_scheduler.py",
     "max_running_tasks": "test_scheduler.py", "max_running_tasks_per_host": "test_scheduler.py",

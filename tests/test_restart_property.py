@@ -45,6 +45,10 @@ op = st.one_of(
     st.tuples(st.just("user_set"), st.sampled_from(USERS), st.integers(0, 250)),
     st.tuples(st.just("delete_user"), st.sampled_from(USERS)),
     st.tuples(st.just("advance"), st.sampled_from([1, 5, 20, 100])),
+    st.tuples(st.just("pool"), st.sampled_from(["/a", "/a/b", "/c"]),
+              st.sampled_from(["create", "set", "delete", "move"]), st.sampled_from(RENDERS)),
+    st.tuples(st.just("branch"), st.sampled_from(["/a", "/a/b", "/c"]),
+              st.sampled_from(["create", "set", "delete", "move"]), st.integers(0, 20)),
 )
 
 
@@ -108,6 +112,16 @@ def apply(farm: Farm, clock: Clock, step: tuple[Any, ...]) -> None:
         farm.user_action("root", [args[0]], "delete")
     elif kind == "advance":
         clock.advance(args[0])
+    elif kind == "pool":
+        path, action, name = args
+        values = {"create": {"pattern": "r[12]"}, "set": {"priority": 120, "services_disabled": ["x"]},
+                  "move": {"renders": [name]}}.get(action)
+        farm.pool_action("root", path, action, values)
+    elif kind == "branch":
+        path, action, index = args
+        values = {"create": {"create_childs": True}, "set": {"max_running_tasks": 3, "solving": "need"},
+                  "move": {"jobs": [jobs[index % len(jobs)]] if jobs else []}}.get(action)
+        farm.branch_action("root", path, action, values)
 
 
 def views(farm: Farm) -> dict[str, Any]:
@@ -120,6 +134,8 @@ def views(farm: Farm) -> dict[str, Any]:
         "renders": sorted(farm.list_renders(), key=lambda r: r.name),
         "users": sorted(farm.list_users(), key=lambda u: u.name),
         "counts": farm.counts(),
+        "pools": farm.list_pools(),
+        "branches": farm.list_branches(),
     }
 
 

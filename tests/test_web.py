@@ -758,3 +758,26 @@ class StatsPagesTests(WebTestCase):
         _, body = await self.get("/api/stats/tasks_table?group=user&since=1d")
         self.assertEqual(len(json.loads(body)["result"]), 2)
 
+
+
+class PoolsPageTests(WebTestCase):
+    async def test_pools_page_lists_and_acts(self) -> None:
+        await self.some_work()
+        response, answer = await self.act({"item": "pools", "action": "create", "filters": {"path": "/farm"},
+                                           "values": {"pattern": "r.*", "services_disabled": ["nuke"]}},
+                                          headers=basic("boss"))
+        self.assertEqual(response.code, 200, answer)
+        response, answer = await self.act({"item": "pools", "action": "reassign", "filters": {"path": "/"}},
+                                          headers=basic("boss"))
+        self.assertEqual((response.code, sorted(answer["result"])), (200, ["r1", "r2"]))
+        response, answer = await self.act({"item": "pools", "action": "delete", "filters": {"path": "/farm"}},
+                                          headers=basic("anna"))
+        self.assertEqual((response.code, answer["error"]["type"]), (403, "PermissionDenied"))
+        response, body = await self.get("/pools")
+        self.assertEqual(response.code, 200)
+        for text in ("/farm", "r.*", "nuke", "/renders#r1", "Branches", "created by jobs"):
+            self.assertIn(text, body)
+        response, body = await self.get("/pools", headers=basic("boss"))
+        self.assertIn("move render here", body)
+        self.assertIn('"item": "pools", "action": "update", "filters": {"path": "/farm"}, '
+                      '"values": {"paused": true}', body.replace("&quot;", '"'))

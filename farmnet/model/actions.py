@@ -185,6 +185,7 @@ class Actions(TaskLife, Policy):
             if not block.finished:
                 self._count_capacity(block.spec.capacity, -1)
         del self.jobs[job.id]
+        self._forget_job(job)  # type: ignore[attr-defined]  # PoolActions, in the Farm
         self.users[job.user_name].jobs.discard(job.id)
         self.jobs_generation += 1
         self.work_generation += 1
@@ -397,6 +398,7 @@ class Actions(TaskLife, Policy):
                 self._waited_in_vain(task)
             del self.renders[render.id]
             del self.renders_by_name[render.name]
+            self._forget_render(render)  # type: ignore[attr-defined]  # PoolActions, in the Farm
             self.bus.publish(RenderDeleted(render))
         return [r.name for r in renders]
 

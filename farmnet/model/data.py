@@ -201,6 +201,8 @@ class Job:
     #: The job's and its blocks' command_pre still running (on the system job): the job
     #: waits for them, as Afanasy runs them before the job is first solved.
     commands_pre_pending: int = 0
+    #: Its branch (farmnet.model.pools.Branch), set when the farm places it.
+    branch: Any = None
 
     @property
     def name(self) -> str:
@@ -323,6 +325,8 @@ class Render:
     @property
     def cpu_freq_cores(self) -> int | None:
         return None if self.cpu_mhz is None or not self.cpus else self.cpu_mhz * self.cpus
+    #: Its pool (farmnet.model.pools.Pool), set when it first registers or is restored.
+    pool: Any = None
 
     def usable(self) -> bool:
         """Online, not sick, not asleep: a paused or NIMBY render still runs the jobs that ignore

@@ -136,6 +136,30 @@ class OrdersQueued:
     render: Render
 
 
+@attrs.frozen(slots=True)
+class PoolChanged:
+    """A pool was created, its settings changed, or renders moved in or out of it."""
+
+    pool: Any  # farmnet.model.pools.Pool
+
+
+@attrs.frozen(slots=True)
+class PoolDeleted:
+    pool: Any
+
+
+@attrs.frozen(slots=True)
+class BranchChanged:
+    """A branch was created (by a job or an admin), its settings changed, or jobs moved."""
+
+    branch: Any  # farmnet.model.pools.Branch
+
+
+@attrs.frozen(slots=True)
+class BranchDeleted:
+    branch: Any
+
+
 #: Every render event: subscribers that keep renders (the store, monitors) take them all.
 RENDER_EVENTS = (RenderRegistered, RenderChanged, RenderLost, RenderSick)
 RenderEvent = RenderRegistered | RenderChanged | RenderLost | RenderSick

@@ -9,6 +9,7 @@
 - permissions, settings and input checks: policy.py
 - read views (listings, dicts): views.py
 - restore from the store: restore.py
+- render pools and job branches: pools.py
 
 Each change is published once on ``farm.bus`` (events.py). No I/O: time comes from the
 clock passed in.
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 from farmnet.model.actions import Actions
 from farmnet.model.multihost import MultiHost
+from farmnet.model.pools import PoolActions
 from farmnet.model.restore import Restore
 from farmnet.model.views import Views
 
 
-class Farm(Actions, MultiHost, Views, Restore):
+class Farm(Actions, MultiHost, Views, Restore, PoolActions):
     pass
 
 

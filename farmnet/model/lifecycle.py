@@ -69,6 +69,7 @@ class TaskLife(FarmState):
         job = self._build_job(self._next_job_id, spec, owner, spec.priority, created, self._serial,
                               spec.offline)
         self._next_job_id += 1
+        self._place_job(job)  # type: ignore[attr-defined]  # PoolActions, in the Farm
         for block in job.blocks:
             self._count_capacity(block.spec.capacity, +1)
         u = self.users.get(owner)
@@ -217,6 +218,7 @@ class TaskLife(FarmState):
         for name, count in block.spec.tickets.items():
             self.tickets_used[name] += count
             render.tickets_used[name] += count
+        self.trees.occupy(render, task)
 
     def _release(self, task: Task, keep_render: bool = False) -> None:
         """Free what a running task held on its render."""
@@ -233,6 +235,7 @@ class TaskLife(FarmState):
                 render.tickets_used[name] -= count
         for name, count in block.spec.tickets.items():
             self.tickets_used[name] -= count
+        self.trees.release(render, task)
         block.running_capacity -= capacity
         user.running -= 1
         user.running_capacity -= capacity
@@ -459,6 +462,7 @@ class TaskLife(FarmState):
             raise errors.InvalidAction(f"render capacity must be positive, got {capacity}")
         now = self.clock.seconds()
         render = self.renders_by_name.get(name)
+        new = render is None
         if render is None:
             render = Render(id=self._next_render_id, name=name, capacity=capacity,
                             max_tasks=max_tasks, services=frozenset(services),
@@ -475,6 +479,7 @@ class TaskLife(FarmState):
         render.os, render.properties, render.power = facts.os, facts.properties, facts.power
         render.cpu_mhz = facts.cpu_mhz
         render.owner = owner
+        self._place_render(render, new)  # type: ignore[attr-defined]  # PoolActions, in the Farm
         render.macs = tuple(macs) or render.macs
         render.wol = ""  # whatever it was, it is awake now
         render.online, render.time_registered, render.time_seen = True, now, now

@@ -26,6 +26,7 @@ class Restore(FarmState):
                     time_creation: float, time_started: float, time_done: float, serial: int) -> Job:
         job = self._build_job(job_id, spec, user_name, priority, time_creation, serial, paused)
         job.time_started, job.time_done = time_started, time_done
+        self._place_job(job)  # type: ignore[attr-defined]  # PoolActions, in the Farm
         self.users.setdefault(user_name, User(user_name, time_creation)).jobs.add(job_id)
         self._next_job_id = max(self._next_job_id, job_id + 1)
         self._serial = max(self._serial, serial)
@@ -69,6 +70,8 @@ class Restore(FarmState):
                     "time_registered", "time_seen", "errors_in_row", "resources"):
             if key in fields:
                 setattr(render, key, fields[key])
+        trees = self.trees
+        trees.put(render, trees.pools.get(fields.get("pool", "")) or trees.place(render))
         render.macs = tuple(fields.get("macs", ()))
         render.error_jobs_in_row = set(fields.get("error_jobs_in_row", ()))
         render.error_history.extend(tuple(entry) for entry in fields.get("error_history", ()))

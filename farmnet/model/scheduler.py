@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from farmnet.model.data import Block, Job, MultiRun, Render, Task, TaskKey, TaskState, User
 from farmnet.model.masks import Mask, Masks
+from farmnet.model.pools import job_may_run_in
 from farmnet.model.spec import BlockSpec, words_found
 
 #: Tasks of one block looked at per pick before giving up on it (task-level refusals).
@@ -83,6 +84,17 @@ class Why(enum.StrEnum):
     JOB_NEED_PROPERTIES = "render's properties do not match the job's need_properties"
     RESERVED = "render reserved for a block that waits for free capacity"
 
+    POOL_OFF = "render's pool is paused or has priority 0"
+    POOL_SERVICE = "render's pool does not allow the block's service"
+    POOL_MAX_TASKS = "render's pool max_tasks_host reached on the render"
+    POOL_LIMIT = "render's pool max_running_tasks reached"
+    POOL_TICKETS = "render's pool tickets exhausted (tickets_host or tickets_pool)"
+    JOB_POOLS = "job's pools keep it off the render's pool"
+    BRANCH_PAUSED = "job's branch is paused"
+    BRANCH_LIMIT = "job's branch max_running_tasks reached"
+    BRANCH_HOST_LIMIT = "job's branch max_running_tasks_per_host reached on the render"
+
+
 
 #: A block's numeric need → what refuses it, the render's value it is checked against, its unit.
 NEEDS: dict[str, tuple[Why, str, str]] = {
@@ -94,6 +106,11 @@ NEEDS: dict[str, tuple[Why, str, str]] = {
     "need_hdd": (Why.NEED_HDD, "hdd_free_gb", "GB free"),
     "need_power": (Why.NEED_POWER, "power", "power"),
 }
+
+
+#: Refusals that name the render's pool in `explain`.
+_POOL_WHYS = frozenset({Why.JOB_POOLS, Why.POOL_OFF, Why.POOL_SERVICE, Why.POOL_MAX_TASKS, Why.POOL_LIMIT,
+                        Why.POOL_TICKETS})
 
 
 def _limit_reached(running: int, limit: int) -> bool:
@@ -127,6 +144,7 @@ class FarmView(Protocol):
     multihost_gathering: Mapping[tuple[int, int], Task]
     #: Multi-host tasks' hosts, gathering or running.
     multihost: Mapping[TaskKey, MultiRun]
+    trees: Any  # farmnet.model.pools.Trees
 
     @property
     def settings(self) -> Any: ...
@@ -146,6 +164,7 @@ class Scheduler:
         #: Render id → the block it is kept for (`reserve_target`).
         self.reserved: dict[int, Block] = {}
         self.reserve_target: Block | None = None
+        self._renders_order: tuple[tuple[int, int, int], list[Render]] | None = None
 
     # --- solving -----------------------------------------------------------------------
 
@@ -159,7 +178,7 @@ class Scheduler:
         # Taken once a solve: blocks finishing meanwhile only make it grow, and work added
         # meanwhile (the system job's tasks) asks for another solve.
         smallest = farm.smallest_block_capacity()
-        for render in list(farm.renders.values()):
+        for render in self.renders_in_order():
             if render.solved_empty_at == farm.work_generation:
                 continue
             if not ignoring and (render.paused or render.NIMBY):
@@ -180,14 +199,15 @@ class Scheduler:
             if self.user_refuses(user, render):
                 continue
             for job in self.jobs_in_order(user):
-                if self.job_waits(job, now) or self.job_refuses(job, render):
+                if (self.job_waits(job, now) or self.job_refuses(job, render) or self.branch_waits(job)
+                        or self.branch_refuses(job, render) or self.job_pools_refuse(job, render)):
                     continue
                 if restricted and self.render_state_refuses(job, render):
                     continue
                 for block in job.blocks:
                     if self.block_waits(block):
                         continue
-                    why = self.block_refuses(block, render, now)
+                    why = self.block_refuses(block, render, now) or self.pool_refuses(block, render)
                     if why is not None:
                         if why is Why.BUSY and block not in self.capacity_waits:
                             self._note_capacity_wait(block, render, now)
@@ -209,7 +229,30 @@ class Scheduler:
             users.sort(key=lambda u: (-u.priority, u.time_registered))
         return users
 
+    def renders_in_order(self) -> list[Render]:
+        """Renders as they are offered work: those of higher-priority pools first (Afanasy's
+        pool priority), otherwise as they registered."""
+        trees = self.farm.trees
+        if not trees.pools_ranked:
+            return list(self.farm.renders.values())
+        renders_now = self.farm.renders
+        key = (trees.generation, len(renders_now), next(reversed(renders_now), 0))
+        if self._renders_order is None or self._renders_order[0] != key:  # pools or renders changed
+            priority = {pool: pool.solve_priority() for pool in trees.pools.values()}
+            renders = sorted(renders_now.values(), key=lambda r: -priority.get(r.pool, 0))
+            self._renders_order = (key, renders)
+        return self._renders_order[1]
+
+    def jobs_by_branch(self, user: User) -> list[Job]:
+        """A user's jobs ordered through the branch tree: at each level the branch's jobs and
+        sub-branches by its solving (order or need)."""
+        by_capacity = self.farm.settings.solve_by_capacity
+        trees = self.farm.trees
+        return sorted(user.ready_jobs, key=lambda j: trees.job_key(j, by_capacity))
+
     def jobs_in_order(self, user: User) -> list[Job]:
+        if self.farm.trees.branches_ordering:
+            return self.jobs_by_branch(user)
         if user.jobs_solving != "need":
             return user.ready_jobs  # kept in order by the farm
         use_capacity = self.farm.settings.solve_by_capacity
@@ -460,6 +503,63 @@ class Scheduler:
             text += f", starts when no host came for multihost_max_wait {spec.multihost_max_wait} s"
         return text
 
+    def pool_refuses(self, block: Block, render: Render) -> Why | None:
+        """The render's pool (and the pools above it): paused, services, max tasks per
+        host, max running tasks, host and pool tickets."""
+        pool = render.pool
+        if pool is None or not self.farm.trees.pools_active:
+            return None
+        if not pool.is_ready:
+            return Why.POOL_OFF
+        spec = block.spec
+        if not pool.allows(spec.service):
+            return Why.POOL_SERVICE
+        if pool.max_tasks >= 0 and len(render.tasks) >= pool.max_tasks:
+            return Why.POOL_MAX_TASKS
+        for p in pool.limited:
+            if p.running >= p.max_running_tasks:
+                return Why.POOL_LIMIT
+        if not pool.ticketed:
+            return None
+        for name, count in spec.tickets.items():
+            limit = pool.host_ticket(name)
+            if limit is not None and render.tickets_used[name] + count > limit:
+                return Why.POOL_TICKETS
+            for p in pool.up:
+                limit = p.tickets_pool.get(name)
+                if limit is not None and p.tickets_used[name] + count > limit:
+                    return Why.POOL_TICKETS
+        return None
+
+    def job_pools_refuse(self, job: Job, render: Render) -> Why | None:
+        """The job's ``pools`` (Afanasy's per-pool job settings) keep it off the render's pool."""
+        pools = job.spec.pools
+        if not pools or render.pool is None or job_may_run_in(pools, render.pool.path):
+            return None
+        return Why.JOB_POOLS
+
+    def branch_waits(self, job: Job) -> Why | None:
+        """Render-independent: the job's branch (or one above it) is paused or at its
+        max_running_tasks."""
+        branch = job.branch
+        if branch is None or not branch.guarded:
+            return None
+        for b in branch.up:
+            if b.paused:
+                return Why.BRANCH_PAUSED
+            if _limit_reached(b.running, b.max_running_tasks):
+                return Why.BRANCH_LIMIT
+        return None
+
+    def branch_refuses(self, job: Job, render: Render) -> Why | None:
+        branch = job.branch
+        if branch is None or not branch.guarded:
+            return None
+        for b in branch.up:
+            if _limit_reached(b.running_per_host[render.id], b.max_running_tasks_per_host):
+                return Why.BRANCH_HOST_LIMIT
+        return None
+
     def task_refuses(self, task: Task, render: Render, now: float) -> Why | None:
         if task.block.tasks_depend_on and not self.task_dependencies_done(task):
             return Why.TASKS_DEPEND
@@ -504,6 +604,10 @@ class Scheduler:
             job_reasons.append(f"{waits} ({job.spec.time_wait - now:.0f} s from now)")
         elif waits is not None:
             job_reasons.append(str(waits))
+        if waits is None:
+            waits = self.branch_waits(job)
+            if waits is not None:
+                job_reasons.append(f"{waits} ({job.branch.path})")
         renders = [r for r in farm.renders.values()]
         blocks = []
         for block in job.blocks:
@@ -531,6 +635,10 @@ class Scheduler:
                     elif why is Why.RESERVED:
                         kept_for = self.reserved[render.id]
                         refusals[f"{why}: job {kept_for.job.id} block {kept_for.number} {kept_for.name}"] += 1
+                    elif why in _POOL_WHYS:
+                        refusals[f"{why} ({render.pool.path})"] += 1
+                    elif why is Why.BRANCH_HOST_LIMIT:
+                        refusals[f"{why} ({job.branch.path})"] += 1
                     else:
                         refusals[str(why)] += 1
                 entry["renders"] = dict(refusals)
@@ -548,8 +656,9 @@ class Scheduler:
         if not render.usable():
             return Why.RENDER_OFF
         why = (self.render_state_refuses(job, render) or self.user_refuses(user, render)
-               or self.job_refuses(job, render)
-               or self.block_refuses(block, render, now))
+               or self.job_refuses(job, render) or self.branch_refuses(job, render)
+               or self.job_pools_refuse(job, render)
+               or self.block_refuses(block, render, now) or self.pool_refuses(block, render))
         if why is not None:
             return why
         refusals = {self.task_refuses(t, render, now) for t in block.tasks if t.state is TaskState.RDY}

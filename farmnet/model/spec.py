@@ -49,7 +49,6 @@ _FLAGS_WITHOUT_EFFECT = {
     1 << 9: ("appendedtasks", "set by Afanasy's server only"),
     1 << 10: ("suspendnewtasks", "new tasks are ready, never suspended"),
 }
-_ISSUE_14 = "is issue 14, later"
 
 #: A block's numeric needs, in the order the scheduler checks them (Afanasy's Block::canRunOn).
 NEED_KEYS = ("need_memory", "need_gpu_mem_mb", "need_cpu_freq_mgz", "need_cpu_cores", "need_cpu_freq_cores",
@@ -59,8 +58,6 @@ NEED_KEYS = ("need_memory", "need_gpu_mem_mb", "need_cpu_freq_mgz", "need_cpu_co
 #: key → why. Submitting one with a value other than Afanasy's default gives a warning
 #: "KEY: accepted but has no effect in farmnet (why)" — nothing is silently ignored.
 NO_EFFECT_JOB = {
-    "pools": f"render pools {_ISSUE_14}",
-    "branch": f"branches {_ISSUE_14}",
     "try_this_tasks_num": "no 'try this task first'; restart the task instead",
     "try_this_blocks_num": "no 'try this task first'; restart the task instead",
     "ppa": "no preview-pending-approval",
@@ -309,6 +306,9 @@ class JobSpec:
     errors_task_same_host: int = -1
     errors_forgive_time: int = -1
     custom_data: Mapping[str, Any] = attrs.field(factory=dict)
+    #: Afanasy's per-pool job settings: pool path (or part of one) → value; -100 or less keeps
+    #: the job out of the pools it matches, 100 or more keeps it in them (farmnet.model.pools).
+    pools: Mapping[str, int] = attrs.field(factory=dict)
     #: The accepted, not yet effective keys, kept so the job round-trips.
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 
@@ -453,6 +453,12 @@ def words_found(words: tuple[str, ...], text: str) -> bool:
 _FIND_SEPARATORS = re.compile(r"[|;,: ]")
 
 
+def _pools(value: Any) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a mapping of pool paths to numbers, got {type(value).__name__}")
+    return {_str(k): _int(v) for k, v in value.items()}
+
+
 def _custom_data(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         if not value.strip():
@@ -504,14 +510,16 @@ _JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "need_os": _str, "need_properties": _str,
     "errors_retries": _int,
     "errors_avoid_host": _int, "errors_task_same_host": _int, "errors_forgive_time": _int,
+    "pools": _pools,
 }
 MAX_PRIORITY = 250  # Afanasy's range is 0..250
 
 #: What `set` may change on a running job / block, with the same validation as a submit.
 JOB_SETTABLE = frozenset(_JOB_FIELDS) - {"user_name", "host_name", "offline", "custom_data", "time_life",
                                          "time_creation", "command_pre", "ignorenimby", "ignorepaused"}
-#: Job keys kept in `JobSpec.extra` that do have an effect: ``folders`` (statistics group by it).
-_KEPT_JOB = frozenset({"folders"})
+#: Job keys kept in `JobSpec.extra` that do have an effect: ``folders`` (statistics group by it),
+#: ``branch`` (the job's branch, farmnet.model.pools).
+_KEPT_JOB = frozenset({"folders", "branch"})
 BLOCK_SETTABLE = frozenset(
     {"capacity", "max_running_tasks", "max_running_tasks_per_host", "hosts_mask", "hosts_mask_exclude",
      "depend_mask", "tasks_depend_mask", "errors_retries", "errors_avoid_host", "errors_task_same_host",

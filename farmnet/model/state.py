@@ -24,6 +24,7 @@ from farmnet.messages import Order
 from farmnet.model.data import FINISHED, Block, Job, MultiRun, Render, Task, TaskKey, TaskState, User
 from farmnet.model.events import Bus, JobChanged, OrdersQueued, RenderChanged, TaskStateChanged
 from farmnet.model.masks import Masks
+from farmnet.model.pools import Trees
 from farmnet.model.scheduler import Scheduler
 from farmnet.model.spec import JobSpec
 
@@ -38,6 +39,8 @@ class FarmState:
         self.bus = Bus(on_error=self._subscriber_failed)
         #: Every mask compiled once, matched in linear time, answers remembered.
         self.masks = Masks()
+        #: The pool tree (renders) and the branch tree (jobs), farmnet.model.pools.
+        self.trees = Trees()
         self.jobs: dict[int, Job] = {}
         self.users: dict[str, User] = {}
         self.renders: dict[int, Render] = {}

@@ -14,6 +14,8 @@ refused); blocks ``{"job_id": 3, "block": 0}``; tasks ``{"job_id": 3, "block": 0
 "task": [1, 2]}`` (list: ``state``, ``host``, ``q``, ``sort``, ``offset``/``limit``);
 renders and users ``{"name": "r1"}`` or a list of names. ``jobs create`` submits
 ``values``: a job description (a mapping, or its JSON or YAML text), as ``farmnet submit``.
+pools and branches ``{"path": "/gpu"}`` (create, update, delete, move; a pool's
+``reassign`` puts renders back by the patterns).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from farmnet.model.policy import JOB_ACTIONS, RENDER_ACTIONS, TASK_ACTIONS
 from farmnet.model.spec import parse_job
 from farmnet.model.views import render_record, task_record, user_record
 
-ITEMS = ("jobs", "blocks", "tasks", "renders", "users")
+ITEMS = ("jobs", "blocks", "tasks", "renders", "users", "pools", "branches")
 #: Actions that change nothing.
 READ_ACTIONS = frozenset({"list", "show", "explain"})
 MAX_PAGE = 10_000
@@ -62,6 +64,8 @@ def _list_of(filters: Mapping[str, Any], key: str, kind: type) -> list[Any]:
 _LIST_FILTERS: Mapping[str, Mapping[str, str]] = {
     "renders": {"id": "id", "name": "name", "state": "state"},
     "users": {"name": "name"},
+    "pools": {"path": "path", "parent": "parent"},
+    "branches": {"path": "path", "parent": "parent"},
 }
 
 
@@ -252,8 +256,38 @@ def _users(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any
     raise errors.InvalidAction(f"users: unknown action {action!r}")
 
 
+def _pools(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
+    if action == "list":
+        return _listed("pools", farm.list_pools(), f)
+    _check_keys(f, ("path",), "pools")
+    path = _one(f, "path", str)
+    if action == "show":
+        return farm.trees.pool_record(farm.trees.pool(path))
+    actions = {"create": "create", "update": "set", "delete": "delete", "move": "move",
+               "reassign": "reassign"}
+    if action not in actions:
+        raise errors.InvalidAction(
+            f"pools: unknown action {action!r}; one of list, show, {', '.join(actions)}")
+    return farm.pool_action(user, path, actions[action], values)
+
+
+def _branches(farm: Farm, user: str, action: str, f: Mapping[str, Any], values: Any) -> Any:
+    if action == "list":
+        return _listed("branches", farm.list_branches(), f)
+    _check_keys(f, ("path",), "branches")
+    path = _one(f, "path", str)
+    if action == "show":
+        return farm.trees.branch_record(farm.trees.branch(path))
+    actions = {"create": "create", "update": "set", "delete": "delete", "move": "move"}
+    if action not in actions:
+        raise errors.InvalidAction(
+            f"branches: unknown action {action!r}; one of list, show, {', '.join(actions)}")
+    return farm.branch_action(user, path, actions[action], values)
+
+
 _HANDLERS: Mapping[str, Callable[[Farm, str, str, Mapping[str, Any], Any], Any]] = {
-    "jobs": _jobs, "blocks": _blocks, "tasks": _tasks, "renders": _renders, "users": _users}
+    "jobs": _jobs, "blocks": _blocks, "tasks": _tasks, "renders": _renders, "users": _users,
+    "pools": _pools, "branches": _branches}
 
 
 def act(farm: Farm, user: str, item: str, action: str, filters: Any = None, values: Any = None, *,

@@ -31,6 +31,7 @@ from twisted.python.threadpool import ThreadPool
 from farmnet.model import events as ev
 from farmnet.model.data import Job, Render, Task, TaskState, User
 from farmnet.model.farm import Farm
+from farmnet.model.pools import restore_branches, restore_pools
 from farmnet.model.spec import job_to_document, parse_job
 from farmnet.server.monitors import EventLog
 from farmnet.server.storecheck import Guard, Quarantine, StoreRefused, damaged
@@ -54,6 +55,8 @@ CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, time_registered REAL NO
     settings TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS renders (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
     fields TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pools (path TEXT PRIMARY KEY, fields TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS branches (path TEXT PRIMARY KEY, fields TEXT NOT NULL);
 """
 
 _USER_FIELDS = ("priority", "max_running_tasks", "max_running_tasks_per_host", "errors_retries",
@@ -92,6 +95,7 @@ def _render_row(r: Render) -> tuple[Any, ...]:
     fields["services_disabled"] = sorted(r.services_disabled)
     fields["error_jobs_in_row"] = sorted(r.error_jobs_in_row)
     fields["error_history"] = [list(entry) for entry in r.error_history]
+    fields["pool"] = r.pool.path if r.pool is not None else ""
     return (r.id, r.name, json.dumps(fields))
 
 
@@ -119,6 +123,8 @@ class Store(service.Service):
         self._deleted_jobs: list[int] = []
         self._deleted_renders: list[int] = []
         self._deleted_users: list[str] = []
+        #: Pools or branches changed: both trees are written whole (they are small).
+        self._trees_dirty = False
         self._unsubscribe: Callable[[], None] = lambda: None
         self._renumbered: list[tuple[int, int]] = []
         self._meta: dict[str, str] = {}
@@ -187,6 +193,13 @@ class Store(service.Service):
     def _load_rows(self, db: sqlite3.Connection) -> tuple[int, int, Quarantine]:
         """Every row into the farm; a row that cannot be loaded is quarantined, by name."""
         farm, quarantine = self.farm, Quarantine(self.path)
+        for table, restore in (("pools", restore_pools), ("branches", restore_branches)):
+            rows = db.execute(f"SELECT path, fields FROM {table}").fetchall()  # noqa: S608 (our names)
+            try:
+                restore(farm.trees, [(path, json.loads(fields)) for path, fields in rows])
+            except Exception as e:
+                for row in rows:
+                    quarantine.add(table, f"{table[:-1]} {row[0]!r}", "path=?", (row[0],), e, row)
         for row in db.execute("SELECT name, time_registered, settings FROM users").fetchall():
             try:
                 farm.restore_user(row[0], row[1], json.loads(row[2]))
@@ -258,6 +271,7 @@ class Store(service.Service):
             ev.UserDeleted: self._user_deleted,
             ev.RENDER_EVENTS: self._render_changed,
             ev.RenderDeleted: self._render_deleted,
+            (ev.PoolChanged, ev.PoolDeleted, ev.BranchChanged, ev.BranchDeleted): self._trees_changed,
         })
 
     def _changed(self) -> None:
@@ -320,6 +334,10 @@ class Store(service.Service):
         self._deleted_renders.append(event.render.id)
         self.sync()
 
+    def _trees_changed(self, event: object) -> None:
+        self._changed()
+        self._trees_dirty = True
+
     def get_meta(self, key: str) -> Any:
         """A JSON value other parts of the server keep in the store (read at start)."""
         if self._db is None:
@@ -358,7 +376,7 @@ class Store(service.Service):
     def _take_changes(self) -> tuple[Any, ...] | None:
         if not (self._dirty_tasks or self._dirty_jobs or self._dirty_users or self._dirty_renders
                 or self._deleted_jobs or self._deleted_renders or self._deleted_users or self._renumbered
-                or self._meta):
+                or self._meta or self._trees_dirty):
             return None
         tasks = [_task_row(t) for t in self._dirty_tasks.values() if t.block.job.id in self.farm.jobs]
         jobs = []
@@ -374,6 +392,12 @@ class Store(service.Service):
         deleted_users = self._deleted_users
         renumbered, self._renumbered = self._renumbered, []
         meta, self._meta = list(self._meta.items()), {}
+        trees = None
+        if self._trees_dirty:
+            t = self.farm.trees
+            trees = ([(p.path, json.dumps(t.pool_fields(p))) for p in t.pools.values()],
+                     [(b.path, json.dumps(t.branch_fields(b))) for b in t.branches.values()])
+            self._trees_dirty = False
         for job_id in deleted:
             self._spec_written.pop(job_id, None)
         self._dirty_tasks, self._dirty_jobs, self._dirty_users, self._dirty_renders = {}, {}, {}, {}
@@ -382,10 +406,11 @@ class Store(service.Service):
         self._oldest_change = 0.0
         if self.events is not None:
             meta.append(("event_seq", str(self.events.last)))
-        return (tasks, jobs, users, renders, deleted, deleted_renders, deleted_users, renumbered, meta)
+        return (tasks, jobs, users, renders, deleted, deleted_renders, deleted_users, renumbered, meta, trees)
 
     def _write(self, tasks: list, jobs: list, users: list, renders: list, deleted: list,
-               deleted_renders: list, deleted_users: list, renumbered: list, meta: list) -> None:
+               deleted_renders: list, deleted_users: list, renumbered: list, meta: list,
+               trees: tuple[list, list] | None = None) -> None:
         """In the store's thread: one transaction for the whole batch."""
         db = self._db
         assert db is not None
@@ -408,6 +433,11 @@ class Store(service.Service):
                 db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
                 db.execute("DELETE FROM tasks WHERE job_id=?", (job_id,))
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
+            if trees is not None:
+                db.execute("DELETE FROM pools")
+                db.executemany("INSERT INTO pools VALUES (?, ?)", trees[0])
+                db.execute("DELETE FROM branches")
+                db.executemany("INSERT INTO branches VALUES (?, ?)", trees[1])
             self.guard.stamp(db)
             db.execute("COMMIT")
         except BaseException:
@@ -432,7 +462,9 @@ class Store(service.Service):
 
     def _requeue(self, changes: tuple) -> None:
         """A failed batch is written again with the next (rows are idempotent upserts)."""
-        tasks, jobs, users, renders, deleted, deleted_renders, deleted_users, renumbered, meta = changes
+        tasks, jobs, users, renders, deleted, deleted_renders, deleted_users, renumbered, meta = changes[:9]
+        trees = changes[9]
+        self._trees_dirty = self._trees_dirty or trees is not None
         self._renumbered[:0] = renumbered
         for key, value in meta:
             self._meta.setdefault(key, value)

@@ -24,7 +24,7 @@ __all__ = ["Page", "action_button", "attributes", "fmt_time", "live_page", "prog
            "table"]
 
 NAV = (("/", "Farm"), ("/jobs", "Jobs"), ("/projects", "Projects"), ("/renders", "Renders"),
-       ("/users", "Users"), ("/stats", "Statistics"))
+       ("/users", "Users"), ("/pools", "Pools"), ("/stats", "Statistics"))
 JOB_STATES = tuple(s.value for s in TaskState)
 CSS_URL = f"/static/farmnet.css?v={asset_version(CSS)}"
 JS_URL = f"/static/farmnet.js?v={asset_version(JS)}"

@@ -1,5 +1,5 @@
 """The live farm's pages: overview, jobs, a job (blocks and a grid of tasks), a task and
-its output, renders, users.
+its output, renders, users, render pools and job branches.
 
 Each page is made on the server from the farm's state as twisted.web.template tags (so
 every value is escaped). Its changing part is one ``<div id="live">`` that names what it
@@ -18,7 +18,7 @@ from typing import Any
 from twisted.web.template import Tag, tags
 
 from farmnet import errors
-from farmnet.messages import BlockRecord, JobDetail
+from farmnet.messages import BlockRecord, BranchRecord, JobDetail, PoolRecord
 from farmnet.model.data import Job, TaskState
 from farmnet.model.listing import JobQuery
 from farmnet.model.spec import BlockSpec
@@ -385,3 +385,69 @@ class LivePages:
                         tags.pre(data.decode("utf-8", "replace"), class_="output", **attributes(
                             data_tail=tail_url if follow and offset + len(data) >= size else None,
                             data_offset=offset + len(data))))
+
+    async def pools(self, call: Call) -> Reply:
+        """Render pools and job branches: the trees, their settings and what runs in them."""
+        farm, acting = self.ctx.farm, self.ctx.logins
+        pool_rows = [self.pool_row(p, acting) for p in farm.list_pools()]
+        branch_rows = [self.branch_row(b, acting) for b in farm.list_branches()]
+        pool_heads: list[Any] = ["pool", "pattern", ("priority", "num"), "renders", ("busy", "num"),
+                                 ("running", "num"), ("max running", "num"), ("max tasks/host", "num"),
+                                 "services", "disabled", "tickets", "state"]
+        branch_heads: list[Any] = ["branch", ("priority", "num"), "solving", "jobs", ("running", "num"),
+                                   ("max running", "num"), ("max/host", "num"), "new branches", "state"]
+        if acting:
+            pool_heads.append("")
+            branch_heads.append("")
+        body = tags.div(tags.h1("Pools"),
+                        table(pool_heads, pool_rows, empty="no pools", class_="pools"),
+                        tags.h1("Branches"),
+                        table(branch_heads, branch_rows, empty="no branches", class_="branches"))
+        return live_page(self.ctx, call, "Pools", body, watch="renders", current="/pools")
+
+    @staticmethod
+    def pool_row(p: PoolRecord, actions: bool) -> list[Any]:
+        depth = p.path.count("/") - 1 if p.path != "/" else 0
+        tickets = ", ".join([*(f"{k} {v}/host" for k, v in p.tickets_host.items()),
+                             *(f"{k} {p.tickets_used.get(k, 0)}/{v}" for k, v in p.tickets_pool.items())])
+        row: list[Any] = [
+            tags.span("\u00a0\u00a0" * depth, tags.strong(p.path), id=f"pool{p.path}"), p.pattern or "–",
+            str(p.priority), [[tags.a(name, href=f"/renders#{name}"), " "] for name in p.renders] or "–",
+            str(p.renders_busy), str(p.running), _limit_text(p.max_running_tasks),
+            _limit_text(p.max_tasks_host), ", ".join(p.services) or "–",
+            ", ".join(p.services_disabled) or "–",
+            tickets or "–", "paused" if p.paused else "–"]
+        if actions:
+            where = {"path": p.path}
+            row.append(tags.span(
+                action_button("resume", "pools", "update", where, values={"paused": False}) if p.paused
+                else action_button("pause", "pools", "update", where, values={"paused": True}),
+                action_button("move render here", "pools", "move", where, prompt="Render names"),
+                action_button("delete", "pools", "delete", where, confirm=f"Delete pool {p.path}?",
+                              danger=True) if p.path != "/" else "",
+                class_="actions"))
+        return row
+
+    @staticmethod
+    def branch_row(b: BranchRecord, actions: bool) -> list[Any]:
+        depth = b.path.count("/") - 1 if b.path != "/" else 0
+        row: list[Any] = [
+            tags.span("\u00a0\u00a0" * depth, tags.strong(b.path)), str(b.priority), b.solving,
+            [[tags.a(str(job_id), href=f"/jobs/{job_id}"), " "] for job_id in b.jobs] or "–",
+            str(b.running), _limit_text(b.max_running_tasks), _limit_text(b.max_running_tasks_per_host),
+            "created by jobs" if b.create_childs else "–", "paused" if b.paused else "–"]
+        if actions:
+            where = {"path": b.path}
+            other = "need" if b.solving == "order" else "order"
+            row.append(tags.span(
+                action_button("resume", "branches", "update", where, values={"paused": False}) if b.paused
+                else action_button("pause", "branches", "update", where, values={"paused": True}),
+                action_button(f"solve by {other}", "branches", "update", where, values={"solving": other}),
+                action_button("delete", "branches", "delete", where, confirm=f"Delete branch {b.path}?",
+                              danger=True) if b.path != "/" and not b.jobs else "",
+                class_="actions"))
+        return row
+
+
+def _limit_text(value: int) -> str:
+    return "–" if value < 0 else str(value)

@@ -85,6 +85,7 @@ def site_tree(gate: Gate, ctx: WebContext, registry: Any) -> Node:
     root.child("renders", get(lists.renders)).variable_child("name", NAME, get(lists.render))
     root.child("users", get(lists.users))
     root.child("projects", get(lists.projects))
+    root.child("pools", get(pages.pools))
     statistics = root.child("stats", get(stats.guarded("/stats", stats.graphs)))
     for name, handler in (("tasks", stats.tasks), ("jobs", stats.jobs), ("logs", stats.logs)):
         statistics.child(name, get(stats.guarded(f"/stats/{name}", handler)))
