@@ -83,7 +83,6 @@ class Why(enum.StrEnum):
     JOB_NEED_OS = "render's OS does not match the job's need_os"
     JOB_NEED_PROPERTIES = "render's properties do not match the job's need_properties"
     RESERVED = "render reserved for a block that waits for free capacity"
-
     POOL_OFF = "render's pool is paused or has priority 0"
     POOL_SERVICE = "render's pool does not allow the block's service"
     POOL_MAX_TASKS = "render's pool max_tasks_host reached on the render"
