@@ -109,7 +109,9 @@ class ParserByNameTests(unittest.TestCase):
         self.assertIsInstance(parser_by_name("generic"), GenericParser)
         self.assertIsInstance(parser_by_name("none"), NoneParser)
         self.assertIsInstance(parser_by_name("blender"), BlenderParser)
-        self.assertEqual(sorted(builtin_parsers()), ["blender", "generic", "none"])
+        self.assertEqual(sorted(builtin_parsers()),
+                         ["blender", "blender_cycles", "blender_internal", "blender_render", "generic",
+                          "none"])
 
     def test_new_parser_each_time(self) -> None:
         self.assertIsNot(parser_by_name("generic"), parser_by_name("generic"))

@@ -16,7 +16,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from farmnet.config import RenderConfig, RenderSysJobConfig
+from farmnet.config import RenderBlenderConfig, RenderConfig, RenderSysJobConfig
 from farmnet.plugins import import_object
 from farmnet.render import services
 from farmnet.render.parsers import BlenderParser, GenericParser, parser_by_name
@@ -75,7 +75,8 @@ class BuiltinServiceTests(unittest.SynchronousTestCase):
 
     def test_names(self) -> None:
         self.assertEqual(sorted(builtin_services()),
-                         ["blender", "events", "generic", "postcmd", "wakeonlan"])
+                         ["blender", "blender_cycles", "blender_internal", "blender_render", "events",
+                          "generic", "postcmd", "wakeonlan"])
 
     def test_generic(self) -> None:
         service = service_for("generic")
@@ -149,7 +150,9 @@ class BuiltinServiceTests(unittest.SynchronousTestCase):
 
 class BlenderServiceTests(unittest.SynchronousTestCase):
     def setUp(self) -> None:
-        self.config = RenderConfig(name="r1", state_dir="/x")
+        # A render whose Blender program is "blender": the command's program stays as written.
+        self.config = RenderConfig(name="r1", state_dir="/x",
+                                   blender=RenderBlenderConfig(executable="blender"))
         self.service = BlenderService(threads=6)
 
     def final(self, command: str) -> str:
@@ -193,7 +196,7 @@ class BlenderServiceTests(unittest.SynchronousTestCase):
         self.assertEqual(BlenderService().threads, os.cpu_count() or 1)
 
     def test_via_prepare(self) -> None:
-        prepared = prepare(order("blender", "blender s.blend -a"), self.config, {})
+        prepared = prepare(order("blender_cycles", "blender s.blend -a"), self.config, {})
         self.assertEqual(prepared.command, f"blender -b s.blend -t {os.cpu_count() or 1} -a")
 
 
@@ -214,7 +217,8 @@ class CustomClassTests(unittest.SynchronousTestCase):
                     return {**env, "SHOUT": "1"}
             """)
         registry = service_registry(self.config(service_classes={"shout": "farmnet_test_plugin_ok:Shout"}))
-        self.assertEqual(sorted(registry), ["blender", "events", "generic", "postcmd", "shout", "wakeonlan"])
+        self.assertEqual(sorted(registry), ["blender", "blender_cycles", "blender_internal", "blender_render",
+                                            "events", "generic", "postcmd", "shout", "wakeonlan"])
         prepared = prepare(order("shout", "echo hi"), self.config(), {"A": "b"}, registry)
         self.assertEqual((prepared.command, prepared.environment, prepared.service),
                          ("ECHO HI # r1", {"A": "b", "SHOUT": "1"}, "shout"))

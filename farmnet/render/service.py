@@ -48,7 +48,7 @@ from farmnet.protocol.base import FarmAMP
 from farmnet.protocol.endpoints import set_keepalive
 from farmnet.render import resources, services
 from farmnet.render.limits import TaskLimiter
-from farmnet.render.parsers import Parser, parser_by_name, parser_errors
+from farmnet.render.parsers import Parser, parser_by_name, parser_errors, parser_files, parser_warnings
 from farmnet.render.process import TaskExit, TaskProcess
 
 log = Logger()
@@ -95,6 +95,9 @@ class RunningTask:
     flush_call: IDelayedCall | None = None
     timeout_call: IDelayedCall | None = None
     exit: TaskExit | None = None
+    #: The files the run wrote (its parser read them) and what is wrong with them, once it ended.
+    files: list[str] = attrs.field(factory=list)
+    bad_files: list[str] = attrs.field(factory=list)
 
     @property
     def key(self) -> TaskKey:
@@ -363,6 +366,8 @@ class RenderService(service.MultiService):
         if task.timeout_call is not None and task.timeout_call.active():
             task.timeout_call.cancel()
         task.exit = result
+        task.files = parser_files(task.parser)
+        task.bad_files = missing_or_empty(task.files, task.order.working_directory)
         log.debug("task {key} run {run} ended: exit {code} signal {signal}", key=task.key,
                  run=task.run, code=result.exit_code, signal=result.signal)
         self._flush(task)
@@ -381,15 +386,25 @@ class RenderService(service.MultiService):
             message = f"ended by signal {signals.Signals(result.signal).name}"
         elif result.exit_code:
             message = f"exit status {result.exit_code}"
+        exit_code = result.exit_code
         found = parser_errors(task.parser)
-        if found and not message:
-            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-            message = f"{task.parser.name} parser found errors: {found[0]}{more}"
+        if not message and (found or task.bad_files):
+            what = [f"{task.parser.name} parser found errors: {found[0]}" if found else
+                    f"output file {task.bad_files[0]}"]
+            count = len(found) + len(task.bad_files)
+            message = what[0] + (f" (and {count - 1} more)" if count > 1 else "")
+            # Exit status 0 yet failed (Blender exits 0 after "Error: Cannot read file"): the run
+            # is reported without an exit status, as a failure, like one under task_min_run_time.
+            exit_code = None
+        elif not message and (warnings := parser_warnings(task.parser)):
+            more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
+            message = f"{task.parser.name} parser found warnings: {warnings[0]}{more}"  # noted, not failed
         d = self.proto.callRemote(
             c.TaskFinished, render_id=self.render_id, **task.reference(),
-            exit_code=result.exit_code, signal=result.signal, time_started=result.time_started,
+            exit_code=exit_code, signal=result.signal, time_started=result.time_started,
             time_done=result.time_done, message=message,
-            resources=None if result.peak_memory_mb is None else RunResources(result.peak_memory_mb))
+            resources=None if result.peak_memory_mb is None else RunResources(result.peak_memory_mb),
+            files=task.files or None)
 
         def acknowledged(_: Any) -> None:
             if self.tasks.get(task.key) is task:
@@ -401,6 +416,22 @@ class RenderService(service.MultiService):
         # A lost connection is retried after reconnecting; anything else is logged.
         if not failure.check(error.ConnectionDone, error.ConnectionLost, errors.NotRegistered):
             log.failure("sending task {what} failed", failure, what=what)
+
+
+def missing_or_empty(files: list[str], working_directory: str) -> list[str]:
+    """Which of the files a run says it wrote are missing or empty (a zero-byte frame is a failed
+    write: a full disk, a crash while saving), each with what is wrong."""
+    bad = []
+    for name in files:
+        path = os.path.join(working_directory or os.getcwd(), os.path.expanduser(name))
+        try:
+            size = os.stat(path).st_size
+        except OSError as e:
+            bad.append(f"{name} is missing ({e.strerror})")
+            continue
+        if size == 0:
+            bad.append(f"{name} is empty (0 bytes)")
+    return bad
 
 
 def mac_addresses() -> list[str]:
