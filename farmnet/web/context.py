@@ -41,3 +41,5 @@ class WebContext:
     streams: Streams = attrs.field(factory=Streams)
     #: Failed logins back off per address (`farmnet.server.throttle`).
     throttle: LoginThrottle | None = None
+    #: Thumbnails of rendered frames (`farmnet.server.previews.Previews`), or None.
+    previews: Any = None

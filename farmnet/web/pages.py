@@ -30,6 +30,7 @@ from farmnet.web.layout import (
     state_badge,
     table,
 )
+from farmnet.web.previews import latest_frames
 from farmnet.web.routing import Call, HTTPError, Reply
 
 __all__ = ["LivePages", "resource_cells"]
@@ -239,7 +240,7 @@ class LivePages:
             tags.h1(f"Job {job_id}: ", tags.span(job.name, class_="job-name")),
             tags.p(self.job_actions(job) if self.ctx.logins else "", " ",
                    tags.a("why is it waiting?", href=f"/jobs/{job_id}?explain=1")),
-            info, explain, tags.h2("Blocks"), blocks, legend, grids)
+            info, explain, latest_frames(self.ctx, call, job_id), tags.h2("Blocks"), blocks, legend, grids)
         return live_page(self.ctx, call, f"Job {job_id}", body, watch=f"job:{job_id}", current="/jobs")
 
     def grid(self, job_id: int, block: BlockRecord, offset: int) -> Tag:

@@ -9,6 +9,7 @@ script engine; each path is a resource of the tree :func:`site_tree` builds (see
 ``/jobs`` (``?user=&state=``)           jobs with progress, state, owner; actions (live)
 ``/jobs/ID`` (``?offset=&explain=1``)   a job: blocks, a grid of its tasks coloured by state
 ``/jobs/ID/BLOCK/TASK`` (``?run=``)     a task and its output (live; polled while it runs)
+``/jobs/ID/BLOCK/TASK/files/N``         the thumbnail of a file the task wrote (a rendered frame; PNG)
 ``/renders``, ``/users``                renders (state, tasks, capacity, CPUs, memory), users
 ``/stats``, ``/stats/tasks``,           statistics from PostgreSQL: SVG graphs, tables grouped by
 ``/stats/jobs``, ``/stats/logs``,       user/service/folder/host/..., time filters, the farm log
@@ -50,6 +51,7 @@ from farmnet.web.assets import CSS, JS
 from farmnet.web.context import WebContext
 from farmnet.web.login import LoginPages
 from farmnet.web.pages import LivePages
+from farmnet.web.previews import PreviewPages
 from farmnet.web.resources import Gate, Node, Route
 from farmnet.web.routing import Call, Handler, Reply
 from farmnet.web.statspages import StatsPages
@@ -73,7 +75,9 @@ def site_tree(gate: Gate, ctx: WebContext, registry: Any) -> Node:
     root = Node(gate, get(pages.index))
     jobs = root.child("jobs", get(pages.jobs))
     job = jobs.variable_child("job", ID, get(pages.job))
-    job.variable_child("block", NUMBER).variable_child("task", ID, get(pages.task))
+    frames = PreviewPages(ctx)
+    job_task = job.variable_child("block", NUMBER).variable_child("task", ID, get(pages.task))
+    job_task.child("files").variable_child("file", NUMBER, get(frames.thumbnail, api=True))
     root.child("renders", get(pages.renders))
     root.child("users", get(pages.users))
     statistics = root.child("stats", get(stats.guarded("/stats", stats.graphs)))
@@ -98,6 +102,7 @@ def site_tree(gate: Gate, ctx: WebContext, registry: Any) -> Node:
     api_job = api_jobs.variable_child("job", ID, get(api.job, api=True))
     api_job.child("explain", get(api.explain, api=True))
     api_job.child("tasks", get(api.tasks, api=True))
+    api_job.child("files", get(frames.files, api=True))
     api_task = api_job.variable_child("block", NUMBER).variable_child("task", ID, get(api.task, api=True))
     api_task.child("output", get(api.output, api=True))
     api_root.child("renders").variable_child("name", NAME, get(api.render, api=True))
@@ -246,7 +251,7 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
               durable: Callable[[], defer.Deferred[Any]] | None = None, amp: Any = None,
               portal: Portal | None = None, events: EventLog | None = None,
               login_link: auth.TokenChecker | None = None, output_readers: str | None = None,
-              throttle: LoginThrottle | None = None) -> FarmSite:
+              throttle: LoginThrottle | None = None, previews: Any = None) -> FarmSite:
     """The site for ``farm``. ``config`` is the server's ``web`` section (``public``);
     ``users_file`` the logins' password file (``server.auth.users_file``); ``stats`` the
     StatsService (or None); ``durable`` waits until the farm's changes are on disk (actions
@@ -256,7 +261,8 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
     of the server's printed link log in (a farm without a password file);
     ``output_readers`` who reads task outputs (``server.auth.outputs``; default: "owner"
     when there are passwords, else "public"); ``throttle`` backs failed logins off per
-    address (shared with the AMP side).
+    address (shared with the AMP side); ``previews`` makes the thumbnails of rendered frames
+    (`farmnet.server.previews.Previews`).
 
     The older ``make_site(farm)`` still works (read-only, no outputs, no statistics)."""
     if farm is None and isinstance(reactor, Farm):
@@ -273,7 +279,7 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
         output_readers = "owner" if auth.passwords_accepted(portal) else "public"
     ctx = WebContext(reactor=reactor, farm=farm, events=events, outputs=outputs, portal=portal, stats=stats,
                      public=public, logins=logins, output_readers=output_readers, durable=durable, amp=amp,
-                     throttle=throttle if throttle is not None else LoginThrottle(reactor))
+                     throttle=throttle if throttle is not None else LoginThrottle(reactor), previews=previews)
     site_box: list[FarmSite] = []
 
     def extra() -> dict[str, tuple[str, float]]:
