@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,11 +28,11 @@ from farmnet.client import connect
 from farmnet.client.blender import blender_job
 from farmnet.testing import ProcessFarm, wait_until
 
-SCENE = Path(__file__).resolve().parent.parent / "tests" / "blender_scene.py"
+SCENE = Path(__file__).resolve().parent.parent / "examples" / "blender_scene.py"
 
 MAKE = """
 import os, sys
-sys.path.insert(0, {tests!r})
+sys.path.insert(0, {examples!r})
 import bpy
 from blender_scene import make_scene
 make_scene({blend!r}, "//frames/f_####", 1, {frames})
@@ -71,10 +70,12 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="farmnet-bench-blender-"))
     blend = base / "scene.blend"
     width, height = (int(n) for n in args.size.split("x"))
-    subprocess.run([sys.executable, "-c", MAKE.format(tests=str(SCENE.parent), blend=str(blend),
-                                                      frames=args.frames, width=width, height=height,
-                                                      samples=args.samples)],
-                   check=True, stdout=subprocess.DEVNULL)
+    _, err, code = await getProcessOutputAndValue(
+        sys.executable, ["-c", MAKE.format(examples=str(SCENE.parent), blend=str(blend), frames=args.frames,
+                                           width=width, height=height, samples=args.samples)],
+        env=dict(os.environ))
+    if code != 0:
+        raise SystemExit(f"making the scene failed:\n{err.decode()[-2000:]}")
     farm = ProcessFarm(reactor, base)
     try:
         await farm.start_server()

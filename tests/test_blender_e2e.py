@@ -31,7 +31,7 @@ try:
 except ImportError:
     bpy = None
 
-SCENE_SCRIPT = str(Path(__file__).with_name("blender_scene.py"))
+SCENE_SCRIPT = str(Path(__file__).resolve().parent.parent / "examples" / "blender_scene.py")
 
 
 class BlenderFarmTests(TestCase):
@@ -80,7 +80,8 @@ class BlenderFarmTests(TestCase):
         watching.addErrback(lambda f: None)  # ends when the watcher closes
         stdout, stderr, code = await getProcessOutputAndValue(
             sys.executable,
-            [SCENE_SCRIPT, self.farm.endpoint, str(blend), f"{out}/frame_####", "1", "6", "2"],
+            [SCENE_SCRIPT, str(blend), "--frames", "1-6", "--output", f"{out}/frame_####",
+             "--submit", self.farm.endpoint, "--chunk", "2", "--priority", "120", "--name", "blender e2e"],
             env={**os.environ, "FARMNET_USER": "anna"}, path=str(self.base))
         self.assertEqual(code, 0, (stdout + stderr).decode(errors="replace")[-3000:])
         found = re.search(rb"^job ([0-9]+)$", stdout, re.MULTILINE)
@@ -119,7 +120,36 @@ class BlenderFarmTests(TestCase):
                          (200, ["image/png"]), body[:300])
         with Image.open(io.BytesIO(body)) as thumbnail:
             self.assertEqual(thumbnail.size, (64, 36))  # no larger than its frame
+        missing = await treq.get(f"http://127.0.0.1:{self.web_port}/jobs/{job_id}/0/2/files/2",
+                                 persistent=False)
+        self.assertEqual(missing.code, 404)
+        await treq.content(missing)
         page = await treq.get(f"http://127.0.0.1:{self.web_port}/jobs/{job_id}", persistent=False)
         html = (await treq.content(page)).decode()
         self.assertIn("Latest frames", html)
         self.assertIn(f'src="/jobs/{job_id}/0/2/files/1"', html)
+
+    async def test_blender_errors_fail_runs_that_exit_0(self) -> None:
+        """A missing .blend file (the bpy runner's real error), Blender's "Error:" line and a frame saved
+        empty fail their runs, the last two with exit status 0; a warning only notes."""
+        empty = self.base / "empty_0001.png"
+        saved = f"echo \"Fra:1 Mem:1M | Sample 1/1\"; echo \"Saved: '{empty}'\""
+        job_id, _ = await self.client.submit({"name": "broken", "blocks": [
+            {"name": "missing", "errors_retries": 0, "frame_first": 1, "frame_last": 1,
+             "blender": {"file": str(self.base / "missing.blend")}},
+            {"name": "empty", "errors_retries": 0, "parser": "blender", "command": f": > {empty}; {saved}"},
+            {"name": "error line", "errors_retries": 0, "parser": "blender_cycles",
+             "command": "echo 'Error: Cannot read file \"/x.blend\": No such file or directory'"},
+            {"name": "warned", "errors_retries": 0, "parser": "blender",
+             "command": f"echo x > {empty}; echo 'Warning: no material'; {saved}"}]})
+        job = await self.client.wait(job_id)
+        self.assertEqual(job["counts"], {"ERR": 3, "DON": 1})
+        missing = await self.client.output(job_id, 0, 0)
+        self.assertIn(b"\nError: Cannot read file \"" + str(self.base / "missing.blend").encode(), missing)
+        self.assertIn(b"[farmnet: exit status 1]", missing)
+        self.assertIn(b'[farmnet: blender_cycles parser found errors: Error: Cannot read file "/x.blend"',
+                      await self.client.output(job_id, 2, 0))
+        self.assertIn(b"[farmnet: output file " + str(empty).encode() + b" is empty (0 bytes)]",
+                      await self.client.output(job_id, 1, 0))
+        self.assertIn(b"[farmnet: blender parser found warnings: Warning: no material]",
+                      await self.client.output(job_id, 3, 0))

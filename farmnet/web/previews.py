@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.web.template import Tag, tags
 
+from farmnet import errors
 from farmnet.messages import OutputFiles
 from farmnet.server.previews import PreviewError
 from farmnet.web.context import WebContext
@@ -38,7 +39,7 @@ def latest_frames(ctx: WebContext, call: Call, job_id: int) -> Tag | str:
     """The job page's thumbnails of its last written frames ("" when it wrote none, or may not see)."""
     try:
         runs = _job_files(ctx, call, job_id)
-    except Exception:  # may not read outputs: the page shows the rest
+    except (errors.NotAuthenticated, errors.PermissionDenied):  # the page shows the rest
         return ""
     shown = [(files, i) for files in runs for i in range(len(files.paths))][-LATEST:]
     if not shown or ctx.previews is None:

@@ -1,17 +1,19 @@
-"""Make a small scene with bpy and submit it with farmnet's Blender add-on (run as a child process).
+"""Make a small scene with bpy, and submit it with farmnet's Blender add-on (as an artist would).
 
-    python tests/blender_scene.py SERVER BLEND OUTPUT FIRST LAST CHUNK
+    python examples/blender_scene.py SCENE.blend [--frames 1-6] [--output //frames/f_####]
+                                     [--submit SERVER --chunk 2 --priority 99 --name NAME]
 
 A few objects, a camera, a light; 64x36 pixels, Cycles on the CPU at 16 samples: a frame renders in a
-fraction of a second.  The objects move, so each frame differs.  Prints ``job N`` once submitted.
+fraction of a second.  The cube moves, so each frame differs.  With --submit, registers farmnet's add-on
+and runs its operator (``bpy.ops.farmnet.submit()``), then prints ``job N``.  Used by the Blender tests,
+bench/blender.py and doc/blender.md.
 """
 
+import argparse
 import os
 import sys
 
 import bpy
-
-import farmnet.blender_addon
 
 
 def make_scene(path: str, output: str, first: int, last: int) -> None:
@@ -43,18 +45,31 @@ def make_scene(path: str, output: str, first: int, last: int) -> None:
 
 
 def main() -> None:
-    server, path, output, first, last, chunk = sys.argv[1:7]
-    make_scene(path, output, int(first), int(last))
+    parser = argparse.ArgumentParser(description="Make a small Blender scene; submit it with the add-on.")
+    parser.add_argument("blend", help="where to save the .blend file")
+    parser.add_argument("--frames", default="1-6", metavar="FIRST-LAST")
+    parser.add_argument("--output", default="//frames/f_####", help="the scene's output path")
+    parser.add_argument("--submit", metavar="SERVER", help="then submit it with farmnet's add-on")
+    parser.add_argument("--chunk", type=int, default=1, help="frames per task, with --submit")
+    parser.add_argument("--priority", type=int, default=99, help="with --submit")
+    parser.add_argument("--name", default="", help="the job's name, with --submit")
+    args = parser.parse_args()
+    first, _, last = args.frames.partition("-")
+    make_scene(args.blend, args.output, int(first), int(last or first))
+    print(f"saved {args.blend}", flush=True)
+    if args.submit is None:
+        return
+    import farmnet.blender_addon
+
     farmnet.blender_addon.register()
     settings = bpy.context.scene.farmnet
-    settings.server = server
-    settings.chunk = int(chunk)
-    settings.priority = 120
-    settings.job_name = "blender e2e"
+    settings.server, settings.chunk, settings.priority = args.submit, args.chunk, args.priority
+    settings.job_name = args.name
     result = bpy.ops.farmnet.submit()
     print(f"operator {sorted(result)}", flush=True)
     if "FINISHED" not in result:
-        sys.exit(1)
+        sys.stdout.flush()
+        os._exit(1)
     print(f"job {settings.job_id}", flush=True)
 
 
