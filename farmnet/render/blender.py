@@ -30,6 +30,8 @@ from typing import Any
 
 import attrs
 
+from farmnet.config import RenderConfig
+
 __all__ = [
     "BLENDER_NAMES",
     "BlenderParser",
@@ -311,7 +313,7 @@ class BlenderService:
     def environment(self, order: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, str]:
         return dict(env)
 
-    def command(self, order: Mapping[str, Any], config: Any) -> str:
+    def command(self, order: Mapping[str, Any], config: RenderConfig) -> str:
         text = str(order.get("command") or "")
         words = _shell_words(text)
         if words is None:
@@ -342,8 +344,7 @@ class BlenderService:
         edits += [(w.start, w.end, "") for w in removes]
         program = words[exe]
         if text[program.start : program.end] == "blender":  # bare: this render's Blender
-            blender = getattr(config, "blender", None)
-            executable = blender_program(getattr(blender, "executable", ""), self.which)
+            executable = blender_program(config.blender.executable, self.which)
             if executable != "blender":
                 edits.append((program.start, program.end, executable))
         # Later positions first, so earlier spans stay valid; at one position, removals before inserts.
