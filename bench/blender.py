@@ -7,7 +7,9 @@ its frames on this host (a) directly, ``python -m farmnet.render.bpyrunner -b sc
 -a`` -- one bpy process, as an artist's own machine would; (b) through a real farm of one server
 and one render on the same host, submitted as a Blender job with each ``--chunks`` value (frames per
 task; each task starts its own bpy, as a render host does), timed from the submit to the job DON.
-Prints each time and the farm's overhead in percent of (a).  Goal: <= 5 % for 24 frames.
+Prints each time and the farm's overhead in percent of (a), and how much of the farm's time no task
+ran (the farm's own part, whatever the machine's load; the rest of the overhead is each task starting
+bpy and reading the file).  Goal: <= 5 % for 24 frames.
 """
 
 from __future__ import annotations
@@ -56,14 +58,18 @@ async def direct(reactor: Any, blend: Path, frames: int, out: Path) -> float:
     return elapsed
 
 
-async def on_farm(reactor: Any, client: Any, blend: Path, frames: int, chunk: int, out: Path) -> float:
+async def on_farm(reactor: Any, client: Any, blend: Path, frames: int, chunk: int,
+                  out: Path) -> tuple[float, float]:
+    """Seconds from the submit to the job DON, and of those the seconds no task ran (the farm's own:
+    the submit, each start order, each finish report, the client seeing DON)."""
     start = time.perf_counter()
     job_id, _ = await client.submit(blender_job(str(blend), 1, frames, chunk=chunk, output=f"{out}/f_####"))
     job = await client.wait(job_id)
     elapsed = time.perf_counter() - start
     if job["state"] != "DON" or len(list(out.iterdir())) != frames:
         raise SystemExit(f"farm render failed: {job['state']} {job['counts']}")
-    return elapsed
+    running = sum(t["time_done"] - t["time_started"] for t in await client.tasks(job_id))
+    return elapsed, elapsed - running
 
 
 async def main(reactor: Any, args: argparse.Namespace) -> None:
@@ -87,6 +93,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
 
         await wait_until(reactor, online, 60, "the render")
         times: dict[str, list[float]] = {"direct": []}
+        gaps: dict[str, list[float]] = {}
         for n in range(args.repeat):
             out = base / f"direct{n}"
             out.mkdir()
@@ -95,9 +102,11 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             for chunk in args.chunks:
                 out = base / f"farm{n}-{chunk}"
                 out.mkdir()
-                elapsed = await on_farm(reactor, client, blend, args.frames, chunk, out)
+                elapsed, idle = await on_farm(reactor, client, blend, args.frames, chunk, out)
                 times.setdefault(f"chunk {chunk}", []).append(elapsed)
-                print(f"farm, {chunk} frames per task: {elapsed:.2f} s", flush=True)
+                gaps.setdefault(f"chunk {chunk}", []).append(idle)
+                print(f"farm, {chunk} frames per task: {elapsed:.2f} s, no task running {idle:.2f} s",
+                      flush=True)
         await client.aclose()
     finally:
         await farm.stop()
@@ -107,7 +116,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     for name, values in times.items():
         if name != "direct":
             median = statistics.median(values)
-            print(f"  farm, {name}: {median:.2f} s, overhead {100 * (median - reference) / reference:+.1f} %")
+            print(f"  farm, {name}: {median:.2f} s, overhead {100 * (median - reference) / reference:+.1f} %;"
+                  f" no task running {statistics.median(gaps[name]):.2f} s")
 
 
 def parse() -> argparse.Namespace:
