@@ -7,9 +7,9 @@ its frames on this host (a) directly, ``python -m farmnet.render.bpyrunner -b sc
 -a`` -- one bpy process, as an artist's own machine would; (b) through a real farm of one server
 and one render on the same host, submitted as a Blender job with each ``--chunks`` value (frames per
 task; each task starts its own bpy, as a render host does), timed from the submit to the job DON.
-Prints each time and the farm's overhead in percent of (a), and how much of the farm's time no task
-ran (the farm's own part, whatever the machine's load; the rest of the overhead is each task starting
-bpy and reading the file).  Goal: <= 5 % for 24 frames.
+Prints each time and the farm's overhead in percent of (a), how much of the farm's time no task ran
+(the farm's own part, whatever the machine's load), and what starting bpy and reading the file costs
+(each task pays it once: the rest of the overhead of small chunks).  Goal: <= 5 % for 24 frames.
 """
 
 from __future__ import annotations
@@ -58,6 +58,16 @@ async def direct(reactor: Any, blend: Path, frames: int, out: Path) -> float:
     return elapsed
 
 
+async def bpy_start(reactor: Any, blend: Path) -> float:
+    """Seconds to start bpy and read the file without rendering: what each task pays once."""
+    start = time.perf_counter()
+    _, err, code = await getProcessOutputAndValue(
+        sys.executable, ["-m", "farmnet.render.bpyrunner", "-b", str(blend)], env=dict(os.environ))
+    if code != 0:
+        raise SystemExit(f"bpy start failed:\n{err.decode()[-2000:]}")
+    return time.perf_counter() - start
+
+
 async def on_farm(reactor: Any, client: Any, blend: Path, frames: int, chunk: int,
                   out: Path) -> tuple[float, float]:
     """Seconds from the submit to the job DON, and of those the seconds no task ran (the farm's own:
@@ -92,6 +102,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             return any(r["online"] for r in await client.renders())
 
         await wait_until(reactor, online, 60, "the render")
+        starts = [await bpy_start(reactor, blend) for _ in range(3)]
+        print(f"bpy start and file read (a task's fixed cost): {statistics.median(starts):.2f} s", flush=True)
         times: dict[str, list[float]] = {"direct": []}
         gaps: dict[str, list[float]] = {}
         for n in range(args.repeat):
