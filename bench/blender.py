@@ -4,9 +4,11 @@
 
 Makes a small Cycles scene with bpy (the end-to-end test's objects, camera and light), then renders
 its frames on this host (a) directly, ``python -m farmnet.render.bpyrunner -b scene.blend -s 1 -e N
--a`` -- one bpy process, as an artist's own machine would; (b) through a real farm of one server
-and one render on the same host, submitted as a Blender job with each ``--chunks`` value (frames per
-task; each task starts its own bpy, as a render host does), timed from the submit to the job DON.
+-a`` -- one bpy process, as an artist's own machine would, in a session of its own as a farm task
+is (with the kernel's autogroup scheduling, each session gets its share of a busy CPU); (b) through
+a real farm of one server and one render on the same host, submitted as a Blender job with each
+``--chunks`` value (frames per task; each task starts its own bpy, as a render host does), timed
+from the submit to the job DON.
 Prints each time and the farm's overhead in percent of (a), how much of the farm's time no task ran
 (the farm's own part, whatever the machine's load), and what starting bpy and reading the file costs
 (each task pays it once: the rest of the overhead of small chunks).  Goal: <= 5 % for 24 frames.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,6 +33,7 @@ from farmnet.client import connect
 from farmnet.client.blender import blender_job
 from farmnet.testing import ProcessFarm, wait_until
 
+SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 SCENE = Path(__file__).resolve().parent.parent / "examples" / "blender_scene.py"
 
 MAKE = """
@@ -50,8 +54,8 @@ os._exit(0)
 async def direct(reactor: Any, blend: Path, frames: int, out: Path) -> float:
     start = time.perf_counter()
     stdout, stderr, code = await getProcessOutputAndValue(
-        sys.executable, ["-m", "farmnet.render.bpyrunner", "-b", str(blend), "-o", f"{out}/f_####",
-                         "-s", "1", "-e", str(frames), "-a"], env=dict(os.environ))
+        SETSID, ["-w", sys.executable, "-m", "farmnet.render.bpyrunner", "-b", str(blend), "-o",
+                   f"{out}/f_####", "-s", "1", "-e", str(frames), "-a"], env=dict(os.environ))
     elapsed = time.perf_counter() - start
     if code != 0 or len(list(out.iterdir())) != frames:
         raise SystemExit(f"direct render failed ({code}):\n{(stdout + stderr).decode()[-2000:]}")
@@ -62,7 +66,8 @@ async def bpy_start(reactor: Any, blend: Path) -> float:
     """Seconds to start bpy and read the file without rendering: what each task pays once."""
     start = time.perf_counter()
     _, err, code = await getProcessOutputAndValue(
-        sys.executable, ["-m", "farmnet.render.bpyrunner", "-b", str(blend)], env=dict(os.environ))
+        SETSID, ["-w", sys.executable, "-m", "farmnet.render.bpyrunner", "-b", str(blend)],
+        env=dict(os.environ))
     if code != 0:
         raise SystemExit(f"bpy start failed:\n{err.decode()[-2000:]}")
     return time.perf_counter() - start
