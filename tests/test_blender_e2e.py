@@ -124,6 +124,11 @@ class BlenderFarmTests(TestCase):
                                  persistent=False)
         self.assertEqual(missing.code, 404)
         await treq.content(missing)
+        api = await treq.get(f"http://127.0.0.1:{self.web_port}/api/jobs/{job_id}/files", persistent=False)
+        runs = (await treq.json_content(api))["result"]
+        self.assertEqual([f["thumbnail"] for r in runs for f in r["files"]][-1],
+                         f"/jobs/{job_id}/0/2/files/1")
+        self.assertEqual([f["path"] for r in runs for f in r["files"]], [str(out / f) for f in frames])
         page = await treq.get(f"http://127.0.0.1:{self.web_port}/jobs/{job_id}", persistent=False)
         html = (await treq.content(page)).decode()
         self.assertIn("Latest frames", html)
