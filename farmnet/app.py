@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from farmnet.config import ConfigError, RenderConfig, ServerConfig
 from farmnet.logging import with_log_format
+from farmnet.model.events import JobDeleted
 from farmnet.model.farm import Farm
 from farmnet.protocol.endpoints import client_endpoint, loopback_only
 from farmnet.render import services
@@ -40,6 +41,7 @@ from farmnet.server.manhole import make_manhole_services, manhole_namespace
 from farmnet.server.monitors import EventLog
 from farmnet.server.netstats import StatisticsLogger
 from farmnet.server.outputs import OutputStore
+from farmnet.server.previews import Previews
 from farmnet.server.registry import raise_fd_limit
 from farmnet.server.store import Store
 from farmnet.server.storecheck import Backups, StoreRefused
@@ -116,11 +118,14 @@ class ServerService(service.MultiService):
         self.statistics.setServiceParent(self)
         self.login_link = None if self.owner is None else TokenChecker(secrets.token_urlsafe(24), self.owner)
         if config.web.listen:
+            self.previews = Previews(reactor, store / "previews")
+            self.farm.bus.subscribe(JobDeleted, lambda e: self.previews.delete_job(e.job.id))
             self.web_site = make_site(reactor, self.farm, config.web, self.outputs, self.stats,
                                       users_file=config.auth.users_file, durable=self.store.sync,
                                       amp=self.server, events=self.events, login_link=self.login_link,
                                       output_readers=self.server.output_readers,
-                                      throttle=self.server.throttle, sample_resources=True)
+                                      throttle=self.server.throttle, sample_resources=True,
+                                      previews=self.previews)
             self.web = Listener(reactor, config.web.listen, self.web_site, store / "web.address", name="web",
                                 budget=ConnectionBudget(
                                     close_wait=close_wait, max_connections=config.web.max_connections,

@@ -37,6 +37,7 @@ from farmnet.client import (
     find_password,
     load_spec,
 )
+from farmnet.client.blender import blender_job
 from farmnet.config import ClientConfig, ConfigError, default_config_path, load_config
 from farmnet.server.storeadmin import add_store_commands, run_store_command
 from farmnet.stats.admin import add_db_commands, run_db_command
@@ -188,6 +189,16 @@ async def cmd_output(client: FarmClient, args: argparse.Namespace) -> int:
     data = await client.output(args.id, args.block, args.task, args.run)
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+async def cmd_files(client: FarmClient, args: argparse.Namespace) -> int:
+    runs = await client.output_files(args.id)
+    if args.json:
+        _json(runs)
+        return EXIT_OK
+    _table(["BLOCK", "TASK", "RUN", "FILE"],
+           [[r["block"], r["task"], r["run"], path] for r in runs for path in r["paths"]])
     return EXIT_OK
 
 
@@ -540,6 +551,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("block", type=int)
     p.add_argument("task", type=int)
     p.add_argument("--run", type=int, default=0, metavar="N", help="which run (default: the latest)")
+    p = command("files", cmd_files, "list the files a job's tasks wrote (rendered frames)", lists=True)
+    p.add_argument("id", type=int)
+    p = command("blender", cmd_submit, "submit a Blender job: render a .blend file's frames; "
+                "prints the job id")
+    p.add_argument("file", help="the .blend file (a path the renders can read)")
+    p.add_argument("--frames", required=True, metavar="FIRST-LAST", help="frames to render, e.g. 1-24")
+    p.add_argument("--chunk", type=int, default=1, metavar="N", help="frames per task (default 1)")
+    p.add_argument("-o", "--output", default="", metavar="PATTERN",
+                   help="output path pattern, #### the frame (default: the file's)")
+    p.add_argument("--format", default="", help="image format, e.g. PNG, OPEN_EXR (default: the file's)")
+    p.add_argument("--engine", default="", help="CYCLES, BLENDER_EEVEE_NEXT, ... (default: the file's)")
+    p.add_argument("--samples", type=int, default=0, metavar="N", help="render samples (default: the file's)")
+    p.add_argument("--scene", default="", help="scene to render (default: the file's active scene)")
+    p.add_argument("--camera", default="", help="camera object (default: the scene's)")
+    p.add_argument("--view-layer", default="", metavar="NAME", help="render only this view layer")
+    p.add_argument("--name", default="", help="job name (default: the file's name)")
+    p.add_argument("--priority", type=int, metavar="N", help="job priority (0..250)")
+    p.add_argument("--wait", action="store_true", help="then wait for the job, as `farmnet wait`")
     command("renders", cmd_renders, "list renders", lists=True)
     command("users", cmd_users, "list users", lists=True)
     for name, action, what in (
@@ -615,6 +644,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _blender_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The job `farmnet blender` submits (the server checks its values)."""
+    first, dash, last = args.frames.partition("-")
+    try:
+        frames = int(first), int(last) if dash else int(first)
+    except ValueError:
+        raise ClientError(f"--frames: expected FIRST-LAST (e.g. 1-24) or one frame, "
+                          f"got {args.frames!r}") from None
+    # Absolute paths: the renders run elsewhere (a shared path reads the same there); "//" is
+    # Blender's "beside the .blend file".
+    output = args.output
+    if output and not output.startswith("/"):
+        output = os.path.join(os.getcwd(), output)
+    return blender_job(os.path.abspath(args.file), *frames, chunk=args.chunk, output=output,
+                       format=args.format, engine=args.engine, samples=args.samples, scene=args.scene,
+                       camera=args.camera, view_layer=args.view_layer, name=args.name,
+                       priority=args.priority)
+
+
 def _client_config(args: argparse.Namespace) -> ClientConfig:
     flags = {"server": args.server, "user": args.user, "timeout": args.timeout}
     path = args.config or default_config_path(os.environ)
@@ -688,9 +736,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         _fail(str(e))
         return EXIT_REFUSED
-    if args.command == "submit":
+    if args.command in ("submit", "blender"):
         try:  # before connecting: a broken file needs no server
-            args.spec = load_spec(args.file)
+            args.spec = load_spec(args.file) if args.command == "submit" else _blender_spec(args)
         except ClientError as e:
             _fail(str(e))
             return EXIT_REFUSED

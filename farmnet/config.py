@@ -583,6 +583,17 @@ class RenderSysJobConfig:
 
 
 @attrs.frozen
+class RenderBlenderConfig:
+    """How a render runs Blender's tasks (the blender services)."""
+
+    executable: str = _setting(
+        "",
+        doc='The Blender program a task\'s bare "blender" command runs: a path, or a name looked up on PATH. '
+            '"" looks for "blender" on PATH and, without one, renders with the bpy module '
+            '(python -m farmnet.render.bpyrunner; pip install farmnet[blender]).')
+
+
+@attrs.frozen
 class RenderConfig:
     """A render (worker) host: which server, what it may run, how it runs tasks."""
 
@@ -621,6 +632,7 @@ class RenderConfig:
     tasks: TasksConfig = _section(TasksConfig, "How tasks are run.")
     resources: ResourcesConfig = _section(ResourcesConfig, "What the render reports of its machine.")
     sysjob: RenderSysJobConfig = _section(RenderSysJobConfig, "System job tasks on this render.")
+    blender: RenderBlenderConfig = _section(RenderBlenderConfig, "Blender's tasks on this render.")
 
 
 @attrs.frozen

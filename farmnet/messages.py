@@ -284,6 +284,17 @@ class TaskRecord:
     percent_frame: int = 0
 
 
+@attrs.frozen
+class OutputFiles:
+    """The files one task run wrote (``list_output_files``): paths as the render's parser read them
+    (Blender's ``Saved: '...'``), on the hosts' shared storage."""
+
+    block: int
+    task: int
+    run: int
+    paths: tuple[str, ...]
+
+
 @attrs.define
 class RenderError:
     """One recent error on a render (its ``error_history``)."""

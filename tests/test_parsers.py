@@ -111,7 +111,9 @@ class ParserByNameTests(unittest.TestCase):
         self.assertIsInstance(parser_by_name("none"), NoneParser)
         self.assertIsInstance(parser_by_name("blender"), BlenderParser)
         # CGRU's parser names (farmnet.model.catalog.PARSERS) that farmnet parses, and its own "none".
-        self.assertLessEqual({"blender", "generic", "none", "nuke", "hbatch_mantra", "ffmpeg"},
+        self.assertLessEqual({"blender", "blender_cycles", "blender_internal", "blender_render", "generic",
+                              "none",
+                              "nuke", "hbatch_mantra", "ffmpeg"},
                              set(builtin_parsers()))
         self.assertLessEqual(set(builtin_parsers()), PARSERS)
 

@@ -16,7 +16,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from farmnet.config import RenderConfig, RenderSysJobConfig
+from farmnet.config import RenderBlenderConfig, RenderConfig, RenderSysJobConfig
 from farmnet.model.catalog import SERVICES
 from farmnet.plugins import import_object
 from farmnet.render import services
@@ -76,10 +76,12 @@ class BuiltinServiceTests(unittest.SynchronousTestCase):
 
     def test_names(self) -> None:
         # farmnet's own and every other CGRU service name (those only pick a parser: generic, named).
-        own = {"blender", "events", "generic", "postcmd", "wakeonlan", "htracker"}
+        own = {"blender", "blender_cycles", "blender_internal", "blender_render", "events", "generic",
+               "postcmd",
+               "wakeonlan", "htracker"}
         names = set(builtin_services())
         self.assertLessEqual(own | {"nuke", "hbatch_mantra", "movgen", "ffmpeg", "maya"}, names)
-        self.assertEqual(names - own, {n for n in SERVICES if not n.startswith("blender")} - own)
+        self.assertEqual(names - own, {n for n in SERVICES} - own)
         nuke = service_for("nuke")
         self.assertIsInstance(nuke, GenericService)
         self.assertEqual((nuke.name, nuke.command(order("nuke", "nuke -x a.nk 1-3"), self.config)),
@@ -161,7 +163,9 @@ class BuiltinServiceTests(unittest.SynchronousTestCase):
 
 class BlenderServiceTests(unittest.SynchronousTestCase):
     def setUp(self) -> None:
-        self.config = RenderConfig(name="r1", state_dir="/x")
+        # A render whose Blender program is "blender": the command's program stays as written.
+        self.config = RenderConfig(name="r1", state_dir="/x",
+                                   blender=RenderBlenderConfig(executable="blender"))
         self.service = BlenderService(threads=6)
 
     def final(self, command: str) -> str:
@@ -205,7 +209,7 @@ class BlenderServiceTests(unittest.SynchronousTestCase):
         self.assertEqual(BlenderService().threads, os.cpu_count() or 1)
 
     def test_via_prepare(self) -> None:
-        prepared = prepare(order("blender", "blender s.blend -a"), self.config, {})
+        prepared = prepare(order("blender_cycles", "blender s.blend -a"), self.config, {})
         self.assertEqual(prepared.command, f"blender -b s.blend -t {os.cpu_count() or 1} -a")
 
 

@@ -431,6 +431,11 @@ class FarmClient:
             chunks.append(answer["data"])
             offset = answer["next_offset"]
 
+    async def output_files(self, job_id: int) -> list[dict[str, Any]]:
+        """The files a job's tasks wrote (rendered frames), as ``{"block", "task", "run", "paths"}``:
+        each task's latest run that wrote any."""
+        return (await self._call(c.ListOutputFiles, job_id=job_id))["files"]
+
     async def action(self, job_ids: list[int], action: str, value: Any = None) -> list[int]:
         """pause, resume, delete, restart, restart_errors or set_priority (``value``) on
         every job of ``job_ids``, all or nothing; returns the ids done."""

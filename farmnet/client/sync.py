@@ -93,6 +93,9 @@ class SyncFarmClient:
     def output(self, job_id: int, block: int, task: int, run: int = 0) -> bytes:
         return self._run(lambda: self._client.output(job_id, block, task, run), bounded=False)
 
+    def output_files(self, job_id: int) -> list[dict[str, Any]]:
+        return self._run(lambda: self._client.output_files(job_id))
+
     def renders(self) -> list[dict[str, Any]]:
         return self._run(self._client.renders)
 

@@ -26,6 +26,7 @@ import attrs
 
 from farmnet.convert import did_you_mean
 from farmnet.errors import JobSpecError
+from farmnet.model.blender import expand_blender_block
 from farmnet.model.catalog import unknown_name_warning
 from farmnet.model.masks import check_mask
 
@@ -610,6 +611,8 @@ def _parse_block(c: _Collector, raw: Any, path: str) -> BlockSpec | None:
         c.errors.append(f"{path}: expected a mapping, got {type(raw).__name__}")
         return None
     errors_before = len(c.errors)
+    raw, blender_errors = expand_blender_block(raw, path)  # the Blender job type (farmnet.model.blender)
+    c.errors.extend(blender_errors)
     name = c.get(raw, "name", path, _str, "")
     if not name:
         c.errors.append(f"{path}.name: a block needs a name")

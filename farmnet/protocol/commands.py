@@ -24,6 +24,7 @@ from farmnet.messages import (
     JobDetail,
     JobRecord,
     Order,
+    OutputFiles,
     RenderRecord,
     RunResources,
     TaskRecord,
@@ -170,6 +171,8 @@ class TaskFinished(amp.Command):
         (b"resources", Typed(RunResources, optional=True)),
         # The task's parser found a fatal error: a failed run is not retried (Afanasy's PFE).
         (b"fatal", amp.Boolean(optional=True)),
+        # the files the run wrote, as its parser read them (Blender's "Saved: '...'")
+        (b"files", Typed(list[str], optional=True)),
     ]
     response: list = []
     errors = {**_COMMON, err.NotRegistered: b"NOT_REGISTERED"}
@@ -238,6 +241,15 @@ class GetTaskOutput(amp.Command):
         (b"next_offset", amp.Integer()),
         (b"complete", amp.Boolean()),
     ]
+    errors = _JOB
+
+
+class ListOutputFiles(amp.Command):
+    """The files a job's tasks wrote (rendered frames): each task's latest run that wrote any."""
+
+    commandName = b"list_output_files"
+    arguments = [(b"job_id", amp.Integer())]
+    response = [(b"files", Typed(list[OutputFiles], structured=False))]
     errors = _JOB
 
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from farmnet.render.blender import BlenderParser, blender_parsers
 from farmnet.render.cgru import CGRU_PARSERS
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "parser_fatal",
     "parser_finished",
     "parser_frame",
+    "parser_files",
     "parser_warnings",
 ]
 
@@ -143,129 +145,9 @@ class NoneParser:
         return None
 
 
-# --- Blender -------------------------------------------------------------------------
-
-# "Fra:12 Mem:..." starts every status line of a render; the number is the frame being rendered.
-_BLENDER_FRAME = re.compile(rb"^Fra:\s*(-?[0-9]+)")
-# Where in the frame the render is, most specific first: tiles ("Tiles 4/16", "Path Tracing Tile 4/16",
-# "Rendered 3/16 Tiles"), then samples (Cycles "Sample 32/128", Eevee "Rendering 3 / 16 samples").
-_BLENDER_PARTS = (
-    re.compile(rb"\bTiles?\s+([0-9]+)\s*/\s*([0-9]+)"),
-    re.compile(rb"\bRendered\s+([0-9]+)\s*/\s*([0-9]+)\s+Tiles\b"),
-    re.compile(rb"\bSample\s+([0-9]+)\s*/\s*([0-9]+)"),
-    re.compile(rb"\bRendering\s+([0-9]+)\s*/\s*([0-9]+)\s+samples\b"),
-)
-# A frame written: "Saved: '/path/0012.png'" (Blender quotes the path; old versions did not).
-_BLENDER_SAVED = re.compile(rb"^Saved:\s")
-# Lines that mean the task failed whatever its exit status.  Blender prints "Error: Cannot read file ..."
-# and exits 0 in background mode; CGRU's blender parser knows the last three.
-_BLENDER_ERRORS = re.compile(
-    rb"^(?:Error:|Traceback \(most recent call last\)|Warning: Unable to open|Render error: cannot save"
-    rb"|Error: CUDA error)"
-)
-# Longest line kept whole; the rest of a longer line is skipped (Blender's lines are short).
-_LINE_MAX = 4096
-# Error lines kept per task, and characters kept per line: enough to say what went wrong.
+# Marked lines kept per task, and characters kept per line: enough to say what went wrong.
 _ERRORS_MAX = 20
 _ERROR_CHARS = 300
-
-
-class BlenderParser:
-    """Progress and errors of Blender's command-line renders (``blender -b scene.blend -s 1 -e 10 -a``).
-
-    Progress counts the frames written (``Saved: '...'`` lines, one frame however many views or passes it
-    saves) over the task's frame range, plus how far the current frame is (its tiles or samples).  Without
-    a frame range (a task of a non-numeric block) it is the current frame's progress (100 once saved).
-    Lines starting with ``Error:`` or ``Traceback (most recent call last)`` (and CGRU's few others) are
-    kept in ``errors``.  Only whole lines are read; ``\\r`` ends a line too.
-    """
-
-    name = "blender"
-
-    def __init__(self, frame_start: int | None = None, frame_end: int | None = None) -> None:
-        self.progress: int | None = None
-        self.errors: list[str] = []
-        self.frames: int | None = None
-        if frame_start is not None and frame_end is not None and frame_end >= frame_start:
-            self.frames = frame_end - frame_start + 1
-        self._frame: int | None = None  # the frame being rendered (last "Fra:")
-        self._done: set[int] = set()  # frames saved
-        self._done_unnumbered = 0  # "Saved:" before any "Fra:" line
-        self._part = 0.0  # how far the current frame is, 0..1
-        self._carry = b""
-        self._skipping = False  # inside an over-long line
-        self._seen = False  # a progress line was read: until then there is no progress to report
-
-    @classmethod
-    def from_order(cls, order: Mapping[str, Any]) -> BlenderParser:
-        """A parser for one start order: its ``frame_start``/``frame_end`` ((0, 0): not numeric)."""
-        start, end = order.get("frame_start"), order.get("frame_end")
-        if not isinstance(start, int) or not isinstance(end, int) or (start, end) == (0, 0):
-            return cls()
-        return cls(start, end)
-
-    def feed(self, data: bytes) -> int | None:
-        """Read one chunk; return the new progress if it changed."""
-        if not data:
-            return None
-        lines = re.split(rb"[\r\n]", self._carry + data)
-        self._carry = lines.pop()
-        for line in lines:
-            if self._skipping:  # the end of an over-long line: not a line start, read nothing
-                self._skipping = False
-                continue
-            self._line(line)
-        if len(self._carry) > _LINE_MAX:
-            self._carry, self._skipping = b"", True
-        return self._update()
-
-    def _line(self, line: bytes) -> None:
-        if _BLENDER_ERRORS.match(line):
-            if len(self.errors) < _ERRORS_MAX:
-                self.errors.append(line.decode("utf-8", "replace")[:_ERROR_CHARS])
-            return
-        if _BLENDER_SAVED.match(line):
-            self._seen = True
-            if self.frames is None:
-                self._part = 1.0  # no range: this frame is done, the next "Fra:" starts another
-                return
-            if len(self._done) + self._done_unnumbered >= self.frames:
-                pass  # all counted: the state stays bounded
-            elif self._frame is None:
-                self._done_unnumbered += 1
-            else:
-                self._done.add(self._frame)
-            self._part = 0.0
-            return
-        frame = _BLENDER_FRAME.match(line)
-        if frame is None:
-            return
-        self._seen = True
-        number = int(frame.group(1))
-        if number != self._frame:
-            self._frame, self._part = number, 0.0
-        for pattern in _BLENDER_PARTS:
-            part = pattern.search(line)
-            if part is not None:
-                done, total = int(part.group(1)), int(part.group(2))
-                if 0 < total and done <= total:
-                    self._part = done / total
-                break
-
-    def _update(self) -> int | None:
-        if not self._seen:
-            return None
-        if self.frames is None:
-            value = 100.0 * self._part
-        else:
-            done = min(self.frames, len(self._done) + self._done_unnumbered)
-            part = self._part if done < self.frames else 0.0
-            value = 100.0 * (done + part) / self.frames
-        found = min(100, int(value))  # truncate: 99.9 % is not done yet
-        if found == self.progress:
-            return None
-        self.progress = found
-        return found
 
 
 def _lines(parser: Parser, attribute: str) -> list[str]:
@@ -313,10 +195,16 @@ def parser_end(parser: Parser) -> None:
         end()
 
 
+def parser_files(parser: Parser) -> list[str]:
+    """The files the task wrote, as ``parser`` read them from its output ([] for parsers that do not)."""
+    files = getattr(parser, "files", None)
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+
+
 _BUILTIN: Mapping[str, Callable[[], Parser]] = MappingProxyType(
     {
         **CGRU_PARSERS,
-        BlenderParser.name: BlenderParser,
+        **blender_parsers(),
         GenericParser.name: GenericParser,
         NoneParser.name: NoneParser,
     }

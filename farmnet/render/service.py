@@ -57,6 +57,7 @@ from farmnet.render.parsers import (
     parser_end,
     parser_errors,
     parser_fatal,
+    parser_files,
     parser_finished,
     parser_frame,
     parser_warnings,
@@ -117,6 +118,9 @@ class RunningTask:
     flush_call: IDelayedCall | None = None
     timeout_call: IDelayedCall | None = None
     exit: TaskExit | None = None
+    #: The files the run wrote (its parser read them) and what is wrong with them, once it ended.
+    files: list[str] = attrs.field(factory=list)
+    bad_files: list[str] = attrs.field(factory=list)
 
     @property
     def key(self) -> TaskKey:
@@ -463,6 +467,8 @@ class RenderService(service.MultiService):
         task.exit = result
         parser_end(task.parser)  # its last unfinished line, and a judgement of the whole run
         self._read_parser(task)
+        task.files = parser_files(task.parser)
+        task.bad_files = missing_or_empty(task.files, task.order.working_directory)
         log.debug("task {key} run {run} ended: exit {code} signal {signal}", key=task.key,
                  run=task.run, code=result.exit_code, signal=result.signal)
         self._flush(task)
@@ -474,6 +480,12 @@ class RenderService(service.MultiService):
         result = task.exit
         assert result is not None
         exit_code, signal, message = self._verdict(task, result)
+        if exit_code == 0 and signal is None and task.bad_files:
+            # Exit status 0 yet failed (a frame Blender said it saved is missing or empty): reported
+            # without an exit status, as a failure, like a run under task_min_run_time.
+            count = len(task.bad_files)
+            message = f"output file {task.bad_files[0]}" + (f" (and {count - 1} more)" if count > 1 else "")
+            exit_code = None
         order = task.order
         if exit_code == 0 and signal is None and order.check_rendered_files:
             problem = files.rendered_files_problem(order.files, order.working_directory or os.getcwd(),
@@ -484,7 +496,8 @@ class RenderService(service.MultiService):
             c.TaskFinished, render_id=self.render_id, **task.reference(),
             exit_code=exit_code, signal=signal, time_started=result.time_started,
             time_done=result.time_done, message=message, fatal=parser_fatal(task.parser) or None,
-            resources=None if result.peak_memory_mb is None else RunResources(result.peak_memory_mb))
+            resources=None if result.peak_memory_mb is None else RunResources(result.peak_memory_mb),
+            files=task.files or None)
 
         def acknowledged(_: Any) -> None:
             if self.tasks.get(task.key) is task:
@@ -531,6 +544,22 @@ class RenderService(service.MultiService):
         # A lost connection is retried after reconnecting; anything else is logged.
         if not failure.check(error.ConnectionDone, error.ConnectionLost, errors.NotRegistered):
             log.failure("sending task {what} failed", failure, what=what)
+
+
+def missing_or_empty(files: list[str], working_directory: str) -> list[str]:
+    """Which of the files a run says it wrote are missing or empty (a zero-byte frame is a failed
+    write: a full disk, a crash while saving), each with what is wrong."""
+    bad = []
+    for name in files:
+        path = os.path.join(working_directory or os.getcwd(), os.path.expanduser(name))
+        try:
+            size = os.stat(path).st_size
+        except OSError as e:
+            bad.append(f"{name} is missing ({e.strerror})")
+            continue
+        if size == 0:
+            bad.append(f"{name} is empty (0 bytes)")
+    return bad
 
 
 def mac_addresses() -> list[str]:

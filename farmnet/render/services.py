@@ -31,11 +31,9 @@ Every other CGRU service name (``nuke``, ``hbatch_mantra``, ``maya``, ``movgen``
     The command as is, as CGRU's service of that name runs it.  When the block names no parser, the
     render uses the parser CGRU's service sets (``nuke`` → ``nuke``;
     :data:`~farmnet.model.catalog.SERVICE_PARSERS`).
-``blender``
-    Blender's command line: ``-b`` (background) is made the first argument, and ``-t N`` (render threads,
-    N = this machine's CPU count) is added before the first ``-a``/``-f`` when the command sets no thread
-    count.  The command is edited as text (the rest of it, quoting and ``$VARS`` included, is untouched);
-    a command without a ``blender`` executable is run as is.
+``blender`` (and ``blender_cycles``, ``blender_render``, ``blender_internal``)
+    Blender's command line, with this render's Blender program (or the bpy module's runner): see
+    :mod:`farmnet.render.blender`.
 
 Custom classes are named in the render's configuration, ``service_classes: {maya: "studio.farm:Maya"}``,
 and parsers likewise (``parser_classes``): a class is imported once, when the render starts
@@ -48,7 +46,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -61,6 +58,7 @@ from twisted.logger import Logger
 from farmnet.config import RenderConfig
 from farmnet.model.catalog import SERVICES
 from farmnet.plugins import import_object
+from farmnet.render.blender import BlenderService, blender_services
 from farmnet.render.parsers import Parser, builtin_parsers
 from farmnet.sysjob.wol import normalize_mac
 
@@ -213,136 +211,6 @@ class WakeOnLanService(GenericService):
         return shlex.join(argv)
 
 
-# --- blender ---------------------------------------------------------------------------
-
-_BLENDER_EXE = re.compile(r"blender(?:[-_][0-9][0-9.]*)?(?:\.exe)?", re.IGNORECASE)
-_BLENDER_RENDER_ACTIONS = frozenset({"-a", "--render-anim", "-f", "--render-frame"})
-_SHELL_OPERATORS = frozenset(";&|<>()")
-
-
-@attrs.frozen
-class _Word:
-    start: int
-    end: int
-    value: str  # unquoted
-    operator: bool = False
-
-
-def _shell_words(text: str) -> list[_Word] | None:
-    """``text`` split like /bin/sh splits words, each with its span in ``text``; None if quotes are open.
-
-    Operator characters (``; & | < > ( )``) outside quotes are words of their own, marked ``operator``.
-    Expansions (``$VAR``) are left in the value as written: only the spans are used to edit the text.
-    """
-    words: list[_Word] = []
-    i, n = 0, len(text)
-    while i < n:
-        char = text[i]
-        if char.isspace():
-            i += 1
-            continue
-        if char in _SHELL_OPERATORS:
-            j = i
-            while j < n and text[j] in _SHELL_OPERATORS:
-                j += 1
-            words.append(_Word(i, j, text[i:j], operator=True))
-            i = j
-            continue
-        start, value = i, []
-        while i < n and not text[i].isspace() and text[i] not in _SHELL_OPERATORS:
-            char = text[i]
-            if char == "\\":
-                if i + 1 < n:
-                    value.append(text[i + 1])
-                i += 2
-            elif char == "'":
-                end = text.find("'", i + 1)
-                if end < 0:
-                    return None
-                value.append(text[i + 1 : end])
-                i = end + 1
-            elif char == '"':
-                i += 1
-                while i < n and text[i] != '"':
-                    if text[i] == "\\" and i + 1 < n and text[i + 1] in '"\\$`':
-                        i += 1
-                    value.append(text[i])
-                    i += 1
-                if i >= n:
-                    return None
-                i += 1
-            else:
-                value.append(char)
-                i += 1
-        words.append(_Word(start, min(i, n), "".join(value)))
-    return words
-
-
-# Words that may come before a program's name in a simple command (besides NAME=value assignments).
-_COMMAND_PREFIXES = frozenset({"exec", "env", "nohup", "time"})
-_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
-
-
-def _blender_word(words: list[_Word]) -> int | None:
-    """The index of the first word that runs Blender (a ``blender`` program at a command's start)."""
-    at_start = True
-    for k, word in enumerate(words):
-        if word.operator:
-            at_start = True
-            continue
-        if not at_start:
-            continue
-        if _ASSIGNMENT.match(word.value) or word.value in _COMMAND_PREFIXES:
-            continue
-        if _BLENDER_EXE.fullmatch(os.path.basename(word.value)):
-            return k
-        at_start = False
-    return None
-
-
-class BlenderService(GenericService):
-    """Blender: ``-b`` first, and ``-t <CPU count>`` unless the command sets the threads."""
-
-    name = "blender"
-
-    def __init__(self, threads: int | None = None) -> None:
-        self.threads = threads or os.cpu_count() or 1
-
-    def command(self, order: Mapping[str, Any], config: RenderConfig) -> str:
-        text = str(order.get("command") or "")
-        words = _shell_words(text)
-        if words is None:
-            return text
-        exe = _blender_word(words)
-        if exe is None:
-            return text
-        args: list[_Word] = []
-        for word in words[exe + 1 :]:
-            if word.operator:
-                break
-            args.append(word)
-        values = [w.value for w in args]
-        # Edits as (position, text to insert) and spans to remove, applied from the end of the text.
-        inserts: list[tuple[int, str]] = []
-        removes: list[_Word] = []
-        if not any(v == "-t" or v == "--threads" or v.startswith("--threads=") for v in values):
-            action = next((w for w in args if w.value in _BLENDER_RENDER_ACTIONS), None)
-            if action is not None:
-                inserts.append((action.start, f"-t {self.threads} "))
-            else:
-                inserts.append((args[-1].end if args else words[exe].end, f" -t {self.threads}"))
-        background = [w for w in args if w.value in ("-b", "--background")]
-        if not background or args[0] is not background[0]:
-            inserts.append((words[exe].end, " -b"))
-            removes.extend(background[:1])
-        edits: list[tuple[int, int, str]] = [(p, p, s) for p, s in inserts]
-        edits += [(w.start, w.end, "") for w in removes]
-        # Later positions first, so earlier spans stay valid; at one position, removals before inserts.
-        for start, end, insert in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
-            text = text[:start] + insert + text[end:]
-        return text
-
-
 # --- CGRU's other services ------------------------------------------------------------------
 
 
@@ -368,7 +236,7 @@ _OWN: Mapping[str, ServiceFactory] = {
     PostCmdService.name: PostCmdService,
     EventsService.name: EventsService,
     WakeOnLanService.name: WakeOnLanService,
-    BlenderService.name: BlenderService,
+    **blender_services(),
     HtrackerService.name: HtrackerService,
 }
 _BUILTIN: Mapping[str, ServiceFactory] = MappingProxyType({

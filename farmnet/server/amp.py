@@ -621,11 +621,15 @@ class ServerProtocol(FarmAMP):
     async def task_finished(self, render_id: int, job_id: int, block: int, task: int, run: int,
                       time_started: float, time_done: float, message: str,
                       exit_code: int | None = None, signal: int | None = None,
-                      resources: RunResources | None = None, fatal: bool | None = None) -> dict[str, Any]:
+                      resources: RunResources | None = None, fatal: bool | None = None,
+                      files: list[str] | None = None) -> dict[str, Any]:
         render = self._need_render(render_id)
         key = self._key(job_id, block, task)
-        if message and self.farm.current_task(render, key, run) is not None:
-            self.server.outputs.append(key, run, f"\n[farmnet: {message}]\n".encode())
+        if self.farm.current_task(render, key, run) is not None:
+            if message:
+                self.server.outputs.append(key, run, f"\n[farmnet: {message}]\n".encode())
+            if files:
+                self.server.outputs.write_files(key, run, files)
         self.farm.task_finished(render, key, run, exit_code=exit_code, signal=signal,
                                 time_started=time_started, time_done=time_done, message=message,
                                 peak_memory_mb=resources.peak_memory_mb if resources is not None else None,
@@ -680,6 +684,13 @@ class ServerProtocol(FarmAMP):
         still_running = run == t.starts_count and t.state.value in ("RUN", "WRC")
         return {"data": data, "run": run, "next_offset": offset + len(data),
                 "complete": not data and not still_running}
+
+    @c.ListOutputFiles.responder
+    def list_output_files(self, job_id: int) -> dict[str, Any]:
+        self._need_user()
+        job = self.farm.job(job_id)
+        self.farm.check_may_read_output(self.user, job, self.server.output_readers)
+        return {"files": self.server.outputs.job_files(job_id)}
 
     @c.ListRenders.responder
     def list_renders(self) -> dict[str, Any]:

@@ -3,18 +3,29 @@
 Output arrives in chunks while a task runs; the file of a running task stays open so a
 chunk costs one write. Past ``max_bytes`` a run's output is cut with a marker (the render
 keeps the tail in its own bounded log).
+
+Beside a run's log, the files the run wrote (a renderer's frames, as its parser read them:
+Blender's ``Saved: '...'`` lines) are kept in ``TASK.RUN.files.json``: the job's output
+files are those of each task's latest run that wrote any (:meth:`OutputStore.job_files`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 from typing import BinaryIO
 
+from farmnet.messages import OutputFiles
 from farmnet.model.data import TaskKey
 
 CUT_MARKER = b"\n[farmnet: output cut here: more than %d bytes]\n"
+#: Most output files kept per run (a chunk of frames writes one or a few per frame).
+MAX_FILES_PER_RUN = 10_000
+#: Longest output file path kept.
+MAX_PATH = 4096
+
 
 
 class OutputStore:
@@ -22,6 +33,8 @@ class OutputStore:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self._open: dict[tuple[TaskKey, int], tuple[BinaryIO, int]] = {}
+        #: Job id → (block, task) → its latest run's files; a job is read from disk once, when asked.
+        self._files: dict[int, dict[tuple[int, int], OutputFiles]] = {}
 
     def path(self, key: TaskKey, run: int) -> Path:
         job, block, task = key
@@ -60,7 +73,53 @@ class OutputStore:
         except FileNotFoundError:
             return b""
 
+    def files_path(self, key: TaskKey, run: int) -> Path:
+        job, block, task = key
+        return self.root / str(job) / str(block) / f"{task}.{run}.files.json"
+
+    def write_files(self, key: TaskKey, run: int, paths: list[str]) -> None:
+        """Keep the files run ``run`` of a task wrote (written whole, then renamed: never half)."""
+        kept = tuple(p for p in paths[:MAX_FILES_PER_RUN] if isinstance(p, str) and 0 < len(p) <= MAX_PATH)
+        if not kept:
+            return
+        path = self.files_path(key, run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(list(kept)))
+        os.replace(partial, path)
+        job, block, task = key
+        cached = self._files.get(job)
+        if cached is not None:
+            old = cached.get((block, task))
+            if old is None or old.run <= run:
+                cached[(block, task)] = OutputFiles(block, task, run, kept)
+
+    def job_files(self, job_id: int) -> list[OutputFiles]:
+        """The output files of each task of a job (its latest run that wrote any), by block and task."""
+        cached = self._files.get(job_id)
+        if cached is None:
+            cached = self._files[job_id] = self._read_job_files(job_id)
+        return [cached[k] for k in sorted(cached)]
+
+    def _read_job_files(self, job_id: int) -> dict[tuple[int, int], OutputFiles]:
+        found: dict[tuple[int, int], OutputFiles] = {}
+        for path in (self.root / str(job_id)).glob("*/*.files.json"):
+            try:
+                block = int(path.parent.name)
+                task, run = (int(n) for n in path.name.removesuffix(".files.json").split("."))
+                paths = json.loads(path.read_text())
+            except (ValueError, OSError):
+                continue  # not ours, or half a disk: the run's frames are not listed
+            if not isinstance(paths, list):
+                continue
+            old = found.get((block, task))
+            if old is None or old.run < run:
+                kept = tuple(p for p in paths if isinstance(p, str))
+                found[(block, task)] = OutputFiles(block, task, run, kept)
+        return found
+
     def delete_job(self, job_id: int) -> None:
+        self._files.pop(job_id, None)
         for k in [k for k in self._open if k[0][0] == job_id]:
             self._open.pop(k)[0].close()
         shutil.rmtree(self.root / str(job_id), ignore_errors=True)

@@ -71,6 +71,8 @@ progress::-moz-progress-bar { background: var(--RUN); }
 .grid a.s-WD { background: var(--WD); } .grid a.s-WT { background: var(--WT); }
 .grid a.s-OFF { background: var(--OFF); } .grid a.s-WRC { background: var(--WRC); }
 .legend span { margin-right: 10px; font-size: 12px; }
+.thumbnails { display: flex; flex-wrap: wrap; gap: 6px; }
+.thumbnails img { max-width: 192px; max-height: 128px; border: 1px solid #ccd; background: #222; }
 pre.output { background: #11161c; color: #d8dee6; padding: 10px; max-height: 70vh; overflow: auto;
   white-space: pre-wrap; word-break: break-all; font-size: 12px; }
 button, .button { font: inherit; font-size: 12px; padding: 2px 8px; border: 1px solid #aab3bd;

@@ -43,3 +43,5 @@ class WebContext:
     throttle: LoginThrottle | None = None
     #: Renders' resources sampled over time (their pages' charts); made by make_site.
     samples: Any = None
+    #: Thumbnails of rendered frames (`farmnet.server.previews.Previews`), or None.
+    previews: Any = None

@@ -37,6 +37,7 @@ from farmnet.web.layout import (
 )
 from farmnet.web.listpages import ListPages, recorded_runs, resource_cells
 from farmnet.web.lists import ListView, list_table
+from farmnet.web.previews import latest_frames
 from farmnet.web.routing import Call, Reply
 
 __all__ = ["LivePages", "resource_cells"]
@@ -240,7 +241,7 @@ class LivePages:
             tags.p(self.job_actions(job) if self.ctx.logins else "", " ",
                    tags.a("why is it waiting?", href=f"/jobs/{job_id}?explain=1"), " · ",
                    tags.a("tasks as a list", href=f"/jobs/{job_id}/tasks")),
-            info, explain, tags.h2("Blocks"), blocks, editors)
+            info, explain, latest_frames(self.ctx, call, job_id), tags.h2("Blocks"), blocks, editors)
         # The grids follow task events cell by cell (the script); the head is fetched again
         # on the job's own events only.
         return live_page(self.ctx, call, f"Job {job_id}", head, watch=f"job:{job_id}", current="/jobs",

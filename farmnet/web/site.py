@@ -14,6 +14,7 @@ script engine; each path is a resource of the tree :func:`site_tree` builds (see
 ``/renders``, ``/renders/NAME``         renders (paged, sorted, bulk actions); one render: tasks,
                                         resources over time, recent runs, events, actions
 ``/users``, ``/projects``               users; jobs grouped by project and department
+``/jobs/ID/BLOCK/TASK/files/N``         the thumbnail of a file the task wrote (a rendered frame; PNG)
 ``/stats``, ``/stats/tasks``,           statistics from PostgreSQL: SVG graphs, tables grouped by
 ``/stats/jobs``, ``/stats/logs``,       user/service/folder/host/..., time filters, the farm log
 ``/stats/graph.svg``
@@ -55,6 +56,7 @@ from farmnet.web.context import WebContext
 from farmnet.web.listpages import ListPages
 from farmnet.web.login import LoginPages
 from farmnet.web.pages import LivePages
+from farmnet.web.previews import PreviewPages
 from farmnet.web.resources import Gate, Node, Route
 from farmnet.web.routing import Call, Handler, Reply
 from farmnet.web.samples import ResourceSamples
@@ -81,7 +83,9 @@ def site_tree(gate: Gate, ctx: WebContext, registry: Any) -> Node:
     jobs = root.child("jobs", get(lists.jobs))
     job = jobs.variable_child("job", ID, get(pages.job))
     job.child("tasks", get(lists.tasks))
-    job.variable_child("block", NUMBER).variable_child("task", ID, get(pages.task))
+    frames = PreviewPages(ctx)
+    job_task = job.variable_child("block", NUMBER).variable_child("task", ID, get(pages.task))
+    job_task.child("files").variable_child("file", NUMBER, get(frames.thumbnail, api=True))
     root.child("renders", get(lists.renders)).variable_child("name", NAME, get(lists.render))
     root.child("users", get(lists.users))
     root.child("projects", get(lists.projects))
@@ -108,6 +112,7 @@ def site_tree(gate: Gate, ctx: WebContext, registry: Any) -> Node:
     api_job = api_jobs.variable_child("job", ID, get(api.job, api=True))
     api_job.child("explain", get(api.explain, api=True))
     api_job.child("tasks", get(api.tasks, api=True))
+    api_job.child("files", get(frames.files, api=True))
     api_task = api_job.variable_child("block", NUMBER).variable_child("task", ID, get(api.task, api=True))
     api_task.child("output", get(api.output, api=True))
     api_root.child("renders").variable_child("name", NAME, get(api.render, api=True))
@@ -257,7 +262,8 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
               durable: Callable[[], defer.Deferred[Any]] | None = None, amp: Any = None,
               portal: Portal | None = None, events: EventLog | None = None,
               login_link: auth.TokenChecker | None = None, output_readers: str | None = None,
-              throttle: LoginThrottle | None = None, sample_resources: bool = False) -> FarmSite:
+              throttle: LoginThrottle | None = None, sample_resources: bool = False,
+              previews: Any = None) -> FarmSite:
     """The site for ``farm``. ``config`` is the server's ``web`` section (``public``);
     ``users_file`` the logins' password file (``server.auth.users_file``); ``stats`` the
     StatsService (or None); ``durable`` waits until the farm's changes are on disk (actions
@@ -268,7 +274,8 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
     ``output_readers`` who reads task outputs (``server.auth.outputs``; default: "owner"
     when there are passwords, else "public"); ``throttle`` backs failed logins off per
     address (shared with the AMP side); ``sample_resources`` samples the renders' resources
-    from now on (else from the first render page), for their charts.
+    from now on (else from the first render page), for their charts; ``previews`` makes the
+    thumbnails of rendered frames (`farmnet.server.previews.Previews`).
 
     The older ``make_site(farm)`` still works (read-only, no outputs, no statistics)."""
     if farm is None and isinstance(reactor, Farm):
@@ -286,7 +293,7 @@ def make_site(reactor: Any, farm: Farm | None = None, config: WebConfig | None =
     ctx = WebContext(reactor=reactor, farm=farm, events=events, outputs=outputs, portal=portal, stats=stats,
                      public=public, logins=logins, output_readers=output_readers, durable=durable, amp=amp,
                      throttle=throttle if throttle is not None else LoginThrottle(reactor),
-                     samples=ResourceSamples(reactor, farm))
+                     samples=ResourceSamples(reactor, farm), previews=previews)
     if sample_resources:
         ctx.samples.start()
     site_box: list[FarmSite] = []
