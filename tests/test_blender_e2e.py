@@ -151,10 +151,10 @@ class BlenderFarmTests(TestCase):
         self.assertEqual(job["counts"], {"ERR": 3, "DON": 1})
         missing = await self.client.output(job_id, 0, 0)
         self.assertIn(b"\nError: Cannot read file \"" + str(self.base / "missing.blend").encode(), missing)
-        self.assertIn(b"[farmnet: exit status 1]", missing)
-        self.assertIn(b'[farmnet: blender_cycles parser found errors: Error: Cannot read file "/x.blend"',
+        self.assertIn(b"[farmnet: blender parser found an error: Error: Cannot read file", missing)
+        self.assertIn(b'[farmnet: blender_cycles parser found an error: Error: Cannot read file "/x.blend"',
                       await self.client.output(job_id, 2, 0))
         self.assertIn(b"[farmnet: output file " + str(empty).encode() + b" is empty (0 bytes)]",
                       await self.client.output(job_id, 1, 0))
-        self.assertIn(b"[farmnet: blender parser found warnings: Warning: no material]",
+        self.assertIn(b"[farmnet: blender parser found a warning: Warning: no material]",
                       await self.client.output(job_id, 3, 0))
