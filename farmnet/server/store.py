@@ -124,6 +124,15 @@ TABLES = (
                     ("render_id", "int"), ("host_errors", "text")), ("job_id", "block", "task")),
 )
 TABLE = {t.name: t for t in TABLES}
+#: What a load reads, in this order (the same text on every backend).
+LOAD_QUERIES = (
+    "SELECT name, time_registered, settings FROM users",
+    "SELECT id, name, fields FROM renders",
+    "SELECT id, user_name, priority, paused, time_creation, time_started, time_done, serial, spec "
+    "FROM jobs ORDER BY id",
+    "SELECT " + ", ".join(TABLE["tasks"].names) + " FROM tasks",
+    "SELECT key, value FROM meta",
+)
 
 
 @attrs.frozen
@@ -227,19 +236,18 @@ class FarmStore(service.Service):
         """Every row into the farm; a row that cannot be loaded is quarantined, by name.
         ``select(sql)`` runs one SELECT (the same text on every backend)."""
         farm = self.farm
-        for row in select("SELECT name, time_registered, settings FROM users"):
+        for row in select(LOAD_QUERIES[0]):
             try:
                 farm.restore_user(row[0], row[1], json.loads(row[2]))
             except Exception as e:
                 quarantine.add("users", f"user {row[0]!r}", "name=?", (row[0],), e, row)
-        for row in select("SELECT id, name, fields FROM renders"):
+        for row in select(LOAD_QUERIES[1]):
             try:
                 farm.restore_render(row[0], row[1], json.loads(row[2]))
             except Exception as e:
                 quarantine.add("renders", f"render {row[0]} {row[1]!r}", "id=?", (row[0],), e, row)
         jobs = 0
-        for row in select("SELECT id, user_name, priority, paused, time_creation, time_started, "
-                          "time_done, serial, spec FROM jobs ORDER BY id"):
+        for row in select(LOAD_QUERIES[2]):
             job_id, user, priority, paused, created, started_at, done, serial, spec_text = row
             try:
                 spec, _ = parse_job(json.loads(spec_text))
@@ -253,7 +261,7 @@ class FarmStore(service.Service):
             jobs += 1
         tasks = 0
         quarantined_jobs = {key[0] for table, _, _, key, _, _ in quarantine.rows if table == "jobs"}
-        for row in select("SELECT " + ", ".join(TABLE["tasks"].names) + " FROM tasks"):
+        for row in select(LOAD_QUERIES[3]):
             job_id, block, number, state, errs, starts, progress, t0, t1, host, render_id, herr = row
             job = farm.jobs.get(job_id)
             if job is None or block >= len(job.blocks) or number >= len(job.blocks[block].tasks):
@@ -274,7 +282,7 @@ class FarmStore(service.Service):
             if task.state.value != state:  # RUN is WRC now, since this start: kept so
                 self._dirty_tasks[id(task)] = task  # that the next restart continues the wait
             tasks += 1
-        meta = dict(select("SELECT key, value FROM meta"))
+        meta = dict(select(LOAD_QUERIES[4]))
         self._loaded_meta = {k: v for k, v in meta.items() if k.startswith("x:")}
         last = meta.get("event_seq")
         if last is not None and self.events is not None:
