@@ -5,6 +5,7 @@ one server active, and `farmnet store copy` moves a store between SQLite and Pos
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import sys
 import tempfile
@@ -14,7 +15,7 @@ from urllib.parse import quote
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from farmnet.config import SchedulingConfig
 from farmnet.model.data import TaskState
@@ -263,3 +264,38 @@ class CopyTests(PgCase):
         code, out = await self.copy(str(base / "a"), self.uri)  # not over a store that has a farm
         self.assertEqual(code, 1, out)
         self.assertIn("not empty", out)
+
+
+class SelectionTests(SynchronousTestCase):
+    """``--store`` says which backend: a directory is SQLite, a libpq URI is PostgreSQL."""
+
+    def options(self, *argv: str) -> Any:
+        from farmnet.tap import ServerOptions
+
+        options = ServerOptions()
+        options.parseOptions(["--config", os.devnull, *argv])
+        return options.config.store
+
+    def test_a_uri_is_the_database_and_a_directory_the_path(self) -> None:
+        store = self.options("--store", "postgresql://farmnet@db.example.com/farmnet")
+        self.assertEqual(store.database, "postgresql://farmnet@db.example.com/farmnet")
+        self.assertNotEqual(store.path, "")
+        store = self.options("--store", "/srv/farm")
+        self.assertEqual((store.path, store.database), ("/srv/farm", ""))
+
+    def test_a_database_that_is_not_a_uri_is_a_config_error(self) -> None:
+        from farmnet.config import ConfigError, load_config
+
+        config = Path(tempfile.mkdtemp(prefix="farmnet-storecfg-"))
+        self.addCleanup(shutil.rmtree, config, True)
+        (config / "f.yaml").write_text("server:\n  store:\n    database: host=db dbname=farm\n")
+        with self.assertRaises(ConfigError) as caught:
+            load_config(str(config / "f.yaml"), {})
+        self.assertIn("server.store.database", str(caught.exception))
+
+    def test_several_servers_connect_to_the_first_that_answers(self) -> None:
+        from farmnet.protocol.endpoints import FirstReachable, client_endpoint
+
+        endpoint = client_endpoint(reactor, "tcp:127.0.0.1:1, farm2:51100")
+        self.assertIsInstance(endpoint, FirstReachable)
+        self.assertEqual(len(endpoint.endpoints), 2)
