@@ -95,8 +95,10 @@ async def failover(reactor: Any, cluster: pgtest.ThrowawayCluster,
             await wait_until(reactor, address.exists, 30, f"{standby} to take over", interval=0.01)
             listening = time.time() - killed_at
 
-            def first_start(killed_at: float = killed_at) -> float:
-                return min((t for _, t in evidence_lines(evidence) if t > killed_at), default=0.0)
+            # Orders of the new active come after it listens (the old one's last may start
+            # their process a few ms after the kill).
+            def first_start(since: float = killed_at + listening) -> float:
+                return min((t for _, t in evidence_lines(evidence) if t > since), default=0.0)
 
             first = await wait_until(reactor, first_start, 30, "a task started by the new active",
                                      interval=0.02)

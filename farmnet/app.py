@@ -217,7 +217,8 @@ class ServerService(service.MultiService):
                 return
             await store.load()
         except Exception as e:
-            self._fail(f"farmnet server: store database {store.name}: cannot load the farm: {e}")
+            if self.running:
+                self._fail(f"farmnet server: store database {store.name}: cannot load the farm: {e}")
             return
         if not self.running:
             return

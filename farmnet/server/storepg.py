@@ -195,6 +195,8 @@ class PgStore(FarmStore):
         """Wait until this server holds the lock (a standby waits here), then count the epoch up."""
         waiting_since = 0.0
         while True:
+            if self.db.closed:  # the server stops while standing by
+                raise pg.ConnectionDead("closed")
             try:
                 rows = await self.db.query("SELECT pg_try_advisory_lock(%s) AS ok", (LOCK_KEY,))
                 if rows[0]["ok"]:
