@@ -299,3 +299,26 @@ class SelectionTests(SynchronousTestCase):
         endpoint = client_endpoint(reactor, "tcp:127.0.0.1:1, farm2:51100")
         self.assertIsInstance(endpoint, FirstReachable)
         self.assertEqual(len(endpoint.endpoints), 2)
+
+
+class UnreachableAtStartTests(TestCase):
+    timeout = 60
+
+    async def test_server_exits_1_with_one_line(self) -> None:
+        from farmnet.testing import ProcessFarm, free_port
+
+        base = Path(tempfile.mkdtemp(prefix="farmnet-pgdown-"))
+        self.addCleanup(shutil.rmtree, base, True)
+        farm = ProcessFarm(reactor, base)
+        self.addCleanup(farm.stop)
+        config = base / "server.yaml"
+        config.write_text("server:\n  stats:\n    enabled: false\n  store:\n"
+                          f"    database: postgresql://farmnet@127.0.0.1:{free_port()}/farmnet\n")
+        server = await farm.start_server("--config", str(config), wait=False)
+        assert server.watch is not None
+        code = await server.watch.ended
+        self.assertEqual(code.exitCode, 1)
+        lines = [line for line in server.logfile.read_text().splitlines() if "unreachable" in line]
+        self.assertEqual(len(lines), 1, server.tail())
+        self.assertIn("farmnet server: store database", lines[0])
+        self.assertFalse((base / "server-store" / "amp.address").exists())
