@@ -93,7 +93,7 @@ class ServerService(service.MultiService):
         if config.store.database:
             #: On PostgreSQL: the children start once this server holds the active's lock.
             self.store = PgStore(reactor, config.store.database, self.farm, events=self.events,
-                                 on_lost=self._store_lost)
+                                 cutoff_exit=config.store.cutoff_exit, on_lost=self._store_lost)
             self.store.setServiceParent(self)
         else:
             self.store = Store(reactor, store / "farm.sqlite", self.farm, events=self.events)

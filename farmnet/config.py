@@ -315,6 +315,10 @@ class StoreConfig:
                 'in <store>/farm.sqlite. Several servers on one database: one is active, the others '
                 'stand by.',
         check=_database_uri)
+    cutoff_exit: float = _setting(
+        30.0, doc="On PostgreSQL: seconds an active server cut off from its database waits for it, "
+                  "acknowledging nothing, before it exits (its renders then move to a standby); 0: for ever.",
+        check=_at_least(0))
 
 
 @attrs.frozen

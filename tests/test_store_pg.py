@@ -226,6 +226,25 @@ class StandbyTests(PgCase):
         self.assertEqual(await self.rows("SELECT id FROM jobs"), [])
 
 
+class CutOffTests(PgCase):
+    async def test_an_active_cut_off_longer_than_cutoff_exit_stops(self) -> None:
+        lost: list[str] = []
+        farm, store = await self.open(on_lost=lost.append, cutoff_exit=1.0, check_interval=0.2)
+        admin = await connect_once(reactor, self.cluster.dsn("postgres"))
+        self.addCleanup(admin.close)
+        name = db_name(self.dsn)
+        await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        self.addCleanup(admin.execute, f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                          (name,))
+        farm.submit(spec(frames=1), "anna")
+        acknowledged = store.sync()
+        await wait_until(reactor, lambda: lost, 15, "the cut-off active to give up")
+        self.assertIn("cut off", lost[0])
+        self.assertFalse(acknowledged.called)
+        self.assertFalse(store.active)
+
+
 class CopyTests(PgCase):
     timeout = 120
 

@@ -15,7 +15,8 @@ ends (the server killed, its backend terminated, its connection dropped by keepa
 a standby takes it. Each activation counts ``epoch`` up in ``meta``: an active whose session
 was lost reconnects, and carries on only if it gets the lock back with the epoch it left
 (nobody served meanwhile); otherwise it stops (``on_lost``) and is started again as a
-standby by its service manager.
+standby by its service manager. An active cut off from the database for ``cutoff_exit``
+seconds stops too, so that its renders move on to the new active.
 """
 
 from __future__ import annotations
@@ -138,13 +139,16 @@ class PgStore(FarmStore):
 
     def __init__(self, reactor: Any, dsn: str, farm: Farm, flush_interval: float = 0.2,
                  events: EventLog | None = None, *, standby_poll: float = 0.5,
-                 check_interval: float = 1.0, check_timeout: float = 3.0,
+                 check_interval: float = 1.0, check_timeout: float = 3.0, cutoff_exit: float = 30.0,
                  on_lost: Callable[[str], None] | None = None) -> None:
         super().__init__(reactor, farm, flush_interval=flush_interval, events=events)
         self.dsn = with_keepalives(dsn)
         self.name = pg.safe_dsn(dsn)
         self.standby_poll = standby_poll
         self.check_timeout = check_timeout
+        #: Seconds an active cut off from the database waits before it gives up (0: for ever):
+        #: its renders then move to a standby instead of waiting on a server that cannot commit.
+        self.cutoff_exit = cutoff_exit
         #: Called once when another server took over while this one was cut off.
         self.on_lost = on_lost or (lambda reason: None)
         self.db = pg.Database(reactor, self.dsn, name="store database", reconnect_max_delay=1.0,
@@ -233,7 +237,13 @@ class PgStore(FarmStore):
     def _check_session(self) -> None:
         """The lock's session is asked every ``check_interval``: a dead one is found out (and
         reconnected, see :meth:`_session_ready`) even while nothing is written."""
-        if not (self.active and self.db.ready):
+        if not self.active:
+            return
+        if not self.db.ready:
+            down = time.time() - self.db.down_since if self.db.down_since else 0.0
+            if self.cutoff_exit and down > self.cutoff_exit:
+                self._lose(f"cut off from it for {down:.0f} s (store.cutoff_exit): renders and clients "
+                           "move to another server")
             return
         d = defer.ensureDeferred(self.db.query("SELECT 1", timeout=self.check_timeout))
         d.addErrback(lambda f: None)  # the database logs it and reconnects
