@@ -69,14 +69,8 @@ def is_database_uri(store: str) -> bool:
 def with_keepalives(dsn: str) -> str:
     """``dsn`` with the lock session's keepalive settings, unless it sets them itself."""
     fields = dict(KEEPALIVES)
-    fields.update({k: v for k, v in _parse(dsn).items()})
+    fields.update(pg.parse_dsn(dsn))
     return pg.make_dsn(**fields)
-
-
-def _parse(dsn: str) -> dict[str, str]:
-    import psycopg2.extensions
-
-    return psycopg2.extensions.parse_dsn(dsn)
 
 
 def pg_schema() -> list[str]:
