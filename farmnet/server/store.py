@@ -229,6 +229,10 @@ class FarmStore(service.Service):
         """Commit one batch; fires once committed."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Let the backend go (no more writes)."""
+        raise NotImplementedError
+
     # --- loading -----------------------------------------------------------------------
 
     def _load_rows(self, select: Callable[[str], list[tuple[Any, ...]]],
