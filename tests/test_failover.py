@@ -6,6 +6,7 @@ while another takes over stops giving orders."""
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -19,7 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from farmnet.client import FarmClient, connect
 from farmnet.stats.db import connect_once
-from farmnet.testing import ProcessFarm, free_port, wait_until
+from farmnet.testing import ChildOutput, ProcessFarm, free_port, wait_until
 
 
 def evidence_job(tasks: int, evidence: Path, seconds: float) -> dict[str, Any]:
@@ -87,6 +88,12 @@ class FailoverTests(FailoverCase):
             return states["DON"] >= 2 and states["RUN"] >= 1
 
         await wait_until(reactor, midway, 60, "the job half done")
+        # `farmnet wait` given both servers carries on through the failover.
+        waiter = ChildOutput()
+        argv = [sys.executable, "-m", "farmnet.cli", "wait", str(job_id)]
+        env = {**self.farm.environ, "FARMNET_SERVER": self.servers_list, "FARMNET_USER": "anna"}
+        reactor.spawnProcess(waiter, argv[0], argv, env=env)
+        await deferLater(reactor, 1.0)  # connected and waiting
         ended = self.a.watch.ended
         self.farm.kill(self.a)
         await ended
@@ -103,6 +110,8 @@ class FailoverTests(FailoverCase):
         runs = Counter(evidence.read_text().split())
         self.assertEqual(runs, Counter({str(n): 1 for n in range(8)}), "a task ran twice or never")
         self.assertEqual([t["starts_count"] for t in await self.tasks(job_id)], [1] * 8)
+        self.assertEqual(await waiter.ended, 0, (waiter.out + waiter.err).decode())
+        self.assertIn(b"connecting again", waiter.err)  # it did ride the failover
 
     async def test_active_whose_session_is_ended_stops_before_the_standby_serves(self) -> None:
         """The active's lock session is ended while the active cannot reconnect: the standby
