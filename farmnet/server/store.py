@@ -1,5 +1,10 @@
 """The farm's state on disk: SQLite in WAL mode, written by one thread.
 
+:class:`FarmStore` is what every backend shares: the tables (:data:`TABLES`), the farm
+turned into rows (:func:`write_plan`) and rows back into the farm (``_load_rows``), the
+batching and `sync`. :class:`Store` runs that SQL on SQLite; ``farmnet.server.storepg``
+on PostgreSQL. A new table goes into the shared part and both keep it.
+
 What must survive a crash: jobs (their spec as submitted or last set, counters, flags),
 every task that ever left RDY (state, counters, host, error hosts), users' settings,
 renders' flags, and the next ids. A job is stored as its spec plus the tasks that differ
