@@ -229,7 +229,7 @@ class ServerService(service.MultiService):
     def _fail(self, line: str) -> None:
         log.critical("{line}", line=line)
         self.exit_status = 1
-        self.reactor.stop()
+        self.reactor.callLater(0, self.reactor.stop)  # also when this happens before it runs
 
     def _store_lost(self, reason: str) -> None:
         """Another server took over while this one was cut off from the database: stop at
