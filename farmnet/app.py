@@ -45,6 +45,7 @@ from farmnet.server.store import FarmStore, Store
 from farmnet.server.storecheck import Backups, StoreRefused
 from farmnet.server.storelock import StoreInUse, StoreLock
 from farmnet.server.storepg import PgStore
+from farmnet.stats.db import DatabaseError, parse_dsn
 from farmnet.stats.service import StatsService
 from farmnet.sysjob.job import SystemJob
 from farmnet.web.auth import TokenChecker
@@ -91,6 +92,11 @@ class ServerService(service.MultiService):
         self.events = EventLog(self.farm)
         self.store: FarmStore
         if config.store.database:
+            try:
+                parse_dsn(config.store.database)
+            except DatabaseError as e:
+                raise ConfigError([f"server.store.database: {config.store.database!r} is not a URI libpq "
+                                   f"accepts: {' '.join(str(e).split())}"]) from None
             #: On PostgreSQL: the children start once this server holds the active's lock.
             self.store = PgStore(reactor, config.store.database, self.farm, events=self.events,
                                  cutoff_exit=config.store.cutoff_exit, on_lost=self._store_lost)
