@@ -43,9 +43,11 @@ from farmnet.server.netstats import StatisticsLogger
 from farmnet.server.outputs import OutputStore
 from farmnet.server.previews import Previews
 from farmnet.server.registry import raise_fd_limit
-from farmnet.server.store import Store
+from farmnet.server.store import FarmStore, Store
 from farmnet.server.storecheck import Backups, StoreRefused
 from farmnet.server.storelock import StoreInUse, StoreLock
+from farmnet.server.storepg import PgStore
+from farmnet.stats.db import DatabaseError, parse_dsn
 from farmnet.stats.service import StatsService
 from farmnet.sysjob.job import SystemJob
 from farmnet.web.auth import TokenChecker
@@ -90,11 +92,25 @@ class ServerService(service.MultiService):
         self.farm = Farm(reactor, scheduling)
         #: The monitors' view of the farm's events (AMP PollEvents, the web's /events).
         self.events = EventLog(self.farm)
-        self.store = Store(reactor, store / "farm.sqlite", self.farm, events=self.events)
-        self.store.setServiceParent(self)  # first: the farm is loaded before anyone connects
-        self.backups = Backups(reactor, store / "farm.sqlite", config.store.backup_interval,
-                               config.store.backups)
-        self.backups.setServiceParent(self)
+        self.store: FarmStore
+        if config.store.database:
+            try:
+                parse_dsn(config.store.database)
+            except DatabaseError as e:
+                raise ConfigError([f"server.store.database: {config.store.database!r} is not a URI libpq "
+                                   f"accepts: {' '.join(str(e).split())}"]) from None
+            #: On PostgreSQL: the children start once this server holds the active's lock.
+            self.store = PgStore(reactor, config.store.database, self.farm, events=self.events,
+                                 cutoff_exit=config.store.cutoff_exit, on_lost=self._store_lost)
+            self.store.setServiceParent(self)
+        else:
+            self.store = Store(reactor, store / "farm.sqlite", self.farm, events=self.events)
+            self.store.setServiceParent(self)  # first: the farm is loaded before anyone connects
+            self.backups = Backups(reactor, store / "farm.sqlite", config.store.backup_interval,
+                                   config.store.backups)
+            self.backups.setServiceParent(self)
+        #: Serving (a server on PostgreSQL is a standby until it holds the lock).
+        self.active = False
         self.stats = StatsService(reactor, config.stats, store, self.farm)
         self.stats.setServiceParent(self)  # after the store, before the listeners
         self.outputs = OutputStore(store / "output", config.store.output_max_bytes)
@@ -186,13 +202,54 @@ class ServerService(service.MultiService):
                  "up to {files} open files",
                  listen=self.config.listen, web=self.config.web.listen or "(off)",
                  afanasy=self.config.afanasy.listen or "(off)",
-                 store=self.config.store.path, files=soft)
+                 store=self.store.name if isinstance(self.store, PgStore) else self.config.store.path,
+                 files=soft)
+        if isinstance(self.store, PgStore):
+            service.Service.startService(self)  # the children start once this server is active
+            defer.ensureDeferred(self._activate(self.store))
+            return
         try:
             super().startService()
         except StoreRefused as e:  # one line on stderr (and so in the log), no traceback
             raise SystemExit(f"farmnet: {e}") from None
+        self.active = True
         # Once the reactor runs (signal handlers installed): what operators and tests wait for.
         self.reactor.callWhenRunning(self._running)
+
+    async def _activate(self, store: PgStore) -> None:
+        """Connect, wait as a standby until this server holds the lock, load the farm, serve.
+        A standby does not listen: renders and clients given several servers find the
+        active one by the others refusing connections."""
+        try:
+            await store.connect()
+        except StoreRefused as e:
+            self._fail(f"farmnet server: {e}")
+            return
+        try:
+            await store.acquire()
+            if not self.running:
+                return
+            await store.load()
+        except Exception as e:
+            if self.running:
+                self._fail(f"farmnet server: store database {store.name}: cannot load the farm: {e}")
+            return
+        if not self.running:
+            return
+        super().startService()
+        self.active = True
+        self._running()
+
+    def _fail(self, line: str) -> None:
+        log.critical("{line}", line=line)
+        self.exit_status = 1
+        self.reactor.callLater(0, self.reactor.stop)  # also when this happens before it runs
+
+    def _store_lost(self, reason: str) -> None:
+        """Another server took over while this one was cut off from the database: stop at
+        once (exit 1; a service manager starts it again, as a standby)."""
+        self.exit_status = 1
+        self.reactor.callLater(0, self.reactor.stop)
 
     def _running(self) -> None:
         if not self.exit_status:
@@ -204,7 +261,13 @@ class ServerService(service.MultiService):
     async def _stop(self) -> None:
         """Stop accepting; ask every peer of every listener to close (renders: to reconnect
         later), all at once, and wait close_wait at most; then stop the children, the store
-        last (it flushes)."""
+        last (it flushes). A standby only leaves its database."""
+        if not self.active:
+            service.Service.stopService(self)
+            self.store.close()
+            self.farm.stop()
+            self.lock.release()
+            return
         others = [*([self.web] if self.config.web.listen else []), *self.manholes]
         afanasy = [self.afanasy_listener] if self.afanasy is not None else []
         for listener in [self.listener, *afanasy, *others]:

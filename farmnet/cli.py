@@ -506,7 +506,8 @@ def _connection_options(user_help: str) -> argparse.ArgumentParser:
     group = options.add_argument_group("connection")
     group.add_argument("--server", metavar="ENDPOINT",
                        help="server: HOST[:PORT] (port 51100 by default), or a Twisted endpoint such as "
-                            "tls:farm.example.com:51100 (default: $FARMNET_SERVER, else the config)")
+                            "tls:farm.example.com:51100; several servers on one PostgreSQL store "
+                            "comma-separated (default: $FARMNET_SERVER, else the config)")
     group.add_argument("--user", metavar="NAME", help=user_help)
     group.add_argument("--config", metavar="FILE", help="config file (default: $FARMNET_CONFIG)")
     group.add_argument("--timeout", metavar="SECONDS", type=float, help="seconds to wait for the server")

@@ -157,6 +157,14 @@ def _above(low: float) -> Check:
     return check
 
 
+def _database_uri(value: Any) -> str | None:
+    if value == "":
+        return None
+    if isinstance(value, str) and value.startswith(("postgresql://", "postgres://")):
+        return None  # what libpq makes of the rest is checked when the server is built
+    return f"must be \"\" or a libpq URI such as postgresql://farmnet@db.example.com/farmnet, got {value!r}"
+
+
 def _not_empty(value: Any) -> str | None:
     return None if value else "must not be empty"
 
@@ -240,9 +248,10 @@ def _endpoint_check(parse: Callable[[Any, str], Any], example: str, optional: bo
 
 
 def _client_endpoint(reactor: Any, value: str) -> Any:
-    from farmnet.protocol.endpoints import expand_shorthand
+    """Each of a comma-separated list (several servers on one PostgreSQL store)."""
+    from farmnet.protocol.endpoints import expand_shorthand, split_servers
 
-    return clientFromString(reactor, expand_shorthand(value))
+    return [clientFromString(reactor, expand_shorthand(server)) for server in split_servers(value) or [""]]
 
 
 _LISTEN = _endpoint_check(serverFromString, "tcp:51100:interface=127.0.0.1", optional=False)
@@ -315,6 +324,15 @@ class StoreConfig:
         check=_at_least(0))
     backups: int = _setting(24, doc="Backups kept in <store>/backups (the oldest go first).",
                             check=_at_least(1))
+    database: str = _setting(
+        "", doc='The farm\'s state in PostgreSQL: a libpq URI (postgresql://user@host/db); "" keeps it '
+                'in <store>/farm.sqlite. Several servers on one database: one is active, the others '
+                'stand by.',
+        check=_database_uri)
+    cutoff_exit: float = _setting(
+        30.0, doc="On PostgreSQL: seconds an active server cut off from its database waits for it, "
+                  "acknowledging nothing, before it exits (its renders then move to a standby); 0: for ever.",
+        check=_at_least(0))
 
 
 @attrs.frozen
@@ -599,7 +617,8 @@ class RenderConfig:
 
     server: str = _setting(
         "tcp:127.0.0.1:51100",
-        doc="The server: HOST[:PORT] (port 51100 by default) or a Twisted client endpoint string; "
+        doc="The server: HOST[:PORT] (port 51100 by default) or a Twisted client endpoint string (several, "
+            "comma-separated, for servers on one PostgreSQL store); "
             "$FARMNET_SERVER overrides it.", check=_SERVER, env="FARMNET_SERVER")
     name: str = _setting(doc="Render name shown on the farm (default: the host name).", check=_not_empty,
                          env_default=_default_hostname)
@@ -641,7 +660,8 @@ class ClientConfig:
 
     server: str = _setting(
         "tcp:127.0.0.1:51100",
-        doc="The server: HOST[:PORT] (port 51100 by default) or a Twisted client endpoint string; "
+        doc="The server: HOST[:PORT] (port 51100 by default) or a Twisted client endpoint string (several, "
+            "comma-separated, for servers on one PostgreSQL store); "
             "$FARMNET_SERVER overrides it.", check=_SERVER, env="FARMNET_SERVER")
     user: str = _setting(doc="User name jobs are submitted as (default: the login name); "
                              "$FARMNET_USER overrides it.", check=_not_empty,

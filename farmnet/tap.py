@@ -24,6 +24,13 @@ def _load(options: usage.Options, section: str, flags: dict[str, Any]) -> tuple[
     return getattr(config, section), moved_keys(config, section)
 
 
+def _store_flag(value: str | None) -> dict[str, str | None]:
+    """``--store DIR`` is the state directory; ``--store postgresql://…`` the state's database."""
+    if value is not None and value.startswith(("postgresql://", "postgres://")):
+        return {"database": value}
+    return {"path": value}
+
+
 class ServerOptions(usage.Options):
     synopsis = "[options]"
     optParameters = [
@@ -31,14 +38,14 @@ class ServerOptions(usage.Options):
         ["listen", None, None, "AMP listener endpoint, e.g. tcp:51100:interface=127.0.0.1"],
         ["web", None, None, "web site endpoint ('' disables it)"],
         ["afanasy", None, None, "Afanasy-compatible endpoint for CGRU's af.py and afcmd ('' disables it)"],
-        ["store", None, None, "state directory"],
+        ["store", None, None, "state directory, or the state's PostgreSQL as postgresql://user@host/db"],
         ["log-level", None, None, "least level logged: debug, info, warn, error, critical (default: info)"],
     ]
 
     def postOptions(self) -> None:
         self.config, self.moved = _load(self, "server", {
             "listen": self["listen"], "web": {"listen": self["web"]},
-            "afanasy": {"listen": self["afanasy"]}, "store": {"path": self["store"]},
+            "afanasy": {"listen": self["afanasy"]}, "store": _store_flag(self["store"]),
             "log_level": self["log-level"]})
 
 
@@ -46,7 +53,7 @@ class RenderOptions(usage.Options):
     synopsis = "[options]"
     optParameters = [
         ["config", "c", None, "YAML config file (default: $FARMNET_CONFIG, else built-in defaults)"],
-        ["server", None, None, "server endpoint, e.g. tcp:127.0.0.1:51100"],
+        ["server", None, None, "server endpoint, e.g. tcp:127.0.0.1:51100 (several: comma-separated)"],
         ["name", None, None, "render name (default: this host's name)"],
         ["capacity", None, None, "capacity (default 1100: one 1000-capacity task at a time)", int],
         ["max-tasks", None, None, "most tasks at once (0: capacity decides)", int],

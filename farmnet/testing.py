@@ -123,6 +123,8 @@ class ProcessFarm:
             self.environ.pop(variable, None)
         self.processes: list[FarmProcess] = []
         self.server: FarmProcess | None = None
+        #: Every server started (several on one PostgreSQL store: one active, the others standby).
+        self.servers: list[FarmProcess] = []
         self.endpoint = ""
 
     def spawn(self, name: str, args: list[str]) -> FarmProcess:
@@ -135,12 +137,14 @@ class ProcessFarm:
         return proc
 
     async def start_server(self, *args: str, listen: str = "tcp:0:interface=127.0.0.1",
-                           timeout: float = 30.0) -> FarmProcess:
+                           timeout: float = 30.0, name: str = "server", wait: bool = True) -> FarmProcess:
+        """A server with its state directory in ``<base>/<name>-store``; ``wait``: until it
+        listens (a standby on a PostgreSQL store listens once it is active: :meth:`wait_active`)."""
         if listen == "tcp:0:interface=127.0.0.1":
             # Below the kernel's ephemeral range: a test that restarts the server on the same
             # port must not find it taken by some client's outgoing connection meanwhile.
             listen = f"tcp:{free_port()}:interface=127.0.0.1"
-        store = self.base / "server-store"
+        store = self.base / f"{name}-store"
         address = store / "amp.address"
         if address.exists():
             address.unlink()
@@ -148,10 +152,17 @@ class ProcessFarm:
             config = self.base / "farmnet.yaml"
             config.write_text("server:\n  stats:\n    enabled: false\n")
             args = ("--config", str(config), *args)
-        self.server = self.spawn("server", ["farmnet", "server", "--listen", listen, "--web", "",
-                                            "--afanasy", "", "--store", str(store), *args])
-        self.endpoint = await self._wait_for(address, self.server, timeout)
-        return self.server
+        server = self.spawn(name, ["farmnet", "server", "--listen", listen, "--web", "",
+                                   "--afanasy", "", "--store", str(store), *args])
+        self.server = server
+        self.servers.append(server)
+        if wait:
+            self.endpoint = await self.wait_active(server, timeout)
+        return server
+
+    async def wait_active(self, server: FarmProcess, timeout: float = 30.0) -> str:
+        """The server's AMP endpoint, once it listens."""
+        return await self._wait_for(self.base / f"{server.name}-store" / "amp.address", server, timeout)
 
     async def start_render(self, name: str, *args: str) -> FarmProcess:
         assert self.endpoint, "start the server first"
@@ -170,11 +181,11 @@ class ProcessFarm:
         raise TimeoutError(f"{proc.name} did not start in {timeout} s:\n{proc.tail()}")
 
     async def stop(self) -> None:
-        """Renders first (they close their connections first), then the server."""
-        renders = [p for p in self.processes if p is not self.server]
+        """Renders first (they close their connections first), then the servers."""
+        servers = self.servers or ([self.server] if self.server is not None else [])
+        renders = [p for p in self.processes if p not in servers]
         await defer.gatherResults([defer.ensureDeferred(p.stop()) for p in renders])
-        if self.server is not None:
-            await self.server.stop()
+        await defer.gatherResults([defer.ensureDeferred(p.stop()) for p in servers])
 
     def kill(self, proc: FarmProcess) -> None:
         proc.signal(signal.SIGKILL)

@@ -20,12 +20,14 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
+from zope.interface import implementer
 
-__all__ = ["DEFAULT_PORT", "client_endpoint", "expand_shorthand", "loopback_only", "set_keepalive",
-           "socket_of", "split_description"]
+__all__ = ["DEFAULT_PORT", "FirstReachable", "client_endpoint", "expand_shorthand", "loopback_only",
+           "set_keepalive", "socket_of", "split_description", "split_servers"]
 
 #: The server's AMP port when a ``HOST`` is given without one.
 DEFAULT_PORT = 51100
@@ -85,10 +87,49 @@ def loopback_only(description: str) -> bool:
         return False
 
 
+def split_servers(description: str) -> list[str]:
+    """``a,b`` → ["a", "b"]: several servers on one PostgreSQL store (one active, the
+    others standing by), in the order they are tried."""
+    return [part.strip() for part in description.split(",") if part.strip()]
+
+
+@implementer(IStreamClientEndpoint)
+class FirstReachable:
+    """Several servers, of which one serves (the active) and the others refuse connections
+    (standbys do not listen): a connection tries each in turn, starting with the one that
+    answered last, and fails only when none answers (with the last one's error)."""
+
+    def __init__(self, endpoints: list[IStreamClientEndpoint]) -> None:
+        self.endpoints = endpoints
+        self._first = 0
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        return defer.ensureDeferred(self._connect(factory))
+
+    async def _connect(self, factory: Any) -> Any:
+        failure: BaseException | None = None
+        count = len(self.endpoints)
+        for i in range(count):
+            index = (self._first + i) % count
+            try:
+                protocol = await self.endpoints[index].connect(factory)
+            except Exception as e:  # refused, unreachable, timed out: the next one
+                failure = e
+                continue
+            self._first = index
+            return protocol
+        assert failure is not None
+        raise failure
+
+
 def client_endpoint(reactor: Any, description: str, ca: str = "") -> IStreamClientEndpoint:
     """The endpoint for ``description``; with ``ca``, TLS verified against that CA.
+    A comma-separated list is several servers (:class:`FirstReachable`).
 
     Raises ValueError (bad description, unreadable or invalid CA file)."""
+    servers = split_servers(description)
+    if len(servers) > 1:
+        return FirstReachable([client_endpoint(reactor, server, ca) for server in servers])
     description = expand_shorthand(description)
     if not ca:
         return clientFromString(reactor, description)

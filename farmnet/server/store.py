@@ -1,5 +1,10 @@
 """The farm's state on disk: SQLite in WAL mode, written by one thread.
 
+:class:`FarmStore` is what every backend shares: the tables (:data:`TABLES`), the farm
+turned into rows (:func:`write_plan`) and rows back into the farm (``_load_rows``), the
+batching and `sync`. :class:`Store` runs that SQL on SQLite; ``farmnet.server.storepg``
+on PostgreSQL. A new table goes into the shared part and both keep it.
+
 What must survive a crash: jobs (their spec as submitted or last set, counters, flags),
 every task that ever left RDY (state, counters, host, error hosts), users' settings,
 renders' flags, and the next ids. A job is stored as its spec plus the tasks that differ
@@ -23,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
@@ -99,23 +105,120 @@ def _render_row(r: Render) -> tuple[Any, ...]:
     return (r.id, r.name, json.dumps(fields))
 
 
-class Store(service.Service):
-    """Loads the farm at start, then follows it as one of its observers."""
+@attrs.frozen
+class Table:
+    """A table of the farm's state as both backends keep it (the SQLite DDL above is its twin)."""
 
-    def __init__(self, reactor: Any, path: str | Path, farm: Farm, flush_interval: float = 0.2,
-                 events: EventLog | None = None, readonly: bool = False) -> None:
+    name: str
+    columns: tuple[tuple[str, str], ...]  # (name, portable type: int, real, text)
+    key: tuple[str, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.columns)
+
+
+#: Every table, in the order a copy writes them. A new table goes here (and in SCHEMA), and
+#: its rows into :func:`write_plan`: both backends then keep it.
+TABLES = (
+    Table("meta", (("key", "text"), ("value", "text")), ("key",)),
+    Table("users", (("name", "text"), ("time_registered", "real"), ("settings", "text")), ("name",)),
+    Table("renders", (("id", "int"), ("name", "text"), ("fields", "text")), ("id",)),
+    Table("jobs", (("id", "int"), ("user_name", "text"), ("priority", "int"), ("paused", "int"),
+                   ("time_creation", "real"), ("time_started", "real"), ("time_done", "real"),
+                   ("serial", "int"), ("spec", "text")), ("id",)),
+    Table("tasks", (("job_id", "int"), ("block", "int"), ("task", "int"), ("state", "text"),
+                    ("errors_count", "int"), ("starts_count", "int"), ("progress", "int"),
+                    ("time_started", "real"), ("time_done", "real"), ("host", "text"),
+                    ("render_id", "int"), ("host_errors", "text")), ("job_id", "block", "task")),
+    Table("pools", (("path", "text"), ("fields", "text")), ("path",)),
+    Table("branches", (("path", "text"), ("fields", "text")), ("path",)),
+)
+TABLE = {t.name: t for t in TABLES}
+#: What a load reads, in this order (the same text on every backend).
+LOAD_QUERIES = (
+    "SELECT name, time_registered, settings FROM users",
+    "SELECT id, name, fields FROM renders",
+    "SELECT id, user_name, priority, paused, time_creation, time_started, time_done, serial, spec "
+    "FROM jobs ORDER BY id",
+    "SELECT " + ", ".join(TABLE["tasks"].names) + " FROM tasks",
+    "SELECT key, value FROM meta",
+    "SELECT path, fields FROM pools",
+    "SELECT path, fields FROM branches",
+)
+
+
+@attrs.frozen
+class Upsert:
+    """Whole rows, inserted or replacing the row of the same key."""
+
+    table: str
+    rows: list[tuple[Any, ...]]
+
+
+@attrs.frozen
+class Update:
+    """``columns`` set on the row of each key: rows are (*values, *key)."""
+
+    table: str
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+
+
+@attrs.frozen
+class Delete:
+    """Rows whose ``columns`` equal each key."""
+
+    table: str
+    columns: tuple[str, ...]
+    keys: list[tuple[Any, ...]]
+
+
+@attrs.frozen
+class Clear:
+    """Every row of a small table that is written whole (the pool and branch trees)."""
+
+    table: str
+
+
+Op = Upsert | Update | Delete | Clear
+
+
+def write_plan(changes: tuple) -> list[Op]:
+    """One batch of changes as the statements both backends run, in this order, in one
+    transaction (rows are idempotent upserts: a failed batch is simply written again)."""
+    tasks, jobs, users, renders, deleted, deleted_renders, deleted_users, renumbered, meta, trees = changes
+    job_columns = TABLE["jobs"].names[1:-1]
+    whole = [] if trees is None else [
+        Clear("pools"), Upsert("pools", trees[0]), Clear("branches"), Upsert("branches", trees[1])]
+    return [*whole,
+        Update("jobs", job_columns, [(*row[1:-1], row[0]) for row in jobs if row[-1] is None]),
+        Upsert("jobs", [row for row in jobs if row[-1] is not None]),
+        Delete("tasks", ("job_id", "block"), list(renumbered)),
+        Upsert("tasks", tasks),
+        # Deletions first: a name deleted and taken again in one batch is the new one.
+        Delete("users", ("name",), [(u,) for u in deleted_users]),
+        Delete("renders", ("id",), [(r,) for r in deleted_renders]),
+        Upsert("users", users),
+        Upsert("renders", renders),
+        Delete("jobs", ("id",), [(j,) for j in deleted]),
+        Delete("tasks", ("job_id",), [(j,) for j in deleted]),
+        Upsert("meta", meta),
+    ]
+
+
+class FarmStore(service.Service):
+    """What every backend shares: loads the farm from rows at start, then follows it as one
+    of its observers, turning its changes into batches of rows (:func:`write_plan`) that the
+    backend commits (:meth:`_submit`); `sync` fires once they are."""
+
+    def __init__(self, reactor: Any, farm: Farm, flush_interval: float = 0.2,
+                 events: EventLog | None = None) -> None:
         self.reactor = reactor
-        self.path = Path(path)
-        #: Checks at open, and the generation every commit makes (farmnet.server.storecheck);
-        #: read-only: `farmnet store check` (nothing is written, not even the quarantine).
-        self.guard = Guard(self.path, readonly=readonly)
-        #: The server holds the store's lock (a restore or a second server is refused).
         self.farm = farm
         #: The monitors' event log, whose sequence number survives a restart.
         self.events = events
         self.flush_interval = flush_interval
-        self._db: sqlite3.Connection | None = None
-        self._pool = ThreadPool(1, 1, name="farmnet-store")
         self._dirty_tasks: dict[int, Task] = {}
         self._dirty_jobs: dict[int, Job] = {}
         self._dirty_users: dict[str, User] = {}
@@ -139,80 +242,49 @@ class Store(service.Service):
         self.quarantined: list[str] = []
         self._oldest_change = 0.0
         self.writes = 0
+        #: The other parts' values (`get_meta`), as loaded.
+        self._loaded_meta: dict[str, str] = {}
 
-    # --- opening and loading -----------------------------------------------------------
+    def _open(self) -> bool:
+        """The backend is ready to write."""
+        raise NotImplementedError
 
-    def _connect(self) -> sqlite3.Connection:
-        """Open and check the store; `StoreRefused` (one line: the file, what to do) when
-        it is missing, emptied, damaged, another store, or has lost transactions."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.guard.before_open()
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        except BaseException:
-            self.close()
-            raise
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(SCHEMA)
-            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None and not self.guard.readonly:
-                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif row is not None and int(row[0]) > SCHEMA_VERSION:
-                raise StoreRefused(f"{self.path}: store schema {row[0]} is newer than this farmnet "
-                                   f"({SCHEMA_VERSION}); upgrade farmnet")
-            self.guard.after_open(db)
-        except BaseException as e:
-            db.close()
-            self.close()
-            if isinstance(e, sqlite3.DatabaseError):
-                raise damaged(self.path, e) from None
-            raise
-        return db
+    def _submit(self, changes: tuple) -> defer.Deferred[None]:
+        """Commit one batch; fires once committed."""
+        raise NotImplementedError
 
-    def load(self) -> dict[str, int]:
-        """Read the whole state into the farm (before anything connects)."""
-        started = time.monotonic()
-        db = self._db = self._connect()
-        try:
-            jobs, tasks, quarantine = self._load_rows(db)
-            if not self.guard.readonly:
-                quarantine.move(db)
-        except sqlite3.DatabaseError as e:
-            self.close()
-            raise damaged(self.path, e) from None
-        self.farm.restore_finished()
-        log.info("store {path} loaded: {jobs} jobs, {tasks} stored tasks, generation {generation}, "
-                 "{quarantined} rows quarantined, in {seconds:.2f} s", path=str(self.path), jobs=jobs,
-                 tasks=tasks, generation=self.guard.generation, quarantined=len(quarantine.rows),
-                 seconds=time.monotonic() - started)
-        self.quarantined = [f"{item}: {reason}" for _, item, _, _, reason, _ in quarantine.rows]
-        return {"jobs": jobs, "tasks": tasks, "quarantined": len(quarantine.rows)}
+    def close(self) -> None:
+        """Let the backend go (no more writes)."""
+        raise NotImplementedError
 
-    def _load_rows(self, db: sqlite3.Connection) -> tuple[int, int, Quarantine]:
-        """Every row into the farm; a row that cannot be loaded is quarantined, by name."""
-        farm, quarantine = self.farm, Quarantine(self.path)
-        for table, restore in (("pools", restore_pools), ("branches", restore_branches)):
-            rows = db.execute(f"SELECT path, fields FROM {table}").fetchall()  # noqa: S608 (our names)
+    # --- loading -----------------------------------------------------------------------
+
+    def _load_rows(self, select: Callable[[str], list[tuple[Any, ...]]],
+                   quarantine: Quarantine) -> tuple[int, int]:
+        """Every row into the farm; a row that cannot be loaded is quarantined, by name.
+        ``select(sql)`` runs one SELECT (the same text on every backend)."""
+        farm = self.farm
+        # The trees first: a render's pool and a job's branch are found in them.
+        for table, query, restore in (("pools", LOAD_QUERIES[5], restore_pools),
+                                      ("branches", LOAD_QUERIES[6], restore_branches)):
+            rows = select(query)
             try:
                 restore(farm.trees, [(path, json.loads(fields)) for path, fields in rows])
-            except Exception as e:
+            except Exception as e:  # one tree, restored whole: its rows are set aside together
                 for row in rows:
                     quarantine.add(table, f"{table[:-1]} {row[0]!r}", "path=?", (row[0],), e, row)
-        for row in db.execute("SELECT name, time_registered, settings FROM users").fetchall():
+        for row in select(LOAD_QUERIES[0]):
             try:
                 farm.restore_user(row[0], row[1], json.loads(row[2]))
             except Exception as e:
                 quarantine.add("users", f"user {row[0]!r}", "name=?", (row[0],), e, row)
-        for row in db.execute("SELECT id, name, fields FROM renders").fetchall():
+        for row in select(LOAD_QUERIES[1]):
             try:
                 farm.restore_render(row[0], row[1], json.loads(row[2]))
             except Exception as e:
                 quarantine.add("renders", f"render {row[0]} {row[1]!r}", "id=?", (row[0],), e, row)
         jobs = 0
-        for row in db.execute("SELECT id, user_name, priority, paused, time_creation, time_started, "
-                              "time_done, serial, spec FROM jobs ORDER BY id").fetchall():
+        for row in select(LOAD_QUERIES[2]):
             job_id, user, priority, paused, created, started_at, done, serial, spec_text = row
             try:
                 spec, _ = parse_job(json.loads(spec_text))
@@ -226,7 +298,7 @@ class Store(service.Service):
             jobs += 1
         tasks = 0
         quarantined_jobs = {key[0] for table, _, _, key, _, _ in quarantine.rows if table == "jobs"}
-        for row in db.execute("SELECT * FROM tasks"):
+        for row in select(LOAD_QUERIES[3]):
             job_id, block, number, state, errs, starts, progress, t0, t1, host, render_id, herr = row
             job = farm.jobs.get(job_id)
             if job is None or block >= len(job.blocks) or number >= len(job.blocks[block].tasks):
@@ -247,13 +319,21 @@ class Store(service.Service):
             if task.state.value != state:  # RUN is WRC now, since this start: kept so
                 self._dirty_tasks[id(task)] = task  # that the next restart continues the wait
             tasks += 1
-        last = db.execute("SELECT value FROM meta WHERE key='event_seq'").fetchone()
+        meta = dict(select(LOAD_QUERIES[4]))
+        self._loaded_meta = {k: v for k, v in meta.items() if k.startswith("x:")}
+        last = meta.get("event_seq")
         if last is not None and self.events is not None:
             try:
-                self.events.last = int(last[0])
+                self.events.last = int(last)
             except ValueError as e:
-                quarantine.add("meta", "the monitors' event sequence", "key=?", ("event_seq",), e, last)
-        return jobs, tasks, quarantine
+                quarantine.add("meta", "the monitors' event sequence", "key=?", ("event_seq",), e,
+                               ("event_seq", last))
+        return jobs, tasks
+
+    def get_meta(self, key: str) -> Any:
+        """A JSON value other parts of the server keep in the store (read at start)."""
+        value = self._loaded_meta.get(f"x:{key}")
+        return json.loads(value) if value is not None else None
 
     # --- following the farm --------------------------------------------------------------
 
@@ -338,16 +418,9 @@ class Store(service.Service):
         self._changed()
         self._trees_dirty = True
 
-    def get_meta(self, key: str) -> Any:
-        """A JSON value other parts of the server keep in the store (read at start)."""
-        if self._db is None:
-            return None
-        row = self._db.execute("SELECT value FROM meta WHERE key=?", (f"x:{key}",)).fetchone()
-        return json.loads(row[0]) if row else None
-
     def set_meta(self, key: str, value: Any) -> None:
         """Written with the next batch."""
-        self._meta[f"x:{key}"] = json.dumps(value)
+        self._meta[f"x:{key}"] = self._loaded_meta[f"x:{key}"] = json.dumps(value)
         if not self._oldest_change:
             self._oldest_change = time.monotonic()
 
@@ -360,7 +433,7 @@ class Store(service.Service):
         return d
 
     def _tick(self) -> None:
-        if self._writing is not None or self._db is None:
+        if self._writing is not None or not self._open():
             return
         changes = self._take_changes()
         if changes is None:
@@ -369,7 +442,7 @@ class Store(service.Service):
                 d.callback(None)
             return
         waiters, self._waiters = self._waiters, []
-        self._writing = threads.deferToThreadPool(self.reactor, self._pool, self._write, *changes)
+        self._writing = self._submit(changes)
         self._writing.addCallbacks(self._written, self._write_failed, callbackArgs=(waiters,),
                                    errbackArgs=(waiters, changes))
 
@@ -407,43 +480,6 @@ class Store(service.Service):
         if self.events is not None:
             meta.append(("event_seq", str(self.events.last)))
         return (tasks, jobs, users, renders, deleted, deleted_renders, deleted_users, renumbered, meta, trees)
-
-    def _write(self, tasks: list, jobs: list, users: list, renders: list, deleted: list,
-               deleted_renders: list, deleted_users: list, renumbered: list, meta: list,
-               trees: tuple[list, list] | None = None) -> None:
-        """In the store's thread: one transaction for the whole batch."""
-        db = self._db
-        assert db is not None
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for row in jobs:
-                if row[-1] is None:  # spec unchanged
-                    db.execute("UPDATE jobs SET user_name=?, priority=?, paused=?, time_creation=?, "
-                               "time_started=?, time_done=?, serial=? WHERE id=?", (*row[1:-1], row[0]))
-                else:
-                    db.execute("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?)", row)
-            db.executemany("DELETE FROM tasks WHERE job_id=? AND block=?", renumbered)
-            db.executemany("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", tasks)
-            # Deletions first: a name deleted and taken again in one batch is the new one.
-            db.executemany("DELETE FROM users WHERE name=?", [(u,) for u in deleted_users])
-            db.executemany("DELETE FROM renders WHERE id=?", [(r,) for r in deleted_renders])
-            db.executemany("INSERT OR REPLACE INTO users VALUES (?,?,?)", users)
-            db.executemany("INSERT OR REPLACE INTO renders VALUES (?,?,?)", renders)
-            for job_id in deleted:
-                db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
-                db.execute("DELETE FROM tasks WHERE job_id=?", (job_id,))
-            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
-            if trees is not None:
-                db.execute("DELETE FROM pools")
-                db.executemany("INSERT INTO pools VALUES (?, ?)", trees[0])
-                db.execute("DELETE FROM branches")
-                db.executemany("INSERT INTO branches VALUES (?, ?)", trees[1])
-            self.guard.stamp(db)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self.guard.committed()
 
     def _written(self, _: None, waiters: list[defer.Deferred[None]]) -> None:
         self._writing = None
@@ -489,6 +525,93 @@ class Store(service.Service):
         self._deleted_renders[:0] = deleted_renders
         self._deleted_users[:0] = deleted_users
 
+
+class Store(FarmStore):
+    """The embedded default: SQLite in WAL mode (``<store>/farm.sqlite``), written by one thread."""
+
+    def __init__(self, reactor: Any, path: str | Path, farm: Farm, flush_interval: float = 0.2,
+                 events: EventLog | None = None, readonly: bool = False) -> None:
+        super().__init__(reactor, farm, flush_interval=flush_interval, events=events)
+        self.path = Path(path)
+        #: Checks at open, and the generation every commit makes (farmnet.server.storecheck);
+        #: read-only: `farmnet store check` (nothing is written, not even the quarantine).
+        self.guard = Guard(self.path, readonly=readonly)
+        self._db: sqlite3.Connection | None = None
+        self._pool = ThreadPool(1, 1, name="farmnet-store")
+
+    def _open(self) -> bool:
+        return self._db is not None
+
+    def _submit(self, changes: tuple) -> defer.Deferred[None]:
+        return threads.deferToThreadPool(self.reactor, self._pool, self._write, *changes)
+
+    # --- opening and loading -----------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open and check the store; `StoreRefused` (one line: the file, what to do) when
+        it is missing, emptied, damaged, another store, or has lost transactions."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.guard.before_open()
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except BaseException:
+            self.close()
+            raise
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None and not self.guard.readonly:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif row is not None and int(row[0]) > SCHEMA_VERSION:
+                raise StoreRefused(f"{self.path}: store schema {row[0]} is newer than this farmnet "
+                                   f"({SCHEMA_VERSION}); upgrade farmnet")
+            self.guard.after_open(db)
+        except BaseException as e:
+            db.close()
+            self.close()
+            if isinstance(e, sqlite3.DatabaseError):
+                raise damaged(self.path, e) from None
+            raise
+        return db
+
+    def load(self) -> dict[str, int]:
+        """Read the whole state into the farm (before anything connects)."""
+        started = time.monotonic()
+        db = self._db = self._connect()
+        try:
+            quarantine = Quarantine(self.path)
+            jobs, tasks = self._load_rows(lambda sql: db.execute(sql).fetchall(), quarantine)
+            if not self.guard.readonly:
+                quarantine.move(db)
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise damaged(self.path, e) from None
+        self.farm.restore_finished()
+        log.info("store {path} loaded: {jobs} jobs, {tasks} stored tasks, generation {generation}, "
+                 "{quarantined} rows quarantined, in {seconds:.2f} s", path=str(self.path), jobs=jobs,
+                 tasks=tasks, generation=self.guard.generation, quarantined=len(quarantine.rows),
+                 seconds=time.monotonic() - started)
+        self.quarantined = [f"{item}: {reason}" for _, item, _, _, reason, _ in quarantine.rows]
+        return {"jobs": jobs, "tasks": tasks, "quarantined": len(quarantine.rows)}
+
+
+    def _write(self, *changes: Any) -> None:
+        """In the store's thread: one transaction for the whole batch."""
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for op in write_plan(changes):
+                _run_sqlite(db, op)
+            self.guard.stamp(db)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.guard.committed()
+
     # --- service -----------------------------------------------------------------------
 
     def startService(self) -> None:
@@ -527,6 +650,24 @@ class Store(service.Service):
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         return defer.ensureDeferred(self._stop())
+
+
+def _run_sqlite(db: sqlite3.Connection, op: Op) -> None:
+    """One operation of a batch in SQLite's dialect."""
+    if isinstance(op, Upsert):
+        if op.rows:
+            marks = ",".join("?" * len(TABLE[op.table].columns))
+            db.executemany(f"INSERT OR REPLACE INTO {op.table} VALUES ({marks})", op.rows)
+    elif isinstance(op, Update):
+        if op.rows:
+            sets = ", ".join(f"{c}=?" for c in op.columns)
+            where = " AND ".join(f"{c}=?" for c in TABLE[op.table].key)
+            db.executemany(f"UPDATE {op.table} SET {sets} WHERE {where}", op.rows)
+    elif isinstance(op, Clear):
+        db.execute(f"DELETE FROM {op.table}")  # noqa: S608 (our table names)
+    elif op.keys:
+        where = " AND ".join(f"{c}=?" for c in op.columns)
+        db.executemany(f"DELETE FROM {op.table} WHERE {where}", op.keys)
 
 
 def durable(store: Store | None) -> Callable[[], defer.Deferred[None]]:

@@ -15,6 +15,9 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
 
 from farmnet.config import ConfigError, default_config_path, load_config
 from farmnet.server.storecheck import (
@@ -45,6 +48,10 @@ def add_store_commands(sub: argparse._SubParsersAction) -> None:
     r = actions.add_parser("restore", parents=[where],
                            help="put a backup in place of the store (the server stopped)")
     r.add_argument("backup", nargs="?", help="the backup file (default: the newest in <store>/backups)")
+    cp = actions.add_parser("copy", help="copy the farm's state between a store directory (SQLite) and "
+                                        "PostgreSQL (postgresql://…), either way")
+    cp.add_argument("source", help="a store directory, or postgresql://user@host/db")
+    cp.add_argument("target", help="a new store directory, or an empty database as postgresql://user@host/db")
 
 
 def _store_dir(args: argparse.Namespace) -> Path:
@@ -54,6 +61,8 @@ def _store_dir(args: argparse.Namespace) -> Path:
 
 
 def run_store_command(args: argparse.Namespace) -> int:
+    if args.store_command == "copy":
+        return copy(args.source, args.target)
     try:
         directory = _store_dir(args)
     except ConfigError as e:
@@ -77,6 +86,43 @@ def run_store_command(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"farmnet: store {directory}: {e}", file=sys.stderr)
         return EXIT_PROBLEM
+
+
+def copy(source: str, target: str) -> int:
+    """``farmnet store copy``: one line saying what was copied, or why not."""
+    from twisted.internet import reactor
+
+    from farmnet.server.storecopy import copy_store
+
+    outcome: dict[str, Any] = {}
+
+    async def run() -> None:
+        try:
+            outcome["counts"] = await copy_store(reactor, source, target)
+        except StoreRefused as e:
+            outcome["error"] = str(e)
+        except OSError as e:
+            outcome["error"] = f"store copy: {e}"
+        finally:
+            reactor.stop()
+
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(run()))
+    reactor.run(installSignalHandlers=False)
+    if "error" in outcome:
+        print(f"farmnet: {outcome['error']}", file=sys.stderr)
+        return EXIT_PROBLEM
+    counts = outcome["counts"]
+    copied = ", ".join(f"{n} {name}" for name, n in counts.items() if name != "meta")
+    print(f"copied {_shown(source)} to {_shown(target)}: {copied}")
+    return EXIT_OK
+
+
+def _shown(store: str) -> str:
+    """A store as a log line may show it (a database's password hidden)."""
+    from farmnet.server.storepg import is_database_uri
+    from farmnet.stats.db import safe_dsn
+
+    return safe_dsn(store) if is_database_uri(store) else store
 
 
 def _keep(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ __all__ = [
     "error_code",
     "is_connection_error",
     "make_dsn",
+    "parse_dsn",
     "quote_ident",
     "safe_dsn",
 ]
@@ -75,6 +76,11 @@ def safe_dsn(dsn: str) -> str:
     if "password" in fields:
         fields["password"] = "***"
     return " ".join(f"{k}={v}" for k, v in fields.items()) or "(libpq defaults)"
+
+
+def parse_dsn(dsn: str) -> dict[str, str]:
+    """A DSN or URI's fields (raises DatabaseError when it does not parse)."""
+    return psycopg2.extensions.parse_dsn(dsn)
 
 
 def dsn_field(dsn: str, key: str) -> str:
