@@ -21,7 +21,7 @@ from farmnet.config import SchedulingConfig
 from farmnet.model.data import TaskState
 from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
-from farmnet.server.store import Store, Upsert
+from farmnet.server.store import TABLES, Store, Upsert
 from farmnet.server.storecheck import StoreRefused
 from farmnet.server.storepg import LOCK_KEY, PgStore, pg_schema, pg_statements
 from farmnet.stats import pgtest
@@ -177,7 +177,28 @@ class PgStoreTests(PgCase):
         self.assertNotIn("\n", message)
 
     async def test_schema_has_every_table(self) -> None:
-        self.assertEqual(len(pg_schema()), 6)
+        """Every shared table (TABLES) and the quarantine exist in the database once a store opened."""
+        await self.open()
+        rows = await self.rows("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+        self.assertLessEqual({t.name for t in TABLES} | {"quarantine"}, {r["table_name"] for r in rows})
+        self.assertEqual(len(pg_schema()), len(TABLES) + 1)
+
+    async def test_pools_and_branches_survive_a_reload(self) -> None:
+        """The trees are written whole with a batch (Clear + Upsert) and loaded before renders and jobs."""
+        farm, store = await self.open()
+        farm.pool_action("root", "/gpu", "create", {"pattern": "g.*", "priority": 70})
+        farm.branch_action("root", "/shows/a", "create", {"max_running_tasks": 3})
+        farm.register_render("g1", capacity=1000)
+        await store.sync()
+        farm.pool_action("root", "/cpu", "create", {"pattern": "c.*"})
+        await store.sync()
+        store.close()
+        again, _ = await self.open()
+        self.assertEqual(sorted(again.trees.pools), ["/", "/cpu", "/gpu"])
+        self.assertEqual(again.trees.pools["/gpu"].priority, 70)
+        self.assertEqual(again.renders_by_name["g1"].pool.path, "/gpu")
+        self.assertIn("/shows/a", again.trees.branches)
+        self.assertEqual(again.trees.branches["/shows/a"].max_running_tasks, 3)
 
 
 class StandbyTests(PgCase):
