@@ -179,7 +179,8 @@ class PgStoreTests(PgCase):
     async def test_schema_has_every_table(self) -> None:
         """Every shared table (TABLES) and the quarantine exist in the database once a store opened."""
         await self.open()
-        rows = await self.rows("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+        rows = await self.rows(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
         self.assertLessEqual({t.name for t in TABLES} | {"quarantine"}, {r["table_name"] for r in rows})
         self.assertEqual(len(pg_schema()), len(TABLES) + 1)
 
