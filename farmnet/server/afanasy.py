@@ -10,10 +10,10 @@ other connection, and reset (SO_LINGER 0, no TIME-WAIT) if the client is still t
 sender, a length that promises more than comes) gets an error answer and the same close.
 
 Requests (the object's one key says which): ``job`` (submit), ``get`` (jobs, renders,
-users, monitors, pools, branches, in Afanasy's shapes and key names) and ``action`` (mapped onto the one action API,
-`farmnet.server.actions.act`, with its permission checks). Everything else gets an error
-answer in Afanasy's shape ``{"info": {"kind": "error", "text": ...}}``, never a silent
-success.
+users, monitors, pools, branches, in Afanasy's shapes and key names) and ``action``
+(mapped onto the one action API, `farmnet.server.actions.act`, with its permission
+checks). Everything else gets an error answer in Afanasy's shape ``{"info": {"kind":
+"error", "text": ...}}``, never a silent success.
 
 Who asks: Afanasy has no passwords, a request says its ``user_name``. farmnet believes it
 where its AMP port would take a user without a password (no users file, a peer on this
