@@ -200,7 +200,7 @@ class ListPageTests(WebTestCase):
 
     async def test_branch_and_pool_filters(self) -> None:
         for n in range(6):
-            submit(self.farm, f"shot{n}", "anna", branch=("/show/a", "/show/b", "/other")[n % 3])
+            submit(self.farm, f"shot{n}", "anna", branch=("/a", "/b", "/other")[n % 3])
         _, text = await self.get("/jobs?branch=/other&sort=id")
         self.assertEqual([int(i) for i in ROW.findall(text)], [3, 6])
         self.assertIn('<option value="/other" selected="selected">/other</option>', text)
@@ -209,6 +209,9 @@ class ListPageTests(WebTestCase):
         self.assertEqual([int(i) for i in ROW.findall(text)], [1, 3, 6])
         _, text = await self.get("/jobs?branch=/nowhere")
         self.assertEqual(ROW.findall(text), [])
+        listed = act(self.farm, "anna", "jobs", "list", {"branch": ["/other", "/a"], "sort": "id"})
+        self.assertEqual([(j["id"], j["branch"]) for j in listed],
+                         [(1, "/other"), (3, "/other"), (4, "/a"), (6, "/other")])
 
         self.farm.pool_action("boss", "/gpu", "create", {"pattern": "gpu.*"})
         for name in ("gpu1", "cpu1", "gpu2"):
