@@ -442,7 +442,7 @@ class AfanasyRequestsTests(TestCase):
             self.assertIn(text, await self.error(request), request)
 
     async def test_pools_listed_changed_and_renders_set_in_them(self) -> None:
-        r1 = self.farm.register_render("r1", capacity=2000)
+        r1 = self.farm.register_render("r1", capacity=2000, owner="anna")  # anna may pause it, not move it
         self.farm.register_render("gpu1", capacity=2000)
         [root] = (await self.ask(get("pools")))["pools"]
         self.assertEqual((root["name"], root["parent"], root["renders_total"], root["renders_online"],
@@ -517,9 +517,12 @@ class AfanasyRequestsTests(TestCase):
             (action("pools", user="boss", ids=[1], operation={"type": "delete"}), "have no ids"),
             (action("renders", user="anna", mask="r1", operation={"type": "reassign_pool"}),
              "user 'anna' may not change pools: admins only"),
+            (action("renders", user="anna", mask="r1", params={"paused": True},
+                    operation={"type": "set_pool", "name": "/"}), "may not change pools"),
         ]:
             self.assertIn(text, await self.error(request), request)
         self.assertEqual(self.farm.trees.pools["/gpu"].priority, 150)  # the refused ones changed nothing
+        self.assertFalse(r1.paused)
         self.assertEqual(sorted(self.farm.trees.pools), ["/", "/gpu"])
 
         await self.logged(action("renders", user="boss", mask="gpu1",

@@ -1356,9 +1356,9 @@ class AfanasyServer:
                 pool = _string(operation, "name")
                 if not pool:
                     raise AfanasyError('set_pool needs the pool\'s path as a non-empty "name" string')
-                steps.append(("set_pool", self.farm.trees.pool(pool).path))
+                steps.insert(0, ("set_pool", self.farm.trees.pool(pool).path))  # first: admins only
             elif op == "reassign_pool":
-                steps.append(("reassign_pool", None))
+                steps.insert(0, ("reassign_pool", None))
             elif op in _REFUSED_RENDER_OPERATIONS:
                 raise AfanasyError(f"render operation {op!r} is not supported by farmnet: "
                                    f"{_REFUSED_RENDER_OPERATIONS[op]}")
