@@ -207,8 +207,9 @@ async def cmd_renders(client: FarmClient, args: argparse.Namespace) -> int:
     if args.json:
         _json(renders)
         return EXIT_OK
-    _table(["ID", "NAME", "STATE", "CAPACITY", "TASKS", "CPUS", "MEMORY", "PLATFORM", "SEEN"],
-           [[r["id"], r["name"], r["state"], f"{r['capacity_used']}/{r['capacity']}", len(r["tasks"]),
+    _table(["ID", "NAME", "STATE", "POOL", "CAPACITY", "TASKS", "CPUS", "MEMORY", "PLATFORM", "SEEN"],
+           [[r["id"], r["name"], r["state"], r.get("pool") or "-", f"{r['capacity_used']}/{r['capacity']}",
+             len(r["tasks"]),
              r["cpus"], f"{r['memory_mb'] // 1024} GB" if r["memory_mb"] else "-",
              _cut(r["platform"], 30) or "-", _when(r["time_seen"])] for r in renders])
     return EXIT_OK
@@ -448,6 +449,16 @@ def _describe_event(event: dict[str, Any]) -> str:
         text = f"render {r['name']}: {r['state']}"
     elif kind == "user":
         text = f"user {event['user']['name']} appeared"
+    elif kind == "pool":
+        p = event["pool"]
+        text = (f"pool {p['path']}: {len(p['renders'])} renders, {p['running']} running"
+                + (", paused" if p["paused"] else ""))
+    elif kind == "branch":
+        b = event["branch"]
+        text = (f"branch {b['path']}: {len(b['jobs'])} jobs, {b['running']} running"
+                + (", paused" if b["paused"] else ""))
+    elif kind in ("pool_deleted", "branch_deleted"):
+        text = f"{kind.removesuffix('_deleted')} {event['path']} deleted"
     elif kind == "reset":
         text = "events were missed: reload the farm's state"
     else:

@@ -7,9 +7,9 @@ the render read the same fields and a peer that sends something else gets a clea
 naming the key. The JSON keys are those of protocol 1.
 
 Listings (`JobRecord`, `JobDetail` with its `BlockRecord`s, `TaskRecord`, `RenderRecord`,
-`UserRecord`) and monitor events (`Event`) are snapshots the farm's views and its event log
-build; their field order is the JSON's key order, so the bytes are those protocol 1 peers,
-the web's JavaScript and users' scripts read.
+`UserRecord`, `PoolRecord`, `BranchRecord`) and monitor events (`Event`) are snapshots the
+farm's views and its event log build; their field order is the JSON's key order, so the
+bytes are those protocol 1 peers, the web's JavaScript and users' scripts read.
 
 An order is one of the classes of `Order`; on the wire it is a mapping whose ``"order"`` key
 names the kind (``{"order": "kill", "job_id": 3, ...}``): the class's ``order`` class
@@ -205,6 +205,8 @@ class JobRecord:
     time_done: float
     blocks: int
     annotation: str
+    #: Its branch's path (doc/pools.md).
+    branch: str = ""
 
 
 @attrs.define
@@ -260,6 +262,7 @@ class JobDetail:
     project: str
     department: str
     custom_data: dict[str, Any]
+    branch: str = ""
 
 
 @attrs.define
@@ -337,6 +340,8 @@ class RenderRecord:
     wol: str
     resources: dict[str, Any]
     error_history: list[RenderError]
+    #: Its pool's path (doc/pools.md).
+    pool: str = ""
 
 
 @attrs.define
@@ -359,6 +364,55 @@ class UserRecord:
     jobs_solving: str
     custom_data: dict[str, Any]
     time_registered: float
+
+
+@attrs.define
+class PoolRecord:
+    """A render pool in a listing (`list_pools`): its settings (Afanasy's keys; -1: from the
+    parent), its sub-pools and renders, and what runs on them now."""
+
+    path: str
+    parent: str
+    pools: list[str]
+    renders: list[str]
+    renders_online: int
+    renders_busy: int
+    pattern: str
+    services: list[str]
+    services_disabled: list[str]
+    tickets_host: dict[str, int]
+    tickets_pool: dict[str, int]
+    max_tasks_host: int
+    capacity_host: int
+    max_running_tasks: int
+    priority: int
+    paused: bool
+    new_nimby: bool
+    new_paused: bool
+    running: int
+    running_capacity: int
+    tickets_used: dict[str, int]
+    time_creation: float
+
+
+@attrs.define
+class BranchRecord:
+    """A job branch in a listing (`list_branches`): settings, sub-branches, job ids, and the
+    tasks its jobs (and its sub-branches' jobs) run now."""
+
+    path: str
+    parent: str
+    branches: list[str]
+    jobs: list[int]
+    priority: int
+    max_running_tasks: int
+    max_running_tasks_per_host: int
+    solving: str
+    create_childs: bool
+    paused: bool
+    running: int
+    running_capacity: int
+    time_creation: float
 
 
 # --- monitor events ------------------------------------------------------------------------
@@ -434,6 +488,38 @@ class RenderEvent:
 
 
 @attrs.define
+class PoolEvent:
+    """A pool was created or changed, or renders moved in or out of it."""
+
+    seq: int
+    kind: Literal["pool"] = attrs.field(default="pool", init=False)
+    pool: PoolRecord
+
+
+@attrs.define
+class PoolDeletedEvent:
+    seq: int
+    kind: Literal["pool_deleted"] = attrs.field(default="pool_deleted", init=False)
+    path: str
+
+
+@attrs.define
+class BranchEvent:
+    """A branch was created (by a job or an admin) or changed, or jobs moved."""
+
+    seq: int
+    kind: Literal["branch"] = attrs.field(default="branch", init=False)
+    branch: BranchRecord
+
+
+@attrs.define
+class BranchDeletedEvent:
+    seq: int
+    kind: Literal["branch_deleted"] = attrs.field(default="branch_deleted", init=False)
+    path: str
+
+
+@attrs.define
 class RenderZombieEvent:
     """A render went silent past zombie_time (a ``render`` event follows)."""
 
@@ -450,62 +536,15 @@ class RenderDeletedEvent:
 
 
 Event = (TaskEvent | ProgressEvent | JobEvent | JobDeletedEvent | UserEvent | UserDeletedEvent | RenderEvent
-         | RenderZombieEvent | RenderDeletedEvent)
+         | RenderZombieEvent | RenderDeletedEvent | PoolEvent | PoolDeletedEvent | BranchEvent
+         | BranchDeletedEvent)
 EVENT_CLASSES: tuple[type, ...] = (TaskEvent, ProgressEvent, JobEvent, JobDeletedEvent, UserEvent,
-                                   UserDeletedEvent, RenderEvent, RenderZombieEvent, RenderDeletedEvent)
+                                   UserDeletedEvent, RenderEvent, RenderZombieEvent, RenderDeletedEvent,
+                                   PoolEvent, PoolDeletedEvent, BranchEvent, BranchDeletedEvent)
 RECORD_CLASSES: tuple[type, ...] = (JobRecord, BlockRecord, JobDetail, TaskRecord, RenderError, RenderRecord,
-                                    UserRecord)
+                                    UserRecord, PoolRecord, BranchRecord)
 
 #: Classes whose unknown keys are ignored: a render's reports (a newer render may measure
 #: more), listings and events (a newer server may show more). Orders are checked for unknown
 #: keys, like user input: a key a render does not know is something it would fail to obey.
 LENIENT: tuple[type, ...] = (TaskRef, HostResources, HostFacts, RunResources, *RECORD_CLASSES, *EVENT_CLASSES)
-
-
-@attrs.define
-class PoolRecord:
-    """A render pool in a listing (`list_pools`): its settings (Afanasy's keys; -1: from the
-    parent), its sub-pools and renders, and what runs on them now."""
-
-    path: str
-    parent: str
-    pools: list[str]
-    renders: list[str]
-    renders_online: int
-    renders_busy: int
-    pattern: str
-    services: list[str]
-    services_disabled: list[str]
-    tickets_host: dict[str, int]
-    tickets_pool: dict[str, int]
-    max_tasks_host: int
-    capacity_host: int
-    max_running_tasks: int
-    priority: int
-    paused: bool
-    new_nimby: bool
-    new_paused: bool
-    running: int
-    running_capacity: int
-    tickets_used: dict[str, int]
-    time_creation: float
-
-
-@attrs.define
-class BranchRecord:
-    """A job branch in a listing (`list_branches`): settings, sub-branches, job ids, and the
-    tasks its jobs (and its sub-branches' jobs) run now."""
-
-    path: str
-    parent: str
-    branches: list[str]
-    jobs: list[int]
-    priority: int
-    max_running_tasks: int
-    max_running_tasks_per_host: int
-    solving: str
-    create_childs: bool
-    paused: bool
-    running: int
-    running_capacity: int
-    time_creation: float

@@ -67,4 +67,11 @@ def build() -> tuple[Farm, EventLog, Clock]:
     clock.advance(0)
     farm.user_action("root", ["bob"], "delete")
     clock.advance(0)
+    farm.pool_action("root", "/gpu", "create", {"pattern": "gpu.*", "priority": 150})
+    farm.pool_action("root", "/gpu", "move", {"renders": ["r2"]})
+    farm.pool_action("root", "/old", "create")
+    farm.pool_action("root", "/old", "delete")
+    farm.branch_action("root", "/old", "create")
+    farm.branch_action("root", "/old", "delete")
+    clock.advance(0)
     return farm, events, clock

@@ -218,10 +218,6 @@ class AfanasyRequestsTests(TestCase):
         self.assertEqual(await self.ask(get("monitors")), {"monitors": []})  # none connected here
         self.assertIn("mode 'events' is not supported",
                       await self.error(get("monitors", ids=[1], mode="events")))
-        for kind in ("pools", "branches"):
-            self.assertIn("not served on farmnet's Afanasy port yet", await self.error(get(kind)))
-            self.assertIn(f"Action type '{kind}' is not supported", await self.error(
-                action(kind, ids=[1], operation={"type": "delete"})))
         self.assertIn("does not list its server's files", await self.error(get("files", path="/")))
         self.assertIn("configuration is the server's file", await self.error(get("config")))
 
@@ -431,7 +427,9 @@ class AfanasyRequestsTests(TestCase):
             (action("renders", user="boss", mask="r1", operation={"type": "farm", "mode": "service_add"}),
              "a render's services are in its own configuration"),
             (action("renders", user="boss", mask="r1", operation={"type": "set_pool", "name": "p"}),
-             "pools are not served"),
+             "no pool 'p'; pools: /"),
+            (action("renders", user="boss", mask="r1", operation={"type": "set_pool"}),
+             'set_pool needs the pool\'s path as a non-empty "name" string'),
             (action("renders", user="boss", mask="r1", params={"user_name": "x"}), "render.owner"),
             (action("renders", user="boss", mask="r1", params={"capacity_host": -1}), "render.capacity"),
             (action("renders", user="anna", mask="r1", params={"capacity_host": 10}),
@@ -442,6 +440,165 @@ class AfanasyRequestsTests(TestCase):
              "Action node ID not found: 99."),
         ]:
             self.assertIn(text, await self.error(request), request)
+
+    async def test_pools_listed_changed_and_renders_set_in_them(self) -> None:
+        r1 = self.farm.register_render("r1", capacity=2000, owner="anna")  # anna may pause it, not move it
+        self.farm.register_render("gpu1", capacity=2000)
+        [root] = (await self.ask(get("pools")))["pools"]
+        self.assertEqual((root["name"], root["parent"], root["renders_total"], root["renders_online"],
+                          root["st"], root["state"], root["priority"]), ("/", "", 2, 2, 0, "", 99))
+        added = action("pools", user="boss", mask="/", operation={"type": "add_pool", "name": "gpu"})
+        self.assertEqual(await self.logged(added), "Pool '/gpu' added to pool '/'")
+        params = {"pattern": "gpu.*", "new_nimby": True, "capacity_host": 3000, "priority": 150}
+        self.assertEqual(await self.logged(action("pools", user="boss", mask="/gpu", params=params)),
+                         "pools /gpu: set pattern, new_nimby, capacity_host, priority")
+        for mode, extra, services in [("service_add", {"name": "blender"}, ("blender",)),
+                                      ("service_add", {"name": "nuke"}, ("blender", "nuke")),
+                                      ("service_remove", {"mask": "nu.*"}, ("blender",))]:
+            await self.logged(action("pools", user="boss", mask="/gpu",
+                                     operation={"type": "farm", "mode": mode, **extra}))
+            self.assertEqual(self.farm.trees.pools["/gpu"].services, services)
+        await self.logged(action("pools", user="boss", mask="/gpu",
+                                 operation={"type": "farm", "mode": "service_disable", "mask": "blender"}))
+        self.assertEqual(self.farm.trees.pools["/gpu"].services_disabled, ("blender",))
+        await self.logged(action("pools", user="boss", mask="/gpu",
+                                 operation={"type": "farm", "mode": "service_enable", "mask": "b.*"}))
+        self.assertEqual(self.farm.trees.pools["/gpu"].services_disabled, ())
+
+        # A render's pool: set by name, and placed again by the patterns.
+        self.assertEqual(await self.logged(action("renders", user="boss", mask="r1",
+                                                  operation={"type": "set_pool", "name": "/gpu"})),
+                         "renders r1: set_pool /gpu")
+        [listed] = (await self.ask(get("renders", ids=[r1.id])))["renders"]
+        self.assertEqual((listed["pool"], listed["capacity_host"]), ("/gpu", 3000))
+        await self.logged(action("renders", user="boss", mask=".*", operation={"type": "reassign_pool"}))
+        self.assertEqual({r["name"]: r["pool"] for r in (await self.ask(get("renders")))["renders"]},
+                         {"r1": "/", "gpu1": "/gpu"})
+        pools = (await self.ask(get("pools")))["pools"]
+        self.assertEqual([p["name"] for p in pools], ["/", "/gpu"])
+        gpu = pools[1]
+        self.assertEqual((gpu["parent"], gpu["pattern"], gpu["new_nimby"], gpu["capacity_host"],
+                          gpu["priority"], gpu["services"], gpu["renders_total"], gpu["pools_total"]),
+                         ("/", "gpu.*", True, 3000, 150, ["blender"], 1, 0))
+        self.assertEqual(pools[0]["pools_total"], 1)
+        self.assertNotIn("max_tasks_host", gpu)  # Afanasy writes only what is set
+        self.assertEqual([p["name"] for p in (await self.ask(get("pools", mask="/g.*")))["pools"]], ["/gpu"])
+
+        for request, text in [
+            (get("pools", ids=[1]), "farmnet's pools have no ids: name them by \"mask\""),
+            (get("pools", mode="full"), "get pools mode 'full' is not supported"),
+            (action("pools", user="anna", mask="/gpu", params={"priority": 10}),
+             "user 'anna' may not change pools: admins only"),
+            (action("pools", user="boss", mask="/gpu", params={"priority": "high"}), "priority"),
+            (action("pools", user="boss", mask="/gpu", params={"heartbeat_sec": 5}),
+             "pool parameter 'heartbeat_sec' is not supported by farmnet: it sets pattern"),
+            (action("pools", user="boss", mask="/gpu", operation={"type": "heal_sick"}),
+             "pool operation 'heal_sick' is not supported by farmnet: heal a pool's renders"),
+            (action("pools", user="boss", mask="/gpu", operation={"type": "fly"}),
+             "Unknown operation: 'fly': farmnet's pool operations are add_pool, delete, farm"),
+            (action("pools", user="boss", mask="/gpu", operation={"type": "farm", "mode": "service_add",
+                                                                  "name": "blender"}),
+             "Service 'blender' already exists."),
+            (action("pools", user="boss", mask="/gpu", operation={"type": "farm", "mode": "service_remove",
+                                                                  "mask": "maya"}),
+             "no service of pool '/gpu' matches 'maya'"),
+            (action("pools", user="boss", mask="/gpu", operation={"type": "farm", "mode": "add"}),
+             "valid modes are service_add"),
+            (action("pools", user="boss", mask="/gpu", operation={"type": "add_pool", "name": "a/b"}),
+             "add_pool operation should have a new pool's name string"),
+            (action("pools", user="boss", mask=".*", operation={"type": "add_pool", "name": "x"}),
+             "pool operation 'add_pool' acts on one pool (2 match)"),
+            (action("pools", user="boss", mask="/gpu", operation={"type": "delete"}),
+             "pool '/gpu' has 0 pools and 1 renders: delete or move them first"),
+            (action("pools", user="boss", mask="/", operation={"type": "delete"}),
+             "the root pool cannot be deleted"),
+            (action("pools", user="boss", mask="/nope", operation={"type": "delete"}),
+             "pools: No node matches '/nope' found."),
+            (action("pools", user="boss", ids=[1], operation={"type": "delete"}), "have no ids"),
+            (action("renders", user="anna", mask="r1", operation={"type": "reassign_pool"}),
+             "user 'anna' may not change pools: admins only"),
+            (action("renders", user="anna", mask="r1", params={"paused": True},
+                    operation={"type": "set_pool", "name": "/"}), "may not change pools"),
+        ]:
+            self.assertIn(text, await self.error(request), request)
+        self.assertEqual(self.farm.trees.pools["/gpu"].priority, 150)  # the refused ones changed nothing
+        self.assertFalse(r1.paused)
+        self.assertEqual(sorted(self.farm.trees.pools), ["/", "/gpu"])
+
+        await self.logged(action("renders", user="boss", mask="gpu1",
+                                 operation={"type": "set_pool", "name": "/"}))
+        self.assertEqual(await self.logged(action("pools", user="boss", mask="/gpu",
+                                                  operation={"type": "delete"})), "pools /gpu: delete")
+        self.assertEqual([p["name"] for p in (await self.ask(get("pools")))["pools"]], ["/"])
+
+    async def test_branches_listed_and_changed(self) -> None:
+        shot = job("shot", user="anna", frames=2)
+        shot["job"]["branch"] = "/show/shot"  # under /show: only the root creates childs
+        shot_id = await self.submit(shot)
+        other_id = await self.submit(job("other", user="bob", frames=1))
+        render = self.farm.register_render("r1", capacity=1000)
+        [order] = self.starts(render)
+        self.assertEqual(order.key[0], shot_id)
+        branches = {b["name"]: b for b in (await self.ask(get("branches")))["branches"]}
+        self.assertIn("/show", branches)
+        mine = branches["/show"]
+        self.assertEqual((mine["parent"], mine["jobs_total"], mine["jobs_running"], mine["tasks_ready"],
+                          mine["running_tasks_num"], mine["solve_method"]),
+                         ("/", 1, 1, 1, 1, "solve_order"))
+        self.assertEqual([(j["id"], j["name"], j["user_name"], j["running_tasks_num"])
+                          for j in mine["active_jobs"]], [(shot_id, "shot", "anna", 1)])
+        self.assertEqual(mine["active_users"], [{"name": "anna", "running_tasks_num": 1,
+                                                 "running_capacity_total": 1000}])
+        self.assertTrue(branches["/"]["create_childs"])
+        [listed] = (await self.ask(get("jobs", ids=[shot_id], mode="full")))["jobs"]
+        self.assertEqual(listed["branch"], "/show")
+        self.assertNotEqual(self.farm.jobs[other_id].branch.path, "/show")
+
+        params = {"priority": 120, "max_running_tasks": 1, "solve_method": "solve_priority"}
+        self.assertEqual(await self.logged(action("branches", user="boss", mask="/show", params=params)),
+                         "branches /show: set priority, max_running_tasks, solve_method")
+        branch = self.farm.trees.branches["/show"]
+        self.assertEqual((branch.priority, branch.max_running_tasks, branch.solving), (120, 1, "need"))
+        self.assertEqual(await self.logged(action("branches", user="boss", mask="/show",
+                                                  operation={"type": "pause"})), "branches /show: pause")
+        self.assertTrue(branch.paused)
+        [listed] = (await self.ask(get("branches", mask="/show")))["branches"]
+        self.assertEqual((listed["paused"], listed["priority"], listed["max_running_tasks"],
+                          listed["solve_method"]), (True, 120, 1, "solve_priority"))
+        await self.logged(action("branches", user="boss", mask="/show", operation={"type": "start"}))
+        self.assertFalse(branch.paused)
+
+        self.finish(render, order)
+        [order] = self.starts(render)
+        self.finish(render, order)
+        self.assertTrue(self.farm.jobs[shot_id].done)
+        self.assertEqual(await self.logged(action("branches", user="boss", mask="/show",
+                                                  operation={"type": "delete_done_jobs"})),
+                         f"branches /show: deleted done jobs {shot_id}")
+        self.assertNotIn(shot_id, self.farm.jobs)
+        self.assertIn(other_id, self.farm.jobs)
+
+        for request, text in [
+            (get("branches", ids=[1]), "farmnet's branches have no ids"),
+            (action("branches", user="anna", mask="/show", operation={"type": "pause"}),
+             "user 'anna' may not change branches: admins only"),
+            (action("branches", user="boss", mask="/show", params={"solve_method": "solve_fast"}),
+             '"solve_method" is one of solve_order, solve_priority, got "solve_fast"'),
+            (action("branches", user="boss", mask="/show", params={"max_running_tasks": -5}),
+             "max_running_tasks"),
+            (action("branches", user="boss", mask="/show", params={"hosts_mask": "r.*"}),
+             "branch parameter 'hosts_mask' is not supported by farmnet"),
+            (action("branches", user="boss", mask="/show", operation={"type": "stop"}),
+             "Unknown operation: 'stop': farmnet's branch operations are delete, delete_done_jobs"),
+            (action("branches", user="boss", mask="/", operation={"type": "delete"}), "root"),
+            (action("branches", user="boss", mask="/nope", operation={"type": "pause"}),
+             "branches: No node matches '/nope' found."),
+        ]:
+            self.assertIn(text, await self.error(request), request)
+        self.assertEqual((branch.priority, branch.max_running_tasks), (120, 1))  # refused: nothing changed
+        self.assertEqual(await self.logged(action("branches", user="boss", mask="/show",
+                                                  operation={"type": "delete"})), "branches /show: delete")
+        self.assertNotIn("/show", self.farm.trees.branches)
 
     async def test_user_operations_and_params(self) -> None:
         await self.submit(job("shot", user="anna"))

@@ -38,12 +38,14 @@ from farmnet.client import (
     load_spec,
 )
 from farmnet.config import ConnectionsConfig, SchedulingConfig
+from farmnet.convert import unstructure
 from farmnet.model.data import Render
 from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.outputs import OutputStore
 from farmnet.testing import ChildOutput
+from tests.listing_scene import build
 
 ROOT = str(Path(farmnet.__file__).resolve().parent.parent)
 EXAMPLES = Path(ROOT) / "examples"
@@ -665,11 +667,30 @@ class CLITests(ServerTestCase):
         client = await self.client()
         job_id, _ = await client.submit(hello_job())
         await until(lambda: b'"kind": "job"' in lines.out, "the job event")
+        root = await self.client("root")
+        await root.act("pools", "create", {"path": "/gpu"}, {"priority": 150})
+        await root.act("pools", "delete", {"path": "/gpu"})
+        await until(lambda: b'"kind": "pool_deleted"' in lines.out, "the pool events")
         process.signalProcess(signal.SIGINT)
         self.assertEqual(await lines.ended, 130)
         events = [json.loads(line) for line in lines.out.splitlines()]
         self.assertIn(job_id, [e["job"]["id"] for e in events if e["kind"] == "job"])
+        pools = [(e["pool"]["path"], e["pool"]["priority"]) for e in events if e["kind"] == "pool"]
+        self.assertIn(("/gpu", 150), pools)
+        self.assertEqual([e["path"] for e in events if e["kind"] == "pool_deleted"], ["/gpu"])
         self.assertEqual(lines.err, b"")
+
+    async def test_renders_show_their_pool(self) -> None:
+        self.render("gpu1")
+        self.render("r1")
+        self.farm.pool_action("root", "/gpu", "create")
+        self.farm.pool_action("root", "/gpu", "move", {"renders": ["gpu1"]})
+        code, out, err = await self.cli("renders")
+        self.assertEqual(code, 0, err)
+        lines = out.decode().splitlines()
+        self.assertEqual(lines[0].split()[:4], ["ID", "NAME", "STATE", "POOL"])
+        pools = {line.split()[1]: line.split()[3] for line in lines[1:]}
+        self.assertEqual(pools, {"gpu1": "/gpu", "r1": "/"})
 
 
 def _kill(process: Any, lines: ChildOutput) -> defer.Deferred[int]:
@@ -724,3 +745,17 @@ class SyncClientTests(ServerTestCase):
             "job_tasks": 4, "tasks": 4, "paused": [done_job + 1], "users": ["anna"], "renders": ["r1"],
             "done": "DON", "output": "rendered\n", "unknown": "no job 999",
             "timeout": f"job {done_job + 1} did not finish within 0.5 s"})
+
+
+class WatchLineTests(TestCase):
+    """``farmnet watch`` without --json: one line per event, pool and branch kinds too."""
+
+    def test_pool_and_branch_events_read_as_lines(self) -> None:
+        _, events, _ = build()
+        found, _ = events.since(0, 10_000)
+        lines = [cli._describe_event(unstructure(e)).split(" ", 1)[1] for e in found]
+        self.assertIn("pool /gpu: 0 renders, 0 running", lines)
+        self.assertIn("pool /gpu: 1 renders, 0 running", lines)  # r2 moved in
+        self.assertIn("pool /old deleted", lines)
+        self.assertIn("branch /old: 0 jobs, 0 running", lines)
+        self.assertIn("branch /old deleted", lines)

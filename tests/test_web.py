@@ -775,6 +775,7 @@ class PoolsPageTests(WebTestCase):
         self.assertEqual((response.code, answer["error"]["type"]), (403, "PermissionDenied"))
         response, body = await self.get("/pools")
         self.assertEqual(response.code, 200)
+        self.assertIn('data-watch="pools"', body)  # reloaded on pool, branch, render and job events
         for text in ("/farm", "r.*", "nuke", "/renders#r1", "Branches", "created by jobs"):
             self.assertIn(text, body)
         response, body = await self.get("/pools", headers=basic("boss"))

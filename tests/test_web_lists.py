@@ -60,7 +60,9 @@ class JobListingTests(SynchronousTestCase):
                           JobQuery({"user": frozenset({"u1"})}, sort=sort, descending=descending, limit=5),
                           JobQuery({"state": frozenset({"RUN", "OFF"}), "project": frozenset({"p1"})},
                                    text="SHOT", sort=sort, descending=descending, limit=100),
-                          JobQuery(sort=sort, descending=descending, without_states=frozenset({"DON"}))):
+                          JobQuery(sort=sort, descending=descending, without_states=frozenset({"DON"})),
+                          JobQuery({"branch": frozenset({"/b1", "/b2"})}, sort=sort, descending=descending,
+                                   limit=9)):
                     rows, total = self.farm.query_jobs(q)
                     self.assertEqual(([r.id for r in rows], total), self.expected(q), q)
 
@@ -68,7 +70,8 @@ class JobListingTests(SynchronousTestCase):
         renders = [self.farm.register_render(f"r{n}", capacity=1000) for n in range(4)]
         for n in range(40):
             submit(self.farm, f"shot{n:03d}" if n % 3 else f"comp{n:03d}", f"u{n % 3}", frames=3 + n % 5,
-                   project=f"p{n % 2}", department=("comp", "fx")[n % 2], priority=n % 7 * 10)
+                   project=f"p{n % 2}", department=("comp", "fx")[n % 2], priority=n % 7 * 10,
+                   branch=f"/b{n % 4}")
         # Jobs whose shown state changes with no event about them: a time_wait, depend masks.
         submit(self.farm, "shot-later", "u1", project="p1", time_wait=int(self.clock.seconds()) + 3)
         submit(self.farm, "shot-after", "u2", project="p1", depend_mask="comp0.*")
@@ -90,6 +93,7 @@ class JobListingTests(SynchronousTestCase):
             self.farm.job_action("boss", self.rng.sample(ids, 2), "pause")
             self.farm.job_action("boss", self.rng.sample(ids, 1), "set_priority", self.rng.randrange(0, 99))
             self.farm.job_action("boss", self.rng.sample(ids, 1), "delete")
+            self.farm.branch_action("boss", f"/b{self.rng.randrange(4)}", "move", self.rng.sample(ids, 2))
             submit(self.farm, f"shot-late{self.clock.seconds():.0f}", "u1", project="p1")
             self.check_all()
 
@@ -193,6 +197,32 @@ class ListPageTests(WebTestCase):
         self.assertIn('href="/jobs?project=show1&amp;department=comp&amp;sort=-id"', text)
         response, _ = await self.get("/jobs?state=LATE")
         self.assertEqual(response.code, 400)
+
+    async def test_branch_and_pool_filters(self) -> None:
+        for n in range(6):
+            submit(self.farm, f"shot{n}", "anna", branch=("/a", "/b", "/other")[n % 3])
+        _, text = await self.get("/jobs?branch=/other&sort=id")
+        self.assertEqual([int(i) for i in ROW.findall(text)], [3, 6])
+        self.assertIn('<option value="/other" selected="selected">/other</option>', text)
+        self.farm.branch_action("boss", "/other", "move", [1])
+        _, text = await self.get("/jobs?branch=/other&sort=id")
+        self.assertEqual([int(i) for i in ROW.findall(text)], [1, 3, 6])
+        _, text = await self.get("/jobs?branch=/nowhere")
+        self.assertEqual(ROW.findall(text), [])
+        listed = act(self.farm, "anna", "jobs", "list", {"branch": ["/other", "/a"], "sort": "id"})
+        self.assertEqual([(j["id"], j["branch"]) for j in listed],
+                         [(1, "/other"), (3, "/other"), (4, "/a"), (6, "/other")])
+
+        self.farm.pool_action("boss", "/gpu", "create", {"pattern": "gpu.*"})
+        for name in ("gpu1", "cpu1", "gpu2"):
+            await self.player.render(name)
+        _, text = await self.get("/renders?pool=/gpu")
+        self.assertEqual(re.findall(r'data-key="render:([^"]+)"', text), ["gpu1", "gpu2"])
+        self.assertIn('<option value="/gpu" selected="selected">/gpu</option>', text)
+        _, text = await self.get("/renders?pool=/&sort=pool")
+        self.assertEqual(re.findall(r'data-key="render:([^"]+)"', text), ["cpu1"])
+        _, text = await self.get("/renders?sort=-pool")
+        self.assertEqual(re.findall(r'data-key="render:([^"]+)"', text), ["gpu2", "gpu1", "cpu1"])
 
     async def test_rows_asked_for_by_key(self) -> None:
         await self.many_jobs(5)

@@ -85,6 +85,7 @@ FACETS: Mapping[str, Callable[[JobRow], Any]] = {
     "name": lambda r: r.record.name,
     "project": lambda r: r.project,
     "department": lambda r: r.department,
+    "branch": lambda r: r.record.branch,
 }
 
 

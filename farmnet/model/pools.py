@@ -619,8 +619,9 @@ class PoolActions:
                 trees.apply_defaults(render, new=False)
                 render.solved_empty_at = -1
                 self._render_changed(render)  # type: ignore[attr-defined]
-                for p in {old, new} - {None}:
-                    self.bus.publish(PoolChanged(p))
+                for p in dict.fromkeys((old, new)):  # in this order: monitors see the same events each time
+                    if p is not None:
+                        self.bus.publish(PoolChanged(p))
                 log.info("{user} moved render {render} to pool {pool}", user=user, render=render.name,
                          pool=new.path)
             done = [r.name for r in renders]
@@ -677,8 +678,9 @@ class PoolActions:
                 trees.put_job(job, branch)
                 job.spec = attrs.evolve(job.spec, extra={**job.spec.extra, "branch": branch.path})
                 self.bus.publish(JobChanged(job))
-                for b in {old, branch} - {None}:
-                    self.bus.publish(BranchChanged(b))
+                for b in dict.fromkeys((old, branch)):  # in this order, as for pools
+                    if b is not None:
+                        self.bus.publish(BranchChanged(b))
             done = [job.id for job in jobs]
         else:
             raise errors.InvalidAction(f"unknown branch action {action!r}; one of create, set, delete, move")

@@ -34,7 +34,8 @@ class Views(FarmState):
             job.id, job.spec.name, job.user_name, job.priority, self.scheduler.display_state(job).value,
             job.paused, total, {s.value: n for s, n in counts.items() if n},
             (counts[TaskState.DON] + counts[TaskState.SKP]) * 100 // total if total else 100,
-            job.time_creation, job.time_started, job.time_done, len(job.blocks), job.spec.annotation)
+            job.time_creation, job.time_started, job.time_done, len(job.blocks), job.spec.annotation,
+            job.branch.path if job.branch is not None else "")
 
     def list_jobs(self, user: str | None = None) -> list[JobRecord]:
         record = self.job_record
@@ -64,7 +65,7 @@ class Views(FarmState):
             spec.depend_mask_global, spec.command_pre, spec.command_post, spec.max_running_tasks,
             spec.max_running_tasks_per_host, spec.hosts_mask, spec.hosts_mask_exclude, spec.time_wait,
             spec.time_life, spec.host_name, spec.description, spec.project, spec.department,
-            dict(spec.custom_data))
+            dict(spec.custom_data), row.branch)
 
     def block_record(self, block: Block) -> BlockRecord:
         total = len(block.tasks)
@@ -142,7 +143,7 @@ def render_record(render: Render) -> RenderRecord:
         r.id, r.name, r.state, r.online, r.capacity, r.capacity_used, r.max_tasks, sorted(r.services),
         sorted(r.services_disabled), r.platform, r.cpus, r.memory_mb, [*r.tasks, *r.multihost], r.time_seen,
         r.owner, r.nimby, r.NIMBY, r.paused, r.sick, dict(r.tickets_used), r.errors_in_row, list(r.macs),
-        r.wol, dict(r.resources), render_errors(r))
+        r.wol, dict(r.resources), render_errors(r), r.pool.path if r.pool is not None else "")
 
 
 def render_errors(render: Render) -> list[RenderError]:

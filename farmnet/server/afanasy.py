@@ -10,10 +10,10 @@ other connection, and reset (SO_LINGER 0, no TIME-WAIT) if the client is still t
 sender, a length that promises more than comes) gets an error answer and the same close.
 
 Requests (the object's one key says which): ``job`` (submit), ``get`` (jobs, renders,
-users, in Afanasy's shapes and key names) and ``action`` (mapped onto the one action API,
-`farmnet.server.actions.act`, with its permission checks). Everything else gets an error
-answer in Afanasy's shape ``{"info": {"kind": "error", "text": ...}}``, never a silent
-success.
+users, monitors, pools, branches, in Afanasy's shapes and key names) and ``action``
+(mapped onto the one action API, `farmnet.server.actions.act`, with its permission
+checks). Everything else gets an error answer in Afanasy's shape ``{"info": {"kind":
+"error", "text": ...}}``, never a silent success.
 
 Who asks: Afanasy has no passwords, a request says its ``user_name``. farmnet believes it
 where its AMP port would take a user without a password (no users file, a peer on this
@@ -43,6 +43,7 @@ from farmnet.model.catalog import known_names
 from farmnet.model.data import Block, Job, Render, Task, TaskRun, TaskState, User
 from farmnet.model.farm import Farm
 from farmnet.model.masks import Mask
+from farmnet.model.pools import Branch, Pool
 from farmnet.model.scheduler import Why
 from farmnet.model.spec import parse_job
 from farmnet.server.actions import act
@@ -86,8 +87,6 @@ _UNSUPPORTED_REQUESTS = {
 }
 #: ``get`` types farmnet answers with an error that says why.
 _REFUSED_GETS = {
-    "pools": "pools are not served on farmnet's Afanasy port yet",
-    "branches": "branches are not served on farmnet's Afanasy port yet",
     "files": "farmnet does not list its server's files to clients",
     "config": "farmnet's configuration is the server's file (etc/farmnet.yaml); it is not served",
 }
@@ -124,8 +123,6 @@ _REFUSED_RENDER_OPERATIONS = {
     "shutdown": "farmnet's server does not power hosts off or reboot them",
     "launch_cmd": "farmnet's server does not run commands on render hosts outside jobs",
     "farm": "a render's services are in its own configuration (render.services)",
-    "set_pool": "pools are not served on farmnet's Afanasy port yet",
-    "reassign_pool": "pools are not served on farmnet's Afanasy port yet",
     "tickets": "a render's tickets are in its own configuration",
 }
 #: Render parameters (Afanasy's names, and farmnet's) → farmnet's render setting.
@@ -139,9 +136,29 @@ _REFUSED_RENDER_PARAMS = {
 }
 _REFUSED_ACTIONS = {
     "monitors": "farmnet's monitors follow its events over AMP or the web site's /events",
-    "pools": "pools are not served on farmnet's Afanasy port yet",
-    "branches": "branches are not served on farmnet's Afanasy port yet",
 }
+#: Pool parameters an action may set (Afanasy's names are farmnet's).
+_POOL_PARAMS = ("pattern", "priority", "paused", "new_nimby", "new_paused", "max_tasks_host", "capacity_host",
+                "max_running_tasks", "services", "services_disabled", "tickets_host", "tickets_pool")
+_REFUSED_POOL_OPERATIONS = {
+    "heal_sick": "heal a pool's renders by their names (render operation heal_sick)",
+    "tickets": "set a pool's tickets with params tickets_host / tickets_pool",
+    "launch_cmd": "farmnet's server does not run commands on render hosts outside jobs",
+    "eject_tasks": "eject a pool's renders' tasks by their names (render operation eject_tasks)",
+    "exit": "exit a pool's renders by their names (render operation exit)",
+    "delete_renders": "delete a pool's offline renders by their names (render operation delete)",
+}
+_POOL_OPERATIONS = ("add_pool", "delete", "farm")
+#: The ``farm`` operation's modes (Afanasy's service list edits).
+_SERVICE_MODES = ("service_add", "service_remove", "service_enable", "service_disable")
+#: Branch parameters: Afanasy's name → farmnet's branch setting.
+_BRANCH_PARAMS = {"priority": "priority", "max_running_tasks": "max_running_tasks",
+                  "max_running_tasks_per_host": "max_running_tasks_per_host",
+                  "create_childs": "create_childs",
+                  "paused": "paused", "solve_method": "solving"}
+#: Afanasy's ``solve_method`` names ↔ farmnet's branch ``solving``.
+_SOLVE_METHODS = {"solve_order": "order", "solve_priority": "need"}
+_BRANCH_OPERATIONS = ("delete", "delete_done_jobs", "pause", "start")
 
 
 @attrs.frozen(slots=True)
@@ -289,6 +306,8 @@ def job_json(farm: Farm, job: Job, full: bool) -> dict[str, Any]:
     _put(out, "tasks_error", job.counts[TaskState.ERR], 0)
     _put(out, "depend_mask", spec.depend_mask, "")
     _put(out, "depend_mask_global", spec.depend_mask_global, "")
+    if job.branch is not None:
+        out["branch"] = job.branch.path
     out["blocks"] = [block_json(farm, b, full) for b in job.blocks]
     return out
 
@@ -432,6 +451,90 @@ def render_json(render: Render, mode: str) -> dict[str, Any]:
         out["services_disabled"] = sorted(render.services_disabled)
     out["capacity_host"] = render.capacity
     out["max_tasks_host"] = render.max_tasks
+    if render.pool is not None:
+        out["pool"] = render.pool.path
+    return out
+
+
+def _pool_state(pool: Pool) -> tuple[int, str]:
+    """A pool's ``st`` and ``state``: Afanasy's busy (RUN) and paused (PAU) bits."""
+    bits = (1 if pool.running else 0) | (2 if pool.paused else 0)
+    return bits, "".join(name for bit, name in ((1, " RUN"), (2, " PAU")) if bits & bit)
+
+
+def pool_json(pool: Pool) -> dict[str, Any]:
+    """A pool as Afanasy 3's ``get pools`` writes it (farmnet's pools have no ids: the
+    name is the path)."""
+    renders = pool.renders
+    out: dict[str, Any] = {"name": pool.path, "priority": pool.priority}
+    _put(out, "pattern", pool.pattern, "")
+    out.update(parent=pool.parent.path if pool.parent else "", time_creation=_int_time(pool.time_creation),
+               pools_total=len(pool.children), renders_total=len(renders),
+               renders_busy=sum(1 for r in renders if r.tasks),
+               renders_ready=sum(1 for r in renders if r.online and not r.tasks and not r.paused
+                                 and not r.nimby and not r.NIMBY and not r.sick),
+               renders_online=sum(1 for r in renders if r.online),
+               renders_offline=sum(1 for r in renders if not r.online),
+               renders_nimby=sum(1 for r in renders if r.nimby or r.NIMBY),
+               renders_paused=sum(1 for r in renders if r.paused),
+               renders_sick=sum(1 for r in renders if r.sick))
+    out["st"], out["state"] = _pool_state(pool)
+    _put(out, "run_tasks", pool.running, 0)
+    _put(out, "run_capacity", pool.running_capacity, 0)
+    _put(out, "new_nimby", pool.new_nimby, False)
+    _put(out, "new_paused", pool.new_paused, False)
+    if pool.services:
+        out["services"] = list(pool.services)
+    if pool.services_disabled:
+        out["services_disabled"] = list(pool.services_disabled)
+    if pool.tickets_pool:  # [count, usage], as Afanasy's first two
+        out["tickets_pool"] = {k: [v, pool.tickets_used.get(k, 0)] for k, v in pool.tickets_pool.items()}
+    if pool.tickets_host:  # their usage is each render's: 0 here
+        out["tickets_host"] = {k: [v, 0] for k, v in pool.tickets_host.items()}
+    _put(out, "capacity_host", pool.capacity_host, -1)
+    _put(out, "max_tasks_host", pool.max_tasks_host, -1)
+    _put(out, "max_running_tasks", pool.max_running_tasks, -1)
+    return out
+
+
+def branch_json(farm: Farm, branch: Branch) -> dict[str, Any]:
+    """A branch as Afanasy 3's ``get branches`` writes it (the name is the path; its jobs
+    are the ones directly in it)."""
+    jobs = sorted(branch.jobs, key=lambda j: j.id)
+    out: dict[str, Any] = {"name": branch.path, "priority": branch.priority}
+    _put(out, "create_childs", branch.create_childs, False)
+    _put(out, "paused", branch.paused, False)
+    out["time_creation"] = _int_time(branch.time_creation)
+    out["parent"] = branch.parent.path if branch.parent else ""
+    _put(out, "branches_total", len(branch.children), 0)
+    _put(out, "jobs_total", len(jobs), 0)
+    _put(out, "jobs_running", sum(1 for j in jobs if j.counts[TaskState.RUN]), 0)
+    _put(out, "jobs_done", sum(1 for j in jobs if j.done), 0)
+    _put(out, "jobs_ready", sum(1 for j in jobs if j.counts[TaskState.RDY]), 0)
+    _put(out, "jobs_error", sum(1 for j in jobs if j.counts[TaskState.ERR]), 0)
+    _put(out, "tasks_ready", sum(j.counts[TaskState.RDY] for j in jobs), 0)
+    _put(out, "tasks_error", sum(j.counts[TaskState.ERR] for j in jobs), 0)
+    active = [j for j in jobs if not j.done and not j.paused
+              and (j.counts[TaskState.RDY] or j.counts[TaskState.RUN])]
+    out["active_jobs"] = []
+    users: dict[str, dict[str, Any]] = {}
+    for job in active:
+        running = job.counts[TaskState.RUN]
+        capacity = sum(b.running_capacity for b in job.blocks)
+        one: dict[str, Any] = {"id": job.id, "name": job.name, "user_name": job.user_name}
+        one["st"], one["state"] = job_state(farm, job)
+        _put(one, "running_tasks_num", running, 0)
+        _put(one, "running_capacity_total", capacity, 0)
+        out["active_jobs"].append(one)
+        user = users.setdefault(job.user_name, {"name": job.user_name})
+        user["running_tasks_num"] = user.get("running_tasks_num", 0) + running
+        user["running_capacity_total"] = user.get("running_capacity_total", 0) + capacity
+    out["active_users"] = [{k: v for k, v in u.items() if v != 0} for u in users.values()]
+    _put(out, "max_running_tasks", branch.max_running_tasks, -1)
+    _put(out, "max_running_tasks_per_host", branch.max_running_tasks_per_host, -1)
+    out["solve_method"] = "solve_priority" if branch.solving == "need" else "solve_order"
+    _put(out, "running_tasks_num", branch.running, 0)
+    _put(out, "running_capacity_total", branch.running_capacity, 0)
     return out
 
 
@@ -821,9 +924,12 @@ class AfanasyServer:
             return self._get_users(data, mode)
         if kind == "monitors":
             return self._get_monitors(data, mode)
+        if kind in ("pools", "branches"):
+            return self._get_trees(kind, data, mode)
         if kind in _REFUSED_GETS:
             raise AfanasyError(f"Invalid get type = {kind!r}: {_REFUSED_GETS[kind]}")
-        raise AfanasyError(f"Invalid get type = {kind!r}: farmnet serves jobs, renders, users and monitors")
+        raise AfanasyError(f"Invalid get type = {kind!r}: farmnet serves jobs, renders, users, monitors, "
+                           "pools and branches")
 
     def _one_job(self, ids: list[int] | None, what: str) -> Job:
         if ids is None or len(ids) != 1:
@@ -1006,6 +1112,32 @@ class AfanasyServer:
             connections = [c for c in connections if pattern.fullmatch(f"{c.identity}@{c.address}")]
         return {"monitors": [monitor_json(c) for c in connections]}
 
+    def _tree_paths(self, kind: str, data: Mapping[str, Any], everything: bool) -> list[str]:
+        """The pools' or branches' paths a request names by ``mask`` (the whole path);
+        ``everything``: none named is all of them."""
+        if _ids(data) is not None:
+            raise AfanasyError(f'farmnet\'s {kind} have no ids: name them by "mask" (a path pattern)')
+        tree = self.farm.trees.pools if kind == "pools" else self.farm.trees.branches
+        mask = _string(data, "mask")
+        if not mask:
+            if everything:
+                return sorted(tree)
+            raise AfanasyError(f'an action on {kind} needs a "mask" (a path pattern)')
+        pattern = self._mask(mask)
+        paths = sorted(p for p in tree if pattern.fullmatch(p))
+        if not paths and not everything:
+            raise AfanasyError(f"{kind}: No node matches {mask!r} found.")
+        return paths
+
+    def _get_trees(self, kind: str, data: Mapping[str, Any], mode: str) -> dict[str, Any]:
+        if mode:
+            raise AfanasyError(f"get {kind} mode {mode!r} is not supported by farmnet: it serves the list")
+        trees = self.farm.trees
+        paths = self._tree_paths(kind, data, everything=True)
+        if kind == "pools":
+            return {"pools": [pool_json(trees.pools[p]) for p in paths]}
+        return {"branches": [branch_json(self.farm, trees.branches[p]) for p in paths]}
+
     # --- action --------------------------------------------------------------------------
 
     async def _action(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
@@ -1014,8 +1146,9 @@ class AfanasyServer:
             raise AfanasyError('an action needs a "type": jobs, renders or users')
         if kind in _REFUSED_ACTIONS:
             raise AfanasyError(f"Action type {kind!r} is not supported by farmnet: {_REFUSED_ACTIONS[kind]}")
-        if kind not in ("jobs", "renders", "users"):
-            raise AfanasyError(f"Action has unknown type: {kind!r}: farmnet acts on jobs, renders and users")
+        if kind not in ("jobs", "renders", "users", "pools", "branches"):
+            raise AfanasyError(f"Action has unknown type: {kind!r}: farmnet acts on jobs, renders, users, "
+                               "pools and branches")
         ids, mask = _ids(data), _string(data, "mask")
         if ids is None and not mask:
             raise AfanasyError("JSON action should have nodes ids or mask to operate with.")
@@ -1028,6 +1161,10 @@ class AfanasyServer:
             done = self._act_jobs(user, who, ids, mask, data, operation, params)
         elif kind == "renders":
             done = self._act_renders(user, who, ids, mask, operation, params)
+        elif kind == "pools":
+            done = self._act_pools(user, self._tree_paths(kind, data, everything=False), operation, params)
+        elif kind == "branches":
+            done = self._act_branches(user, self._tree_paths(kind, data, everything=False), operation, params)
         else:
             done = self._act_users(user, who, ids, mask, operation, params)
         await self.durable()
@@ -1215,6 +1352,13 @@ class AfanasyServer:
             op = _string(operation, "type")
             if op in _RENDER_OPERATIONS:
                 steps.append((_RENDER_OPERATIONS[op], None))
+            elif op == "set_pool":
+                pool = _string(operation, "name")
+                if not pool:
+                    raise AfanasyError('set_pool needs the pool\'s path as a non-empty "name" string')
+                steps.insert(0, ("set_pool", self.farm.trees.pool(pool).path))  # first: admins only
+            elif op == "reassign_pool":
+                steps.insert(0, ("reassign_pool", None))
             elif op in _REFUSED_RENDER_OPERATIONS:
                 raise AfanasyError(f"render operation {op!r} is not supported by farmnet: "
                                    f"{_REFUSED_RENDER_OPERATIONS[op]}")
@@ -1223,7 +1367,13 @@ class AfanasyServer:
                                    f"{', '.join(sorted(_RENDER_OPERATIONS))}")
         names = self._render_names(ids, mask)
         for action, values in steps:
-            act(farm, user, "renders", action, {"name": names}, values)
+            if action == "set_pool":
+                act(farm, user, "pools", "move", {"path": values}, {"renders": names})
+                action = f"set_pool {values}"
+            elif action == "reassign_pool":  # placed again by the pools' patterns
+                act(farm, user, "pools", "reassign", {"path": "/"}, {"renders": names})
+            else:
+                act(farm, user, "renders", action, {"name": names}, values)
             done.append(action)
         for name in names:
             self.logs.render(name, f"{who}: {', '.join(done)}")
@@ -1250,6 +1400,110 @@ class AfanasyServer:
         for name in names:
             self.logs.user(name, f"{who}: set {', '.join(params or {})}")
         return f"users {', '.join(names)}: set {', '.join(params or {})}"
+
+
+    def _act_pools(self, user: str, paths: list[str], operation: Mapping[str, Any] | None,
+                   params: Mapping[str, Any] | None) -> str:
+        farm = self.farm
+        if operation is None:
+            assert params is not None
+            unknown = [k for k in params if k not in _POOL_PARAMS]
+            if unknown:
+                raise AfanasyError(f"pool parameter {unknown[0]!r} is not supported by farmnet: it sets "
+                                   f"{', '.join(_POOL_PARAMS)}")
+            for path in paths:
+                act(farm, user, "pools", "update", {"path": path}, dict(params))
+            return f"pools {', '.join(paths)}: set {', '.join(params)}"
+        op = _string(operation, "type")
+        if op in _REFUSED_POOL_OPERATIONS:
+            raise AfanasyError(f"pool operation {op!r} is not supported by farmnet: "
+                               f"{_REFUSED_POOL_OPERATIONS[op]}")
+        if op not in _POOL_OPERATIONS:
+            raise AfanasyError(f"Unknown operation: {op!r}: farmnet's pool operations are "
+                               f"{', '.join(_POOL_OPERATIONS)}")
+        if op == "delete":
+            for path in sorted(paths, key=len, reverse=True):  # sub-pools first
+                act(farm, user, "pools", "delete", {"path": path})
+            return f"pools {', '.join(paths)}: delete"
+        if len(paths) != 1:
+            raise AfanasyError(f"pool operation {op!r} acts on one pool ({len(paths)} match)")
+        [path] = paths
+        if op == "add_pool":
+            name = _string(operation, "name")
+            if not name or "/" in name:
+                raise AfanasyError("add_pool operation should have a new pool's name string "
+                                   "(one part of a path, without \"/\")")
+            [added] = act(farm, user, "pools", "create", {"path": path.rstrip("/") + "/" + name})
+            return f"Pool '{added}' added to pool '{path}'"
+        key, services = self._pool_services(farm.trees.pools[path], operation)
+        act(farm, user, "pools", "update", {"path": path}, {key: services})
+        return f"pool {path}: {key} {', '.join(services) or '(none)'}"
+
+    def _pool_services(self, pool: Pool, operation: Mapping[str, Any]) -> tuple[str, list[str]]:
+        """Afanasy's ``farm`` operation: the pool's services or disabled services as they become."""
+        mode = _string(operation, "mode")
+        if mode not in _SERVICE_MODES:
+            raise AfanasyError(f"Service operation mode is not set or unknown ({mode!r}): valid modes are "
+                               f"{', '.join(_SERVICE_MODES)}")
+        services, disabled = list(pool.services), list(pool.services_disabled)
+        if mode == "service_add":
+            name = _string(operation, "name")
+            if not name:
+                raise AfanasyError('service_add needs the service\'s "name"')
+            if name in services:
+                raise AfanasyError(f"Service {name!r} already exists.")
+            return "services", [*services, name]
+        mask = _string(operation, "mask")
+        if not mask:
+            raise AfanasyError(f'{mode} needs a "mask" (a service name pattern)')
+        pattern = self._mask(mask)
+        if mode == "service_enable":
+            kept = [s for s in disabled if not pattern.fullmatch(s)]
+            if len(kept) == len(disabled):
+                raise AfanasyError(f"no disabled service of pool {pool.path!r} matches {mask!r}")
+            return "services_disabled", kept
+        matched = [s for s in services if pattern.fullmatch(s)]
+        if not matched:
+            raise AfanasyError(f"no service of pool {pool.path!r} matches {mask!r}")
+        if mode == "service_remove":
+            return "services", [s for s in services if s not in matched]
+        return "services_disabled", [*disabled, *(s for s in matched if s not in disabled)]
+
+    def _act_branches(self, user: str, paths: list[str], operation: Mapping[str, Any] | None,
+                      params: Mapping[str, Any] | None) -> str:
+        farm = self.farm
+        if operation is None:
+            assert params is not None
+            values: dict[str, Any] = {}
+            for key, value in params.items():
+                if key not in _BRANCH_PARAMS:
+                    raise AfanasyError(f"branch parameter {key!r} is not supported by farmnet: it sets "
+                                       f"{', '.join(_BRANCH_PARAMS)}")
+                if key == "solve_method":
+                    if value not in _SOLVE_METHODS:
+                        raise AfanasyError(f'"solve_method" is one of {", ".join(_SOLVE_METHODS)}, '
+                                           f"got {json.dumps(value)[:100]}")
+                    value = _SOLVE_METHODS[value]
+                values[_BRANCH_PARAMS[key]] = value
+            for path in paths:
+                act(farm, user, "branches", "update", {"path": path}, values)
+            return f"branches {', '.join(paths)}: set {', '.join(params)}"
+        op = _string(operation, "type")
+        if op not in _BRANCH_OPERATIONS:
+            raise AfanasyError(f"Unknown operation: {op!r}: farmnet's branch operations are "
+                               f"{', '.join(_BRANCH_OPERATIONS)}")
+        if op == "delete":
+            for path in sorted(paths, key=len, reverse=True):  # sub-branches first
+                act(farm, user, "branches", "delete", {"path": path})
+        elif op == "delete_done_jobs":
+            done = sorted(j.id for p in paths for j in farm.trees.branches[p].jobs if j.done)
+            if done:
+                act(farm, user, "jobs", "delete", {"id": done})
+            return f"branches {', '.join(paths)}: deleted done jobs {_list(done) or '(none)'}"
+        else:
+            for path in paths:
+                act(farm, user, "branches", "update", {"path": path}, {"paused": op == "pause"})
+        return f"branches {', '.join(paths)}: {op}"
 
 
 _HEADER_REST = re.compile(rb"\d{0,12}|\d{1,12} (J(S(O)?)?)?")

@@ -1,12 +1,13 @@
 """The monitors' event log: the farm's events as the records (`farmnet.messages.Event`)
 that monitors long-poll for (`PollEvents`, the web site's ``/events``).
 
-It subscribes to the farm's bus and turns each event into a record with a ``kind``
-(the wire's names: task, progress, job, job_deleted, user, user_deleted, render,
-render_zombie, render_deleted), a snapshot taken then. Every record gets the next sequence
-number. Only the most recent ``keep`` are kept; a monitor that asks for older ones is told
-to reload (``reset``). Waiters are plain callables so this stays free of Deferreds. The one
-converter turns records into JSON at the edges (`Typed`, the web's `events_json`).
+It subscribes to the farm's bus and turns each event into a record with a ``kind`` (the
+wire's names: task, progress, job, job_deleted, user, user_deleted, render, render_zombie,
+render_deleted, pool, pool_deleted, branch, branch_deleted), a snapshot taken then. Every
+record gets the next sequence number. Only the most recent ``keep`` are kept; a monitor
+that asks for older ones is told to reload (``reset``). Waiters are plain callables so
+this stays free of Deferreds. The one converter turns records into JSON at the edges
+(`Typed`, the web's `events_json`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class EventLog:
             (ev.RenderRegistered, ev.RenderChanged, ev.RenderSick): render,
             ev.RenderLost: render_lost,
             ev.RenderDeleted: lambda e: add(m.RenderDeletedEvent(self.last + 1, e.render.name)),
+            ev.PoolChanged: lambda e: add(m.PoolEvent(self.last + 1, farm.trees.pool_record(e.pool))),
+            ev.PoolDeleted: lambda e: add(m.PoolDeletedEvent(self.last + 1, e.pool.path)),
+            ev.BranchChanged: lambda e: add(m.BranchEvent(self.last + 1, farm.trees.branch_record(e.branch))),
+            ev.BranchDeleted: lambda e: add(m.BranchDeletedEvent(self.last + 1, e.branch.path)),
         })
 
     def close(self) -> None:

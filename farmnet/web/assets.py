@@ -270,6 +270,8 @@ JS = r"""
       case "task": return String(jobId) === parts[1] && (e.kind === "job" ||
         (String(e.block) === parts[2] && String(e.task) === parts[3]));
       case "renders": return e.kind.indexOf("render") === 0 || e.kind === "task";
+      case "pools": return e.kind.indexOf("pool") === 0 || e.kind.indexOf("branch") === 0 ||
+        e.kind.indexOf("render") === 0 || e.kind.indexOf("job") === 0;
       case "render": return (e.render && e.render.name === parts[1]) || e.name === parts[1] ||
         (e.kind === "task" && e.host === parts[1]);
       case "users": return e.kind === "user" || e.kind === "job" || e.kind === "task";

@@ -52,7 +52,7 @@ __all__ = ["ListPages", "job_actions_compact", "recorded_runs", "resource_cells"
 
 log = Logger()
 
-JOB_FILTERS = ("q", "user", "state", "project", "department")
+JOB_FILTERS = ("q", "user", "state", "project", "department", "branch")
 JOB_BULK = (BulkAction("pause", "pause"), BulkAction("resume", "resume"), BulkAction("stop", "stop"),
             BulkAction("restart errors", "restart_errors"),
             BulkAction("restart", "restart", confirm="Restart every task of the {n} selected jobs?"),
@@ -72,6 +72,7 @@ RENDER_BULK = (BulkAction("pause", "pause"), BulkAction("resume", "resume"), Bul
 RENDER_SORTS: Mapping[str, Callable[[RenderRecord], Any]] = {
     "name": lambda r: r.name,
     "state": lambda r: (r.state, r.name),
+    "pool": lambda r: (r.pool, r.name),
     "tasks": lambda r: (len(r.tasks), r.name),
     "capacity": lambda r: (r.capacity_used, r.capacity, r.name),
     "cpus": lambda r: (r.cpus, r.name),
@@ -203,7 +204,7 @@ class ListPages:
             select_filter("state", JOB_STATES, state),
             select_filter("project", listing.projects(), f.get("project")),
             select_filter("department", listing.departments(), f.get("department")),
-            # (pools and branches: one more select_filter here once jobs have them)
+            select_filter("branch", sorted(farm.trees.branches), f.get("branch")),
         ])
         live = self.jobs_listing(rows, view, total, bulk=bulk)
         head = tags.div(tags.h1(title), filters, bulk_bar("jobs", JOB_BULK) if bulk else "")
@@ -269,8 +270,9 @@ class ListPages:
     # --- renders -------------------------------------------------------------------------
 
     RENDER_HEADS: Sequence[tuple[str, str | None, bool]] = (
-        ("name", "name", False), ("state", "state", False), ("tasks", "tasks", False),
-        ("capacity", "capacity", False), ("CPU", "cpus", False), ("memory", "memory", False),
+        ("name", "name", False), ("state", "state", False), ("pool", "pool", False),
+        ("tasks", "tasks", False), ("capacity", "capacity", False), ("CPU", "cpus", False),
+        ("memory", "memory", False),
         ("load, disk", None, False), ("max tasks", "max_tasks", True), ("platform", "platform", False),
         ("services", None, False), ("owner", "owner", False), ("last seen", "seen", False),
         ("errors in a row", "errors", True))
@@ -279,17 +281,17 @@ class ListPages:
         tasks = [[tags.a(f"{k[0]}/{k[1]}/{k[2]}", href=f"/jobs/{k[0]}/{k[1]}/{k[2]}"), " "] for k in r.tasks]
         used = r.capacity_used * 100 // r.capacity if r.capacity else 0
         cpu, memory, load = resource_cells(r)
-        cells: list[Any] = [render_link(r.name), state_badge(r.state, "r"), tasks or "–",
+        cells: list[Any] = [render_link(r.name), state_badge(r.state, "r"), r.pool or "–", tasks or "–",
                             tags.span(tags.progress(value=str(used), max="100"),
                                       f" {r.capacity_used} / {r.capacity}"),
                             cpu, memory, load, str(r.max_tasks or "–"), r.platform or "–",
                             ", ".join(r.services) or "all", r.owner or "–", fmt_time(r.time_seen),
                             str(r.errors_in_row)]
-        return list_row(f"render:{r.name}", cells, frozenset({7, 12}), selectable)
+        return list_row(f"render:{r.name}", cells, frozenset({8, 13}), selectable)
 
     async def renders(self, call: Call) -> Reply:
         farm = self.ctx.farm
-        view = ListView.read(call, "/renders", RENDER_SORTS, "name", ("q", "state"))
+        view = ListView.read(call, "/renders", RENDER_SORTS, "name", ("q", "state", "pool"))
         bulk = self.ctx.logins
         wanted = requested_rows(call)
         if wanted is not None:
@@ -301,10 +303,14 @@ class ListPages:
         states = sorted({r.state for r in renders})
         if state is not None:
             renders = [r for r in renders if r.state == state]
+        pool = view.filters.get("pool")
+        if pool is not None:
+            renders = [r for r in renders if r.pool == pool]
         renders.sort(key=RENDER_SORTS[view.sort], reverse=view.descending)
         shown = renders[view.offset:view.offset + view.per]
         filters = filter_form(view, [text_filter("q", view.filters.get("q"), "name contains"),
-                                     select_filter("state", states, state)])
+                                     select_filter("state", states, state),
+                                     select_filter("pool", sorted(farm.trees.pools), pool)])
         live = tags.div(pager(view, len(renders), len(shown)),
                         list_table(view, self.RENDER_HEADS,
                                    [self.render_row(r, selectable=bulk) for r in shown],

@@ -404,7 +404,7 @@ class LivePages:
                         table(pool_heads, pool_rows, empty="no pools", class_="pools"),
                         tags.h1("Branches"),
                         table(branch_heads, branch_rows, empty="no branches", class_="branches"))
-        return live_page(self.ctx, call, "Pools", body, watch="renders", current="/pools")
+        return live_page(self.ctx, call, "Pools", body, watch="pools", current="/pools")
 
     @staticmethod
     def pool_row(p: PoolRecord, actions: bool) -> list[Any]:
