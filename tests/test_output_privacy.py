@@ -21,7 +21,7 @@ from farmnet.config import AuthConfig, SchedulingConfig
 from farmnet.model.farm import Farm
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.outputs import OutputStore
-from farmnet.testing import ProcessFarm
+from farmnet.testing import ProcessFarm, wait_until
 from farmnet.web.testing import FarmPlayer, serve, write_users_file
 
 PASSWORD = "correct horse battery"
@@ -48,7 +48,10 @@ class RealServerTests(TestCase):
         self.farm = ProcessFarm(reactor, self.base)
         self.addCleanup(self.farm.stop)
         await self.farm.start_server("--config", str(config), "--web", "tcp:0:interface=127.0.0.1")
-        address = (self.base / "server-store" / "web.address").read_text().strip()  # tcp:HOST:PORT
+        # The web listener starts a moment after the AMP one (whose address start_server waited for).
+        web_address = self.base / "server-store" / "web.address"
+        await wait_until(reactor, web_address.exists, 20, "the web listener's address file")
+        address = web_address.read_text().strip()  # tcp:HOST:PORT
         self.web = "http://" + address.split(":", 1)[1]
         await self.farm.start_render("r1")
         self.pool = HTTPConnectionPool(reactor, persistent=False)

@@ -418,7 +418,9 @@ class OutageTests(PgTestCase):
         recorder = Recorder(reactor)
         writer = self.writer(recorder, spool_dir=spool_dir)
         recorder.record_run(attrs.evolve(run(2), message="bad\x00byte"))
-        await wait_until(reactor, lambda: writer.db.ready and writer.pending == 0, 20, "written")
+        # The spool is read after the connection: wait for both good rows, not an empty queue.
+        await wait_until(reactor, lambda: writer.db.ready and writer.pending == 0 and writer.rows_written >= 2
+                         and writer.rows_refused == 1, 20, "written")
         database = await self.connect(upgrade=False)
         rows = await database.query("SELECT task, message FROM tasks ORDER BY task")
         self.assertEqual(rows, [{"task": 1, "message": ""}, {"task": 2, "message": "badbyte"}])
