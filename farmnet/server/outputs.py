@@ -7,6 +7,9 @@ keeps the tail in its own bounded log).
 Beside a run's log, the files the run wrote (a renderer's frames, as its parser read them:
 Blender's ``Saved: '...'`` lines) are kept in ``TASK.RUN.files.json``: the job's output
 files are those of each task's latest run that wrote any (:meth:`OutputStore.job_files`).
+A done task whose run reported none has the files its block names (Afanasy's ``files``, as af.py
+jobs from Nuke, Houdini or Maya carry them): :func:`job_output_files` computes them from the spec,
+with no disk access (whether they exist is found when a thumbnail is asked for, in a thread).
 """
 
 from __future__ import annotations
@@ -18,13 +21,48 @@ from pathlib import Path
 from typing import BinaryIO
 
 from farmnet.messages import OutputFiles
-from farmnet.model.data import TaskKey
+from farmnet.model.data import Job, Task, TaskKey, TaskState
 
 CUT_MARKER = b"\n[farmnet: output cut here: more than %d bytes]\n"
 #: Most output files kept per run (a chunk of frames writes one or a few per frame).
 MAX_FILES_PER_RUN = 10_000
 #: Longest output file path kept.
 MAX_PATH = 4096
+
+
+def named_files(task: Task) -> OutputFiles | None:
+    """The files a done task's block names for it (``@#@`` filled per frame; relative paths under
+    the block's working directory), or None.  The server sees them at the same paths as the renders
+    (shared storage); a relative path without a working directory means nothing here and is left out."""
+    spec = task.block.spec
+    if task.state is not TaskState.DON or not spec.files:
+        return None
+    paths = tuple(p for p in (os.path.join(spec.working_directory, f) for f in spec.task_files(task.number))
+                  if os.path.isabs(p))[:MAX_FILES_PER_RUN]
+    return OutputFiles(task.block.number, task.number, task.starts_count, paths) if paths else None
+
+
+def task_output_files(task: Task, reported: OutputFiles | None) -> OutputFiles | None:
+    """A task's output files: those its latest run that reported any reported, else its block's ``files``."""
+    return reported if reported is not None else named_files(task)
+
+
+def job_output_files(job: Job, reported: list[OutputFiles], most: int | None = None) -> list[OutputFiles]:
+    """The output files of each task of ``job`` by block and task (`task_output_files`); with ``most``,
+    only the last tasks' that hold at least ``most`` files (the job page's latest frames)."""
+    by_task = {(f.block, f.task): f for f in reported}
+    found: list[OutputFiles] = []
+    count = 0
+    for block in reversed(job.blocks):
+        for task in reversed(block.tasks):
+            files = task_output_files(task, by_task.get((block.number, task.number)))
+            if files is None:
+                continue
+            found.append(files)
+            count += len(files.paths)
+            if most is not None and count >= most:
+                return found[::-1]
+    return found[::-1]
 
 
 
