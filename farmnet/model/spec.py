@@ -41,6 +41,8 @@ FLAG_SLAVE_LOST_IGNORE = 1 << 8
 #: Afanasy's TASK_MULTIHOSTMAXHOSTS.
 MULTIHOST_MAX_HOSTS = 100
 FLAG_VARCAPACITY = 1 << 1
+#: Afanasy's skipthumbnails: the block's frames get no previews (farmnet/server/outputs.py).
+FLAG_SKIP_THUMBNAILS = 1 << 5
 FLAG_SKIP_EXISTING_FILES = 1 << 6
 FLAG_CHECK_RENDERED_FILES = 1 << 7
 

@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 from farmnet.messages import OutputFiles
 from farmnet.model.data import Job, Task, TaskKey, TaskState
+from farmnet.model.spec import FLAG_SKIP_THUMBNAILS
 
 CUT_MARKER = b"\n[farmnet: output cut here: more than %d bytes]\n"
 #: Most output files kept per run (a chunk of frames writes one or a few per frame).
@@ -43,7 +44,10 @@ def named_files(task: Task) -> OutputFiles | None:
 
 
 def task_output_files(task: Task, reported: OutputFiles | None) -> OutputFiles | None:
-    """A task's output files: those its latest run that reported any reported, else its block's ``files``."""
+    """A task's output files: those its latest run that reported any reported, else its block's
+    ``files``; none in a block with Afanasy's skipthumbnails flag (no previews wanted)."""
+    if task.block.spec.flags & FLAG_SKIP_THUMBNAILS:
+        return None
     return reported if reported is not None else named_files(task)
 
 
