@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from farmnet.messages import OutputFiles
 from farmnet.model.data import Job, Task, TaskKey, TaskState
-from farmnet.model.spec import FLAG_SKIP_THUMBNAILS
+from farmnet.model.spec import FLAG_SKIP_THUMBNAILS, BlockSpec, FrameParts, fill_parts, frame_parts
 
 CUT_MARKER = b"\n[farmnet: output cut here: more than %d bytes]\n"
 #: Most output files kept per run (a chunk of frames writes one or a few per frame).
@@ -31,24 +31,35 @@ MAX_FILES_PER_RUN = 10_000
 MAX_PATH = 4096
 
 
-def named_files(task: Task) -> OutputFiles | None:
-    """The files a done task's block names for it (``@#@`` filled per frame; relative paths under
-    the block's working directory), or None.  The server sees them at the same paths as the renders
-    (shared storage); a relative path without a working directory means nothing here and is left out."""
+def file_patterns(spec: BlockSpec) -> tuple[FrameParts, ...]:
+    """A block's ``files`` as paths here, cut at their ``@#@``: relative ones under the block's working
+    directory.  The server sees them at the same paths as the renders (shared storage); a relative path
+    without a working directory means nothing here and is left out."""
+    joined = (os.path.join(spec.working_directory, f) for f in spec.files)
+    return tuple(frame_parts(p) for p in joined if os.path.isabs(p))
+
+
+def named_files(task: Task, patterns: tuple[FrameParts, ...] | None = None) -> OutputFiles | None:
+    """The files a done task's block names for it (each of ``patterns``, the block's `file_patterns`,
+    filled for each of its frames, as Afanasy's processFilesPattern), or None."""
     spec = task.block.spec
     if task.state is not TaskState.DON or not spec.files:
         return None
-    paths = tuple(p for p in (os.path.join(spec.working_directory, f) for f in spec.task_files(task.number))
-                  if os.path.isabs(p))[:MAX_FILES_PER_RUN]
-    return OutputFiles(task.block.number, task.number, task.starts_count, paths) if paths else None
+    patterns = file_patterns(spec) if patterns is None else patterns
+    start, end = spec.frames(task.number)
+    step = spec.frames_inc if spec.numeric else 1
+    paths = tuple(fill_parts(p, frame, frame) for p in patterns for frame in range(start, end + 1, step))
+    return OutputFiles(task.block.number, task.number, task.starts_count, paths[:MAX_FILES_PER_RUN]) \
+        if paths else None
 
 
-def task_output_files(task: Task, reported: OutputFiles | None) -> OutputFiles | None:
+def task_output_files(task: Task, reported: OutputFiles | None,
+                      patterns: tuple[FrameParts, ...] | None = None) -> OutputFiles | None:
     """A task's output files: those its latest run that reported any reported, else its block's
     ``files``; none in a block with Afanasy's skipthumbnails flag (no previews wanted)."""
     if task.block.spec.flags & FLAG_SKIP_THUMBNAILS:
         return None
-    return reported if reported is not None else named_files(task)
+    return reported if reported is not None else named_files(task, patterns)
 
 
 def job_output_files(job: Job, reported: list[OutputFiles], most: int | None = None) -> list[OutputFiles]:
@@ -58,8 +69,9 @@ def job_output_files(job: Job, reported: list[OutputFiles], most: int | None = N
     found: list[OutputFiles] = []
     count = 0
     for block in reversed(job.blocks):
+        patterns = file_patterns(block.spec)  # once per block, not per task
         for task in reversed(block.tasks):
-            files = task_output_files(task, by_task.get((block.number, task.number)))
+            files = task_output_files(task, by_task.get((block.number, task.number)), patterns)
             if files is None:
                 continue
             found.append(files)
@@ -67,7 +79,6 @@ def job_output_files(job: Job, reported: list[OutputFiles], most: int | None = N
             if most is not None and count >= most:
                 return found[::-1]
     return found[::-1]
-
 
 
 class OutputStore:
