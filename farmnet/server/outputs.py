@@ -149,10 +149,19 @@ class OutputStore:
 
     def job_files(self, job_id: int) -> list[OutputFiles]:
         """The output files of each task of a job (its latest run that wrote any), by block and task."""
+        cached = self._job(job_id)
+        return [cached[k] for k in sorted(cached)]
+
+    def task_files(self, key: TaskKey) -> OutputFiles | None:
+        """The output files of a task's latest run that wrote any, or None."""
+        job, block, task = key
+        return self._job(job).get((block, task))
+
+    def _job(self, job_id: int) -> dict[tuple[int, int], OutputFiles]:
         cached = self._files.get(job_id)
         if cached is None:
             cached = self._files[job_id] = self._read_job_files(job_id)
-        return [cached[k] for k in sorted(cached)]
+        return cached
 
     def _read_job_files(self, job_id: int) -> dict[tuple[int, int], OutputFiles]:
         found: dict[tuple[int, int], OutputFiles] = {}

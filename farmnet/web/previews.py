@@ -83,10 +83,10 @@ def task_frames(ctx: WebContext, call: Call, key: tuple[int, int, int]) -> Tag |
     """The task page's thumbnails of its latest run's files ("" when none, or the user may not see)."""
     job_id, block, number = key
     try:
-        job = _readable_job(ctx, call, job_id)
+        _readable_job(ctx, call, job_id)
     except (errors.NotAuthenticated, errors.PermissionDenied):
         return ""
-    files = _task_files(ctx, job, key)
+    files = _task_files(ctx, key)
     if files is None or ctx.previews is None:
         return ""
     shown = [(files, i) for i in range(len(files.paths))][-TASK_LATEST:]
@@ -95,10 +95,9 @@ def task_frames(ctx: WebContext, call: Call, key: tuple[int, int, int]) -> Tag |
                     _strip(job_id, shown))
 
 
-def _task_files(ctx: WebContext, job: Job, key: tuple[int, int, int]) -> OutputFiles | None:
+def _task_files(ctx: WebContext, key: tuple[int, int, int]) -> OutputFiles | None:
     task = ctx.farm.task(key)
-    reported = {(f.block, f.task): f for f in _reported(ctx, job.id)}
-    return task_output_files(task, reported.get(key[1:]))
+    return task_output_files(task, ctx.outputs.task_files(key) if ctx.outputs is not None else None)
 
 
 class PreviewPages:
@@ -117,8 +116,8 @@ class PreviewPages:
     async def thumbnail(self, call: Call) -> Reply:
         g = call.groups
         job_id, block, task, index = int(g["job"]), int(g["block"]), int(g["task"]), int(g["file"])
-        job = _readable_job(self.ctx, call, job_id)
-        files = _task_files(self.ctx, job, (job_id, block, task))
+        _readable_job(self.ctx, call, job_id)
+        files = _task_files(self.ctx, (job_id, block, task))
         if files is None or index >= len(files.paths) or self.ctx.previews is None:
             raise HTTPError(404, f"job {job_id} block {block} task {task} has no output file {index}")
         try:
