@@ -4,7 +4,7 @@ The job page's "Latest frames" and the thumbnail requests find a task's output f
 reactor (the files themselves are read in threads): the reported ones, else the block's ``files``
 of done tasks (farmnet.server.outputs.job_output_files). Timed on one job of ``--tasks`` tasks:
 none done, all done with block files (the job page asks for the last 6 files), and the whole list
-(``/api/jobs/ID/files``)::
+(``/api/jobs/ID/files``); and a job whose blocks name no files::
 
     .venv/bin/python bench/previews.py --tasks 10000
 """
@@ -48,12 +48,17 @@ def main() -> None:
     job = farm.submit(spec, "anna")
     outputs = OutputStore(tempfile.mkdtemp(prefix="bench-previews-"))
     reported = outputs.job_files(job.id)
+    plain, _ = parse_job({"job": {"name": "plain", "blocks": [
+        {"name": "b", "command": "true @#@", "frame_first": 1, "frame_last": args.tasks}]}})
+    plain_job = farm.submit(plain, "anna")
+    no_files = best_ms(lambda: job_output_files(plain_job, [], most=6), args.repeat)
     none_done = best_ms(lambda: job_output_files(job, reported, most=6), args.repeat)
     for task in job.blocks[0].tasks:  # the bench plays the farm: every task done
         task.state, task.starts_count = TaskState.DON, 1
     latest = best_ms(lambda: job_output_files(job, reported, most=6), args.repeat)
     whole = best_ms(lambda: job_output_files(job, reported), args.repeat)
-    print(f"{args.tasks} tasks: latest frames, none done {none_done:.2f} ms; all done {latest:.3f} ms; "
+    print(f"{args.tasks} tasks: latest frames, no block files {no_files:.3f} ms; "
+          f"none done {none_done:.2f} ms; all done {latest:.3f} ms; "
           f"whole list {whole:.1f} ms ({2 * args.tasks} files)")
 
 

@@ -68,8 +68,11 @@ def job_output_files(job: Job, reported: list[OutputFiles], most: int | None = N
     by_task = {(f.block, f.task): f for f in reported}
     found: list[OutputFiles] = []
     count = 0
+    reporting = {f.block for f in reported}
     for block in reversed(job.blocks):
         patterns = file_patterns(block.spec)  # once per block, not per task
+        if not patterns and block.number not in reporting:
+            continue  # nothing to find among its tasks (most jobs' blocks): no walk over them
         for task in reversed(block.tasks):
             files = task_output_files(task, by_task.get((block.number, task.number)), patterns)
             if files is None:
