@@ -275,7 +275,7 @@ AF_PY_BLOCK_KEYS = {
     "capacity_coeff_min": "test_needs.py VariableCapacityTests",
     "capacity_coeff_max": "test_needs.py VariableCapacityTests", "command": "CommandTests",
     "command_pre": "CommandPreTests", "command_post": "test_sysjob.py PostCommandTests",
-    "files": "test_needs.py FileCheckTests (a warning without checkrenderedfiles / skipexistingfiles)",
+    "files": "test_needs.py FileCheckTests, test_previews.py",
     "environment": "TaskEnvironmentTests", "tickets": "test_scheduler.py (tickets)",
     "tasks_name": "test_farm.py", "parser_coeff": "test_needs.py FileCheckTests (handed to the parser)",
     "errors_avoid_host": "test_farm.py", "errors_forgive_time": "test_farm.py",
@@ -313,7 +313,7 @@ AF_PY_JOB_KEYS = {
 AF_PY_BLOCK_FLAGS = {
     "numeric": "FrameTests", "varcapacity": "test_needs.py VariableCapacityTests",
     "multihost": "test_multihost.py", "masteronslave": "test_multihost.py", "dependsubtask": None,
-    "skipthumbnails": "farmnet makes no thumbnails",
+    "skipthumbnails": "test_previews.py",
     "skipexistingfiles": "test_needs.py FileCheckTests", "checkrenderedfiles": "test_needs.py FileCheckTests",
     "slavelostignore": "test_multihost.py", "suspendnewtasks": None,
 }

@@ -172,6 +172,8 @@ class OutputFilesTests(unittest.TestCase):
         expected = [(0, 0, 2, ("/r/f_0001.png", "/r/f_0002.png")), (0, 1, 1, ("/r/f_0003.png",))]
         got = [(f.block, f.task, f.run, f.paths) for f in outputs.job_files(3)]
         self.assertEqual(got, expected)
+        self.assertEqual([outputs.task_files((3, 0, n)) for n in range(3)],
+                         [*outputs.job_files(3), None])
         again = OutputStore(root)  # a restarted server reads them from disk
         self.assertEqual([(f.block, f.task, f.run, f.paths) for f in again.job_files(3)], expected)
         again.delete_job(3)

@@ -194,11 +194,13 @@ class FileCheckTests(NeedsTestCase):
         self.assertEqual((order.file_size_min, order.file_size_max, order.check_rendered_files,
                           order.skip_existing_files, order.parser_coeff), (10, 1000, True, False, 3))
 
-    def test_files_without_a_checking_flag_warn_and_are_not_sent(self) -> None:
+    def test_files_without_a_checking_flag_are_not_sent(self) -> None:
+        """They are kept for previews (no warning for them); their size bounds check nothing."""
         spec, warnings = parse_job({"name": "j", "blocks": [
             {"name": "b", "command": "x", "files": ["a.exr"], "file_size_min": 5}]})
-        self.assertEqual(len(warnings), 2, warnings)
-        self.assertIn("job.blocks[0].files: accepted but has no effect in farmnet", warnings[0])
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("job.blocks[0].file_size_min: accepted but has no effect in farmnet", warnings[0])
+        self.assertEqual(spec.blocks[0].files, ("a.exr",))
         render = self.host()
         self.farm.submit(spec, "anna")
         self.clock.advance(0)

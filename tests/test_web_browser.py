@@ -6,6 +6,9 @@
 - The console (lists that scale): a search, a sort and a page through the URL, three jobs
   checked and paused in one go (rows patched, no reload), a task's grid cell following
   the farm from the event stream.
+- Previews: a real server and render run a job whose tasks write a PNG and a text file per frame
+  with Pillow and name both in the block's ``files``; the job page's "Latest frames" and the task
+  page show the PNG's thumbnail loaded in the browser, and the text file's "no preview" placeholder.
 - A login and an action are done by clicking, through the DevTools protocol over a pipe
   (``--remote-debugging-pipe``: no port, no websocket): the page's pause button sends the
   user to the login form, the form logs in, the button pauses the job, and the page
@@ -21,8 +24,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import struct
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -33,13 +38,14 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, TestCase
 
+from farmnet.client import connect
 from farmnet.config import SchedulingConfig, StatsConfig
 from farmnet.model.data import TaskState
 from farmnet.model.farm import Farm
 from farmnet.server.outputs import OutputStore
 from farmnet.stats import pgtest
 from farmnet.stats.service import StatsService
-from farmnet.testing import wait_until
+from farmnet.testing import ProcessFarm, free_port, wait_until
 from farmnet.web.charts import PALETTE
 from farmnet.web.site import make_site
 from farmnet.web.testing import FarmPlayer, SiteUnderTest, job_doc, serve, write_users_file
@@ -694,3 +700,74 @@ class ConsoleTests(BrowserTestCase):
         self.assertEqual(await page.evaluate("window.asked"), ["Skip the 2 selected tasks?"])
         await page.wait_for("document.querySelector('#live tr[data-key=\"task:1:0:4\"] .state').textContent"
                             " === 'SKP'")
+
+
+#: A task's command: one frame as an 80x60 PNG (Pillow) and a text file beside it; argv[1] is the frame.
+WRITE_FRAME = ("import sys; from PIL import Image; n = sys.argv[1]; "
+               "Image.new('RGB', (80, 60), (200, 40, 40)).save(f'frame_{n}.png'); "
+               "open(f'frame_{n}.txt', 'w').write('not an image')")
+
+
+class PreviewTests(TestCase):
+    """Thumbnails of a real farm's output, named by the block's ``files`` (no parser reports them)."""
+
+    timeout = 180
+
+    async def setUp(self) -> None:
+        binary = find_chromium()
+        if binary is None:
+            raise SkipTest("no chromium installed (apt-get install chromium)")
+        self.chromium = binary
+        self.base = Path(tempfile.mkdtemp(prefix="farmnet-previews-"))
+        self.addCleanup(shutil.rmtree, self.base, True)
+        self.farm = ProcessFarm(reactor, self.base)
+        self.addCleanup(self.farm.stop)
+        self.web_port = free_port()
+        await self.farm.start_server("--web", f"tcp:{self.web_port}:interface=127.0.0.1")
+        await self.farm.start_render("r1")
+        self.client = await connect(reactor, self.farm.endpoint, "anna")
+        self.addCleanup(self.client.close)
+
+    async def loaded(self, page: Page, selector: str) -> list[list[Any]]:
+        """[src, naturalWidth, naturalHeight] of each image ``selector`` finds, once all loaded or failed."""
+        return await page.wait_for(
+            f"(() => {{ const all = [...document.querySelectorAll({json.dumps(selector)})];"
+            " if (!all.length || !all.every(i => i.complete)) return null;"
+            " return all.map(i => [i.getAttribute('src'), i.naturalWidth, i.naturalHeight]); })()")
+
+    async def test_job_and_task_pages_show_thumbnails_of_the_blocks_files(self) -> None:
+        frames = self.base / "frames"
+        frames.mkdir()
+        command = f"{shlex.quote(sys.executable)} -c {shlex.quote(WRITE_FRAME)} @####@"
+        job_id, warnings = await self.client.submit({"job": {"name": "comp", "blocks": [
+            {"name": "comp", "command": command, "frame_first": 1, "frame_last": 3,
+             "working_directory": str(frames), "files": ["frame_@####@.png", "frame_@####@.txt"]}]}})
+        self.assertEqual(warnings, [])
+        job = await self.client.wait(job_id)
+        self.assertEqual(job["state"], "DON", await self.client.output(job_id, 0, 0))
+        listed = await self.client.output_files(job_id)
+        self.assertEqual([(f["block"], f["task"], f["run"], f["paths"]) for f in listed],
+                         [(0, n, 1, [str(frames / f"frame_{n + 1:04d}.{kind}") for kind in ("png", "txt")])
+                          for n in range(3)])
+
+        browser = Chromium.start(self.chromium, self.base)
+        self.addCleanup(browser.close)
+        page = await browser.new_page()
+        site = f"http://127.0.0.1:{self.web_port}"
+        await page.goto(f"{site}/jobs/{job_id}")
+        images = await self.loaded(page, ".thumbnails img")
+        self.assertEqual(images, [[f"/jobs/{job_id}/0/{n}/files/{i}", *size]
+                                  for n in range(3) for i, size in ((0, (80, 60)), (1, (192, 108)))])
+
+        await page.goto(f"{site}/jobs/{job_id}/0/1")
+        self.assertIn("Frames of run 1", await page.evaluate("document.body.textContent"))
+        images = await self.loaded(page, ".thumbnails img")
+        self.assertEqual(images, [[f"/jobs/{job_id}/0/1/files/0", 80, 60],
+                                  [f"/jobs/{job_id}/0/1/files/1", 192, 108]])
+        # The placeholder says why (its title), and the text file's thumbnail is not cached as an image.
+        reason = await page.evaluate(
+            f"fetch('/jobs/{job_id}/0/1/files/1').then(r => r.text()).then(t => [t.includes('no preview'),"
+            " t.includes('not an image this server reads')])")
+        self.assertEqual(reason, [True, True])
+        cached = list(self.base.glob(f"server-store/**/previews/{job_id}/*.png"))
+        self.assertEqual(len(cached), 3, cached)

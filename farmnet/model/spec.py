@@ -41,6 +41,8 @@ FLAG_SLAVE_LOST_IGNORE = 1 << 8
 #: Afanasy's TASK_MULTIHOSTMAXHOSTS.
 MULTIHOST_MAX_HOSTS = 100
 FLAG_VARCAPACITY = 1 << 1
+#: Afanasy's skipthumbnails: the block's frames get no previews (farmnet/server/outputs.py).
+FLAG_SKIP_THUMBNAILS = 1 << 5
 FLAG_SKIP_EXISTING_FILES = 1 << 6
 FLAG_CHECK_RENDERED_FILES = 1 << 7
 
@@ -700,10 +702,7 @@ def _variable_capacity_and_files(c: _Collector, values: dict[str, Any], flags: i
     checking = flags & (FLAG_CHECK_RENDERED_FILES | FLAG_SKIP_EXISTING_FILES)
     if checking and not values["files"]:
         c.warnings.append(f"{path}.flags: checkrenderedfiles/skipexistingfiles without files check nothing")
-    if not checking:
-        if values["files"]:
-            c.warnings.append(f"{path}.files: accepted but has no effect in farmnet (no previews; files are "
-                              "checked only with the checkrenderedfiles or skipexistingfiles flag)")
+    if not checking:  # files without a checking flag are still the task's previews (doc/web.md)
         for key in ("file_size_min", "file_size_max"):
             if values[key] not in (None, -1, 0):
                 c.warnings.append(f"{path}.{key}: accepted but has no effect in farmnet (sizes are checked "

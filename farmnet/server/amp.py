@@ -56,7 +56,7 @@ from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
 from farmnet.server.actions import READ_ACTIONS, act
 from farmnet.server.monitors import EventLog
-from farmnet.server.outputs import OutputStore
+from farmnet.server.outputs import OutputStore, job_output_files
 from farmnet.server.passwords import PasswordFileChecker
 from farmnet.server.registry import BOX_KEY_OVERHEAD, CloseState, Connection, Registry
 from farmnet.server.throttle import LoginThrottle
@@ -690,7 +690,7 @@ class ServerProtocol(FarmAMP):
         self._need_user()
         job = self.farm.job(job_id)
         self.farm.check_may_read_output(self.user, job, self.server.output_readers)
-        return {"files": self.server.outputs.job_files(job_id)}
+        return {"files": job_output_files(job, self.server.outputs.job_files(job_id))}
 
     @c.ListRenders.responder
     def list_renders(self) -> dict[str, Any]:

@@ -7,6 +7,9 @@ keeps the tail in its own bounded log).
 Beside a run's log, the files the run wrote (a renderer's frames, as its parser read them:
 Blender's ``Saved: '...'`` lines) are kept in ``TASK.RUN.files.json``: the job's output
 files are those of each task's latest run that wrote any (:meth:`OutputStore.job_files`).
+A done task whose run reported none has the files its block names (Afanasy's ``files``, as af.py
+jobs from Nuke, Houdini or Maya carry them): :func:`job_output_files` computes them from the spec,
+with no disk access (whether they exist is found when a thumbnail is asked for, in a thread).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from farmnet.messages import OutputFiles
-from farmnet.model.data import TaskKey
+from farmnet.model.data import Job, Task, TaskKey, TaskState
+from farmnet.model.spec import FLAG_SKIP_THUMBNAILS, BlockSpec, FrameParts, fill_parts, frame_parts
 
 CUT_MARKER = b"\n[farmnet: output cut here: more than %d bytes]\n"
 #: Most output files kept per run (a chunk of frames writes one or a few per frame).
@@ -26,6 +30,58 @@ MAX_FILES_PER_RUN = 10_000
 #: Longest output file path kept.
 MAX_PATH = 4096
 
+
+def file_patterns(spec: BlockSpec) -> tuple[FrameParts, ...]:
+    """A block's ``files`` as paths here, cut at their ``@#@``: relative ones under the block's working
+    directory.  The server sees them at the same paths as the renders (shared storage); a relative path
+    without a working directory means nothing here and is left out."""
+    joined = (os.path.join(spec.working_directory, f) for f in spec.files)
+    return tuple(frame_parts(p) for p in joined if os.path.isabs(p))
+
+
+def named_files(task: Task, patterns: tuple[FrameParts, ...] | None = None) -> OutputFiles | None:
+    """The files a done task's block names for it (each of ``patterns``, the block's `file_patterns`,
+    filled for each of its frames, as Afanasy's processFilesPattern), or None."""
+    spec = task.block.spec
+    if task.state is not TaskState.DON or not spec.files:
+        return None
+    patterns = file_patterns(spec) if patterns is None else patterns
+    start, end = spec.frames(task.number)
+    step = spec.frames_inc if spec.numeric else 1
+    paths = tuple(fill_parts(p, frame, frame) for p in patterns for frame in range(start, end + 1, step))
+    return OutputFiles(task.block.number, task.number, task.starts_count, paths[:MAX_FILES_PER_RUN]) \
+        if paths else None
+
+
+def task_output_files(task: Task, reported: OutputFiles | None,
+                      patterns: tuple[FrameParts, ...] | None = None) -> OutputFiles | None:
+    """A task's output files: those its latest run that reported any reported, else its block's
+    ``files``; none in a block with Afanasy's skipthumbnails flag (no previews wanted)."""
+    if task.block.spec.flags & FLAG_SKIP_THUMBNAILS:
+        return None
+    return reported if reported is not None else named_files(task, patterns)
+
+
+def job_output_files(job: Job, reported: list[OutputFiles], most: int | None = None) -> list[OutputFiles]:
+    """The output files of each task of ``job`` by block and task (`task_output_files`); with ``most``,
+    only the last tasks' that hold at least ``most`` files (the job page's latest frames)."""
+    by_task = {(f.block, f.task): f for f in reported}
+    found: list[OutputFiles] = []
+    count = 0
+    reporting = {f.block for f in reported}
+    for block in reversed(job.blocks):
+        patterns = file_patterns(block.spec)  # once per block, not per task
+        if not patterns and block.number not in reporting:
+            continue  # nothing to find among its tasks (most jobs' blocks): no walk over them
+        for task in reversed(block.tasks):
+            files = task_output_files(task, by_task.get((block.number, task.number)), patterns)
+            if files is None:
+                continue
+            found.append(files)
+            count += len(files.paths)
+            if most is not None and count >= most:
+                return found[::-1]
+    return found[::-1]
 
 
 class OutputStore:
@@ -96,10 +152,19 @@ class OutputStore:
 
     def job_files(self, job_id: int) -> list[OutputFiles]:
         """The output files of each task of a job (its latest run that wrote any), by block and task."""
+        cached = self._job(job_id)
+        return [cached[k] for k in sorted(cached)]
+
+    def task_files(self, key: TaskKey) -> OutputFiles | None:
+        """The output files of a task's latest run that wrote any, or None."""
+        job, block, task = key
+        return self._job(job).get((block, task))
+
+    def _job(self, job_id: int) -> dict[tuple[int, int], OutputFiles]:
         cached = self._files.get(job_id)
         if cached is None:
             cached = self._files[job_id] = self._read_job_files(job_id)
-        return [cached[k] for k in sorted(cached)]
+        return cached
 
     def _read_job_files(self, job_id: int) -> dict[tuple[int, int], OutputFiles]:
         found: dict[tuple[int, int], OutputFiles] = {}

@@ -37,7 +37,7 @@ from farmnet.web.layout import (
 )
 from farmnet.web.listpages import ListPages, recorded_runs, resource_cells
 from farmnet.web.lists import ListView, list_table
-from farmnet.web.previews import latest_frames
+from farmnet.web.previews import latest_frames, task_frames
 from farmnet.web.routing import Call, Reply
 
 __all__ = ["LivePages", "resource_cells"]
@@ -320,7 +320,8 @@ class LivePages:
             run_table = self.runs_table((job_id, block, number), runs, run, data,
                                         {r["run"]: r for r in reversed(recorded or [])})
             output = self.output(call, (job_id, block, number), run, follow=running)
-        body = tags.div(tags.h1(f"Task {task.name}"), actions, info, tags.h2("Runs"), run_table)
+        body = tags.div(tags.h1(f"Task {task.name}"), actions, info,
+                        task_frames(self.ctx, call, (job_id, block, number)), tags.h2("Runs"), run_table)
         return live_page(self.ctx, call, f"Task {job_id}/{block}/{number}", body,
                          watch=f"task:{job_id}:{block}:{number}", current="/jobs",
                          after=tags.div(tags.h2(f"Output of run {run}"), output))
