@@ -142,11 +142,12 @@ class TaskLife(FarmState):
         env = dict(spec.environment)
         if spec.tasks:  # Afanasy lays the task's variables over the block's
             env.update(spec.tasks[task.number].environment)
+        job_id, block_number, task_number = str(job.id), str(block.number), str(task.number)
         env.update({
-            "AF_JOB_ID": str(job.id), "AF_BLOCK_ID": str(block.number), "AF_TASK_ID": str(task.number),
-            "FARMNET_JOB_ID": str(job.id), "FARMNET_JOB_NAME": job.name,
-            "FARMNET_BLOCK": str(block.number), "FARMNET_BLOCK_NAME": block.name,
-            "FARMNET_TASK": str(task.number), "FARMNET_TASK_NAME": (name := task.name),
+            "AF_JOB_ID": job_id, "AF_BLOCK_ID": block_number, "AF_TASK_ID": task_number,
+            "FARMNET_JOB_ID": job_id, "FARMNET_JOB_NAME": job.name,
+            "FARMNET_BLOCK": block_number, "FARMNET_BLOCK_NAME": block.name,
+            "FARMNET_TASK": task_number, "FARMNET_TASK_NAME": (name := task.name),
             "FARMNET_USER": job.user_name, "FARMNET_RUN": str(task.starts_count),
             "FARMNET_FRAME_START": str(frame_start), "FARMNET_FRAME_END": str(frame_end),
         })

@@ -220,12 +220,17 @@ class Scheduler:
 
     def users_in_order(self) -> list[User]:
         users = [u for u in self.farm.users.values() if u.ready_jobs]
-        if self.farm.settings.users_solving == "need":
-            use_capacity = self.farm.settings.solve_by_capacity
-            users.sort(key=lambda u: (-_need(u.priority, u.running_capacity if use_capacity else u.running),
-                                      u.time_registered))
-        else:
+        if len(users) < 2:
+            return users
+        settings = self.farm.settings
+        # Called on every pick: the keys are `_need` written out (the same float), one
+        # lambda per setting, since a call per user per pick is most of its cost.
+        if settings.users_solving != "need":
             users.sort(key=lambda u: (-u.priority, u.time_registered))
+        elif settings.solve_by_capacity:
+            users.sort(key=lambda u: (-(1.1**u.priority / (u.running_capacity + 1)), u.time_registered))
+        else:
+            users.sort(key=lambda u: (-(1.1**u.priority / (u.running + 1)), u.time_registered))
         return users
 
     def renders_in_order(self) -> list[Render]:
@@ -436,11 +441,14 @@ class Scheduler:
     def block_waits(self, block: Block) -> Why | None:
         if not block.counts[TaskState.RDY]:
             return Why.NO_READY
-        if any(not b.finished for b in block.depends_on):
+        if block.depends_on and any(not b.finished for b in block.depends_on):
             return Why.BLOCK_DEPENDS
         if _limit_reached(block.running, block.spec.max_running_tasks):
             return Why.BLOCK_LIMIT
-        for name, count in block.spec.tickets.items():
+        tickets = block.spec.tickets
+        if not tickets:
+            return None
+        for name, count in tickets.items():
             limit = self.farm.settings.tickets.get(name)
             if limit is not None and self.farm.tickets_used[name] + count > limit:
                 return Why.TICKETS
@@ -468,12 +476,13 @@ class Scheduler:
             return Why.BLOCK_HOST_LIMIT
         if _mask_refuses(render.name, block.hosts_mask, block.hosts_mask_exclude):
             return Why.BLOCK_MASK
-        per_host = self.farm.settings.tickets_per_host
-        for name, count in spec.tickets.items():
-            limit = per_host.get(name)
-            if limit is not None and render.tickets_used[name] + count > limit:
-                return Why.HOST_TICKETS
-        errors = block.host_errors.get(render.name)
+        if spec.tickets:
+            per_host = self.farm.settings.tickets_per_host
+            for name, count in spec.tickets.items():
+                limit = per_host.get(name)
+                if limit is not None and render.tickets_used[name] + count > limit:
+                    return Why.HOST_TICKETS
+        errors = block.host_errors.get(render.name) if block.host_errors else None
         if errors is not None and self._avoids(block, errors, "errors_avoid_host", now):
             return Why.AVOIDED
         if spec.multihost_min and self.multihost_refuses(block, render):
