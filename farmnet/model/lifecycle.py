@@ -139,18 +139,18 @@ class TaskLife(FarmState):
         spec = block.spec
         coeff = task.capacity // spec.capacity if task.capacity else 0  # variable capacity
         frame_start, frame_end = spec.frames(task.number) if spec.numeric else (0, 0)
-        env = dict(spec.environment)
+        task_number, name = str(task.number), task.name
         if spec.tasks:  # Afanasy lays the task's variables over the block's
+            env = dict(spec.environment)
             env.update(spec.tasks[task.number].environment)
-        job_id, block_number, task_number = str(job.id), str(block.number), str(task.number)
-        env.update({
-            "AF_JOB_ID": job_id, "AF_BLOCK_ID": block_number, "AF_TASK_ID": task_number,
-            "FARMNET_JOB_ID": job_id, "FARMNET_JOB_NAME": job.name,
-            "FARMNET_BLOCK": block_number, "FARMNET_BLOCK_NAME": block.name,
-            "FARMNET_TASK": task_number, "FARMNET_TASK_NAME": (name := task.name),
-            "FARMNET_USER": job.user_name, "FARMNET_RUN": str(task.starts_count),
-            "FARMNET_FRAME_START": str(frame_start), "FARMNET_FRAME_END": str(frame_end),
-        })
+            env.update(self._start_variables(block))
+        else:
+            env = self._start_environment(block).copy()
+        # Set in place: the keys keep the order of `_start_variables`.
+        env["AF_TASK_ID"] = env["FARMNET_TASK"] = task_number
+        env["FARMNET_TASK_NAME"] = name
+        env["FARMNET_RUN"] = str(task.starts_count)
+        env["FARMNET_FRAME_START"], env["FARMNET_FRAME_END"] = str(frame_start), str(frame_end)
         command = task.command
         if coeff:  # Afanasy's service puts the coefficient in the command
             command = command.replace("@AF_CAPACITY@", str(coeff))
@@ -165,6 +165,32 @@ class TaskLife(FarmState):
             frames_inc=spec.frames_inc if spec.numeric else 1,
             **extras,
         )
+
+    @staticmethod
+    def _start_variables(block: Block) -> dict[str, str]:
+        """A start order's farm variables; the task's own are filled in by `_start_order`."""
+        job = block.job
+        job_id, block_number = str(job.id), str(block.number)
+        return {
+            "AF_JOB_ID": job_id, "AF_BLOCK_ID": block_number, "AF_TASK_ID": "",
+            "FARMNET_JOB_ID": job_id, "FARMNET_JOB_NAME": job.name,
+            "FARMNET_BLOCK": block_number, "FARMNET_BLOCK_NAME": block.name,
+            "FARMNET_TASK": "", "FARMNET_TASK_NAME": "",
+            "FARMNET_USER": job.user_name, "FARMNET_RUN": "",
+            "FARMNET_FRAME_START": "", "FARMNET_FRAME_END": "",
+        }
+
+    def _start_environment(self, block: Block) -> dict[str, str]:
+        """The block's environment and the farm variables, kept on the block until its spec,
+        its job's spec or owner change (a start copies it instead of building it)."""
+        job = block.job
+        cached = block.start_environment
+        if (cached is None or cached[0] is not block.spec or cached[1] is not job.spec
+                or cached[2] != job.user_name):
+            env = dict(block.spec.environment)
+            env.update(self._start_variables(block))
+            cached = block.start_environment = (block.spec, job.spec, job.user_name, env)
+        return cached[3]
 
     def _arm_time_limits(self, task: Task) -> None:
         """task_max_run_time and task_progress_change_timeout: the server kills, the run

@@ -198,8 +198,12 @@ class Scheduler:
             if self.user_refuses(user, render):
                 continue
             for job in self.jobs_in_order(user):
-                if (self.job_waits(job, now) or self.job_refuses(job, render) or self.branch_waits(job)
-                        or self.branch_refuses(job, render) or self.job_pools_refuse(job, render)):
+                if self.job_waits(job, now) or self.job_refuses(job, render):
+                    continue
+                # The branch and pools checks, guarded by what makes them apply (a call each saved).
+                if job.branch is not None and (self.branch_waits(job) or self.branch_refuses(job, render)):
+                    continue
+                if job.spec.pools and self.job_pools_refuse(job, render):
                     continue
                 if restricted and self.render_state_refuses(job, render):
                     continue
