@@ -299,9 +299,12 @@ class Scheduler:
     def user_refuses(self, user: User, render: Render) -> Why | None:
         if _limit_reached(user.running, user.max_running_tasks):
             return Why.USER_LIMIT
-        if _limit_reached(user.running_per_host[render.id], user.max_running_tasks_per_host):
+        # The checks run on every pick: written so that what is unset costs no call or lookup.
+        per_host = user.max_running_tasks_per_host
+        if per_host >= 0 and user.running_per_host[render.id] >= per_host:
             return Why.USER_HOST_LIMIT
-        if _mask_refuses(render.name, user.hosts_mask, user.hosts_mask_exclude):
+        if (user.hosts_mask is not None or user.hosts_mask_exclude is not None) and _mask_refuses(
+                render.name, user.hosts_mask, user.hosts_mask_exclude):
             return Why.USER_MASK
         return None
 
@@ -333,11 +336,14 @@ class Scheduler:
         return None
 
     def job_refuses(self, job: Job, render: Render) -> Why | None:
-        if _limit_reached(job.running_per_host[render.id], job.spec.max_running_tasks_per_host):
+        spec = job.spec
+        per_host = spec.max_running_tasks_per_host
+        if per_host >= 0 and job.running_per_host[render.id] >= per_host:
             return Why.JOB_HOST_LIMIT
-        if _mask_refuses(render.name, job.hosts_mask, job.hosts_mask_exclude):
+        if (job.hosts_mask is not None or job.hosts_mask_exclude is not None) and _mask_refuses(
+                render.name, job.hosts_mask, job.hosts_mask_exclude):
             return Why.JOB_MASK
-        if job.spec.need_os or job.spec.need_properties:
+        if spec.need_os or spec.need_properties:
             return self.job_needs_refuse(job, render)
         return None
 
@@ -476,9 +482,11 @@ class Scheduler:
         if render.capacity_used + capacity > render.capacity or (
                 render.max_tasks > 0 and len(render.tasks) + len(render.multihost) >= render.max_tasks):
             return Why.BUSY
-        if _limit_reached(block.running_per_host[render.id], spec.max_running_tasks_per_host):
+        per_host = spec.max_running_tasks_per_host
+        if per_host >= 0 and block.running_per_host[render.id] >= per_host:
             return Why.BLOCK_HOST_LIMIT
-        if _mask_refuses(render.name, block.hosts_mask, block.hosts_mask_exclude):
+        if (block.hosts_mask is not None or block.hosts_mask_exclude is not None) and _mask_refuses(
+                render.name, block.hosts_mask, block.hosts_mask_exclude):
             return Why.BLOCK_MASK
         if spec.tickets:
             per_host = self.farm.settings.tickets_per_host
