@@ -257,19 +257,24 @@ class TaskLife(FarmState):
         if render is not None and render.tasks.pop(task.key, None) is not None:
             render.capacity_used -= capacity
             render.solved_empty_at = -1
-        if render is not None:
-            for name, count in block.spec.tickets.items():
-                render.tickets_used[name] -= count
-        for name, count in block.spec.tickets.items():
-            self.tickets_used[name] -= count
+        tickets = block.spec.tickets
+        if tickets:
+            if render is not None:
+                for name, count in tickets.items():
+                    render.tickets_used[name] -= count
+            for name, count in tickets.items():
+                self.tickets_used[name] -= count
         self.trees.release(render, task)
         block.running_capacity -= capacity
         user.running -= 1
         user.running_capacity -= capacity
+        render_id = task.render_id
         for counter in (block.running_per_host, job.running_per_host, user.running_per_host):
-            counter[task.render_id] -= 1
-            if counter[task.render_id] <= 0:
-                del counter[task.render_id]
+            left = counter[render_id] - 1
+            if left <= 0:
+                counter.pop(render_id, None)  # (it may be missing: a release with no occupy)
+            else:
+                counter[render_id] = left
         self.work_generation += 1  # limits and tickets freed: blocked work may fit now
         if not keep_render:
             task.render_id = 0
