@@ -371,3 +371,39 @@ class ParserReportTests(FarmTestCase):
         self.farm.task_finished(render, second.key, second.run, exit_code=1, signal=None, time_started=1.0,
                                 time_done=2.0)
         self.assertEqual(self.farm.task(second.key).state, TaskState.RDY)
+
+
+class StartEnvironmentTests(FarmTestCase):
+    """A block's start environment is built once and reused: what each start order carries must
+    still follow the block's and the task's variables."""
+
+    def test_variables_per_task(self) -> None:
+        render = self.render()
+        job = self.submit(name="shot", frames=2, block={"environment": {"SCENE": "a", "FARMNET_USER": "x"}})
+        [first] = self.orders(render)
+        self.assertEqual(first.environment["SCENE"], "a")
+        self.assertEqual(first.environment["FARMNET_USER"], "anna")  # the farm's variables win
+        self.assertEqual((first.environment["FARMNET_JOB_NAME"], first.environment["FARMNET_TASK"],
+                          first.environment["FARMNET_FRAME_END"]), ("shot", "0", "1"))
+        self.farm.job_action("anna", [job.id], "set_block", {"block": 0, "service": "blender"})
+        self.finish(render, first)
+        [second] = self.orders(render)
+        self.assertEqual((second.environment["FARMNET_JOB_NAME"], second.environment["AF_TASK_ID"],
+                          second.environment["FARMNET_TASK_NAME"]), ("shot", "1", "frame 2"))
+        self.assertEqual(second.service, "blender")
+        self.assertEqual(list(second.environment), list(first.environment))  # same keys, same order
+
+    def test_explicit_tasks_lay_their_variables_over_the_block(self) -> None:
+        render = self.render()
+        spec, _ = parse_job({"job": {"name": "tiles", "blocks": [{
+            "name": "tile", "command": "tile ", "environment": {"SCENE": "a", "TILE": "none"},
+            "tasks": [{"name": "t0", "command": "0", "environment": {"TILE": "0"}},
+                      {"name": "t1", "command": "1"}]}]}})
+        self.farm.submit(spec, "anna")
+        self.clock.advance(0)
+        [first] = self.orders(render)
+        self.assertEqual((first.environment["SCENE"], first.environment["TILE"]), ("a", "0"))
+        self.finish(render, first)
+        [second] = self.orders(render)
+        environment = second.environment
+        self.assertEqual((environment["TILE"], environment["FARMNET_TASK_NAME"]), ("none", "t1"))

@@ -140,6 +140,9 @@ class Block:
     tasks_depend_on: list[Block] = attrs.field(factory=list)
     #: Another block depends on this one: its finishing may free work.
     depends_on_me: bool = False
+    #: The start orders' environment without the task's own variables, and what it was built
+    #: from (block spec, job spec, owner): built once per block, not per start.
+    start_environment: tuple[object, object, str, dict[str, str]] | None = None
 
     @property
     def name(self) -> str:

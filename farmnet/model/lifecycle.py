@@ -139,17 +139,18 @@ class TaskLife(FarmState):
         spec = block.spec
         coeff = task.capacity // spec.capacity if task.capacity else 0  # variable capacity
         frame_start, frame_end = spec.frames(task.number) if spec.numeric else (0, 0)
-        env = dict(spec.environment)
+        task_number, name = str(task.number), task.name
         if spec.tasks:  # Afanasy lays the task's variables over the block's
+            env = dict(spec.environment)
             env.update(spec.tasks[task.number].environment)
-        env.update({
-            "AF_JOB_ID": str(job.id), "AF_BLOCK_ID": str(block.number), "AF_TASK_ID": str(task.number),
-            "FARMNET_JOB_ID": str(job.id), "FARMNET_JOB_NAME": job.name,
-            "FARMNET_BLOCK": str(block.number), "FARMNET_BLOCK_NAME": block.name,
-            "FARMNET_TASK": str(task.number), "FARMNET_TASK_NAME": (name := task.name),
-            "FARMNET_USER": job.user_name, "FARMNET_RUN": str(task.starts_count),
-            "FARMNET_FRAME_START": str(frame_start), "FARMNET_FRAME_END": str(frame_end),
-        })
+            env.update(self._start_variables(block))
+        else:
+            env = self._start_environment(block).copy()
+        # Set in place: the keys keep the order of `_start_variables`.
+        env["AF_TASK_ID"] = env["FARMNET_TASK"] = task_number
+        env["FARMNET_TASK_NAME"] = name
+        env["FARMNET_RUN"] = str(task.starts_count)
+        env["FARMNET_FRAME_START"], env["FARMNET_FRAME_END"] = str(frame_start), str(frame_end)
         command = task.command
         if coeff:  # Afanasy's service puts the coefficient in the command
             command = command.replace("@AF_CAPACITY@", str(coeff))
@@ -164,6 +165,32 @@ class TaskLife(FarmState):
             frames_inc=spec.frames_inc if spec.numeric else 1,
             **extras,
         )
+
+    @staticmethod
+    def _start_variables(block: Block) -> dict[str, str]:
+        """A start order's farm variables; the task's own are filled in by `_start_order`."""
+        job = block.job
+        job_id, block_number = str(job.id), str(block.number)
+        return {
+            "AF_JOB_ID": job_id, "AF_BLOCK_ID": block_number, "AF_TASK_ID": "",
+            "FARMNET_JOB_ID": job_id, "FARMNET_JOB_NAME": job.name,
+            "FARMNET_BLOCK": block_number, "FARMNET_BLOCK_NAME": block.name,
+            "FARMNET_TASK": "", "FARMNET_TASK_NAME": "",
+            "FARMNET_USER": job.user_name, "FARMNET_RUN": "",
+            "FARMNET_FRAME_START": "", "FARMNET_FRAME_END": "",
+        }
+
+    def _start_environment(self, block: Block) -> dict[str, str]:
+        """The block's environment and the farm variables, kept on the block until its spec,
+        its job's spec or owner change (a start copies it instead of building it)."""
+        job = block.job
+        cached = block.start_environment
+        if (cached is None or cached[0] is not block.spec or cached[1] is not job.spec
+                or cached[2] != job.user_name):
+            env = dict(block.spec.environment)
+            env.update(self._start_variables(block))
+            cached = block.start_environment = (block.spec, job.spec, job.user_name, env)
+        return cached[3]
 
     def _arm_time_limits(self, task: Task) -> None:
         """task_max_run_time and task_progress_change_timeout: the server kills, the run
@@ -230,19 +257,24 @@ class TaskLife(FarmState):
         if render is not None and render.tasks.pop(task.key, None) is not None:
             render.capacity_used -= capacity
             render.solved_empty_at = -1
-        if render is not None:
-            for name, count in block.spec.tickets.items():
-                render.tickets_used[name] -= count
-        for name, count in block.spec.tickets.items():
-            self.tickets_used[name] -= count
+        tickets = block.spec.tickets
+        if tickets:
+            if render is not None:
+                for name, count in tickets.items():
+                    render.tickets_used[name] -= count
+            for name, count in tickets.items():
+                self.tickets_used[name] -= count
         self.trees.release(render, task)
         block.running_capacity -= capacity
         user.running -= 1
         user.running_capacity -= capacity
+        render_id = task.render_id
         for counter in (block.running_per_host, job.running_per_host, user.running_per_host):
-            counter[task.render_id] -= 1
-            if counter[task.render_id] <= 0:
-                del counter[task.render_id]
+            left = counter[render_id] - 1
+            if left <= 0:
+                counter.pop(render_id, None)  # (it may be missing: a release with no occupy)
+            else:
+                counter[render_id] = left
         self.work_generation += 1  # limits and tickets freed: blocked work may fit now
         if not keep_render:
             task.render_id = 0

@@ -198,8 +198,12 @@ class Scheduler:
             if self.user_refuses(user, render):
                 continue
             for job in self.jobs_in_order(user):
-                if (self.job_waits(job, now) or self.job_refuses(job, render) or self.branch_waits(job)
-                        or self.branch_refuses(job, render) or self.job_pools_refuse(job, render)):
+                if self.job_waits(job, now) or self.job_refuses(job, render):
+                    continue
+                # The branch and pools checks, guarded by what makes them apply (a call each saved).
+                if job.branch is not None and (self.branch_waits(job) or self.branch_refuses(job, render)):
+                    continue
+                if job.spec.pools and self.job_pools_refuse(job, render):
                     continue
                 if restricted and self.render_state_refuses(job, render):
                     continue
@@ -220,12 +224,17 @@ class Scheduler:
 
     def users_in_order(self) -> list[User]:
         users = [u for u in self.farm.users.values() if u.ready_jobs]
-        if self.farm.settings.users_solving == "need":
-            use_capacity = self.farm.settings.solve_by_capacity
-            users.sort(key=lambda u: (-_need(u.priority, u.running_capacity if use_capacity else u.running),
-                                      u.time_registered))
-        else:
+        if len(users) < 2:
+            return users
+        settings = self.farm.settings
+        # Called on every pick: the keys are `_need` written out (the same float), one
+        # lambda per setting, since a call per user per pick is most of its cost.
+        if settings.users_solving != "need":
             users.sort(key=lambda u: (-u.priority, u.time_registered))
+        elif settings.solve_by_capacity:
+            users.sort(key=lambda u: (-(1.1**u.priority / (u.running_capacity + 1)), u.time_registered))
+        else:
+            users.sort(key=lambda u: (-(1.1**u.priority / (u.running + 1)), u.time_registered))
         return users
 
     def renders_in_order(self) -> list[Render]:
@@ -290,9 +299,12 @@ class Scheduler:
     def user_refuses(self, user: User, render: Render) -> Why | None:
         if _limit_reached(user.running, user.max_running_tasks):
             return Why.USER_LIMIT
-        if _limit_reached(user.running_per_host[render.id], user.max_running_tasks_per_host):
+        # The checks run on every pick: written so that what is unset costs no call or lookup.
+        per_host = user.max_running_tasks_per_host
+        if per_host >= 0 and user.running_per_host[render.id] >= per_host:
             return Why.USER_HOST_LIMIT
-        if _mask_refuses(render.name, user.hosts_mask, user.hosts_mask_exclude):
+        if (user.hosts_mask is not None or user.hosts_mask_exclude is not None) and _mask_refuses(
+                render.name, user.hosts_mask, user.hosts_mask_exclude):
             return Why.USER_MASK
         return None
 
@@ -324,11 +336,14 @@ class Scheduler:
         return None
 
     def job_refuses(self, job: Job, render: Render) -> Why | None:
-        if _limit_reached(job.running_per_host[render.id], job.spec.max_running_tasks_per_host):
+        spec = job.spec
+        per_host = spec.max_running_tasks_per_host
+        if per_host >= 0 and job.running_per_host[render.id] >= per_host:
             return Why.JOB_HOST_LIMIT
-        if _mask_refuses(render.name, job.hosts_mask, job.hosts_mask_exclude):
+        if (job.hosts_mask is not None or job.hosts_mask_exclude is not None) and _mask_refuses(
+                render.name, job.hosts_mask, job.hosts_mask_exclude):
             return Why.JOB_MASK
-        if job.spec.need_os or job.spec.need_properties:
+        if spec.need_os or spec.need_properties:
             return self.job_needs_refuse(job, render)
         return None
 
@@ -436,11 +451,14 @@ class Scheduler:
     def block_waits(self, block: Block) -> Why | None:
         if not block.counts[TaskState.RDY]:
             return Why.NO_READY
-        if any(not b.finished for b in block.depends_on):
+        if block.depends_on and any(not b.finished for b in block.depends_on):
             return Why.BLOCK_DEPENDS
         if _limit_reached(block.running, block.spec.max_running_tasks):
             return Why.BLOCK_LIMIT
-        for name, count in block.spec.tickets.items():
+        tickets = block.spec.tickets
+        if not tickets:
+            return None
+        for name, count in tickets.items():
             limit = self.farm.settings.tickets.get(name)
             if limit is not None and self.farm.tickets_used[name] + count > limit:
                 return Why.TICKETS
@@ -464,16 +482,19 @@ class Scheduler:
         if render.capacity_used + capacity > render.capacity or (
                 render.max_tasks > 0 and len(render.tasks) + len(render.multihost) >= render.max_tasks):
             return Why.BUSY
-        if _limit_reached(block.running_per_host[render.id], spec.max_running_tasks_per_host):
+        per_host = spec.max_running_tasks_per_host
+        if per_host >= 0 and block.running_per_host[render.id] >= per_host:
             return Why.BLOCK_HOST_LIMIT
-        if _mask_refuses(render.name, block.hosts_mask, block.hosts_mask_exclude):
+        if (block.hosts_mask is not None or block.hosts_mask_exclude is not None) and _mask_refuses(
+                render.name, block.hosts_mask, block.hosts_mask_exclude):
             return Why.BLOCK_MASK
-        per_host = self.farm.settings.tickets_per_host
-        for name, count in spec.tickets.items():
-            limit = per_host.get(name)
-            if limit is not None and render.tickets_used[name] + count > limit:
-                return Why.HOST_TICKETS
-        errors = block.host_errors.get(render.name)
+        if spec.tickets:
+            per_host = self.farm.settings.tickets_per_host
+            for name, count in spec.tickets.items():
+                limit = per_host.get(name)
+                if limit is not None and render.tickets_used[name] + count > limit:
+                    return Why.HOST_TICKETS
+        errors = block.host_errors.get(render.name) if block.host_errors else None
         if errors is not None and self._avoids(block, errors, "errors_avoid_host", now):
             return Why.AVOIDED
         if spec.multihost_min and self.multihost_refuses(block, render):

@@ -347,6 +347,8 @@ def fill_parts(parts: FrameParts, start: int, end: int) -> str:
     texts, pads = parts
     if not pads:
         return texts[0]
+    if len(pads) == 1:  # the usual command, "render -f @####@": no list to join
+        return texts[0] + str(start).zfill(pads[0]) + texts[1]
     out = [texts[0]]
     for i, pad in enumerate(pads):
         out.append(str(end if i % 2 else start).zfill(pad))

@@ -76,7 +76,9 @@ class FarmState:
         if old is state:
             return
         block, job = task.block, task.block.job
-        block_was_finished = block.finished
+        # Only a move into or out of DON/SKP can finish or unfinish the block (most moves do not).
+        finishing = old in FINISHED or state in FINISHED
+        block_was_finished = finishing and block.finished
         block.counts[old] -= 1
         block.counts[state] += 1
         job.counts[old] -= 1
@@ -91,7 +93,7 @@ class FarmState:
             self._ready_jobs_remove(job)
         if block.spec.multihost_min and state is not TaskState.RUN and state is not TaskState.WRC:
             self._multihost_end(task, f"task {state.value}")  # type: ignore[attr-defined]
-        if block.finished != block_was_finished:
+        if finishing and block.finished != block_was_finished:
             self._count_capacity(block.spec.capacity, -1 if block_was_finished is False else +1)
             if block.depends_on_me or job.spec.depend_mask:
                 self.work_generation += 1  # blocks or jobs waiting on it may run now
