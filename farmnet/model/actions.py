@@ -271,15 +271,8 @@ class Actions(TaskLife, Policy):
                                        f"{self.settings.max_tasks_per_job} per job")
         first = len(job.blocks)
         job.spec = attrs.evolve(job.spec, blocks=(*job.spec.blocks, *specs))
-        for number, bspec in enumerate(specs, start=first):
-            block = Block(job=job, number=number, spec=bspec, hosts_mask=self.masks.compile(bspec.hosts_mask),
-                          hosts_mask_exclude=self.masks.compile(bspec.hosts_mask_exclude))
-            count = bspec.tasks_count
-            block.tasks = [Task(block, n) for n in range(count)]
-            block.counts[TaskState.RDY] = count
-            block.set_order(bspec.sequential)
-            job.counts[TaskState.RDY] += count
-            job.blocks.append(block)
+        for bspec in specs:
+            self._add_block(job, bspec)
             self._count_capacity(bspec.capacity, +1)
         self._link_blocks(job)
         if job.time_done:

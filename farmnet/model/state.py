@@ -26,7 +26,7 @@ from farmnet.model.events import Bus, JobChanged, OrdersQueued, RenderChanged, T
 from farmnet.model.masks import Masks
 from farmnet.model.pools import Trees
 from farmnet.model.scheduler import Scheduler
-from farmnet.model.spec import JobSpec
+from farmnet.model.spec import BlockSpec, JobSpec
 
 log = Logger()
 
@@ -218,18 +218,24 @@ class FarmState:
                   hosts_mask_exclude=self.masks.compile(spec.hosts_mask_exclude))
         if spec.ignorenimby or spec.ignorepaused:
             self.jobs_ignoring_states += 1
-        for number, bspec in enumerate(spec.blocks):
-            block = Block(job=job, number=number, spec=bspec, hosts_mask=self.masks.compile(bspec.hosts_mask),
-                          hosts_mask_exclude=self.masks.compile(bspec.hosts_mask_exclude))
-            count = bspec.tasks_count
-            block.tasks = [Task(block, n) for n in range(count)]
-            block.counts[TaskState.RDY] = count
-            block.set_order(bspec.sequential)
-            job.counts[TaskState.RDY] += count
-            job.blocks.append(block)
+        for bspec in spec.blocks:
+            self._add_block(job, bspec)
         self._link_blocks(job)
         self.jobs[job.id] = job
         return job
+
+    def _add_block(self, job: Job, bspec: BlockSpec) -> Block:
+        """A new block at the end of ``job``, all its tasks ready (depends are linked after)."""
+        block = Block(job=job, number=len(job.blocks), spec=bspec,
+                      hosts_mask=self.masks.compile(bspec.hosts_mask),
+                      hosts_mask_exclude=self.masks.compile(bspec.hosts_mask_exclude))
+        count = bspec.tasks_count
+        block.tasks = [Task(block, n) for n in range(count)]
+        block.counts[TaskState.RDY] = count
+        block.set_order(bspec.sequential)
+        job.counts[TaskState.RDY] += count
+        job.blocks.append(block)
+        return block
 
     def _link_blocks(self, job: Job) -> None:
         """Resolve blocks' depend_mask and tasks_depend_mask to the blocks they match."""

@@ -111,6 +111,7 @@ class LineParser:
         self.warnings: list[str] = []
         self.bad_results: list[str] = []
         self.finished = False
+        self._frame_seen = False  # a line that starts a frame was read
         self._carry = b""
         self._skipping = False
 
@@ -192,6 +193,15 @@ class LineParser:
     def line(self, text: str) -> None:
         """Read one line of output for progress (the flags are already read)."""
 
+    def frame_started(self) -> bool:
+        """A line that starts a frame was read: every frame after the first ends the one
+        before, so the count goes up from the second on (True when it did)."""
+        if self._frame_seen:
+            self.frame += 1
+            return True
+        self._frame_seen = True
+        return False
+
     def frame_progress(self) -> None:
         """The task's progress from ``frame`` and ``percent_frame``, as Afanasy computes it."""
         self.frame = max(0, min(self.frame, self.frames))
@@ -220,16 +230,9 @@ class AfanasyMarkers(LineParser):
     _FRAME = re.compile(r"FRAME: ")
     _PROGRESS = re.compile(r"PROGRESS: *(-?[0-9]+(?:\.[0-9]+)?) *%")
 
-    def __init__(self, frames: int = 1) -> None:
-        super().__init__(frames)
-        self._first_frame = True
-
     def line(self, text: str) -> None:
         if self._FRAME.search(text):
-            if self._first_frame:  # the first frame starts; every later one ends the one before
-                self._first_frame = False
-            else:
-                self.frame += 1
+            if self.frame_started():
                 self.percent_frame = 0
             self.frame_progress()
         match = self._PROGRESS.search(text)
@@ -348,21 +351,13 @@ class HbatchParser(LineParser):
     _FRAME = "RopNode.render: frame "
     _ABC = re.compile(r"ABC_PROGRESS ([0-9]+)")
 
-    def __init__(self, frames: int = 1) -> None:
-        super().__init__(frames)
-        self._first_frame = True
-
     def line(self, text: str) -> None:
         self.hbatch_line(text)
 
     def hbatch_line(self, text: str) -> None:
-        if self._FRAME in text:
-            if self._first_frame:
-                self._first_frame = False
-            else:
-                self.frame += 1
-                self.percent_frame = 0
-                self.frame_progress()
+        if self._FRAME in text and self.frame_started():
+            self.percent_frame = 0
+            self.frame_progress()
         match = self._ABC.search(text)
         if match:
             self.percent_frame = int(match.group(1))
@@ -604,15 +599,9 @@ class MayaDelightParser(MayaParser):
     progress_keys = ("caching geometry:",)
     _FRAME = re.compile(r"Frame -?[0-9]+: caching geometry:")
 
-    def __init__(self, frames: int = 1) -> None:
-        super().__init__(frames)
-        self._first_frame = True
-
     def line(self, text: str) -> None:
         if self._FRAME.search(text):
-            if not self._first_frame:
-                self.frame += 1
-            self._first_frame = False
+            self.frame_started()
             self.frame_progress()
 
 
@@ -623,16 +612,9 @@ class MayaFumeFxParser(MayaParser):
     progress_keys = ("FumeFX: Frame: ",)
     error_strings = (*_MAYA_ERRORS, "Error: FumeFX is not authorized")
 
-    def __init__(self, frames: int = 1) -> None:
-        super().__init__(frames)
-        self._first_frame = True
-
     def line(self, text: str) -> None:
-        if "FumeFX: Frame: " in text:
-            if not self._first_frame:
-                self.frame += 1
-                self.frame_progress()
-            self._first_frame = False
+        if "FumeFX: Frame: " in text and self.frame_started():
+            self.frame_progress()
 
 
 class MayaToArnoldParser(MayaParser):
@@ -657,14 +639,10 @@ class MayaToVrayParser(AfanasyMarkers):
     progress_keys = ("FRAME: ", "PROGRESS: ", "Appending ", "Render complete")
 
     def line(self, text: str) -> None:
-        if "Appending " in text:
-            if self._first_frame:
-                self._first_frame = False
-            else:
-                self.frame += 1
-                self.frame_progress()
+        if "Appending " in text and self.frame_started():
+            self.frame_progress()
         if "Render complete" in text:
-            self._first_frame, self.frame = True, 0
+            self._frame_seen, self.frame = False, 0
         match = self._PROGRESS.search(text)
         if match:
             self.percent_frame = int(float(match.group(1)))
@@ -869,16 +847,10 @@ class XsiParser(LineParser):
     _FRAME = re.compile(r"Rendering frame -?[0-9]+")
     _PROGRESS = re.compile(r"progr:\s*([0-9]{1,3})(?:\.[0-9]+)?\s*%\s*rendered")
 
-    def __init__(self, frames: int = 1) -> None:
-        super().__init__(frames)
-        self._first_frame = True
-
     def line(self, text: str) -> None:
         if self._FRAME.search(text):
-            if not self._first_frame:
-                self.frame += 1
+            if self.frame_started():
                 self.percent_frame = 0
-            self._first_frame = False
             self.frame_progress()
             return
         match = self._PROGRESS.search(text)

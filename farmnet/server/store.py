@@ -21,6 +21,7 @@ every acknowledged submit and delete in it.
 
 from __future__ import annotations
 
+import abc
 import json
 import sqlite3
 import time
@@ -207,7 +208,7 @@ def write_plan(changes: tuple) -> list[Op]:
     ]
 
 
-class FarmStore(service.Service):
+class FarmStore(service.Service, abc.ABC):
     """What every backend shares: loads the farm from rows at start, then follows it as one
     of its observers, turning its changes into batches of rows (:func:`write_plan`) that the
     backend commits (:meth:`_submit`); `sync` fires once they are."""
@@ -245,17 +246,17 @@ class FarmStore(service.Service):
         #: The other parts' values (`get_meta`), as loaded.
         self._loaded_meta: dict[str, str] = {}
 
+    @abc.abstractmethod
     def _open(self) -> bool:
         """The backend is ready to write."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _submit(self, changes: tuple) -> defer.Deferred[None]:
         """Commit one batch; fires once committed."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Let the backend go (no more writes)."""
-        raise NotImplementedError
 
     # --- loading -----------------------------------------------------------------------
 
