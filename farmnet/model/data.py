@@ -150,11 +150,12 @@ class Block:
 
     @property
     def running(self) -> int:
-        return self.counts[TaskState.RUN]
+        return self.counts.get(TaskState.RUN, 0)
 
     @property
     def finished(self) -> bool:
-        return self.counts[TaskState.DON] + self.counts[TaskState.SKP] == len(self.tasks)
+        counts = self.counts  # (.get: a Counter's missing key costs a Python call, on a hot path)
+        return counts.get(TaskState.DON, 0) + counts.get(TaskState.SKP, 0) == len(self.tasks)
 
     def set_order(self, sequential: int) -> None:
         """Afanasy's ``sequential``: 1 forward, -1 backward, N every Nth frame first
@@ -217,7 +218,8 @@ class Job:
 
     @property
     def done(self) -> bool:
-        return self.counts[TaskState.DON] + self.counts[TaskState.SKP] == self.tasks_total
+        counts = self.counts
+        return counts.get(TaskState.DON, 0) + counts.get(TaskState.SKP, 0) == self.tasks_total
 
     @property
     def state(self) -> TaskState:

@@ -131,15 +131,16 @@ class TaskLife(FarmState):
         task.capacity = spec.capacity * coeff if coeff else 0
         self._occupy(render, task)
         self._set_state(task, TaskState.RUN)
-        self._arm_time_limits(task)
+        if spec.task_max_run_time > 0 or spec.task_progress_change_timeout > 0:
+            self._arm_time_limits(task)
 
     def _start_order(self, task: Task) -> StartOrder:
         """The order that starts the task's current run."""
         block, job = task.block, task.block.job
         spec = block.spec
         coeff = task.capacity // spec.capacity if task.capacity else 0  # variable capacity
-        frame_start, frame_end = spec.frames(task.number) if spec.numeric else (0, 0)
-        task_number, name = str(task.number), task.name
+        name, command, frame_start, frame_end = spec.task_texts(task.number)
+        task_number = str(task.number)
         if spec.tasks:  # Afanasy lays the task's variables over the block's
             env = dict(spec.environment)
             env.update(spec.tasks[task.number].environment)
@@ -151,7 +152,6 @@ class TaskLife(FarmState):
         env["FARMNET_TASK_NAME"] = name
         env["FARMNET_RUN"] = str(task.starts_count)
         env["FARMNET_FRAME_START"], env["FARMNET_FRAME_END"] = str(frame_start), str(frame_end)
-        command = task.command
         if coeff:  # Afanasy's service puts the coefficient in the command
             command = command.replace("@AF_CAPACITY@", str(coeff))
             env["FARMNET_CAPACITY_COEFF"] = str(coeff)
@@ -230,18 +230,19 @@ class TaskLife(FarmState):
         self.request_solve()
 
     def _occupy(self, render: Render, task: Task) -> None:
-        block, job = task.block, task.block.job
+        block = task.block
+        job = block.job
         user = self.users[job.user_name]
         capacity = task.capacity or block.spec.capacity
-        task.render_id = render.id
-        render.tasks[task.key] = task
+        render_id = task.render_id = render.id
+        render.tasks[(job.id, block.number, task.number)] = task
         render.capacity_used += capacity
         block.running_capacity += capacity
-        block.running_per_host[render.id] += 1
-        job.running_per_host[render.id] += 1
+        # (.get: a Counter's missing key costs a Python call; every start comes here)
+        for counter in (block.running_per_host, job.running_per_host, user.running_per_host):
+            counter[render_id] = counter.get(render_id, 0) + 1
         user.running += 1
         user.running_capacity += capacity
-        user.running_per_host[render.id] += 1
         for name, count in block.spec.tickets.items():
             self.tickets_used[name] += count
             render.tickets_used[name] += count
@@ -249,12 +250,14 @@ class TaskLife(FarmState):
 
     def _release(self, task: Task, keep_render: bool = False) -> None:
         """Free what a running task held on its render."""
-        block, job = task.block, task.block.job
+        block = task.block
+        job = block.job
         user = self.users[job.user_name]
-        self._cancel_timer("limits", id(task))
+        if self._timers:  # (none armed: no key to build)
+            self._cancel_timer("limits", id(task))
         capacity = task.capacity or block.spec.capacity
         render = self.renders.get(task.render_id)
-        if render is not None and render.tasks.pop(task.key, None) is not None:
+        if render is not None and render.tasks.pop((job.id, block.number, task.number), None) is not None:
             render.capacity_used -= capacity
             render.solved_empty_at = -1
         tickets = block.spec.tickets
@@ -270,7 +273,7 @@ class TaskLife(FarmState):
         user.running_capacity -= capacity
         render_id = task.render_id
         for counter in (block.running_per_host, job.running_per_host, user.running_per_host):
-            left = counter[render_id] - 1
+            left = counter.get(render_id, 0) - 1
             if left <= 0:
                 counter.pop(render_id, None)  # (it may be missing: a release with no occupy)
             else:
@@ -281,11 +284,14 @@ class TaskLife(FarmState):
 
     def current_task(self, render: Render, key: TaskKey, run: int) -> Task | None:
         """The task a report is about, if the report is about its current run."""
-        try:
-            task = self.task(key)
-        except (errors.UnknownJob, errors.UnknownTask):
+        job = self.jobs.get(key[0])  # `task` written out: every finish and output report looks
+        if job is None or key[1] < 0 or key[2] < 0:
             return None
-        if task.state not in ACTIVE or task.starts_count != run or task.render_id != render.id:
+        try:
+            task = job.blocks[key[1]].tasks[key[2]]
+        except IndexError:
+            return None
+        if task.render_id != render.id or task.starts_count != run or task.state not in ACTIVE:
             return None
         return task
 
@@ -376,17 +382,18 @@ class TaskLife(FarmState):
 
     def _run_record(self, task: Task, exit_code: int | None, signal: int | None, message: str,
                     peak_memory_mb: int | None) -> TaskRun:
-        block, job = task.block, task.block.job
-        frames = block.spec.frames(task.number) if block.spec.numeric else (0, 0)
+        block = task.block
+        job, spec = block.job, block.spec
+        name, command, frame_start, frame_end = spec.task_texts(task.number)
         host, hosts = task.host, ()
-        if block.spec.multihost_min:  # "primary: secondary ...", as Afanasy shows a multi-host run
+        if spec.multihost_min:  # "primary: secondary ...", as Afanasy shows a multi-host run
             host, _, others = task.host.partition(": ")
             hosts = tuple(dict.fromkeys([host, *others.split()]))
         return TaskRun(
             job_id=job.id, block=block.number, task=task.number, run=task.starts_count,
-            job_name=job.name, block_name=block.name, task_name=task.name, user_name=job.user_name,
-            host=host, hosts=hosts, service=block.spec.service, capacity=task.capacity or block.spec.capacity,
-            command=task.command, frame_start=frames[0], frame_end=frames[1],
+            job_name=job.spec.name, block_name=spec.name, task_name=name, user_name=job.user_name,
+            host=host, hosts=hosts, service=spec.service, capacity=task.capacity or spec.capacity,
+            command=command, frame_start=frame_start, frame_end=frame_end,
             time_started=task.time_started, time_done=task.time_done, exit_code=exit_code,
             signal=signal, state=task.state.value, errors_count=task.errors_count,
             message=message, peak_memory_mb=peak_memory_mb)

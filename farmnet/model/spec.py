@@ -254,12 +254,22 @@ class BlockSpec:
         if self.tasks:
             name = self.tasks[number].name
             return self.tasks_name.replace("@#@", name) if self.tasks_name else name
-        start, end = self.frames(number)
+        return self._frames_name(*self.frames(number))
+
+    def _frames_name(self, start: int, end: int) -> str:
         if self.tasks_name:
             return fill_parts(self._tasks_name_parts, start, end)
         if start == end:
             return f"frame {start}"
         return f"frame {start}-{end}" + (f" / {self.frames_inc}" if self.frames_inc > 1 else "")
+
+    def task_texts(self, number: int) -> tuple[str, str, int, int]:
+        """The task's name, command, first and last frame (0, 0 unless numeric), the frames
+        worked out once: every start order and run record needs them all."""
+        if self.tasks or self.dynamic:
+            return self.task_name(number), self.task_command(number), 0, 0
+        start, end = self.frames(number)
+        return self._frames_name(start, end), fill_parts(self._command_parts, start, end), start, end
 
     def task_command(self, number: int) -> str:
         if self.tasks:

@@ -75,31 +75,39 @@ class FarmState:
         old = task.state
         if old is state:
             return
-        block, job = task.block, task.block.job
+        block = task.block
+        job = block.job
+        # Every start and finish comes here: counters are read with .get (a Counter's missing
+        # key costs a Python call), and what cannot change is not looked at.
         # Only a move into or out of DON/SKP can finish or unfinish the block (most moves do not).
         finishing = old in FINISHED or state in FINISHED
         block_was_finished = finishing and block.finished
-        block.counts[old] -= 1
-        block.counts[state] += 1
-        job.counts[old] -= 1
-        job.counts[state] += 1
+        counts = block.counts
+        counts[old] -= 1
+        counts[state] = counts.get(state, 0) + 1
+        counts = job.counts
+        counts[old] -= 1
+        counts[state] = counts.get(state, 0) + 1
         task.state = state
         if state is TaskState.RDY:
             block.push_ready(task)
             self.work_generation += 1
-            if job.counts[TaskState.RDY] == 1:
+            if counts[TaskState.RDY] == 1:
                 self._ready_jobs_add(job)
-        elif old is TaskState.RDY and job.counts[TaskState.RDY] == 0:
+        elif old is TaskState.RDY and counts[TaskState.RDY] == 0:
             self._ready_jobs_remove(job)
-        if block.spec.multihost_min and state is not TaskState.RUN and state is not TaskState.WRC:
+        spec = block.spec
+        if spec.multihost_min and state is not TaskState.RUN and state is not TaskState.WRC:
             self._multihost_end(task, f"task {state.value}")  # type: ignore[attr-defined]
-        if finishing and block.finished != block_was_finished:
-            self._count_capacity(block.spec.capacity, -1 if block_was_finished is False else +1)
+        block_finished_changed = finishing and block.finished != block_was_finished
+        if block_finished_changed:
+            self._count_capacity(spec.capacity, -1 if block_was_finished is False else +1)
             if block.depends_on_me or job.spec.depend_mask:
                 self.work_generation += 1  # blocks or jobs waiting on it may run now
         self.bus.publish(TaskStateChanged(task, old))
         was_done = job.time_done
-        if not was_done and state in FINISHED and job.done:  # only a finish can make it done
+        # A finish that does not finish its block leaves the job unfinished (DON <-> SKP is looked at).
+        if not was_done and state in FINISHED and (block_finished_changed or old in FINISHED) and job.done:
             job.time_done = self.clock.seconds()
             self.jobs_generation += 1
             self.work_generation += 1
