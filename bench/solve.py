@@ -24,13 +24,13 @@ on every pick); issue 14 asks for 10,000 renders in 20 pools: ``--renders 10000 
 from __future__ import annotations
 
 import argparse
-import gc
 import time
 
 import psutil
 from twisted.internet.task import Clock
 
 from farmnet.config import SchedulingConfig
+from farmnet.memory import settle_after_load
 from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
 
@@ -98,7 +98,7 @@ def main() -> None:
                                                gpu_mem_total_mb=gpu[0], gpu_mem_used_mb=gpu[1]))
         renders.append(render)
     loaded = time.perf_counter() - started
-    gc.collect()
+    settle_after_load()  # as the server does once the store has loaded the farm
     rss = process.memory_info().rss
     print(f"loaded {args.jobs} jobs x {args.tasks} tasks and {args.renders} renders in {loaded:.2f} s; "
           f"RSS {rss / 2**20:.0f} MB (interpreter {base_rss / 2**20:.0f} MB)")

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from farmnet.config import ConfigError, RenderConfig, ServerConfig
 from farmnet.logging import with_log_format
+from farmnet.memory import settle_after_load
 from farmnet.model.events import JobDeleted
 from farmnet.model.farm import Farm
 from farmnet.protocol.endpoints import client_endpoint, loopback_only
@@ -212,6 +213,7 @@ class ServerService(service.MultiService):
             super().startService()
         except StoreRefused as e:  # one line on stderr (and so in the log), no traceback
             raise SystemExit(f"farmnet: {e}") from None
+        settle_after_load()  # the store loaded the farm in its startService
         self.active = True
         # Once the reactor runs (signal handlers installed): what operators and tests wait for.
         self.reactor.callWhenRunning(self._running)
@@ -236,6 +238,7 @@ class ServerService(service.MultiService):
             return
         if not self.running:
             return
+        settle_after_load()
         super().startService()
         self.active = True
         self._running()

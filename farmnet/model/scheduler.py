@@ -201,7 +201,9 @@ class Scheduler:
                 if self.job_waits(job, now) or self.job_refuses(job, render):
                     continue
                 # The branch and pools checks, guarded by what makes them apply (a call each saved).
-                if job.branch is not None and (self.branch_waits(job) or self.branch_refuses(job, render)):
+                branch = job.branch
+                if branch is not None and branch.guarded and (
+                        self.branch_waits(job) or self.branch_refuses(job, render)):
                     continue
                 if job.spec.pools and self.job_pools_refuse(job, render):
                     continue
@@ -227,15 +229,18 @@ class Scheduler:
         if len(users) < 2:
             return users
         settings = self.farm.settings
-        # Called on every pick: the keys are `_need` written out (the same float), one
-        # lambda per setting, since a call per user per pick is most of its cost.
+        # Called on every pick: the keys are `_need` written out (the same float) in a list
+        # (no call per user), the list's position keeping the sort stable on equal keys.
         if settings.users_solving != "need":
-            users.sort(key=lambda u: (-u.priority, u.time_registered))
+            keyed = [(-u.priority, u.time_registered, i, u) for i, u in enumerate(users)]
         elif settings.solve_by_capacity:
-            users.sort(key=lambda u: (-(1.1**u.priority / (u.running_capacity + 1)), u.time_registered))
+            keyed = [(-(1.1**u.priority / (u.running_capacity + 1)), u.time_registered, i, u)
+                     for i, u in enumerate(users)]
         else:
-            users.sort(key=lambda u: (-(1.1**u.priority / (u.running + 1)), u.time_registered))
-        return users
+            keyed = [(-(1.1**u.priority / (u.running + 1)), u.time_registered, i, u)
+                     for i, u in enumerate(users)]
+        keyed.sort()
+        return [item[3] for item in keyed]
 
     def renders_in_order(self) -> list[Render]:
         """Renders as they are offered work: those of higher-priority pools first (Afanasy's
@@ -312,13 +317,15 @@ class Scheduler:
         """Render-independent reasons a job does not run."""
         if job.paused:
             return Why.PAUSED
-        if job.spec.time_wait > now:
+        spec = job.spec
+        if spec.time_wait > now:
             return Why.TIME_WAIT
-        if (job.spec.depend_mask or job.spec.depend_mask_global) and self.job_depends_on(job):
+        if (spec.depend_mask or spec.depend_mask_global) and self.job_depends_on(job):
             return Why.JOB_DEPENDS
         if job.commands_pre_pending:
             return Why.COMMANDS_PRE
-        if _limit_reached(job.counts[TaskState.RUN], job.spec.max_running_tasks):
+        limit = spec.max_running_tasks  # (_limit_reached written out: every pick looks)
+        if limit >= 0 and job.counts.get(TaskState.RUN, 0) >= limit:
             return Why.JOB_LIMIT
         return None
 
@@ -449,13 +456,16 @@ class Scheduler:
         return names
 
     def block_waits(self, block: Block) -> Why | None:
-        if not block.counts[TaskState.RDY]:
+        counts = block.counts
+        if not counts.get(TaskState.RDY):
             return Why.NO_READY
         if block.depends_on and any(not b.finished for b in block.depends_on):
             return Why.BLOCK_DEPENDS
-        if _limit_reached(block.running, block.spec.max_running_tasks):
+        spec = block.spec
+        limit = spec.max_running_tasks
+        if limit >= 0 and counts.get(TaskState.RUN, 0) >= limit:
             return Why.BLOCK_LIMIT
-        tickets = block.spec.tickets
+        tickets = spec.tickets
         if not tickets:
             return None
         for name, count in tickets.items():
