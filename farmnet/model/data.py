@@ -339,7 +339,7 @@ class Render:
         return self.online and not (self.sick or self.wol)
 
     def has_room(self) -> bool:
-        if not self.usable() or self.capacity_used >= self.capacity:
+        if not self.online or self.sick or self.wol or self.capacity_used >= self.capacity:  # usable()
             return False
         return self.max_tasks <= 0 or len(self.tasks) + len(self.multihost) < self.max_tasks
 

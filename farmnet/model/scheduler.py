@@ -225,21 +225,22 @@ class Scheduler:
         return None
 
     def users_in_order(self) -> list[User]:
-        users = [u for u in self.farm.users.values() if u.ready_jobs]
-        if len(users) < 2:
-            return users
+        """Users with ready jobs, the neediest (or by priority) first; equal keys keep the
+        farm's order of users."""
+        users = self.farm.users.values()
         settings = self.farm.settings
-        # Called on every pick: the keys are `_need` written out (the same float) in a list
-        # (no call per user), the list's position keeping the sort stable on equal keys.
+        # Called on every pick: the keys are `_need` written out (the same float) in one list
+        # (no call per user); the position keeps the sort stable and users uncompared.
         if settings.users_solving != "need":
-            keyed = [(-u.priority, u.time_registered, i, u) for i, u in enumerate(users)]
+            keyed = [(-u.priority, u.time_registered, i, u) for i, u in enumerate(users) if u.ready_jobs]
         elif settings.solve_by_capacity:
             keyed = [(-(1.1**u.priority / (u.running_capacity + 1)), u.time_registered, i, u)
-                     for i, u in enumerate(users)]
+                     for i, u in enumerate(users) if u.ready_jobs]
         else:
             keyed = [(-(1.1**u.priority / (u.running + 1)), u.time_registered, i, u)
-                     for i, u in enumerate(users)]
-        keyed.sort()
+                     for i, u in enumerate(users) if u.ready_jobs]
+        if len(keyed) > 1:
+            keyed.sort()
         return [item[3] for item in keyed]
 
     def renders_in_order(self) -> list[Render]:

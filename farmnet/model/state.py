@@ -81,8 +81,9 @@ class FarmState:
         # key costs a Python call), and what cannot change is not looked at.
         # Only a move into or out of DON/SKP can finish or unfinish the block (most moves do not).
         finishing = old in FINISHED or state in FINISHED
-        block_was_finished = finishing and block.finished
         counts = block.counts
+        block_was_finished = finishing and (  # block.finished, written out
+            counts.get(TaskState.DON, 0) + counts.get(TaskState.SKP, 0) == len(block.tasks))
         counts[old] -= 1
         counts[state] = counts.get(state, 0) + 1
         counts = job.counts
@@ -99,7 +100,9 @@ class FarmState:
         spec = block.spec
         if spec.multihost_min and state is not TaskState.RUN and state is not TaskState.WRC:
             self._multihost_end(task, f"task {state.value}")  # type: ignore[attr-defined]
-        block_finished_changed = finishing and block.finished != block_was_finished
+        counts = block.counts
+        block_finished_changed = finishing and block_was_finished != (
+            counts.get(TaskState.DON, 0) + counts.get(TaskState.SKP, 0) == len(block.tasks))
         if block_finished_changed:
             self._count_capacity(spec.capacity, -1 if block_was_finished is False else +1)
             if block.depends_on_me or job.spec.depend_mask:
