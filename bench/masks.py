@@ -73,9 +73,9 @@ def ordinary(jobs: int, renders: int) -> None:
         finished = 0
         for render in nodes:
             for order in farm.take_orders(render):
-                if order["order"] == "start":
-                    key = (order["job_id"], order["block"], order["task"])
-                    farm.task_finished(render, key, order["run"], exit_code=0, signal=None,
+                if order.order == "start":
+                    key = (order.job_id, order.block, order.task)
+                    farm.task_finished(render, key, order.run, exit_code=0, signal=None,
                                        time_started=1.0, time_done=2.0)
                     finished += 1
         if not finished:
