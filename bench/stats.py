@@ -9,9 +9,12 @@ writer moves them to PostgreSQL in batched INSERTs. Printed:
   - rows/s: rows fed ÷ seconds from the first row fed to the last row committed;
   - the longest gap between ticks of a 5 ms LoopingCall while writing (the reactor's
     longest stall, producer included);
+  - CPU seconds meanwhile, per row: this process (producer, recorder, writer) and
+    PostgreSQL's processes (all of them: backends, WAL writer, checkpointer), and the load
+    average (on a shared machine the wall figures follow the load, the CPU ones much less);
   - with --outage: rows/s into the spool while the database is stopped, and rows/s from
     the spool back into the database once it is started again.
-Targets: >= 50,000 rows/s, longest gap <= 50 ms.
+Targets: >= 100,000 rows/s, longest gap <= 20 ms.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, task
@@ -44,6 +48,47 @@ def make_runs(count: int, first: int = 0) -> list[TaskRun]:
                     frame_end=n % 1000, time_started=T0 + n * 0.01, time_done=T0 + n * 0.01 + 42.5,
                     exit_code=0, signal=None, state="DON", errors_count=0, message="", peak_memory_mb=2048)
             for n in range(first, first + count)]
+
+
+def _cpu_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds of this process and of a PostgreSQL cluster's processes (the postmaster
+    and its children, read from /proc)."""
+
+    def __init__(self, datadir: Path) -> None:
+        self.datadir = datadir
+        self._start = (0.0, 0.0)
+
+    def postgres(self) -> float:
+        try:
+            postmaster = int((self.datadir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        total = 0.0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if int(entry.name) == postmaster or ppid == postmaster:
+                    total += _cpu_of(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return total
+
+    def start(self) -> None:
+        self._start = (time.process_time(), self.postgres())
+
+    def line(self, rows: int) -> str:
+        own, pg = time.process_time() - self._start[0], self.postgres() - self._start[1]
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        return (f"CPU: this process {own:.2f} s ({own / rows * 1e6:.1f} us/row), PostgreSQL {pg:.2f} s "
+                f"({pg / rows * 1e6:.1f} us/row); load average {load}")
 
 
 class StallMeter:
@@ -104,6 +149,7 @@ async def main(reactor: Any, args: argparse.Namespace, cluster: ThrowawayCluster
                     flush_interval=0.5)
     writer.start()
     meter = StallMeter(reactor)
+    cpu = CpuMeter(cluster.cluster.datadir)
     print(f"PostgreSQL {'fast (fsync off)' if args.fast else 'durable (fsync on, synchronous_commit off)'}; "
           f"batches of {args.batch_rows} rows; feeding {args.chunk} rows per reactor turn")
 
@@ -113,6 +159,7 @@ async def main(reactor: Any, args: argparse.Namespace, cluster: ThrowawayCluster
 
     base_written, base_batches = writer.rows_written, writer.batches_written
     meter.start()
+    cpu.start()
     started = time.perf_counter()
     await feed(reactor, recorder, 0, args.rows, args.chunk)
     fed = time.perf_counter() - started
@@ -124,6 +171,7 @@ async def main(reactor: Any, args: argparse.Namespace, cluster: ThrowawayCluster
     print(f"{args.rows} task rows in {elapsed:.2f} s: {args.rows / elapsed:,.0f} rows/s into PostgreSQL "
           f"({batches} statements, {args.rows / max(1, batches):.0f} rows each; all fed in {fed:.2f} s)")
     print(f"longest reactor stall while writing (gap between 5 ms ticks): {stall * 1000:.1f} ms")
+    print(cpu.line(args.rows))
     assert await count_rows(db) == args.rows + 5000, "rows missing"
 
     if args.outage:

@@ -7,14 +7,19 @@ in-memory buffer: a ``tasks`` row when a task run ends, a ``jobs`` row when a jo
 online/offline/zombie/sick and user added.
 
 :class:`Writer` empties the buffer: every ``flush_interval`` seconds, or at once when
-``batch_rows`` rows wait, it encodes up to ``batch_rows`` rows as one JSON batch and
-writes it with one INSERT statement (:data:`farmnet.stats.schema.BATCH_INSERT`), one
-write in flight at a time; while it waits for PostgreSQL the reactor runs on and the next
-batch gathers. When the database is down (or the write times out) the batch goes to the
-:class:`~farmnet.stats.spool.Spool` on disk, and so does every batch after it until the
-spool is written back, oldest first, when the database returns: the order is kept. A batch
-whose answer was lost may be both in the database and in the spool; its id in the
-``stats_batches`` ledger makes the second write a no-op, so every row arrives once.
+``batch_rows`` rows wait, it takes up to ``batch_rows`` rows as one batch and writes it over
+a blocking COPY connection in a worker thread of its own (:class:`~farmnet.stats.db.CopyConnection`,
+:func:`farmnet.stats.schema.copy_batch`): the thread encodes the rows as COPY text and
+PostgreSQL loads them, so the reactor only hands over lists of tuples. One write is in flight
+at a time; while it runs the reactor goes on and the next batch gathers. A batch COPY refuses
+(a NUL character, a dropped table …) goes the slower way that knows how to clean or refuse
+rows one batch at a time: JSON through :data:`farmnet.stats.schema.BATCH_INSERT`. When the
+database is down (or the write times out) the batch goes to the
+:class:`~farmnet.stats.spool.Spool` on disk as a JSON line, and so does every batch after it
+until the spool is written back, oldest first, when the database returns: the order is kept.
+A batch whose answer was lost may be both in the database and in the spool; its id in the
+``stats_batches`` ledger (written in the same transaction as its rows, whichever the way)
+makes the second write a no-op, so every row arrives once.
 """
 
 from __future__ import annotations
@@ -29,14 +34,15 @@ from typing import Any
 import attrs
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from farmnet.model import events as ev
 from farmnet.model.data import Job, Render, TaskRun, TaskState, User
 from farmnet.stats import schema
-from farmnet.stats.db import Database, describe_error, error_code, is_connection_error
+from farmnet.stats.db import CopyConnection, Database, describe_error, error_code, is_connection_error
 from farmnet.stats.spool import Spool, batch_rows
 
-__all__ = ["Batch", "Recorder", "Writer", "encode_batch", "job_folder"]
+__all__ = ["Batch", "Recorder", "Rows", "Writer", "copy_text", "encode_batch", "job_folder"]
 
 log = Logger()
 
@@ -307,6 +313,62 @@ def encode_batch(batch_id: str, tasks: Sequence[Sequence[Any]], jobs: Sequence[S
     return Batch(batch_id, rows, "".join(parts))
 
 
+_NULL = "\\N"
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": ""})
+
+
+def _copy_value(value: Any) -> str:
+    if value is None:
+        return _NULL
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
+    if isinstance(value, float) and not math.isfinite(value):
+        return _NULL  # as in JSON batches
+    return str(value)
+
+
+def copy_text(rows: Sequence[Sequence[Any]]) -> bytes:
+    """Rows in COPY's text format (NULL as \\N; NUL characters, which PostgreSQL text cannot
+    hold, left out; NaN and infinities as NULL, as in the JSON batches).
+
+    Most rows need no escaping: they are joined at C speed and checked in one pass over the
+    result (as many tabs and newlines as separators, no backslash but the NULL markers, no
+    carriage return, NUL or non-finite float); only a batch that fails the check is encoded
+    value by value.
+    """
+    if not rows:
+        return b""
+    null = _NULL
+    text = "\n".join(["\t".join([null if v is None else str(v) for v in row]) for row in rows]) + "\n"
+    if (text.count("\t") != sum(map(len, rows)) - len(rows) or text.count("\n") != len(rows)
+            or text.count("\\") != sum([row.count(None) for row in rows])
+            or "\r" in text or "\x00" in text or "inf" in text or "nan" in text):
+        text = "".join(["\t".join([_copy_value(v) for v in row]) + "\n" for row in rows])
+    return text.encode()
+
+
+@attrs.define(eq=False)
+class Rows:
+    """Rows taken from the recorder as one batch, not encoded yet: the COPY path encodes them
+    in its thread, the spool and the statement path as a JSON :class:`Batch`."""
+
+    id: str
+    tasks: list[Any]
+    jobs: list[Any]
+    logs: list[Any]
+
+    @property
+    def rows(self) -> int:
+        return len(self.tasks) + len(self.jobs) + len(self.logs)
+
+    def encode(self) -> Batch:
+        return encode_batch(self.id, self.tasks, self.jobs, self.logs)
+
+    def copy_tables(self) -> dict[str, bytes]:
+        return {name: copy_text(rows) for name, rows in (("tasks", self.tasks), ("jobs", self.jobs),
+                                                         ("logs", self.logs)) if rows}
+
+
 class Outcome(enum.Enum):
     WRITTEN = "written"
     #: The database refused the rows for good (logged, counted, dropped).
@@ -354,14 +416,23 @@ class Writer:
         self._wake_call: Any = None
         self._tick: Any = None
         #: The next batch, encoded while the previous one was being written.
-        self._prepared: Batch | None = None
+        self._prepared: Rows | None = None
         self._done: defer.Deferred[None] | None = None
+        #: The COPY connection and the one thread that uses it.
+        self._copier = CopyConnection(db.dsn, connect_timeout=db.connect_timeout, setup=schema.COPY_SETUP)
+        self._pool = ThreadPool(1, 1, name="statistics writer")
+        self._pool_trigger: Any = None
+        self._copying: defer.Deferred[Any] | None = None
+        #: Rows of the batch being written (taken from the recorder, not yet anywhere safe).
+        self._in_flight = 0
         recorder.on_full = self.wake
         db.on_ready(self.wake)
 
     # --- control -------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._pool.start()
+        self._pool_trigger = self.reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)
         self._tick = self.reactor.callLater(self.flush_interval, self._on_tick)
         self._done = defer.ensureDeferred(self._loop())
 
@@ -392,7 +463,7 @@ class Writer:
             return
         self._stopping = True
         self._fire()
-        give_up = self.reactor.callLater(timeout, self.db.abort, "the server is stopping")
+        give_up = self.reactor.callLater(timeout, self._give_up, "the server is stopping")
         try:
             await self._done
         finally:
@@ -404,12 +475,28 @@ class Writer:
                 self._wake_call.cancel()
             self._wake_call = None
             await self._io(self.spool.close)
+            if self._pool.started:
+                await threads.deferToThreadPool(self.reactor, self._pool, self._copier.close)
+            self._stop_pool()
+
+    def _stop_pool(self) -> None:
+        if self._pool_trigger is not None:
+            self.reactor.removeSystemEventTrigger(self._pool_trigger)
+            self._pool_trigger = None
+        if self._pool.started:
+            self._pool.stop()
+
+    def _give_up(self, reason: str) -> None:
+        """Drop the connections: whatever waits on them fails (and goes to the spool)."""
+        self.db.abort(reason)
+        if self._copying is not None:
+            self._io(self._copier.cancel)
 
     @property
     def pending(self) -> int:
         """Rows not yet in the database: in memory and in the spool."""
         prepared = self._prepared.rows if self._prepared is not None else 0
-        return self.recorder.count + prepared + self.rows_spooled
+        return self.recorder.count + prepared + self._in_flight + self.rows_spooled
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -462,12 +549,16 @@ class Writer:
                     self._due = False
                     return False
                 batch = self._take()
-            sending = defer.ensureDeferred(self._send([batch.line], batch.rows))
-            if self.recorder.count >= self.batch_rows:
-                # Encode the next batch while PostgreSQL works on this one.
-                self._prepared = self._take()
-            if await sending is Outcome.FAILED:
-                await self._to_spool(batch)
+            self._in_flight = batch.rows
+            try:
+                sending = defer.ensureDeferred(self._write(batch))
+                if self.recorder.count >= self.batch_rows:
+                    # The next batch, out of the recorder's way while PostgreSQL works on this one.
+                    self._prepared = self._take()
+                if await sending is Outcome.FAILED:
+                    await self._to_spool(batch)
+            finally:
+                self._in_flight = 0
             return True
         progressed = False
         if self._prepared is not None:  # older than anything in the buffer
@@ -484,16 +575,48 @@ class Writer:
             progressed = await self._drain() or progressed
         return progressed
 
-    def _take(self) -> Batch:
+    def _take(self) -> Rows:
         self._seq += 1
         if self.recorder.count <= self.batch_rows:
             self._due = False
         tasks, jobs, logs = self.recorder.take(self.batch_rows)
-        return encode_batch(f"{self.boot}-{self._seq}", tasks, jobs, logs)
+        return Rows(f"{self.boot}-{self._seq}", tasks, jobs, logs)
 
-    async def _to_spool(self, batch: Batch) -> None:
+    async def _write(self, batch: Rows) -> Outcome:
+        """Write ``batch`` by COPY in the writer's thread; a batch COPY refuses goes the
+        statement way (:meth:`_send`), which cleans or refuses what it must."""
+        timeout = self.reactor.callLater(self.write_timeout, self._copy_timed_out)
+        self._copying = threads.deferToThreadPool(self.reactor, self._pool, self._copy, batch)
         try:
-            dropped = await self._io(self.spool.append, batch.line.encode(), batch.rows)
+            await self._copying
+        except Exception as e:
+            if is_connection_error(e):
+                log.warn("statistics: writing {rows} rows failed: {error}; keeping them in the spool",
+                         rows=batch.rows, error=describe_error(e))
+                self.db.abort("the COPY connection failed")  # the spool, until a reconnection
+                return Outcome.FAILED
+            return await self._send([batch.encode().line], batch.rows)
+        finally:
+            self._copying = None
+            if timeout.active():
+                timeout.cancel()
+        self.rows_written += batch.rows
+        self.batches_written += 1
+        return Outcome.WRITTEN
+
+    def _copy(self, batch: Rows) -> bool:
+        """In the writer's thread: encode and COPY (False: the ledger had the batch already)."""
+        tables = batch.copy_tables()
+        return self._copier.run(lambda cursor: schema.copy_batch(cursor, batch.id, batch.rows, tables))
+
+    def _copy_timed_out(self) -> None:
+        log.warn("statistics: a write took more than {timeout:g} s: cancelling it",
+                 timeout=self.write_timeout)
+        self._io(self._copier.cancel)
+
+    async def _to_spool(self, batch: Rows) -> None:
+        try:
+            dropped = await self._io(self._spool_append, batch)
         except OSError as e:
             self.rows_lost += batch.rows
             log.error("statistics: cannot write to the spool ({error}): {rows} rows lost", error=e,
@@ -501,6 +624,10 @@ class Writer:
             return
         self.rows_lost += dropped
         self.rows_spooled += batch.rows - dropped
+
+    def _spool_append(self, batch: Rows) -> int:
+        """In the I/O thread: the batch as a JSON line into the spool."""
+        return self.spool.append(batch.encode().line.encode(), batch.rows)
 
     async def _drain(self) -> bool:
         """Write the oldest spooled batches; True if some went."""
