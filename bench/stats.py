@@ -1,6 +1,6 @@
 """Statistics write speed: task rows per second into PostgreSQL, and the reactor's longest stall.
 
-    python bench/stats.py [--rows 300000] [--batch-rows 2000] [--fast] [--outage]
+    python bench/stats.py [--rows 300000] [--batch-rows 2000] [--fast] [--outage] [--gc default]
 
 A throwaway PostgreSQL cluster (farmnet.stats.pgtest; with the embedded server's settings:
 fsync on, synchronous_commit off; --fast turns fsync off) gets the schema with its indexes.
@@ -14,12 +14,16 @@ writer moves them to PostgreSQL in batched INSERTs. Printed:
     average (on a shared machine the wall figures follow the load, the CPU ones much less);
   - with --outage: rows/s into the spool while the database is stopped, and rows/s from
     the spool back into the database once it is started again.
+The garbage collector is set as the server sets it once loaded (gc.freeze, young collections
+every 20,000 allocations: farmnet/memory.py on the s5-solve branch); ``--gc default`` keeps
+Python's defaults, where a full collection walks everything loaded (tens of ms) mid-write.
 Targets: >= 100,000 rows/s, longest gap <= 20 ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -84,11 +88,36 @@ class CpuMeter:
     def start(self) -> None:
         self._start = (time.process_time(), self.postgres())
 
-    def line(self, rows: int) -> str:
+    def line(self, rows: int, writer_thread: float | None = None) -> str:
         own, pg = time.process_time() - self._start[0], self.postgres() - self._start[1]
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        return (f"CPU: this process {own:.2f} s ({own / rows * 1e6:.1f} us/row), PostgreSQL {pg:.2f} s "
-                f"({pg / rows * 1e6:.1f} us/row); load average {load}")
+        per_row = writer_thread / rows * 1e6 if writer_thread is not None else 0.0
+        thread = (f", of which the writer's threads {writer_thread:.2f} s ({per_row:.1f} us/row)"
+                  if writer_thread is not None else "")
+        return (f"CPU: this process {own:.2f} s ({own / rows * 1e6:.1f} us/row){thread}, "
+                f"PostgreSQL {pg:.2f} s ({pg / rows * 1e6:.1f} us/row); load average {load}")
+
+
+def time_writer_threads(writer: Writer) -> list[float]:
+    """Accumulate the CPU time the writer's thread pool spends encoding and copying (main's
+    Writer has no thread pool: nothing is measured then)."""
+    spent = [0.0]
+    if not hasattr(writer, "_copy"):
+        return []
+
+    def timed(method: Any) -> Any:
+        def call(*args: Any) -> Any:
+            started = time.thread_time()
+            try:
+                return method(*args)
+            finally:
+                spent[0] += time.thread_time() - started
+
+        return call
+
+    writer._copy = timed(writer._copy)  # type: ignore[method-assign]
+    writer._encode = timed(writer._encode)  # type: ignore[method-assign]
+    return spent
 
 
 class StallMeter:
@@ -148,6 +177,7 @@ async def main(reactor: Any, args: argparse.Namespace, cluster: ThrowawayCluster
     writer = Writer(reactor, db, recorder, Spool(spool_dir, 1 << 30), batch_rows=args.batch_rows,
                     flush_interval=0.5)
     writer.start()
+    thread_cpu = time_writer_threads(writer)
     meter = StallMeter(reactor)
     cpu = CpuMeter(cluster.cluster.datadir)
     print(f"PostgreSQL {'fast (fsync off)' if args.fast else 'durable (fsync on, synchronous_commit off)'}; "
@@ -157,9 +187,14 @@ async def main(reactor: Any, args: argparse.Namespace, cluster: ThrowawayCluster
     await feed(reactor, recorder, 10_000_000, 5000, args.chunk)
     await wait(reactor, lambda: writer.pending == 0, "warm-up")
 
+    if args.gc == "server":
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
     base_written, base_batches = writer.rows_written, writer.batches_written
     meter.start()
     cpu.start()
+    thread_before = thread_cpu[0] if thread_cpu else 0.0
     started = time.perf_counter()
     await feed(reactor, recorder, 0, args.rows, args.chunk)
     fed = time.perf_counter() - started
@@ -171,7 +206,7 @@ async def main(reactor: Any, args: argparse.Namespace, cluster: ThrowawayCluster
     print(f"{args.rows} task rows in {elapsed:.2f} s: {args.rows / elapsed:,.0f} rows/s into PostgreSQL "
           f"({batches} statements, {args.rows / max(1, batches):.0f} rows each; all fed in {fed:.2f} s)")
     print(f"longest reactor stall while writing (gap between 5 ms ticks): {stall * 1000:.1f} ms")
-    print(cpu.line(args.rows))
+    print(cpu.line(args.rows, thread_cpu[0] - thread_before if thread_cpu else None))
     assert await count_rows(db) == args.rows + 5000, "rows missing"
 
     if args.outage:
@@ -211,6 +246,8 @@ def run() -> None:
     parser.add_argument("--chunk", type=int, default=500, help="rows fed per reactor turn")
     parser.add_argument("--fast", action="store_true", help="PostgreSQL without fsync")
     parser.add_argument("--outage", action="store_true", help="also stop PostgreSQL and measure the spool")
+    parser.add_argument("--gc", choices=("server", "default"), default="server",
+                        help="the garbage collector as the server sets it once loaded, or Python's defaults")
     args = parser.parse_args()
     cluster = ThrowawayCluster(prefix="farmnet-bench-", durable=not args.fast).start()
     try:

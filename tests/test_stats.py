@@ -376,8 +376,8 @@ class OutageTests(PgTestCase):
         real = writer._copy
         lost = []
 
-        def commit_then_lose(batch: Any) -> bool:
-            written = real(batch)
+        def commit_then_lose(*args: Any) -> bool:
+            written = real(*args)
             if not lost:
                 lost.append(True)
                 raise psycopg2.OperationalError("test: the answer is lost")
@@ -398,11 +398,11 @@ class OutageTests(PgTestCase):
         real_copy, real_execute = writer._copy, writer.db.execute
         failed, lost = [], []
 
-        def fail_once(batch: Any) -> bool:  # before anything is sent: the batch goes to the spool
+        def fail_once(*args: Any) -> bool:  # before anything is sent: the batch goes to the spool
             if not failed:
                 failed.append(True)
                 raise psycopg2.OperationalError("test: connection lost")
-            return real_copy(batch)
+            return real_copy(*args)
 
         async def commit_then_lose(sql: str, params: Any = None, **kw: Any) -> None:
             await real_execute(sql, params, **kw)

@@ -331,20 +331,29 @@ def copy_text(rows: Sequence[Sequence[Any]]) -> bytes:
     """Rows in COPY's text format (NULL as \\N; NUL characters, which PostgreSQL text cannot
     hold, left out; NaN and infinities as NULL, as in the JSON batches).
 
-    Most rows need no escaping: they are joined at C speed and checked in one pass over the
-    result (as many tabs and newlines as separators, no backslash but the NULL markers, no
-    carriage return, NUL or non-finite float); only a batch that fails the check is encoded
-    value by value.
+    Most rows need no escaping: they are formatted at C speed and the result checked in a few
+    passes (as many tabs and newlines as separators, a "None" for each None and no other, no
+    backslash, carriage return, NUL or non-finite float); only a batch that fails the check is
+    encoded value by value.
     """
     if not rows:
         return b""
-    null = _NULL
-    text = "\n".join(["\t".join([null if v is None else str(v) for v in row]) for row in rows]) + "\n"
-    if (text.count("\t") != sum(map(len, rows)) - len(rows) or text.count("\n") != len(rows)
-            or text.count("\\") != sum([row.count(None) for row in rows])
-            or "\r" in text or "\x00" in text or "inf" in text or "nan" in text):
-        text = "".join(["\t".join([_copy_value(v) for v in row]) + "\n" for row in rows])
-    return text.encode()
+    if rows[0].__class__ is not tuple:
+        rows = list(map(tuple, rows))
+    width = len(rows[0])
+    line = "\t".join(["%s"] * width)
+    try:
+        text = "\n".join([line % row for row in rows])
+    except TypeError:  # rows of different widths
+        text = ""
+    nones = sum([row.count(None) for row in rows])
+    if (text and text.count("\t") == (width - 1) * len(rows) and text.count("\n") == len(rows) - 1
+            and text.count("None") == nones and "\\" not in text and "\r" not in text and "\x00" not in text
+            and "inf" not in text and "nan" not in text):
+        if nones:
+            text = text.replace("None", _NULL)
+        return (text + "\n").encode()
+    return "".join(["\t".join([_copy_value(v) for v in row]) + "\n" for row in rows]).encode()
 
 
 @attrs.define(eq=False)
@@ -356,6 +365,8 @@ class Rows:
     tasks: list[Any]
     jobs: list[Any]
     logs: list[Any]
+    #: Its COPY text being made in the writer's thread pool (see Writer._encode_soon).
+    encoded: defer.Deferred[dict[str, bytes] | None] | None = None
 
     @property
     def rows(self) -> int:
@@ -420,7 +431,8 @@ class Writer:
         self._done: defer.Deferred[None] | None = None
         #: The COPY connection and the one thread that uses it.
         self._copier = CopyConnection(db.dsn, connect_timeout=db.connect_timeout, setup=schema.COPY_SETUP)
-        self._pool = ThreadPool(1, 1, name="statistics writer")
+        #: Two threads: one encodes the next batch while the other waits for PostgreSQL.
+        self._pool = ThreadPool(2, 2, name="statistics writer")
         self._pool_trigger: Any = None
         self._copying: defer.Deferred[Any] | None = None
         #: Rows of the batch being written (taken from the recorder, not yet anywhere safe).
@@ -553,8 +565,8 @@ class Writer:
             try:
                 sending = defer.ensureDeferred(self._write(batch))
                 if self.recorder.count >= self.batch_rows:
-                    # The next batch, out of the recorder's way while PostgreSQL works on this one.
-                    self._prepared = self._take()
+                    # The next batch, encoded while PostgreSQL works on this one.
+                    self._prepared = self._encode_soon(self._take())
                 if await sending is Outcome.FAILED:
                     await self._to_spool(batch)
             finally:
@@ -582,11 +594,27 @@ class Writer:
         tasks, jobs, logs = self.recorder.take(self.batch_rows)
         return Rows(f"{self.boot}-{self._seq}", tasks, jobs, logs)
 
+    def _encode_soon(self, batch: Rows) -> Rows:
+        batch.encoded = threads.deferToThreadPool(self.reactor, self._pool, self._encode, batch)
+        return batch
+
+    def _encode(self, batch: Rows) -> dict[str, bytes] | None:
+        """In the writer's thread pool: the batch's COPY text (None: it cannot be COPY text)."""
+        try:
+            return batch.copy_tables()
+        except (UnicodeError, TypeError, ValueError) as e:
+            log.debug("statistics: a batch is not COPY text ({error}): writing it as JSON", error=e)
+            return None
+
     async def _write(self, batch: Rows) -> Outcome:
-        """Write ``batch`` by COPY in the writer's thread; a batch COPY refuses goes the
+        """Write ``batch`` by COPY in the writer's thread pool; a batch COPY refuses goes the
         statement way (:meth:`_send`), which cleans or refuses what it must."""
+        tables = await (batch.encoded or self._encode_soon(batch).encoded)
+        batch.encoded = None
+        if tables is None:
+            return await self._send([batch.encode().line], batch.rows)
         timeout = self.reactor.callLater(self.write_timeout, self._copy_timed_out)
-        self._copying = threads.deferToThreadPool(self.reactor, self._pool, self._copy, batch)
+        self._copying = threads.deferToThreadPool(self.reactor, self._pool, self._copy, batch, tables)
         try:
             await self._copying
         except Exception as e:
@@ -604,9 +632,8 @@ class Writer:
         self.batches_written += 1
         return Outcome.WRITTEN
 
-    def _copy(self, batch: Rows) -> bool:
-        """In the writer's thread: encode and COPY (False: the ledger had the batch already)."""
-        tables = batch.copy_tables()
+    def _copy(self, batch: Rows, tables: dict[str, bytes]) -> bool:
+        """In the writer's thread pool: the COPY (False: the ledger had the batch already)."""
         return self._copier.run(lambda cursor: schema.copy_batch(cursor, batch.id, batch.rows, tables))
 
     def _copy_timed_out(self) -> None:
