@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 import attrs
 import psycopg2
 from twisted.internet import defer, reactor, task, threads
-from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import SkipTest, TestCase
 
 import farmnet
@@ -391,11 +390,11 @@ class OutageTests(PgTestCase):
         self.assertEqual(writer.rows_lost + writer.rows_refused, 0)
 
     async def test_answer_lost_after_commit_from_the_spool_is_not_duplicated(self) -> None:
-        """The same for a batch written back from the spool (a JSON statement)."""
+        """The same for a batch written back from the spool."""
         recorder = Recorder(reactor)
         writer = self.writer(recorder, flush=0.05)
         await wait_until(reactor, lambda: writer.db.ready, 20, "connected")
-        real_copy, real_execute = writer._copy, writer.db.execute
+        real_copy, real_copy_spooled = writer._copy, writer._copy_spooled
         failed, lost = [], []
 
         def fail_once(*args: Any) -> bool:  # before anything is sent: the batch goes to the spool
@@ -404,15 +403,15 @@ class OutageTests(PgTestCase):
                 raise psycopg2.OperationalError("test: connection lost")
             return real_copy(*args)
 
-        async def commit_then_lose(sql: str, params: Any = None, **kw: Any) -> None:
-            await real_execute(sql, params, **kw)
-            if not lost and sql is schema.BATCH_INSERT:
+        def commit_then_lose(lines: list[bytes]) -> int:
+            written = real_copy_spooled(lines)
+            if not lost:
                 lost.append(True)
-                writer.db.abort("test: the answer is lost")
-                raise ConnectionDone("test")
+                raise psycopg2.OperationalError("test: the answer is lost")
+            return written
 
         self.patch(writer, "_copy", fail_once)
-        self.patch(writer.db, "execute", commit_then_lose)
+        self.patch(writer, "_copy_spooled", commit_then_lose)
         for n in range(10):
             recorder.record_run(run(n))
         await wait_until(reactor, lambda: lost and writer.pending == 0 and writer.db.ready, 20, "written")
@@ -460,12 +459,12 @@ class OutageTests(PgTestCase):
         copier = db.CopyConnection(self.dsn, setup=schema.COPY_SETUP)
         self.addCleanup(copier.close)
         batch = Rows("copy", rows, [], [[T0, "anna", "job_created", "j\tx", 1, "\\"]])
-        written = await threads.deferToThread(
-            copier.run, lambda cursor: schema.copy_batch(cursor, batch.id, batch.rows, batch.copy_tables()))
-        self.assertTrue(written)
-        again = await threads.deferToThread(
-            copier.run, lambda cursor: schema.copy_batch(cursor, batch.id, batch.rows, batch.copy_tables()))
-        self.assertFalse(again)  # the ledger has it
+        batches = [(batch.id, batch.rows, batch.copy_tables())]
+        written = await threads.deferToThread(copier.run, lambda cursor: schema.copy_batches(cursor, batches))
+        self.assertEqual(written, 1)
+        twice = batches * 2
+        again = await threads.deferToThread(copier.run, lambda cursor: schema.copy_batches(cursor, twice))
+        self.assertEqual(again, 0)  # the ledger has it
         line = encode_batch("json", [[_clean(v) for v in row] for row in rows], [], batch.logs).line
         await database.execute(schema.BATCH_INSERT, ("[" + line + "]",))
         columns = "task, message, folder, time_done, run_time, hosts"

@@ -21,7 +21,7 @@ never written into.
 
 Rows travel in column order (:data:`TASK_COLUMNS` …), two ways. Live, as COPY text into
 temporary staging tables of the writer's COPY connection (:data:`COPY_SETUP`), moved into the
-tables by one ``INSERT … SELECT`` each (:func:`copy_batch`): PostgreSQL's cheapest way in.
+tables by one ``INSERT … SELECT`` each (:func:`copy_batches`): PostgreSQL's cheapest way in.
 Spooled (and when COPY refuses a batch), as JSON arrays (:data:`BATCH_INSERT`): small to
 spool, and a column appended to the end of a list keeps old spooled rows valid (the missing
 value reads as NULL). Never reorder or remove columns of these lists. Both ways record the
@@ -31,6 +31,7 @@ batch's id in ``stats_batches`` in the same transaction as its rows.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -48,7 +49,7 @@ __all__ = [
     "SchemaTooNew",
     "TABLES",
     "TASK_COLUMNS",
-    "copy_batch",
+    "copy_batches",
     "current_version",
     "drop_all",
     "upgrade",
@@ -217,19 +218,27 @@ _LEDGER_INSERT = ("INSERT INTO stats_batches (id, rows) VALUES (%s, %s) ON CONFL
                   "RETURNING id")
 
 
-def copy_batch(cursor: Any, batch_id: str, rows: int, tables: dict[str, bytes]) -> bool:
-    """Write one batch through a blocking cursor inside its caller's transaction: the id in the
-    ledger, then each table's COPY text (``tables``: name -> rows in COPY text format, every
-    column in order) into its staging table and on into the table. False (nothing written)
-    when the ledger already holds the id."""
-    cursor.execute(_LEDGER_INSERT, (batch_id, rows))
-    if cursor.fetchone() is None:
-        return False
-    for table, data in tables.items():
-        copy, insert = _COPY[table]
-        cursor.copy_expert(copy, io.BytesIO(data), size=1 << 20)
-        cursor.execute(insert)
-    return True
+def copy_batches(cursor: Any, batches: Sequence[tuple[str, int, dict[str, bytes]]]) -> int:
+    """Write batches through a blocking cursor inside its caller's transaction; returns how
+    many were new. Each batch is ``(id, rows, tables)``, ``tables`` mapping a table's name to
+    its rows in COPY text format (every column, in order). A batch whose id the ledger holds
+    already is skipped (as BATCH_INSERT skips it); the others' rows are copied into the staging
+    tables, then moved on by one ``INSERT … SELECT`` per table (the staging tables empty only
+    at commit, so each is read once)."""
+    copied: set[str] = set()
+    new = 0
+    for batch_id, rows, tables in batches:
+        cursor.execute(_LEDGER_INSERT, (batch_id, rows))
+        if cursor.fetchone() is None:
+            continue
+        new += 1
+        for table, data in tables.items():
+            cursor.copy_expert(_COPY[table][0], io.BytesIO(data), size=1 << 20)
+            copied.add(table)
+    for table, (_, insert) in _COPY.items():
+        if table in copied:
+            cursor.execute(insert)
+    return new
 
 
 @attrs.frozen
