@@ -442,6 +442,38 @@ class OutageTests(PgTestCase):
         self.assertEqual(rows, {"n": 150, "tasks": 150})
         self.assertEqual(writer.rows_lost + writer.rows_refused, 0)
 
+    async def test_database_stopped_mid_batch_loses_and_duplicates_nothing(self) -> None:
+        """PostgreSQL stopped while a COPY's rows are in the staging table, its INSERT waiting
+        for a lock: the transaction is gone with the server; the rows go to the spool and
+        arrive once when it is back, with those behind them."""
+        recorder = Recorder(reactor, full_rows=50)
+        writer = self.writer(recorder, batch_rows=50, flush=0.05)
+        await wait_until(reactor, lambda: writer.db.ready, 20, "connected")
+        locker = psycopg2.connect(self.dsn)
+        self.addCleanup(locker.close)
+        with locker.cursor() as cursor:
+            cursor.execute("LOCK TABLE tasks IN EXCLUSIVE MODE")
+        for n in range(80):
+            recorder.record_run(run(n))
+
+        async def waiting_for_the_lock() -> bool:
+            with locker.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                return bool(cursor.fetchone()[0])
+
+        await wait_until(reactor, waiting_for_the_lock, 20, "a write waiting for the lock")
+        await self.cluster.stop_async(reactor)
+        for n in range(80, 120):
+            recorder.record_run(run(n))
+        await wait_until(reactor, lambda: writer.rows_spooled >= 100, 20, "rows spooled")
+        self.assertEqual(writer.rows_written, 0)
+        await self.cluster.start_async(reactor)
+        await wait_until(reactor, lambda: writer.db.ready and writer.pending == 0, 30, "everything written")
+        database = await self.connect(upgrade=False)
+        [rows] = await database.query("SELECT count(*) AS n, count(DISTINCT task) AS tasks FROM tasks")
+        self.assertEqual(rows, {"n": 120, "tasks": 120})
+        self.assertEqual(writer.rows_lost + writer.rows_refused, 0)
+
     async def test_copy_and_json_write_the_same_values(self) -> None:
         """Values COPY's text format must escape (tab, newline, CR, backslash, a literal \\N,
         NUL, NULL next to the string "None", NaN) arrive as the JSON way writes them."""

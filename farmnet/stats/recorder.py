@@ -8,10 +8,11 @@ online/offline/zombie/sick and user added.
 
 :class:`Writer` empties the buffer: every ``flush_interval`` seconds, or at once when
 ``batch_rows`` rows wait, it takes up to ``batch_rows`` rows as one batch and writes it over
-a blocking COPY connection in a worker thread of its own (:class:`~farmnet.stats.db.CopyConnection`,
-:func:`farmnet.stats.schema.copy_batch`): the thread encodes the rows as COPY text and
+a blocking COPY connection from a thread pool of its own (:class:`~farmnet.stats.db.CopyConnection`,
+:func:`farmnet.stats.schema.copy_batches`): a thread encodes the rows as COPY text and
 PostgreSQL loads them, so the reactor only hands over lists of tuples. One write is in flight
-at a time; while it runs the reactor goes on and the next batch gathers. A batch COPY refuses
+at a time; while it runs the reactor goes on, the next batch gathers and the other thread
+encodes it. Spooled batches go back the same way, decoded in the pool. A batch COPY refuses
 (a NUL character, a dropped table …) goes the slower way that knows how to clean or refuse
 rows one batch at a time: JSON through :data:`farmnet.stats.schema.BATCH_INSERT`. When the
 database is down (or the write times out) the batch goes to the
@@ -437,7 +438,7 @@ class Writer:
         #: The next batch, encoded while the previous one was being written.
         self._prepared: Rows | None = None
         self._done: defer.Deferred[None] | None = None
-        #: The COPY connection and the one thread that uses it.
+        #: The COPY connection, used by one write at a time from the writer's thread pool.
         self._copier = CopyConnection(db.dsn, connect_timeout=db.connect_timeout, setup=schema.COPY_SETUP)
         #: Two threads: one encodes the next batch while the other waits for PostgreSQL.
         self._pool = ThreadPool(2, 2, name="statistics writer")
