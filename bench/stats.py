@@ -215,6 +215,7 @@ async def main(reactor: Any, args: argparse.Namespace, cluster: ThrowawayCluster
         await cluster.stop_async(reactor)
         await wait(reactor, lambda: not db.ready, "the database to be seen down", 30)
         meter.start()
+        cpu.start()
         started = time.perf_counter()
         await feed(reactor, recorder, 20_000_000, half, args.chunk)
         await wait(reactor, lambda: writer.rows_spooled >= half and recorder.count == 0, "spooling")
@@ -222,8 +223,10 @@ async def main(reactor: Any, args: argparse.Namespace, cluster: ThrowawayCluster
         stall_down = meter.stop()
         print(f"database down: {half} rows to the spool in {spooled:.2f} s: {half / spooled:,.0f} rows/s; "
               f"longest stall {stall_down * 1000:.1f} ms")
+        print("  " + cpu.line(half))
         await cluster.start_async(reactor)
         meter.start()
+        cpu.start()
         started = time.perf_counter()
         await feed(reactor, recorder, 20_000_000 + half, total - half, args.chunk)  # behind the spool
         await wait(reactor, lambda: writer.pending == 0 and db.ready, "the spool written back")
@@ -231,6 +234,7 @@ async def main(reactor: Any, args: argparse.Namespace, cluster: ThrowawayCluster
         stall_up = meter.stop()
         print(f"database back: {half} spooled + {total - half} new rows written in {drained:.2f} s: "
               f"{total / drained:,.0f} rows/s; longest stall {stall_up * 1000:.1f} ms")
+        print("  " + cpu.line(total))
         count = await count_rows(db)
         print(f"rows in the database: {count} (expected {args.rows + 5000 + total}): "
               f"{'none lost, none doubled' if count == args.rows + 5000 + total else 'MISMATCH'}")

@@ -49,6 +49,8 @@ log = Logger()
 
 #: Version of the batch format (see schema: columns may only be appended).
 BATCH_FORMAT = 1
+#: Spooled batches written back in one transaction (at most).
+DRAIN_BATCHES = 4
 
 
 def job_folder(job: Job | None, block: int = 0) -> str | None:
@@ -671,7 +673,8 @@ class Writer:
     async def _drain(self) -> bool:
         """Write the oldest spooled batches; True if some went."""
         try:
-            lines = await self._io(self.spool.peek, self.batch_rows)
+            # Several batches per transaction: COPY's cost per statement is then paid less often.
+            lines = await self._io(self.spool.peek, DRAIN_BATCHES * self.batch_rows)
         except OSError as e:
             log.error("statistics: cannot read the spool: {error}", error=e)
             return False
