@@ -44,14 +44,33 @@ from farmnet.stats.spool import Spool  # noqa: E402
 T0 = 1_700_000_000.0
 
 
+#: The run records' strings, made once: the farm makes a TaskRun per task anyway (its cost is
+#: the model's, measured by bench/solve.py and bench/throughput.py), so the feeder here should
+#: cost as little as it can beside the statistics it measures.
+TASK_NAMES = tuple(f"frame {frame}" for frame in range(1000))
+COMMANDS = tuple(f"blender -b /proj/shot/scene.blend -f {frame}" for frame in range(1000))
+USERS = tuple(f"user{n}" for n in range(17))
+HOSTS = tuple(f"render{n:03d}" for n in range(200))
+SERVICES = ("blender", "nuke", "houdini")
+
+
 def make_runs(count: int, first: int = 0) -> list[TaskRun]:
-    return [TaskRun(job_id=1 + n // 1000, block=0, task=n % 1000, run=1, job_name=f"shot{n // 1000:04d}_comp",
-                    block_name="render", task_name=f"frame {n % 1000}", user_name=f"user{n % 17}",
-                    host=f"render{n % 200:03d}", service=("blender", "nuke", "houdini")[n % 3], capacity=1000,
-                    command=f"blender -b /proj/shot/scene.blend -f {n % 1000}", frame_start=n % 1000,
-                    frame_end=n % 1000, time_started=T0 + n * 0.01, time_done=T0 + n * 0.01 + 42.5,
-                    exit_code=0, signal=None, state="DON", errors_count=0, message="", peak_memory_mb=2048)
-            for n in range(first, first + count)]
+    runs = []
+    job, job_name = -1, ""
+    for n in range(first, first + count):
+        frame = n % 1000
+        if n // 1000 != job:
+            job = n // 1000
+            job_name = f"shot{job:04d}_comp"
+        started = T0 + n * 0.01
+        runs.append(TaskRun(
+            job_id=1 + job, block=0, task=frame, run=1, job_name=job_name, block_name="render",
+            task_name=TASK_NAMES[frame], user_name=USERS[n % 17], host=HOSTS[n % 200],
+            service=SERVICES[n % 3], capacity=1000, command=COMMANDS[frame], frame_start=frame,
+            frame_end=frame, time_started=started,
+            time_done=started + 42.5, exit_code=0, signal=None, state="DON", errors_count=0, message="",
+            peak_memory_mb=2048))
+    return runs
 
 
 def _cpu_of(pid: int) -> float:
