@@ -474,6 +474,33 @@ class OutageTests(PgTestCase):
         self.assertEqual(rows, {"n": 120, "tasks": 120})
         self.assertEqual(writer.rows_lost + writer.rows_refused, 0)
 
+    async def test_a_role_that_cannot_copy_still_writes(self) -> None:
+        """Without the TEMPORARY privilege the COPY path has no staging tables: every batch goes
+        by a JSON statement instead, nothing lost, and the log says so once."""
+        name = db.dsn_field(self.dsn, "dbname")
+        role = f"{name}_no_temp"
+        admin_db = await connect_once(reactor, self.cluster.dsn("postgres"))
+        self.addCleanup(admin_db.close)
+
+        async def drop() -> None:
+            await admin_db.execute(f"DROP DATABASE IF EXISTS {db.quote_ident(name)} WITH (FORCE)")
+            await admin_db.execute(f"DROP ROLE IF EXISTS {db.quote_ident(role)}")
+
+        await admin_db.execute(f"CREATE ROLE {db.quote_ident(role)} LOGIN")
+        self.addCleanup(drop)
+        await admin_db.execute(f"ALTER DATABASE {db.quote_ident(name)} OWNER TO {db.quote_ident(role)}")
+        await admin_db.execute(
+            f"REVOKE TEMPORARY ON DATABASE {db.quote_ident(name)} FROM PUBLIC, {db.quote_ident(role)}")
+        dsn = db.make_dsn(**{**db.parse_dsn(self.dsn), "user": role})
+        recorder = Recorder(reactor)
+        writer = self.writer(recorder, dsn=dsn, batch_rows=10)
+        await wait_until(reactor, lambda: writer.db.ready, 20, "connected")
+        for n in range(35):
+            recorder.record_run(run(n))
+        await wait_until(reactor, lambda: writer.pending == 0 and writer.rows_written == 35, 20, "written")
+        self.assertIn("permission denied", writer._copy_refusal)
+        self.assertEqual(await self.count(), 35)
+
     async def test_copy_and_json_write_the_same_values(self) -> None:
         """Values COPY's text format must escape (tab, newline, CR, backslash, a literal \\N,
         NUL, NULL next to the string "None", NaN) arrive as the JSON way writes them."""

@@ -448,6 +448,7 @@ class Writer:
         self._copying: defer.Deferred[Any] | None = None
         #: Rows of the batch being written (taken from the recorder, not yet anywhere safe).
         self._in_flight = 0
+        self._copy_refusal = ""
         recorder.on_full = self.wake
         db.on_ready(self.wake)
 
@@ -630,6 +631,7 @@ class Writer:
             if is_connection_error(e):
                 self._copy_failed(batch.rows, e)
                 return Outcome.FAILED
+            self._copy_refused(e)
             return await self._send([batch.encode().line], batch.rows)
         self.rows_written += batch.rows
         self.batches_written += 1
@@ -710,6 +712,7 @@ class Writer:
             if is_connection_error(e):
                 self._copy_failed(rows, e)
                 return Outcome.FAILED
+            self._copy_refused(e)
             return None
         self.rows_written += rows
         self.batches_written += len(lines)
@@ -725,6 +728,15 @@ class Writer:
             self._copying = None
             if timeout.active():
                 timeout.cancel()
+
+    def _copy_refused(self, error: Exception) -> None:
+        """Logged when the reason changes (a role without the TEMPORARY privilege would refuse
+        every batch: said once, and the rows still go, as JSON)."""
+        reason = describe_error(error)
+        if reason != self._copy_refusal:
+            self._copy_refusal = reason
+            log.warn("statistics: COPY refused a batch ({error}): writing it by a statement instead",
+                     error=reason)
 
     def _copy_failed(self, rows: int, error: Exception) -> None:
         log.warn("statistics: writing {rows} rows failed: {error}; keeping them in the spool",
