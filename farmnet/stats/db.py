@@ -63,6 +63,9 @@ DatabaseError = psycopg2.Error
 Params = Sequence[Any] | dict[str, Any] | None
 
 
+QueryCanceledError = psycopg2.extensions.QueryCanceledError
+
+
 class QueryTimeout(psycopg2.OperationalError):
     """A connect or a query took longer than allowed: the connection is given up."""
 
@@ -498,7 +501,22 @@ class CopyConnection:
         return conn
 
     def run(self, body: Callable[[Any], T]) -> T:
-        """``body(cursor)`` in one transaction: committed if it returns, rolled back if it raises."""
+        """``body(cursor)`` in one transaction: committed if it returns, rolled back if it raises.
+
+        A connection kept from before that turns out dead (the server restarted while it was
+        idle) is replaced and ``body`` run once more on the new one: the caller's ledger makes
+        a second run of a transaction whose commit was in fact done a no-op."""
+        reused = self._conn is not None and not self._conn.closed
+        try:
+            return self._run_once(body)
+        except Exception as e:
+            if not (reused and is_connection_error(e)) or isinstance(e, QueryCanceledError):
+                raise
+            log.debug("statistics: the COPY connection was dead ({error}): connecting again",
+                      error=describe_error(e))
+            return self._run_once(body)
+
+    def _run_once(self, body: Callable[[Any], T]) -> T:
         if self._conn is None or self._conn.closed:
             self._conn = self._connect()
         conn = self._conn
