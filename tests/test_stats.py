@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
-from twisted.internet import defer, reactor, task
-from twisted.internet.error import ConnectionDone
+import psycopg2
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import SkipTest, TestCase
 
 import farmnet
@@ -36,7 +36,7 @@ from farmnet.stats import admin, db, pgtest, schema
 from farmnet.stats.db import Database, connect_once
 from farmnet.stats.embedded import Cluster, ClusterError, EmbeddedPostgres, find_bin_dir
 from farmnet.stats.queries import Filter, QueryError, StatsQueries
-from farmnet.stats.recorder import Recorder, Writer, encode_batch
+from farmnet.stats.recorder import Recorder, Rows, Writer, _clean, encode_batch
 from farmnet.stats.service import StatsService
 from farmnet.stats.spool import Spool
 from farmnet.testing import wait_until
@@ -367,24 +367,173 @@ class OutageTests(PgTestCase):
         self.assertEqual(writer.rows_lost + writer.rows_refused, 0)
 
     async def test_answer_lost_after_commit_is_not_duplicated(self) -> None:
+        """A COPY committed whose answer is lost: the batch is spooled too, and its id in the
+        ledger makes the second write (from the spool) a no-op."""
         recorder = Recorder(reactor)
         writer = self.writer(recorder, flush=0.05)
         await wait_until(reactor, lambda: writer.db.ready, 20, "connected")
-        real = writer.db.execute
+        real = writer._copy
         lost = []
 
-        async def commit_then_lose(sql: str, params: Any = None, **kw: Any) -> None:
-            await real(sql, params, **kw)
-            if not lost and sql is schema.BATCH_INSERT:
+        def commit_then_lose(*args: Any) -> bool:
+            written = real(*args)
+            if not lost:
                 lost.append(True)
-                writer.db.abort("test: the answer is lost")
-                raise ConnectionDone("test")
+                raise psycopg2.OperationalError("test: the answer is lost")
+            return written
 
-        self.patch(writer.db, "execute", commit_then_lose)
+        self.patch(writer, "_copy", commit_then_lose)
         for n in range(10):
             recorder.record_run(run(n))
         await wait_until(reactor, lambda: lost and writer.pending == 0 and writer.db.ready, 20, "written")
         self.assertEqual(await self.count(), 10)
+        self.assertEqual(writer.rows_lost + writer.rows_refused, 0)
+
+    async def test_answer_lost_after_commit_from_the_spool_is_not_duplicated(self) -> None:
+        """The same for a batch written back from the spool."""
+        recorder = Recorder(reactor)
+        writer = self.writer(recorder, flush=0.05)
+        await wait_until(reactor, lambda: writer.db.ready, 20, "connected")
+        real_copy, real_copy_spooled = writer._copy, writer._copy_spooled
+        failed, lost = [], []
+
+        def fail_once(*args: Any) -> bool:  # before anything is sent: the batch goes to the spool
+            if not failed:
+                failed.append(True)
+                raise psycopg2.OperationalError("test: connection lost")
+            return real_copy(*args)
+
+        def commit_then_lose(lines: list[bytes]) -> int:
+            written = real_copy_spooled(lines)
+            if not lost:
+                lost.append(True)
+                raise psycopg2.OperationalError("test: the answer is lost")
+            return written
+
+        self.patch(writer, "_copy", fail_once)
+        self.patch(writer, "_copy_spooled", commit_then_lose)
+        for n in range(10):
+            recorder.record_run(run(n))
+        await wait_until(reactor, lambda: lost and writer.pending == 0 and writer.db.ready, 20, "written")
+        self.assertEqual(await self.count(), 10)
+
+    async def test_write_stuck_mid_batch_is_cancelled_and_spooled(self) -> None:
+        """A COPY that hangs inside PostgreSQL (here: the table locked by another session) is
+        cancelled after write_timeout; its rows wait in the spool and arrive once when the
+        database can take them again, with the batches behind them."""
+        recorder = Recorder(reactor, full_rows=50)
+        writer = self.writer(recorder, batch_rows=50, flush=0.05)
+        writer.write_timeout = 0.5
+        await wait_until(reactor, lambda: writer.db.ready, 20, "connected")
+        locker = psycopg2.connect(self.dsn)
+        self.addCleanup(locker.close)
+        with locker.cursor() as cursor:
+            cursor.execute("LOCK TABLE tasks IN EXCLUSIVE MODE")
+        for n in range(120):
+            recorder.record_run(run(n))
+        await wait_until(reactor, lambda: writer.rows_spooled > 0, 20, "a batch spooled")
+        self.assertEqual(writer.rows_written, 0)
+        locker.rollback()
+        for n in range(120, 150):
+            recorder.record_run(run(n))
+        await wait_until(reactor, lambda: writer.db.ready and writer.pending == 0, 30, "everything written")
+        database = await self.connect(upgrade=False)
+        [rows] = await database.query("SELECT count(*) AS n, count(DISTINCT task) AS tasks FROM tasks")
+        self.assertEqual(rows, {"n": 150, "tasks": 150})
+        self.assertEqual(writer.rows_lost + writer.rows_refused, 0)
+
+    async def test_database_stopped_mid_batch_loses_and_duplicates_nothing(self) -> None:
+        """PostgreSQL stopped while a COPY's rows are in the staging table, its INSERT waiting
+        for a lock: the transaction is gone with the server; the rows go to the spool and
+        arrive once when it is back, with those behind them."""
+        recorder = Recorder(reactor, full_rows=50)
+        writer = self.writer(recorder, batch_rows=50, flush=0.05)
+        await wait_until(reactor, lambda: writer.db.ready, 20, "connected")
+        locker = psycopg2.connect(self.dsn)
+        self.addCleanup(locker.close)
+        with locker.cursor() as cursor:
+            cursor.execute("LOCK TABLE tasks IN EXCLUSIVE MODE")
+        for n in range(80):
+            recorder.record_run(run(n))
+
+        async def waiting_for_the_lock() -> bool:
+            with locker.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                return bool(cursor.fetchone()[0])
+
+        await wait_until(reactor, waiting_for_the_lock, 20, "a write waiting for the lock")
+        await self.cluster.stop_async(reactor)
+        for n in range(80, 120):
+            recorder.record_run(run(n))
+        await wait_until(reactor, lambda: writer.rows_spooled >= 100, 20, "rows spooled")
+        self.assertEqual(writer.rows_written, 0)
+        await self.cluster.start_async(reactor)
+        await wait_until(reactor, lambda: writer.db.ready and writer.pending == 0, 30, "everything written")
+        database = await self.connect(upgrade=False)
+        [rows] = await database.query("SELECT count(*) AS n, count(DISTINCT task) AS tasks FROM tasks")
+        self.assertEqual(rows, {"n": 120, "tasks": 120})
+        self.assertEqual(writer.rows_lost + writer.rows_refused, 0)
+
+    async def test_a_role_that_cannot_copy_still_writes(self) -> None:
+        """Without the TEMPORARY privilege the COPY path has no staging tables: every batch goes
+        by a JSON statement instead, nothing lost, and the log says so once."""
+        name = db.dsn_field(self.dsn, "dbname")
+        role = f"{name}_no_temp"
+        admin_db = await connect_once(reactor, self.cluster.dsn("postgres"))
+        self.addCleanup(admin_db.close)
+
+        async def drop() -> None:
+            await admin_db.execute(f"DROP DATABASE IF EXISTS {db.quote_ident(name)} WITH (FORCE)")
+            await admin_db.execute(f"DROP ROLE IF EXISTS {db.quote_ident(role)}")
+
+        await admin_db.execute(f"CREATE ROLE {db.quote_ident(role)} LOGIN")
+        self.addCleanup(drop)
+        await admin_db.execute(f"ALTER DATABASE {db.quote_ident(name)} OWNER TO {db.quote_ident(role)}")
+        await admin_db.execute(
+            f"REVOKE TEMPORARY ON DATABASE {db.quote_ident(name)} FROM PUBLIC, {db.quote_ident(role)}")
+        dsn = db.make_dsn(**{**db.parse_dsn(self.dsn), "user": role})
+        recorder = Recorder(reactor)
+        writer = self.writer(recorder, dsn=dsn, batch_rows=10)
+        await wait_until(reactor, lambda: writer.db.ready, 20, "connected")
+        for n in range(35):
+            recorder.record_run(run(n))
+        await wait_until(reactor, lambda: writer.pending == 0 and writer.rows_written == 35, 20, "written")
+        self.assertIn("permission denied", writer._copy_refusal)
+        self.assertEqual(await self.count(), 35)
+
+    async def test_copy_and_json_write_the_same_values(self) -> None:
+        """Values COPY's text format must escape (tab, newline, CR, backslash, a literal \\N,
+        NUL, NULL next to the string "None", NaN) arrive as the JSON way writes them."""
+        texts = ["a\tb", "two\nlines", "cr\r", "C:\\Nuke\\shot", "\\N", "None", "", "naïve ✓",
+                 "nul\x00here", "info nan inf"]
+        rows = []
+        for n, text in enumerate(texts):
+            row = _task_row(n)
+            row[20] = text  # message
+            row[22] = None if n % 2 else text  # folder
+            if n == 3:
+                row[15] = float("nan")
+            rows.append(tuple(row) + (None,))
+        database = await self.connect()
+        copier = db.CopyConnection(self.dsn, setup=schema.COPY_SETUP)
+        self.addCleanup(copier.close)
+        batch = Rows("copy", rows, [], [[T0, "anna", "job_created", "j\tx", 1, "\\"]])
+        batches = [(batch.id, batch.rows, batch.copy_tables())]
+        written = await threads.deferToThread(copier.run, lambda cursor: schema.copy_batches(cursor, batches))
+        self.assertEqual(written, 1)
+        twice = batches * 2
+        again = await threads.deferToThread(copier.run, lambda cursor: schema.copy_batches(cursor, twice))
+        self.assertEqual(again, 0)  # the ledger has it
+        line = encode_batch("json", [[_clean(v) for v in row] for row in rows], [], batch.logs).line
+        await database.execute(schema.BATCH_INSERT, ("[" + line + "]",))
+        columns = "task, message, folder, time_done, run_time, hosts"
+        select = f"SELECT {columns} FROM tasks WHERE id {{}} %s ORDER BY id"
+        copied = await database.query(select.format("<="), (len(rows),))
+        via_json = await database.query(select.format(">"), (len(rows),))
+        self.assertEqual(copied, via_json)
+        self.assertEqual([r["message"] for r in copied], [t.replace("\x00", "") for t in texts])
+        self.assertIsNone(copied[3]["time_done"])
+        self.assertEqual(await self.count("SELECT count(DISTINCT info || object) AS n FROM logs"), 1)
 
     async def test_spool_survives_a_restart_and_a_truncated_line(self) -> None:
         spool_dir = tmpdir(self)

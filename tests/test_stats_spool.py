@@ -1,4 +1,4 @@
-"""The statistics spool on its own: bounded, ordered, crash-tolerant (no database needed)."""
+"""The statistics spool on its own: bounded, ordered, crash-tolerant; and COPY text (no database needed)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from farmnet.stats.recorder import encode_batch
+from farmnet.stats.recorder import _copy_value, copy_text, encode_batch
 from farmnet.stats.spool import Spool, batch_rows
 
 
@@ -145,3 +145,30 @@ class SpoolTests(SynchronousTestCase):
         spool.append(line(1), 1)
         spool.append(line(2), 1)
         self.assertGreaterEqual(len(calls), 2)
+
+
+class CopyTextTests(SynchronousTestCase):
+    """COPY text made at C speed must be what escaping value by value makes."""
+
+    def careful(self, rows: list[tuple]) -> bytes:
+        return "".join("\t".join(_copy_value(v) for v in row) + "\n" for row in rows).encode()
+
+    def test_plain_rows_agree_with_escaping_value_by_value(self) -> None:
+        rows = [(1, "shot", None, 2.5, "", 1_700_000_000.125, "naïve ✓"), (2, "x y", 3, None, "a", 0.1, None)]
+        self.assertEqual(copy_text(rows), self.careful(rows))
+        self.assertEqual(copy_text(rows), b"1\tshot\t\\N\t2.5\t\t1700000000.125\tna\xc3\xafve \xe2\x9c\x93\n"
+                                          b"2\tx y\t3\t\\N\ta\t0.1\t\\N\n")
+        self.assertEqual(copy_text([list(row) for row in rows]), copy_text(rows))  # job rows are lists
+
+    def test_rows_that_need_escaping(self) -> None:
+        for value in ("None", "a\tb", "a\nb", "a\rb", "C:\\Nuke", "\\N", "nul\x00", "info", float("nan"),
+                      float("inf")):
+            rows = [(1, value, None), (2, "ok", None)]
+            with self.subTest(value=value):
+                self.assertEqual(copy_text(rows), self.careful(rows))
+                fields = copy_text(rows).decode().split("\n")[0].split("\t")
+                self.assertEqual(len(fields), 3)
+        self.assertEqual(copy_text([(1, "None", None)]), b"1\tNone\t\\N\n")
+        self.assertEqual(copy_text([(1, "a\tb\\", float("inf"))]), b"1\ta\\tb\\\\\t\\N\n")
+        self.assertEqual(copy_text([(1, 2), (3,)]), b"1\t2\n3\n")  # rows of different widths
+        self.assertEqual(copy_text([]), b"")

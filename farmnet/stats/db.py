@@ -13,13 +13,17 @@ Everything else in farmnet talks to PostgreSQL through this module: SQL text wit
 ``%s`` placeholders and a parameter tuple, never values pasted into SQL. Errors are
 classified here (:func:`is_connection_error`, :func:`error_code`) so callers need not
 know psycopg2's exception tree.
+
+:class:`CopyConnection` is the exception to "no threads": psycopg2's asynchronous connections
+cannot ``COPY … FROM STDIN``, PostgreSQL's fastest way in, so the statistics writer keeps one
+blocking connection for it and uses it from a worker thread of its own.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -30,6 +34,7 @@ from txpostgres import reconnection, retrying, txpostgres
 
 __all__ = [
     "ConnectionDead",
+    "CopyConnection",
     "Database",
     "DatabaseError",
     "Transaction",
@@ -56,6 +61,9 @@ ConnectionDead = reconnection.ConnectionDead
 DatabaseError = psycopg2.Error
 
 Params = Sequence[Any] | dict[str, Any] | None
+
+
+QueryCanceledError = psycopg2.extensions.QueryCanceledError
 
 
 class QueryTimeout(psycopg2.OperationalError):
@@ -270,6 +278,7 @@ class Database:
         self.dsn = dsn
         self.name = name
         self.on_connect = on_connect
+        self.connect_timeout = connect_timeout
         #: No "connected" log line (one-shot connections of tools).
         self.quiet = quiet
         self.closed = False
@@ -460,6 +469,90 @@ class Database:
             return self._conn.lock.run(interaction)
 
         return await self._call(locked, timeout=timeout)
+
+
+T = TypeVar("T")
+
+
+class CopyConnection:
+    """A blocking connection for COPY, used from one worker thread.
+
+    Every method but :meth:`cancel` must be called from that thread (they block). It connects
+    on first use and again after a connection error (which is raised: the caller decides
+    what to do with its rows); ``setup`` statements run after each connection.
+    """
+
+    def __init__(self, dsn: str, *, connect_timeout: float = 10.0, setup: Sequence[str] = ()) -> None:
+        self.dsn = dsn
+        self.connect_timeout = connect_timeout
+        self.setup = tuple(setup)
+        self._conn: Any = None
+
+    def _connect(self) -> Any:
+        conn = psycopg2.connect(self.dsn, connect_timeout=max(1, round(self.connect_timeout)))
+        try:
+            with conn.cursor() as cursor:
+                for statement in self.setup:
+                    cursor.execute(statement)
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def run(self, body: Callable[[Any], T]) -> T:
+        """``body(cursor)`` in one transaction: committed if it returns, rolled back if it raises.
+
+        A connection kept from before that turns out dead (the server restarted while it was
+        idle) is replaced and ``body`` run once more on the new one: the caller's ledger makes
+        a second run of a transaction whose commit was in fact done a no-op."""
+        reused = self._conn is not None and not self._conn.closed
+        try:
+            return self._run_once(body)
+        except Exception as e:
+            if not (reused and is_connection_error(e)) or isinstance(e, QueryCanceledError):
+                raise
+            log.debug("statistics: the COPY connection was dead ({error}): connecting again",
+                      error=describe_error(e))
+            return self._run_once(body)
+
+    def _run_once(self, body: Callable[[Any], T]) -> T:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+        conn = self._conn
+        try:
+            with conn.cursor() as cursor:
+                result = body(cursor)
+            conn.commit()
+        except BaseException as e:
+            if is_connection_error(e):
+                self.close()
+            else:
+                try:
+                    conn.rollback()
+                except psycopg2.Error:
+                    self.close()
+            raise
+        return result
+
+    def cancel(self) -> None:
+        """Cancel the statement running in the worker thread (it then raises a connection
+        error: a statement cancelled is as good as lost). Blocks for a round trip: call it
+        from a thread too."""
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.cancel()
+            except psycopg2.Error as e:
+                log.debug("statistics: cancelling a COPY failed: {error}", error=describe_error(e))
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg2.Error:
+                pass
 
 
 async def connect_once(reactor: Any, dsn: str, *, timeout: float = 10.0,

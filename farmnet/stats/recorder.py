@@ -7,14 +7,20 @@ in-memory buffer: a ``tasks`` row when a task run ends, a ``jobs`` row when a jo
 online/offline/zombie/sick and user added.
 
 :class:`Writer` empties the buffer: every ``flush_interval`` seconds, or at once when
-``batch_rows`` rows wait, it encodes up to ``batch_rows`` rows as one JSON batch and
-writes it with one INSERT statement (:data:`farmnet.stats.schema.BATCH_INSERT`), one
-write in flight at a time; while it waits for PostgreSQL the reactor runs on and the next
-batch gathers. When the database is down (or the write times out) the batch goes to the
-:class:`~farmnet.stats.spool.Spool` on disk, and so does every batch after it until the
-spool is written back, oldest first, when the database returns: the order is kept. A batch
-whose answer was lost may be both in the database and in the spool; its id in the
-``stats_batches`` ledger makes the second write a no-op, so every row arrives once.
+``batch_rows`` rows wait, it takes up to ``batch_rows`` rows as one batch and writes it over
+a blocking COPY connection from a thread pool of its own (:class:`~farmnet.stats.db.CopyConnection`,
+:func:`farmnet.stats.schema.copy_batches`): a thread encodes the rows as COPY text and
+PostgreSQL loads them, so the reactor only hands over lists of tuples. One write is in flight
+at a time; while it runs the reactor goes on, the next batch gathers and the other thread
+encodes it. Spooled batches go back the same way, decoded in the pool. A batch COPY refuses
+(a NUL character, a dropped table …) goes the slower way that knows how to clean or refuse
+rows one batch at a time: JSON through :data:`farmnet.stats.schema.BATCH_INSERT`. When the
+database is down (or the write times out) the batch goes to the
+:class:`~farmnet.stats.spool.Spool` on disk as a JSON line, and so does every batch after it
+until the spool is written back, oldest first, when the database returns: the order is kept.
+A batch whose answer was lost may be both in the database and in the spool; its id in the
+``stats_batches`` ledger (written in the same transaction as its rows, whichever the way)
+makes the second write a no-op, so every row arrives once.
 """
 
 from __future__ import annotations
@@ -29,19 +35,22 @@ from typing import Any
 import attrs
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from farmnet.model import events as ev
 from farmnet.model.data import Job, Render, TaskRun, TaskState, User
 from farmnet.stats import schema
-from farmnet.stats.db import Database, describe_error, error_code, is_connection_error
+from farmnet.stats.db import CopyConnection, Database, describe_error, error_code, is_connection_error
 from farmnet.stats.spool import Spool, batch_rows
 
-__all__ = ["Batch", "Recorder", "Writer", "encode_batch", "job_folder"]
+__all__ = ["Batch", "Recorder", "Rows", "Writer", "copy_text", "encode_batch", "job_folder"]
 
 log = Logger()
 
 #: Version of the batch format (see schema: columns may only be appended).
 BATCH_FORMAT = 1
+#: Spooled batches written back in one transaction (at most).
+DRAIN_BATCHES = 4
 
 
 def job_folder(job: Job | None, block: int = 0) -> str | None:
@@ -161,33 +170,41 @@ class Recorder:
         self._added()
 
     def record_run(self, run: TaskRun) -> None:
-        """A run ended: a tasks row, and its figures in the job's tally."""
+        """A run ended: a tasks row, and its figures in the job's tally. (On the reactor for every
+        task: under a microsecond, no call that can be avoided.)"""
         farm = self._farm
-        job = farm.jobs.get(run.job_id) if farm is not None else None
-        run_time = run.time_done - run.time_started
+        job_id = run.job_id
+        job = farm.jobs.get(job_id) if farm is not None else None
+        started, done = run.time_started, run.time_done
+        run_time = done - started
         if run_time < 0:
             run_time = 0.0
-        tally = self._tallies.get(run.job_id)
+        tally = self._tallies.get(job_id)
         if tally is None:
-            tally = self._tallies[run.job_id] = _JobTally()
+            tally = self._tallies[job_id] = _JobTally()
         tally.runs += 1
         if run.state != "DON":
             tally.errors += 1
         tally.run_time += run_time
         tally.capacity_time += run.capacity * run_time
         if self._just_done:
-            done_row = self._just_done.pop(run.job_id, None)
+            done_row = self._just_done.pop(job_id, None)
             if done_row is not None:  # the job was done by this very run (notified first)
                 done_row[_JOB_RUNS:_JOB_CAPACITY_TIME + 1] = [
                     tally.runs, tally.errors, tally.run_time, tally.capacity_time]
+        hosts = run.hosts
         self.tasks.append((
-            run.job_id, run.job_name, run.block, run.block_name, run.task, run.task_name, run.run,
+            job_id, run.job_name, run.block, run.block_name, run.task, run.task_name, run.run,
             run.user_name, run.host, run.service, run.capacity, run.command, run.frame_start,
-            run.frame_end, run.time_started or None, run.time_done or None, run.exit_code, run.signal,
-            run.state, run.errors_count, run.message, run.peak_memory_mb, job_folder(job, run.block),
-            " ".join(run.hosts) or None,
+            run.frame_end, started or None, done or None, run.exit_code, run.signal,
+            run.state, run.errors_count, run.message, run.peak_memory_mb,
+            job_folder(job, run.block) if job is not None else None,
+            (" ".join(hosts) or None) if hosts else None,
         ))
-        self._added()
+        self.count += 1
+        if self.count >= self.full_rows and not self._full_told and self.on_full is not None:
+            self._full_told = True
+            self.on_full()
 
     def _job(self, job: Job) -> None:
         if job.id not in self._known_jobs:
@@ -307,6 +324,73 @@ def encode_batch(batch_id: str, tasks: Sequence[Sequence[Any]], jobs: Sequence[S
     return Batch(batch_id, rows, "".join(parts))
 
 
+_NULL = "\\N"
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": ""})
+
+
+def _copy_value(value: Any) -> str:
+    if value is None:
+        return _NULL
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
+    if isinstance(value, float) and not math.isfinite(value):
+        return _NULL  # as in JSON batches
+    return str(value)
+
+
+def copy_text(rows: Sequence[Sequence[Any]]) -> bytes:
+    """Rows in COPY's text format (NULL as \\N; NUL characters, which PostgreSQL text cannot
+    hold, left out; NaN and infinities as NULL, as in the JSON batches).
+
+    Most rows need no escaping: they are formatted at C speed and the result checked in a few
+    passes (as many tabs and newlines as separators, a "None" for each None and no other, no
+    backslash, carriage return, NUL or non-finite float); only a batch that fails the check is
+    encoded value by value.
+    """
+    if not rows:
+        return b""
+    if rows[0].__class__ is not tuple:
+        rows = list(map(tuple, rows))
+    width = len(rows[0])
+    line = "\t".join(["%s"] * width)
+    try:
+        text = "\n".join([line % row for row in rows])
+    except TypeError:  # rows of different widths
+        text = ""
+    nones = sum([row.count(None) for row in rows])
+    if (text and text.count("\t") == (width - 1) * len(rows) and text.count("\n") == len(rows) - 1
+            and text.count("None") == nones and "\\" not in text and "\r" not in text and "\x00" not in text
+            and "inf" not in text and "nan" not in text):
+        if nones:
+            text = text.replace("None", _NULL)
+        return (text + "\n").encode()
+    return "".join(["\t".join([_copy_value(v) for v in row]) + "\n" for row in rows]).encode()
+
+
+@attrs.define(eq=False)
+class Rows:
+    """Rows taken from the recorder as one batch, not encoded yet: the COPY path encodes them
+    in its thread, the spool and the statement path as a JSON :class:`Batch`."""
+
+    id: str
+    tasks: list[Any]
+    jobs: list[Any]
+    logs: list[Any]
+    #: Its COPY text being made in the writer's thread pool (see Writer._encode_soon).
+    encoded: defer.Deferred[dict[str, bytes] | None] | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.tasks) + len(self.jobs) + len(self.logs)
+
+    def encode(self) -> Batch:
+        return encode_batch(self.id, self.tasks, self.jobs, self.logs)
+
+    def copy_tables(self) -> dict[str, bytes]:
+        return {name: copy_text(rows) for name, rows in (("tasks", self.tasks), ("jobs", self.jobs),
+                                                         ("logs", self.logs)) if rows}
+
+
 class Outcome(enum.Enum):
     WRITTEN = "written"
     #: The database refused the rows for good (logged, counted, dropped).
@@ -354,14 +438,25 @@ class Writer:
         self._wake_call: Any = None
         self._tick: Any = None
         #: The next batch, encoded while the previous one was being written.
-        self._prepared: Batch | None = None
+        self._prepared: Rows | None = None
         self._done: defer.Deferred[None] | None = None
+        #: The COPY connection, used by one write at a time from the writer's thread pool.
+        self._copier = CopyConnection(db.dsn, connect_timeout=db.connect_timeout, setup=schema.COPY_SETUP)
+        #: Two threads: one encodes the next batch while the other waits for PostgreSQL.
+        self._pool = ThreadPool(2, 2, name="statistics writer")
+        self._pool_trigger: Any = None
+        self._copying: defer.Deferred[Any] | None = None
+        #: Rows of the batch being written (taken from the recorder, not yet anywhere safe).
+        self._in_flight = 0
+        self._copy_refusal = ""
         recorder.on_full = self.wake
         db.on_ready(self.wake)
 
     # --- control -------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._pool.start()
+        self._pool_trigger = self.reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)
         self._tick = self.reactor.callLater(self.flush_interval, self._on_tick)
         self._done = defer.ensureDeferred(self._loop())
 
@@ -392,7 +487,7 @@ class Writer:
             return
         self._stopping = True
         self._fire()
-        give_up = self.reactor.callLater(timeout, self.db.abort, "the server is stopping")
+        give_up = self.reactor.callLater(timeout, self._give_up, "the server is stopping")
         try:
             await self._done
         finally:
@@ -404,12 +499,28 @@ class Writer:
                 self._wake_call.cancel()
             self._wake_call = None
             await self._io(self.spool.close)
+            if self._pool.started:
+                await threads.deferToThreadPool(self.reactor, self._pool, self._copier.close)
+            self._stop_pool()
+
+    def _stop_pool(self) -> None:
+        if self._pool_trigger is not None:
+            self.reactor.removeSystemEventTrigger(self._pool_trigger)
+            self._pool_trigger = None
+        if self._pool.started:
+            self._pool.stop()
+
+    def _give_up(self, reason: str) -> None:
+        """Drop the connections: whatever waits on them fails (and goes to the spool)."""
+        self.db.abort(reason)
+        if self._copying is not None:
+            self._io(self._copier.cancel)
 
     @property
     def pending(self) -> int:
         """Rows not yet in the database: in memory and in the spool."""
         prepared = self._prepared.rows if self._prepared is not None else 0
-        return self.recorder.count + prepared + self.rows_spooled
+        return self.recorder.count + prepared + self._in_flight + self.rows_spooled
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -462,12 +573,16 @@ class Writer:
                     self._due = False
                     return False
                 batch = self._take()
-            sending = defer.ensureDeferred(self._send([batch.line], batch.rows))
-            if self.recorder.count >= self.batch_rows:
-                # Encode the next batch while PostgreSQL works on this one.
-                self._prepared = self._take()
-            if await sending is Outcome.FAILED:
-                await self._to_spool(batch)
+            self._in_flight = batch.rows
+            try:
+                sending = defer.ensureDeferred(self._write(batch))
+                if self.recorder.count >= self.batch_rows:
+                    # The next batch, encoded while PostgreSQL works on this one.
+                    self._prepared = self._encode_soon(self._take())
+                if await sending is Outcome.FAILED:
+                    await self._to_spool(batch)
+            finally:
+                self._in_flight = 0
             return True
         progressed = False
         if self._prepared is not None:  # older than anything in the buffer
@@ -484,16 +599,67 @@ class Writer:
             progressed = await self._drain() or progressed
         return progressed
 
-    def _take(self) -> Batch:
+    def _take(self) -> Rows:
         self._seq += 1
         if self.recorder.count <= self.batch_rows:
             self._due = False
         tasks, jobs, logs = self.recorder.take(self.batch_rows)
-        return encode_batch(f"{self.boot}-{self._seq}", tasks, jobs, logs)
+        return Rows(f"{self.boot}-{self._seq}", tasks, jobs, logs)
 
-    async def _to_spool(self, batch: Batch) -> None:
+    def _encode_soon(self, batch: Rows) -> Rows:
+        batch.encoded = threads.deferToThreadPool(self.reactor, self._pool, self._encode, batch)
+        return batch
+
+    def _encode(self, batch: Rows) -> dict[str, bytes] | None:
+        """In the writer's thread pool: the batch's COPY text (None: it cannot be COPY text)."""
         try:
-            dropped = await self._io(self.spool.append, batch.line.encode(), batch.rows)
+            return batch.copy_tables()
+        except (UnicodeError, TypeError, ValueError) as e:
+            log.debug("statistics: a batch is not COPY text ({error}): writing it as JSON", error=e)
+            return None
+
+    async def _write(self, batch: Rows) -> Outcome:
+        """Write ``batch`` by COPY in the writer's thread pool; a batch COPY refuses goes the
+        statement way (:meth:`_send`), which cleans or refuses what it must."""
+        tables = await (batch.encoded or self._encode_soon(batch).encoded)
+        batch.encoded = None
+        if tables is None:
+            return await self._send([batch.encode().line], batch.rows)
+        try:
+            await self._in_pool(self._copy, batch, tables)
+        except Exception as e:
+            if is_connection_error(e):
+                self._copy_failed(batch.rows, e)
+                return Outcome.FAILED
+            self._copy_refused(e)
+            return await self._send([batch.encode().line], batch.rows)
+        self.rows_written += batch.rows
+        self.batches_written += 1
+        return Outcome.WRITTEN
+
+    def _copy(self, batch: Rows, tables: dict[str, bytes]) -> bool:
+        """In the writer's thread pool: the COPY (False: the ledger had the batch already)."""
+        batches = [(batch.id, batch.rows, tables)]
+        return self._copier.run(lambda cursor: schema.copy_batches(cursor, batches)) > 0
+
+    def _copy_spooled(self, lines: list[bytes]) -> int:
+        """In the writer's thread pool: spooled JSON batches decoded and copied in one
+        transaction (raises ValueError for a line that is not a batch)."""
+        batches = []
+        for line in lines:
+            batch = json.loads(line)
+            tables = {name: copy_text(batch[name]) for name in ("tasks", "jobs", "logs") if batch.get(name)}
+            batches.append((str(batch["id"]), int(batch["n"]), tables))
+        return self._copier.run(lambda cursor: schema.copy_batches(cursor, batches))
+
+    def _copy_timed_out(self) -> None:
+        log.warn("statistics: a write took more than {timeout:g} s: cancelling it",
+                 timeout=self.write_timeout)
+        self._io(self._copier.cancel)
+
+    async def _to_spool(self, batch: Rows) -> None:
+        try:
+            dropped = await self._io(self._spool_append, batch)
         except OSError as e:
             self.rows_lost += batch.rows
             log.error("statistics: cannot write to the spool ({error}): {rows} rows lost", error=e,
@@ -502,10 +668,15 @@ class Writer:
         self.rows_lost += dropped
         self.rows_spooled += batch.rows - dropped
 
+    def _spool_append(self, batch: Rows) -> int:
+        """In the I/O thread: the batch as a JSON line into the spool."""
+        return self.spool.append(batch.encode().line.encode(), batch.rows)
+
     async def _drain(self) -> bool:
         """Write the oldest spooled batches; True if some went."""
         try:
-            lines = await self._io(self.spool.peek, self.batch_rows)
+            # Several batches per transaction: COPY's cost per statement is then paid less often.
+            lines = await self._io(self.spool.peek, DRAIN_BATCHES * self.batch_rows)
         except OSError as e:
             log.error("statistics: cannot read the spool: {error}", error=e)
             return False
@@ -514,7 +685,9 @@ class Writer:
             return False
         texts = [line.decode() for line in lines]
         rows = [batch_rows(line) or 0 for line in lines]
-        outcome = await self._send(texts, sum(rows), final=len(texts) == 1)
+        outcome = await self._copy_lines(lines, sum(rows))
+        if outcome is None:  # not COPY's to write: the statement way, which refuses alone
+            outcome = await self._send(texts, sum(rows), final=len(texts) == 1)
         if outcome is Outcome.WRITTEN:
             await self._io(self.spool.pop)
             self.rows_spooled = max(0, self.rows_spooled - sum(rows))
@@ -530,6 +703,45 @@ class Writer:
             await self._io(self.spool.pop, 1)
             self.rows_spooled = max(0, self.rows_spooled - count)
         return True
+
+    async def _copy_lines(self, lines: list[bytes], rows: int) -> Outcome | None:
+        """Spooled batches by COPY; None if COPY refused them (or they do not decode)."""
+        try:
+            await self._in_pool(self._copy_spooled, lines)
+        except Exception as e:
+            if is_connection_error(e):
+                self._copy_failed(rows, e)
+                return Outcome.FAILED
+            self._copy_refused(e)
+            return None
+        self.rows_written += rows
+        self.batches_written += len(lines)
+        return Outcome.WRITTEN
+
+    async def _in_pool(self, f: Callable[..., Any], *args: Any) -> Any:
+        """``f(*args)`` in the writer's pool, cancelled after write_timeout."""
+        timeout = self.reactor.callLater(self.write_timeout, self._copy_timed_out)
+        self._copying = threads.deferToThreadPool(self.reactor, self._pool, f, *args)
+        try:
+            return await self._copying
+        finally:
+            self._copying = None
+            if timeout.active():
+                timeout.cancel()
+
+    def _copy_refused(self, error: Exception) -> None:
+        """Logged when the reason changes (a role without the TEMPORARY privilege would refuse
+        every batch: said once, and the rows still go, as JSON)."""
+        reason = describe_error(error)
+        if reason != self._copy_refusal:
+            self._copy_refusal = reason
+            log.warn("statistics: COPY refused a batch ({error}): writing it by a statement instead",
+                     error=reason)
+
+    def _copy_failed(self, rows: int, error: Exception) -> None:
+        log.warn("statistics: writing {rows} rows failed: {error}; keeping them in the spool",
+                 rows=rows, error=describe_error(error))
+        self.db.abort("the COPY connection failed")  # the spool, until a reconnection
 
     async def _send(self, lines: list[str], rows: int, retried: bool = False, final: bool = True) -> Outcome:
         """Write ``lines`` (batches) in one statement. A refusal is logged and counted only if

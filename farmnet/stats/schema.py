@@ -19,13 +19,19 @@ lacks, in one transaction under an advisory lock (two servers starting at once d
 both upgrade). A database newer than this farmnet is refused (:class:`SchemaTooNew`),
 never written into.
 
-Rows travel as JSON arrays in column order (:data:`TASK_COLUMNS` …): small to spool, fast
-to encode, and a column appended to the end of a list keeps old spooled rows valid (the
-missing value reads as NULL). Never reorder or remove columns of these lists.
+Rows travel in column order (:data:`TASK_COLUMNS` …), two ways. Live, as COPY text into
+temporary staging tables of the writer's COPY connection (:data:`COPY_SETUP`), moved into the
+tables by one ``INSERT … SELECT`` each (:func:`copy_batches`): PostgreSQL's cheapest way in.
+Spooled (and when COPY refuses a batch), as JSON arrays (:data:`BATCH_INSERT`): small to
+spool, and a column appended to the end of a list keeps old spooled rows valid (the missing
+value reads as NULL). Never reorder or remove columns of these lists. Both ways record the
+batch's id in ``stats_batches`` in the same transaction as its rows.
 """
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -34,6 +40,7 @@ from farmnet.stats.db import Database, Transaction
 
 __all__ = [
     "BATCH_INSERT",
+    "COPY_SETUP",
     "JOB_COLUMNS",
     "LATEST",
     "LOG_COLUMNS",
@@ -42,6 +49,7 @@ __all__ = [
     "SchemaTooNew",
     "TABLES",
     "TASK_COLUMNS",
+    "copy_batches",
     "current_version",
     "drop_all",
     "upgrade",
@@ -175,6 +183,62 @@ BATCH_INSERT = "\n".join([
     _insert("logs", LOG_COLUMNS),
     "SELECT count(*) AS batches FROM ledger",
 ])
+
+
+#: The tasks row's computed column, as BATCH_INSERT computes it.
+_RUN_TIME = ("run_time", "greatest(0, time_done - time_started)")
+_TABLE_COLUMNS = {"tasks": TASK_COLUMNS, "jobs": JOB_COLUMNS, "logs": LOG_COLUMNS}
+_TABLE_EXTRA = {"tasks": (_RUN_TIME,), "jobs": (), "logs": ()}
+
+
+def _staging(table: str) -> str:
+    return f"farmnet_{table}_in"
+
+
+#: Run once on each COPY connection: its staging tables (temporary, so neither logged nor
+#: seen by other sessions; emptied at each commit). Timestamps travel as epoch seconds, as
+#: in the JSON batches, and are converted by the same expressions.
+COPY_SETUP = tuple(
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_staging(table)} "
+    f"({', '.join(f'{c.name} {c.wire_type}' for c in columns)}) ON COMMIT DELETE ROWS"
+    for table, columns in _TABLE_COLUMNS.items())
+
+
+def _copy_statements(table: str) -> tuple[str, str]:
+    columns = _TABLE_COLUMNS[table]
+    names = [c.name for c in columns] + [name for name, _ in _TABLE_EXTRA[table]]
+    values = [f"to_timestamp({c.name})" if c.sql_type == "timestamptz" else c.name for c in columns]
+    values += [expr for _, expr in _TABLE_EXTRA[table]]
+    return (f"COPY {_staging(table)} FROM STDIN",
+            f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(values)} FROM {_staging(table)}")
+
+
+_COPY = {table: _copy_statements(table) for table in _TABLE_COLUMNS}
+_LEDGER_INSERT = ("INSERT INTO stats_batches (id, rows) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING "
+                  "RETURNING id")
+
+
+def copy_batches(cursor: Any, batches: Sequence[tuple[str, int, dict[str, bytes]]]) -> int:
+    """Write batches through a blocking cursor inside its caller's transaction; returns how
+    many were new. Each batch is ``(id, rows, tables)``, ``tables`` mapping a table's name to
+    its rows in COPY text format (every column, in order). A batch whose id the ledger holds
+    already is skipped (as BATCH_INSERT skips it); the others' rows are copied into the staging
+    tables, then moved on by one ``INSERT … SELECT`` per table (the staging tables empty only
+    at commit, so each is read once)."""
+    copied: set[str] = set()
+    new = 0
+    for batch_id, rows, tables in batches:
+        cursor.execute(_LEDGER_INSERT, (batch_id, rows))
+        if cursor.fetchone() is None:
+            continue
+        new += 1
+        for table, data in tables.items():
+            cursor.copy_expert(_COPY[table][0], io.BytesIO(data), size=1 << 20)
+            copied.add(table)
+    for table, (_, insert) in _COPY.items():
+        if table in copied:
+            cursor.execute(insert)
+    return new
 
 
 @attrs.frozen
