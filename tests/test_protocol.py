@@ -202,6 +202,67 @@ class DeliverylessTests(ServerTestCase):
         self.assertEqual(out["data"], big)
         self.assertEqual(self.farm.jobs[job_id].state.value, "DON")
 
+    async def finish_orders_render(self) -> tuple[amp.AMP, int]:
+        """A render that says the finish_orders feature in its Hello."""
+        proto = await self.connect(hello=False)
+        answer = await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render", user="r1",
+                                        features=[c.FINISH_ORDERS, "a-feature-of-the-future"])
+        self.assertEqual(answer["features"], [c.FINISH_ORDERS])  # only what both speak
+        render_id = (await proto.callRemote(c.RegisterRender, name="r1", **RENDER))["render_id"]
+        return proto, render_id
+
+    async def two_tasks(self, render: amp.AMP, render_id: int) -> tuple[int, Any]:
+        """A job of two tasks, one at a time on the render (capacity 1100, tasks 1000 each);
+        returns its id and the first start order."""
+        tool = await self.connect()
+        beat = render.callRemote(c.Heartbeat, render_id=render_id, running=[])
+        job_id = (await tool.callRemote(c.SubmitJob, spec={"name": "j", "blocks": [
+            {"name": "b", "command": "true", "frame_first": 1, "frame_last": 2}]}))["job_id"]
+        [order] = (await beat)["orders"]
+        return job_id, order
+
+    async def test_finish_answer_carries_the_next_order(self) -> None:
+        """finish_orders: the next task comes with the answer to the finish; the render's held
+        heartbeat stays held, and is answered empty after the hold."""
+        render, render_id = await self.finish_orders_render()
+        job_id, first = await self.two_tasks(render, render_id)
+        beat = render.callRemote(c.Heartbeat, render_id=render_id, running=[first.ref()])
+        answer = await render.callRemote(c.TaskFinished, render_id=render_id, **attrs.asdict(first.ref()),
+                                         exit_code=0, time_started=1.0, time_done=2.0, message="")
+        [second] = answer["orders"]
+        self.assertEqual((second.order, second.task, second.run), ("start", 1, 1))
+        self.assertFalse(beat.called)
+        self.assertEqual((await beat)["orders"], [])
+        tasks = self.farm.jobs[job_id].blocks[0].tasks
+        self.assertEqual([t.state.value for t in tasks], ["DON", "RUN"])
+        answer = await render.callRemote(c.TaskFinished, render_id=render_id, **attrs.asdict(second.ref()),
+                                         exit_code=0, time_started=1.0, time_done=2.0, message="")
+        self.assertIsNone(answer["orders"])  # nothing left to do
+        self.assertEqual(self.farm.jobs[job_id].state.value, "DON")
+
+    async def test_a_repeated_finish_is_acknowledged_without_orders(self) -> None:
+        render, render_id = await self.finish_orders_render()
+        _, first = await self.two_tasks(render, render_id)
+        ref = attrs.asdict(first.ref())
+        answer = await render.callRemote(c.TaskFinished, render_id=render_id, **ref, exit_code=0,
+                                         time_started=1.0, time_done=2.0, message="")
+        self.assertEqual(len(answer["orders"]), 1)
+        again = await render.callRemote(c.TaskFinished, render_id=render_id, **ref, exit_code=0,
+                                        time_started=1.0, time_done=2.0, message="")
+        self.assertIsNone(again["orders"])  # the next order left once, with the first answer
+
+    async def test_a_render_without_the_feature_gets_its_orders_by_heartbeat(self) -> None:
+        """An older render (no features in its Hello) is answered as before: the finish is only
+        acknowledged, and the next order comes in its held heartbeat."""
+        render, render_id = await self.register()
+        _, first = await self.two_tasks(render, render_id)
+        beat = render.callRemote(c.Heartbeat, render_id=render_id, running=[first.ref()])
+        answer = await render.callRemote(c.TaskFinished, render_id=render_id, **attrs.asdict(first.ref()),
+                                         exit_code=0, time_started=1.0, time_done=2.0, message="")
+        self.assertIsNone(answer["orders"])
+        [second] = (await beat)["orders"]
+        self.assertEqual((second.order, second.task), ("start", 1))
+
     async def test_monitor_long_poll(self) -> None:
         monitor = await self.connect(kind="monitor")
         tool = await self.connect()

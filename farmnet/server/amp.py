@@ -31,6 +31,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -42,9 +43,11 @@ from farmnet.messages import (
     CloseOrder,
     HostFacts,
     HostResources,
+    KillOrder,
     Order,
     ReconnectOrder,
     RunResources,
+    StartOrder,
     TaskRef,
 )
 from farmnet.model.catalog import known_names
@@ -69,6 +72,9 @@ MAX_OUTPUT_READ = 4 << 20  # bytes per GetTaskOutput answer
 MAX_FAILED_LOGINS = 3
 #: Kinds that may use the tool and monitor commands.
 USER_KINDS = frozenset({"tool", "monitor"})
+#: Orders the answer to a TaskFinished may carry (``finish_orders``); the others (exit, sleep)
+#: end the render's session and go with its heartbeat's answer.
+FINISH_ORDER_CLASSES = (StartOrder, KillOrder)
 
 
 class HeldAnswer:
@@ -175,6 +181,8 @@ class FarmServer:
         conn = self.registry.render_connection(render.id)
         if conn is None or conn.state is not CloseState.OPEN or not render.orders:
             return
+        if getattr(conn.peer, "finishing", 0):  # the answer to its finish takes them (finish_orders)
+            return
         held = conn.held_heartbeat
         if held is not None and held.waiting:
             held.reserve()
@@ -186,6 +194,21 @@ class FarmServer:
         Every answer of a reactor turn waits for the same commit (group commit)."""
         orders = self.farm.take_orders(render)
         return self.durable().addCallback(lambda _: {"orders": orders})
+
+    def finish_answer(self, conn: Connection, render: Render) -> defer.Deferred[dict[str, Any]]:
+        """The answer to a committed TaskFinished of a ``finish_orders`` render: its orders, if
+        it has some this answer may carry (each on disk before it leaves, as a heartbeat's);
+        otherwise they go to its held heartbeat. The render spoke: it has zombie_time again."""
+        orders = render.orders
+        if not orders:
+            return defer.succeed({})
+        if conn.state is not CloseState.OPEN or conn.render is not render or \
+                not all(isinstance(order, FINISH_ORDER_CLASSES) for order in orders):
+            self._orders_for(render)
+            return defer.succeed({})
+        if conn.held_heartbeat is None:
+            self.registry.heartbeat_answered(conn)
+        return self._committed_orders(render)
 
     def _task_changed(self, event: TaskStateChanged) -> None:
         task = event.task
@@ -284,6 +307,11 @@ class ServerProtocol(FarmAMP):
         self._held_poll: HeldAnswer | None = None
         self._held_after = 0
         self._cancel_wait: Callable[[], None] | None = None
+        #: The optional protocol parts agreed in Hello (`farmnet.protocol.commands.FEATURES`).
+        self.features: frozenset[str] = frozenset()
+        #: A finish_orders render's TaskFinished answers waiting for their commit: its next
+        #: orders wait for them rather than going to its held heartbeat.
+        self.finishing = 0
 
     @property
     def render(self) -> Render | None:
@@ -535,7 +563,8 @@ class ServerProtocol(FarmAMP):
 
     @c.Hello.responder
     async def hello(self, protocol: int, kind: str, user: str, client: str | None = None,
-                    secret: str | None = None, password: str | None = None) -> dict[str, Any]:
+                    secret: str | None = None, password: str | None = None,
+                    features: list[str] | None = None) -> dict[str, Any]:
         if protocol != c.PROTOCOL_VERSION:
             raise errors.IncompatibleProtocol(
                 f"server speaks protocol {c.PROTOCOL_VERSION}, peer {protocol}")
@@ -558,9 +587,11 @@ class ServerProtocol(FarmAMP):
                                               f"{conn.failed_logins} failed logins")
             raise
         self.kind, self.user = kind, user
+        self.features = frozenset(features or ()).intersection(c.FEATURES)
         self.server.registry.identified(conn, kind, user)
         return {"protocol": c.PROTOCOL_VERSION, "server_version": farmnet.__version__,
-                "connection_id": conn.id, "max_box_bytes": self.server.registry.limits.max_box_bytes}
+                "connection_id": conn.id, "max_box_bytes": self.server.registry.limits.max_box_bytes,
+                "features": sorted(self.features)}
 
     # --- renders -----------------------------------------------------------------------
 
@@ -637,8 +668,19 @@ class ServerProtocol(FarmAMP):
         self.server.outputs.close(key, run)
         # Acknowledged once committed: the render forgets the run only when a restarted
         # server cannot think it still runs. A repeated report is acknowledged the same way.
-        await self.server.durable()
-        return {}
+        if c.FINISH_ORDERS not in self.features:
+            await self.server.durable()
+            return {}
+        self.finishing += 1
+        try:
+            await self.server.durable()
+            if not render.orders and self.farm.solve_pending:  # committed within this turn (no store)
+                await deferLater(self.server.reactor, 0, lambda: None)  # after the solve
+        finally:
+            self.finishing -= 1
+        conn = self.conn
+        assert conn is not None
+        return await self.server.finish_answer(conn, render)
 
     # --- tools -------------------------------------------------------------------------
 
