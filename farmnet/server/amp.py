@@ -125,6 +125,10 @@ def _no_orders() -> dict[str, Any]:
     return {"orders": []}
 
 
+def _no_answer(_: Any) -> dict[str, Any]:
+    return {}
+
+
 def _close_order(order: str, reason: str) -> Order:
     return ReconnectOrder(reason) if order == "reconnect" else CloseOrder(reason)
 
@@ -172,9 +176,13 @@ class FarmServer:
     def _orders_for(self, render: Render) -> None:
         # Deliver at the end of this reactor turn, so a solve that gives a render several
         # tasks answers its heartbeat once with all of them.
-        if render.id not in self._delivering:
-            self._delivering.add(render.id)
-            self.reactor.callLater(0, self._deliver, render)
+        if render.id in self._delivering:
+            return
+        conn = self.registry.render_connection(render.id)
+        if conn is not None and getattr(conn.peer, "finishing", 0):
+            return  # the answer to its finish takes them, or hands them on (finish_answer)
+        self._delivering.add(render.id)
+        self.reactor.callLater(0, self._deliver, render)
 
     def _deliver(self, render: Render) -> None:
         self._delivering.discard(render.id)
@@ -312,6 +320,8 @@ class ServerProtocol(FarmAMP):
         #: A finish_orders render's TaskFinished answers waiting for their commit: its next
         #: orders wait for them rather than going to its held heartbeat.
         self.finishing = 0
+        #: locateResponder's answers by command name (AMP builds a new wrapper per box).
+        self._responders: dict[bytes, Callable[[amp.AmpBox], defer.Deferred[Any]]] = {}
 
     @property
     def render(self) -> Render | None:
@@ -493,8 +503,13 @@ class ServerProtocol(FarmAMP):
     def locateResponder(self, name: bytes) -> Callable[[amp.AmpBox], defer.Deferred[Any]] | None:
         """AMP's responder (never StartTLS: TLS is the listener's), made to keep the server
         from closing first, and arguments that do not parse make the box malformed."""
-        responder = None if name == amp.StartTLS.commandName else super().locateResponder(name)
-        return None if responder is None else partial(self._respond, name, responder)
+        found = self._responders.get(name)
+        if found is None:
+            responder = None if name == amp.StartTLS.commandName else super().locateResponder(name)
+            if responder is None:
+                return None
+            found = self._responders[name] = partial(self._respond, name, responder)
+        return found
 
     def _respond(self, name: bytes, responder: Callable[[amp.AmpBox], defer.Deferred[Any]],
                  box: amp.AmpBox) -> defer.Deferred[Any]:
@@ -649,11 +664,11 @@ class ServerProtocol(FarmAMP):
         return {}
 
     @c.TaskFinished.responder
-    async def task_finished(self, render_id: int, job_id: int, block: int, task: int, run: int,
+    def task_finished(self, render_id: int, job_id: int, block: int, task: int, run: int,
                       time_started: float, time_done: float, message: str,
                       exit_code: int | None = None, signal: int | None = None,
                       resources: RunResources | None = None, fatal: bool | None = None,
-                      files: list[str] | None = None) -> dict[str, Any]:
+                      files: list[str] | None = None) -> defer.Deferred[dict[str, Any]]:
         render = self._need_render(render_id)
         key = self._key(job_id, block, task)
         if self.farm.current_task(render, key, run) is not None:
@@ -668,19 +683,24 @@ class ServerProtocol(FarmAMP):
         self.server.outputs.close(key, run)
         # Acknowledged once committed: the render forgets the run only when a restarted
         # server cannot think it still runs. A repeated report is acknowledged the same way.
+        # (Deferreds, not a coroutine: this runs once per task.)
         if c.FINISH_ORDERS not in self.features:
-            await self.server.durable()
-            return {}
+            return self.server.durable().addCallback(_no_answer)
         self.finishing += 1
-        try:
-            await self.server.durable()
-            if not render.orders and self.farm.solve_pending:  # committed within this turn (no store)
-                await deferLater(self.server.reactor, 0, lambda: None)  # after the solve
-        finally:
-            self.finishing -= 1
+        return self.server.durable().addCallbacks(self._finish_committed, self._finish_failed,
+                                                  callbackArgs=(render,))
+
+    def _finish_committed(self, _: Any, render: Render) -> defer.Deferred[dict[str, Any]]:
+        if not render.orders and self.farm.solve_pending:  # committed within this turn (no store)
+            return deferLater(self.server.reactor, 0, self._finish_committed, None, render)  # after the solve
+        self.finishing -= 1
         conn = self.conn
         assert conn is not None
-        return await self.server.finish_answer(conn, render)
+        return self.server.finish_answer(conn, render)
+
+    def _finish_failed(self, failure: Failure) -> Failure:
+        self.finishing -= 1
+        return failure
 
     # --- tools -------------------------------------------------------------------------
 
