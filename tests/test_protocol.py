@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from farmnet import errors
 from farmnet.app import render_service
 from farmnet.config import ConnectionsConfig, RenderConfig
+from farmnet.messages import RunResources
 from farmnet.model.farm import Farm
 from farmnet.protocol import commands as c
 from farmnet.protocol.arguments import BigBytes, BigJSON
@@ -250,6 +251,33 @@ class DeliverylessTests(ServerTestCase):
         again = await render.callRemote(c.TaskFinished, render_id=render_id, **ref, exit_code=0,
                                         time_started=1.0, time_done=2.0, message="")
         self.assertIsNone(again["orders"])  # the next order left once, with the first answer
+
+    async def test_finishes_of_every_shape_and_their_refusals(self) -> None:
+        """A plain finish (the box of nearly every task) takes the server's short way; one with
+        more (signal, resources, files) AMP's, with the same effect; a finish for another
+        render, or from a tool, is refused as before."""
+        render, render_id = await self.finish_orders_render()
+        job_id, first = await self.two_tasks(render, render_id)
+        ref = attrs.asdict(first.ref())
+        tool = await self.connect()
+        with self.assertRaises(errors.NotAuthenticated):
+            await tool.callRemote(c.TaskFinished, render_id=render_id, **ref, exit_code=0, time_started=1.0,
+                                  time_done=2.0, message="")
+        with self.assertRaises(errors.NotRegistered):
+            await render.callRemote(c.TaskFinished, render_id=render_id + 1, **ref, exit_code=0,
+                                    time_started=1.0, time_done=2.0, message="")
+        answer = await render.callRemote(c.TaskFinished, render_id=render_id, **ref, signal=9,
+                                         time_started=1.0, time_done=2.0, message="killed: by a test",
+                                         resources=RunResources(peak_memory_mb=5), files=["a.png"])
+        [again] = answer["orders"]  # the failed task is retried here (or the other one starts)
+        tasks = self.farm.jobs[job_id].blocks[0].tasks
+        self.assertEqual(tasks[0].errors_count, 1)
+        answer = await render.callRemote(c.TaskFinished, render_id=render_id, **attrs.asdict(again.ref()),
+                                         exit_code=0, time_started=1.0, time_done=2.0, message="done ✓")
+        self.assertEqual(len(answer["orders"]), 1)
+        out = await tool.callRemote(c.GetTaskOutput, job_id=job_id, block=0, task=again.task, run=again.run,
+                                    offset=0, limit=1000)
+        self.assertIn("done ✓", out["data"].decode())
 
     async def test_a_render_without_the_feature_gets_its_orders_by_heartbeat(self) -> None:
         """An older render (no features in its Hello) is answered as before: the finish is only
