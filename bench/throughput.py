@@ -151,6 +151,7 @@ async def run(reactor: Any, args: argparse.Namespace, base: Path) -> None:
         server_cpu = cpu_seconds(server.pid) - server_before
         fakes_cpu = sum(cpu_seconds(p.pid) for p, _ in fakes) - fakes_before
         total = sum(sizes)
+        await task.deferLater(reactor, 0.6, lambda: None)  # the fakes' status files are rewritten every 0.5 s
         started_tasks = fake_counts(statuses).get("tasks", 0) - tasks_before
         client.close()
         print(f"{total} tasks in {len(sizes)} jobs on {args.renders} fake renders "
