@@ -503,6 +503,9 @@ class RenderService(service.MultiService):
             if self.tasks.get(task.key) is task:
                 del self.tasks[task.key]
             for next_order in answer.get("orders") or ():  # finish_orders: the next task at once
+                if self._stopping:  # its task is freed when this render registers without it
+                    log.info("stopping: {order} order ignored", order=next_order.order)
+                    continue
                 self._obey(next_order)
 
         d.addCallbacks(acknowledged, self._report_failed, errbackArgs=("finish",))
