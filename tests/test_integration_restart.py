@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, error, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
@@ -152,6 +152,7 @@ class FinishOrdersKilledTests(RestartCase):
         self.assertEqual(job["state"], "DON")
         self.assertEqual([(t["state"], t["starts_count"]) for t in tasks], [("DON", 1)] * 2)
         self.assertFalse(held.called)  # no order came for the render: nothing started twice
+        held.addErrback(lambda failure: failure.trap(error.ConnectionDone, error.ConnectionLost))  # cleanup
 
 
 class RenderKilledTests(RestartCase):
