@@ -3,7 +3,12 @@ long-poll Heartbeat like a real render, without running anything (a start order 
 answered at once with a successful TaskFinished).
 
     python bench/fake_renders.py tcp:127.0.0.1:51100 --count 10000 [--prefix fake-]
-        [--secret S] [--connect-rate 0] [--status status.json]
+        [--secret S] [--connect-rate 0] [--status status.json] [--no-finish-orders]
+
+With a server that speaks the ``finish_orders`` feature (and without --no-finish-orders)
+a fake takes its next orders from the answers to its finishes, and sends a heartbeat only
+when those carry none: one message per task, as a real render whose heartbeat is held.
+Otherwise it sends the next heartbeat along with its finishes (two messages per task).
 
 Each fake keeps one connection, sends its next heartbeat as soon as the previous one is
 answered, closes first when the server orders ``close`` or ``reconnect`` and reconnects
@@ -54,7 +59,7 @@ class Counts:
 
 class Swarm:
     def __init__(self, reactor: Any, endpoint: str, count: int, prefix: str, secret: str | None,
-                 connect_rate: float, max_delay: float) -> None:
+                 connect_rate: float, max_delay: float, finish_orders: bool = True) -> None:
         self.reactor = reactor
         self.endpoint = clientFromString(reactor, endpoint)
         self.count = count
@@ -62,6 +67,7 @@ class Swarm:
         self.secret = secret
         self.connect_rate = connect_rate
         self.max_delay = max_delay
+        self.features = [c.FINISH_ORDERS] if finish_orders else []
         self.counts = Counts()
         self.names_registered: set[str] = set()
         self.protocols: set[FakeConnection] = set()
@@ -84,8 +90,10 @@ class Swarm:
                 proto = await connectProtocol(self.endpoint, FakeConnection())
                 self.protocols.add(proto)
                 self.counts.connected += 1
-                await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render", user=name,
-                                       client="fake-render", secret=self.secret)
+                hello = await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render",
+                                               user=name, client="fake-render", secret=self.secret,
+                                               features=self.features)
+                finish_orders = c.FINISH_ORDERS in (hello.get("features") or ())
                 answer = await proto.callRemote(
                     c.RegisterRender, name=name, capacity=1100, max_tasks=0, services=[],
                     services_disabled=[], platform="fake", cpus=1, memory_mb=1024, running=[])
@@ -96,26 +104,35 @@ class Swarm:
                 if name not in self.names_registered:
                     self.names_registered.add(name)
                     self.counts.ever_registered += 1
+                orders: list[Any] = []
                 while not self.stopping:
-                    d = proto.callRemote(c.Heartbeat, render_id=render_id, running=[])
-                    d.addTimeout(hold + HEARTBEAT_MARGIN, self.reactor)
-                    answer = await d
-                    self.counts.heartbeats += 1
+                    if not orders:
+                        d = proto.callRemote(c.Heartbeat, render_id=render_id, running=[])
+                        d.addTimeout(hold + HEARTBEAT_MARGIN, self.reactor)
+                        orders = (await d)["orders"]
+                        self.counts.heartbeats += 1
                     closing = False
-                    for order in answer["orders"]:
+                    finishes = []
+                    for order in orders:
                         kind = order.order
                         if kind in ("close", "reconnect", "exit"):
                             closing = True
                         elif kind == "start":
                             self.counts.tasks += 1
                             now = time.time()
-                            proto.callRemote(
+                            finishes.append(proto.callRemote(
                                 c.TaskFinished, render_id=render_id, job_id=order.job_id,
                                 block=order.block, task=order.task, run=order.run,
-                                exit_code=0, time_started=now, time_done=now, message="",
-                            ).addErrback(lambda _: None)
+                                exit_code=0, time_started=now, time_done=now, message=""))
+                    orders = []
                     if closing:
                         break
+                    if finish_orders and finishes:
+                        for answer in await defer.gatherResults(finishes, consumeErrors=True):
+                            orders.extend(answer.get("orders") or ())
+                    else:
+                        for finish in finishes:
+                            finish.addErrback(lambda _: None)
             except (error.ConnectError, error.ConnectionClosed, defer.TimeoutError, OSError) as e:
                 self.counts.errors += 1
                 self.counts.last_error = type(e).__name__
@@ -175,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="new connections per second at start (0: all at once)")
     parser.add_argument("--max-delay", type=float, default=5.0, help="longest reconnection backoff")
     parser.add_argument("--status", default="", help="JSON status file, rewritten every 0.5 s")
+    parser.add_argument("--no-finish-orders", action="store_true",
+                        help="do not take orders from the answers to finishes (the older protocol)")
     args = parser.parse_args(argv)
     limit = raise_fd_limit()
     if args.count + 100 > limit:
@@ -183,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet import reactor
 
     swarm = Swarm(reactor, args.endpoint, args.count, args.prefix, args.secret, args.connect_rate,
-                  args.max_delay)
+                  args.max_delay, finish_orders=not args.no_finish_orders)
     if args.status:
         status = Path(args.status)
         loop = task.LoopingCall(write_status, status, swarm)

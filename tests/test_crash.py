@@ -10,14 +10,16 @@ used twice, and without waiting for task_reconnect_timeout (set far longer than 
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -26,6 +28,8 @@ from farmnet.config import ConnectionsConfig, RenderConfig, SchedulingConfig
 from farmnet.messages import StartOrder, TaskRef
 from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
+from farmnet.protocol import commands as c
+from farmnet.protocol.base import FarmAMP
 from farmnet.render.service import RenderService
 from farmnet.server.amp import FarmServer, ServerFactory
 from farmnet.server.outputs import OutputStore
@@ -76,6 +80,19 @@ class SlowStore(Store):
 
     def _write(self, *changes: Any) -> None:  # in the store's thread
         time.sleep(0.6)
+        super()._write(*changes)
+
+
+class GatedStore(Store):
+    """A store whose commits wait while its gate is closed."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def _write(self, *changes: Any) -> None:  # in the store's thread
+        self.gate.wait(20)
         super()._write(*changes)
 
 
@@ -201,6 +218,47 @@ class SlowCommitTests(ServerCase):
         job = farm.submit(spec, "anna")
         await wait_until(reactor, lambda: job.done, 20, "the job")
         self.assertEqual(sorted(self.runs()), [(0, 1), (1, 1)])
+
+
+class FinishOrdersCommitTests(ServerCase):
+    async def test_a_finish_answer_and_the_order_it_carries_wait_for_the_commit(self) -> None:
+        """finish_orders: the answer to a finish, and the next start order it carries, leave only
+        once both are on disk; until then the render hears nothing."""
+        s = await self.start_server(GatedStore)
+        farm, store = s["farm"], s["store"]
+        self.addCleanup(store.gate.set)
+        proto = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), FarmAMP())
+        self.addCleanup(proto.transport.loseConnection)
+        await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render", user="r1",
+                               features=[c.FINISH_ORDERS])
+        render_id = (await proto.callRemote(
+            c.RegisterRender, name="r1", capacity=1100, max_tasks=0, services=[], services_disabled=[],
+            platform="test", cpus=1, memory_mb=1, running=[]))["render_id"]
+        beat = proto.callRemote(c.Heartbeat, render_id=render_id, running=[])
+        spec, _ = parse_job({"name": "two", "blocks": [
+            {"name": "b", "command": "true", "frame_first": 0, "frame_last": 1, "parser": "none"}]})
+        job = farm.submit(spec, "anna")
+        [first] = (await beat)["orders"]
+        store.gate.clear()  # commits wait from now on
+        finished = proto.callRemote(c.TaskFinished, render_id=render_id, job_id=first.job_id, block=0,
+                                    task=first.task, run=first.run, exit_code=0, time_started=1.0,
+                                    time_done=2.0, message="")
+        tasks = job.blocks[0].tasks
+        await wait_until(reactor, lambda: tasks[1].state.value == "RUN", 5, "the next start")
+        await deferLater(reactor, 0.3)
+        self.assertFalse(finished.called)  # decided, not on disk: not said
+        self.assertEqual(self.stored_states(job.id), {0: "RUN"})  # (a task never started has no row)
+        store.gate.set()
+        [second] = (await finished)["orders"]
+        self.assertEqual((second.order, second.task, second.run), ("start", 1, 1))
+        self.assertEqual(self.stored_states(job.id), {0: "DON", 1: "RUN"})
+
+    def stored_states(self, job_id: int) -> dict[int, str]:
+        db = sqlite3.connect(f"file:{self.base / 'farm.sqlite'}?mode=ro", uri=True)
+        try:
+            return dict(db.execute("SELECT task, state FROM tasks WHERE job_id = ?", (job_id,)))
+        finally:
+            db.close()
 
 
 def _crash_test(crash_at: int, after_commit: bool) -> Callable[[ServerCrashTests], Any]:

@@ -12,12 +12,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, error, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from farmnet.client import FarmClient, connect
+from farmnet.protocol import commands as c
+from farmnet.protocol.base import FarmAMP
 from farmnet.testing import ChildOutput, ProcessFarm, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +103,56 @@ class ServerKilledTests(RestartCase):
         self.assertEqual(job["state"], "DON")
         self.assertEqual([(t["state"], t["starts_count"]) for t in tasks], [("DON", 1)] * 3)
         self.assertEqual({t["host"] for t in tasks}, {"alpha", "beta", "gamma"})
+
+
+class FinishOrdersKilledTests(RestartCase):
+    async def render(self, running: list[Any]) -> tuple[FarmAMP, int]:
+        """A protocol-level render that speaks finish_orders."""
+        host, port = self.farm.endpoint.split(":")[1:3]
+        proto = await connectProtocol(TCP4ClientEndpoint(reactor, host, int(port)), FarmAMP())
+        self.addCleanup(self._close, proto)
+        hello = await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render", user="proto",
+                                       features=[c.FINISH_ORDERS])
+        self.assertEqual(hello["features"], [c.FINISH_ORDERS])
+        answer = await proto.callRemote(c.RegisterRender, name="proto", capacity=1100, max_tasks=0,
+                                        services=[], services_disabled=[], platform="test", cpus=1,
+                                        memory_mb=1024, running=running)
+        return proto, answer["render_id"]
+
+    async def _close(self, proto: FarmAMP) -> None:
+        if not proto.lost:
+            proto.transport.loseConnection()
+            await proto.when_lost()
+
+    @staticmethod
+    def finish(proto: FarmAMP, render_id: int, order: Any) -> defer.Deferred[dict[str, Any]]:
+        return proto.callRemote(c.TaskFinished, render_id=render_id, job_id=order.job_id, block=order.block,
+                                task=order.task, run=order.run, exit_code=0, time_started=1.0,
+                                time_done=2.0, message="")
+
+    async def test_an_order_carried_by_a_finish_answer_survives_kill_9(self) -> None:
+        """The next start order comes with the answer to a finish, and the server is killed
+        (-9) at once: that start was on disk before its answer left, so the restarted server
+        takes the render's report of it and the job ends with each task started once."""
+        await self.start_server()
+        assert self.client is not None
+        proto, render_id = await self.render([])
+        beat = proto.callRemote(c.Heartbeat, render_id=render_id, running=[])
+        job_id, _ = await self.client.submit({"name": "two", "blocks": [
+            {"name": "b", "command": "true", "frame_first": 1, "frame_last": 2, "parser": "none"}]})
+        [first] = (await beat)["orders"]
+        [second] = (await self.finish(proto, render_id, first))["orders"]
+        self.assertEqual((second.order, second.task, second.run), ("start", 1, 1))
+        await self.restart_server_killed()
+        proto, render_id = await self.render([second.ref()])
+        held = proto.callRemote(c.Heartbeat, render_id=render_id, running=[second.ref()])
+        self.assertIsNone((await self.finish(proto, render_id, second))["orders"])
+        job = await wait_until(reactor, lambda: self._done(job_id), 30, "the job to finish")
+        tasks = await self.client.tasks(job_id)
+        self.assertEqual(job["state"], "DON")
+        self.assertEqual([(t["state"], t["starts_count"]) for t in tasks], [("DON", 1)] * 2)
+        self.assertFalse(held.called)  # no order came for the render: nothing started twice
+        held.addErrback(lambda failure: failure.trap(error.ConnectionDone, error.ConnectionLost))  # cleanup
 
 
 class RenderKilledTests(RestartCase):

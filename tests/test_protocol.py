@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from farmnet import errors
 from farmnet.app import render_service
 from farmnet.config import ConnectionsConfig, RenderConfig
+from farmnet.messages import RunResources
 from farmnet.model.farm import Farm
 from farmnet.protocol import commands as c
 from farmnet.protocol.arguments import BigBytes, BigJSON
@@ -201,6 +202,94 @@ class DeliverylessTests(ServerTestCase):
                                     offset=0, limit=1 << 20)
         self.assertEqual(out["data"], big)
         self.assertEqual(self.farm.jobs[job_id].state.value, "DON")
+
+    async def finish_orders_render(self) -> tuple[amp.AMP, int]:
+        """A render that says the finish_orders feature in its Hello."""
+        proto = await self.connect(hello=False)
+        answer = await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render", user="r1",
+                                        features=[c.FINISH_ORDERS, "a-feature-of-the-future"])
+        self.assertEqual(answer["features"], [c.FINISH_ORDERS])  # only what both speak
+        render_id = (await proto.callRemote(c.RegisterRender, name="r1", **RENDER))["render_id"]
+        return proto, render_id
+
+    async def two_tasks(self, render: amp.AMP, render_id: int) -> tuple[int, Any]:
+        """A job of two tasks, one at a time on the render (capacity 1100, tasks 1000 each);
+        returns its id and the first start order."""
+        tool = await self.connect()
+        beat = render.callRemote(c.Heartbeat, render_id=render_id, running=[])
+        job_id = (await tool.callRemote(c.SubmitJob, spec={"name": "j", "blocks": [
+            {"name": "b", "command": "true", "frame_first": 1, "frame_last": 2}]}))["job_id"]
+        [order] = (await beat)["orders"]
+        return job_id, order
+
+    async def test_finish_answer_carries_the_next_order(self) -> None:
+        """finish_orders: the next task comes with the answer to the finish; the render's held
+        heartbeat stays held, and is answered empty after the hold."""
+        render, render_id = await self.finish_orders_render()
+        job_id, first = await self.two_tasks(render, render_id)
+        beat = render.callRemote(c.Heartbeat, render_id=render_id, running=[first.ref()])
+        answer = await render.callRemote(c.TaskFinished, render_id=render_id, **attrs.asdict(first.ref()),
+                                         exit_code=0, time_started=1.0, time_done=2.0, message="")
+        [second] = answer["orders"]
+        self.assertEqual((second.order, second.task, second.run), ("start", 1, 1))
+        self.assertFalse(beat.called)
+        self.assertEqual((await beat)["orders"], [])
+        tasks = self.farm.jobs[job_id].blocks[0].tasks
+        self.assertEqual([t.state.value for t in tasks], ["DON", "RUN"])
+        answer = await render.callRemote(c.TaskFinished, render_id=render_id, **attrs.asdict(second.ref()),
+                                         exit_code=0, time_started=1.0, time_done=2.0, message="")
+        self.assertIsNone(answer["orders"])  # nothing left to do
+        self.assertEqual(self.farm.jobs[job_id].state.value, "DON")
+
+    async def test_a_repeated_finish_is_acknowledged_without_orders(self) -> None:
+        render, render_id = await self.finish_orders_render()
+        _, first = await self.two_tasks(render, render_id)
+        ref = attrs.asdict(first.ref())
+        answer = await render.callRemote(c.TaskFinished, render_id=render_id, **ref, exit_code=0,
+                                         time_started=1.0, time_done=2.0, message="")
+        self.assertEqual(len(answer["orders"]), 1)
+        again = await render.callRemote(c.TaskFinished, render_id=render_id, **ref, exit_code=0,
+                                        time_started=1.0, time_done=2.0, message="")
+        self.assertIsNone(again["orders"])  # the next order left once, with the first answer
+
+    async def test_finishes_of_every_shape_and_their_refusals(self) -> None:
+        """A plain finish (the box of nearly every task) takes the server's short way; one with
+        more (signal, resources, files) AMP's, with the same effect; a finish for another
+        render, or from a tool, is refused as before."""
+        render, render_id = await self.finish_orders_render()
+        job_id, first = await self.two_tasks(render, render_id)
+        ref = attrs.asdict(first.ref())
+        tool = await self.connect()
+        with self.assertRaises(errors.NotAuthenticated):
+            await tool.callRemote(c.TaskFinished, render_id=render_id, **ref, exit_code=0, time_started=1.0,
+                                  time_done=2.0, message="")
+        with self.assertRaises(errors.NotRegistered):
+            await render.callRemote(c.TaskFinished, render_id=render_id + 1, **ref, exit_code=0,
+                                    time_started=1.0, time_done=2.0, message="")
+        answer = await render.callRemote(c.TaskFinished, render_id=render_id, **ref, signal=9,
+                                         time_started=1.0, time_done=2.0, message="killed: by a test",
+                                         resources=RunResources(peak_memory_mb=5), files=["a.png"])
+        [again] = answer["orders"]  # the failed task is retried here (or the other one starts)
+        tasks = self.farm.jobs[job_id].blocks[0].tasks
+        self.assertEqual(tasks[0].errors_count, 1)
+        answer = await render.callRemote(c.TaskFinished, render_id=render_id, **attrs.asdict(again.ref()),
+                                         exit_code=0, time_started=1.0, time_done=2.0, message="done ✓")
+        self.assertEqual(len(answer["orders"]), 1)
+        out = await tool.callRemote(c.GetTaskOutput, job_id=job_id, block=0, task=again.task, run=again.run,
+                                    offset=0, limit=1000)
+        self.assertIn("done ✓", out["data"].decode())
+
+    async def test_a_render_without_the_feature_gets_its_orders_by_heartbeat(self) -> None:
+        """An older render (no features in its Hello) is answered as before: the finish is only
+        acknowledged, and the next order comes in its held heartbeat."""
+        render, render_id = await self.register()
+        _, first = await self.two_tasks(render, render_id)
+        beat = render.callRemote(c.Heartbeat, render_id=render_id, running=[first.ref()])
+        answer = await render.callRemote(c.TaskFinished, render_id=render_id, **attrs.asdict(first.ref()),
+                                         exit_code=0, time_started=1.0, time_done=2.0, message="")
+        self.assertIsNone(answer["orders"])
+        [second] = (await beat)["orders"]
+        self.assertEqual((second.order, second.task), ("start", 1))
 
     async def test_monitor_long_poll(self) -> None:
         monitor = await self.connect(kind="monitor")

@@ -289,6 +289,11 @@ class FarmState:
         if self._solve_call is None:
             self._solve_call = self.clock.callLater(0, self._solve)
 
+    @property
+    def solve_pending(self) -> bool:
+        """A solve is asked for and has not run yet (it runs at the end of this reactor turn)."""
+        return self._solve_call is not None
+
     def _solve(self) -> None:
         self._solve_call = None
         self.solve()

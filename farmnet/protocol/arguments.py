@@ -58,11 +58,15 @@ class BigBytes(amp.Argument):
         return data
 
 
+#: json.dumps builds an encoder per call; this one is built once (it keeps no state).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 class BigJSON(BigBytes):
     """Any JSON value (dicts, lists, strings, numbers), compact UTF-8 on the wire."""
 
     def encode(self, value: Any) -> bytes:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _ENCODER.encode(value).encode("utf-8")
 
     def decode(self, data: bytes) -> Any:
         return json.loads(data)

@@ -39,6 +39,13 @@ PROTOCOL_VERSION = 1
 #: Peer kinds a connection can say it is in `Hello`.
 KINDS = ("render", "monitor", "tool")
 
+#: Optional parts of protocol 1 a peer names in its `Hello` and the server answers with those
+#: it speaks too (an older peer names none, an older server answers none: both keep protocol 1).
+#: ``finish_orders``: the answer to a render's `TaskFinished` may carry its next orders, so a
+#: render that finishes a task gets the next one in one round trip, its heartbeat left held.
+FINISH_ORDERS = "finish_orders"
+FEATURES = (FINISH_ORDERS,)
+
 _COMMON = {
     err.NotAuthenticated: b"NOT_AUTHENTICATED",
     err.PermissionDenied: b"PERMISSION_DENIED",
@@ -64,6 +71,8 @@ class Hello(amp.Command):
         (b"secret", amp.Unicode(optional=True)),
         # A tool's or monitor's password, when the server has a users_file.
         (b"password", amp.Unicode(optional=True)),
+        # The optional parts of the protocol the peer speaks (`FEATURES`).
+        (b"features", amp.ListOf(amp.Unicode(), optional=True)),
     ]
     response = [
         (b"protocol", amp.Integer()),
@@ -72,6 +81,8 @@ class Hello(amp.Command):
         # The most bytes one box (a command with its arguments) may have (0: no limit), so
         # that a tool can refuse a job too big in words rather than by a closed connection.
         (b"max_box_bytes", amp.Integer(optional=True)),
+        # Those of the peer's features the server speaks too (absent from older servers).
+        (b"features", amp.ListOf(amp.Unicode(), optional=True)),
     ]
     errors = {err.PermissionDenied: b"PERMISSION_DENIED", err.InvalidAction: b"INVALID_ACTION"}
     fatalErrors = {err.IncompatibleProtocol: b"INCOMPATIBLE_PROTOCOL"}
@@ -157,7 +168,9 @@ class TaskOutput(amp.Command):
 
 
 class TaskFinished(amp.Command):
-    """A task's process ended. The server decides DON or ERR from it."""
+    """A task's process ended. The server decides DON or ERR from it, and answers once that
+    is on disk. To a render that said the ``finish_orders`` feature the answer may carry its
+    next orders (start and kill only, each on disk too), which its held heartbeat then does not."""
 
     commandName = b"task_finished"
     arguments = [
@@ -174,7 +187,7 @@ class TaskFinished(amp.Command):
         # the files the run wrote, as its parser read them (Blender's "Saved: '...'")
         (b"files", Typed(list[str], optional=True)),
     ]
-    response: list = []
+    response = [(b"orders", Typed(list[Order], optional=True))]
     errors = {**_COMMON, err.NotRegistered: b"NOT_REGISTERED"}
 
 

@@ -251,7 +251,7 @@ class RenderService(service.MultiService):
     async def _session(self, proto: ServerConnection) -> None:
         await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render",
                                user=self.config.name, client=f"farmnet-render/{farmnet.__version__}",
-                               secret=self.config.secret or None)
+                               secret=self.config.secret or None, features=list(c.FEATURES))
         answer = await proto.callRemote(
             c.RegisterRender, name=self.config.name, capacity=self.config.capacity,
             max_tasks=self.config.max_tasks, services=list(self.config.services),
@@ -499,9 +499,14 @@ class RenderService(service.MultiService):
             resources=None if result.peak_memory_mb is None else RunResources(result.peak_memory_mb),
             files=task.files or None)
 
-        def acknowledged(_: Any) -> None:
+        def acknowledged(answer: dict[str, Any]) -> None:
             if self.tasks.get(task.key) is task:
                 del self.tasks[task.key]
+            for next_order in answer.get("orders") or ():  # finish_orders: the next task at once
+                if self._stopping:  # its task is freed when this render registers without it
+                    log.info("stopping: {order} order ignored", order=next_order.order)
+                    continue
+                self._obey(next_order)
 
         d.addCallbacks(acknowledged, self._report_failed, errbackArgs=("finish",))
 

@@ -235,6 +235,8 @@ class FarmStore(service.Service, abc.ABC):
         self._spec_written: dict[int, Any] = {}
         self._writing: defer.Deferred[None] | None = None
         self._waiters: list[defer.Deferred[None]] = []
+        #: A `_tick` is scheduled for the end of this reactor turn (one for all its syncs).
+        self._tick_soon = False
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = reactor
         #: Seconds the oldest unwritten change has waited (for the statistics line).
@@ -426,12 +428,25 @@ class FarmStore(service.Service, abc.ABC):
             self._oldest_change = time.monotonic()
 
     def sync(self) -> defer.Deferred[None]:
-        """Fires once everything changed so far is committed."""
+        """Fires once everything changed so far is committed: at once when it is already.
+        The syncs of one reactor turn share one batch (group commit)."""
+        if self._writing is None and not self._waiters and not self._has_changes():
+            return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         self._waiters.append(d)
-        if self._writing is None:
-            self.reactor.callLater(0, self._tick)
+        if self._writing is None and not self._tick_soon:
+            self._tick_soon = True
+            self.reactor.callLater(0, self._tick_now)
         return d
+
+    def _tick_now(self) -> None:
+        self._tick_soon = False
+        self._tick()
+
+    def _has_changes(self) -> bool:
+        return bool(self._dirty_tasks or self._dirty_jobs or self._dirty_users or self._dirty_renders
+                    or self._deleted_jobs or self._deleted_renders or self._deleted_users or self._renumbered
+                    or self._meta or self._trees_dirty)
 
     def _tick(self) -> None:
         if self._writing is not None or not self._open():
@@ -448,9 +463,7 @@ class FarmStore(service.Service, abc.ABC):
                                    errbackArgs=(waiters, changes))
 
     def _take_changes(self) -> tuple[Any, ...] | None:
-        if not (self._dirty_tasks or self._dirty_jobs or self._dirty_users or self._dirty_renders
-                or self._deleted_jobs or self._deleted_renders or self._deleted_users or self._renumbered
-                or self._meta or self._trees_dirty):
+        if not self._has_changes():
             return None
         tasks = [_task_row(t) for t in self._dirty_tasks.values() if t.block.job.id in self.farm.jobs]
         jobs = []
