@@ -208,8 +208,8 @@ class TaskProcessTests(unittest.TestCase):
         assert p.pid is not None
         self.assertEqual(os.getsid(p.pid), p.pid)
         self.assertEqual(os.getpgid(p.pid), p.pid)
+        await self.wait_for_output(b"started")  # the exec is over: its cmdline is readable
         self.assertEqual(Path(f"/proc/{p.pid}/cmdline").read_bytes().split(b"\0")[0], b"/bin/sh")
-        await self.wait_for_output(b"started")
         p.kill("test over")
         result = await p.done.addTimeout(_T, reactor)
         self.assertEqual(result.signal, signal.SIGTERM)

@@ -112,7 +112,9 @@ def _ignored_signals() -> list[int]:
 
 class _SessionProcess(_twisted_process.Process):
     """Twisted's process, whose child ``posix_spawn`` makes the leader of a new session (Linux's
-    ``POSIX_SPAWN_SETSID``): no setsid(1) to exec before the shell, one exec less for every task.
+    ``POSIX_SPAWN_SETSID``): no setsid(1) to exec before the shell, one exec less for every task.  The
+    child's stderr is its stdout (one pipe to read and close for every task, not two; the task's output
+    is one stream either way, and now in the order it was written).
 
     Everything else is as Twisted's own posix_spawn path does it (its helpers list the open descriptors
     and close the inheritable ones the child is not given).
@@ -127,13 +129,15 @@ class _SessionProcess(_twisted_process.Process):
                 fd_state.append((fd, fcntl.fcntl(fd, fcntl.F_GETFD)))
             except OSError:
                 pass
+        actions = _twisted_process._getFileActions(
+            fd_state, kwargs["fdmap"], doClose=os.POSIX_SPAWN_CLOSE, doDup2=os.POSIX_SPAWN_DUP2
+        )
+        actions.append((os.POSIX_SPAWN_DUP2, 1, 2))
         self.pid = os.posix_spawnp(
             executable,
             args,
             environment,
-            file_actions=_twisted_process._getFileActions(
-                fd_state, kwargs["fdmap"], doClose=os.POSIX_SPAWN_CLOSE, doDup2=os.POSIX_SPAWN_DUP2
-            ),
+            file_actions=actions,
             setsigdef=_ignored_signals(),
             setsid=True,
         )
@@ -327,16 +331,22 @@ class TaskProcess:
         try:
             devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                child_fds: dict[int, int | str] = {0: devnull, 1: "r", 2: "r"}
                 if sessions:
-                    # What reactor.spawnProcess does on posix, with the session made by the spawn.
+                    # What reactor.spawnProcess does on posix, with the session made by the spawn
+                    # (and the child's fd 2 made a copy of 1 by it).
+                    child_fds: dict[int, int | str] = {0: devnull, 1: "r"}
                     proto = _TaskProtocol(self)
                     _SessionProcess(
                         self._reactor, argv[0], argv, self._env, None, proto, None, None, child_fds
                     )
                 else:
                     self._reactor.spawnProcess(
-                        _TaskProtocol(self), argv[0], argv, env=self._env, path=None, childFDs=child_fds
+                        _TaskProtocol(self),
+                        argv[0],
+                        argv,
+                        env=self._env,
+                        path=None,
+                        childFDs={0: devnull, 1: "r", 2: "r"},
                     )
             finally:
                 os.close(devnull)

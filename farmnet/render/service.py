@@ -386,7 +386,6 @@ class RenderService(service.MultiService):
         task = RunningTask(order, fields, process, parser_by_name(parser, self.parser_classes, fields))
         holder.append(task)
         self.tasks[key] = task
-        log.debug("starting {key} run {run}: {command}", key=key, run=task.run, command=prepared.command)
         process.start()
         if order.max_run_time > 0:
             # The server kills the run at this age; this is for when it cannot (away).
@@ -469,8 +468,6 @@ class RenderService(service.MultiService):
         self._read_parser(task)
         task.files = parser_files(task.parser)
         task.bad_files = missing_or_empty(task.files, task.order.working_directory)
-        log.debug("task {key} run {run} ended: exit {code} signal {signal}", key=task.key,
-                 run=task.run, code=result.exit_code, signal=result.signal)
         self._flush(task)
         if self.proto is not None:
             self._report_finished(task)
