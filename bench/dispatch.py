@@ -94,8 +94,8 @@ async def online(client: FarmClient, count: int) -> bool:
     return sum(1 for r in await client.renders() if r["online"]) >= count
 
 
-async def run_job(client: FarmClient, tasks: int) -> float:
-    """Seconds from submit to the job being done."""
+async def run_job(client: FarmClient, tasks: int) -> tuple[float, int]:
+    """Seconds from submit to the job being done, and the job's id."""
     spec = {"name": f"true x{tasks}", "blocks": [
         {"name": "b", "command": "true", "frame_first": 1, "frame_last": tasks, "parser": "none"}]}
     after = await client.subscribe()  # before submitting: no event is missed
@@ -104,8 +104,15 @@ async def run_job(client: FarmClient, tasks: int) -> float:
     async for event in client.events(after):
         if event.get("kind") == "job" and event["job"]["id"] == job_id and event["job"]["state"] in (
                 "DON", "ERR"):
-            return time.perf_counter() - started
+            return time.perf_counter() - started, job_id
     raise RuntimeError("event stream ended")
+
+
+async def restart_gaps(client: FarmClient, job_id: int) -> list[float]:
+    """Seconds from each task's end to the next task's start (the render's own times, as it reported
+    them): the render's finish, the server's answer with the next order once committed, the spawn."""
+    runs = sorted((t["time_started"], t["time_done"]) for t in await client.tasks(job_id))
+    return [start - done for (_, done), (start, _) in zip(runs, runs[1:], strict=False)]
 
 
 async def latency(reactor: Any, client: FarmClient, stamp_dir: Path, samples: int) -> list[float]:
@@ -123,7 +130,7 @@ async def latency(reactor: Any, client: FarmClient, stamp_dir: Path, samples: in
 
 
 async def main(reactor: Any, args: argparse.Namespace) -> None:
-    base = Path(tempfile.mkdtemp(prefix="farmnet-bench-"))
+    base = Path(tempfile.mkdtemp(prefix="farmnet-bench-", dir=args.dir))
     farm = ProcessFarm(reactor, base)
     try:
         await farm.start_server()
@@ -132,10 +139,13 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         await wait_until(reactor, lambda: online(client, 1), 30, "the render")
         await run_job(client, 10)  # warm up
         before = cpu_seconds(farm)
-        a = await run_job(client, 100)
+        a, job_id = await run_job(client, 100)
         after = cpu_seconds(farm)
         print(f"(a) 100 tasks of `true` on 1 render: {a:.2f} s   (Afanasy 201.5 s; target <= 0.3 s)")
         print(f"    {cpu_split(before, after, 100)}")
+        gaps = [gap * 1000 for gap in sorted(await restart_gaps(client, job_id))]
+        print(f"    a task's end -> the next start on the render: median {statistics.median(gaps):.1f} ms, "
+              f"90th percentile {gaps[len(gaps) * 9 // 10]:.1f} ms, worst {gaps[-1]:.1f} ms")
         c = await latency(reactor, client, base, 20)
         print(f"(c) submit -> first task process start on an idle render: median "
               f"{statistics.median(c) * 1000:.1f} ms, worst {max(c) * 1000:.1f} ms   (target <= 50 ms)")
@@ -147,7 +157,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                              interval=0.5)
             print(f"    ({args.renders} render processes online in {time.perf_counter() - started:.1f} s)")
             before = cpu_seconds(farm)
-            b = await run_job(client, args.tasks)
+            b, _ = await run_job(client, args.tasks)
             after = cpu_seconds(farm)
             print(f"(b) {args.tasks} tasks of `true` on {args.renders} render processes: {b:.2f} s   "
                   f"(Afanasy 80.7 s; target <= 3 s)")
@@ -168,6 +178,8 @@ if __name__ == "__main__":
     parser.add_argument("--skip-b", action="store_true", help="only (a) and (c)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="the renders under cProfile (CPU time), stats saved in DIR, printed merged")
+    parser.add_argument("--dir", help="where the farm's files go (its store: /dev/shm shows what the "
+                        "store's fsync costs); default: the system's temporary directory")
     parser.add_argument("--top", type=int, default=40, help="functions shown from the profile")
     arguments = parser.parse_args()
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, arguments)))
