@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import pstats
+import resource
 import statistics
 import tempfile
 import time
@@ -30,6 +31,7 @@ import psutil
 from twisted.internet import defer, task
 
 from farmnet.client import FarmClient, connect
+from farmnet.render.process import TaskProcess
 from farmnet.testing import ProcessFarm, wait_until
 
 
@@ -52,10 +54,11 @@ _PROFILED = """
 import cProfile, sys, time
 out, sys.argv = sys.argv[1], sys.argv[2:]
 from twisted.application import app
+from twisted.internet import reactor  # the default (epoll), as twistd would install it
 from twisted.scripts.twistd import run
 app._exitWithSignal = lambda sig: None  # exit normally on SIGTERM, after saving the stats
 profiler = cProfile.Profile(time.process_time)
-profiler.enable()
+reactor.callWhenRunning(profiler.enable)  # the render's work, not its imports and start
 try:
     run()
 finally:
@@ -88,6 +91,45 @@ def cpu_split(before: tuple[float, float], after: tuple[float, float], tasks: in
     server, renders = after[0] - before[0], after[1] - before[1]
     return (f"CPU s: server {server:.2f}, renders {renders:.2f} ({renders / tasks * 1000:.2f} ms a task; "
             f"tasks' own processes not counted); {os.cpu_count()} cores")
+
+
+def _rusage(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def spawn_only(reactor: Any, count: int) -> None:
+    """(p): the render's own cost of running a task, without the farm: ``count`` sequential `true`
+    through TaskProcess in this process (what a render does between receiving an order and reporting
+    its end), beside the machine's floor: the same `/bin/sh -c true` by posix_spawn and waitpid."""
+    env = dict(os.environ)
+
+    async def one() -> None:
+        process = TaskProcess(reactor, "true", env=env, cwd=None, on_output=lambda data: None)
+        process.start()
+        await process.done
+
+    for _ in range(10):
+        await one()
+    started, cpu = time.perf_counter(), _rusage(resource.RUSAGE_SELF)
+    children = _rusage(resource.RUSAGE_CHILDREN)
+    for _ in range(count):
+        await one()
+    wall, cpu = time.perf_counter() - started, _rusage(resource.RUSAGE_SELF) - cpu
+    children = _rusage(resource.RUSAGE_CHILDREN) - children
+    floor, floor_children = machine_floor(count, env)
+    print(f"(p) {count} sequential `true` through TaskProcess: {wall:.3f} s; a task: "
+          f"{cpu / count * 1e6:.0f} us of this process's CPU, {children / count * 1e6:.0f} us its child's"
+          f"   (the machine: {floor:.3f} s by posix_spawn+waitpid, "
+          f"{floor_children / count * 1e6:.0f} us a child)")
+
+
+def machine_floor(count: int, env: dict[str, str]) -> tuple[float, float]:
+    """Seconds for ``count`` sequential `/bin/sh -c true` with nothing around them, and their CPU."""
+    started, children = time.perf_counter(), _rusage(resource.RUSAGE_CHILDREN)
+    for _ in range(count):
+        os.waitpid(os.posix_spawn("/bin/sh", ["/bin/sh", "-c", "true"], env), 0)
+    return time.perf_counter() - started, _rusage(resource.RUSAGE_CHILDREN) - children
 
 
 async def online(client: FarmClient, count: int) -> bool:
@@ -131,6 +173,7 @@ async def latency(reactor: Any, client: FarmClient, stamp_dir: Path, samples: in
 
 async def main(reactor: Any, args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="farmnet-bench-", dir=args.dir))
+    await spawn_only(reactor, 100)
     farm = ProcessFarm(reactor, base)
     try:
         await farm.start_server()
