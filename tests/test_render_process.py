@@ -340,6 +340,23 @@ class TaskProcessTests(unittest.TestCase):
         result = await p.done.addTimeout(_T, reactor)
         self.assertEqual(result.signal, signal.SIGTERM)
 
+    async def test_posix_spawn_without_sessions(self) -> None:
+        # A Python whose posix_spawn has no setsid (it raises NotImplementedError for it): the task
+        # starts the other way, in a session all the same.
+        real_spawn = os.posix_spawnp
+
+        def spawn_without_setsid(*args: Any, setsid: bool = False, **kw: Any) -> int:
+            if setsid:
+                raise NotImplementedError("The setsid parameter is not supported on this platform")
+            return real_spawn(*args, **kw)
+
+        self.patch(process_module.os, "posix_spawnp", spawn_without_setsid)
+        p, result = await self.run_task("cut -d' ' -f6 /proc/$$/stat; echo $$")
+        self.assertTrue(result.success)
+        sid, pid = p.log.split()
+        self.assertEqual(sid, pid)
+        self.assertEqual(int(pid), p.pid)
+
     async def test_python_setsid_fallback(self) -> None:
         self.patch(process_module, "_spawns_sessions", lambda reactor: False)
         self.patch(process_module.shutil, "which", lambda *a, **kw: None)

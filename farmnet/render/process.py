@@ -325,29 +325,13 @@ class TaskProcess:
         else:
             prefix = rlimit_prefix(self.memory_limit_mb, self._tool_path)
             self._limit_method = "rlimit" if prefix else None
-        sessions = _spawns_sessions(self._reactor)
-        setsid = None if sessions else shutil.which("setsid", path=self._tool_path)
-        argv = shell_argv(self.command, self._cwd, setsid, prefix, new_session=not sessions)
         try:
             devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                if sessions:
-                    # What reactor.spawnProcess does on posix, with the session made by the spawn
-                    # (and the child's fd 2 made a copy of 1 by it).
-                    child_fds: dict[int, int | str] = {0: devnull, 1: "r"}
-                    proto = _TaskProtocol(self)
-                    _SessionProcess(
-                        self._reactor, argv[0], argv, self._env, None, proto, None, None, child_fds
-                    )
-                else:
-                    self._reactor.spawnProcess(
-                        _TaskProtocol(self),
-                        argv[0],
-                        argv,
-                        env=self._env,
-                        path=None,
-                        childFDs={0: devnull, 1: "r", 2: "r"},
-                    )
+                try:
+                    self._spawn(prefix, devnull, sessions=_spawns_sessions(self._reactor))
+                except NotImplementedError:  # a Python whose posix_spawn cannot make sessions
+                    self._spawn(prefix, devnull, sessions=False)
             finally:
                 os.close(devnull)
         except Exception as e:
@@ -358,6 +342,28 @@ class TaskProcess:
             message = f"farmnet: cannot start the task: {type(e).__name__}: {e}\n".encode(errors="replace")
             self._clock.callLater(0, self._spawn_failed, message)
             return
+
+    def _spawn(self, limit_prefix: list[str], stdin: int, *, sessions: bool) -> None:
+        """Start the child: the session made by posix_spawn (``sessions``), else by setsid(1) or the
+        Python wrapper, both exec'ing the shell in place."""
+        setsid = None if sessions else shutil.which("setsid", path=self._tool_path)
+        argv = shell_argv(self.command, self._cwd, setsid, limit_prefix, new_session=not sessions)
+        if sessions:
+            # What reactor.spawnProcess does on posix, with the session made by the spawn (and the
+            # child's fd 2 made a copy of 1 by it).
+            child_fds: dict[int, int | str] = {0: stdin, 1: "r"}
+            _SessionProcess(
+                self._reactor, argv[0], argv, self._env, None, _TaskProtocol(self), None, None, child_fds
+            )
+        else:
+            self._reactor.spawnProcess(
+                _TaskProtocol(self),
+                argv[0],
+                argv,
+                env=self._env,
+                path=None,
+                childFDs={0: stdin, 1: "r", 2: "r"},
+            )
 
     def kill(self, reason: str) -> None:
         """Stop the task: SIGTERM to its process group, SIGKILL ``kill_grace`` seconds later if needed.
