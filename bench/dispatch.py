@@ -35,9 +35,10 @@ from farmnet.render.process import TaskProcess
 from farmnet.testing import ProcessFarm, wait_until
 
 
-def cpu_seconds(farm: ProcessFarm) -> tuple[float, float]:
-    """CPU time (user + system) of the server and of all render processes."""
-    server = renders = 0.0
+def cpu_seconds(farm: ProcessFarm) -> tuple[float, float, float]:
+    """CPU time (user + system) of the server, of all render processes, and of the renders' ended
+    children (the tasks' processes)."""
+    server = renders = tasks = 0.0
     for proc in farm.processes:
         if proc.running:
             times = psutil.Process(proc.pid).cpu_times()
@@ -45,7 +46,8 @@ def cpu_seconds(farm: ProcessFarm) -> tuple[float, float]:
                 server += times.user + times.system
             else:
                 renders += times.user + times.system
-    return server, renders
+                tasks += times.children_user + times.children_system
+    return server, renders, tasks
 
 
 # Runs twistd (the script after the stats file) under cProfile counting CPU time, not wall time: on a
@@ -87,10 +89,11 @@ def print_profile(profile: Path, top: int) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
-def cpu_split(before: tuple[float, float], after: tuple[float, float], tasks: int) -> str:
-    server, renders = after[0] - before[0], after[1] - before[1]
-    return (f"CPU s: server {server:.2f}, renders {renders:.2f} ({renders / tasks * 1000:.2f} ms a task; "
-            f"tasks' own processes not counted); {os.cpu_count()} cores")
+def cpu_split(before: tuple[float, ...], after: tuple[float, ...], tasks: int) -> str:
+    server, renders, children = (later - earlier for later, earlier in zip(after, before, strict=True))
+    return (f"CPU s: server {server:.2f}, renders {renders:.2f} ({renders / tasks * 1000:.2f} ms a task), "
+            f"the tasks' processes {children:.2f} ({children / tasks * 1000:.2f} ms a task); "
+            f"{os.cpu_count()} cores")
 
 
 def _rusage(who: int) -> float:
