@@ -1,17 +1,20 @@
 """Dispatch speed on real processes: a server and render processes on 127.0.0.1.
 
-    python bench/dispatch.py [--renders 51] [--tasks 2000] [--skip-b] [--profile DIR]
+    python bench/dispatch.py [--renders 51] [--tasks 2000] [--skip-b] [--dir DIR] [--profile DIR]
 
-Prints wall times for
-  (a) 100 tasks of `true` on 1 render,
-  (b) 2,000 tasks of `true` on 51 render processes,
+Prints
+  (p) the render's own cost of a task without the farm: 100 sequential `true` through TaskProcess
+      (this process's CPU and the child's a task), beside the same by bare posix_spawn+waitpid;
+  (a) 100 tasks of `true` on 1 render, and the gap from a task's end to the next one's start;
+  (b) 2,000 tasks of `true` on 51 render processes;
   (c) the latency from submit to the first task's process start on an idle render
       (the task writes the time it started; median and worst of 20 submits).
+With (a) and (b) go the CPU seconds of the server, of the renders and of the tasks' own processes.
 Anchors (Afanasy 3.4.1 on this kind of machine): (a) 201.5 s, (b) 80.7 s.
 Targets: (a) <= 0.3 s, (b) <= 3 s, (c) <= 50 ms (issue 17).  The limits of a 2-core machine: 100
-sequential `/bin/sh -c true` take 0.07 s, 2,000 with 51 in flight 1.0 s.  With (a) and (b) go the CPU
-seconds of the server and of the renders (the tasks' own processes not counted).
+sequential `/bin/sh -c true` take 0.07 s, 2,000 with 51 in flight 1.0 s.
 
+    python bench/dispatch.py --dir /dev/shm          # the store on tmpfs: what its fsync costs (a)
     python bench/dispatch.py --profile /tmp/prof    # the renders under cProfile, their stats merged
 """
 
