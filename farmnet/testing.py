@@ -12,6 +12,7 @@ import random
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +128,11 @@ class ProcessFarm:
         self.servers: list[FarmProcess] = []
         self.endpoint = ""
 
-    def spawn(self, name: str, args: list[str]) -> FarmProcess:
-        proc = FarmProcess(name, [*twistd_argv(), "-n", "--pidfile=", *args],
+    def spawn(self, name: str, args: list[str], python_args: Sequence[str] = ()) -> FarmProcess:
+        """``twistd -n ARGS`` as ``name``; ``python_args`` go to the interpreter before the script
+        (``-c CODE`` that runs twistd its own way: benchmarks' profiling)."""
+        python, *script = twistd_argv()
+        proc = FarmProcess(name, [python, *python_args, *script, "-n", "--pidfile=", *args],
                            self.base / f"{name}.log")
         proc.watch = _Watch(proc.logfile)
         proc.transport = self.reactor.spawnProcess(proc.watch, proc.argv[0], proc.argv,

@@ -8,6 +8,7 @@ import re
 import signal
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor, task
@@ -197,6 +198,22 @@ class TaskProcessTests(unittest.TestCase):
         p.kill("test over")
         await p.done.addTimeout(_T, reactor)
 
+    async def test_session_made_by_the_spawn(self) -> None:
+        # On Linux posix_spawn makes the session: it is there when start() returns, the shell is the
+        # task's pid at once (no setsid(1) exec'd first), and killing the group kills what it started.
+        if not process_module._spawns_sessions(reactor):
+            self.skipTest("posix_spawn does not make sessions here")
+        p = self.make("sleep 30 & echo started; wait")
+        p.start()
+        assert p.pid is not None
+        self.assertEqual(os.getsid(p.pid), p.pid)
+        self.assertEqual(os.getpgid(p.pid), p.pid)
+        await self.wait_for_output(b"started")  # the exec is over: its cmdline is readable
+        self.assertEqual(Path(f"/proc/{p.pid}/cmdline").read_bytes().split(b"\0")[0], b"/bin/sh")
+        p.kill("test over")
+        result = await p.done.addTimeout(_T, reactor)
+        self.assertEqual(result.signal, signal.SIGTERM)
+
     async def test_kill(self) -> None:
         p = self.make("sleep 30")
         p.start()
@@ -307,7 +324,41 @@ class TaskProcessTests(unittest.TestCase):
         self.assertEqual(p.log, b"a\nb\n")
         self.flushLoggedErrors(RuntimeError)
 
+    async def test_setsid_tool_without_posix_spawn_sessions(self) -> None:
+        # Where posix_spawn cannot make the session (not Linux): setsid(1) execs the shell in one.
+        if process_module.shutil.which("setsid") is None:
+            self.skipTest("no setsid(1)")
+        self.patch(process_module, "_spawns_sessions", lambda reactor: False)
+        p = self.make("echo via setsid; sleep 30")
+        p.start()
+        await self.wait_for_output(b"via setsid")
+        assert p.pid is not None
+        self.assertEqual(os.getsid(p.pid), p.pid)
+        cmdline = Path(f"/proc/{p.pid}/cmdline").read_bytes()
+        self.assertEqual(cmdline, b"/bin/sh\0-c\0echo via setsid; sleep 30\0")
+        p.kill("done")
+        result = await p.done.addTimeout(_T, reactor)
+        self.assertEqual(result.signal, signal.SIGTERM)
+
+    async def test_posix_spawn_without_sessions(self) -> None:
+        # A Python whose posix_spawn has no setsid (it raises NotImplementedError for it): the task
+        # starts the other way, in a session all the same.
+        real_spawn = os.posix_spawnp
+
+        def spawn_without_setsid(*args: Any, setsid: bool = False, **kw: Any) -> int:
+            if setsid:
+                raise NotImplementedError("The setsid parameter is not supported on this platform")
+            return real_spawn(*args, **kw)
+
+        self.patch(process_module.os, "posix_spawnp", spawn_without_setsid)
+        p, result = await self.run_task("cut -d' ' -f6 /proc/$$/stat; echo $$")
+        self.assertTrue(result.success)
+        sid, pid = p.log.split()
+        self.assertEqual(sid, pid)
+        self.assertEqual(int(pid), p.pid)
+
     async def test_python_setsid_fallback(self) -> None:
+        self.patch(process_module, "_spawns_sessions", lambda reactor: False)
         self.patch(process_module.shutil, "which", lambda *a, **kw: None)
         p = self.make("echo via python; sleep 30")
         p.start()

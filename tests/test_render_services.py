@@ -408,3 +408,62 @@ class ResourcesTests(unittest.SynchronousTestCase):
         for _ in range(100):
             sample("/")
         self.assertLess((time.perf_counter() - start) / 100, 0.005)  # < 1 ms here; 5 ms leaves CI slack
+
+
+class MemoryFiguresTests(unittest.SynchronousTestCase):
+    def test_as_psutil_gives_them(self) -> None:
+        import psutil
+
+        from farmnet.render import resources
+
+        total, available, swap_total, swap_free = resources._memory()
+        memory, swap = psutil.virtual_memory(), psutil.swap_memory()
+        self.assertEqual((total, swap_total), (memory.total, swap.total))
+        # Free memory moves between two reads; a few hundred MB of difference would be a wrong field.
+        self.assertLess(abs(available - memory.available), 256 << 20)
+        self.assertLess(abs(swap_free - swap.free), 256 << 20)
+
+
+class ResourcesAfterTaskTests(unittest.SynchronousTestCase):
+    """A task's end makes the resources due: a heartbeat going out takes them (at most once per
+    REPORT_AFTER_TASK), else the report goes REPORT_AFTER_TASK after the end."""
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        from farmnet.app import render_service
+
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.render = render_service(self.clock, RenderConfig(server="tcp:127.0.0.1:1", name="r1"))
+        self.reports: list[float] = []
+        self.render._report_resources = lambda: self.reports.append(self.clock.seconds())  # type: ignore[method-assign]
+
+    def test_idle_render_reports_after_the_end(self) -> None:
+        from farmnet.render.service import REPORT_AFTER_TASK
+
+        self.render._report_soon()
+        self.render._report_soon()  # tasks ending together: one report
+        self.clock.advance(REPORT_AFTER_TASK)
+        self.assertEqual(self.reports, [1000 + REPORT_AFTER_TASK])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_busy_render_heartbeat_takes_them(self) -> None:
+        from farmnet.render.service import REPORT_AFTER_TASK
+
+        self.render._report_soon()
+        self.assertTrue(self.render._due_now())
+        self.render._sample()  # what a heartbeat does when they are due
+        self.assertFalse(self.render._due_now())
+        self.clock.advance(0.1)
+        self.render._report_soon()  # another task ends; sent 0.1 s ago: not on this heartbeat
+        self.assertFalse(self.render._due_now())
+        self.clock.advance(REPORT_AFTER_TASK - 0.1)  # the first timer: sent lately, wait for a heartbeat
+        self.assertEqual(self.reports, [])
+        self.assertTrue(self.render._due_now())
+        self.render._sample()
+        self.clock.advance(REPORT_AFTER_TASK)
+        self.assertEqual(self.reports, [])  # the heartbeat took them: no report
+        self.render._report_soon()  # no heartbeat this time: the report goes
+        self.clock.advance(REPORT_AFTER_TASK)
+        self.assertEqual(len(self.reports), 1)

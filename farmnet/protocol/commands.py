@@ -136,8 +136,8 @@ class Heartbeat(amp.Command):
 
 class ReportResources(amp.Command):
     """A render's resources (free memory, disk, GPU memory, ...), sent every
-    ``resources.interval`` seconds and when a task ends, so block needs see fresh values
-    while heartbeats are held."""
+    ``resources.interval`` seconds and when a task ends (unless the next heartbeat carries
+    them), so block needs see fresh values while heartbeats are held."""
 
     commandName = b"report_resources"
     arguments = [(b"render_id", amp.Integer()), (b"resources", Typed(HostResources))]

@@ -2,18 +2,21 @@
 
 Each task runs as ``/bin/sh -c COMMAND`` in a session (and so a process group) of its own, so that killing
 the task also kills whatever the command started: renderers like to fork helpers, and a shell pipeline is
-several processes already.  Its output is streamed to a callback as it arrives and kept in a bounded log,
-so a runaway task cannot eat the render's memory.
+several processes already.  On Linux ``posix_spawn`` starts the session itself (``POSIX_SPAWN_SETSID``);
+elsewhere setsid(1), or a Python one-liner, execs the shell in a new session.  Its output is streamed
+to a callback as it arrives and kept in a bounded log, so a runaway task cannot eat the render's memory.
 
 A task may have a memory limit (``memory_limit_mb``), applied in its exec chain
-(``setsid LIMITER... /bin/sh -c COMMAND``, see :mod:`farmnet.render.limits`); a task that ran out of it
+(``[setsid] LIMITER... /bin/sh -c COMMAND``, see :mod:`farmnet.render.limits`); a task that ran out of it
 ends with :attr:`TaskExit.reason` set and that reason as the last line of its output.  Its memory is
 sampled while it runs, limit or not, for :attr:`TaskExit.peak_memory_mb`.
 """
 
 from __future__ import annotations
 
+import _signal as _raw_signal
 import enum
+import fcntl
 import os
 import shutil
 import signal as _signal
@@ -22,8 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
+from twisted.internet import process as _twisted_process
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -76,19 +81,81 @@ class TaskExit:
 
 
 def shell_argv(
-    command: str, cwd: str | None, setsid: str | None, limit_prefix: Sequence[str] = ()
+    command: str,
+    cwd: str | None,
+    setsid: str | None,
+    limit_prefix: Sequence[str] = (),
+    *,
+    new_session: bool = True,
 ) -> list[str]:
     """The argv that runs ``command`` with ``/bin/sh`` in a new session, changing into ``cwd`` first.
 
     ``setsid`` is the path of setsid(1), or None to use the Python fallback.  The child of spawnProcess is
     never a process group leader, so setsid(1) execs without forking and the task's pid is its pgid.
     ``limit_prefix`` (from :mod:`farmnet.render.limits`) goes between the new session and the shell; it
-    must exec in place too.
+    must exec in place too.  ``new_session`` False: no session wrapper (the spawn makes the session).
     """
     sh_argv = [_SH, "-c", command] if cwd is None else [_SH, "-c", _CD_THEN_RUN, "farmnet-task", cwd, command]
+    if not new_session:
+        return [*limit_prefix, *sh_argv]
     if setsid is not None:
         return [setsid, *limit_prefix, *sh_argv]
     return [sys.executable, "-c", _PY_SETSID, *limit_prefix, *sh_argv]
+
+
+def _ignored_signals() -> list[int]:
+    """The signals this process ignores (the child gets them back at their default), as Twisted's spawn
+    finds them, read through the C module: ``signal.getsignal`` makes an enum of every answer, 30 times
+    slower, and this runs for every task."""
+    return [sig for sig in range(1, _signal.NSIG) if _raw_signal.getsignal(sig) == _signal.SIG_IGN]
+
+
+class _SessionProcess(_twisted_process.Process):
+    """Twisted's process, whose child ``posix_spawn`` makes the leader of a new session (Linux's
+    ``POSIX_SPAWN_SETSID``): no setsid(1) to exec before the shell, one exec less for every task.  The
+    child's stderr is its stdout (one pipe to read and close for every task, not two; the task's output
+    is one stream either way, and now in the order it was written).
+
+    Everything else is as Twisted's own posix_spawn path does it (its helpers list the open descriptors
+    and close the inheritable ones the child is not given).
+    """
+
+    def _trySpawnInsteadOfFork(
+        self, path: Any, uid: Any, gid: Any, executable: str, args: list[str], environment: Any, kwargs: Any
+    ) -> bool:
+        fd_state = []
+        for fd in _twisted_process._listOpenFDs():
+            try:
+                fd_state.append((fd, fcntl.fcntl(fd, fcntl.F_GETFD)))
+            except OSError:
+                pass
+        actions = _twisted_process._getFileActions(
+            fd_state, kwargs["fdmap"], doClose=os.POSIX_SPAWN_CLOSE, doDup2=os.POSIX_SPAWN_DUP2
+        )
+        actions.append((os.POSIX_SPAWN_DUP2, 1, 2))
+        self.pid = os.posix_spawnp(
+            executable,
+            args,
+            environment,
+            file_actions=actions,
+            setsigdef=_ignored_signals(),
+            setsid=True,
+        )
+        self.status = -1
+        return True
+
+
+def _spawns_sessions(reactor: object) -> bool:
+    """Whether tasks on ``reactor`` can start as :class:`_SessionProcess` (Linux, a real posix reactor,
+    the Twisted helpers it builds on)."""
+    return (
+        sys.platform == "linux"
+        and isinstance(reactor, PosixReactorBase)
+        and hasattr(os, "posix_spawnp")
+        and hasattr(_twisted_process.Process, "_trySpawnInsteadOfFork")
+        and hasattr(_twisted_process, "_listOpenFDs")
+        and hasattr(_twisted_process, "_getFileActions")
+    )
 
 
 class _BoundedLog:
@@ -253,24 +320,18 @@ class TaskProcess:
             _logger.warn("task {pid} already started (or killed before start)", pid=self.pid)
             return
         self._time_started = self._clock.seconds()
-        setsid = shutil.which("setsid", path=self._tool_path)
         if self._limiter is not None:
             self._limit_method, prefix = self._limiter.prefix(self.memory_limit_mb)
         else:
             prefix = rlimit_prefix(self.memory_limit_mb, self._tool_path)
             self._limit_method = "rlimit" if prefix else None
-        argv = shell_argv(self.command, self._cwd, setsid, prefix)
         try:
             devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                self._reactor.spawnProcess(
-                    _TaskProtocol(self),
-                    argv[0],
-                    argv,
-                    env=self._env,
-                    path=None,
-                    childFDs={0: devnull, 1: "r", 2: "r"},
-                )
+                try:
+                    self._spawn(prefix, devnull, sessions=_spawns_sessions(self._reactor))
+                except NotImplementedError:  # a Python whose posix_spawn cannot make sessions
+                    self._spawn(prefix, devnull, sessions=False)
             finally:
                 os.close(devnull)
         except Exception as e:
@@ -281,7 +342,28 @@ class TaskProcess:
             message = f"farmnet: cannot start the task: {type(e).__name__}: {e}\n".encode(errors="replace")
             self._clock.callLater(0, self._spawn_failed, message)
             return
-        _logger.debug("task started: pid {pid}, {command!r}", pid=self.pid, command=self.command)
+
+    def _spawn(self, limit_prefix: list[str], stdin: int, *, sessions: bool) -> None:
+        """Start the child: the session made by posix_spawn (``sessions``), else by setsid(1) or the
+        Python wrapper, both exec'ing the shell in place."""
+        setsid = None if sessions else shutil.which("setsid", path=self._tool_path)
+        argv = shell_argv(self.command, self._cwd, setsid, limit_prefix, new_session=not sessions)
+        if sessions:
+            # What reactor.spawnProcess does on posix, with the session made by the spawn (and the
+            # child's fd 2 made a copy of 1 by it).
+            child_fds: dict[int, int | str] = {0: stdin, 1: "r"}
+            _SessionProcess(
+                self._reactor, argv[0], argv, self._env, None, _TaskProtocol(self), None, None, child_fds
+            )
+        else:
+            self._reactor.spawnProcess(
+                _TaskProtocol(self),
+                argv[0],
+                argv,
+                env=self._env,
+                path=None,
+                childFDs={0: stdin, 1: "r", 2: "r"},
+            )
 
     def kill(self, reason: str) -> None:
         """Stop the task: SIGTERM to its process group, SIGKILL ``kill_grace`` seconds later if needed.
@@ -440,13 +522,6 @@ class TaskProcess:
         assert self._time_started is not None
         result = TaskExit(
             exit_code, sig, self._time_started, self._clock.seconds(), self._killed, why, peak_mb
-        )
-        _logger.debug(
-            "task pid {pid} ended: exit code {exit_code}, signal {signal}, killed {killed!r}",
-            pid=self.pid,
-            exit_code=exit_code,
-            signal=sig,
-            killed=self._killed,
         )
         self._finish(result)
 

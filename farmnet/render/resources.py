@@ -7,7 +7,8 @@ Two kinds, after Afanasy's host resources (``cpu_num``, ``mem_total_mb``, ``mem_
   power its config gives), sent once with ``RegisterRender``;
 - `sample`: what changes (CPU use, free memory, swap, free disk, load, GPU memory), sent with the first
   heartbeat, every ``resources.every``-th heartbeat and by ``ReportResources`` every
-  ``resources.interval`` seconds and when a task ends.
+  ``resources.interval`` seconds, and when a task ends: with the next heartbeat (when heartbeats
+  carry resources, at most every half second), or by ``ReportResources`` half a second later.
 
 Taking a sample reads a few ``/proc`` files and calls statvfs: well under a millisecond, so it runs on
 the reactor thread.  (A disk path on a hung network mount would block statvfs: point
@@ -81,6 +82,26 @@ def facts(properties: str = "", power: int = -1) -> HostFacts:
     return HostFacts(os=os_words(), cpu_mhz=_cpu_mhz(), properties=properties, power=power)
 
 
+_MEMINFO_KEYS = (b"MemTotal:", b"MemAvailable:", b"SwapTotal:", b"SwapFree:")
+
+
+def _memory() -> tuple[int, int, int, int]:
+    """Memory total and available, swap total and free, in bytes: what psutil's virtual_memory and
+    swap_memory give for them, from one read of /proc/meminfo (they read it twice, /proc/vmstat too,
+    and work out figures a sample does not use: a sample goes with heartbeats and after tasks)."""
+    try:
+        with open("/proc/meminfo", "rb") as meminfo:
+            found = {}
+            for line in meminfo:
+                key, _, rest = line.partition(b" ")
+                if key in _MEMINFO_KEYS:
+                    found[key] = int(rest.split()[0]) * 1024
+        return tuple(found[key] for key in _MEMINFO_KEYS)  # type: ignore[return-value]
+    except (OSError, KeyError, ValueError, IndexError):  # not Linux, or a kernel without MemAvailable
+        memory, swap = psutil.virtual_memory(), psutil.swap_memory()
+        return memory.total, memory.available, swap.total, swap.free
+
+
 def sample(disk_path: str = "/", gpu: tuple[int, int] | None = None) -> HostResources:
     """A snapshot of this machine's resources; ``gpu`` the latest (total, used) GPU memory in MB.
 
@@ -88,8 +109,7 @@ def sample(disk_path: str = "/", gpu: tuple[int, int] | None = None) -> HostReso
     ``cpu_percent(None)``; the very first call has nothing to compare with and says 0.0).
     ``hdd_free_gb`` is None when ``disk_path`` cannot be read (a missing mount is not an error here).
     """
-    memory = psutil.virtual_memory()
-    swap = psutil.swap_memory()
+    mem_total, mem_available, swap_total, swap_free = _memory()
     try:
         hdd_free_gb: float | None = round(psutil.disk_usage(disk_path).free / _GB, 2)
     except OSError:
@@ -101,13 +121,13 @@ def sample(disk_path: str = "/", gpu: tuple[int, int] | None = None) -> HostReso
     return HostResources(
         cpu_num=psutil.cpu_count() or 1,
         cpu_percent=psutil.cpu_percent(None),
-        mem_total_mb=memory.total // _MB,
-        mem_used_mb=(memory.total - memory.available) // _MB,
-        swap_used_mb=swap.used // _MB,
+        mem_total_mb=mem_total // _MB,
+        mem_used_mb=(mem_total - mem_available) // _MB,
+        swap_used_mb=(swap_total - swap_free) // _MB,
         hdd_free_gb=hdd_free_gb,
         load_avg=load,
-        mem_free_mb=memory.available // _MB,
-        swap_total_mb=swap.total // _MB,
+        mem_free_mb=mem_available // _MB,
+        swap_total_mb=swap_total // _MB,
         gpu_mem_total_mb=None if gpu is None else gpu[0],
         gpu_mem_used_mb=None if gpu is None else gpu[1],
     )

@@ -80,7 +80,8 @@ HEARTBEAT_MARGIN = 15.0
 SLEEP_QUIET = 30.0
 #: Seconds to wait for our own close to complete before aborting the connection.
 CLOSE_TIMEOUT = 5.0
-#: Seconds after a task ends before the resources are reported (tasks ending together: one report).
+#: Seconds after a task ends before the resources are reported (tasks ending together: one report;
+#: a heartbeat going out meanwhile takes them, at most once in this time).
 REPORT_AFTER_TASK = 0.5
 #: TCP keepalive to the server (idle s, interval s, probes): a server gone without a
 #: word is found out in about a minute even while a long heartbeat is held.
@@ -164,6 +165,10 @@ class RenderService(service.MultiService):
         self._reports = LoopingCall(self._report_resources)
         self._reports.clock = reactor
         self._report_call: IDelayedCall | None = None
+        #: A task ended since the resources last went to the server; when they last went.
+        self._resources_due = False
+        self._sampled_at = float("-inf")
+        self._report_armed_at = 0.0
         #: False while connected to a server without report_resources (older): resources then
         #: go with heartbeats only.
         self._server_takes_reports = True
@@ -272,7 +277,7 @@ class RenderService(service.MultiService):
             self._heartbeats += 1
             every = self.config.resources.every
             sample = (self._sample()
-                      if every and (self._heartbeats - 1) % every == 0 else None)
+                      if every and ((self._heartbeats - 1) % every == 0 or self._due_now()) else None)
             d = proto.callRemote(c.Heartbeat, render_id=self.render_id, running=self._running(),
                                  resources=sample)
             d.addTimeout(self.heartbeat_hold + HEARTBEAT_MARGIN, self.reactor)
@@ -313,7 +318,14 @@ class RenderService(service.MultiService):
         await self._close(proto)
 
     def _sample(self) -> HostResources:
+        """The resources, to send now (they are not due any more)."""
+        self._resources_due = False
+        self._sampled_at = self.reactor.seconds()
         return resources.sample(self.config.resources.disk_path, self.gpu.latest)
+
+    def _due_now(self) -> bool:
+        """Whether a task's end is to be reported and the last report is REPORT_AFTER_TASK old."""
+        return self._resources_due and self.reactor.seconds() - self._sampled_at >= REPORT_AFTER_TASK
 
     def _report_resources(self) -> None:
         """Fresh resources between held heartbeats (every resources.interval, and when a task
@@ -331,9 +343,24 @@ class RenderService(service.MultiService):
         self._server_takes_reports = False
 
     def _report_soon(self) -> None:
-        """One report for tasks ending together, once the memory they held is given back."""
+        """One report for tasks ending together, once the memory they held is given back.  A busy
+        render's heartbeats take it (one per REPORT_AFTER_TASK at most); an idle one's report goes
+        alone."""
+        self._resources_due = True
         if self._report_call is None or not self._report_call.active():
-            self._report_call = self.reactor.callLater(REPORT_AFTER_TASK, self._report_resources)
+            self._arm_report()
+
+    def _arm_report(self) -> None:
+        self._report_armed_at = self.reactor.seconds()
+        self._report_call = self.reactor.callLater(REPORT_AFTER_TASK, self._report_due)
+
+    def _report_due(self) -> None:
+        if not self._resources_due:
+            return  # a heartbeat took them
+        if self._sampled_at >= self._report_armed_at:
+            self._arm_report()  # sent meanwhile: the heartbeats may take them from now on, else this
+            return
+        self._report_resources()
 
     def _running(self) -> list[TaskRef]:
         return [t.order.ref() for t in self.tasks.values()]
@@ -386,7 +413,6 @@ class RenderService(service.MultiService):
         task = RunningTask(order, fields, process, parser_by_name(parser, self.parser_classes, fields))
         holder.append(task)
         self.tasks[key] = task
-        log.debug("starting {key} run {run}: {command}", key=key, run=task.run, command=prepared.command)
         process.start()
         if order.max_run_time > 0:
             # The server kills the run at this age; this is for when it cannot (away).
@@ -469,8 +495,6 @@ class RenderService(service.MultiService):
         self._read_parser(task)
         task.files = parser_files(task.parser)
         task.bad_files = missing_or_empty(task.files, task.order.working_directory)
-        log.debug("task {key} run {run} ended: exit {code} signal {signal}", key=task.key,
-                 run=task.run, code=result.exit_code, signal=result.signal)
         self._flush(task)
         if self.proto is not None:
             self._report_finished(task)
