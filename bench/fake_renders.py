@@ -22,6 +22,7 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,12 @@ class Swarm:
         self.names_registered: set[str] = set()
         self.protocols: set[FakeConnection] = set()
         self.stopping = False
+        #: Simulated tasks (bench/busy.py): seconds a start order runs before its
+        #: TaskFinished, by render name; None finishes at once.
+        self.task_length: Callable[[str], float] | None = None
+        #: Told (render name, "start" or "finish") as a start order arrives and as its
+        #: TaskFinished leaves (bench/busy.py's finish -> next start).
+        self.on_task: Callable[[str, str], None] | None = None
 
     async def run(self) -> None:
         runs = []
@@ -108,12 +115,25 @@ class Swarm:
                             closing = True
                         elif kind == "start":
                             self.counts.tasks += 1
-                            now = time.time()
-                            proto.callRemote(
-                                c.TaskFinished, render_id=render_id, job_id=order.job_id,
-                                block=order.block, task=order.task, run=order.run,
-                                exit_code=0, time_started=now, time_done=now, message="",
-                            ).addErrback(lambda _: None)
+                            if self.on_task is not None:
+                                self.on_task(name, "start")
+
+                            def finish(proto: FakeConnection = proto, render_id: int = render_id,
+                                       order: Any = order, started: float = time.time()) -> None:
+                                if self.on_task is not None:
+                                    self.on_task(name, "finish")
+                                now = time.time()
+                                proto.callRemote(
+                                    c.TaskFinished, render_id=render_id, job_id=order.job_id,
+                                    block=order.block, task=order.task, run=order.run,
+                                    exit_code=0, time_started=started, time_done=now, message="",
+                                ).addErrback(lambda _: None)
+
+                            length = self.task_length(name) if self.task_length is not None else 0.0
+                            if length > 0:
+                                self.reactor.callLater(length, finish)
+                            else:
+                                finish()
                     if closing:
                         break
             except (error.ConnectError, error.ConnectionClosed, defer.TimeoutError, OSError) as e:
