@@ -110,7 +110,7 @@ def run_fakes(args: argparse.Namespace) -> None:
     raise_fd_limit()
     from twisted.internet import reactor
 
-    swarm = Swarm(reactor, args.endpoint, args.count, args.prefix, None, 2000.0, 5.0)
+    swarm = Swarm(reactor, args.endpoint, args.count, args.prefix, None, args.connect_rate, 5.0)
     simulated = Simulated(args.mean)
     swarm.task_length = simulated.length
     swarm.on_task = simulated.on_task
@@ -202,7 +202,7 @@ async def bench(reactor: Any, args: argparse.Namespace, base: Path) -> None:
                 {"name": "b", "command": "true", "frame_first": 1, "frame_last": n, "parser": "none"}]}})
             submitted += n
         client.close()
-        print(f"submitted {submitted} tasks in {time.monotonic() - started:.1f} s")
+        print(f"server pid {server.pid}; submitted {submitted} tasks in {time.monotonic() - started:.1f} s")
 
         env = {k: v for k, v in os.environ.items() if k != "FARMNET_CONFIG"}
         fakes = []
@@ -216,7 +216,8 @@ async def bench(reactor: Any, args: argparse.Namespace, base: Path) -> None:
             proc = reactor.spawnProcess(watch, sys.executable, [
                 sys.executable, __file__, "--child", "fakes", farm.endpoint, "--count", str(count),
                 "--prefix", f"r{i}-", "--mean", str(args.mean), "--status", str(status),
-                "--out", str(out)], env=env, path=str(base))
+                "--out", str(out), "--connect-rate", str(args.connect_rate / args.procs)],
+                env=env, path=str(base))
             children.append((proc, watch))
             fakes.append((proc, watch, status, out))
         monitors = None
@@ -246,6 +247,7 @@ async def bench(reactor: Any, args: argparse.Namespace, base: Path) -> None:
         fake_cpu0 = sum(cpu_seconds(p) for p in fake_procs)
         monitor_cpu0 = cpu_seconds(monitor_proc) if monitor_proc else 0.0
         events0 = sum(read_json(monitors[1]).get("events", [])) if monitors else 0
+        reconnects0 = sum(read_json(status).get("reconnects", 0) for _, _, status, _ in fakes)
         t0, wall0 = time.time(), time.monotonic()
         rss: list[float] = []
         cpu_samples: list[float] = []
@@ -263,6 +265,7 @@ async def bench(reactor: Any, args: argparse.Namespace, base: Path) -> None:
         monitor_cpu = (cpu_seconds(monitor_proc) - monitor_cpu0) if monitor_proc else 0.0
         monitor_status = read_json(monitors[1]) if monitors else {}
         events = sum(monitor_status.get("events", [])) - events0
+        reconnects = sum(read_json(status).get("reconnects", 0) for _, _, status, _ in fakes) - reconnects0
         load = os.getloadavg()
         with open(farm.server.logfile, "rb") as f:
             f.seek(log_at)
@@ -304,6 +307,7 @@ async def bench(reactor: Any, args: argparse.Namespace, base: Path) -> None:
             if len(commits) >= 2:
                 line += f"; {(commits[-1] - commits[0]) / max(1, len(commits) - 1):.0f} commits/s"
             print(line)
+        print(f"  reconnections   {reconnects} in the window (zombies, timeouts)")
         print(f"  monitors        {events / wall:5.0f} events/s received (all monitors)"
               + (f"; errors: {monitor_status['errors'][:3]}" if monitor_status.get("errors") else ""))
         print(f"  other CPU       fake renders {100 * fake_cpu / wall:.0f} %, "
@@ -326,7 +330,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--renders", type=int, default=10_000)
     parser.add_argument("--procs", type=int, default=4, help="fake render processes")
     parser.add_argument("--seconds", type=float, default=300.0, help="the measured window")
-    parser.add_argument("--warmup", type=float, default=15.0, help="seconds before the window")
+    parser.add_argument("--warmup", type=float, default=30.0,
+                        help="seconds between the last render registered and the window")
+    parser.add_argument("--connect-rate", type=float, default=1000.0,
+                        help="new render connections per second at start, all processes together")
+    parser.add_argument("--dir", default="", help="keep the server's and children's logs here")
     parser.add_argument("--mean", type=float, default=19.0, help="mean task length, seconds")
     parser.add_argument("--monitors", type=int, default=3)
     parser.add_argument("--no-stats", action="store_true", help="statistics off (no embedded PostgreSQL)")
@@ -347,8 +355,13 @@ def main(argv: list[str]) -> None:
     del hard
     if args.renders + 200 > soft * args.procs:
         sys.exit(f"busy: {args.renders} renders need more open files than {args.procs} processes have")
-    with tempfile.TemporaryDirectory(prefix="farmnet-bench-busy-") as base:
-        task.react(lambda reactor: defer.ensureDeferred(bench(reactor, args, Path(base))))
+    if args.dir:
+        base = Path(args.dir)
+        base.mkdir(parents=True, exist_ok=False)
+        task.react(lambda reactor: defer.ensureDeferred(bench(reactor, args, base)))
+        return
+    with tempfile.TemporaryDirectory(prefix="farmnet-bench-busy-") as tmp:
+        task.react(lambda reactor: defer.ensureDeferred(bench(reactor, args, Path(tmp))))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ record gets the next sequence number. Only the most recent ``keep`` are kept; a 
 that asks for older ones is told to reload (``reset``). Waiters are plain callables so
 this stays free of Deferreds. The one converter turns records into JSON at the edges
 (`Typed`, the web's `events_json`).
+
+A pool's record lists every render in it, and each render placed in a pool changes the
+pool: a pool is recorded at once, then at most once per `POOL_RECORD_INTERVAL` (the last
+of the changes meanwhile), so that thousands of renders registering cost a few records,
+not a record of thousands of names per render (quadratic in time and in the log's memory).
 """
 
 from __future__ import annotations
@@ -20,9 +25,13 @@ from farmnet import messages as m
 from farmnet.convert import unstructure
 from farmnet.model import events as ev
 from farmnet.model.farm import Farm
+from farmnet.model.pools import Pool
 from farmnet.model.views import render_record, user_record
 
 Event = m.Event
+
+#: Seconds between two records of one pool (changes meanwhile make one record at the end).
+POOL_RECORD_INTERVAL = 1.0
 
 
 class EventLog:
@@ -31,6 +40,9 @@ class EventLog:
         self._events: deque[Event] = deque(maxlen=keep)
         self._waiters: list[Callable[[], None]] = []
         self._unsubscribe: Callable[[], None] = lambda: None
+        #: Pools recorded less than POOL_RECORD_INTERVAL ago, by path: the timer that ends
+        #: the interval, and the pool when it changed again meanwhile.
+        self._quiet_pools: dict[str, tuple[Any, Pool | None]] = {}
         if farm is not None:
             self.follow(farm)
 
@@ -53,6 +65,20 @@ class EventLog:
         def render(e: Any) -> None:
             add(m.RenderEvent(self.last + 1, render_record(e.render)))
 
+        def pool(p: Pool) -> None:
+            quiet = self._quiet_pools.get(p.path)
+            if quiet is not None:
+                self._quiet_pools[p.path] = (quiet[0], p)
+                return
+            add(m.PoolEvent(self.last + 1, farm.trees.pool_record(p)))
+            call = farm.clock.callLater(POOL_RECORD_INTERVAL, quiet_over, p.path)
+            self._quiet_pools[p.path] = (call, None)
+
+        def quiet_over(path: str) -> None:
+            _, changed = self._quiet_pools.pop(path)
+            if changed is not None and farm.trees.pools.get(path) is changed:  # not deleted since
+                pool(changed)
+
         def render_lost(e: ev.RenderLost) -> None:
             if e.zombie:
                 add(m.RenderZombieEvent(self.last + 1, e.render.name))
@@ -69,7 +95,7 @@ class EventLog:
             (ev.RenderRegistered, ev.RenderChanged, ev.RenderSick): render,
             ev.RenderLost: render_lost,
             ev.RenderDeleted: lambda e: add(m.RenderDeletedEvent(self.last + 1, e.render.name)),
-            ev.PoolChanged: lambda e: add(m.PoolEvent(self.last + 1, farm.trees.pool_record(e.pool))),
+            ev.PoolChanged: lambda e: pool(e.pool),
             ev.PoolDeleted: lambda e: add(m.PoolDeletedEvent(self.last + 1, e.pool.path)),
             ev.BranchChanged: lambda e: add(m.BranchEvent(self.last + 1, farm.trees.branch_record(e.branch))),
             ev.BranchDeleted: lambda e: add(m.BranchDeletedEvent(self.last + 1, e.branch.path)),
@@ -78,6 +104,10 @@ class EventLog:
     def close(self) -> None:
         """Stop following the farm."""
         self._unsubscribe()
+        quiet, self._quiet_pools = self._quiet_pools, {}
+        for call, _ in quiet.values():
+            if call.active():
+                call.cancel()
 
     def add(self, event: Event) -> None:
         """Keep ``event``, whose ``seq`` is ``last + 1``, and wake the waiters."""
