@@ -40,9 +40,9 @@ class EventLog:
         self._events: deque[Event] = deque(maxlen=keep)
         self._waiters: list[Callable[[], None]] = []
         self._unsubscribe: Callable[[], None] = lambda: None
-        #: Pools recorded less than POOL_RECORD_INTERVAL ago, by path: the timer that ends
-        #: the interval, and the pool when it changed again meanwhile.
-        self._quiet_pools: dict[str, tuple[Any, Pool | None]] = {}
+        #: Pools recorded lately, by path: when, and the timer of the record that ends the
+        #: interval when the pool changed again meanwhile (a single change leaves no timer).
+        self._quiet_pools: dict[str, tuple[float, Any]] = {}
         if farm is not None:
             self.follow(farm)
 
@@ -67,16 +67,23 @@ class EventLog:
 
         def pool(p: Pool) -> None:
             quiet = self._quiet_pools.get(p.path)
-            if quiet is not None:
-                self._quiet_pools[p.path] = (quiet[0], p)
-                return
-            add(m.PoolEvent(self.last + 1, farm.trees.pool_record(p)))
-            call = farm.clock.callLater(POOL_RECORD_INTERVAL, quiet_over, p.path)
-            self._quiet_pools[p.path] = (call, None)
+            if quiet is None:  # not recorded lately: at once, and quiet for an interval
+                add(m.PoolEvent(self.last + 1, farm.trees.pool_record(p)))
+                self._quiet_pools[p.path] = (farm.clock.seconds(), None)
+            elif farm.clock.seconds() - quiet[0] >= POOL_RECORD_INTERVAL:
+                del self._quiet_pools[p.path]
+                if quiet[1] is not None and quiet[1].active():
+                    quiet[1].cancel()
+                pool(p)
+            elif quiet[1] is None:  # changed again: recorded when the interval is over
+                call = farm.clock.callLater(quiet[0] + POOL_RECORD_INTERVAL - farm.clock.seconds(),
+                                            quiet_over, p.path)
+                self._quiet_pools[p.path] = (quiet[0], call)
 
         def quiet_over(path: str) -> None:
-            _, changed = self._quiet_pools.pop(path)
-            if changed is not None and farm.trees.pools.get(path) is changed:  # not deleted since
+            del self._quiet_pools[path]
+            changed = farm.trees.pools.get(path)
+            if changed is not None:  # not deleted since
                 pool(changed)
 
         def render_lost(e: ev.RenderLost) -> None:
@@ -105,8 +112,8 @@ class EventLog:
         """Stop following the farm."""
         self._unsubscribe()
         quiet, self._quiet_pools = self._quiet_pools, {}
-        for call, _ in quiet.values():
-            if call.active():
+        for _, call in quiet.values():
+            if call is not None and call.active():
                 call.cancel()
 
     def add(self, event: Event) -> None:
