@@ -10,9 +10,12 @@ this stays free of Deferreds. The one converter turns records into JSON at the e
 (`Typed`, the web's `events_json`).
 
 A pool's record lists every render in it, and each render placed in a pool changes the
-pool: a pool is recorded at once, then at most once per `POOL_RECORD_INTERVAL` (the last
-of the changes meanwhile), so that thousands of renders registering cost a few records,
-not a record of thousands of names per render (quadratic in time and in the log's memory).
+pool: a pool of `POOL_COALESCE_RENDERS` or more is recorded at once, then at most once per
+`POOL_RECORD_INTERVAL`, so that
+thousands of renders registering cost a few records, not a record of thousands of names
+per render (quadratic in time and in the log's memory). A change within the interval is
+recorded (as the pool is then) with the first event, read or wait after the interval:
+a monitor sees it by its next poll at the latest, and no timer is left behind.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import attrs
 
 from farmnet import messages as m
 from farmnet.convert import unstructure
@@ -30,8 +35,10 @@ from farmnet.model.views import render_record, user_record
 
 Event = m.Event
 
-#: Seconds between two records of one pool (changes meanwhile make one record at the end).
+#: Seconds between two records of one big pool (changes meanwhile make one record after).
 POOL_RECORD_INTERVAL = 1.0
+#: Renders from which a pool is big: smaller ones are recorded at every change.
+POOL_COALESCE_RENDERS = 100
 
 
 class EventLog:
@@ -40,9 +47,10 @@ class EventLog:
         self._events: deque[Event] = deque(maxlen=keep)
         self._waiters: list[Callable[[], None]] = []
         self._unsubscribe: Callable[[], None] = lambda: None
-        #: Pools recorded lately, by path: when, and the timer of the record that ends the
-        #: interval when the pool changed again meanwhile (a single change leaves no timer).
-        self._quiet_pools: dict[str, tuple[float, Any]] = {}
+        #: When each pool was last recorded, and the pools changed since, not recorded yet.
+        self._pools_recorded: dict[str, float] = {}
+        self._pools_changed: dict[str, Pool] = {}
+        self._flush_pools: Callable[[], None] = lambda: None
         if farm is not None:
             self.follow(farm)
 
@@ -66,25 +74,25 @@ class EventLog:
             add(m.RenderEvent(self.last + 1, render_record(e.render)))
 
         def pool(p: Pool) -> None:
-            quiet = self._quiet_pools.get(p.path)
-            if quiet is None:  # not recorded lately: at once, and quiet for an interval
-                add(m.PoolEvent(self.last + 1, farm.trees.pool_record(p)))
-                self._quiet_pools[p.path] = (farm.clock.seconds(), None)
-            elif farm.clock.seconds() - quiet[0] >= POOL_RECORD_INTERVAL:
-                del self._quiet_pools[p.path]
-                if quiet[1] is not None and quiet[1].active():
-                    quiet[1].cancel()
-                pool(p)
-            elif quiet[1] is None:  # changed again: recorded when the interval is over
-                call = farm.clock.callLater(quiet[0] + POOL_RECORD_INTERVAL - farm.clock.seconds(),
-                                            quiet_over, p.path)
-                self._quiet_pools[p.path] = (quiet[0], call)
+            now = farm.clock.seconds()
+            recorded = self._pools_recorded.get(p.path)
+            if (recorded is not None and now - recorded < POOL_RECORD_INTERVAL
+                    and len(p.renders) >= POOL_COALESCE_RENDERS):
+                self._pools_changed[p.path] = p  # recorded once the interval is over
+                return
+            self._pools_changed.pop(p.path, None)
+            self._pools_recorded[p.path] = now
+            add(m.PoolEvent(self.last + 1, farm.trees.pool_record(p)))
 
-        def quiet_over(path: str) -> None:
-            del self._quiet_pools[path]
-            changed = farm.trees.pools.get(path)
-            if changed is not None:  # not deleted since
-                pool(changed)
+        def flush_pools() -> None:
+            now = farm.clock.seconds()
+            for path, changed in list(self._pools_changed.items()):
+                if now - self._pools_recorded[path] >= POOL_RECORD_INTERVAL:
+                    del self._pools_changed[path]
+                    if farm.trees.pools.get(path) is changed:  # not deleted since
+                        pool(changed)
+
+        self._flush_pools = flush_pools
 
         def render_lost(e: ev.RenderLost) -> None:
             if e.zombie:
@@ -111,13 +119,14 @@ class EventLog:
     def close(self) -> None:
         """Stop following the farm."""
         self._unsubscribe()
-        quiet, self._quiet_pools = self._quiet_pools, {}
-        for _, call in quiet.values():
-            if call is not None and call.active():
-                call.cancel()
 
     def add(self, event: Event) -> None:
         """Keep ``event``, whose ``seq`` is ``last + 1``, and wake the waiters."""
+        if self._pools_changed and not isinstance(event, m.PoolEvent):
+            before = self.last
+            self._flush_pools()
+            if self.last != before:  # pool records came first
+                event = attrs.evolve(event, seq=self.last + 1)
         self.last = event.seq
         self._events.append(event)
         if self._waiters:
@@ -127,6 +136,8 @@ class EventLog:
 
     def since(self, after: int, limit: int = 10_000) -> tuple[list[Event], bool]:
         """Events after ``after`` (at most ``limit``), and whether some were forgotten."""
+        if self._pools_changed:
+            self._flush_pools()
         if after >= self.last:
             return [], False
         first = self.last - len(self._events) + 1
@@ -143,6 +154,8 @@ class EventLog:
 
     def wait(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake`` once at the next event; returns a function that cancels it."""
+        if self._pools_changed:
+            self._flush_pools()
         self._waiters.append(wake)
 
         def cancel() -> None:
