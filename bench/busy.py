@@ -293,7 +293,8 @@ async def bench(reactor: Any, args: argparse.Namespace, base: Path) -> None:
         spread = f" (5 s samples {min(cpu_samples):.0f}-{max(cpu_samples):.0f} %)" if cpu_samples else ""
         print(f"  server CPU      {cpu:5.1f} % of one core{spread}  [goal <= 25 %]")
         print(f"  server RSS      {rss[-1]:5.0f} MiB (max {max(rss):.0f})")
-        print(f"  tasks finished  {finishes / wall:5.0f} per second ({finishes} in the window)"
+        per_task = f"; {1e6 * server_cpu / finishes:.0f} us of server CPU per task" if finishes else ""
+        print(f"  tasks finished  {finishes / wall:5.0f} per second ({finishes} in the window){per_task}"
               "  [goal >= 500]")
         if latencies:
             print(f"  finish -> next start on the same render: p50 {ms[0]:.1f} ms, p90 {ms[1]:.1f} ms, "
