@@ -27,8 +27,9 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 from twisted.internet import defer, error, task
@@ -57,6 +58,15 @@ class Counts:
     last_error: str = ""
 
 
+class Link(NamedTuple):
+    """One fake render's registered connection."""
+
+    name: str
+    proto: FakeConnection
+    render_id: int
+    finish_orders: bool
+
+
 class Swarm:
     def __init__(self, reactor: Any, endpoint: str, count: int, prefix: str, secret: str | None,
                  connect_rate: float, max_delay: float, finish_orders: bool = True) -> None:
@@ -72,6 +82,12 @@ class Swarm:
         self.names_registered: set[str] = set()
         self.protocols: set[FakeConnection] = set()
         self.stopping = False
+        #: Simulated tasks (bench/busy.py): seconds a start order runs before its
+        #: TaskFinished, by render name; None finishes at once.
+        self.task_length: Callable[[str], float] | None = None
+        #: Told (render name, "start" or "finish") as a start order arrives and as its
+        #: TaskFinished leaves (bench/busy.py's finish -> next start).
+        self.on_task: Callable[[str, str], None] | None = None
 
     async def run(self) -> None:
         runs = []
@@ -104,35 +120,14 @@ class Swarm:
                 if name not in self.names_registered:
                     self.names_registered.add(name)
                     self.counts.ever_registered += 1
-                orders: list[Any] = []
+                link = Link(name, proto, render_id, finish_orders)
                 while not self.stopping:
-                    if not orders:
-                        d = proto.callRemote(c.Heartbeat, render_id=render_id, running=[])
-                        d.addTimeout(hold + HEARTBEAT_MARGIN, self.reactor)
-                        orders = (await d)["orders"]
-                        self.counts.heartbeats += 1
-                    closing = False
-                    finishes = []
-                    for order in orders:
-                        kind = order.order
-                        if kind in ("close", "reconnect", "exit"):
-                            closing = True
-                        elif kind == "start":
-                            self.counts.tasks += 1
-                            now = time.time()
-                            finishes.append(proto.callRemote(
-                                c.TaskFinished, render_id=render_id, job_id=order.job_id,
-                                block=order.block, task=order.task, run=order.run,
-                                exit_code=0, time_started=now, time_done=now, message=""))
-                    orders = []
-                    if closing:
+                    d = proto.callRemote(c.Heartbeat, render_id=render_id, running=[])
+                    d.addTimeout(hold + HEARTBEAT_MARGIN, self.reactor)
+                    orders = (await d)["orders"]
+                    self.counts.heartbeats += 1
+                    if self.started(link, orders):
                         break
-                    if finish_orders and finishes:
-                        for answer in await defer.gatherResults(finishes, consumeErrors=True):
-                            orders.extend(answer.get("orders") or ())
-                    else:
-                        for finish in finishes:
-                            finish.addErrback(lambda _: None)
             except (error.ConnectError, error.ConnectionClosed, defer.TimeoutError, OSError) as e:
                 self.counts.errors += 1
                 self.counts.last_error = type(e).__name__
@@ -151,6 +146,36 @@ class Swarm:
             self.counts.reconnects += 1
             delay = min(self.max_delay, 1.0 * 1.5 ** min(failures, 20)) + random.random()
             await task.deferLater(self.reactor, delay, lambda: None)
+
+    def started(self, link: Link, orders: list[Any]) -> bool:
+        """Start (simulate) the start orders; whether a close is among them."""
+        closing = False
+        for order in orders:
+            kind = order.order
+            if kind in ("close", "reconnect", "exit"):
+                closing = True
+            elif kind == "start":
+                self.counts.tasks += 1
+                if self.on_task is not None:
+                    self.on_task(link.name, "start")
+                length = self.task_length(link.name) if self.task_length is not None else 0.0
+                if length > 0:
+                    self.reactor.callLater(length, self.finish, link, order, time.time())
+                else:
+                    self.finish(link, order, time.time())
+        return closing
+
+    def finish(self, link: Link, order: Any, started_at: float) -> None:
+        """The task's end; with finish_orders its answer carries the render's next orders."""
+        if self.on_task is not None:
+            self.on_task(link.name, "finish")
+        d = link.proto.callRemote(
+            c.TaskFinished, render_id=link.render_id, job_id=order.job_id, block=order.block,
+            task=order.task, run=order.run, exit_code=0, time_started=started_at,
+            time_done=time.time(), message="")
+        if link.finish_orders:
+            d.addCallback(lambda answer: self.started(link, answer.get("orders") or []))
+        d.addErrback(lambda _: None)
 
     async def close(self, proto: FakeConnection) -> None:
         """Close first (our side keeps the TIME-WAIT), and wait until it is gone."""

@@ -15,7 +15,7 @@ from farmnet.model.data import Render, TaskState
 from farmnet.model.events import OrdersQueued
 from farmnet.model.farm import Farm
 from farmnet.model.spec import parse_job
-from farmnet.server.monitors import EventLog
+from farmnet.server.monitors import POOL_COALESCE_RENDERS, POOL_RECORD_INTERVAL, EventLog
 
 
 def job_doc(name: str = "job", frames: int = 3, **extra: Any) -> dict[str, Any]:
@@ -312,6 +312,25 @@ class ActionTests(FarmTestCase):
         self.assertIn("job", kinds)
         self.assertEqual([e.state for e in self.events.since(0)[0] if e.kind == "task"],
                          ["RUN", "DON"])
+
+    def pool_events(self) -> list[tuple[str, list[str]]]:
+        return [(e.pool.path, e.pool.renders) for e in self.events.since(0)[0] if e.kind == "pool"]
+
+    def test_pool_recorded_once_per_interval_while_renders_join(self) -> None:
+        """Each new render changes its pool, whose record lists every render: a burst of
+        them makes a record at once and one at the end of the interval, not one each."""
+        names = [f"r{i:03d}" for i in range(POOL_COALESCE_RENDERS + 50)]
+        for name in names:
+            self.render(name)
+        # Recorded at each change while small, then once it is big, then after the interval.
+        small = [("/", names[: i + 1]) for i in range(POOL_COALESCE_RENDERS - 1)]
+        self.assertEqual(self.pool_events(), small)
+        self.clock.advance(POOL_RECORD_INTERVAL)
+        self.assertEqual(self.pool_events(), [*small, ("/", names)])
+        self.clock.advance(POOL_RECORD_INTERVAL)  # nothing changed in that interval
+        self.render("late")
+        self.assertEqual(len(self.pool_events()), POOL_COALESCE_RENDERS + 1)
+        self.assertIn("late", self.pool_events()[-1][1])
 
 
 class ListingTests(FarmTestCase):

@@ -29,7 +29,7 @@ from typing import Any
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -58,6 +58,7 @@ from farmnet.model.spec import parse_job
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
 from farmnet.server.actions import READ_ACTIONS, act
+from farmnet.server.holds import Hold, HoldTimer
 from farmnet.server.monitors import EventLog
 from farmnet.server.outputs import OutputStore, job_output_files
 from farmnet.server.passwords import PasswordFileChecker
@@ -83,13 +84,13 @@ _PLAIN_FINISH_NEEDS = _PLAIN_FINISH - {b"exit_code"}
 
 
 class HeldAnswer:
-    """A Deferred answered early by `fire`, or with ``timeout_value`` after ``hold`` s.
-    `reserve` keeps it for an answer on its way (orders waiting for their commit)."""
+    """A Deferred answered early by `fire`, or with ``timeout_value`` once ``timer``'s hold
+    is over. `reserve` keeps it for an answer on its way (orders waiting for their commit)."""
 
-    def __init__(self, clock: IReactorTime, hold: float, timeout_value: Callable[[], Any]) -> None:
+    def __init__(self, timer: HoldTimer, timeout_value: Callable[[], Any]) -> None:
         self.deferred: defer.Deferred[Any] = defer.Deferred()
         self._timeout_value = timeout_value
-        self._call: IDelayedCall | None = clock.callLater(hold, self._timeout)
+        self._call: Hold | None = timer.start(self._timeout)
         self._reserved = False
 
     @property
@@ -169,6 +170,7 @@ class FarmServer:
                                  idle_timeout=connections.idle_timeout, zombie_time=connections.zombie_time,
                                  on_zombie=self._zombie)
         self._delivering: set[int] = set()
+        self._hold_timers: dict[float, HoldTimer] = {}
         farm.bus.subscribe(OrdersQueued, lambda e: self._orders_for(e.render))
         farm.bus.subscribe(JobDeleted, lambda e: self.outputs.delete_job(e.job.id))
         farm.bus.subscribe(TaskStateChanged, self._task_changed)
@@ -177,6 +179,13 @@ class FarmServer:
     def connections(self) -> Mapping[int, Connection]:
         """Open connections by id (the registry's)."""
         return self.registry.connections
+
+    def hold_timer(self, seconds: float) -> HoldTimer:
+        """The timer of every answer held ``seconds`` (heartbeat_hold, event_hold)."""
+        timer = self._hold_timers.get(seconds)
+        if timer is None:
+            timer = self._hold_timers[seconds] = HoldTimer(self.reactor, seconds)
+        return timer
 
     def _orders_for(self, render: Render) -> None:
         # Deliver at the end of this reactor turn, so a solve that gives a render several
@@ -243,7 +252,7 @@ class FarmServer:
         if render.orders:
             registry.heartbeat_answered(conn)
             return self._committed_orders(render)
-        held = HeldAnswer(self.reactor, self.heartbeat_hold, _no_orders)
+        held = HeldAnswer(self.hold_timer(self.heartbeat_hold), _no_orders)
         registry.heartbeat_held(conn, held)
 
         def answered(result: dict[str, Any]) -> dict[str, Any]:
@@ -912,7 +921,7 @@ class ServerProtocol(FarmAMP):
             return answer()
         if self._held_poll is not None:  # a newer poll replaces a held one
             self._held_poll.fire(answer())
-        held = HeldAnswer(self.server.reactor, self.server.event_hold, answer)
+        held = HeldAnswer(self.server.hold_timer(self.server.event_hold), answer)
         self._held_poll, self._held_after = held, after
         # Answer at the end of the reactor turn, with every event of that turn.
         cancel = events.wait(lambda: self.server.reactor.callLater(0, lambda: held.fire(answer())))

@@ -8,6 +8,14 @@ record gets the next sequence number. Only the most recent ``keep`` are kept; a 
 that asks for older ones is told to reload (``reset``). Waiters are plain callables so
 this stays free of Deferreds. The one converter turns records into JSON at the edges
 (`Typed`, the web's `events_json`).
+
+A pool's record lists every render in it, and each render placed in a pool changes the
+pool: a pool of `POOL_COALESCE_RENDERS` or more is recorded at once, then at most once per
+`POOL_RECORD_INTERVAL`, so that
+thousands of renders registering cost a few records, not a record of thousands of names
+per render (quadratic in time and in the log's memory). A change within the interval is
+recorded (as the pool is then) with the first event, read or wait after the interval:
+a monitor sees it by its next poll at the latest, and no timer is left behind.
 """
 
 from __future__ import annotations
@@ -16,13 +24,21 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import attrs
+
 from farmnet import messages as m
 from farmnet.convert import unstructure
 from farmnet.model import events as ev
 from farmnet.model.farm import Farm
+from farmnet.model.pools import Pool
 from farmnet.model.views import render_record, user_record
 
 Event = m.Event
+
+#: Seconds between two records of one big pool (changes meanwhile make one record after).
+POOL_RECORD_INTERVAL = 1.0
+#: Renders from which a pool is big: smaller ones are recorded at every change.
+POOL_COALESCE_RENDERS = 100
 
 
 class EventLog:
@@ -31,6 +47,10 @@ class EventLog:
         self._events: deque[Event] = deque(maxlen=keep)
         self._waiters: list[Callable[[], None]] = []
         self._unsubscribe: Callable[[], None] = lambda: None
+        #: When each pool was last recorded, and the pools changed since, not recorded yet.
+        self._pools_recorded: dict[str, float] = {}
+        self._pools_changed: dict[str, Pool] = {}
+        self._flush_pools: Callable[[], None] = lambda: None
         if farm is not None:
             self.follow(farm)
 
@@ -53,6 +73,27 @@ class EventLog:
         def render(e: Any) -> None:
             add(m.RenderEvent(self.last + 1, render_record(e.render)))
 
+        def pool(p: Pool) -> None:
+            now = farm.clock.seconds()
+            recorded = self._pools_recorded.get(p.path)
+            if (recorded is not None and now - recorded < POOL_RECORD_INTERVAL
+                    and len(p.renders) >= POOL_COALESCE_RENDERS):
+                self._pools_changed[p.path] = p  # recorded once the interval is over
+                return
+            self._pools_changed.pop(p.path, None)
+            self._pools_recorded[p.path] = now
+            add(m.PoolEvent(self.last + 1, farm.trees.pool_record(p)))
+
+        def flush_pools() -> None:
+            now = farm.clock.seconds()
+            for path, changed in list(self._pools_changed.items()):
+                if now - self._pools_recorded[path] >= POOL_RECORD_INTERVAL:
+                    del self._pools_changed[path]
+                    if farm.trees.pools.get(path) is changed:  # not deleted since
+                        pool(changed)
+
+        self._flush_pools = flush_pools
+
         def render_lost(e: ev.RenderLost) -> None:
             if e.zombie:
                 add(m.RenderZombieEvent(self.last + 1, e.render.name))
@@ -69,7 +110,7 @@ class EventLog:
             (ev.RenderRegistered, ev.RenderChanged, ev.RenderSick): render,
             ev.RenderLost: render_lost,
             ev.RenderDeleted: lambda e: add(m.RenderDeletedEvent(self.last + 1, e.render.name)),
-            ev.PoolChanged: lambda e: add(m.PoolEvent(self.last + 1, farm.trees.pool_record(e.pool))),
+            ev.PoolChanged: lambda e: pool(e.pool),
             ev.PoolDeleted: lambda e: add(m.PoolDeletedEvent(self.last + 1, e.pool.path)),
             ev.BranchChanged: lambda e: add(m.BranchEvent(self.last + 1, farm.trees.branch_record(e.branch))),
             ev.BranchDeleted: lambda e: add(m.BranchDeletedEvent(self.last + 1, e.branch.path)),
@@ -81,6 +122,11 @@ class EventLog:
 
     def add(self, event: Event) -> None:
         """Keep ``event``, whose ``seq`` is ``last + 1``, and wake the waiters."""
+        if self._pools_changed and not isinstance(event, m.PoolEvent):
+            before = self.last
+            self._flush_pools()
+            if self.last != before:  # pool records came first
+                event = attrs.evolve(event, seq=self.last + 1)
         self.last = event.seq
         self._events.append(event)
         if self._waiters:
@@ -90,6 +136,8 @@ class EventLog:
 
     def since(self, after: int, limit: int = 10_000) -> tuple[list[Event], bool]:
         """Events after ``after`` (at most ``limit``), and whether some were forgotten."""
+        if self._pools_changed:
+            self._flush_pools()
         if after >= self.last:
             return [], False
         first = self.last - len(self._events) + 1
@@ -106,6 +154,8 @@ class EventLog:
 
     def wait(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake`` once at the next event; returns a function that cancels it."""
+        if self._pools_changed:
+            self._flush_pools()
         self._waiters.append(wake)
 
         def cancel() -> None:

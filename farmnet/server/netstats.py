@@ -42,6 +42,7 @@ def server_statistics(server_service: Any) -> dict[str, Any]:
         "reset": registry.reset,
         "zombies": registry.zombies,
         "store_lag": float(getattr(store, "lag", 0.0) or 0.0),
+        "store_writes": int(getattr(store, "writes", 0) or 0),
     }
 
 
@@ -72,7 +73,7 @@ def statistics_line(stats: dict[str, Any], previous: dict[str, Any] | None = Non
                        if stats[what])
     if closed:
         line += f"; closed: {closed}"
-    return line + f"; store lag {stats['store_lag']:.2f} s"
+    return line + f"; store lag {stats['store_lag']:.3f} s, {stats['store_writes']} commits"
 
 
 class StatisticsLogger(service.Service):
