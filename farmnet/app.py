@@ -123,7 +123,7 @@ class ServerService(service.MultiService):
         self.farm.on_wake = self.sysjob.wake
         self.server = FarmServer(reactor, self.farm, self.outputs, connections=config.connections,
                                  auth=config.auth, limits=config.limits, durable=self.store.sync,
-                                 events=self.events)
+                                 events=self.events, batches=self.store)
         close_wait = config.connections.close_wait
         # Each listener has its own budget of connections: the web cannot use up the AMP's.
         amp_budget = ConnectionBudget(close_wait=close_wait,

@@ -116,7 +116,7 @@ class ServerCase(TestCase):
         store = store_class(reactor, self.base / "farm.sqlite", farm, flush_interval=0.05, **store_kw)
         store.startService()
         outputs = OutputStore(self.base / "output")
-        server = FarmServer(reactor, farm, outputs, durable=store.sync,
+        server = FarmServer(reactor, farm, outputs, durable=store.sync, batches=store,
                             connections=ConnectionsConfig(heartbeat_hold=heartbeat_hold, close_wait=0.5))
         listening = await serverFromString(reactor, f"tcp:{self.port}:interface=127.0.0.1").listen(
             ServerFactory(server))
@@ -252,6 +252,43 @@ class FinishOrdersCommitTests(ServerCase):
         [second] = (await finished)["orders"]
         self.assertEqual((second.order, second.task, second.run), ("start", 1, 1))
         self.assertEqual(self.stored_states(job.id), {0: "DON", 1: "RUN"})
+
+    async def test_an_order_waits_for_its_own_batch_not_for_changes_made_after_it(self) -> None:
+        """On a busy farm something always changes while a batch is written: the start order a
+        finish answer carries leaves once the batch holding it commits, not one batch later."""
+        s = await self.start_server(GatedStore)
+        farm, store = s["farm"], s["store"]
+        self.addCleanup(store.gate.set)
+        proto = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), FarmAMP())
+        self.addCleanup(proto.transport.loseConnection)
+        await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render", user="r1",
+                               features=[c.FINISH_ORDERS])
+        render_id = (await proto.callRemote(
+            c.RegisterRender, name="r1", capacity=1100, max_tasks=0, services=[], services_disabled=[],
+            platform="test", cpus=1, memory_mb=1, running=[]))["render_id"]
+        beat = proto.callRemote(c.Heartbeat, render_id=render_id, running=[])
+        spec, _ = parse_job({"name": "two", "blocks": [
+            {"name": "b", "command": "true", "frame_first": 0, "frame_last": 1, "parser": "none"}]})
+        job = farm.submit(spec, "anna")
+        [first] = (await beat)["orders"]
+        await wait_until(reactor, lambda: not store._has_changes() and store._writing is None, 5, "quiet")
+        store.gate.clear()
+        taken = store.taken
+        finished = proto.callRemote(c.TaskFinished, render_id=render_id, job_id=first.job_id, block=0,
+                                    task=first.task, run=first.run, exit_code=0, time_started=1.0,
+                                    time_done=2.0, message="")
+        await wait_until(reactor, lambda: store.taken == taken + 1, 5, "the finish's batch taken")
+        self.assertEqual(job.blocks[0].tasks[1].state.value, "RUN")  # its start is in that batch
+        later, _ = parse_job({"name": "later", "blocks": [{"name": "b", "command": "true"}]})
+        farm.submit(later, "ben")  # changed while the batch is written: goes in the next one
+        store.gate.set()
+        store.gate.clear()  # the finish's batch commits; the next one waits
+        await wait_until(reactor, lambda: finished.called, 5, "the finish answer")
+        [second] = (await finished)["orders"]
+        self.assertEqual((second.order, second.task), ("start", 1))
+        self.assertEqual(self.stored_states(job.id), {0: "DON", 1: "RUN"})
+        self.assertEqual(store.committed, taken + 1)  # the later job is not on disk yet
+        store.gate.set()
 
     def stored_states(self, job_id: int) -> dict[int, str]:
         db = sqlite3.connect(f"file:{self.base / 'farm.sqlite'}?mode=ro", uri=True)

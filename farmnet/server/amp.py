@@ -24,7 +24,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -139,6 +139,15 @@ def _close_order(order: str, reason: str) -> Order:
     return ReconnectOrder(reason) if order == "reconnect" else CloseOrder(reason)
 
 
+class Batches(Protocol):
+    """The store's numbered write batches (`farmnet.server.store.FarmStore`)."""
+
+    @property
+    def next_batch(self) -> int: ...
+
+    def sync_batch(self, batch: int) -> defer.Deferred[None]: ...
+
+
 class FarmServer:
     """What every connection shares: the farm, the output store, the registry of
     connections and the security settings."""
@@ -147,7 +156,8 @@ class FarmServer:
                  connections: ConnectionsConfig | None = None, auth: AuthConfig | None = None,
                  limits: LimitsConfig | None = None,
                  durable: Callable[[], defer.Deferred[None]] | None = None,
-                 events: EventLog | None = None, throttle: LoginThrottle | None = None) -> None:
+                 events: EventLog | None = None, throttle: LoginThrottle | None = None,
+                 batches: Batches | None = None) -> None:
         connections = connections or ConnectionsConfig()
         auth = auth or AuthConfig()
         self.reactor = reactor
@@ -155,6 +165,10 @@ class FarmServer:
         self.events = events if events is not None else EventLog(farm)
         #: Waits until the farm's changes so far are on disk (the store's sync).
         self.durable = durable or (lambda: defer.succeed(None))
+        #: The store's numbered batches: an order waits for the batch that holds its changes,
+        #: not for changes made after it (on a busy farm there always are some).
+        self.batches = batches
+        self._order_batch: dict[int, int] = {}
         self.farm = farm
         self.outputs = outputs
         self.heartbeat_hold = connections.heartbeat_hold
@@ -171,7 +185,7 @@ class FarmServer:
                                  on_zombie=self._zombie)
         self._delivering: set[int] = set()
         self._hold_timers: dict[float, HoldTimer] = {}
-        farm.bus.subscribe(OrdersQueued, lambda e: self._orders_for(e.render))
+        farm.bus.subscribe(OrdersQueued, self._orders_queued)
         farm.bus.subscribe(JobDeleted, lambda e: self.outputs.delete_job(e.job.id))
         farm.bus.subscribe(TaskStateChanged, self._task_changed)
 
@@ -186,6 +200,11 @@ class FarmServer:
         if timer is None:
             timer = self._hold_timers[seconds] = HoldTimer(self.reactor, seconds)
         return timer
+
+    def _orders_queued(self, event: OrdersQueued) -> None:
+        if self.batches is not None:
+            self._order_batch[event.render.id] = self.batches.next_batch
+        self._orders_for(event.render)
 
     def _orders_for(self, render: Render) -> None:
         # Deliver at the end of this reactor turn, so a solve that gives a render several
@@ -215,7 +234,10 @@ class FarmServer:
         they act on are committed (a start order leaves only after its run is on disk).
         Every answer of a reactor turn waits for the same commit (group commit)."""
         orders = self.farm.take_orders(render)
-        return self.durable().addCallback(lambda _: {"orders": orders})
+        batch = self._order_batch.pop(render.id, None)
+        committed = (self.batches.sync_batch(batch) if batch is not None and self.batches is not None
+                     else self.durable())
+        return committed.addCallback(lambda _: {"orders": orders})
 
     def finish_answer(self, conn: Connection, render: Render) -> defer.Deferred[dict[str, Any]]:
         """The answer to a committed TaskFinished of a ``finish_orders`` render: its orders, if

@@ -241,6 +241,12 @@ class FarmStore(service.Service, abc.ABC):
         self._loop.clock = reactor
         #: Seconds the oldest unwritten change has waited (for the statistics line).
         self.lag = 0.0
+        #: Batches taken to be written, and the number of the last one committed (writes go
+        #: one at a time, so it is the one taken last when it commits).
+        self.taken = 0
+        self.committed = 0
+        #: Waiting for a batch being written (number, Deferred), fired as it commits.
+        self._batch_waiters: list[tuple[int, defer.Deferred[None]]] = []
         #: What the last load could not load (moved to the quarantine table), with why.
         self.quarantined: list[str] = []
         self._oldest_change = 0.0
@@ -439,6 +445,22 @@ class FarmStore(service.Service, abc.ABC):
             self.reactor.callLater(0, self._tick_now)
         return d
 
+    @property
+    def next_batch(self) -> int:
+        """The number of the batch that will hold a change made now."""
+        return self.taken + 1
+
+    def sync_batch(self, batch: int) -> defer.Deferred[None]:
+        """Fires once batch number ``batch`` is committed: at once when it is, even while
+        later changes wait (what :meth:`sync` would wait for too)."""
+        if batch <= self.committed:
+            return defer.succeed(None)
+        if batch <= self.taken:  # being written (or failed and waiting to be written again)
+            d: defer.Deferred[None] = defer.Deferred()
+            self._batch_waiters.append((batch, d))
+            return d
+        return self.sync()
+
     def _tick_now(self) -> None:
         self._tick_soon = False
         self._tick()
@@ -491,6 +513,7 @@ class FarmStore(service.Service, abc.ABC):
         self._deleted_jobs, self._deleted_renders, self._deleted_users = [], [], []
         self.lag = time.monotonic() - self._oldest_change if self._oldest_change else 0.0
         self._oldest_change = 0.0
+        self.taken += 1
         if self.events is not None:
             meta.append(("event_seq", str(self.events.last)))
         return (tasks, jobs, users, renders, deleted, deleted_renders, deleted_users, renumbered, meta, trees)
@@ -498,6 +521,14 @@ class FarmStore(service.Service, abc.ABC):
     def _written(self, _: None, waiters: list[defer.Deferred[None]]) -> None:
         self._writing = None
         self.writes += 1
+        self.committed = self.taken
+        if self._batch_waiters:
+            waiting, self._batch_waiters = self._batch_waiters, []
+            for batch, d in waiting:
+                if batch <= self.committed:
+                    d.callback(None)
+                else:
+                    self._batch_waiters.append((batch, d))
         for d in waiters:
             d.callback(None)
         if self._waiters:
