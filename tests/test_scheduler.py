@@ -247,6 +247,7 @@ class ErrorRuleTests(SchedulerTestCase):
         self.finish_all([good])
         self.clock.advance(600)
         bad.solved_empty_at = -1
+        self.farm.renders_to_visit.add(bad.id)
         self.farm.request_solve()
         self.clock.advance(0)
         self.assertEqual(len(self.orders(bad)), 1)

@@ -374,6 +374,7 @@ class Actions(TaskLife, Policy):
                         self._job_changed(job)
                 self.work_generation += 1
             render.solved_empty_at = -1
+            self.renders_to_visit.add(render.id)
             log.info("{user} {action} render {render}", user=user, action=action, render=render.name)
             self._render_changed(render)
         self.request_solve()

@@ -260,6 +260,7 @@ class TaskLife(FarmState):
         if render is not None and render.tasks.pop((job.id, block.number, task.number), None) is not None:
             render.capacity_used -= capacity
             render.solved_empty_at = -1
+            self.renders_to_visit.add(render.id)
         tickets = block.spec.tickets
         if tickets:
             if render is not None:
@@ -523,6 +524,7 @@ class TaskLife(FarmState):
         render.wol = ""  # whatever it was, it is awake now
         render.online, render.time_registered, render.time_seen = True, now, now
         render.solved_empty_at = -1
+        self.renders_to_visit.add(render.id)
         self._reattach(render, running)
         log.info("render {render} registered: capacity {capacity}, {running} running",
                  render=name, capacity=capacity, running=len(render.tasks))
@@ -586,6 +588,7 @@ class TaskLife(FarmState):
             render.mem_free_mb, render.hdd_free_gb, render.gpu_mem_free_mb = values
             if render.solved_empty_at != -1 and render.has_room():
                 render.solved_empty_at = -1
+                self.renders_to_visit.add(render.id)
                 self.request_solve()
 
     def render_lost(self, render: Render, zombie: bool = False) -> None:

@@ -75,6 +75,7 @@ class MultiHost(TaskLife):
             return
         render.capacity_used -= task.block.spec.capacity
         render.solved_empty_at = -1
+        self.renders_to_visit.add(render.id)
         counter = task.block.running_per_host
         counter[render.id] -= 1
         if counter[render.id] <= 0:

@@ -618,6 +618,7 @@ class PoolActions:
                 trees.put(render, new)
                 trees.apply_defaults(render, new=False)
                 render.solved_empty_at = -1
+                self.renders_to_visit.add(render.id)
                 self._render_changed(render)  # type: ignore[attr-defined]
                 for p in dict.fromkeys((old, new)):  # in this order: monitors see the same events each time
                     if p is not None:

@@ -123,6 +123,11 @@ def _mask_refuses(name: str, mask: Mask | None, exclude: Mask | None) -> bool:
     return exclude is not None and exclude.fullmatch(name)
 
 
+#: Seconds between visits of every render while no work comes (a bound on what a missed
+#: mark of `renders_to_visit` could delay).
+VISIT_ALL_EVERY = 1.0
+
+
 def _need(priority: int, resources: int) -> float:
     return 1.1**priority / (resources + 1)
 
@@ -135,6 +140,7 @@ class FarmView(Protocol):
     jobs: Mapping[int, Job]
     renders: Mapping[int, Render]
     work_generation: int
+    renders_to_visit: set[int]
     jobs_generation: int
     jobs_ignoring_states: int
     tickets_used: Counter[str]
@@ -164,6 +170,19 @@ class Scheduler:
         self.reserved: dict[int, Block] = {}
         self.reserve_target: Block | None = None
         self._renders_order: tuple[tuple[int, int, int], list[Render]] | None = None
+        #: What the last visit of every render saw (work and pools generations, renders), when
+        #: the next is due, and each render's place in the order (renders_to_visit's order).
+        self._visited_all: tuple[int, int] | None = None
+        self._visit_all_at = 0.0
+        self._visited_generation = -1
+        #: Renders left with room at their last visit (no work for them then, or paused):
+        #: visited again when work may have come. A full render is visited once it is marked.
+        self._roomy: dict[int, Render] = {}
+        #: Renders whose free capacity was below the smallest unfinished block's, and the
+        #: largest such smallest: they are visited again when a smaller block comes.
+        self._tight: dict[int, Render] = {}
+        self._tight_smallest = 0
+        self._places: tuple[tuple[int, int, int], dict[int, int]] | None = None
 
     # --- solving -----------------------------------------------------------------------
 
@@ -177,19 +196,33 @@ class Scheduler:
         # Taken once a solve: blocks finishing meanwhile only make it grow, and work added
         # meanwhile (the system job's tasks) asks for another solve.
         smallest = farm.smallest_block_capacity()
-        for render in self.renders_in_order():
+        roomy, tight = self._roomy, self._tight
+        for render in self.renders_to_visit(smallest):
             if render.solved_empty_at == farm.work_generation:
                 continue
             if not ignoring and (render.paused or render.NIMBY):
+                if render.has_room():
+                    roomy[render.id] = render
                 continue  # no job may use it: not worth a pick
+            fits = True
             while render.has_room():
                 if render.capacity - render.capacity_used < smallest:
+                    fits = False
                     break  # nothing unfinished fits in what is left
                 task = self.pick(render)
                 if task is None:
                     render.solved_empty_at = farm.work_generation
                     break
                 yield task, render
+            tight.pop(render.id, None)
+            if not render.has_room():
+                roomy.pop(render.id, None)
+            elif fits:
+                roomy[render.id] = render
+            else:
+                roomy.pop(render.id, None)
+                tight[render.id] = render
+                self._tight_smallest = max(self._tight_smallest, smallest)
 
     def pick(self, render: Render) -> Task | None:
         now = self.farm.clock.seconds()
@@ -242,6 +275,51 @@ class Scheduler:
         if len(keyed) > 1:
             keyed.sort()
         return [item[3] for item in keyed]
+
+    def renders_to_visit(self, smallest: int = 0) -> list[Render]:
+        """The renders a pick may give work to, in order. Every render when the renders or
+        pools changed (and every VISIT_ALL_EVERY seconds); otherwise those marked since the
+        last solve (`FarmView.renders_to_visit`: room freed, registered, changed) and, when work
+        may have come, those left with room (and those too tight for the smallest block, once
+        a smaller one came). Any other render is full: a visit would end at
+        once, so a busy farm's solve costs what changed, not how many renders it has."""
+        farm = self.farm
+        marked = farm.renders_to_visit
+        now = farm.clock.seconds()
+        seen = (farm.trees.generation, len(farm.renders))
+        generation = farm.work_generation
+        if seen != self._visited_all or now >= self._visit_all_at:
+            self._visited_all, self._visit_all_at = seen, now + VISIT_ALL_EVERY
+            self._visited_generation = generation
+            marked.clear()
+            renders = farm.renders
+            for kept in (self._roomy, self._tight):
+                for gone in [i for i in kept if i not in renders]:
+                    del kept[gone]
+            return self.renders_in_order()
+        ids = marked
+        if generation != self._visited_generation:
+            self._visited_generation = generation
+            ids = marked | self._roomy.keys()
+            if smallest < self._tight_smallest:  # a smaller block came: it may fit in them
+                self._tight_smallest = 0
+                ids |= self._tight.keys()
+        if not ids:
+            return []
+        renders = farm.renders
+        found = [renders[i] for i in ids if i in renders]
+        marked.clear()
+        if len(found) > 1:
+            places = self._render_places()
+            found.sort(key=lambda render: places[render.id])
+        return found
+
+    def _render_places(self) -> dict[int, int]:
+        renders = self.farm.renders
+        key = (self.farm.trees.generation, len(renders), next(reversed(renders), 0))
+        if self._places is None or self._places[0] != key:
+            self._places = (key, {render.id: i for i, render in enumerate(self.renders_in_order())})
+        return self._places[1]
 
     def renders_in_order(self) -> list[Render]:
         """Renders as they are offered work: those of higher-priority pools first (Afanasy's
@@ -414,6 +492,7 @@ class Scheduler:
                 del self.reserved[render_id]
                 if render is not None:
                     render.solved_empty_at = -1  # free for other work again
+                    self.farm.renders_to_visit.add(render_id)
         self.reserve_target = target
         if target is None:
             return
@@ -426,6 +505,7 @@ class Scheduler:
         for _, _, render in free[:wanted]:
             self.reserved[render.id] = target
             render.solved_empty_at = -1
+            self.farm.renders_to_visit.add(render.id)
 
     def _reservable(self, block: Block, render: Render, now: float) -> bool:
         """The render could run the block but for its free capacity (or runs it now)."""

@@ -47,6 +47,9 @@ class FarmState:
         self.renders_by_name: dict[str, Render] = {}
         #: Bumped whenever work may have become runnable, so idle renders re-solve.
         self.work_generation = 0
+        #: Renders that may take work they could not at their last visit (room freed, settings
+        #: changed, registered): between changes of work_generation a solve visits only these.
+        self.renders_to_visit: set[int] = set()
         #: Bumped when jobs come, go, finish or change dependencies (job depend_mask cache).
         self.jobs_generation = 0
         self.tickets_used: Counter[str] = Counter()
