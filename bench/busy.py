@@ -39,7 +39,6 @@ from typing import Any
 
 import psutil
 from twisted.internet import defer, task
-from twisted.internet.protocol import ProcessProtocol
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -47,23 +46,10 @@ sys.path.insert(0, str(HERE))
 from fake_renders import Swarm, raise_fd_limit, write_status  # noqa: E402
 
 from farmnet.client import connect  # noqa: E402
-from farmnet.testing import ProcessFarm, wait_until  # noqa: E402
+from farmnet.testing import LoggedProcess, ProcessFarm, wait_until  # noqa: E402
 
 #: Tasks per submitted job.
 JOB_TASKS = 50_000
-
-
-class Watch(ProcessProtocol):
-    def __init__(self, log: Path) -> None:
-        self.log = open(log, "ab")  # noqa: SIM115 - closed in processEnded
-        self.ended: defer.Deferred[None] = defer.Deferred()
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        self.log.write(data)
-
-    def processEnded(self, reason: Any) -> None:
-        self.log.close()
-        self.ended.callback(None)
 
 
 # --- children ------------------------------------------------------------------------
@@ -185,7 +171,7 @@ async def bench(reactor: Any, args: argparse.Namespace, base: Path) -> None:
     config.write_text("server:\n  log_stats_interval: 1\n"
                       "  limits:\n    max_connections_per_address: 0\n"
                       + ("  stats:\n    enabled: false\n" if args.no_stats else ""))
-    children: list[tuple[Any, Watch]] = []
+    children: list[tuple[Any, LoggedProcess]] = []
     try:
         await farm.start_server("--config", str(config), timeout=180,
                                 listen=f"tcp:{free_port()}:interface=127.0.0.1:backlog=4096")
@@ -212,7 +198,7 @@ async def bench(reactor: Any, args: argparse.Namespace, base: Path) -> None:
             if count <= 0:
                 break
             status, out = base / f"fakes{i}.json", base / f"samples{i}.json"
-            watch = Watch(base / f"fakes{i}.log")
+            watch = LoggedProcess(base / f"fakes{i}.log")
             proc = reactor.spawnProcess(watch, sys.executable, [
                 sys.executable, __file__, "--child", "fakes", farm.endpoint, "--count", str(count),
                 "--prefix", f"r{i}-", "--mean", str(args.mean), "--status", str(status),
@@ -223,7 +209,7 @@ async def bench(reactor: Any, args: argparse.Namespace, base: Path) -> None:
         monitors = None
         if args.monitors:
             status = base / "monitors.json"
-            watch = Watch(base / "monitors.log")
+            watch = LoggedProcess(base / "monitors.log")
             proc = reactor.spawnProcess(watch, sys.executable, [
                 sys.executable, __file__, "--child", "monitors", farm.endpoint, "--count",
                 str(args.monitors), "--status", str(status)], env=env, path=str(base))

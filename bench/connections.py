@@ -29,11 +29,10 @@ from typing import Any
 import psutil
 from twisted.internet import defer, task
 from twisted.internet.endpoints import clientFromString, connectProtocol
-from twisted.internet.protocol import ProcessProtocol
 
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
-from farmnet.testing import ProcessFarm, wait_until
+from farmnet.testing import LoggedProcess, ProcessFarm, wait_until
 
 HERE = Path(__file__).resolve().parent
 FAKES = HERE / "fake_renders.py"
@@ -47,19 +46,6 @@ class Tool(FarmAMP):
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
         self.gone.callback(None)
-
-
-class Watch(ProcessProtocol):
-    def __init__(self, log: Path) -> None:
-        self.log = open(log, "ab")  # noqa: SIM115 - closed in processEnded
-        self.ended: defer.Deferred[None] = defer.Deferred()
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        self.log.write(data)
-
-    def processEnded(self, reason: Any) -> None:
-        self.log.close()
-        self.ended.callback(None)
 
 
 def time_wait(port: int, side: str = "sport") -> int:
@@ -117,7 +103,7 @@ async def run_hold(reactor: Any, base: Path, hold: float, counts: list[int], sec
     config.write_text(f"server:\n  log_stats_interval: 10\n  stats:\n    enabled: false\n"
                       f"  connections:\n    heartbeat_hold: {hold}\n"
                       "  limits:\n    max_connections_per_address: 0\n")
-    fakes: list[tuple[Any, Watch, Path]] = []
+    fakes: list[tuple[Any, LoggedProcess, Path]] = []
     rows: list[dict[str, Any]] = []
     try:
         await farm.start_server("--config", str(config), listen="tcp:0:interface=127.0.0.1:backlog=4096")
@@ -128,7 +114,7 @@ async def run_hold(reactor: Any, base: Path, hold: float, counts: list[int], sec
         have = 0
         for count in counts:
             status = farm.base / f"fakes-{count}.json"
-            watch = Watch(farm.base / f"fakes-{count}.log")
+            watch = LoggedProcess(farm.base / f"fakes-{count}.log")
             env = {k: v for k, v in os.environ.items() if k != "FARMNET_CONFIG"}
             proc = reactor.spawnProcess(watch, sys.executable, [
                 sys.executable, str(FAKES), farm.endpoint, "--count", str(count - have),

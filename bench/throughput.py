@@ -39,26 +39,12 @@ from typing import Any
 
 import psutil
 from twisted.internet import defer, task
-from twisted.internet.protocol import ProcessProtocol
 
 from farmnet.client import FarmClient, connect
-from farmnet.testing import FarmProcess, ProcessFarm, free_port, wait_until
+from farmnet.testing import FarmProcess, LoggedProcess, ProcessFarm, free_port, wait_until
 
 HERE = Path(__file__).resolve().parent
 FAKES = HERE / "fake_renders.py"
-
-
-class Watch(ProcessProtocol):
-    def __init__(self, log: Path) -> None:
-        self.log = open(log, "ab")  # noqa: SIM115 - closed in processEnded
-        self.ended: defer.Deferred[None] = defer.Deferred()
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        self.log.write(data)
-
-    def processEnded(self, reason: Any) -> None:
-        self.log.close()
-        self.ended.callback(None)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -109,7 +95,7 @@ async def all_done(client: FarmClient, job_ids: set[int]) -> bool:
 async def run(reactor: Any, args: argparse.Namespace, base: Path) -> None:
     farm = ProcessFarm(reactor, base)
     profile = base / "server.pstats" if args.profile else None
-    fakes: list[tuple[Any, Watch]] = []
+    fakes: list[tuple[Any, LoggedProcess]] = []
     statuses: list[Path] = []
     try:
         server = await start_server(farm, not args.no_stats, profile)
@@ -122,7 +108,7 @@ async def run(reactor: Any, args: argparse.Namespace, base: Path) -> None:
                 break
             status = base / f"fakes-{i}.json"
             statuses.append(status)
-            watch = Watch(base / f"fakes-{i}.log")
+            watch = LoggedProcess(base / f"fakes-{i}.log")
             env = {k: v for k, v in os.environ.items() if k != "FARMNET_CONFIG"}
             proc = reactor.spawnProcess(watch, sys.executable, [
                 sys.executable, str(FAKES), farm.endpoint, "--count", str(count), "--prefix", f"f{i}-",

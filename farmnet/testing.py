@@ -33,7 +33,9 @@ def twistd_argv() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
-class _Watch(ProcessProtocol):
+class LoggedProcess(ProcessProtocol):
+    """A child process whose output goes to a log file; ``ended`` fires when it exits."""
+
     def __init__(self, logfile: Path) -> None:
         self.logfile = open(logfile, "ab")  # noqa: SIM115 - closed in processEnded
         self.ended: defer.Deferred[Any] = defer.Deferred()
@@ -71,7 +73,7 @@ class FarmProcess:
     argv: list[str]
     logfile: Path
     transport: Any = None
-    watch: _Watch | None = None
+    watch: LoggedProcess | None = None
 
     @property
     def pid(self) -> int:
@@ -134,7 +136,7 @@ class ProcessFarm:
         python, *script = twistd_argv()
         proc = FarmProcess(name, [python, *python_args, *script, "-n", "--pidfile=", *args],
                            self.base / f"{name}.log")
-        proc.watch = _Watch(proc.logfile)
+        proc.watch = LoggedProcess(proc.logfile)
         proc.transport = self.reactor.spawnProcess(proc.watch, proc.argv[0], proc.argv,
                                                    env=self.environ, path=str(self.base))
         self.processes.append(proc)

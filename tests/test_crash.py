@@ -224,21 +224,7 @@ class FinishOrdersCommitTests(ServerCase):
     async def test_a_finish_answer_and_the_order_it_carries_wait_for_the_commit(self) -> None:
         """finish_orders: the answer to a finish, and the next start order it carries, leave only
         once both are on disk; until then the render hears nothing."""
-        s = await self.start_server(GatedStore)
-        farm, store = s["farm"], s["store"]
-        self.addCleanup(store.gate.set)
-        proto = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), FarmAMP())
-        self.addCleanup(proto.transport.loseConnection)
-        await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render", user="r1",
-                               features=[c.FINISH_ORDERS])
-        render_id = (await proto.callRemote(
-            c.RegisterRender, name="r1", capacity=1100, max_tasks=0, services=[], services_disabled=[],
-            platform="test", cpus=1, memory_mb=1, running=[]))["render_id"]
-        beat = proto.callRemote(c.Heartbeat, render_id=render_id, running=[])
-        spec, _ = parse_job({"name": "two", "blocks": [
-            {"name": "b", "command": "true", "frame_first": 0, "frame_last": 1, "parser": "none"}]})
-        job = farm.submit(spec, "anna")
-        [first] = (await beat)["orders"]
+        farm, store, proto, render_id, job, first = await self.running_first_of_two()
         store.gate.clear()  # commits wait from now on
         finished = proto.callRemote(c.TaskFinished, render_id=render_id, job_id=first.job_id, block=0,
                                     task=first.task, run=first.run, exit_code=0, time_started=1.0,
@@ -256,21 +242,7 @@ class FinishOrdersCommitTests(ServerCase):
     async def test_an_order_waits_for_its_own_batch_not_for_changes_made_after_it(self) -> None:
         """On a busy farm something always changes while a batch is written: the start order a
         finish answer carries leaves once the batch holding it commits, not one batch later."""
-        s = await self.start_server(GatedStore)
-        farm, store = s["farm"], s["store"]
-        self.addCleanup(store.gate.set)
-        proto = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), FarmAMP())
-        self.addCleanup(proto.transport.loseConnection)
-        await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render", user="r1",
-                               features=[c.FINISH_ORDERS])
-        render_id = (await proto.callRemote(
-            c.RegisterRender, name="r1", capacity=1100, max_tasks=0, services=[], services_disabled=[],
-            platform="test", cpus=1, memory_mb=1, running=[]))["render_id"]
-        beat = proto.callRemote(c.Heartbeat, render_id=render_id, running=[])
-        spec, _ = parse_job({"name": "two", "blocks": [
-            {"name": "b", "command": "true", "frame_first": 0, "frame_last": 1, "parser": "none"}]})
-        job = farm.submit(spec, "anna")
-        [first] = (await beat)["orders"]
+        farm, store, proto, render_id, job, first = await self.running_first_of_two()
         await wait_until(reactor, lambda: not store._has_changes() and store._writing is None, 5, "quiet")
         store.gate.clear()
         taken = store.taken
@@ -289,6 +261,25 @@ class FinishOrdersCommitTests(ServerCase):
         self.assertEqual(self.stored_states(job.id), {0: "DON", 1: "RUN"})
         self.assertEqual(store.committed, taken + 1)  # the later job is not on disk yet
         store.gate.set()
+
+    async def running_first_of_two(self) -> tuple[Any, GatedStore, FarmAMP, int, Any, Any]:
+        """A finish_orders render on a gated store, running the first task of a job of two."""
+        s = await self.start_server(GatedStore)
+        farm, store = s["farm"], s["store"]
+        self.addCleanup(store.gate.set)
+        proto = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), FarmAMP())
+        self.addCleanup(proto.transport.loseConnection)
+        await proto.callRemote(c.Hello, protocol=c.PROTOCOL_VERSION, kind="render", user="r1",
+                               features=[c.FINISH_ORDERS])
+        render_id = (await proto.callRemote(
+            c.RegisterRender, name="r1", capacity=1100, max_tasks=0, services=[], services_disabled=[],
+            platform="test", cpus=1, memory_mb=1, running=[]))["render_id"]
+        beat = proto.callRemote(c.Heartbeat, render_id=render_id, running=[])
+        spec, _ = parse_job({"name": "two", "blocks": [
+            {"name": "b", "command": "true", "frame_first": 0, "frame_last": 1, "parser": "none"}]})
+        job = farm.submit(spec, "anna")
+        [first] = (await beat)["orders"]
+        return farm, store, proto, render_id, job, first
 
     def stored_states(self, job_id: int) -> dict[int, str]:
         db = sqlite3.connect(f"file:{self.base / 'farm.sqlite'}?mode=ro", uri=True)

@@ -14,14 +14,13 @@ from typing import Any
 
 from twisted.internet import defer, error, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from farmnet.client import FarmClient, connect
 from farmnet.protocol import commands as c
 from farmnet.protocol.base import FarmAMP
-from farmnet.testing import ChildOutput, ProcessFarm, wait_until
+from farmnet.testing import ChildOutput, LoggedProcess, ProcessFarm, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_RENDERS = ROOT / "bench" / "fake_renders.py"
@@ -214,19 +213,6 @@ class RenderKilledTests(RestartCase):
         self.assertIn(f"render {first} is a zombie", server_log)
 
 
-class _Watch(ProcessProtocol):
-    def __init__(self, log: Path) -> None:
-        self.log = open(log, "ab")  # noqa: SIM115 - closed in processEnded
-        self.ended: defer.Deferred[None] = defer.Deferred()
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        self.log.write(data)
-
-    def processEnded(self, reason: Any) -> None:
-        self.log.close()
-        self.ended.callback(None)
-
-
 class ReconnectStormTests(RestartCase):
     server_config = ("server:\n  log_stats_interval: 2\n  stats:\n    enabled: false\n"
                      "  limits:\n    max_connections_per_address: 0\n")
@@ -238,7 +224,7 @@ class ReconnectStormTests(RestartCase):
         every render registers, each time."""
         await self.start_server("tcp:0:interface=127.0.0.1:backlog=1024")
         status = Path(self.base) / "fakes.json"
-        watch = _Watch(Path(self.base) / "fakes.log")
+        watch = LoggedProcess(Path(self.base) / "fakes.log")
         env = {k: v for k, v in os.environ.items() if k != "FARMNET_CONFIG"}
         proc = reactor.spawnProcess(watch, sys.executable, [
             sys.executable, str(FAKE_RENDERS), self.farm.endpoint, "--count", str(self.count),
