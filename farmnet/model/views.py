@@ -111,8 +111,12 @@ class Views(FarmState):
                 if not n:
                     continue
                 tasks[state.value] = tasks.get(state.value, 0) + n
-        online = sum(1 for r in self.renders.values() if r.online)
-        busy = sum(1 for r in self.renders.values() if r.online and (r.tasks or r.multihost))
+        online = busy = 0  # one pass: the statistics line asks every log_stats_interval
+        for r in self.renders.values():
+            if r.online:
+                online += 1
+                if r.tasks or r.multihost:
+                    busy += 1
         return {"jobs": len(self.jobs), "tasks": tasks, "renders_online": online,
                 "renders_busy": busy, "renders_offline": len(self.renders) - online}
 

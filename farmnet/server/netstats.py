@@ -24,10 +24,11 @@ def server_statistics(server_service: Any) -> dict[str, Any]:
     farm = server_service.farm
     registry = server_service.server.registry
     counts = farm.counts()
+    by_kind = registry.counts()
     store = getattr(server_service, "store", None)
     return {
-        "connections": sum(registry.counts().values()),
-        "by_kind": registry.counts(),
+        "connections": sum(by_kind.values()),
+        "by_kind": by_kind,
         "renders_online": counts["renders_online"],
         "renders_busy": counts["renders_busy"],
         "renders_offline": counts["renders_offline"],
