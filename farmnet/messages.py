@@ -37,10 +37,12 @@ class TaskRef:
         return (self.job_id, self.block, self.task)
 
 
-@attrs.frozen
+@attrs.define
 class StartOrder:
     """Run a task. ``max_run_time`` is the block's task_max_run_time (0: none): the server
-    kills the run at that age, and the render does too should the server be away."""
+    kills the run at that age, and the render does too should the server be away.
+    Not changed once made; not frozen because one is made on every start and a frozen
+    ``__init__`` costs three times as much (bench/solve.py)."""
 
     order: ClassVar[str] = "start"
     #: Keys sent only when they differ from their defaults, so that a render that does not know

@@ -191,6 +191,25 @@ class RenderLifeTests(FarmTestCase):
         self.assertEqual(task.state, TaskState.RUN)
         self.finish(r1, order)
         self.assertEqual(job.state, TaskState.DON)
+    def test_finish_of_a_waiting_task_frees_nothing_twice(self) -> None:
+        """A render marked lost (a zombie) may still report a finish: the run's capacity and
+        counts were freed when it was lost, so the finish must not free them again (the user's
+        running count went to -1 and its need, which the scheduler sorts by, went negative)."""
+        r1 = self.render("r1")
+        job = self.submit(frames=2)
+        orders = self.orders(r1)
+        self.farm.render_lost(r1)
+        task = job.blocks[0].tasks[0]
+        self.assertEqual(task.state, TaskState.WRC)
+        self.finish(r1, orders[0])
+        user, block = self.farm.users["anna"], job.blocks[0]
+        self.assertEqual((task.state, task.render_id), (TaskState.DON, 0))
+        self.assertEqual((user.running, user.running_capacity, block.running_capacity), (0, 0, 0))
+        self.assertEqual((dict(user.running_per_host), dict(block.running_per_host)), ({}, {}))
+        self.assertEqual(r1.waiting, {})
+        self.clock.advance(60)  # its reconnect timer was cancelled with the wait
+        self.assertEqual(task.state, TaskState.DON)
+
 
     def test_render_reporting_an_unwanted_task_is_told_to_kill_it(self) -> None:
         render = self.render("r1", running=[TaskRef(99, 0, 0, 1)])

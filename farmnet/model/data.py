@@ -42,9 +42,11 @@ ACTIVE = frozenset({TaskState.RUN, TaskState.WRC})
 TaskKey = tuple[int, int, int]  # job id, block number, task number
 
 
-@attrs.frozen
+@attrs.define
 class TaskRun:
-    """One run of a task that ended, as reported by its render: what statistics keep."""
+    """One run of a task that ended, as reported by its render: what statistics keep.
+    Not changed once made; not frozen because one is made on every finish and a frozen
+    ``__init__`` costs three times as much (bench/solve.py)."""
 
     job_id: int
     block: int
@@ -100,6 +102,9 @@ class Task:
     #: The capacity the current run holds on its render (variable capacity: the block's times
     #: the coefficient); 0: the block's capacity.
     capacity: int = 0
+    #: The current run's name, command and frames, from its start order to its run record
+    #: (worked out once a run); None when the run was not started here (a restart).
+    texts: tuple[str, str, int, int] | None = None
 
     @property
     def key(self) -> TaskKey:

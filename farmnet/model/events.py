@@ -3,7 +3,9 @@
 The farm publishes; the store, the monitors' event log, the statistics recorder, the
 system job and the AMP server subscribe to the kinds they need and are called with the
 event object (dispatch by type, never on strings). Events carry the live model objects:
-a subscriber reads what it needs at once and must not change them.
+a subscriber reads what it needs at once and must not change them, nor the event. The
+events of every start and finish (marked HOT) are not frozen: a frozen class's ``__init__``
+sets each field through ``object.__setattr__``, twice the cost of the whole event.
 
 To add an event: define it here, publish it where the farm changes, and subscribe where
 it matters (doc/architecture.md, "Adding an event").
@@ -21,7 +23,7 @@ from farmnet.model.data import Block, Job, Render, Task, TaskRun, TaskState, Use
 E = TypeVar("E")
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)  # HOT: not frozen
 class TaskStateChanged:
     """A task went from ``old`` to ``task.state``; ``old`` is None for a task just added."""
 
@@ -36,7 +38,7 @@ class TaskProgressed:
     task: Task
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)  # HOT: not frozen
 class RunEnded:
     """A run of a task ended (finished, failed, killed by a limit): one statistics row."""
 
@@ -129,7 +131,7 @@ class RenderDeleted:
     render: Render
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)  # HOT: not frozen
 class OrdersQueued:
     """The farm has orders for ``render``: its held heartbeat can be answered."""
 

@@ -139,7 +139,7 @@ class TaskLife(FarmState):
         block, job = task.block, task.block.job
         spec = block.spec
         coeff = task.capacity // spec.capacity if task.capacity else 0  # variable capacity
-        name, command, frame_start, frame_end = spec.task_texts(task.number)
+        name, command, frame_start, frame_end = task.texts = spec.task_texts(task.number)
         task_number = str(task.number)
         if spec.tasks:  # Afanasy lays the task's variables over the block's
             env = dict(spec.environment)
@@ -336,7 +336,11 @@ class TaskLife(FarmState):
             log.debug("stale finish of {key} run {run} from {render}", key=key, run=run,
                       render=render.name)
             return None
-        self._release(task)
+        if task.state is TaskState.WRC:  # its render was lost: what the run held is freed already
+            self._stop_waiting(task)
+            task.render_id = 0
+        else:
+            self._release(task)
         task.time_started, task.time_done = time_started, time_done
         min_run = task.block.spec.task_min_run_time
         if exit_code == 0 and signal is None and min_run > 0 and time_done - time_started < min_run:
@@ -385,7 +389,12 @@ class TaskLife(FarmState):
                     peak_memory_mb: int | None) -> TaskRun:
         block = task.block
         job, spec = block.job, block.spec
-        name, command, frame_start, frame_end = spec.task_texts(task.number)
+        texts = task.texts
+        if texts is None:
+            texts = spec.task_texts(task.number)
+        else:
+            task.texts = None  # the run is over
+        name, command, frame_start, frame_end = texts
         host, hosts = task.host, ()
         if spec.multihost_min:  # "primary: secondary ...", as Afanasy shows a multi-host run
             host, _, others = task.host.partition(": ")

@@ -23,6 +23,8 @@ farm's work generation), so finished work and idle renders cost nothing.
 
 from __future__ import annotations
 
+import bisect
+
 import enum
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -183,6 +185,8 @@ class Scheduler:
         self._tight: dict[int, Render] = {}
         self._tight_smallest = 0
         self._places: tuple[tuple[int, int, int], dict[int, int]] | None = None
+        #: The place in the users' order of the last pick's user (`_user_started`).
+        self._picked = 0
 
     # --- solving -----------------------------------------------------------------------
 
@@ -197,6 +201,7 @@ class Scheduler:
         # meanwhile (the system job's tasks) asks for another solve.
         smallest = farm.smallest_block_capacity()
         roomy, tight = self._roomy, self._tight
+        users: list[tuple[float, float, int, User]] | None = None  # sorted at the first pick
         for render in self.renders_to_visit(smallest):
             if render.solved_empty_at == farm.work_generation:
                 continue
@@ -209,11 +214,14 @@ class Scheduler:
                 if render.capacity - render.capacity_used < smallest:
                     fits = False
                     break  # nothing unfinished fits in what is left
-                task = self.pick(render)
+                if users is None:
+                    users = self.users_in_order()
+                task = self.pick(render, users)
                 if task is None:
                     render.solved_empty_at = farm.work_generation
                     break
                 yield task, render
+                self._user_started(users)
             tight.pop(render.id, None)
             if not render.has_room():
                 roomy.pop(render.id, None)
@@ -224,11 +232,14 @@ class Scheduler:
                 tight[render.id] = render
                 self._tight_smallest = max(self._tight_smallest, smallest)
 
-    def pick(self, render: Render) -> Task | None:
+    def pick(self, render: Render, users: list[tuple[float, float, int, User]]) -> Task | None:
+        """The task ``render`` runs next: of the first user in ``users`` (`users_in_order`) whose
+        first job in order has a block that fits."""
         now = self.farm.clock.seconds()
         restricted = render.nimby or render.NIMBY or render.paused
-        for user in self.users_in_order():
-            if self.user_refuses(user, render):
+        for place, (_, _, _, user) in enumerate(users):
+            self._picked = place
+            if not user.ready_jobs or self.user_refuses(user, render):
                 continue
             for job in self.jobs_in_order(user):
                 if self.job_waits(job, now) or self.job_refuses(job, render):
@@ -257,24 +268,30 @@ class Scheduler:
                         return task
         return None
 
-    def users_in_order(self) -> list[User]:
-        """Users with ready jobs, the neediest (or by priority) first; equal keys keep the
-        farm's order of users."""
-        users = self.farm.users.values()
+    def users_in_order(self) -> list[tuple[float, float, int, User]]:
+        """Users with ready jobs, the neediest (or by priority) first, each with its sort key;
+        equal keys keep the farm's order of users. Sorted once a solve: each start moves only
+        its user (`_user_started`), so the order stays what sorting before each pick gives."""
+        keyed = [(self._user_key(u), u.time_registered, i, u)
+                 for i, u in enumerate(self.farm.users.values()) if u.ready_jobs]
+        keyed.sort()
+        return keyed
+
+    def _user_key(self, user: User) -> float:
         settings = self.farm.settings
-        # Called on every pick: the keys are `_need` written out (the same float) in one list
-        # (no call per user); the position keeps the sort stable and users uncompared.
         if settings.users_solving != "need":
-            keyed = [(-u.priority, u.time_registered, i, u) for i, u in enumerate(users) if u.ready_jobs]
-        elif settings.solve_by_capacity:
-            keyed = [(-(1.1**u.priority / (u.running_capacity + 1)), u.time_registered, i, u)
-                     for i, u in enumerate(users) if u.ready_jobs]
-        else:
-            keyed = [(-(1.1**u.priority / (u.running + 1)), u.time_registered, i, u)
-                     for i, u in enumerate(users) if u.ready_jobs]
-        if len(keyed) > 1:
-            keyed.sort()
-        return [item[3] for item in keyed]
+            return -user.priority
+        return -_need(user.priority, user.running_capacity if settings.solve_by_capacity else user.running)
+
+    def _user_started(self, users: list[tuple[float, float, int, User]]) -> None:
+        """The user of the last pick (``users[self._picked]``) started a task: its need fell,
+        so it moves back among ``users``."""
+        settings = self.farm.settings
+        if settings.users_solving != "need":
+            return  # ordered by priority: a start changes nothing
+        _, registered, i, user = users.pop(self._picked)
+        running = user.running_capacity if settings.solve_by_capacity else user.running
+        bisect.insort(users, (-_need(user.priority, running), registered, i, user))
 
     def renders_to_visit(self, smallest: int = 0) -> list[Render]:
         """The renders a pick may give work to, in order. Every render when the renders or
