@@ -24,7 +24,6 @@ farm's work generation), so finished work and idle renders cost nothing.
 from __future__ import annotations
 
 import bisect
-
 import enum
 from collections import Counter
 from collections.abc import Iterator, Mapping
