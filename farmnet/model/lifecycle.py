@@ -136,9 +136,8 @@ class TaskLife(FarmState):
 
     def _start_order(self, task: Task) -> StartOrder:
         """The order that starts the task's current run."""
-        block, job = task.block, task.block.job
+        block = task.block
         spec = block.spec
-        coeff = task.capacity // spec.capacity if task.capacity else 0  # variable capacity
         name, command, frame_start, frame_end = task.texts = spec.task_texts(task.number)
         task_number = str(task.number)
         if spec.tasks:  # Afanasy lays the task's variables over the block's
@@ -152,19 +151,23 @@ class TaskLife(FarmState):
         env["FARMNET_TASK_NAME"] = name
         env["FARMNET_RUN"] = str(task.starts_count)
         env["FARMNET_FRAME_START"], env["FARMNET_FRAME_END"] = str(frame_start), str(frame_end)
-        if coeff:  # Afanasy's service puts the coefficient in the command
-            command = command.replace("@AF_CAPACITY@", str(coeff))
-            env["FARMNET_CAPACITY_COEFF"] = str(coeff)
-        extras = _start_extras(spec, task, coeff) if spec.flags or spec.parser_coeff != 1 else {}
-        return StartOrder(
-            job_id=job.id, block=block.number, task=task.number, run=task.starts_count,
-            name=name, command=command, working_directory=spec.working_directory,
-            environment=env, service=spec.service, parser=spec.parser,
-            capacity=task.capacity or spec.capacity,
-            frame_start=frame_start, frame_end=frame_end, max_run_time=spec.task_max_run_time,
-            frames_inc=spec.frames_inc if spec.numeric else 1,
-            **extras,
-        )
+        # Positional, in StartOrder's order (a keyword call costs a third of the order; one is
+        # made on every start); tests/test_solve_trace.py pins every field.
+        order = StartOrder(
+            block.job.id, block.number, task.number, task.starts_count,  # job_id, block, task, run
+            name, command, spec.working_directory, env,  # name, command, working_directory, environment
+            spec.service, spec.parser, task.capacity or spec.capacity,  # service, parser, capacity
+            frame_start, frame_end, spec.task_max_run_time)  # frame_start, frame_end, max_run_time
+        if spec.frames_inc != 1 and not (spec.tasks or spec.dynamic):  # (spec.numeric)
+            order.frames_inc = spec.frames_inc
+        if spec.flags or spec.parser_coeff != 1:  # (set after: an empty **extras costs every start)
+            coeff = task.capacity // spec.capacity if task.capacity else 0  # variable capacity
+            if coeff:  # Afanasy's service puts the coefficient in the command
+                order.command = command.replace("@AF_CAPACITY@", str(coeff))
+                env["FARMNET_CAPACITY_COEFF"] = str(coeff)
+            for key, value in _start_extras(spec, task, coeff).items():
+                setattr(order, key, value)
+        return order
 
     @staticmethod
     def _start_variables(block: Block) -> dict[str, str]:
@@ -239,13 +242,19 @@ class TaskLife(FarmState):
         render.capacity_used += capacity
         block.running_capacity += capacity
         # (.get: a Counter's missing key costs a Python call; every start comes here)
-        for counter in (block.running_per_host, job.running_per_host, user.running_per_host):
-            counter[render_id] = counter.get(render_id, 0) + 1
+        counter = block.running_per_host
+        counter[render_id] = counter.get(render_id, 0) + 1
+        counter = job.running_per_host
+        counter[render_id] = counter.get(render_id, 0) + 1
+        counter = user.running_per_host
+        counter[render_id] = counter.get(render_id, 0) + 1
         user.running += 1
         user.running_capacity += capacity
-        for name, count in block.spec.tickets.items():
-            self.tickets_used[name] += count
-            render.tickets_used[name] += count
+        tickets = block.spec.tickets
+        if tickets:
+            for name, count in tickets.items():
+                self.tickets_used[name] += count
+                render.tickets_used[name] += count
         self.trees.occupy(render, task)
 
     def _release(self, task: Task, keep_render: bool = False) -> None:
@@ -399,14 +408,15 @@ class TaskLife(FarmState):
         if spec.multihost_min:  # "primary: secondary ...", as Afanasy shows a multi-host run
             host, _, others = task.host.partition(": ")
             hosts = tuple(dict.fromkeys([host, *others.split()]))
+        # Positional, in TaskRun's order (a keyword call costs a third of the record; one
+        # is made on every finish); tests/test_solve_trace.py pins every field.
         return TaskRun(
-            job_id=job.id, block=block.number, task=task.number, run=task.starts_count,
-            job_name=job.spec.name, block_name=spec.name, task_name=name, user_name=job.user_name,
-            host=host, hosts=hosts, service=spec.service, capacity=task.capacity or spec.capacity,
-            command=command, frame_start=frame_start, frame_end=frame_end,
-            time_started=task.time_started, time_done=task.time_done, exit_code=exit_code,
-            signal=signal, state=task.state.value, errors_count=task.errors_count,
-            message=message, peak_memory_mb=peak_memory_mb)
+            job.id, block.number, task.number, task.starts_count,  # job_id, block, task, run
+            job.spec.name, spec.name, name, job.user_name,  # job_name, block_name, task_name, user_name
+            host, spec.service, task.capacity or spec.capacity, command,  # host, service, capacity, command
+            frame_start, frame_end, task.time_started, task.time_done,  # frames, times
+            exit_code, signal, task.state.value, task.errors_count,  # exit_code, signal, state, errors_count
+            message, peak_memory_mb, hosts)  # message, peak_memory_mb, hosts
 
     def _stop_task(self, task: Task, reason: str) -> None:
         """Order the render to kill a running task and forget it here."""

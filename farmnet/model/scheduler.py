@@ -124,6 +124,9 @@ def _mask_refuses(name: str, mask: Mask | None, exclude: Mask | None) -> bool:
     return exclude is not None and exclude.fullmatch(name)
 
 
+#: States every pick reads, as globals (an enum's class attribute costs 60 ns more to read).
+_RDY, _RUN = TaskState.RDY, TaskState.RUN
+
 #: Seconds between visits of every render while no work comes (a bound on what a missed
 #: mark of `renders_to_visit` could delay).
 VISIT_ALL_EVERY = 1.0
@@ -420,7 +423,7 @@ class Scheduler:
         if job.commands_pre_pending:
             return Why.COMMANDS_PRE
         limit = spec.max_running_tasks  # (_limit_reached written out: every pick looks)
-        if limit >= 0 and job.counts.get(TaskState.RUN, 0) >= limit:
+        if limit >= 0 and job.counts.get(_RUN, 0) >= limit:
             return Why.JOB_LIMIT
         return None
 
@@ -554,13 +557,13 @@ class Scheduler:
 
     def block_waits(self, block: Block) -> Why | None:
         counts = block.counts
-        if not counts.get(TaskState.RDY):
+        if not counts.get(_RDY):
             return Why.NO_READY
         if block.depends_on and any(not b.finished for b in block.depends_on):
             return Why.BLOCK_DEPENDS
         spec = block.spec
         limit = spec.max_running_tasks
-        if limit >= 0 and counts.get(TaskState.RUN, 0) >= limit:
+        if limit >= 0 and counts.get(_RUN, 0) >= limit:
             return Why.BLOCK_LIMIT
         tickets = spec.tickets
         if not tickets:

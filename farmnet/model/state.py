@@ -30,6 +30,10 @@ from farmnet.model.spec import BlockSpec, JobSpec
 
 log = Logger()
 
+#: The states `_set_state` reads on every start and finish, as globals (an enum's class
+#: attribute costs 60 ns more to read).
+_RDY, _RUN, _DON, _SKP, _WRC = TaskState.RDY, TaskState.RUN, TaskState.DON, TaskState.SKP, TaskState.WRC
+
 
 class FarmState:
     def __init__(self, clock: IReactorTime, settings: SchedulingConfig | None = None) -> None:
@@ -86,26 +90,26 @@ class FarmState:
         finishing = old in FINISHED or state in FINISHED
         counts = block.counts
         block_was_finished = finishing and (  # block.finished, written out
-            counts.get(TaskState.DON, 0) + counts.get(TaskState.SKP, 0) == len(block.tasks))
+            counts.get(_DON, 0) + counts.get(_SKP, 0) == len(block.tasks))
         counts[old] -= 1
         counts[state] = counts.get(state, 0) + 1
         counts = job.counts
         counts[old] -= 1
         counts[state] = counts.get(state, 0) + 1
         task.state = state
-        if state is TaskState.RDY:
+        if state is _RDY:
             block.push_ready(task)
             self.work_generation += 1
-            if counts[TaskState.RDY] == 1:
+            if counts[_RDY] == 1:
                 self._ready_jobs_add(job)
-        elif old is TaskState.RDY and counts[TaskState.RDY] == 0:
+        elif old is _RDY and counts[_RDY] == 0:
             self._ready_jobs_remove(job)
         spec = block.spec
-        if spec.multihost_min and state is not TaskState.RUN and state is not TaskState.WRC:
+        if spec.multihost_min and state is not _RUN and state is not _WRC:
             self._multihost_end(task, f"task {state.value}")  # type: ignore[attr-defined]
         counts = block.counts
         block_finished_changed = finishing and block_was_finished != (
-            counts.get(TaskState.DON, 0) + counts.get(TaskState.SKP, 0) == len(block.tasks))
+            counts.get(_DON, 0) + counts.get(_SKP, 0) == len(block.tasks))
         if block_finished_changed:
             self._count_capacity(spec.capacity, -1 if block_was_finished is False else +1)
             if block.depends_on_me or job.spec.depend_mask:
