@@ -507,7 +507,14 @@ class Trees:
     def occupy(self, render: Render, task: Task) -> None:
         pool: Pool | None = render.pool
         if pool is not None:
-            self._pool_count(pool, task, +1)
+            spec = task.block.spec
+            if spec.tickets:
+                self._pool_count(pool, task, +1)
+            else:  # (the usual block: no call)
+                capacity = spec.capacity
+                for p in pool.up:
+                    p.running += 1
+                    p.running_capacity += capacity
         branch: Branch | None = task.block.job.branch
         if branch is not None:
             self._branch_count(branch, task, render.id, +1)
@@ -515,7 +522,14 @@ class Trees:
     def release(self, render: Render | None, task: Task) -> None:
         pool: Pool | None = render.pool if render is not None else None
         if pool is not None:
-            self._pool_count(pool, task, -1)
+            spec = task.block.spec
+            if spec.tickets:
+                self._pool_count(pool, task, -1)
+            else:  # (the usual block: no call)
+                capacity = spec.capacity
+                for p in pool.up:
+                    p.running -= 1
+                    p.running_capacity -= capacity
         branch: Branch | None = task.block.job.branch
         if branch is not None:
             self._branch_count(branch, task, task.render_id, -1)

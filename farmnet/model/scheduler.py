@@ -239,11 +239,15 @@ class Scheduler:
         first job in order has a block that fits."""
         now = self.farm.clock.seconds()
         restricted = render.nimby or render.NIMBY or render.paused
+        branches_ordering = self.farm.trees.branches_ordering
         for place, (_, _, _, user) in enumerate(users):
             self._picked = place
-            if not user.ready_jobs or self.user_refuses(user, render):
+            jobs = user.ready_jobs
+            if not jobs or self.user_refuses(user, render):
                 continue
-            for job in self.jobs_in_order(user):
+            if branches_ordering or user.jobs_solving == "need":
+                jobs = self.jobs_in_order(user)
+            for job in jobs:
                 if self.job_waits(job, now) or self.job_refuses(job, render):
                     continue
                 # The branch and pools checks, guarded by what makes them apply (a call each saved).
@@ -469,7 +473,7 @@ class Scheduler:
             have = getattr(render, attribute)
             if have is None or have < need:
                 return why
-        if not words_found(spec.need_properties_words, render.properties):
+        if spec.need_properties and not words_found(spec.need_properties_words, render.properties):
             return Why.NEED_PROPERTIES
         return None
 
@@ -576,7 +580,8 @@ class Scheduler:
 
     def block_refuses(self, block: Block, render: Render, now: float) -> Why | None:
         spec = block.spec
-        if not render.allows(spec.service):
+        service = spec.service  # (`render.allows` written out: every pick looks)
+        if service in render.services_disabled or (render.services and service not in render.services):
             return Why.SERVICE
         capacity = spec.capacity_min if spec.flags else spec.capacity
         if capacity > render.capacity:

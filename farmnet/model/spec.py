@@ -268,8 +268,21 @@ class BlockSpec:
         worked out once: every start order and run record needs them all."""
         if self.tasks or self.dynamic:
             return self.task_name(number), self.task_command(number), 0, 0
-        start, end = self.frames(number)
-        return self._frames_name(start, end), fill_parts(self._command_parts, start, end), start, end
+        # `frames`, `_frames_name` and `fill_parts` written out for the usual block (a call
+        # each saved on every start).
+        per_task, inc = self.frames_per_task, self.frames_inc
+        start = self.frame_first + number * per_task * inc
+        end = start + (per_task - 1) * inc
+        if end > self.frame_last:
+            end = self.frame_last - (self.frame_last - start) % inc
+        texts, pads = self._command_parts
+        command = (texts[0] + str(start).zfill(pads[0]) + texts[1] if len(pads) == 1
+                   else fill_parts(self._command_parts, start, end))
+        if self.tasks_name:
+            return fill_parts(self._tasks_name_parts, start, end), command, start, end
+        if start == end:
+            return f"frame {start}", command, start, end
+        return self._frames_name(start, end), command, start, end
 
     def task_command(self, number: int) -> str:
         if self.tasks:
