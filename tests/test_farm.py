@@ -205,7 +205,7 @@ class RenderLifeTests(FarmTestCase):
         user, block = self.farm.users["anna"], job.blocks[0]
         self.assertEqual((task.state, task.render_id), (TaskState.DON, 0))
         self.assertEqual((user.running, user.running_capacity, block.running_capacity), (0, 0, 0))
-        self.assertEqual((dict(user.running_per_host), dict(block.running_per_host)), ({}, {}))
+        self.assertEqual((r1.running_of_user("anna"), r1.running_of_block(block)), (0, 0))
         self.assertEqual(r1.waiting, {})
         self.clock.advance(60)  # its reconnect timer was cancelled with the wait
         self.assertEqual(task.state, TaskState.DON)

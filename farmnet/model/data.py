@@ -132,7 +132,6 @@ class Block:
     #: Numbers of tasks that may be ready, in solving order; stale entries are skipped.
     ready: list[int] = attrs.field(factory=list)
     running_capacity: int = 0
-    running_per_host: Counter[int] = attrs.field(factory=Counter)
     hosts_mask: Mask | None = None
     hosts_mask_exclude: Mask | None = None
     #: Solving order when not plain forward: rank → task number, and its inverse.
@@ -204,7 +203,6 @@ class Job:
     time_done: float = 0.0
     blocks: list[Block] = attrs.field(factory=list)
     counts: Counter[TaskState] = attrs.field(factory=Counter)
-    running_per_host: Counter[int] = attrs.field(factory=Counter)
     hosts_mask: Mask | None = None
     hosts_mask_exclude: Mask | None = None
     #: The job's and its blocks' command_pre still running (on the system job): the job
@@ -259,7 +257,6 @@ class User:
     ready_jobs: list[Job] = attrs.field(factory=list)
     running: int = 0
     running_capacity: int = 0
-    running_per_host: Counter[int] = attrs.field(factory=Counter)
     priority: int = 99
     max_running_tasks: int = -1
     max_running_tasks_per_host: int = -1
@@ -347,6 +344,18 @@ class Render:
         if not self.online or self.sick or self.wol or self.capacity_used >= self.capacity:  # usable()
             return False
         return self.max_tasks <= 0 or len(self.tasks) + len(self.multihost) < self.max_tasks
+
+    def running_of_block(self, block: Block) -> int:
+        """The block's tasks this render runs or holds as a multi-host host. Counted when a
+        per-host limit asks (a render runs a few tasks), not kept on every start and finish."""
+        return (sum(1 for task in self.tasks.values() if task.block is block)
+                + sum(1 for task in self.multihost.values() if task.block is block))
+
+    def running_of_job(self, job: Job) -> int:
+        return sum(1 for task in self.tasks.values() if task.block.job is job)
+
+    def running_of_user(self, name: str) -> int:
+        return sum(1 for task in self.tasks.values() if task.block.job.user_name == name)
 
     def allows(self, service: str) -> bool:
         if service in self.services_disabled:

@@ -237,17 +237,10 @@ class TaskLife(FarmState):
         job = block.job
         user = self.users[job.user_name]
         capacity = task.capacity or block.spec.capacity
-        render_id = task.render_id = render.id
+        task.render_id = render.id
         render.tasks[(job.id, block.number, task.number)] = task
         render.capacity_used += capacity
         block.running_capacity += capacity
-        # (.get: a Counter's missing key costs a Python call; every start comes here)
-        counter = block.running_per_host
-        counter[render_id] = counter.get(render_id, 0) + 1
-        counter = job.running_per_host
-        counter[render_id] = counter.get(render_id, 0) + 1
-        counter = user.running_per_host
-        counter[render_id] = counter.get(render_id, 0) + 1
         user.running += 1
         user.running_capacity += capacity
         tickets = block.spec.tickets
@@ -281,13 +274,6 @@ class TaskLife(FarmState):
         block.running_capacity -= capacity
         user.running -= 1
         user.running_capacity -= capacity
-        render_id = task.render_id
-        for counter in (block.running_per_host, job.running_per_host, user.running_per_host):
-            left = counter.get(render_id, 0) - 1
-            if left <= 0:
-                counter.pop(render_id, None)  # (it may be missing: a release with no occupy)
-            else:
-                counter[render_id] = left
         self.work_generation += 1  # limits and tickets freed: blocked work may fit now
         if not keep_render:
             task.render_id = 0

@@ -68,7 +68,6 @@ class MultiHost(TaskLife):
         """A captured or secondary host: the block's capacity on it, no process of the task's."""
         render.multihost[task.key] = task
         render.capacity_used += task.block.spec.capacity
-        task.block.running_per_host[render.id] += 1
 
     def _free_host(self, render: Render, task: Task) -> None:
         if render.multihost.pop(task.key, None) is None:
@@ -76,10 +75,6 @@ class MultiHost(TaskLife):
         render.capacity_used -= task.block.spec.capacity
         render.solved_empty_at = -1
         self.renders_to_visit.add(render.id)
-        counter = task.block.running_per_host
-        counter[render.id] -= 1
-        if counter[render.id] <= 0:
-            del counter[render.id]
         self.work_generation += 1
         self.request_solve()
 

@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from farmnet import errors
 from farmnet.convert import in_range, one_of
 from farmnet.messages import BranchRecord, PoolRecord
-from farmnet.model.data import Job, Render, Task
+from farmnet.model.data import Job, Render, Task, TaskState
 from farmnet.model.events import (
     BranchChanged,
     BranchDeleted,
@@ -450,7 +450,8 @@ class Trees:
             b = todo.pop()
             todo.extend(b.children)
             for job in b.jobs:
-                branch.running_per_host.update(job.running_per_host)
+                branch.running_per_host.update(task.render_id for block in job.blocks for task in block.tasks
+                                               if task.render_id and task.state is TaskState.RUN)
 
     def branches_changed(self) -> None:
         branches = self.branches.values()

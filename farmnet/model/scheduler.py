@@ -408,7 +408,7 @@ class Scheduler:
             return Why.USER_LIMIT
         # The checks run on every pick: written so that what is unset costs no call or lookup.
         per_host = user.max_running_tasks_per_host
-        if per_host >= 0 and user.running_per_host[render.id] >= per_host:
+        if per_host >= 0 and render.running_of_user(user.name) >= per_host:
             return Why.USER_HOST_LIMIT
         if (user.hosts_mask is not None or user.hosts_mask_exclude is not None) and _mask_refuses(
                 render.name, user.hosts_mask, user.hosts_mask_exclude):
@@ -447,7 +447,7 @@ class Scheduler:
     def job_refuses(self, job: Job, render: Render) -> Why | None:
         spec = job.spec
         per_host = spec.max_running_tasks_per_host
-        if per_host >= 0 and job.running_per_host[render.id] >= per_host:
+        if per_host >= 0 and render.running_of_job(job) >= per_host:
             return Why.JOB_HOST_LIMIT
         if (job.hosts_mask is not None or job.hosts_mask_exclude is not None) and _mask_refuses(
                 render.name, job.hosts_mask, job.hosts_mask_exclude):
@@ -598,7 +598,7 @@ class Scheduler:
                 render.max_tasks > 0 and len(render.tasks) + len(render.multihost) >= render.max_tasks):
             return Why.BUSY
         per_host = spec.max_running_tasks_per_host
-        if per_host >= 0 and block.running_per_host[render.id] >= per_host:
+        if per_host >= 0 and render.running_of_block(block) >= per_host:
             return Why.BLOCK_HOST_LIMIT
         if (block.hosts_mask is not None or block.hosts_mask_exclude is not None) and _mask_refuses(
                 render.name, block.hosts_mask, block.hosts_mask_exclude):
@@ -619,7 +619,7 @@ class Scheduler:
     def multihost_refuses(self, block: Block, render: Render) -> Why | None:
         """A multi-host block's task wants distinct hosts: a render serving one of its tasks
         (primary, captured or secondary) takes no other."""
-        return Why.MULTIHOST_HOST if block.running_per_host[render.id] else None
+        return Why.MULTIHOST_HOST if render.running_of_block(block) else None
 
     def multihost_task(self, block: Block) -> Task | None:
         """The block's task that gathers hosts: it takes every render that fits before another
