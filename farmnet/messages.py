@@ -65,7 +65,7 @@ class StartOrder:
     frame_end: int = 0
     max_run_time: int = 0
     #: A multi-host task's primary: its hosts, for the command's ``@AF_HOSTS@`` (the service formats them).
-    hosts: list[str] = attrs.field(factory=list)
+    hosts: tuple[str, ...] = ()
     #: The step between the task's frames (its parser counts ``(end - start) // inc + 1`` frames).
     frames_inc: int = 1
     #: Variable capacity: the coefficient the task got (``capacity`` is the block's times it); 0: none.
@@ -74,7 +74,7 @@ class StartOrder:
     parser_coeff: int = 1
     #: The task's output files (paths relative to working_directory) and the render's checks of
     #: them: after a successful run (checkrenderedfiles), before it (skipexistingfiles).
-    files: list[str] = attrs.field(factory=list)
+    files: tuple[str, ...] = ()
     file_size_min: int = -1
     file_size_max: int = -1
     check_rendered_files: bool = False

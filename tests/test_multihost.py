@@ -56,7 +56,7 @@ class GatheringTests(MultiHostTestCase):
         job = self.job(multihost_block(3, 3, multihost_service="serve --port 5000"))
         r0, r1, r2 = self.renders(3, capacity=1000)
         [master] = self.start_orders(r0)
-        self.assertEqual(master.hosts, ["r1", "r2"])
+        self.assertEqual(master.hosts, ("r1", "r2"))
         self.assertEqual(master.environment["FARMNET_HOSTS"], "r1 r2")
         self.assertEqual(apply_hosts(GenericService(), master.command, master.hosts),
                          "mpirun -H r1,r2 render 1")
@@ -64,7 +64,7 @@ class GatheringTests(MultiHostTestCase):
             [service] = self.start_orders(secondary)
             self.assertEqual((service.key, service.run, service.command),
                              (master.key, 1, "serve --port 5000"))
-            self.assertEqual(service.hosts, [])
+            self.assertEqual(service.hosts, ())
         task = job.blocks[0].tasks[0]
         self.assertEqual((task.state, task.host), (TaskState.RUN, "r0: r1 r2"))
         self.assertEqual([r.capacity_used for r in (r0, r1, r2)], [1000, 1000, 1000])
@@ -96,7 +96,7 @@ class GatheringTests(MultiHostTestCase):
         self.assertEqual(self.start_orders(r0), [])
         self.clock.advance(1)
         [master] = self.start_orders(r0)
-        self.assertEqual(master.hosts, ["r1", "r2"])
+        self.assertEqual(master.hosts, ("r1", "r2"))
         self.assertEqual((task.state, task.host), (TaskState.RUN, "r0: r1 r2"))
         self.assertEqual(self.start_orders(r2), [])  # no service: secondaries are held, run nothing
         self.assertEqual(r2.capacity_used, 1000)
@@ -107,7 +107,7 @@ class GatheringTests(MultiHostTestCase):
         task = job.blocks[0].tasks[0]
         self.assertEqual((task.state, task.host), (TaskState.RUN, "r0: r1 r2"))
         [master] = self.start_orders(self.farm.render_named("r0"))
-        self.assertEqual(master.hosts, ["r1", "r2"])
+        self.assertEqual(master.hosts, ("r1", "r2"))
 
     def test_fewer_than_min_keeps_the_hosts_and_waits_as_afanasy_does(self) -> None:
         job = self.job(multihost_block(3, 3, multihost_max_wait=5))
@@ -131,13 +131,13 @@ class GatheringTests(MultiHostTestCase):
         self.assertEqual(explained["renders"], {str(Why.MULTIHOST_HOST): 1})
         small = self.render("small", capacity=1000)
         [master] = self.start_orders(big)
-        self.assertEqual((master.task, master.hosts), (0, ["small"]))
+        self.assertEqual((master.task, master.hosts), (0, ("small",)))
         self.assertEqual([t.state for t in job.blocks[0].tasks],
                          [TaskState.RUN, TaskState.RDY, TaskState.RDY])
         self.assertEqual(self.farm.multihost_gathering, {})  # big is the primary: no second host for task 1
         self.finish(big, master)
         [master] = self.start_orders(big)
-        self.assertEqual((master.task, master.hosts), (1, ["small"]))
+        self.assertEqual((master.task, master.hosts), (1, ("small",)))
         self.assertEqual(small.multihost, {(job.id, 0, 1): job.blocks[0].tasks[1]})
 
     def test_master_on_slave_lists_the_primary_too(self) -> None:
@@ -147,7 +147,7 @@ class GatheringTests(MultiHostTestCase):
         self.farm.submit(spec, "anna")
         r0, _ = self.renders(2)
         [master] = self.start_orders(r0)
-        self.assertEqual(master.hosts, ["r1", "r0"])
+        self.assertEqual(master.hosts, ("r1", "r0"))
         self.assertEqual(self.farm.jobs[1].blocks[0].tasks[0].host, "r0: r1 r0")
 
     def test_service_wait_delays_the_primary(self) -> None:
@@ -159,7 +159,7 @@ class GatheringTests(MultiHostTestCase):
         self.assertEqual(self.start_orders(r0), [])
         self.clock.advance(0.1)
         [master] = self.start_orders(r0)
-        self.assertEqual(master.hosts, ["r1"])
+        self.assertEqual(master.hosts, ("r1",))
 
 
 class SecondaryLostTests(MultiHostTestCase):

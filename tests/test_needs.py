@@ -190,7 +190,7 @@ class FileCheckTests(NeedsTestCase):
         self.submit(frames=4, block={"frames_per_task": 2, "files": ["out/img.@####@.exr"], "flags": 1 << 7,
                                      "file_size_min": 10, "file_size_max": 1000, "parser_coeff": 3})
         [order] = self.starts(render)
-        self.assertEqual(order.files, ["out/img.0001.exr", "out/img.0002.exr"])
+        self.assertEqual(order.files, ("out/img.0001.exr", "out/img.0002.exr"))
         self.assertEqual((order.file_size_min, order.file_size_max, order.check_rendered_files,
                           order.skip_existing_files, order.parser_coeff), (10, 1000, True, False, 3))
 
@@ -205,7 +205,7 @@ class FileCheckTests(NeedsTestCase):
         self.farm.submit(spec, "anna")
         self.clock.advance(0)
         [order] = self.starts(render)
-        self.assertEqual(order.files, [])
+        self.assertEqual(order.files, ())
 
     def test_rendered_files_bounds(self) -> None:
         with tempfile.TemporaryDirectory() as directory:

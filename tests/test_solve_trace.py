@@ -45,6 +45,11 @@ def _digest(value: object) -> str:
     return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
 
 
+def _as_list(_: object, __: object, value: Any) -> Any:
+    """An order's tuples (hosts, files) as the lists they were when the trace was recorded."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _event_line(event: object) -> str:
     """What subscribers read of an event, read at once as they do."""
     if isinstance(event, ev.TaskStateChanged):
@@ -142,7 +147,7 @@ def solve_trace(name: str, settings: dict[str, Any]) -> list[str]:
             for order in farm.take_orders(render):
                 if isinstance(order, StartOrder):
                     trace.append(f"start {render.name} {order.key} run {order.run} "
-                                 f"{_digest(attrs.asdict(order))}")
+                                 f"{_digest(attrs.asdict(order, value_serializer=_as_list))}")
                     running.append((render, order))
         still = []
         for render, order in running:

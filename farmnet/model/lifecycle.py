@@ -44,7 +44,7 @@ def _start_extras(spec: BlockSpec, task: Task, coeff: int) -> dict[str, Any]:
     """A start order's keys for variable capacity, parser_coeff and file checks."""
     checks = spec.flags & (FLAG_CHECK_RENDERED_FILES | FLAG_SKIP_EXISTING_FILES)
     return {"capacity_coeff": coeff, "parser_coeff": spec.parser_coeff,
-            "files": spec.task_files(task.number) if checks else [],
+            "files": tuple(spec.task_files(task.number)) if checks else (),
             "file_size_min": spec.file_size_min, "file_size_max": spec.file_size_max,
             "check_rendered_files": bool(spec.flags & FLAG_CHECK_RENDERED_FILES),
             "skip_existing_files": bool(spec.flags & FLAG_SKIP_EXISTING_FILES)}

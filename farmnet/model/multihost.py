@@ -99,7 +99,7 @@ class MultiHost(TaskLife):
             for render in run.hosts:
                 self._order(render, attrs.evolve(order, command=spec.multihost_service, parser="",
                                                  max_run_time=0))
-        master_order = attrs.evolve(order, hosts=names,
+        master_order = attrs.evolve(order, hosts=tuple(names),
                                     environment={**order.environment, "FARMNET_HOSTS": " ".join(names)})
         if spec.multihost_service and spec.multihost_service_wait > 0:
             self._timer("multihost", id(task), spec.multihost_service_wait, self._multihost_order_master,
