@@ -179,7 +179,7 @@ class SecondaryLostTests(MultiHostTestCase):
         self.assertEqual((self.runs[0].state, self.runs[0].hosts), ("RDY", ("r0", "r1")))
         # Both hosts are free again: the task gathers them and runs again (run 2).
         self.assertEqual((task.state, task.starts_count), (TaskState.RUN, 2))
-        self.assertEqual((type(again), again.run, again.hosts), (StartOrder, 2, ["r1"]))
+        self.assertEqual((type(again), again.run, again.hosts), (StartOrder, 2, ("r1",)))
 
     def test_a_secondary_render_lost_restarts_the_whole_task(self) -> None:
         job = self.job(multihost_block(3, 3))
