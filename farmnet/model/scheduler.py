@@ -297,7 +297,8 @@ class Scheduler:
             return  # ordered by priority: a start changes nothing
         _, registered, i, user = users.pop(self._picked)
         running = user.running_capacity if settings.solve_by_capacity else user.running
-        bisect.insort(users, (-_need(user.priority, running), registered, i, user))
+        need = 1.1**user.priority / (running + 1)  # (`_need`, written out)
+        bisect.insort(users, (-need, registered, i, user))
 
     def renders_to_visit(self, smallest: int = 0) -> list[Render]:
         """The renders a pick may give work to, in order. Every render when the renders or
@@ -647,7 +648,10 @@ class Scheduler:
         if not pool.is_ready:
             return Why.POOL_OFF
         spec = block.spec
-        if not pool.allows(spec.service):
+        allowed = pool.service_answers.get(spec.service)  # (`pool.allows`: no call once answered)
+        if allowed is None:
+            allowed = pool.allows(spec.service)
+        if not allowed:
             return Why.POOL_SERVICE
         if pool.max_tasks >= 0 and len(render.tasks) >= pool.max_tasks:
             return Why.POOL_MAX_TASKS
