@@ -518,7 +518,13 @@ class Trees:
                     p.running_capacity += capacity
         branch: Branch | None = task.block.job.branch
         if branch is not None:
-            self._branch_count(branch, task, render.id, +1)
+            if branch.guarded:  # a per-host limit may be set on the way up
+                self._branch_count(branch, task, render.id, +1)
+            else:  # (the usual branch: no call)
+                capacity = task.block.spec.capacity
+                for b in branch.up:
+                    b.running += 1
+                    b.running_capacity += capacity
 
     def release(self, render: Render | None, task: Task) -> None:
         pool: Pool | None = render.pool if render is not None else None
@@ -533,7 +539,13 @@ class Trees:
                     p.running_capacity -= capacity
         branch: Branch | None = task.block.job.branch
         if branch is not None:
-            self._branch_count(branch, task, task.render_id, -1)
+            if branch.guarded:  # a per-host limit may be set on the way up
+                self._branch_count(branch, task, task.render_id, -1)
+            else:  # (the usual branch: no call)
+                capacity = task.block.spec.capacity
+                for b in branch.up:
+                    b.running -= 1
+                    b.running_capacity -= capacity
 
     # --- records -------------------------------------------------------------------------
 
