@@ -145,7 +145,11 @@ class TaskLife(FarmState):
             env.update(spec.tasks[task.number].environment)
             env.update(self._start_variables(block))
         else:
-            env = self._start_environment(block).copy()
+            cached = block.start_environment  # (`_start_environment`'s check, without its call)
+            if (cached is None or cached[0] is not spec or cached[1] is not block.job.spec
+                    or cached[2] != block.job.user_name):
+                cached = self._start_environment(block)
+            env = cached[3].copy()
         # Set in place: the keys keep the order of `_start_variables`.
         env["AF_TASK_ID"] = env["FARMNET_TASK"] = task_number
         env["FARMNET_TASK_NAME"] = name
@@ -183,17 +187,15 @@ class TaskLife(FarmState):
             "FARMNET_FRAME_START": "", "FARMNET_FRAME_END": "",
         }
 
-    def _start_environment(self, block: Block) -> dict[str, str]:
-        """The block's environment and the farm variables, kept on the block until its spec,
-        its job's spec or owner change (a start copies it instead of building it)."""
+    def _start_environment(self, block: Block) -> tuple[object, object, str, dict[str, str]]:
+        """The block's environment and the farm variables, kept on the block with the block's
+        spec, its job's spec and owner it was made for, until one of them changes
+        (`_start_order` checks): a start copies it instead of building it."""
         job = block.job
-        cached = block.start_environment
-        if (cached is None or cached[0] is not block.spec or cached[1] is not job.spec
-                or cached[2] != job.user_name):
-            env = dict(block.spec.environment)
-            env.update(self._start_variables(block))
-            cached = block.start_environment = (block.spec, job.spec, job.user_name, env)
-        return cached[3]
+        env = dict(block.spec.environment)
+        env.update(self._start_variables(block))
+        cached = block.start_environment = (block.spec, job.spec, job.user_name, env)
+        return cached
 
     def _arm_time_limits(self, task: Task) -> None:
         """task_max_run_time and task_progress_change_timeout: the server kills, the run
@@ -250,15 +252,16 @@ class TaskLife(FarmState):
                 render.tickets_used[name] += count
         self.trees.occupy(render, task)
 
-    def _release(self, task: Task, keep_render: bool = False) -> None:
-        """Free what a running task held on its render."""
+    def _release(self, task: Task, keep_render: bool = False, render: Render | None = None) -> None:
+        """Free what a running task held on its render (``render``: the caller has it)."""
         block = task.block
         job = block.job
         user = self.users[job.user_name]
         if self._timers:  # (none armed: no key to build)
             self._cancel_timer("limits", id(task))
         capacity = task.capacity or block.spec.capacity
-        render = self.renders.get(task.render_id)
+        if render is None:
+            render = self.renders.get(task.render_id)
         if render is not None and render.tasks.pop((job.id, block.number, task.number), None) is not None:
             render.capacity_used -= capacity
             render.solved_empty_at = -1
@@ -335,7 +338,7 @@ class TaskLife(FarmState):
             self._stop_waiting(task)
             task.render_id = 0
         else:
-            self._release(task)
+            self._release(task, render=render)
         task.time_started, task.time_done = time_started, time_done
         min_run = task.block.spec.task_min_run_time
         if exit_code == 0 and signal is None and min_run > 0 and time_done - time_started < min_run:
