@@ -39,6 +39,9 @@ from farmnet.model.state import FarmState
 
 log = Logger()
 
+#: A state's text for a run record (an enum's ``.value`` is a property, read on every finish).
+_STATE_TEXT = {state: state.value for state in TaskState}
+
 
 def _start_extras(spec: BlockSpec, task: Task, coeff: int) -> dict[str, Any]:
     """A start order's keys for variable capacity, parser_coeff and file checks."""
@@ -404,7 +407,7 @@ class TaskLife(FarmState):
             job.spec.name, spec.name, name, job.user_name,  # job_name, block_name, task_name, user_name
             host, spec.service, task.capacity or spec.capacity, command,  # host, service, capacity, command
             frame_start, frame_end, task.time_started, task.time_done,  # frames, times
-            exit_code, signal, task.state.value, task.errors_count,  # exit_code, signal, state, errors_count
+            exit_code, signal, _STATE_TEXT[task.state], task.errors_count,  # exit_code, signal, state, errors
             message, peak_memory_mb, hosts)  # message, peak_memory_mb, hosts
 
     def _stop_task(self, task: Task, reason: str) -> None:

@@ -204,6 +204,7 @@ class Scheduler:
         smallest = farm.smallest_block_capacity()
         roomy, tight = self._roomy, self._tight
         users: list[tuple[float, float, int, User]] | None = None  # sorted at the first pick
+        users_by_need = farm.settings.users_solving == "need"
         for render in self.renders_to_visit(smallest):
             if render.solved_empty_at == farm.work_generation:
                 continue
@@ -223,7 +224,8 @@ class Scheduler:
                     render.solved_empty_at = farm.work_generation
                     break
                 yield task, render
-                self._user_started(users)
+                if users_by_need:  # the user of the pick started a task: its need fell
+                    self._user_started(users)
             tight.pop(render.id, None)
             if not render.has_room():
                 roomy.pop(render.id, None)
@@ -294,10 +296,8 @@ class Scheduler:
 
     def _user_started(self, users: list[tuple[float, float, int, User]]) -> None:
         """The user of the last pick (``users[self._picked]``) started a task: its need fell,
-        so it moves back among ``users``."""
+        so it moves back among ``users`` (users ordered by need only)."""
         settings = self.farm.settings
-        if settings.users_solving != "need":
-            return  # ordered by priority: a start changes nothing
         _, registered, i, user = users.pop(self._picked)
         running = user.running_capacity if settings.solve_by_capacity else user.running
         need = 1.1**user.priority / (running + 1)  # (`_need`, written out)

@@ -84,6 +84,19 @@ class FarmState:
             return
         block = task.block
         job = block.job
+        if old is _RDY and state is _RUN and not job.time_done:  # a start: the general path below
+            # would change these counts, drop the job from the ready list and publish, no more.
+            counts = block.counts
+            counts[_RDY] -= 1
+            counts[_RUN] = counts.get(_RUN, 0) + 1
+            counts = job.counts
+            counts[_RDY] -= 1
+            counts[_RUN] = counts.get(_RUN, 0) + 1
+            task.state = state
+            if counts[_RDY] == 0:
+                self._ready_jobs_remove(job)
+            self.bus.publish(TaskStateChanged(task, old))
+            return
         # Every start and finish comes here: counters are read with .get (a Counter's missing
         # key costs a Python call), and what cannot change is not looked at.
         # Only a move into or out of DON/SKP can finish or unfinish the block (most moves do not).
