@@ -113,7 +113,7 @@ class DispatchTests(FarmTestCase):
         render = self.render()
         picks = []
         original = self.farm.scheduler.pick
-        self.farm.scheduler.pick = lambda r, users: picks.append(r) or original(r, users)  # type: ignore[method-assign]
+        self.farm.scheduler.pick = lambda r, users, now: picks.append(r) or original(r, users, now)  # type: ignore[method-assign]
         for _ in range(3):  # registration already found nothing for it
             self.farm.request_solve()
             self.clock.advance(0)
