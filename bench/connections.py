@@ -144,6 +144,12 @@ async def run_hold(reactor: Any, base: Path, hold: float, counts: list[int], sec
             print(f"  hold {hold:g} s, {count:>6} renders: server {cpu:5.1f} % of a core over {window:g} s, "
                   f"RSS {rss:6.0f} MiB (registered in {ramp:.1f} s; fake renders used {fake_cpu:.0f} CPU s)")
             have = count
+        # The server's own count of them, read while they are connected (a line every 10 s).
+        log = farm.server.logfile.read_text(errors="replace")
+        stats = [line for line in log.splitlines() if "statistics:" in line]
+        if stats:
+            print(f"  the server's last statistics line with them connected: "
+                  f"{stats[-1].split('statistics: ', 1)[1]}")
         for proc, watch, _ in fakes:  # the renders close first
             proc.signalProcess("TERM")
             await watch.ended
@@ -158,10 +164,6 @@ async def run_hold(reactor: Any, base: Path, hold: float, counts: list[int], sec
                   f"after the renders closed: {after_renders}")
             rows.append({"hold": hold, "tools": tool_count, "seconds": took, "time_wait": server_side,
                          "client_time_wait": client_side, "time_wait_after_renders": after_renders})
-        log = farm.server.logfile.read_text(errors="replace")
-        stats = [line for line in log.splitlines() if "statistics:" in line]
-        if stats:
-            print(f"  last statistics line: {stats[-1].split('statistics: ', 1)[1]}")
     finally:
         for proc, watch, _ in fakes:
             if not watch.ended.called:
