@@ -90,6 +90,23 @@ class UserSolvingTests(SchedulerTestCase):
         self.clock.advance(0)
         self.assertEqual((first.counts[TaskState.RUN], second.counts[TaskState.RUN]), (3, 3))
 
+    def test_work_added_during_a_solve_is_seen_by_its_next_pick(self) -> None:
+        """Users are sorted once a solve; a subscriber that adds work during the solve (as the
+        system job does on a state change) has it taken by the next pick, as a sort before every
+        pick would. Unseen, the render would be marked solved-empty for the new work and wait."""
+        from farmnet.model.events import TaskStateChanged
+
+        def add_work(event: TaskStateChanged) -> None:
+            if event.task.state is TaskState.RUN and event.task.block.job.user_name == "anna":
+                spec, _ = parse_job({"name": "added", "blocks": [block(frames=1)]})
+                self.farm.submit(spec, "bob")
+
+        self.farm.bus.subscribe(TaskStateChanged, add_work)
+        self.job("anna", [block(frames=1)])
+        render = self.render("r1", capacity=2000)  # room for two tasks of 1000: one solve
+        self.assertEqual(self.running_by_user(), Counter({"anna": 1, "bob": 1}))
+        self.assertEqual(sorted(task.block.job.user_name for task in render.tasks.values()), ["anna", "bob"])
+
     def test_user_settings_are_admin_only(self) -> None:
         self.job("anna")
         self.assertRaises(errors.PermissionDenied, self.farm.user_action, "anna", ["anna"], "set",

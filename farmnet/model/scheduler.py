@@ -204,7 +204,10 @@ class Scheduler:
         # meanwhile (the system job's tasks) asks for another solve.
         smallest = farm.smallest_block_capacity()
         roomy, tight = self._roomy, self._tight
-        users: list[tuple[float, float, int, User]] | None = None  # sorted at the first pick
+        # Users are sorted at the first pick, and again only if work came during the solve (a
+        # subscriber added a task: a start does not move work_generation).
+        users: list[tuple[float, float, int, User]] | None = None
+        sorted_at = farm.work_generation
         users_by_need = farm.settings.users_solving == "need"
         for render in self.renders_to_visit(smallest):
             if render.solved_empty_at == farm.work_generation:
@@ -218,8 +221,8 @@ class Scheduler:
                 if render.capacity - render.capacity_used < smallest:
                     fits = False
                     break  # nothing unfinished fits in what is left
-                if users is None:
-                    users = self.users_in_order()
+                if users is None or sorted_at != farm.work_generation:  # (work came during this solve)
+                    users, sorted_at = self.users_in_order(), farm.work_generation
                 task = self.pick(render, users, now)
                 if task is None:
                     render.solved_empty_at = farm.work_generation
