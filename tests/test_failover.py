@@ -81,7 +81,8 @@ class FailoverTests(FailoverCase):
         await self.start_renders("alpha", "beta")
         evidence = self.base / "evidence.txt"
         assert self.client is not None
-        job_id, _ = await self.client.submit(evidence_job(8, evidence, 1.0))
+        # Tasks of 2 s: the job is still running once `farmnet wait` has started, loaded or not.
+        job_id, _ = await self.client.submit(evidence_job(8, evidence, 2.0))
 
         async def midway() -> bool:
             states = Counter(t["state"] for t in await self.tasks(job_id))
@@ -93,7 +94,10 @@ class FailoverTests(FailoverCase):
         argv = [sys.executable, "-m", "farmnet.cli", "wait", str(job_id)]
         env = {**self.farm.environ, "FARMNET_SERVER": self.servers_list, "FARMNET_USER": "anna"}
         reactor.spawnProcess(waiter, argv[0], argv, env=env)
-        await deferLater(reactor, 1.0)  # connected and waiting
+        # Connected and waiting: it has shown the job's progress once (a fixed second was too
+        # short for a Python start on a loaded machine, and it then met only the new active).
+        shown = f"job {job_id} [".encode()
+        await wait_until(reactor, lambda: shown in waiter.err, 60, "farmnet wait to start")
         ended = self.a.watch.ended
         self.farm.kill(self.a)
         await ended
