@@ -300,11 +300,8 @@ class Scheduler:
     def _user_started(self, users: list[tuple[float, float, int, User]]) -> None:
         """The user of the last pick (``users[self._picked]``) started a task: its need fell,
         so it moves back among ``users`` (users ordered by need only)."""
-        settings = self.farm.settings
         _, registered, i, user = users.pop(self._picked)
-        running = user.running_capacity if settings.solve_by_capacity else user.running
-        need = 1.1**user.priority / (running + 1)  # (`_need`, written out)
-        bisect.insort(users, (-need, registered, i, user))
+        bisect.insort(users, (self._user_key(user), registered, i, user))
 
     def renders_to_visit(self, smallest: int = 0) -> list[Render]:
         """The renders a pick may give work to, in order. Every render when the renders or
